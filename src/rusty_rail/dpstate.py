@@ -1,0 +1,131 @@
+"""The data-plane state as plain values: what the control plane writes into the BPF maps.
+
+The reference pipeline reads this model directly; the loader encodes the same model
+into maps (bpf/shared.h). docs/packet-path.md says what every field means to a packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from rusty_rail.flowhash import DEFAULT_SEED, Flow
+
+#: Marks "no backend" in a table slot and "no default set" in the settings (u32 max).
+NONE_INDEX = 0xFFFFFFFF
+
+
+class Stat(IntEnum):
+    """Per-reason packet outcomes; every packet increments exactly one. Index in the BPF array."""
+
+    CT_HIT = 0
+    CT_MISS = 1
+    CT_STALE = 2
+    PASS_NOT_IP = 3
+    PASS_NOT_GRE = 4
+    PASS_NOT_LOCAL = 5
+    PASS_OUTER_FRAGMENT = 6
+    PASS_OUTER_MALFORMED = 7
+    PASS_UNSUPPORTED = 8
+    NO_VIP = 9
+    GRE_MALFORMED = 10
+    INNER_MALFORMED = 11
+    INNER_L4_TRUNCATED = 12
+    DROP_NO_BACKEND = 13
+    DROP_NO_NEXTHOP = 14
+
+
+STAT_COUNT = len(Stat)
+
+
+class Verdict(IntEnum):
+    """XDP actions, with the kernel's numbering."""
+
+    ABORTED = 0
+    DROP = 1
+    PASS = 2
+    TX = 3
+    REDIRECT = 4
+
+
+class Action(IntEnum):
+    """What to do with a packet the balancer will not forward: give it to the host or drop it."""
+
+    PASS = 0
+    DROP = 1
+
+
+class BackendState(IntEnum):
+    """A backend slot's state in the data plane. UP and DRAIN forward; DRAIN takes no new flows
+    because the control plane leaves it out of the tables."""
+
+    UNUSED = 0
+    UP = 1
+    DRAIN = 2
+    DOWN = 3
+
+
+FORWARDING_STATES = frozenset({BackendState.UP, BackendState.DRAIN})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Global data-plane settings (one entry in the BPF settings array)."""
+
+    lb_ipv4: bytes
+    outer_ttl: int = 64
+    no_vip_action: Action = Action.PASS
+    malformed_action: Action = Action.DROP
+    default_vip: int = NONE_INDEX
+    hash_seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True, slots=True)
+class VipKey:
+    """A VIP match key: proto and port are 0 for an address-wide VIP."""
+
+    addr: bytes
+    proto: int = 0
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where frames to a backend leave: the egress interface and the Ethernet addresses."""
+
+    ifindex: int
+    src_mac: bytes
+    dst_mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    """One backend slot. Slots are per (VIP, backend address); ``generation`` changes when a
+    slot is given to another backend, so stale connection-table entries are recognised."""
+
+    addr: bytes
+    vip_index: int
+    generation: int
+    state: BackendState
+    next_hop: NextHop | None
+
+
+@dataclass(frozen=True, slots=True)
+class CtEntry:
+    """A connection-table entry: the backend slot a flow went to, and that slot's generation."""
+
+    backend_index: int
+    generation: int
+
+
+@dataclass
+class DataplaneState:
+    """Everything a packet decision depends on. ``tables`` maps a VIP index to its Maglev table
+    (a sequence of backend indices, NONE_INDEX for an empty slot; its length is the table size)."""
+
+    settings: Settings
+    vips: dict[VipKey, int] = field(default_factory=dict)
+    tables: dict[int, Sequence[int]] = field(default_factory=dict)
+    backends: dict[int, BackendEntry] = field(default_factory=dict)
+    conntrack: dict[Flow, CtEntry] = field(default_factory=dict)
