@@ -107,7 +107,8 @@ class Flow:
     def __post_init__(self) -> None:
         if len(self.src) not in (4, 16) or len(self.dst) != len(self.src):
             raise ValueError(
-                f"flow addresses must both be 4 or both 16 bytes, got {len(self.src)} and {len(self.dst)}"
+                "flow addresses must be both 4 or both 16 bytes, "
+                f"got {len(self.src)} and {len(self.dst)}"
             )
         if not 0 <= self.proto <= 255:
             raise ValueError(f"flow proto must be 0..255, got {self.proto}")
