@@ -1,0 +1,498 @@
+"""The balancer's packet path in plain Python: the executable form of docs/packet-path.md.
+
+The XDP program is tested against ``process`` byte for byte, verdict for verdict and counter
+for counter; ``lookup`` explains a flow's backend for the API. Clarity over speed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TypeVar
+
+from rusty_rail.dpstate import (
+    FORWARDING_STATES,
+    NONE_INDEX,
+    Action,
+    BackendEntry,
+    CtEntry,
+    DataplaneState,
+    NextHop,
+    Settings,
+    Stat,
+    Verdict,
+    VipKey,
+)
+from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
+from rusty_rail.packets import checksum_update_bytes
+
+ETH_HEADER_LEN = 14
+VLAN_TAG_LEN = 4
+MAX_VLAN_TAGS = 2
+VLAN_TPIDS = (0x8100, 0x88A8)
+ETH_P_IPV4 = 0x0800
+ETH_P_IPV6 = 0x86DD
+
+IPV4_MIN_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+IPV4_FRAGMENT_MASK = 0x3FFF  # more-fragments flag and fragment offset
+PROTO_GRE = 47
+
+GRE_BASE_HEADER_LEN = 4
+GRE_FLAG_C = 0x8000
+GRE_FLAG_K = 0x2000
+GRE_FLAG_S = 0x1000
+GRE_MUST_BE_ZERO = 0x4000 | 0x0800 | 0x0700  # R, s and recursion control
+GRE_VERSION_MASK = 0x0007
+GRE_PROTO_IPV4 = 0x0800
+
+FORWARD_STATS = frozenset({Stat.CT_HIT, Stat.CT_MISS, Stat.CT_STALE})
+MALFORMED_STATS = frozenset({Stat.GRE_MALFORMED, Stat.INNER_MALFORMED, Stat.INNER_L4_TRUNCATED})
+PASS_STATS = frozenset(
+    {
+        Stat.PASS_NOT_IP,
+        Stat.PASS_NOT_GRE,
+        Stat.PASS_NOT_LOCAL,
+        Stat.PASS_OUTER_FRAGMENT,
+        Stat.PASS_OUTER_MALFORMED,
+        Stat.PASS_UNSUPPORTED,
+    }
+)
+DROP_STATS = frozenset({Stat.DROP_NO_BACKEND, Stat.DROP_NO_NEXTHOP})
+
+PacketsBytes = tuple[int, int]
+K = TypeVar("K")
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+
+def _summed(
+    first: Mapping[K, PacketsBytes], second: Mapping[K, PacketsBytes]
+) -> dict[K, PacketsBytes]:
+    result = dict(first)
+    for key, (packets, size) in second.items():
+        old_packets, old_size = result.get(key, (0, 0))
+        result[key] = (old_packets + packets, old_size + size)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Counter deltas as (packets, bytes), only the non-zero entries: what the BPF per-CPU
+    arrays gain, summed over CPUs."""
+
+    stats: dict[Stat, PacketsBytes] = field(default_factory=dict)
+    vips: dict[int, PacketsBytes] = field(default_factory=dict)
+    backends: dict[int, PacketsBytes] = field(default_factory=dict)
+
+    def merge(self, other: Counters) -> Counters:
+        """The sum of two sets of deltas."""
+        return Counters(
+            stats=_summed(self.stats, other.stats),
+            vips=_summed(self.vips, other.vips),
+            backends=_summed(self.backends, other.backends),
+        )
+
+    @classmethod
+    def total(cls, many: Iterable[Counters]) -> Counters:
+        """The sum of many deltas (for tests that run many packets)."""
+        result = cls()
+        for counters in many:
+            result = result.merge(counters)
+        return result
+
+    def packets(self, stat: Stat) -> int:
+        return self.stats.get(stat, (0, 0))[0]
+
+
+class Match(StrEnum):
+    """How a flow found its backend set."""
+
+    CONNTRACK = "conntrack"  # a valid connection-table entry; no VIP was looked up
+    PORT_VIP = "port VIP"  # (destination, protocol, destination port)
+    ADDRESS_VIP = "address VIP"  # (destination, any, any)
+    DEFAULT_VIP = "default VIP"  # settings.default_vip
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which backend a flow gets and why (sections 5-8 of docs/packet-path.md).
+
+    ``stat`` is the outcome: CT_HIT, CT_MISS or CT_STALE when the flow is forwarded, else
+    NO_VIP, DROP_NO_BACKEND or DROP_NO_NEXTHOP. ``stale_entry`` is a connection-table entry
+    that was found and not valid. ``table_slot`` and ``backend_index`` are set as far as the
+    decision got (a DROP_NO_NEXTHOP decision still names its backend).
+    """
+
+    flow: Flow
+    flow_hash: int
+    stat: Stat
+    match: Match
+    vip_index: int | None = None
+    table_size: int | None = None
+    table_slot: int | None = None
+    backend_index: int | None = None
+    stale_entry: CtEntry | None = None
+
+    @property
+    def forwards(self) -> bool:
+        return self.stat in FORWARD_STATS
+
+    def explain(self) -> str:
+        """One sentence for operators (the API's flow view)."""
+        where = f"backend {self.backend_index}" if self.backend_index is not None else "no backend"
+        how = {
+            Match.CONNTRACK: "a valid connection-table entry",
+            Match.PORT_VIP: f"port VIP {self.vip_index}",
+            Match.ADDRESS_VIP: f"address VIP {self.vip_index}",
+            Match.DEFAULT_VIP: f"the default set (VIP {self.vip_index})",
+            Match.NONE: "no VIP",
+        }[self.match]
+        slot = "" if self.table_slot is None else f", slot {self.table_slot} of {self.table_size}"
+        stale = "" if self.stale_entry is None else " (its connection-table entry was stale)"
+        return f"{self.flow}: {self.stat.name}, {where} by {how}{slot}{stale}"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one packet did: the verdict, the bytes that leave (the input when not forwarded),
+    the one stat it counted, where it was redirected, and the counter deltas."""
+
+    verdict: Verdict
+    frame: bytes
+    stat: Stat
+    redirect_ifindex: int | None
+    counters: Counters
+    flow: Flow | None = None
+    decision: Decision | None = None
+
+
+# --- Verdicts for packets that are not forwarded ---------------------------------------------
+
+
+def _action_verdict(action: Action) -> Verdict:
+    return Verdict.PASS if action == Action.PASS else Verdict.DROP
+
+
+def verdict_for(stat: Stat, settings: Settings) -> Verdict:
+    """The verdict of a packet that is not forwarded (the table at the end of the spec)."""
+    if stat in PASS_STATS:
+        return Verdict.PASS
+    if stat in MALFORMED_STATS:
+        return _action_verdict(settings.malformed_action)
+    if stat == Stat.NO_VIP:
+        return _action_verdict(settings.no_vip_action)
+    if stat in DROP_STATS:
+        return Verdict.DROP
+    raise ValueError(f"{stat.name} is a forwarding outcome, its verdict is TX or REDIRECT")
+
+
+# --- Parsing (sections 1-4) ------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """An early exit of the packet path: the packet is counted under ``stat`` and not forwarded."""
+
+    def __init__(self, stat: Stat) -> None:
+        super().__init__(stat.name)
+        self.stat = stat
+
+
+def _u16(frame: bytes, offset: int) -> int:
+    value: int = struct.unpack_from("!H", frame, offset)[0]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What the parse hands to the decision: where the outer IPv4 header is, and the flow."""
+
+    l3: int
+    flow: Flow
+    fragment: bool
+
+
+def _parse_ethernet(frame: bytes) -> tuple[int, int]:
+    """Section 1. Returns (EtherType, offset of the L3 header)."""
+    if len(frame) < ETH_HEADER_LEN:
+        raise _Stop(Stat.PASS_NOT_IP)
+    ethertype = _u16(frame, 12)
+    l3 = ETH_HEADER_LEN
+    tags = 0
+    while ethertype in VLAN_TPIDS:
+        if tags == MAX_VLAN_TAGS:
+            raise _Stop(Stat.PASS_NOT_IP)  # a third tag
+        if len(frame) < l3 + VLAN_TAG_LEN:
+            raise _Stop(Stat.PASS_NOT_IP)  # a tag cut short
+        ethertype = _u16(frame, l3 + 2)
+        l3 += VLAN_TAG_LEN
+        tags += 1
+    return ethertype, l3
+
+
+def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, int]:
+    """Section 2a. Returns (offset of the GRE header, the GRE end)."""
+    l3_len = len(frame) - l3
+    if l3_len < IPV4_MIN_HEADER_LEN:
+        raise _Stop(Stat.PASS_OUTER_MALFORMED)
+    version, ihl = frame[l3] >> 4, frame[l3] & 0x0F
+    if version != 4 or ihl < 5:
+        raise _Stop(Stat.PASS_OUTER_MALFORMED)
+    header_len = ihl * 4
+    if header_len > l3_len:
+        raise _Stop(Stat.PASS_OUTER_MALFORMED)
+    total_length = _u16(frame, l3 + 2)
+    if total_length < header_len or total_length > l3_len:
+        raise _Stop(Stat.PASS_OUTER_MALFORMED)
+    if frame[l3 + 9] != PROTO_GRE:
+        raise _Stop(Stat.PASS_NOT_GRE)
+    if frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
+        raise _Stop(Stat.PASS_NOT_LOCAL)
+    if _u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
+        raise _Stop(Stat.PASS_OUTER_FRAGMENT)
+    return l3 + header_len, l3 + total_length
+
+
+def _parse_outer_ipv6(frame: bytes, l3: int) -> None:
+    """Section 2b: recognised, never balanced yet."""
+    if len(frame) - l3 < IPV6_HEADER_LEN:
+        raise _Stop(Stat.PASS_OUTER_MALFORMED)
+    if frame[l3 + 6] != PROTO_GRE:
+        raise _Stop(Stat.PASS_NOT_GRE)
+    raise _Stop(Stat.PASS_UNSUPPORTED)
+
+
+def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
+    """Section 3. Returns the offset of the inner packet."""
+    if gre_end - gre < GRE_BASE_HEADER_LEN:
+        raise _Stop(Stat.GRE_MALFORMED)
+    flags = _u16(frame, gre)
+    if flags & GRE_VERSION_MASK:
+        raise _Stop(Stat.PASS_UNSUPPORTED)
+    if flags & GRE_MUST_BE_ZERO:
+        raise _Stop(Stat.GRE_MALFORMED)
+    header_len = GRE_BASE_HEADER_LEN
+    for optional_field in (GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S):
+        if flags & optional_field:
+            header_len += 4
+    if header_len > gre_end - gre:
+        raise _Stop(Stat.GRE_MALFORMED)
+    if _u16(frame, gre + 2) != GRE_PROTO_IPV4:
+        raise _Stop(Stat.PASS_UNSUPPORTED)
+    return gre + header_len
+
+
+def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
+    """Section 4. Returns (the flow, whether the inner packet is a fragment)."""
+    avail = gre_end - inner
+    if avail < IPV4_MIN_HEADER_LEN:
+        raise _Stop(Stat.INNER_MALFORMED)
+    version, ihl = frame[inner] >> 4, frame[inner] & 0x0F
+    if version != 4 or ihl < 5:
+        raise _Stop(Stat.INNER_MALFORMED)
+    header_len = ihl * 4
+    total_length = _u16(frame, inner + 2)
+    if total_length < header_len or total_length > avail:
+        raise _Stop(Stat.INNER_MALFORMED)
+    proto = frame[inner + 9]
+    src, dst = frame[inner + 12 : inner + 16], frame[inner + 16 : inner + 20]
+    fragment = _u16(frame, inner + 6) & IPV4_FRAGMENT_MASK != 0
+    if fragment or proto not in (PROTO_TCP, PROTO_UDP):
+        return Flow(src, dst, proto), fragment
+    if header_len + 4 > total_length:
+        raise _Stop(Stat.INNER_L4_TRUNCATED)
+    l4 = inner + header_len
+    return Flow(src, dst, proto, _u16(frame, l4), _u16(frame, l4 + 2)), False
+
+
+def _parse(settings: Settings, frame: bytes) -> _Parsed:
+    """Sections 1-4: from the Ethernet header to the inner flow, or a _Stop."""
+    ethertype, l3 = _parse_ethernet(frame)
+    if ethertype == ETH_P_IPV6:
+        _parse_outer_ipv6(frame, l3)
+    if ethertype != ETH_P_IPV4:
+        raise _Stop(Stat.PASS_NOT_IP)
+    gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
+    inner = _parse_gre(frame, gre, gre_end)
+    flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
+    return _Parsed(l3, flow, fragment)
+
+
+# --- Deciding (sections 5-7, and the next-hop check of 8) ------------------------------------
+
+
+def _is_valid_hit(entry: CtEntry, backend: BackendEntry) -> bool:
+    """Section 5: the slot still forwards and still belongs to the backend the flow went to."""
+    return backend.state in FORWARDING_STATES and backend.generation == entry.generation
+
+
+def match_vip(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> tuple[Match, int]:
+    """Section 6: the VIP a flow belongs to, as (how it matched, VIP index); NONE_INDEX if none.
+
+    The port match is only tried for TCP and UDP that is not a fragment, the only flows that
+    carry real ports.
+    """
+    if flow.proto in (PROTO_TCP, PROTO_UDP) and not fragment:
+        vip_index = state.vips.get(VipKey(flow.dst, flow.proto, flow.dport))
+        if vip_index is not None:
+            return Match.PORT_VIP, vip_index
+    vip_index = state.vips.get(VipKey(flow.dst, 0, 0))
+    if vip_index is not None:
+        return Match.ADDRESS_VIP, vip_index
+    if state.settings.default_vip != NONE_INDEX:
+        return Match.DEFAULT_VIP, state.settings.default_vip
+    return Match.NONE, NONE_INDEX
+
+
+def lookup(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> Decision:
+    """Which backend ``flow`` gets and why, without changing anything.
+
+    ``fragment`` says the flow came from an IP fragment (ports 0, no port VIP match).
+    """
+    hashed = flow_hash(flow, state.settings.hash_seed)
+    entry = state.conntrack.get(flow)
+    stale_entry = None
+    if entry is not None:
+        backend = state.backends.get(entry.backend_index)
+        if backend is not None and _is_valid_hit(entry, backend):
+            hit = Decision(
+                flow,
+                hashed,
+                Stat.CT_HIT,
+                Match.CONNTRACK,
+                vip_index=backend.vip_index,
+                backend_index=entry.backend_index,
+            )
+            return _check_next_hop(hit, backend)
+        stale_entry = entry
+
+    match, vip_index = match_vip(state, flow, fragment=fragment)
+    if match == Match.NONE:
+        return Decision(flow, hashed, Stat.NO_VIP, match, stale_entry=stale_entry)
+
+    undecided = Decision(
+        flow, hashed, Stat.DROP_NO_BACKEND, match, vip_index=vip_index, stale_entry=stale_entry
+    )
+    table = state.tables.get(vip_index)
+    if not table:  # no table, or a table of size 0 (which has no slot to pick)
+        return undecided
+    slot = hashed % len(table)
+    backend_index = table[slot]
+    picked = Decision(
+        flow,
+        hashed,
+        Stat.CT_STALE if stale_entry is not None else Stat.CT_MISS,
+        match,
+        vip_index=vip_index,
+        table_size=len(table),
+        table_slot=slot,
+        backend_index=None if backend_index == NONE_INDEX else backend_index,
+        stale_entry=stale_entry,
+    )
+    backend = None if backend_index == NONE_INDEX else state.backends.get(backend_index)
+    if backend is None or backend.state not in FORWARDING_STATES:  # empty, unused or DOWN
+        return replace(picked, stat=Stat.DROP_NO_BACKEND)
+    return _check_next_hop(picked, backend)
+
+
+def _check_next_hop(decision: Decision, backend: BackendEntry) -> Decision:
+    if backend.next_hop is None:
+        return replace(decision, stat=Stat.DROP_NO_NEXTHOP)
+    return decision
+
+
+# --- Rewriting and sending (section 8) -------------------------------------------------------
+
+
+def rewrite(settings: Settings, frame: bytes, l3: int, backend: BackendEntry) -> bytes:
+    """GRE passthrough: new Ethernet addresses, outer source, destination and TTL, and the
+    outer header checksum updated incrementally over those 16-bit words."""
+    next_hop = backend.next_hop
+    if next_hop is None or len(next_hop.dst_mac) != 6 or len(next_hop.src_mac) != 6:
+        raise ValueError(f"backend {backend} has no usable next hop")
+    if len(backend.addr) != 4 or len(settings.lb_ipv4) != 4:
+        raise ValueError("GRE passthrough over outer IPv4 needs IPv4 LB and backend addresses")
+    out = bytearray(frame)
+    out[0:6] = next_hop.dst_mac
+    out[6:12] = next_hop.src_mac
+
+    # The changed words: source (2), destination (2), and TTL with the protocol beside it.
+    old_words = bytes(out[l3 + 12 : l3 + 20] + out[l3 + 8 : l3 + 10])
+    out[l3 + 12 : l3 + 16] = settings.lb_ipv4
+    out[l3 + 16 : l3 + 20] = backend.addr
+    out[l3 + 8] = settings.outer_ttl
+    new_words = bytes(out[l3 + 12 : l3 + 20] + out[l3 + 8 : l3 + 10])
+
+    checksum = checksum_update_bytes(_u16(frame, l3 + 10), old_words, new_words)
+    out[l3 + 10 : l3 + 12] = struct.pack("!H", checksum)
+    return bytes(out)
+
+
+def _send_verdict(next_hop: NextHop, ingress_ifindex: int) -> tuple[Verdict, int | None]:
+    if next_hop.ifindex in (0, ingress_ifindex):
+        return Verdict.TX, None
+    return Verdict.REDIRECT, next_hop.ifindex
+
+
+# --- The packet path -------------------------------------------------------------------------
+
+
+def process(state: DataplaneState, frame: bytes, ingress_ifindex: int = 1) -> Result:
+    """Run one frame through the packet path. Mutates ``state.conntrack`` when a flow is
+    recorded (a forwarded miss or stale hit). Never raises on any frame bytes."""
+    frame = bytes(frame)
+    size = len(frame)
+    settings = state.settings
+
+    try:
+        parsed = _parse(settings, frame)
+    except _Stop as stop:
+        return _not_forwarded(settings, frame, stop.stat)
+
+    decision = lookup(state, parsed.flow, fragment=parsed.fragment)
+    if not decision.forwards:
+        return _not_forwarded(settings, frame, decision.stat, parsed.flow, decision)
+
+    assert decision.backend_index is not None and decision.vip_index is not None
+    backend = state.backends[decision.backend_index]
+    assert backend.next_hop is not None
+    if decision.stat in (Stat.CT_MISS, Stat.CT_STALE):
+        state.conntrack[parsed.flow] = CtEntry(decision.backend_index, backend.generation)
+
+    verdict, redirect_ifindex = _send_verdict(backend.next_hop, ingress_ifindex)
+    counters = Counters(
+        stats={decision.stat: (1, size)},
+        vips={decision.vip_index: (1, size)},
+        backends={decision.backend_index: (1, size)},
+    )
+    return Result(
+        verdict=verdict,
+        frame=rewrite(settings, frame, parsed.l3, backend),
+        stat=decision.stat,
+        redirect_ifindex=redirect_ifindex,
+        counters=counters,
+        flow=parsed.flow,
+        decision=decision,
+    )
+
+
+def _not_forwarded(
+    settings: Settings,
+    frame: bytes,
+    stat: Stat,
+    flow: Flow | None = None,
+    decision: Decision | None = None,
+) -> Result:
+    return Result(
+        verdict=verdict_for(stat, settings),
+        frame=frame,
+        stat=stat,
+        redirect_ifindex=None,
+        counters=Counters(stats={stat: (1, len(frame))}),
+        flow=flow,
+        decision=decision,
+    )
