@@ -774,7 +774,8 @@ def _rr_variables(environ: Mapping[str, str]) -> dict[str, str]:
         elif value.strip() == "" and name != ENV_TARGET_IPS:
             problems.append(Problem((name,), "is set but empty; unset it for the default", value))
         else:
-            variables[name] = value.strip()
+            # RR_TARGET_IPS's items are stripped one by one; its value is shown as written.
+            variables[name] = value if name == ENV_TARGET_IPS else value.strip()
     if problems:
         raise ConfigError(problems, ENVIRONMENT)
     return variables
