@@ -540,7 +540,14 @@ def parse_vip_key(text: str, source: str = "VIP key") -> VipKey:
         raise fail(f"address {json.dumps(host)}: {error}") from None
     if raw.startswith("[") and address.version == 4:
         raise fail("only IPv6 addresses are written in brackets")
-    if port_text is None and protocol_text is None:
+    protocol: Protocol | None = None
+    if protocol_text is not None:
+        try:
+            protocol = Protocol(protocol_text)
+        except ValueError:
+            known = ", ".join(member.value for member in Protocol)
+            raise fail(f"protocol {json.dumps(protocol_text)} must be one of: {known}") from None
+    if port_text is None and protocol is None:
         return VipKey(address)
     if port_text is None:
         if address.version == 6 and not raw.startswith("["):
@@ -551,13 +558,8 @@ def parse_vip_key(text: str, source: str = "VIP key") -> VipKey:
         raise fail(f'a protocol needs a port, e.g. "{_host(address)}:80/{protocol_text}"')
     if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise fail(f"port {json.dumps(port_text)} must be a number between 1 and 65535")
-    if protocol_text is None:
+    if protocol is None:
         raise fail(f'a port needs a protocol, e.g. "{_host(address)}:{int(port_text)}/tcp"')
-    try:
-        protocol = Protocol(protocol_text)
-    except ValueError:
-        known = ", ".join(member.value for member in Protocol)
-        raise fail(f"protocol {json.dumps(protocol_text)} must be one of: {known}") from None
     return VipKey(address, protocol, int(port_text))
 
 

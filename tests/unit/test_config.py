@@ -739,6 +739,7 @@ def test_parse_vip_key(text: str, key: VipKey) -> None:
         ("198.18.100.1:0/tcp", "between 1 and 65535"),
         ("198.18.100.1:http/tcp", "between 1 and 65535"),
         ("198.18.100.1:80/sctp", "must be one of: tcp, udp"),
+        ("198.18.100.0/24", 'protocol "24" must be one of: tcp, udp'),
         ("2001:2::1:80/tcp", "written in brackets"),
         ("[198.18.100.1]:80/tcp", "only IPv6 addresses are written in brackets"),
         ("[2001:2::1:80/tcp", 'missing "]"'),
