@@ -452,6 +452,7 @@ class Outer:
     dont_fragment: bool = True
     more_fragments: bool = False
     frag_offset: int = 0
+    reserved_flag: bool = False
     options: bytes = b""
     ip_checksum: int | None = None
     total_length: int | None = None
@@ -485,6 +486,7 @@ def encapsulate(inner: bytes, outer: Outer = Outer()) -> bytes:
         dont_fragment=outer.dont_fragment,
         more_fragments=outer.more_fragments,
         frag_offset=outer.frag_offset,
+        reserved_flag=outer.reserved_flag,
         options=outer.options,
         checksum=outer.ip_checksum,
         total_length=outer.total_length,
