@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from rusty_rail.flowhash import DEFAULT_SEED, Flow
 
 #: Marks "no backend" in a table slot and "no default set" in the settings (u32 max).
@@ -65,6 +68,9 @@ class BackendState(IntEnum):
     DRAIN = 2
     DOWN = 3
 
+
+#: A Maglev table in data-plane terms: one backend slot index per table slot.
+Table = Sequence[int] | npt.NDArray[np.uint32]
 
 FORWARDING_STATES = frozenset({BackendState.UP, BackendState.DRAIN})
 
@@ -126,6 +132,6 @@ class DataplaneState:
 
     settings: Settings
     vips: dict[VipKey, int] = field(default_factory=dict)
-    tables: dict[int, Sequence[int]] = field(default_factory=dict)
+    tables: dict[int, Table] = field(default_factory=dict)
     backends: dict[int, BackendEntry] = field(default_factory=dict)
     conntrack: dict[Flow, CtEntry] = field(default_factory=dict)

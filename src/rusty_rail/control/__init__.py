@@ -1,0 +1,1 @@
+"""Control core: desired state to tables to the data plane; backend states."""

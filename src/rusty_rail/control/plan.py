@@ -1,0 +1,319 @@
+"""Desired state to data-plane state: stable VIP indices and backend slots, Maglev tables,
+and the ordered operations that move a running data plane from one state to the next.
+
+Pure: no kernel, no files. The daemon and the tests drive it with a Config and a next-hop
+resolver; the operations it returns are applied to the BPF maps by control.apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+import numpy as np
+import numpy.typing as npt
+
+from rusty_rail import dpstate
+from rusty_rail.config import AdminState, Backend, Config
+from rusty_rail.dpstate import (
+    NONE_INDEX,
+    BackendEntry,
+    BackendState,
+    DataplaneState,
+    NextHop,
+    Settings,
+)
+from rusty_rail.maglev import MaglevTable, build_table
+
+IPAddress = IPv4Address | IPv6Address
+NextHopResolver = Callable[[IPAddress], NextHop | None]
+
+#: The name of the default backend set (the seed's RR_TARGET_IPS mode) among the services.
+DEFAULT_SET = "default"
+#: Sizes of the data plane's VIP and backend arrays; the loader sizes its maps with these.
+MAX_VIPS = 4096
+MAX_BACKENDS = 65536
+
+
+class PlanError(ValueError):
+    """The configuration is valid but cannot be put into the data plane (limits, families)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A VIP or the default set, as the data plane sees it."""
+
+    name: str
+    match: dpstate.VipKey | None
+    table_size: int
+    backends: tuple[Backend, ...]
+
+
+def services_of(config: Config) -> list[Service]:
+    """Every service of ``config``: the default set (if any) first, then the VIPs."""
+    services = []
+    if config.default_backends:
+        services.append(Service(DEFAULT_SET, None, config.table_size, config.default_backends))
+    for vip in config.vips:
+        key = vip.key
+        match = dpstate.VipKey(
+            key.address.packed,
+            key.protocol.number if key.protocol is not None else 0,
+            key.port or 0,
+        )
+        services.append(Service(str(key), match, config.table_size_for(vip), vip.backends))
+    return services
+
+
+def data_plane_state(admin: AdminState, weight: int, healthy: bool) -> BackendState:
+    """What a backend's admin state, weight and health mean to packets.
+
+    UP takes new flows; DRAIN keeps its flows and takes no new ones (weight 0 counts as
+    drain); DOWN loses its flows to re-decision.
+    """
+    if admin is AdminState.DOWN or not healthy:
+        return BackendState.DOWN
+    if admin is AdminState.DRAIN or weight == 0:
+        return BackendState.DRAIN
+    return BackendState.UP
+
+
+@dataclass
+class Allocation:
+    """Which index each VIP and which slot each (service, backend) holds, kept across changes
+    so that unchanged backends keep their slots and their flows; generations tell a reused
+    slot from its previous owner."""
+
+    vip_index: dict[str, int] = field(default_factory=dict)
+    slots: dict[tuple[str, IPAddress], int] = field(default_factory=dict)
+    generations: dict[int, int] = field(default_factory=dict)
+    max_vips: int = MAX_VIPS
+    max_backends: int = MAX_BACKENDS
+
+    def copy(self) -> Allocation:
+        return copy.deepcopy(self)
+
+
+def _lowest_free(taken: set[int], limit: int, what: str) -> int:
+    for index in range(limit):
+        if index not in taken:
+            return index
+    raise PlanError(f"too many {what}: the data plane holds at most {limit}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The data-plane state a configuration asks for, the Maglev tables behind it (by service
+    name) and the allocation it used."""
+
+    state: DataplaneState
+    tables: dict[str, MaglevTable]
+    allocation: Allocation
+    unresolved: tuple[IPAddress, ...]
+
+
+def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
+    """Keep every index still in use, free the rest, give new ones the lowest free index.
+
+    A slot freed by this change is not handed out again in the same change, so no table that
+    is still live can point at a slot that now belongs to another backend.
+    """
+    allocation = previous.copy()
+    wanted_vips = {service.name for service in services}
+    wanted_slots = {
+        (service.name, backend.address) for service in services for backend in service.backends
+    }
+    allocation.vip_index = {n: i for n, i in previous.vip_index.items() if n in wanted_vips}
+    allocation.slots = {k: i for k, i in previous.slots.items() if k in wanted_slots}
+    vips_taken = set(previous.vip_index.values())
+    slots_taken = set(previous.slots.values())
+    for service in services:
+        if service.name not in allocation.vip_index:
+            index = _lowest_free(vips_taken, allocation.max_vips, "VIPs")
+            vips_taken.add(index)
+            allocation.vip_index[service.name] = index
+        for backend in service.backends:
+            key = (service.name, backend.address)
+            if key not in allocation.slots:
+                slot = _lowest_free(slots_taken, allocation.max_backends, "backends")
+                slots_taken.add(slot)
+                allocation.slots[key] = slot
+                allocation.generations[slot] = allocation.generations.get(slot, 0) + 1
+    return allocation
+
+
+def _table_key(service: Service, seed: int, eligible: Sequence[Backend]) -> tuple[object, ...]:
+    return (service.table_size, seed, tuple(sorted((str(b.address), b.weight) for b in eligible)))
+
+
+def compile_plan(
+    config: Config,
+    previous: Allocation,
+    *,
+    lb_ipv4: IPv4Address,
+    resolve_next_hop: NextHopResolver,
+    healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
+    previous_tables: Mapping[str, MaglevTable] | None = None,
+) -> Plan:
+    """The data-plane state for ``config``. Tables whose inputs did not change are reused
+    from ``previous_tables`` instead of being built again."""
+    services = services_of(config)
+    for service in services:
+        for backend in service.backends:
+            if backend.address.version != 4:
+                raise PlanError(
+                    f"backend {backend.address} of {service.name}: IPv6 backends are not "
+                    "supported by the data plane yet (GRE passthrough over IPv4)"
+                )
+        if service.match is not None and len(service.match.addr) != 4:
+            raise PlanError(f"VIP {service.name}: IPv6 VIPs are not supported yet")
+    allocation = allocate(services, previous)
+    default_vip = allocation.vip_index.get(DEFAULT_SET, NONE_INDEX)
+    settings = Settings(
+        lb_ipv4=lb_ipv4.packed,
+        outer_ttl=config.outer_ttl,
+        no_vip_action=dpstate.Action[config.no_vip_action.name],
+        malformed_action=dpstate.Action[config.malformed_action.name],
+        default_vip=default_vip,
+        hash_seed=config.hash_seed,
+    )
+    state = DataplaneState(settings=settings)
+    tables: dict[str, MaglevTable] = {}
+    unresolved: list[IPAddress] = []
+    next_hops: dict[IPAddress, NextHop | None] = {}
+    for service in services:
+        vip_index = allocation.vip_index[service.name]
+        if service.match is not None:
+            state.vips[service.match] = vip_index
+        eligible = []
+        for backend in service.backends:
+            slot = allocation.slots[(service.name, backend.address)]
+            backend_state = data_plane_state(
+                backend.state, backend.weight, healthy(service.name, backend.address)
+            )
+            if backend.address not in next_hops:
+                next_hops[backend.address] = resolve_next_hop(backend.address)
+                if next_hops[backend.address] is None:
+                    unresolved.append(backend.address)
+            state.backends[slot] = BackendEntry(
+                addr=backend.address.packed,
+                vip_index=vip_index,
+                generation=allocation.generations[slot],
+                state=backend_state,
+                next_hop=next_hops[backend.address],
+            )
+            if backend_state is BackendState.UP:
+                eligible.append(backend)
+        reuse = (previous_tables or {}).get(service.name)
+        if reuse is not None and _table_key(service, config.hash_seed, eligible) == (
+            reuse.size,
+            reuse.seed,
+            tuple(sorted((str(a), w) for a, w in zip(reuse.backends, reuse.weights, strict=True))),
+        ):
+            table = reuse
+        else:
+            table = build_table(
+                ((b.address, b.weight) for b in eligible), service.table_size, config.hash_seed
+            )
+        tables[service.name] = table
+        state.tables[vip_index] = slot_table(table, service.name, allocation)
+    return Plan(state, tables, allocation, tuple(unresolved))
+
+
+def slot_table(table: MaglevTable, service: str, allocation: Allocation) -> npt.NDArray[np.uint32]:
+    """A Maglev table in data-plane terms: each slot names a backend slot index."""
+    if not table.backends:
+        return np.full(table.size, NONE_INDEX, dtype=np.uint32)
+    slot_of = np.array(
+        [allocation.slots[(service, address)] for address in table.backends], dtype=np.uint32
+    )
+    return slot_of[table.slots]
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations: how a running data plane gets from one state to the next without a packet
+# seeing a table that points at a backend slot not yet (or no longer) set up.
+
+
+@dataclass(frozen=True, slots=True)
+class SetBackend:
+    index: int
+    entry: BackendEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ClearBackend:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTable:
+    vip_index: int
+    slots: npt.NDArray[np.uint32]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTable:
+    vip_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetVip:
+    key: dpstate.VipKey
+    vip_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVip:
+    key: dpstate.VipKey
+
+
+@dataclass(frozen=True, slots=True)
+class SetSettings:
+    settings: Settings
+
+
+Operation = SetBackend | ClearBackend | SetTable | DeleteTable | SetVip | DeleteVip | SetSettings
+
+
+def _same_table(a: dpstate.Table | None, b: dpstate.Table) -> bool:
+    return a is not None and len(a) == len(b) and bool(np.array_equal(a, b))
+
+
+def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
+    """The operations that turn ``old`` (None: empty maps) into ``new``, in a safe order:
+
+    1. backend slots that forward in ``new`` (new ones, ones coming back, changed next hops),
+    2. tables, 3. VIP keys, 4. settings (the default set's index), then the removals:
+    5. VIP keys, 6. slots that stop forwarding (DOWN), 7. tables and slots no longer used.
+    A packet therefore never finds a table slot or VIP whose backend is not set up yet, and a
+    backend is marked DOWN only after no table sends new flows to it.
+    """
+    before = old or DataplaneState(settings=new.settings)
+    ops: list[Operation] = []
+    late_backends: list[Operation] = []
+    for index, entry in sorted(new.backends.items()):
+        if before.backends.get(index) == entry and old is not None:
+            continue
+        if entry.state in dpstate.FORWARDING_STATES:
+            ops.append(SetBackend(index, entry))
+        else:
+            late_backends.append(SetBackend(index, entry))
+    for vip_index, slots in sorted(new.tables.items()):
+        if not _same_table(before.tables.get(vip_index) if old else None, slots):
+            ops.append(SetTable(vip_index, np.asarray(slots, dtype=np.uint32)))
+    for key, vip_index in sorted(new.vips.items(), key=lambda item: item[1]):
+        if old is None or before.vips.get(key) != vip_index:
+            ops.append(SetVip(key, vip_index))
+    if old is None or before.settings != new.settings:
+        ops.append(SetSettings(new.settings))
+    for key in sorted(before.vips.keys() - new.vips.keys(), key=lambda k: before.vips[k]):
+        ops.append(DeleteVip(key))
+    ops += late_backends
+    for vip_index in sorted(before.tables.keys() - new.tables.keys()):
+        ops.append(DeleteTable(vip_index))
+    for index in sorted(before.backends.keys() - new.backends.keys()):
+        ops.append(ClearBackend(index))
+    return ops

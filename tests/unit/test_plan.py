@@ -1,0 +1,254 @@
+"""The control core's plan: stable allocation, table reuse, safe operation order, and the
+product's promise checked through the reference pipeline (two nodes, same backend)."""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address, ip_address
+
+import pytest
+
+from rusty_rail import reference
+from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.control.plan import (
+    DEFAULT_SET,
+    Allocation,
+    ClearBackend,
+    DeleteTable,
+    DeleteVip,
+    Plan,
+    PlanError,
+    SetBackend,
+    SetSettings,
+    SetTable,
+    SetVip,
+    compile_plan,
+    diff,
+)
+from rusty_rail.dpstate import NONE_INDEX, BackendState, NextHop, Stat, Verdict
+from rusty_rail.flowhash import Flow
+from rusty_rail.packets import LB_IPV4, gre_frame
+
+LB = IPv4Address(LB_IPV4)
+HOP = NextHop(
+    ifindex=1, src_mac=bytes.fromhex("020000000010"), dst_mac=bytes.fromhex("020000000020")
+)
+
+
+def resolved(address: object) -> NextHop:
+    return HOP
+
+
+def config(*backends: str, vip: str = "198.19.0.10", size: int = 251, extra: str = "") -> Config:
+    listed = ", ".join(f'"{b}"' if "=" not in b else "{" + b + "}" for b in backends)
+    return config_from_toml_text(
+        f"table_size = {size}\n{extra}\n"
+        f'[[vips]]\naddress = "{vip}"\nprotocol = "tcp"\nport = 80\nbackends = [{listed}]\n'
+    )
+
+
+def plan(cfg: Config, previous: Plan | None = None) -> Plan:
+    return compile_plan(
+        cfg,
+        previous.allocation if previous else Allocation(),
+        lb_ipv4=LB,
+        resolve_next_hop=resolved,
+        previous_tables=previous.tables if previous else None,
+    )
+
+
+BACKENDS = [f"198.18.1.{i}" for i in range(1, 11)]
+
+
+def slot_of(p: Plan, address: str, service: str = "198.19.0.10:80/tcp") -> int:
+    return p.allocation.slots[(service, ip_address(address))]
+
+
+def test_unchanged_backends_keep_their_slots_when_one_is_added_or_removed() -> None:
+    first = plan(config(*BACKENDS))
+    added = plan(config(*BACKENDS, "198.18.1.99"), first)
+    removed = plan(config(*BACKENDS[1:]), first)
+    for address in BACKENDS[1:]:
+        assert slot_of(added, address) == slot_of(first, address)
+        assert slot_of(removed, address) == slot_of(first, address)
+    assert slot_of(first, BACKENDS[0]) not in removed.state.backends
+
+
+def test_a_freed_slot_is_not_reused_in_the_same_change_and_gets_a_new_generation_later() -> None:
+    first = plan(config(*BACKENDS))
+    freed = slot_of(first, BACKENDS[0])
+    swapped = plan(config(*BACKENDS[1:], "198.18.1.99"), first)
+    assert slot_of(swapped, "198.18.1.99") != freed
+    reused = plan(config(*BACKENDS[1:], "198.18.1.99", "198.18.1.98"), swapped)
+    assert slot_of(reused, "198.18.1.98") == freed
+    assert reused.state.backends[freed].generation == first.state.backends[freed].generation + 1
+
+
+def test_unchanged_services_reuse_their_table_and_changed_ones_rebuild() -> None:
+    first = plan(config(*BACKENDS))
+    again = plan(config(*BACKENDS), first)
+    assert again.tables["198.19.0.10:80/tcp"] is first.tables["198.19.0.10:80/tcp"]
+    weighted = plan(config(*BACKENDS[1:], f'address = "{BACKENDS[0]}", weight = 2'), first)
+    assert weighted.tables["198.19.0.10:80/tcp"] is not first.tables["198.19.0.10:80/tcp"]
+
+
+def test_states_follow_admin_state_weight_and_health() -> None:
+    cfg = config(
+        'address = "198.18.1.1", state = "drain"',
+        'address = "198.18.1.2", state = "down"',
+        'address = "198.18.1.3", weight = 0',
+        "198.18.1.4",
+        "198.18.1.5",
+    )
+    p = compile_plan(
+        cfg,
+        Allocation(),
+        lb_ipv4=LB,
+        resolve_next_hop=resolved,
+        healthy=lambda service, address: address != ip_address("198.18.1.5"),
+    )
+    states = {str(ip_address(e.addr)): e.state for e in p.state.backends.values()}
+    assert states == {
+        "198.18.1.1": BackendState.DRAIN,
+        "198.18.1.2": BackendState.DOWN,
+        "198.18.1.3": BackendState.DRAIN,
+        "198.18.1.4": BackendState.UP,
+        "198.18.1.5": BackendState.DOWN,
+    }
+    # Only the UP backend is in the table.
+    (table,) = p.state.tables.values()
+    assert set(int(s) for s in table) == {slot_of(p, "198.18.1.4")}
+
+
+def test_a_service_with_no_eligible_backend_gets_an_all_empty_table() -> None:
+    p = plan(config('address = "198.18.1.1", state = "down"'))
+    (table,) = p.state.tables.values()
+    assert set(int(s) for s in table) == {NONE_INDEX}
+
+
+def test_default_set_is_a_service_named_in_the_settings() -> None:
+    cfg = config_from_toml_text('default_backends = ["198.18.1.1", "198.18.1.2"]\n')
+    p = plan(cfg)
+    assert p.state.settings.default_vip == p.allocation.vip_index[DEFAULT_SET]
+    assert p.state.vips == {}
+    assert plan(config("198.18.1.1")).state.settings.default_vip == NONE_INDEX
+
+
+def test_ipv6_backends_are_refused_until_the_data_plane_carries_them() -> None:
+    with pytest.raises(PlanError, match="IPv6 backends"):
+        plan(config("2001:2::1"))
+
+
+def test_running_out_of_backend_slots_is_a_clear_error() -> None:
+    with pytest.raises(PlanError, match="at most 5"):
+        compile_plan(
+            config(*BACKENDS),
+            Allocation(max_backends=5),
+            lb_ipv4=LB,
+            resolve_next_hop=resolved,
+        )
+
+
+def test_unresolved_next_hops_are_reported_and_left_in_the_state() -> None:
+    p = compile_plan(
+        config(*BACKENDS[:3]),
+        Allocation(),
+        lb_ipv4=LB,
+        resolve_next_hop=lambda a: None if a == ip_address(BACKENDS[0]) else HOP,
+    )
+    assert p.unresolved == (ip_address(BACKENDS[0]),)
+    assert p.state.backends[slot_of(p, BACKENDS[0])].next_hop is None
+
+
+def positions(ops: list[object], kind: type, **fields: object) -> list[int]:
+    return [
+        i
+        for i, op in enumerate(ops)
+        if isinstance(op, kind) and all(getattr(op, k) == v for k, v in fields.items())
+    ]
+
+
+def test_from_empty_backends_come_before_tables_before_vips() -> None:
+    p = plan(config(*BACKENDS))
+    ops = diff(None, p.state)
+    last_backend = max(positions(ops, SetBackend))
+    (table_at,) = positions(ops, SetTable)
+    (vip_at,) = positions(ops, SetVip)
+    (settings_at,) = positions(ops, SetSettings)
+    assert last_backend < table_at < vip_at < settings_at
+
+
+def test_a_new_backend_is_set_up_before_the_table_that_names_it() -> None:
+    first = plan(config(*BACKENDS))
+    second = plan(config(*BACKENDS, "198.18.1.99"), first)
+    ops = diff(first.state, second.state)
+    (new_backend,) = positions(ops, SetBackend, index=slot_of(second, "198.18.1.99"))
+    (table_at,) = positions(ops, SetTable)
+    assert new_backend < table_at
+    assert len(ops) == 2
+
+
+def test_removed_or_downed_backends_go_only_after_the_table_stops_naming_them() -> None:
+    first = plan(config(*BACKENDS))
+    removed = plan(config(*BACKENDS[1:]), first)
+    ops = diff(first.state, removed.state)
+    (table_at,) = positions(ops, SetTable)
+    (cleared,) = positions(ops, ClearBackend, index=slot_of(first, BACKENDS[0]))
+    assert table_at < cleared
+
+    down = plan(config(f'address = "{BACKENDS[0]}", state = "down"', *BACKENDS[1:]), first)
+    ops = diff(first.state, down.state)
+    (table_at,) = positions(ops, SetTable)
+    (downed,) = positions(ops, SetBackend, index=slot_of(first, BACKENDS[0]))
+    assert table_at < downed
+
+
+def test_a_removed_vip_loses_its_key_before_its_table_and_slots() -> None:
+    first = plan(config(*BACKENDS))
+    gone = plan(config_from_toml_text("table_size = 251\n"), first)
+    ops = diff(first.state, gone.state)
+    (vip_at,) = positions(ops, DeleteVip)
+    (table_at,) = positions(ops, DeleteTable)
+    assert vip_at < table_at < min(positions(ops, ClearBackend))
+
+
+def test_no_change_means_no_operations() -> None:
+    first = plan(config(*BACKENDS))
+    assert diff(first.state, plan(config(*BACKENDS), first).state) == []
+
+
+def backend_for(p: Plan, flow: Flow) -> str:
+    result = reference.process(p.state, gre_frame(flow))
+    assert result.verdict is Verdict.TX, result.stat
+    assert result.decision is not None and result.decision.backend_index is not None
+    return str(ip_address(p.state.backends[result.decision.backend_index].addr))
+
+
+def test_two_nodes_with_the_same_config_in_any_order_pick_the_same_backend() -> None:
+    # The product's central promise: ECMP may move a flow to another balancer and it keeps its
+    # backend. Node B got its backends in another order and through another history of changes,
+    # so its slot numbers differ; the backend addresses it picks must not.
+    shuffled = BACKENDS[:]
+    random.Random(7).shuffle(shuffled)
+    node_a = plan(config(*BACKENDS))
+    history = plan(config(*shuffled[:4]))
+    node_b = plan(config(*shuffled), history)
+    assert node_a.allocation.slots != node_b.allocation.slots
+    rng = random.Random(1)
+    for _ in range(300):
+        flow = Flow.of(
+            f"198.18.200.{rng.randrange(1, 255)}", "198.19.0.10", 6, rng.randrange(1024, 65535), 80
+        )
+        assert backend_for(node_a, flow) == backend_for(node_b, flow)
+
+
+def test_established_flows_stay_when_a_backend_is_added() -> None:
+    first = plan(config(*BACKENDS))
+    flows = [Flow.of("198.18.200.1", "198.19.0.10", 6, port, 80) for port in range(2000, 2400)]
+    chosen = {flow: backend_for(first, flow) for flow in flows}
+    second = plan(config(*BACKENDS, "198.18.1.99"), first)
+    second.state.conntrack.update(first.state.conntrack)
+    for flow in flows:
+        result = reference.process(second.state, gre_frame(flow))
+        assert result.stat is Stat.CT_HIT
+        assert backend_for(second, flow) == chosen[flow]
