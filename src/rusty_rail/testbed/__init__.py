@@ -1,0 +1,1 @@
+"""The test bed: the seed deployment (clients, router, balancers, servers) in network namespaces."""
