@@ -378,10 +378,10 @@ def lookup(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> Deci
         flow, hashed, Stat.DROP_NO_BACKEND, match, vip_index=vip_index, stale_entry=stale_entry
     )
     table = state.tables.get(vip_index)
-    if not table:  # no table, or a table of size 0 (which has no slot to pick)
+    if table is None or len(table) == 0:  # no table, or one with no slot to pick
         return undecided
     slot = hashed % len(table)
-    backend_index = table[slot]
+    backend_index = int(table[slot])  # a plain int also when the table is a numpy array
     picked = Decision(
         flow,
         hashed,
