@@ -636,15 +636,15 @@ class FrameInfo:
     @property
     def flow(self) -> Flow | None:
         """The 5-tuple (3-tuple for fragments and port-less protocols) of the innermost IP
-        packet, as the balancer would see it; None without an innermost IP header."""
-        ip = self.inner if self.inner is not None else self.outer
-        if ip is None or len(ip.src) != len(ip.dst):
+        packet, as the balancer would see it; None when a GRE frame's inner packet did not parse."""
+        ip = self.inner if self.gre is not None else self.outer
+        if ip is None:
             return None
         fragment = isinstance(ip, Ipv4Info) and ip.is_fragment
-        has_ports = self.l4 is not None and self.l4.sport is not None and not fragment
-        sport = self.l4.sport if has_ports and self.l4 is not None else None
-        dport = self.l4.dport if has_ports and self.l4 is not None else None
-        return Flow(ip.src, ip.dst, ip.proto, sport or 0, dport or 0)
+        l4 = self.l4
+        if fragment or l4 is None or l4.sport is None or l4.dport is None:
+            return Flow(ip.src, ip.dst, ip.proto)
+        return Flow(ip.src, ip.dst, ip.proto, l4.sport, l4.dport)
 
     def summary(self) -> str:
         """One line, outermost layer first, for test failures and the test bed's logs."""

@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from rusty_rail.dpstate import (
     FORWARDING_STATES,
@@ -26,27 +26,31 @@ from rusty_rail.dpstate import (
     VipKey,
 )
 from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
-from rusty_rail.packets import checksum_update_bytes
+from rusty_rail.packets import (
+    ETH_HEADER_LEN,
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    GRE_FLAG_C,
+    GRE_FLAG_K,
+    GRE_FLAG_R,
+    GRE_FLAG_S,
+    GRE_FLAG_STRICT,
+    GRE_RECURSION_MASK,
+    GRE_VERSION_MASK,
+    IPV4_FLAG_MF,
+    IPV4_HEADER_LEN,
+    IPV4_OFFSET_MASK,
+    IPV6_HEADER_LEN,
+    PROTO_GRE,
+    VLAN_TAG_LEN,
+    VLAN_TPIDS,
+    checksum_update_bytes,
+)
 
-ETH_HEADER_LEN = 14
-VLAN_TAG_LEN = 4
 MAX_VLAN_TAGS = 2
-VLAN_TPIDS = (0x8100, 0x88A8)
-ETH_P_IPV4 = 0x0800
-ETH_P_IPV6 = 0x86DD
-
-IPV4_MIN_HEADER_LEN = 20
-IPV6_HEADER_LEN = 40
-IPV4_FRAGMENT_MASK = 0x3FFF  # more-fragments flag and fragment offset
-PROTO_GRE = 47
-
+IPV4_FRAGMENT_MASK = IPV4_FLAG_MF | IPV4_OFFSET_MASK  # 0x3FFF: a fragment if any bit is set
 GRE_BASE_HEADER_LEN = 4
-GRE_FLAG_C = 0x8000
-GRE_FLAG_K = 0x2000
-GRE_FLAG_S = 0x1000
-GRE_MUST_BE_ZERO = 0x4000 | 0x0800 | 0x0700  # R, s and recursion control
-GRE_VERSION_MASK = 0x0007
-GRE_PROTO_IPV4 = 0x0800
+GRE_MUST_BE_ZERO = GRE_FLAG_R | GRE_FLAG_STRICT | GRE_RECURSION_MASK  # RFC 2784: discard if set
 
 FORWARD_STATS = frozenset({Stat.CT_HIT, Stat.CT_MISS, Stat.CT_STALE})
 MALFORMED_STATS = frozenset({Stat.GRE_MALFORMED, Stat.INNER_MALFORMED, Stat.INNER_L4_TRUNCATED})
@@ -237,7 +241,7 @@ def _parse_ethernet(frame: bytes) -> tuple[int, int]:
 def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, int]:
     """Section 2a. Returns (offset of the GRE header, the GRE end)."""
     l3_len = len(frame) - l3
-    if l3_len < IPV4_MIN_HEADER_LEN:
+    if l3_len < IPV4_HEADER_LEN:
         raise _Stop(Stat.PASS_OUTER_MALFORMED)
     version, ihl = frame[l3] >> 4, frame[l3] & 0x0F
     if version != 4 or ihl < 5:
@@ -257,7 +261,7 @@ def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, i
     return l3 + header_len, l3 + total_length
 
 
-def _parse_outer_ipv6(frame: bytes, l3: int) -> None:
+def _parse_outer_ipv6(frame: bytes, l3: int) -> NoReturn:
     """Section 2b: recognised, never balanced yet."""
     if len(frame) - l3 < IPV6_HEADER_LEN:
         raise _Stop(Stat.PASS_OUTER_MALFORMED)
@@ -281,7 +285,7 @@ def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
             header_len += 4
     if header_len > gre_end - gre:
         raise _Stop(Stat.GRE_MALFORMED)
-    if _u16(frame, gre + 2) != GRE_PROTO_IPV4:
+    if _u16(frame, gre + 2) != ETH_P_IPV4:
         raise _Stop(Stat.PASS_UNSUPPORTED)
     return gre + header_len
 
@@ -289,7 +293,7 @@ def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
 def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
     """Section 4. Returns (the flow, whether the inner packet is a fragment)."""
     avail = gre_end - inner
-    if avail < IPV4_MIN_HEADER_LEN:
+    if avail < IPV4_HEADER_LEN:
         raise _Stop(Stat.INNER_MALFORMED)
     version, ihl = frame[inner] >> 4, frame[inner] & 0x0F
     if version != 4 or ihl < 5:
@@ -300,7 +304,7 @@ def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, boo
         raise _Stop(Stat.INNER_MALFORMED)
     proto = frame[inner + 9]
     src, dst = frame[inner + 12 : inner + 16], frame[inner + 16 : inner + 20]
-    fragment = _u16(frame, inner + 6) & IPV4_FRAGMENT_MASK != 0
+    fragment = (_u16(frame, inner + 6) & IPV4_FRAGMENT_MASK) != 0
     if fragment or proto not in (PROTO_TCP, PROTO_UDP):
         return Flow(src, dst, proto), fragment
     if header_len + 4 > total_length:

@@ -436,6 +436,7 @@ def test_describe_names_the_problem(frame: bytes, problem: str) -> None:
 def test_describe_stops_at_unknown_gre_payload_without_a_problem() -> None:
     info = describe(encapsulate(bytes(30), Outer(gre_protocol=ETH_P_TEB)))
     assert info.problem is None and info.gre is not None and info.inner is None
+    assert info.flow is None  # not the outer GRE packet's addresses
 
 
 def test_describe_notes_padding() -> None:
