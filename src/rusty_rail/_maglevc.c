@@ -13,8 +13,12 @@
 
 /* Return codes, mirrored in maglev.py. */
 #define MAGLEV_OK 0
-#define MAGLEV_EBADARG -1 /* M not prime, no weight > 0, offset >= M or skip not in 1..M-1 */
+#define MAGLEV_EBADARG -1 /* M not prime, offset >= M, skip not in 1..M-1, weight > 65535
+			   or no weight > 0 */
 #define MAGLEV_ENOMEM -2
+
+/* Keeps credits and turn rounds far from overflow: 2^24 turns x 2^16 < 2^40. */
+#define MAX_WEIGHT 0xFFFFu
 
 int32_t rr_maglev_populate(uint32_t backend_count, uint32_t table_size,
 			   const uint32_t *offsets, const uint32_t *skips,
@@ -253,7 +257,7 @@ int32_t rr_maglev_populate(uint32_t backend_count, uint32_t table_size,
 	uint32_t max_weight = 0, min_weight = UINT32_MAX;
 	uint64_t weight_sum = 0;
 	for (uint32_t i = 0; i < backend_count; i++) {
-		if (offsets[i] >= m || skips[i] == 0 || skips[i] >= m)
+		if (offsets[i] >= m || skips[i] == 0 || skips[i] >= m || weights[i] > MAX_WEIGHT)
 			return MAGLEV_EBADARG;
 		if (weights[i] > max_weight)
 			max_weight = weights[i];
