@@ -44,6 +44,7 @@ __all__ = [
     "XdpMode",
     "attach_xdp",
     "bpf_object_path",
+    "bpf_unavailable_reason",
     "create_map",
     "detach_xdp",
     "ensure_bpffs",
@@ -490,6 +491,18 @@ def num_possible_cpus() -> int:
 _possible_cpus: int | None = None
 
 
+def bpf_unavailable_reason() -> str | None:
+    """Why this process cannot use BPF here (not root, no CAP_BPF, ...), or None if it can:
+    a map is created and closed to find out."""
+    try:
+        create_map(MapType.ARRAY, 4, 4, 1, name="rr_probe").close()
+    except OSError as error:
+        uid = os.geteuid()
+        who = "root" if uid == 0 else f"uid {uid}, not root"
+        return f"cannot use BPF ({who}): {error}"
+    return None
+
+
 def bpf_object_path(name: str) -> Path:
     """The compiled object ``bpf/<name>.bpf.o`` shipped inside the rusty_rail package."""
     path = Path(str(resources.files("rusty_rail").joinpath("bpf", f"{name}.bpf.o")))
@@ -663,10 +676,10 @@ class Program:
             opts.ctx_size_in = ctypes.sizeof(_XdpMd)
         self._ctx_ifindex = ingress_ifindex
 
-    def _test_run_error(self, err: int, size: int, data_out_size: int | None) -> LibbpfError:
+    def _test_run_error(self, err: int, size: int, data_out_size: int | None) -> Exception:
         hint = None
         if self._fd < 0:
-            return LibbpfError(errno_codes.EBADF, f"test run of program {self._name!r}")
+            return ValueError(f"program {self._name!r} is closed (its BpfObject was closed)")
         if err == errno_codes.ENOSPC:
             hint = f"the output frame is longer than data_out_size={data_out_size}"
         elif err == errno_codes.EINVAL:
@@ -1373,11 +1386,14 @@ class Link:
 def query_xdp(ifindex: int) -> XdpAttachment | None:
     """The XDP program attached to ``ifindex`` (in the calling thread's network namespace)."""
     opts = _XdpQueryOpts(sz=ctypes.sizeof(_XdpQueryOpts))
-    result = _xdp_query(ifindex, 0, ctypes.byref(opts))
+    with _captured_libbpf_messages() as messages:
+        result = _xdp_query(ifindex, 0, ctypes.byref(opts))
     if result != 0:
         err = _errno_of(result)
         hint = "no such interface in this network namespace" if err == errno_codes.ENODEV else None
-        raise LibbpfError(err, f"query XDP on {_interface_label(ifindex)}", hint=hint)
+        raise LibbpfError(
+            err, f"query XDP on {_interface_label(ifindex)}", hint=hint, libbpf_log=messages
+        )
     if opts.attach_mode == 0:
         return None
     if opts.drv_prog_id:
@@ -1418,8 +1434,10 @@ def attach_xdp(ifindex: int, program: Program, mode: XdpMode = "native") -> Link
 
 def _attach_hint(err: int, ifindex: int, mode: str) -> str | None:
     if err == errno_codes.EOPNOTSUPP and mode == "native":
-        return "the driver has no native XDP support; mode 'generic' runs it in the kernel's "
-        "skb path (slower)"
+        return (
+            "the driver has no native XDP support; mode 'generic' runs the program in the "
+            "kernel's slower skb path"
+        )
     if err == errno_codes.ENODEV:
         return "no such interface in this network namespace"
     if err in (errno_codes.EBUSY, errno_codes.EEXIST):
@@ -1454,12 +1472,13 @@ def detach_xdp(ifindex: int, mode: XdpMode | None = None) -> bool:
     operation = f"detach {current.mode} XDP program id {current.prog_id} from {label}"
     flag = _MODE_FLAGS.get(current.mode, _XDP_FLAGS_HW_MODE)
     opts = _XdpAttachOpts(sz=ctypes.sizeof(_XdpAttachOpts))
-    result = _xdp_detach(ifindex, flag, ctypes.byref(opts))
+    with _captured_libbpf_messages() as messages:
+        result = _xdp_detach(ifindex, flag, ctypes.byref(opts))
     if result == 0:
         return True
     err = _errno_of(result)
     if err != errno_codes.EBUSY:
-        raise LibbpfError(err, operation)
+        raise LibbpfError(err, operation, libbpf_log=messages)
     # A bpf_link holds the interface and netlink may not take it away: find that link.
     candidates = [
         link_id

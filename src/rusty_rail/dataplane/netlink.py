@@ -1,0 +1,260 @@
+"""What rusty-rail asks the kernel's routing side (rtnetlink, through pyroute2): next hops from
+the FIB and the neighbour table, interface facts, and running code inside a network namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from rusty_rail.dpstate import NextHop
+
+__all__ = [
+    "NextHopError",
+    "in_netns",
+    "interface_addresses",
+    "interface_index",
+    "interface_mac",
+    "resolve_next_hop",
+    "wait_next_hop",
+]
+
+IPAddress = IPv4Address | IPv6Address
+
+# linux/neighbour.h
+_NTF_USE = 0x01
+_NUD_INCOMPLETE = 0x01
+_NUD_REACHABLE = 0x02
+_NUD_STALE = 0x04
+_NUD_DELAY = 0x08
+_NUD_PROBE = 0x10
+_NUD_FAILED = 0x20
+_NUD_NOARP = 0x40
+_NUD_PERMANENT = 0x80
+# States whose link-layer address can be used. STALE is usable (the kernel itself sends to a
+# stale neighbour while it re-confirms it), but worth a refresh: see resolve_next_hop.
+_NUD_USABLE = _NUD_REACHABLE | _NUD_STALE | _NUD_DELAY | _NUD_PROBE | _NUD_NOARP | _NUD_PERMANENT
+
+_RTN_UNICAST = 1
+_RTN_NAMES = {
+    2: "local",
+    3: "broadcast",
+    4: "anycast",
+    5: "multicast",
+    6: "blackhole",
+    7: "unreachable",
+    8: "prohibit",
+    9: "throw",
+}
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
+
+
+class NextHopError(LookupError):
+    """The kernel has no usable way to reach an address: no route, a route that does not
+    forward (local, blackhole, ...), or an egress interface without Ethernet addresses."""
+
+
+# -- namespaces ----------------------------------------------------------------------------
+
+
+def _netns_path(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"network namespace name {name!r}")
+    return f"/run/netns/{name}"
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"enter network namespace {what}: {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the block with the calling thread inside the named network namespace (as made by
+    ``ip netns add``). Sockets and BPF calls that name interfaces by index then see that
+    namespace; BPF objects themselves are global."""
+    target = os.open(_netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(target)
+        raise
+    try:
+        _setns(target, repr(name))
+        try:
+            yield
+        finally:
+            # Not coming back would leave this thread working in the wrong namespace.
+            _setns(original, "of origin")
+    finally:
+        os.close(target)
+        os.close(original)
+
+
+@contextmanager
+def _rtnl(netns: str | None) -> Iterator[Any]:
+    if netns is not None:
+        _netns_path(netns)
+    with IPRoute(netns=netns) as ipr:
+        yield ipr
+
+
+# -- interfaces ----------------------------------------------------------------------------
+
+
+def _link(ipr: Any, name: str) -> Any:
+    try:
+        links = ipr.link("get", ifname=name)
+    except NetlinkError as error:
+        if error.code == errno.ENODEV:
+            raise LookupError(f"no interface named {name!r}") from error
+        raise
+    return links[0]
+
+
+def interface_index(name: str, *, netns: str | None = None) -> int:
+    with _rtnl(netns) as ipr:
+        return int(_link(ipr, name)["index"])
+
+
+def interface_mac(name: str, *, netns: str | None = None) -> bytes:
+    """The interface's Ethernet address (6 bytes)."""
+    with _rtnl(netns) as ipr:
+        link = _link(ipr, name)
+    mac = _mac_bytes(link.get("IFLA_ADDRESS"))
+    if mac is None:
+        raise LookupError(f"interface {name!r} has no Ethernet address")
+    return mac
+
+
+def interface_addresses(name: str, *, netns: str | None = None) -> list[IPAddress]:
+    """The interface's IPv4 and IPv6 addresses, as the kernel lists them (IPv6 link-local
+    addresses included: filter with ``is_link_local``)."""
+    with _rtnl(netns) as ipr:
+        index = _link(ipr, name)["index"]
+        messages = ipr.get_addr(index=index)
+        return [ip_address(message.get("IFA_ADDRESS")) for message in messages]
+
+
+def _mac_bytes(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    mac = bytes.fromhex(text.replace(":", ""))
+    return mac if len(mac) == 6 else None
+
+
+# -- next hops ------------------------------------------------------------------------------
+
+
+def _route(ipr: Any, address: IPAddress) -> tuple[int, IPAddress]:
+    """The egress interface and the on-link neighbour (gateway or the address) for address."""
+    try:
+        routes = ipr.route("get", dst=str(address))
+    except NetlinkError as error:
+        # A blackhole route answers EINVAL, unreachable EHOSTUNREACH, prohibit EACCES.
+        raise NextHopError(
+            f"no route to {address}: {os.strerror(error.code)} "
+            f"({errno.errorcode.get(error.code, error.code)})"
+        ) from error
+    route = routes[0]
+    if route["type"] != _RTN_UNICAST:
+        kind = _RTN_NAMES.get(route["type"], f"type {route['type']}")
+        raise NextHopError(f"the route to {address} is {kind}, not a unicast next hop")
+    ifindex = route.get("RTA_OIF")
+    if not ifindex:
+        raise NextHopError(f"the route to {address} names no egress interface")
+    gateway = route.get("RTA_GATEWAY")
+    via = route.get("RTA_VIA")  # an IPv4 route through an IPv6 gateway
+    if gateway:
+        neighbour = ip_address(gateway)
+    elif via:
+        neighbour = ip_address(via["addr"] if isinstance(via, dict) else via.get("addr"))
+    else:
+        neighbour = address
+    return int(ifindex), neighbour
+
+
+def _neighbour(ipr: Any, neighbour: IPAddress, ifindex: int) -> tuple[int, bytes | None]:
+    try:
+        entries = ipr.neigh("get", dst=str(neighbour), ifindex=ifindex)
+    except NetlinkError as error:
+        if error.code == errno.ENOENT:
+            return 0, None
+        raise
+    entry = entries[0]
+    return int(entry["state"]), _mac_bytes(entry.get("NDA_LLADDR"))
+
+
+def _solicit(ipr: Any, neighbour: IPAddress, ifindex: int) -> None:
+    """Ask the kernel to (re)resolve the neighbour: an RTM_NEWNEIGH with NTF_USE creates the
+    entry if needed and sends ARP / neighbour solicitations as if a packet were waiting, but
+    changes nothing that is already known."""
+    ipr.neigh("replace", dst=str(neighbour), ifindex=ifindex, flags=_NTF_USE, state=0)
+
+
+def resolve_next_hop(address: str | IPAddress, *, netns: str | None = None) -> NextHop | None:
+    """Where frames to ``address`` leave this host, from the kernel's FIB and neighbour table.
+
+    None when the neighbour (the gateway, or the address itself when on-link) is not resolved
+    yet: resolution is started and a later call finds it (wait_next_hop waits for it). A STALE
+    entry is returned and refreshed at once, because XDP traffic bypasses the stack and would
+    never refresh it. Raises NextHopError when there is no usable route."""
+    return _resolve(ip_address(address), netns)[0]
+
+
+def _resolve(address: IPAddress, netns: str | None) -> tuple[NextHop | None, IPAddress]:
+    with _rtnl(netns) as ipr:
+        ifindex, neighbour = _route(ipr, address)
+        link = ipr.link("get", index=ifindex)[0]
+        src_mac = _mac_bytes(link.get("IFLA_ADDRESS"))
+        if src_mac is None:
+            name = link.get("IFLA_IFNAME")
+            raise NextHopError(
+                f"{address} is reached through {name} (ifindex {ifindex}), "
+                "which has no Ethernet address"
+            )
+        state, dst_mac = _neighbour(ipr, neighbour, ifindex)
+        if dst_mac is None or not state & _NUD_USABLE:
+            _solicit(ipr, neighbour, ifindex)
+            return None, neighbour
+        if state & _NUD_STALE:
+            _solicit(ipr, neighbour, ifindex)
+        return NextHop(ifindex=ifindex, src_mac=src_mac, dst_mac=dst_mac), neighbour
+
+
+def wait_next_hop(
+    address: str | IPAddress,
+    timeout: float = 3.0,
+    *,
+    netns: str | None = None,
+    interval: float = 0.05,
+) -> NextHop:
+    """resolve_next_hop until it succeeds; TimeoutError naming the neighbour after ``timeout``."""
+    address = ip_address(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        next_hop, neighbour = _resolve(address, netns)
+        if next_hop is not None:
+            return next_hop
+        if time.monotonic() >= deadline:
+            what = "it" if neighbour == address else f"its gateway {neighbour}"
+            raise TimeoutError(
+                f"no next hop for {address}: {what} did not answer ARP / neighbour "
+                f"solicitation within {timeout:g} s"
+            )
+        time.sleep(interval)
