@@ -1015,8 +1015,8 @@ def create_map(
         kind = MapType(map_type).name if map_type in MapType._value2member_map_ else map_type
         raise LibbpfError(
             _errno_of(fd),
-            f"create map {name!r} (type {kind}, key {key_size} B, value {value_size} B, "
-            f"{max_entries} entries, flags {flags:#x})",
+            f"create map {name!r} (type {kind}, key_size {key_size}, value_size {value_size}, "
+            f"max_entries {max_entries}, flags {flags:#x})",
         )
     return Map(
         fd,

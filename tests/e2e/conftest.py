@@ -1,0 +1,128 @@
+"""Shared fixtures of the end-to-end tests: the root guard, and two uniquely named network
+namespaces joined by a veth pair (198.18.0.0/24, 2001:2::/64), torn down even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REQUIRE_ROOT_TESTS = "RUSTY_RAIL_REQUIRE_ROOT_TESTS"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``, or fail when the environment demands root tests (CI does)."""
+    if os.environ.get(REQUIRE_ROOT_TESTS) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ROOT_TESTS}=1: these tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def ip(*args: str) -> str:
+    """Run iproute2's ``ip``; its error output becomes the exception's message."""
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def require_root() -> None:
+    """Root, BPF, iproute2 and network namespaces, else skip, or fail under CI."""
+    if os.geteuid() != 0:
+        skip_or_fail("end-to-end tests need root")
+    if shutil.which("ip") is None:
+        skip_or_fail("iproute2's ip is not installed: run scripts/setup")
+    try:
+        from rusty_rail.dataplane.libbpf import bpf_unavailable_reason
+    except ImportError as error:
+        skip_or_fail(f"the libbpf binding cannot be imported: {error}")
+        return
+    reason = bpf_unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason)
+
+
+@pytest.fixture(autouse=True)
+def _e2e_tests_need_root(require_root: None) -> None:
+    """Every end-to-end test builds namespaces."""
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """Namespace ``near`` holds interface ``near_if``; its peer ``far_if`` lives in ``far``.
+    ``near`` routes GATEWAY_NET4 / GATEWAY_NET6 through the far end."""
+
+    near: str
+    far: str
+    near_if: str
+    far_if: str
+    near_mac: bytes
+    far_mac: bytes
+
+    NEAR4 = "198.18.0.1"
+    FAR4 = "198.18.0.2"
+    NEAR6 = "2001:2::1"
+    FAR6 = "2001:2::2"
+    GATEWAY_NET4 = "198.19.0.0/24"
+    GATEWAY_NET6 = "2001:2:0:1::/64"
+
+    def near_ip(self, *args: str) -> str:
+        return ip("-n", self.near, *args)
+
+    def far_ip(self, *args: str) -> str:
+        return ip("-n", self.far, *args)
+
+
+def _mac(namespace: str, ifname: str) -> bytes:
+    (link,) = json.loads(ip("-n", namespace, "-j", "link", "show", "dev", ifname))
+    return bytes.fromhex(str(link["address"]).replace(":", ""))
+
+
+@pytest.fixture
+def veth_pair(require_root: None) -> Iterator[VethPair]:
+    token = uuid.uuid4().hex[:6]
+    near, far = f"rr-e2e-{token}-near", f"rr-e2e-{token}-far"
+    near_if, far_if = f"rrn{token}", f"rrf{token}"
+    created: list[str] = []
+    try:
+        for namespace in (near, far):
+            ip("netns", "add", namespace)
+            created.append(namespace)
+            ip("-n", namespace, "link", "set", "lo", "up")
+        ip("link", "add", near_if, "netns", near, "type", "veth", "peer", far_if, "netns", far)
+        for namespace, ifname, ipv4, ipv6 in (
+            (near, near_if, VethPair.NEAR4, VethPair.NEAR6),
+            (far, far_if, VethPair.FAR4, VethPair.FAR6),
+        ):
+            ip("-n", namespace, "addr", "add", f"{ipv4}/24", "dev", ifname)
+            ip("-n", namespace, "addr", "add", f"{ipv6}/64", "dev", ifname, "nodad")
+            ip("-n", namespace, "link", "set", ifname, "up")
+        ip("-n", near, "route", "add", VethPair.GATEWAY_NET4, "via", VethPair.FAR4)
+        ip("-n", near, "-6", "route", "add", VethPair.GATEWAY_NET6, "via", VethPair.FAR6)
+        yield VethPair(near, far, near_if, far_if, _mac(near, near_if), _mac(far, far_if))
+    finally:
+        # Deleting a namespace deletes its end of the veth, and with it the peer.
+        for namespace in created:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+@pytest.fixture
+def bpffs_dir(require_root: None) -> Iterator[Path]:
+    """A fresh directory on the bpffs, removed with all its pins afterwards."""
+    from rusty_rail.dataplane.libbpf import BPFFS, ensure_bpffs, remove_pin_dir
+
+    ensure_bpffs()
+    directory = BPFFS / f"rusty_rail_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    directory.mkdir(mode=0o700)
+    try:
+        yield directory
+    finally:
+        remove_pin_dir(directory)
