@@ -11,18 +11,13 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-REQUIRE_ROOT_TESTS = "RUSTY_RAIL_REQUIRE_ROOT_TESTS"
+# bpffs_dir is a fixture: importing it here offers it to the end-to-end tests as well.
+from tests.bpf.conftest import bpffs_dir, skip_or_fail
 
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with ``reason``, or fail when the environment demands root tests (CI does)."""
-    if os.environ.get(REQUIRE_ROOT_TESTS) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ROOT_TESTS}=1: these tests must run here)", pytrace=False)
-    pytest.skip(reason)
+__all__ = ["VethPair", "bpffs_dir", "ip", "skip_or_fail"]
 
 
 def ip(*args: str) -> str:
@@ -112,17 +107,3 @@ def veth_pair(require_root: None) -> Iterator[VethPair]:
         # Deleting a namespace deletes its end of the veth, and with it the peer.
         for namespace in created:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-
-
-@pytest.fixture
-def bpffs_dir(require_root: None) -> Iterator[Path]:
-    """A fresh directory on the bpffs, removed with all its pins afterwards."""
-    from rusty_rail.dataplane.libbpf import BPFFS, ensure_bpffs, remove_pin_dir
-
-    ensure_bpffs()
-    directory = BPFFS / f"rusty_rail_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    directory.mkdir(mode=0o700)
-    try:
-        yield directory
-    finally:
-        remove_pin_dir(directory)

@@ -39,7 +39,7 @@ from rusty_rail.dataplane.netlink import (
 from rusty_rail.dpstate import NextHop
 
 if TYPE_CHECKING:
-    from conftest import VethPair
+    from tests.e2e.conftest import VethPair
 
 pytestmark = pytest.mark.e2e
 
