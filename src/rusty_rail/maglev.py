@@ -164,30 +164,32 @@ def _read_backends(
 ) -> tuple[list[Address], npt.NDArray[np.uint64], npt.NDArray[np.uint32]]:
     """Validate the pairs; returns the addresses, their keys as (high, low) 64-bit halves
     (one row each) and the weights, all in input order."""
-    addresses: list[Address] = []
-    high: list[int] = []
-    low: list[int] = []
-    weights: list[int] = []
-    # IPv4Address objects are what a validated configuration holds: they take the short road.
-    for address, weight in backends:
-        if type(address) is ipaddress.IPv4Address:
-            high.append(0)
-            low.append(_IPV4_MAPPED | int(address))
-        else:
-            address = _parse_address(address)
-            key = int.from_bytes(backend_key(address), "big")
-            high.append(key >> 64)
-            low.append(key & MASK64)
-        if type(weight) is not int or not 0 <= weight <= MAX_WEIGHT:
-            raise ValueError(
-                f"backend {address}: weight must be an integer in 0..{MAX_WEIGHT}, got {weight!r}"
-            )
-        addresses.append(address)
-        weights.append(weight)
-    keys = np.empty((len(addresses), 2), dtype=np.uint64)
-    keys[:, 0] = high
-    keys[:, 1] = low
-    return addresses, keys, np.array(weights, dtype=np.uint32)
+    pairs = list(backends)
+    # IPv4Address objects are what a validated configuration holds: they need no parsing.
+    addresses = [a if type(a) is ipaddress.IPv4Address else _parse_address(a) for a, _ in pairs]
+    weights = [weight for _, weight in pairs]
+    if (
+        not set(map(type, weights)) <= {int}
+        or not 0 <= min(weights, default=0) <= max(weights, default=0) <= MAX_WEIGHT
+    ):
+        address, weight = next(
+            (a, w)
+            for a, w in zip(addresses, weights, strict=True)
+            if type(w) is not int or not 0 <= w <= MAX_WEIGHT
+        )
+        raise ValueError(
+            f"backend {address}: weight must be an integer in 0..{MAX_WEIGHT}, got {weight!r}"
+        )
+    keys = [
+        _IPV4_MAPPED | int(a) if type(a) is ipaddress.IPv4Address else int(a) for a in addresses
+    ]
+    halves = np.zeros((len(keys), 2), dtype=np.uint64)
+    if max(keys, default=0) > MASK64:
+        halves[:, 0] = [key >> 64 for key in keys]
+        halves[:, 1] = [key & MASK64 for key in keys]
+    else:
+        halves[:, 1] = keys
+    return addresses, halves, np.array(weights, dtype=np.uint32)
 
 
 def moved_fraction(before: MaglevTable, after: MaglevTable) -> float:

@@ -178,9 +178,16 @@ def test_addresses_as_strings_or_objects_build_the_same_table() -> None:
 
 
 def test_backends_are_sorted_by_key_bytes() -> None:
-    # IPv4 keys are ::ffff:a.b.c.d, so they sort between ::1 and 2001:2::.
-    table = build_table([("2001:2::1", 1), ("198.18.0.2", 1), ("::1", 1), ("198.18.0.1", 1)], 101)
-    assert [str(a) for a in table.backends] == ["::1", "198.18.0.1", "198.18.0.2", "2001:2::1"]
+    # IPv4 keys are ::ffff:a.b.c.d, so they sort between ::1 and ::8000:0:0:1.
+    addresses = ["2001:2::1", "198.18.0.2", "::8000:0:0:1", "::1", "198.18.0.1"]
+    table = build_table([(a, 1) for a in addresses], 101)
+    assert [str(a) for a in table.backends] == [
+        "::1",
+        "198.18.0.1",
+        "198.18.0.2",
+        "::8000:0:0:1",
+        "2001:2::1",
+    ]
 
 
 def test_seed_changes_the_table() -> None:
