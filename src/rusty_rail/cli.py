@@ -34,6 +34,52 @@ def cmd_bench_maglev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from rusty_rail.config import ConfigError
+    from rusty_rail.control.daemon import DaemonOptions, StartupError, run
+    from rusty_rail.control.plan import PlanError
+    from rusty_rail.dataplane.loader import LoaderError
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = DaemonOptions(
+        config_path=args.config,
+        pin_root=args.pin_root,
+        detach_on_exit=args.detach_on_exit,
+        next_hop_timeout=args.next_hop_timeout,
+    )
+    environ = dict(os.environ)
+    if args.xdp_mode is not None:
+        environ["RR_XDP_MODE"] = args.xdp_mode
+    if args.device is not None:
+        environ["RR_DEVICE"] = args.device
+    try:
+        run(environ, options)
+    except (ConfigError, StartupError, PlanError, LoaderError) as error:
+        print(f"rusty-rail run: {error}", file=sys.stderr)
+        print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    from rusty_rail.dataplane.loader import detach_balancer
+
+    if detach_balancer(args.device, args.pin_root):
+        print(f"detached the balancer from {args.device} and removed its pins")
+        return EXIT_OK
+    print(
+        f"rusty-rail detach: no balancer is pinned for {args.device} under {args.pin_root}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from rusty_rail.selfcheck import run_selfcheck
 
@@ -55,6 +101,61 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: rusty-rail bench maglev --json",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from pathlib import Path
+
+    from rusty_rail.dataplane.libbpf import PIN_ROOT
+
+    run = commands.add_parser(
+        "run",
+        help="the balancer daemon: load, attach and feed the XDP program",
+        description="Loads the XDP balancer on the device, writes the configured VIPs, backends "
+        "and Maglev tables into its maps and attaches it; then keeps next hops current and "
+        "re-reads the configuration on SIGHUP. On SIGTERM/SIGINT the data plane keeps running "
+        "(pinned under the pin root) unless --detach-on-exit; a later `run` adopts it without "
+        "dropping packets. Configuration: --config FILE (or RR_CONFIG), or the environment: "
+        "RR_DEVICE and RR_TARGET_IPS. Exit status 2: bad configuration or environment, nothing "
+        "attached or changed.",
+        epilog='Example: RR_DEVICE=eth0 RR_TARGET_IPS="10.1.0.1;10.1.0.2" rusty-rail run\n'
+        "         rusty-rail run --config /etc/rusty-rail.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", type=Path, help="TOML configuration file (docs/configuration.md)")
+    run.add_argument("--device", help="the interface (overrides RR_DEVICE and the file)")
+    run.add_argument(
+        "--xdp-mode",
+        choices=["native", "generic"],
+        help="native (driver) or generic (skb) XDP; native never falls back to generic",
+    )
+    run.add_argument(
+        "--pin-root", type=Path, default=PIN_ROOT, help=f"bpffs directory for pins ({PIN_ROOT})"
+    )
+    run.add_argument(
+        "--detach-on-exit",
+        action="store_true",
+        help="detach and unpin on SIGTERM/SIGINT instead of leaving the data plane running",
+    )
+    run.add_argument(
+        "--next-hop-timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait at start for backends' neighbours to resolve (default 3)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.set_defaults(handler=cmd_run)
+
+    detach = commands.add_parser(
+        "detach",
+        help="detach the balancer from a device and remove its pinned state",
+        description="Detaches the XDP balancer from DEVICE and removes its pins (maps, "
+        "connection table, counters).",
+        epilog="Example: rusty-rail detach --device eth0",
+    )
+    detach.add_argument("--device", required=True, help="the interface")
+    detach.add_argument(
+        "--pin-root", type=Path, default=PIN_ROOT, help=f"bpffs directory for pins ({PIN_ROOT})"
+    )
+    detach.set_defaults(handler=cmd_detach)
 
     selfcheck = commands.add_parser(
         "selfcheck",

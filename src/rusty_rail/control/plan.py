@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import numpy as np
 import numpy.typing as npt
 
 from rusty_rail import dpstate
-from rusty_rail.config import AdminState, Backend, Config
+from rusty_rail.config import AdminState, Backend, Config, Protocol, VipKey
 from rusty_rail.dpstate import (
     NONE_INDEX,
     BackendEntry,
@@ -33,8 +33,8 @@ NextHopResolver = Callable[[IPAddress], NextHop | None]
 #: The name of the default backend set (the seed's RR_TARGET_IPS mode) among the services.
 DEFAULT_SET = "default"
 #: Sizes of the data plane's VIP and backend arrays; the loader sizes its maps with these.
-MAX_VIPS = 4096
-MAX_BACKENDS = 65536
+MAX_VIPS = 1024
+MAX_BACKENDS = 16384
 
 
 class PlanError(ValueError):
@@ -94,6 +94,35 @@ class Allocation:
 
     def copy(self) -> Allocation:
         return copy.deepcopy(self)
+
+
+def service_name(match: dpstate.VipKey) -> str:
+    """The canonical name of a VIP match key, as services_of names it."""
+    protocols = {protocol.number: protocol for protocol in Protocol}
+    address = ip_address(match.addr)
+    if match.proto == 0 and match.port == 0:
+        return str(VipKey(address))
+    if match.proto not in protocols:
+        raise PlanError(f"VIP key {address} proto {match.proto} port {match.port} is not valid")
+    return str(VipKey(address, protocols[match.proto], match.port))
+
+
+def allocation_from_state(
+    state: DataplaneState, *, max_vips: int = MAX_VIPS, max_backends: int = MAX_BACKENDS
+) -> Allocation:
+    """The allocation a running data plane embodies: how a restarted control plane takes over
+    the slots (and so the flows) of the one before it."""
+    names = {vip_index: service_name(match) for match, vip_index in state.vips.items()}
+    if state.settings.default_vip != NONE_INDEX:
+        names[state.settings.default_vip] = DEFAULT_SET
+    allocation = Allocation(max_vips=max_vips, max_backends=max_backends)
+    allocation.vip_index = {name: vip_index for vip_index, name in names.items()}
+    for slot, entry in state.backends.items():
+        allocation.generations[slot] = entry.generation
+        name = names.get(entry.vip_index)
+        if name is not None and entry.state is not BackendState.UNUSED:
+            allocation.slots[(name, ip_address(entry.addr))] = slot
+    return allocation
 
 
 def _lowest_free(taken: set[int], limit: int, what: str) -> int:
