@@ -19,6 +19,7 @@ from rusty_rail.dataplane.libbpf import (
     BPF_NOEXIST,
     BpfObject,
     LibbpfError,
+    Link,
     Map,
     MapType,
     Program,
@@ -415,3 +416,20 @@ def test_remove_pin_dir_refuses_what_is_not_on_a_bpffs(tmp_path: Path) -> None:
     with pytest.raises(LibbpfError, match="not on a bpffs"):
         remove_pin_dir(tmp_path)
     assert (tmp_path / "keep").exists()
+
+
+def test_a_pin_of_another_kind_is_named(
+    maps_object: BpfObject, floor_program: Program, bpffs_dir: Path
+) -> None:
+    path = bpffs_dir / "settings"
+    maps_object.map("settings").pin(path)
+    with pytest.raises(LibbpfError, match="it is a pinned map"):
+        Link.from_pinned(path)
+    with pytest.raises(LibbpfError, match="not a pin"):
+        Map.from_pinned(bpffs_dir)
+
+
+def test_pin_dir_refuses_a_root_that_is_not_a_bpffs(tmp_path: Path) -> None:
+    with pytest.raises(LibbpfError, match="not on a bpffs"):
+        pin_dir("veth0", root=tmp_path / "pins")
+    assert not (tmp_path / "pins").exists()

@@ -193,7 +193,9 @@ def test_second_attach_is_refused_with_what_is_there(
     near_netns: int, floor_program: Program, pass_program: Program
 ) -> None:
     with attach_xdp(near_netns, floor_program, "native"):
-        with pytest.raises(LibbpfError, match=rf"id {floor_program.id} is already attached"):
+        with pytest.raises(
+            LibbpfError, match=rf"id {floor_program.id} is already attached .* link"
+        ):
             attach_xdp(near_netns, pass_program, "native")
         with pytest.raises(LibbpfError, match="cannot be active together"):
             attach_xdp(near_netns, pass_program, "generic")
@@ -263,3 +265,21 @@ def test_pinned_link_survives_the_process_and_detach_finds_it(
         assert detach_xdp(ifindex) is True
         assert query_xdp(ifindex) is None
         assert detach_xdp(ifindex) is False
+
+
+def test_a_program_attached_by_ip_link_is_reported_and_detached(
+    veth_pair: VethPair, floor_program: Program
+) -> None:
+    pass_object = str(bpf_object_path("pass"))
+    veth_pair.near_ip(
+        "link", "set", "dev", veth_pair.near_if, "xdpgeneric", "obj", pass_object, "sec", "xdp"
+    )
+    with in_netns(veth_pair.near):
+        ifindex = socket.if_nametoindex(veth_pair.near_if)
+        attached = query_xdp(ifindex)
+        assert attached is not None and attached.mode == "generic"
+        with pytest.raises(LibbpfError, match="without a bpf_link") as caught:
+            attach_xdp(ifindex, floor_program, "generic")
+        assert caught.value.errno == errno.EBUSY
+        assert detach_xdp(ifindex) is True
+        assert query_xdp(ifindex) is None

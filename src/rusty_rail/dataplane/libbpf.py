@@ -115,6 +115,9 @@ BPF_EXIST = 2
 BPF_F_NO_PREALLOC = 1 << 0
 BPF_F_INNER_MAP = 1 << 12
 
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+
 _BPF_F_REPLACE = 1 << 2
 _BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type: BPF_XDP
 _BPF_LINK_TYPE_XDP = 6
@@ -353,6 +356,7 @@ _object_next_map = _fn("bpf_object__next_map", _c_void_p, _c_void_p, _c_void_p)
 
 _program_fd = _fn("bpf_program__fd", _c_int, _c_void_p)
 _program_name = _fn("bpf_program__name", _c_char_p, _c_void_p)
+_program_type = _fn("bpf_program__type", _c_int, _c_void_p)
 
 _map_fd = _fn("bpf_map__fd", _c_int, _c_void_p)
 _map_name = _fn("bpf_map__name", _c_char_p, _c_void_p)
@@ -536,10 +540,36 @@ def _close_fd(fd: int) -> None:
         log.warning("closing BPF file descriptor %d failed", fd, exc_info=True)
 
 
-def _obj_get_fd(path: str | os.PathLike[str], what: str) -> int:
+def _fd_kind(fd: int) -> str:
+    """What a BPF descriptor refers to ("map", "program", "link"), from /proc/self/fdinfo."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+            keys = {line.split(":", 1)[0] for line in fdinfo}
+    except OSError:
+        return "unknown"
+    if "link_type" in keys:
+        return "link"
+    if "map_type" in keys:
+        return "map"
+    if "prog_type" in keys:
+        return "program"
+    return "unknown"
+
+
+def _obj_get_fd(path: str | os.PathLike[str], kind: str, what: str | None = None) -> int:
+    """Open the pin at ``path``, which must be a ``kind`` ("map", "link")."""
+    operation = f"open the pinned {what or kind} {os.fspath(path)}"
     fd = _obj_get(os.fsencode(path))
     if fd < 0:
-        raise LibbpfError(_errno_of(fd), f"open the pinned {what} {os.fspath(path)}")
+        err = _errno_of(fd)
+        hint = None
+        if err in (errno_codes.EACCES, errno_codes.EPERM, errno_codes.EINVAL):
+            hint = "not a pin (a directory, or a file outside a bpffs), or no permission"
+        raise LibbpfError(err, operation, hint=hint)
+    found = _fd_kind(fd)
+    if found != kind:
+        os.close(fd)
+        raise LibbpfError(errno_codes.EINVAL, operation, hint=f"it is a pinned {found}")
     return int(fd)
 
 
@@ -577,11 +607,13 @@ class Program:
         "_out_view",
         "_release",
         "_repeat",
+        "prog_type",
     )
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, prog_type: int = BPF_PROG_TYPE_XDP) -> None:
         self._fd = fd
         self._name = name
+        self.prog_type = prog_type
         # Everything a run needs is built once and reused: constructing ctypes objects per
         # call would cost more than the run itself. Only the fields that change are written.
         self._opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), repeat=1)
@@ -637,7 +669,7 @@ class Program:
         kernel fails with ENOSPC when the program's output is longer); by default the cap is
         64 KiB."""
         if not self._acquire(False):
-            return Program(self.fd, self._name).test_run(
+            return Program(self.fd, self._name, self.prog_type).test_run(
                 data, ingress_ifindex=ingress_ifindex, repeat=repeat, data_out_size=data_out_size
             )
         try:
@@ -664,6 +696,8 @@ class Program:
             self._release()
 
     def _set_context(self, ingress_ifindex: int | None, size: int) -> None:
+        if ingress_ifindex is not None and self.prog_type != BPF_PROG_TYPE_XDP:
+            raise ValueError(f"program {self._name!r} is not XDP: ingress_ifindex is for XDP")
         opts = self._opts
         if ingress_ifindex is None:
             # Any context pointer makes the kernel check the context, even with a zero size.
@@ -1148,7 +1182,7 @@ class BpfObject:
             raise LibbpfError(_errno_of(result), f"reuse map fd {fd} for map {map_name!r}")
 
     def reuse_pinned_map(self, map_name: str, path: str | os.PathLike[str]) -> None:
-        fd = _obj_get_fd(path, f"map for {map_name!r}")
+        fd = _obj_get_fd(path, "map", f"map for {map_name!r}")
         try:
             self.reuse_map_fd(map_name, fd)  # libbpf keeps a duplicate
         finally:
@@ -1221,7 +1255,7 @@ class BpfObject:
             fd = _program_fd(handle)
             if fd < 0:
                 raise LibbpfError(_errno_of(fd), f"program {name!r} of {self.path.name}")
-            program = self._programs[name] = Program(int(fd), name)
+            program = self._programs[name] = Program(int(fd), name, _program_type(handle))
         return program
 
     def map(self, name: str) -> Map:
@@ -1297,7 +1331,7 @@ class Link:
             if info.type != _BPF_LINK_TYPE_XDP:
                 raise LibbpfError(
                     errno_codes.EINVAL,
-                    f"adopt the pinned link {os.fspath(path)}",
+                    f"open the pinned link {os.fspath(path)}",
                     hint=f"it is a link of type {info.type}, not an XDP link",
                 )
         except BaseException:
@@ -1452,9 +1486,20 @@ def _attach_hint(err: int, ifindex: int, mode: str) -> str | None:
                 f"a {current.mode} XDP program (id {current.prog_id}) is attached and native "
                 "and generic XDP cannot be active together; detach it first"
             )
+        holders = [
+            link_id
+            for link_id, info in _xdp_links()
+            if info.xdp_ifindex == ifindex and info.prog_id == current.prog_id
+        ]
+        if holders:
+            return (
+                f"XDP program id {current.prog_id} is already attached in {current.mode} mode "
+                f"by bpf_link id {holders[0]}; replace its program with Link.update_program "
+                "on that (pinned) link, or detach it first"
+            )
         return (
-            f"XDP program id {current.prog_id} is already attached in {current.mode} mode; "
-            "detach it first, or replace it with Link.update_program on its (pinned) link"
+            f"XDP program id {current.prog_id} is already attached in {current.mode} mode "
+            "without a bpf_link (by ip link or another tool); detach it first"
         )
     if err == errno_codes.ERANGE:
         return "the MTU is too large for native XDP on this device"
@@ -1551,13 +1596,16 @@ def pin_dir(ifname: str, *, root: Path = PIN_ROOT, create: bool = True) -> Path:
     _check_component(ifname, "interface name")
     directory = root / ifname
     if create:
-        if not _is_bpffs(root.parent if not root.exists() else root):
+        if root.is_relative_to(BPFFS):
             ensure_bpffs()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _is_bpffs(directory):
+        existing = directory
+        while not existing.exists():
+            existing = existing.parent
+        if not _is_bpffs(existing):
             raise LibbpfError(
                 errno_codes.EXDEV, f"create pin directory {directory}", hint="it is not on a bpffs"
             )
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     return directory
 
 
