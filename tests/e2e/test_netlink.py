@@ -29,6 +29,7 @@ from rusty_rail.dataplane.libbpf import (
 )
 from rusty_rail.dataplane.netlink import (
     NextHopError,
+    NextHopResolver,
     in_netns,
     interface_addresses,
     interface_index,
@@ -121,6 +122,18 @@ def test_stale_neighbour_is_used_and_refreshed(veth_pair: VethPair) -> None:
     next_hop = resolve_next_hop(veth_pair.FAR4, netns=veth_pair.near)
     assert next_hop is not None and next_hop.dst_mac == veth_pair.far_mac
     assert neighbour_state(veth_pair, veth_pair.FAR4) != "STALE"
+
+
+def test_one_resolver_serves_a_round_of_addresses(veth_pair: VethPair) -> None:
+    addresses = [veth_pair.FAR4, "198.19.0.5", veth_pair.FAR6, "2001:2:0:1::5"]
+    for address in addresses:
+        wait_next_hop(address, timeout=5, netns=veth_pair.near)
+    with NextHopResolver(netns=veth_pair.near) as resolver:
+        next_hops = [resolver.resolve(address) for address in addresses]
+        with pytest.raises(NextHopError):
+            resolver.resolve(veth_pair.NEAR4)
+    ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
+    assert next_hops == [NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)] * 4
 
 
 def test_silent_gateway_times_out_naming_it(veth_pair: VethPair) -> None:

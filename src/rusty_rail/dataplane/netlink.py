@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -21,6 +21,7 @@ from rusty_rail.dpstate import NextHop
 
 __all__ = [
     "NextHopError",
+    "NextHopResolver",
     "in_netns",
     "interface_addresses",
     "interface_index",
@@ -207,26 +208,38 @@ def _solicit(ipr: Any, neighbour: IPAddress, ifindex: int) -> None:
     ipr.neigh("replace", dst=str(neighbour), ifindex=ifindex, flags=_NTF_USE, state=0)
 
 
-def resolve_next_hop(address: str | IPAddress, *, netns: str | None = None) -> NextHop | None:
-    """Where frames to ``address`` leave this host, from the kernel's FIB and neighbour table.
+class NextHopResolver:
+    """Resolves next hops over one rtnetlink socket, for a round over many addresses
+    (resolve_next_hop opens a socket per call). Interface addresses are read once per
+    resolver: use a fresh one for each round."""
 
-    None when the neighbour (the gateway, or the address itself when on-link) is not resolved
-    yet: resolution is started and a later call finds it (wait_next_hop waits for it). A STALE
-    entry is returned and refreshed at once, because XDP traffic bypasses the stack and would
-    never refresh it. Raises NextHopError when there is no usable route."""
-    return _resolve(ip_address(address), netns)[0]
+    def __init__(self, *, netns: str | None = None) -> None:
+        if netns is not None:
+            _netns_path(netns)
+        self._ipr: Any = IPRoute(netns=netns)
+        self._src_macs: dict[int, bytes | None] = {}
 
+    def close(self) -> None:
+        self._ipr.close()
 
-def _resolve(address: IPAddress, netns: str | None) -> tuple[NextHop | None, IPAddress]:
-    with _rtnl(netns) as ipr:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def resolve(self, address: str | IPAddress) -> NextHop | None:
+        """As resolve_next_hop."""
+        return self.resolve_with_neighbour(ip_address(address))[0]
+
+    def resolve_with_neighbour(self, address: IPAddress) -> tuple[NextHop | None, IPAddress]:
+        """The next hop (or None, resolution started) and the neighbour it depends on."""
+        ipr = self._ipr
         ifindex, neighbour = _route(ipr, address)
-        link = ipr.link("get", index=ifindex)[0]
-        src_mac = _mac_bytes(link.get("IFLA_ADDRESS"))
+        src_mac = self._src_mac(ifindex)
         if src_mac is None:
-            name = link.get("IFLA_IFNAME")
             raise NextHopError(
-                f"{address} is reached through {name} (ifindex {ifindex}), "
-                "which has no Ethernet address"
+                f"{address} is reached through ifindex {ifindex}, which has no Ethernet address"
             )
         state, dst_mac = _neighbour(ipr, neighbour, ifindex)
         if dst_mac is None or not state & _NUD_USABLE:
@@ -235,6 +248,23 @@ def _resolve(address: IPAddress, netns: str | None) -> tuple[NextHop | None, IPA
         if state & _NUD_STALE:
             _solicit(ipr, neighbour, ifindex)
         return NextHop(ifindex=ifindex, src_mac=src_mac, dst_mac=dst_mac), neighbour
+
+    def _src_mac(self, ifindex: int) -> bytes | None:
+        if ifindex not in self._src_macs:
+            link = self._ipr.link("get", index=ifindex)[0]
+            self._src_macs[ifindex] = _mac_bytes(link.get("IFLA_ADDRESS"))
+        return self._src_macs[ifindex]
+
+
+def resolve_next_hop(address: str | IPAddress, *, netns: str | None = None) -> NextHop | None:
+    """Where frames to ``address`` leave this host, from the kernel's FIB and neighbour table.
+
+    None when the neighbour (the gateway, or the address itself when on-link) is not resolved
+    yet: resolution is started and a later call finds it (wait_next_hop waits for it). A STALE
+    entry is returned and refreshed at once, because XDP traffic bypasses the stack and would
+    never refresh it. Raises NextHopError when there is no usable route."""
+    with NextHopResolver(netns=netns) as resolver:
+        return resolver.resolve(address)
 
 
 def wait_next_hop(
@@ -247,14 +277,15 @@ def wait_next_hop(
     """resolve_next_hop until it succeeds; TimeoutError naming the neighbour after ``timeout``."""
     address = ip_address(address)
     deadline = time.monotonic() + timeout
-    while True:
-        next_hop, neighbour = _resolve(address, netns)
-        if next_hop is not None:
-            return next_hop
-        if time.monotonic() >= deadline:
-            what = "it" if neighbour == address else f"its gateway {neighbour}"
-            raise TimeoutError(
-                f"no next hop for {address}: {what} did not answer ARP / neighbour "
-                f"solicitation within {timeout:g} s"
-            )
-        time.sleep(interval)
+    with NextHopResolver(netns=netns) as resolver:
+        while True:
+            next_hop, neighbour = resolver.resolve_with_neighbour(address)
+            if next_hop is not None:
+                return next_hop
+            if time.monotonic() >= deadline:
+                what = "it" if neighbour == address else f"its gateway {neighbour}"
+                raise TimeoutError(
+                    f"no next hop for {address}: {what} did not answer ARP / neighbour "
+                    f"solicitation within {timeout:g} s"
+                )
+            time.sleep(interval)
