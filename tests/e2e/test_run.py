@@ -1,0 +1,247 @@
+"""`rusty-rail run` on a veth pair: GRE in, GRE out towards the backend the reference picks;
+the data plane outlives the daemon, a restart adopts it, `detach` removes it.
+
+Topology: namespace "r" (198.18.0.1 plus the backend addresses .11-.13, so the backends'
+neighbour is r's interface) <-veth-> namespace "lb" (198.18.0.2) running the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+import pytest
+
+from rusty_rail import reference
+from rusty_rail.config import config_from_env
+from rusty_rail.control.plan import Allocation, compile_plan
+from rusty_rail.dataplane.libbpf import (
+    BpfObject,
+    Link,
+    attach_xdp,
+    bpf_object_path,
+    query_xdp,
+)
+from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.dpstate import NextHop
+from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.packets import ETH_P_IPV4, describe, gre, inner_ipv4, internet_checksum
+from rusty_rail.testbed.netns import Namespace, netns
+
+pytestmark = pytest.mark.e2e
+
+LB = "198.18.0.2"
+ROUTER = "198.18.0.1"
+BACKENDS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+
+@dataclass
+class Bed:
+    router: Namespace
+    lb: Namespace
+    pin_root: Path
+    pass_link: Link
+
+    def env(self, targets: list[str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
+        env |= {"RR_DEVICE": "eth0", "RR_TARGET_IPS": ";".join(targets)}
+        return env
+
+    def rusty_rail(self, *args: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.lb.name}", sys.executable, "-m", "rusty_rail",
+                *args, "--pin-root", str(self.pin_root)]  # fmt: skip
+
+
+@pytest.fixture
+def bed(bpffs_dir: Path) -> Iterator[Bed]:
+    with netns() as net:
+        router, lb = net.namespace("r"), net.namespace("lb")
+        net.veth(router, "eth0", lb, "eth0")
+        for address in [ROUTER, *BACKENDS]:
+            router.ip("addr", "add", f"{address}/24", "dev", "eth0")
+        lb.ip("addr", "add", f"{LB}/24", "dev", "eth0")
+        # A burst to an unresolved neighbour overflows the kernel's ARP queue: resolve it now.
+        router.ip(
+            "neigh", "replace", LB, "lladdr", lb.mac("eth0"), "dev", "eth0", "nud", "permanent"
+        )
+        # Frames the balancer sends back with XDP_TX arrive on r's veth end, which drops them
+        # unless an XDP program is attached there.
+        with BpfObject.open(bpf_object_path("pass")) as obj:
+            obj.load()
+            with in_netns(router.name):
+                link = attach_xdp(router.ifindex("eth0"), obj.program("xdp_pass"), "native")
+        try:
+            yield Bed(router, lb, bpffs_dir, link)
+        finally:
+            link.close()
+
+
+class Daemon:
+    """`rusty-rail run` as a child process, its log in a file."""
+
+    def __init__(self, bed: Bed, targets: list[str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("w")
+        self.process = subprocess.Popen(
+            bed.rusty_rail("run", "--next-hop-timeout", "5"),
+            env=bed.env(targets),
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            content = self.log.read_text()
+            if text in content:
+                return content
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"daemon log never said {text!r}:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        finally:
+            self.handle.close()
+
+
+def expected_backends(targets: list[str], flows: list[Flow]) -> dict[Flow, str]:
+    """What any node with this configuration picks: the plan and the reference pipeline."""
+    config = config_from_env({"RR_DEVICE": "eth0", "RR_TARGET_IPS": ";".join(targets)})
+    hop = NextHop(1, bytes(6), bytes(6))
+    plan = compile_plan(
+        config, Allocation(), lb_ipv4=IPv4Address(LB), resolve_next_hop=lambda a: hop
+    )
+    chosen = {}
+    for flow in flows:
+        decision = reference.lookup(plan.state, flow)
+        assert decision.backend_index is not None
+        chosen[flow] = str(ip_address(plan.state.backends[decision.backend_index].addr))
+    return chosen
+
+
+def send_and_capture(bed: Bed, flows: list[Flow], wait: float = 1.0) -> dict[Flow, bytes]:
+    """Send each flow's packet in GRE from r to the LB; return the GRE frames that came back
+    to r, keyed by their inner flow."""
+    with in_netns(bed.router.name):
+        capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sender = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_GRE)
+    with capture, sender:
+        capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        capture.bind(("eth0", 0))
+        capture.settimeout(0.05)
+        for flow in flows:
+            sender.sendto(gre(ETH_P_IPV4, inner_ipv4(flow, b"rusty-rail")), (LB, 0))
+        received: dict[Flow, bytes] = {}
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and len(received) < len(flows):
+            try:
+                frame, address = capture.recvfrom(65535)
+            except TimeoutError:
+                continue
+            info = describe(frame)
+            if address[2] == PACKET_OUTGOING or info.gre is None or info.flow is None:
+                continue
+            received[info.flow] = frame
+    return received
+
+
+def flows(count: int, base_port: int = 20000) -> list[Flow]:
+    return [
+        Flow.of(f"198.18.{100 + i % 7}.{1 + i % 200}", "198.19.0.10",
+                PROTO_TCP if i % 3 else PROTO_UDP, base_port + i, 80)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def check_forwarded(bed: Bed, sent: list[Flow], got: dict[Flow, bytes], targets: list[str]) -> None:
+    assert set(got) == set(sent), f"{len(sent) - len(got)} of {len(sent)} flows did not come back"
+    expected = expected_backends(targets, sent)
+    lb_mac = bytes.fromhex(bed.lb.mac("eth0").replace(":", ""))
+    router_mac = bytes.fromhex(bed.router.mac("eth0").replace(":", ""))
+    used = set()
+    for flow, frame in got.items():
+        info = describe(frame)
+        assert info.ethernet is not None and info.outer is not None
+        assert info.ethernet.src == lb_mac and info.ethernet.dst == router_mac
+        assert ip_address(info.outer.src) == IPv4Address(LB)
+        assert str(ip_address(info.outer.dst)) == expected[flow], flow
+        assert info.outer.ttl == 64
+        assert internet_checksum(frame[14 : 14 + info.outer.header_len]) == 0
+        used.add(str(ip_address(info.outer.dst)))
+    assert used == set(targets)
+
+
+def test_run_forwards_survives_the_daemon_adopts_and_detaches(bed: Bed, tmp_path: Path) -> None:
+    daemon = Daemon(bed, BACKENDS, tmp_path / "run1.log")
+    daemon.wait_for("attached in native mode")
+    sent = flows(300)
+    check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+
+    # Host traffic to the balancer's own address still reaches its stack.
+    with in_netns(bed.lb.name):
+        listener = socket.create_server((LB, 8080))
+    with listener, in_netns(bed.router.name):
+        with socket.create_connection((LB, 8080), timeout=5) as client:
+            client.sendall(b"ping")
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.recv(4) == b"ping"
+
+    # SIGTERM: the daemon goes, the data plane stays and keeps forwarding.
+    assert daemon.stop() == 0
+    with in_netns(bed.lb.name):
+        attached = query_xdp(bed.lb.ifindex("eth0"))
+    assert attached is not None and attached.mode == "native"
+    more = flows(100, base_port=40000)
+    check_forwarded(bed, more, send_and_capture(bed, more), BACKENDS)
+
+    # A restart adopts the pinned state: nothing to rewrite, flows keep their backends.
+    again = Daemon(bed, BACKENDS, tmp_path / "run2.log")
+    log = again.wait_for("swapped the new program into the pinned native XDP link")
+    assert "adopted the pinned state; 0 map updates" in log
+    check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+    assert again.stop() == 0
+
+    detach = subprocess.run(
+        bed.rusty_rail("detach", "--device", "eth0"), capture_output=True, text=True
+    )
+    assert detach.returncode == 0, detach.stderr
+    with in_netns(bed.lb.name):
+        assert query_xdp(bed.lb.ifindex("eth0")) is None
+    assert not (bed.pin_root / "eth0").exists()
+    assert send_and_capture(bed, sent[:10], wait=0.3) == {}
+
+
+def test_bad_environment_exits_2_and_attaches_nothing(bed: Bed) -> None:
+    for targets in (["198.18.0.11", "not-an-address"], []):
+        env = bed.env(targets)
+        result = subprocess.run(
+            bed.rusty_rail("run"), env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stderr
+        assert "RR_TARGET_IPS" in result.stderr
+        assert "nothing was attached or changed" in result.stderr
+    env = bed.env(BACKENDS) | {"RR_DEVICE": "nosuchdev0"}
+    result = subprocess.run(
+        bed.rusty_rail("run"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "nosuchdev0" in result.stderr
+    with in_netns(bed.lb.name):
+        assert query_xdp(bed.lb.ifindex("eth0")) is None
+    assert not (bed.pin_root / "eth0").exists()
