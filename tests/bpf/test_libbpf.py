@@ -232,6 +232,31 @@ def test_hash_map_full_is_explained(maps_object: BpfObject) -> None:
     assert "settings" in str(caught.value)
 
 
+@pytest.mark.parametrize("batch_size", [1, 5, 256])
+def test_batched_reads_and_writes(maps_object: BpfObject, batch_size: int) -> None:
+    flows = maps_object.map("flows")  # LRU hash, 32 entries
+    written = [(u32(flow), u64(flow * 3)) for flow in range(20)]
+    flows.update_batch(written)
+    assert sorted(flows.items(batch_size=batch_size)) == sorted(written)
+    assert sorted(flows.keys()) == sorted(key for key, _ in written)
+
+    counters = maps_object.map("counters")  # per-CPU array, 4 entries
+    per_cpu = [u64(cpu + 1) for cpu in range(num_possible_cpus())]
+    counters.update_percpu(u32(2), per_cpu)
+    read = dict(counters.items_percpu(batch_size=batch_size))
+    assert sorted(read) == [u32(index) for index in range(4)]
+    assert read[u32(2)] == per_cpu
+
+
+def test_a_batch_write_that_fails_says_how_far_it_got(maps_object: BpfObject) -> None:
+    settings = maps_object.map("settings")  # hash, 8 entries
+    with pytest.raises(LibbpfError) as caught:
+        settings.update_batch([(u64(key), u32(key)) for key in range(10)])
+    assert caught.value.errno == errno.E2BIG
+    assert "8 elements were written" in str(caught.value)
+    assert len(dict(settings.items())) == 8
+
+
 def test_keys_and_values_must_have_the_map_sizes(maps_object: BpfObject) -> None:
     settings = maps_object.map("settings")
     with pytest.raises(ValueError, match="key of 4 bytes"):

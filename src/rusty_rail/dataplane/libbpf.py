@@ -140,6 +140,10 @@ _OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, including the terminating NUL
 # -- errors ---------------------------------------------------------------------------------
 
 
+_BPF_F_RDONLY_PROG = 1 << 7
+_KERNEL_READ_ONLY_PROG_MAPS = frozenset({MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP})
+
+
 class LibbpfError(OSError):
     """A libbpf or bpf(2) operation failed. ``operation`` names what was attempted and on
     what; ``libbpf_log`` holds what libbpf printed meanwhile; ``verifier_log`` the verifier's
@@ -290,6 +294,18 @@ class _XdpQueryOpts(ctypes.Structure):
     )
 
 
+class _MapBatchOpts(ctypes.Structure):
+    _fields_ = (("sz", _c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64))
+
+
+class _BatchUnsupported(Exception):
+    """The kernel has no batch operations for this map type."""
+
+
+# ENOTSUPP (524) is the kernel's internal "not supported", which reaches userspace here.
+_BATCH_UNSUPPORTED = frozenset({errno_codes.EINVAL, errno_codes.EOPNOTSUPP, 524})
+
+
 class _MapInfo(ctypes.Structure):
     _fields_ = (
         ("type", ctypes.c_uint32),
@@ -390,6 +406,20 @@ _map_update_elem = _fn("bpf_map_update_elem", _c_int, _c_int, _c_char_p, _c_char
 _map_delete_elem = _fn("bpf_map_delete_elem", _c_int, _c_int, _c_char_p)
 _map_get_next_key = _fn("bpf_map_get_next_key", _c_int, _c_int, _c_char_p, _c_void_p)
 _map_get_fd_by_id = _fn("bpf_map_get_fd_by_id", _c_int, ctypes.c_uint32)
+_map_lookup_batch = _fn(
+    "bpf_map_lookup_batch",
+    _c_int,
+    _c_int,
+    _c_void_p,
+    _c_void_p,
+    _c_void_p,
+    _c_void_p,
+    _c_void_p,
+    _c_void_p,
+)
+_map_update_batch = _fn(
+    "bpf_map_update_batch", _c_int, _c_int, _c_char_p, _c_char_p, _c_void_p, _c_void_p
+)
 _obj_pin = _fn("bpf_obj_pin", _c_int, _c_int, _c_char_p)
 _obj_get = _fn("bpf_obj_get", _c_int, _c_char_p)
 _obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", _c_int, _c_int, _c_void_p, _c_void_p)
@@ -971,18 +1001,107 @@ class Map:
             current = next_key.raw
             yield current
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs; keys deleted during the walk are skipped."""
-        for key in self.keys():
-            value = self.lookup(key)
-            if value is not None:
-                yield key, value
+    def items(self, batch_size: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs: ``batch_size`` at a time where the kernel reads maps in batches
+        (one system call per batch), else key by key, skipping keys deleted meanwhile. Either
+        way a map that changes during the walk may be seen partly before, partly after."""
+        if self.is_percpu:
+            raise TypeError(f"map {self.name!r} is per-CPU: use items_percpu()")
+        yield from self._items(self.value_size, batch_size)
 
-    def items_percpu(self) -> Iterator[tuple[bytes, list[bytes]]]:
-        for key in self.keys():
-            values = self.lookup_percpu(key)
-            if values is not None:
-                yield key, values
+    def items_percpu(self, batch_size: int = 256) -> Iterator[tuple[bytes, list[bytes]]]:
+        """(key, one value per possible CPU) pairs, as items()."""
+        if not self.is_percpu:
+            raise TypeError(f"map {self.name!r} is not per-CPU: use items()")
+        stride = self._percpu_stride()
+        for key, raw in self._items(stride * num_possible_cpus(), batch_size):
+            yield key, [raw[i : i + self.value_size] for i in range(0, len(raw), stride)]
+
+    def _items(self, value_size: int, batch_size: int) -> Iterator[tuple[bytes, bytes]]:
+        batches = self._lookup_batches(value_size, batch_size)
+        try:
+            first = next(batches)
+        except StopIteration:
+            return
+        except _BatchUnsupported:
+            for key in self.keys():
+                value = self._lookup_raw(key, value_size)
+                if value is not None:
+                    yield key, value
+            return
+        yield from first
+        for batch in batches:
+            yield from batch
+
+    def _lookup_batches(
+        self, value_size: int, batch_size: int
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: at least 1")
+        fd, key_size = self.fd, self.key_size
+        # The position token is a bucket number for hash maps and a key for arrays.
+        token_size = max(key_size, 8)
+        position = ctypes.create_string_buffer(token_size)
+        next_position = ctypes.create_string_buffer(token_size)
+        count = ctypes.c_uint32()
+        opts = _MapBatchOpts(sz=ctypes.sizeof(_MapBatchOpts))
+        started = False
+        while True:
+            keys = ctypes.create_string_buffer(key_size * batch_size)
+            values = ctypes.create_string_buffer(value_size * batch_size)
+            count.value = batch_size
+            result = _map_lookup_batch(
+                fd,
+                position if started else None,
+                next_position,
+                keys,
+                values,
+                ctypes.byref(count),
+                ctypes.byref(opts),
+            )
+            err = 0 if result == 0 else _errno_of(result)
+            if err == errno_codes.ENOSPC and count.value == 0:
+                batch_size *= 2  # one hash bucket holds more than a batch
+                continue
+            if err not in (0, errno_codes.ENOENT):
+                if not started and err in _BATCH_UNSUPPORTED:
+                    raise _BatchUnsupported
+                raise LibbpfError(err, f"read map {self.name!r} in batches")
+            found = count.value
+            key_bytes, value_bytes = keys.raw, values.raw
+            yield [
+                (
+                    key_bytes[i * key_size : (i + 1) * key_size],
+                    value_bytes[i * value_size : (i + 1) * value_size],
+                )
+                for i in range(found)
+            ]
+            if err == errno_codes.ENOENT:
+                return
+            ctypes.memmove(position, next_position, token_size)
+            started = True
+
+    def update_batch(self, items: Sequence[tuple[bytes, bytes]], flags: int = BPF_ANY) -> None:
+        """Insert or replace many elements in one system call (the kernel applies them in
+        order and stops at the first failure, which is raised)."""
+        if self.is_percpu:
+            raise TypeError(f"map {self.name!r} is per-CPU: update_batch takes one value per key")
+        if not items:
+            return
+        for key, value in items:
+            self._check_key(key)
+            self._check_value(value)
+        keys = b"".join(key for key, _ in items)
+        values = b"".join(value for _, value in items)
+        count = ctypes.c_uint32(len(items))
+        opts = _MapBatchOpts(sz=ctypes.sizeof(_MapBatchOpts), elem_flags=flags)
+        result = _map_update_batch(self.fd, keys, values, ctypes.byref(count), ctypes.byref(opts))
+        if result != 0:
+            raise LibbpfError(
+                _errno_of(result),
+                f"update map {self.name!r} in a batch of {len(items)}",
+                hint=f"{count.value} elements were written before the failure",
+            )
 
     # map-in-map
 
@@ -1205,6 +1324,10 @@ class BpfObject:
             "max_entries": info.max_entries,
             "flags": info.map_flags,
         }
+        if info.type in _KERNEL_READ_ONLY_PROG_MAPS:
+            # The kernel adds BPF_F_RDONLY_PROG to every devmap and cpumap it creates (and
+            # refuses it when asked for), so a pinned one always differs in that bit.
+            found["flags"] &= ~_BPF_F_RDONLY_PROG
         differences = [
             f"{field} {found[field]} (the object wants {wanted[field]})"
             for field in wanted
