@@ -221,6 +221,22 @@ def test_weight_shares_within_one_percent(weights: list[int]) -> None:
     assert np.all(np.abs(shares - ideal) <= 0.01 * ideal)
 
 
+@settings(max_examples=80, deadline=None)
+@given(backends=backend_sets(), size=st.sampled_from(SMALL_PRIMES))
+def test_slot_counts_stay_within_the_documented_bound(
+    backends: list[tuple[Address, int]], size: int
+) -> None:
+    # docs/maglev.md: ideal - 2 < slots < ideal + 1 + N * w / W for every backend.
+    table = build_table(backends, size)
+    if not table.backends:
+        return
+    weights = np.array(table.weights, dtype=np.float64)
+    share = weights / weights.sum()
+    error = table.slot_counts() - size * share
+    assert np.all(error > -2 - 1e-9)
+    assert np.all(error < 1 + len(weights) * share + 1e-9)
+
+
 def test_weight_zero_backend_is_left_out() -> None:
     with_zero = build_table([(v4(1), 1), (v4(2), 0), (v4(3), 2)], 1009)
     without = build_table([(v4(1), 1), (v4(3), 2)], 1009)
