@@ -54,27 +54,26 @@ static uint32_t inverse_mod(uint32_t a, uint32_t m)
 	return (uint32_t)(t < 0 ? t + m : t);
 }
 
-struct endgame {
-	uint32_t *free_slots; /* the free slots, in no particular order */
-	uint32_t free_count;
+struct vacant_list {
+	uint32_t *slots; /* the vacant slots, in no particular order */
+	uint32_t count;
 	double size_reciprocal;
 };
 
 /*
- * The first free slot on the walk slot, slot + skip, slot + 2 skip, ... (mod M), found
- * without walking: each free slot is ranked by its distance along the walk,
- * ((free - slot) * skip^-1) mod M, and the nearest wins. Returns its index in the list.
+ * The first vacant slot on the walk slot, slot + skip, slot + 2 skip, ... (mod M), found
+ * without walking: each vacant slot v is ranked by its distance along the walk,
+ * ((v - slot) * skip^-1) mod M, and the nearest wins. Returns its index in the list.
  */
-static uint32_t nearest_free(const struct endgame *e, uint32_t m, uint32_t slot,
-			     uint32_t skip_inverse)
+static uint32_t nearest_vacant(const struct vacant_list *list, uint32_t m, uint32_t slot,
+			       uint32_t skip_inverse)
 {
 	uint32_t best = 0, best_distance = UINT32_MAX;
-	for (uint32_t k = 0; k < e->free_count; k++) {
-		uint32_t free_slot = e->free_slots[k];
-		uint64_t steps = (uint64_t)(free_slot >= slot ? free_slot - slot : free_slot + m - slot)
-				 * skip_inverse;
+	for (uint32_t k = 0; k < list->count; k++) {
+		uint32_t v = list->slots[k];
+		uint64_t steps = (uint64_t)(v >= slot ? v - slot : v + m - slot) * skip_inverse;
 		/* steps < 2^48: the double quotient is off by at most one, fixed below. */
-		int64_t distance = (int64_t)steps - (int64_t)((double)steps * e->size_reciprocal) * m;
+		int64_t distance = (int64_t)steps - (int64_t)((double)steps * list->size_reciprocal) * m;
 		if (distance < 0)
 			distance += m;
 		else if (distance >= m)
@@ -92,7 +91,7 @@ static uint32_t nearest_free(const struct endgame *e, uint32_t m, uint32_t slot,
  * probes, which land all over the table, stay in L1). A walk costs about M / vacant probes,
  * so most probes would happen in the last few hundred turns: once at most sqrt(M) slots are
  * vacant, they go into a list and each turn picks the nearest along its walk instead
- * (nearest_free), which costs about sqrt(M) per turn. Both give the same slot.
+ * (nearest_vacant), which costs about sqrt(M) per turn. Both give the same slot.
  */
 struct filler {
 	uint32_t size;
@@ -103,7 +102,7 @@ struct filler {
 	const uint32_t *skips;
 	uint32_t *position; /* the next slot of each backend's walk */
 	uint32_t *skip_inverse; /* 0 until the endgame needs it */
-	struct endgame endgame;
+	struct vacant_list endgame;
 };
 
 /* The first vacant slot of backend i's walk, from the endgame list (taken off it). */
@@ -111,18 +110,18 @@ static uint32_t claim_from_list(struct filler *f, uint32_t i, uint32_t slot)
 {
 	if (f->skip_inverse[i] == 0)
 		f->skip_inverse[i] = inverse_mod(f->skips[i], f->size);
-	struct endgame *e = &f->endgame;
-	uint32_t k = nearest_free(e, f->size, slot, f->skip_inverse[i]);
-	slot = e->free_slots[k];
-	e->free_slots[k] = e->free_slots[--e->free_count];
+	struct vacant_list *list = &f->endgame;
+	uint32_t k = nearest_vacant(list, f->size, slot, f->skip_inverse[i]);
+	slot = list->slots[k];
+	list->slots[k] = list->slots[--list->count];
 	return slot;
 }
 
-static void make_endgame_list(struct filler *f)
+static void make_vacant_list(struct filler *f)
 {
 	for (uint32_t s = 0; s < f->size; s++)
 		if (!((f->taken[s >> 6] >> (s & 63)) & 1))
-			f->endgame.free_slots[f->endgame.free_count++] = s;
+			f->endgame.slots[f->endgame.count++] = s;
 }
 
 /* Backend i claims the first vacant slot of its walk; returns whether the table is full. */
@@ -140,7 +139,7 @@ static inline int take_turn(struct filler *f, uint32_t i)
 		}
 		taken[slot >> 6] |= UINT64_C(1) << (slot & 63);
 		if (--f->vacant == f->endgame_at)
-			make_endgame_list(f);
+			make_vacant_list(f);
 	} else {
 		slot = claim_from_list(f, i, slot);
 		--f->vacant;
@@ -282,8 +281,8 @@ int32_t rr_maglev_populate(uint32_t backend_count, uint32_t table_size,
 		.position = malloc((size_t)backend_count * sizeof(uint32_t)),
 		.skip_inverse = calloc(backend_count, sizeof(uint32_t)),
 		.endgame = {
-			.free_slots = malloc((size_t)endgame_at * sizeof(uint32_t)),
-			.free_count = 0,
+			.slots = malloc((size_t)endgame_at * sizeof(uint32_t)),
+			.count = 0,
 			.size_reciprocal = 1.0 / m,
 		},
 	};
@@ -295,7 +294,7 @@ int32_t rr_maglev_populate(uint32_t backend_count, uint32_t table_size,
 	uint32_t *turners = malloc((size_t)backend_count * sizeof(uint32_t));
 	struct turn *heap = use_heap ? malloc((size_t)backend_count * sizeof(struct turn)) : NULL;
 	int32_t result = MAGLEV_ENOMEM;
-	if (!f.taken || !f.position || !f.skip_inverse || !f.endgame.free_slots || !credit
+	if (!f.taken || !f.position || !f.skip_inverse || !f.endgame.slots || !credit
 	    || !turners || (use_heap && !heap))
 		goto out;
 	memcpy(f.position, offsets, (size_t)backend_count * sizeof(uint32_t));
@@ -311,7 +310,7 @@ out:
 	free(f.taken);
 	free(f.position);
 	free(f.skip_inverse);
-	free(f.endgame.free_slots);
+	free(f.endgame.slots);
 	free(credit);
 	free(turners);
 	free(heap);
