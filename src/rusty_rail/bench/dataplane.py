@@ -1,0 +1,195 @@
+"""`rusty-rail bench dataplane`: nanoseconds per packet of the XDP balancer, measured in the
+kernel with BPF_PROG_TEST_RUN, each case next to a floor program (XDP_TX) from the same run.
+
+Per-call mode: one packet per BPF_PROG_TEST_RUN call (repeat = 1), because with repeat > 1
+the kernel runs the program again on the frame it already rewrote. The time is the kernel's
+own per-run duration; every call's verdict is checked. Cases are interleaved in rounds so that
+a noisy neighbour slows all of them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from rusty_rail.config import config_from_toml_text
+from rusty_rail.control.plan import Allocation, compile_plan
+from rusty_rail.dataplane.libbpf import BpfObject, Map, Program, bpf_object_path
+from rusty_rail.dataplane.maps import BalancerMaps
+from rusty_rail.dpstate import NextHop, Verdict
+from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.packets import (
+    ETH_P_IPV4,
+    LB_IPV4,
+    LB_MAC,
+    ROUTER_MAC,
+    ethernet,
+    gre_frame,
+    ipv4,
+    tcp,
+)
+
+#: Budgets of issue 3, as ratios to the floor measured in the same run.
+BUDGETS = {"established": 2.4, "new_flow": 8.0, "pass": 1.3}
+
+BACKENDS = 100
+TABLE_SIZE = 65537
+CONNTRACK_SIZE = 1 << 20
+VIP = "198.19.0.10"
+
+# Offsets in the GRE frame gre_frame builds (Ethernet 14, outer IPv4 20, GRE 4, inner IPv4 20).
+INNER_SRC_LOW = 14 + 20 + 4 + 12 + 2
+INNER_SPORT = 14 + 20 + 4 + 20
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    program: Program
+    frames: Callable[[int], bytes]
+    verdict: Verdict
+
+
+def _bench_config() -> str:
+    backends = ", ".join(f'"198.18.{1 + i // 250}.{1 + i % 250}"' for i in range(BACKENDS))
+    return (
+        f"table_size = {TABLE_SIZE}\n"
+        f'[[vips]]\naddress = "{VIP}"\nprotocol = "tcp"\nport = 80\nbackends = [{backends}]\n'
+    )
+
+
+def _new_flow_frames(template: bytes) -> Callable[[int], bytes]:
+    """Frame i differs from the template in the inner source address's low half and the
+    source port, so every call is a flow the connection table has not seen."""
+    frame = bytearray(template)
+
+    def frame_for(i: int) -> bytes:
+        struct.pack_into("!H", frame, INNER_SRC_LOW, (i >> 16) & 0xFFFF)
+        struct.pack_into("!H", frame, INNER_SPORT, i & 0xFFFF)
+        return bytes(frame)
+
+    return frame_for
+
+
+def _memlock(bpf_map: Map) -> int:
+    """The map's memory as the kernel accounts it (/proc/self/fdinfo: memlock)."""
+    for line in Path(f"/proc/self/fdinfo/{bpf_map.fd}").read_text().splitlines():
+        if line.startswith("memlock:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no memlock line in fdinfo of map {bpf_map.name}")
+
+
+def _measure(case: Case, start: int, calls: int) -> list[int]:
+    durations = []
+    expected = int(case.verdict)
+    for i in range(start, start + calls):
+        run = case.program.test_run(case.frames(i))
+        if run.retval != expected:
+            raise RuntimeError(
+                f"bench case {case.name}: call {i} returned verdict {run.retval}, "
+                f"expected {case.verdict.name}: the measurement would be of the wrong path"
+            )
+        durations.append(run.duration_ns)
+    return durations
+
+
+def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any]:
+    """Measure every case ``calls`` times (spread over ``rounds`` interleaved rounds)."""
+    config = config_from_toml_text(_bench_config(), "bench")
+    hop = NextHop(0, bytes.fromhex("020000000010"), bytes.fromhex("020000000020"))
+    plan = compile_plan(
+        config, Allocation(), lb_ipv4=IPv4Address(LB_IPV4), resolve_next_hop=lambda a: hop
+    )
+    flow = Flow.of("198.18.200.1", VIP, PROTO_TCP, 40000, 80)
+    established = gre_frame(flow)
+    not_gre = ethernet(
+        LB_MAC,
+        ROUTER_MAC,
+        ETH_P_IPV4,
+        ipv4(bytes([198, 18, 200, 1]), IPv4Address(LB_IPV4).packed, PROTO_TCP, tcp(40000, 22)),
+    )
+    with (
+        BpfObject.open(bpf_object_path("floor")) as floor_obj,
+        BpfObject.open(bpf_object_path("balancer")) as balancer_obj,
+    ):
+        floor_obj.load()
+        balancer_obj.set_max_entries("conntrack", CONNTRACK_SIZE)
+        balancer_obj.load()
+        maps = BalancerMaps.of_object(balancer_obj)
+        maps.sync(plan.state)
+        balancer = balancer_obj.program("xdp_balancer")
+        floor = floor_obj.program("xdp_floor")
+        if balancer.test_run(established).retval != Verdict.TX:  # records the flow
+            raise RuntimeError("the balancer did not forward the established-flow packet")
+        cases = [
+            Case("floor", floor, lambda i: established, Verdict.TX),
+            Case("established", balancer, lambda i: established, Verdict.TX),
+            Case("new_flow", balancer, _new_flow_frames(established), Verdict.TX),
+            Case("pass", balancer, lambda i: not_gre, Verdict.PASS),
+        ]
+        per_round = max(1, calls // rounds)
+        durations: dict[str, list[int]] = {case.name: [] for case in cases}
+        for round_number in range(rounds):
+            for case in cases:
+                durations[case.name] += _measure(case, round_number * per_round, per_round)
+        conntrack_bytes = _memlock(maps.conntrack)
+        table_id = maps.tables.inner_id(struct.pack("=I", 0))
+        assert table_id is not None
+        with Map.from_id(table_id) as table:
+            table_bytes = _memlock(table)
+        flows_tracked = sum(1 for _ in maps.conntrack.keys())  # noqa: SIM118 (a BPF map, not a dict)
+
+    floor_ns = statistics.median(durations["floor"])
+    result: dict[str, Any] = {
+        "mode": "per-call",
+        "floor_ns": floor_ns,
+        "calls_per_case": per_round * rounds,
+        "statistic": "median of the kernel-reported per-call durations",
+        "cases": {},
+        "memory": {
+            "table_bytes_per_vip": table_bytes,
+            "table_size": TABLE_SIZE,
+            "conntrack_bytes": conntrack_bytes,
+            "conntrack_entries": CONNTRACK_SIZE,
+            "conntrack_bytes_per_flow": conntrack_bytes / CONNTRACK_SIZE,
+            "flows_tracked_after_run": flows_tracked,
+        },
+        "budgets": BUDGETS,
+    }
+    for case in cases[1:]:
+        ns = statistics.median(durations[case.name])
+        result["cases"][case.name] = {
+            "ns": ns,
+            "ratio": ns / floor_ns if floor_ns else float("inf"),
+            "verdict": f"XDP_{case.verdict.name}",
+            "mean_ns": statistics.fmean(durations[case.name]),
+            "within_budget": ns / floor_ns <= BUDGETS[case.name] if floor_ns else False,
+        }
+    return result
+
+
+def render_dataplane_bench(result: dict[str, Any]) -> str:
+    lines = [
+        f"dataplane, {result['mode']} BPF_PROG_TEST_RUN, {result['calls_per_case']} calls per "
+        f"case, {result['statistic']}",
+        f"  {'case':12} {'ns':>8} {'x floor':>8} {'budget':>7}  verdict",
+        f"  {'floor':12} {result['floor_ns']:8.1f} {1.0:8.2f} {'':>7}  XDP_TX (return XDP_TX)",
+    ]
+    for name, case in result["cases"].items():
+        mark = "ok" if case["within_budget"] else "OVER"
+        lines.append(
+            f"  {name:12} {case['ns']:8.1f} {case['ratio']:8.2f} {BUDGETS[name]:6.1f}x  "
+            f"{case['verdict']} {mark}"
+        )
+    memory = result["memory"]
+    lines.append(
+        f"  memory: {memory['table_bytes_per_vip']} bytes per VIP table (M = "
+        f"{memory['table_size']}), {memory['conntrack_bytes_per_flow']:.1f} bytes per tracked "
+        f"flow ({memory['conntrack_bytes']} for {memory['conntrack_entries']} entries)"
+    )
+    return "\n".join(lines)
