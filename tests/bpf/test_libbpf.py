@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from rusty_rail.dataplane.libbpf import (
     Map,
     MapType,
     Program,
+    RingBuffer,
     bpf_object_path,
     create_map,
     num_possible_cpus,
@@ -370,6 +372,46 @@ def test_a_map_owns_its_fd_and_closes_it(maps_object: BpfObject) -> None:
     assert settings.lookup(u64(9)) == u32(90)
     with pytest.raises(ValueError, match="closed"):
         duplicate.lookup(u64(9))
+
+
+# -- ring buffers -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def events_object(compile_bpf: Callable[[str], Path]) -> Iterator[BpfObject]:
+    """tests/bpf/progs/events.bpf.c, loaded: each frame's first 16 bytes become a record."""
+    with BpfObject.open(compile_bpf("events")) as bpf_object:
+        bpf_object.load()
+        yield bpf_object
+
+
+def test_ring_buffer_hands_over_records_in_order(events_object: BpfObject) -> None:
+    program = events_object.program("xdp_events")
+    received: list[bytes] = []
+    with RingBuffer(events_object.map("events"), received.append) as ring:
+        assert ring.poll(timeout=0) == 0
+        frames = [bytes([n]) * 16 + FRAME for n in range(5)]
+        for frame in frames:
+            assert program.test_run(frame).retval == Verdict.TX
+        assert select.select([ring], [], [], 5)[0] == [ring]
+        assert ring.consume() == 5
+    assert received == [frame[:16] for frame in frames]
+
+
+def test_ring_buffer_callback_errors_reach_the_caller(events_object: BpfObject) -> None:
+    program = events_object.program("xdp_events")
+
+    def refuse(record: bytes) -> None:
+        raise RuntimeError(f"refused {record[:1].hex()}")
+
+    with RingBuffer(events_object.map("events"), refuse) as ring:
+        program.test_run(b"\x07" * 16 + FRAME)
+        with pytest.raises(RuntimeError, match="refused 07"):
+            ring.poll(timeout=5)
+        assert ring.consume() == 0  # the failed record is not handed over twice
+    array = create_map(MapType.ARRAY, 4, 4, 1, name="not_a_ring")
+    with array, pytest.raises(TypeError, match="not a ring buffer"):
+        RingBuffer(array, refuse)
 
 
 # -- pins -------------------------------------------------------------------------------------

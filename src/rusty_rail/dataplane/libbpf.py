@@ -16,7 +16,7 @@ import stat
 import struct
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -39,6 +39,7 @@ __all__ = [
     "Map",
     "MapType",
     "Program",
+    "RingBuffer",
     "TestRun",
     "XdpAttachment",
     "XdpMode",
@@ -430,6 +431,13 @@ _link_detach = _fn("bpf_link_detach", _c_int, _c_int)
 _link_get_next_id = _fn("bpf_link_get_next_id", _c_int, ctypes.c_uint32, _c_void_p)
 _link_get_fd_by_id = _fn("bpf_link_get_fd_by_id", _c_int, ctypes.c_uint32)
 _xdp_detach = _fn("bpf_xdp_detach", _c_int, _c_int, ctypes.c_uint32, _c_void_p)
+
+_RING_SAMPLE_FN = ctypes.CFUNCTYPE(_c_int, _c_void_p, _c_void_p, _c_size_t)
+_ring_buffer_new = _fn("ring_buffer__new", _c_void_p, _c_int, _RING_SAMPLE_FN, _c_void_p, _c_void_p)
+_ring_buffer_free = _fn("ring_buffer__free", None, _c_void_p)
+_ring_buffer_poll = _fn("ring_buffer__poll", _c_int, _c_void_p, _c_int)
+_ring_buffer_consume = _fn("ring_buffer__consume", _c_int, _c_void_p)
+_ring_buffer_epoll_fd = _fn("ring_buffer__epoll_fd", _c_int, _c_void_p)
 _xdp_query = _fn("bpf_xdp_query", _c_int, _c_int, _c_int, _c_void_p)
 
 _vsnprintf = _libc.vsnprintf
@@ -1181,6 +1189,84 @@ def create_map(
         flags=flags,
         owned=True,
     )
+
+
+# -- ring buffers ------------------------------------------------------------------------------
+
+
+class RingBuffer:
+    """Reads what BPF programs submit to a BPF_MAP_TYPE_RINGBUF map: each record goes to
+    ``callback`` as bytes, in submission order, from poll() or consume() in the calling
+    thread. fileno() is readable when records wait (for select or asyncio's add_reader)."""
+
+    def __init__(self, ring: Map, callback: Callable[[bytes], object]) -> None:
+        if ring.map_type != MapType.RINGBUF:
+            raise TypeError(f"map {ring.name!r} is not a ring buffer")
+        self.name = ring.name
+        self._callback = callback
+        self._error: BaseException | None = None
+        # libbpf calls this C function pointer: it must live as long as the ring buffer.
+        self._sample = _RING_SAMPLE_FN(self._on_sample)
+        with _captured_libbpf_messages() as messages:
+            handle = _ring_buffer_new(ring.fd, self._sample, None, None)
+            err = ctypes.get_errno()
+        if not handle:
+            raise LibbpfError(
+                err or errno_codes.EINVAL, f"open ring buffer {ring.name!r}", libbpf_log=messages
+            )
+        self._handle: int | None = int(handle)
+        self._finalizer = weakref.finalize(self, _ring_buffer_free, handle)
+
+    def _on_sample(self, _context: int | None, data: int | None, size: int) -> int:
+        try:
+            self._callback(ctypes.string_at(data, size) if data else b"")
+        except BaseException as error:  # must not unwind into C: raised again after the call
+            self._error = error
+            return -1  # libbpf stops there; the record counts as consumed
+        return 0
+
+    def _checked(self, result: int, operation: str) -> int:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        if result < 0:
+            if -result == errno_codes.EINTR:
+                return 0
+            raise LibbpfError(-result, f"{operation} ring buffer {self.name!r}")
+        return result
+
+    def _live_handle(self) -> int:
+        if self._handle is None:
+            raise ValueError(f"ring buffer {self.name!r} is closed")
+        return self._handle
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` seconds (None: until records come) and hand over what is
+        there; the number of records. An exception from the callback is raised here."""
+        timeout_ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        return self._checked(_ring_buffer_poll(self._live_handle(), timeout_ms), "poll")
+
+    def consume(self) -> int:
+        """Hand over the records that are there now, without waiting; their number."""
+        return self._checked(_ring_buffer_consume(self._live_handle()), "consume")
+
+    def fileno(self) -> int:
+        return int(_ring_buffer_epoll_fd(self._live_handle()))
+
+    def close(self) -> None:
+        self._handle = None
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # -- objects ---------------------------------------------------------------------------------
