@@ -77,8 +77,9 @@ class MaglevTable:
         digest = hashlib.sha256(_FINGERPRINT_HEADER)
         digest.update(self.size.to_bytes(4, "big"))
         if self.backends:
-            keys = _key_matrix([backend_key(backend) for backend in self.backends])
-            digest.update(keys[self.slots].tobytes())
+            keys = b"".join(backend_key(backend) for backend in self.backends)
+            rows = np.frombuffer(keys, dtype=np.uint8).reshape(len(self.backends), 16)
+            digest.update(rows[self.slots].tobytes())
         return digest.hexdigest()
 
     def __eq__(self, other: object) -> bool:
@@ -222,11 +223,6 @@ def _permutation_parameters(
     offsets = (offset_hashes % np.uint64(size)).astype(np.uint32)
     skips = (skip_hashes % np.uint64(size - 1) + np.uint64(1)).astype(np.uint32)
     return offsets, skips
-
-
-def _key_matrix(keys: list[bytes]) -> npt.NDArray[np.uint32]:
-    """16-byte keys as an (N, 4) array of little-endian words: rows index like ``keys``."""
-    return np.frombuffer(b"".join(keys), dtype="<u4").reshape(len(keys), 4).astype(np.uint32)
 
 
 def _check_size(size: int) -> None:
