@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
-# bpffs_dir is a fixture: importing it here offers it to the end-to-end tests as well.
-from tests.bpf.conftest import bpffs_dir, skip_or_fail
+# Fixtures imported here are offered to the end-to-end tests as well.
+from tests.bpf.conftest import bpffs_dir, compile_bpf, skip_or_fail
 
-__all__ = ["VethPair", "bpffs_dir", "ip", "skip_or_fail"]
+__all__ = ["VethPair", "bpffs_dir", "compile_bpf", "ip", "skip_or_fail"]
 
 
 def ip(*args: str) -> str:

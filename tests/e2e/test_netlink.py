@@ -9,7 +9,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,10 +21,16 @@ from rusty_rail.dataplane.libbpf import (
     LibbpfError,
     Link,
     Program,
+    TcDirection,
+    TcFilter,
     XdpAttachment,
+    XdpMode,
+    attach_tc,
     attach_xdp,
     bpf_object_path,
+    detach_tc,
     detach_xdp,
+    query_tc,
     query_xdp,
 )
 from rusty_rail.dataplane.netlink import (
@@ -177,10 +183,10 @@ def near_netns(veth_pair: VethPair) -> Iterator[int]:
 
 
 @pytest.mark.parametrize("mode", ["native", "generic"])
-def test_attach_query_detach(near_netns: int, floor_program: Program, mode: str) -> None:
+def test_attach_query_detach(near_netns: int, floor_program: Program, mode: XdpMode) -> None:
     ifindex = near_netns
     assert query_xdp(ifindex) is None
-    link = attach_xdp(ifindex, floor_program, mode)  # type: ignore[arg-type]
+    link = attach_xdp(ifindex, floor_program, mode)
     try:
         assert query_xdp(ifindex) == XdpAttachment(floor_program.id, mode)
         assert (link.ifindex, link.prog_id) == (ifindex, floor_program.id)
@@ -214,7 +220,7 @@ def test_second_attach_is_refused_with_what_is_there(
             attach_xdp(near_netns, pass_program, "generic")
         assert query_xdp(near_netns) == XdpAttachment(floor_program.id, "native")
     with pytest.raises(ValueError, match="use 'native' or 'generic'"):
-        attach_xdp(near_netns, floor_program, "driver")  # type: ignore[arg-type]
+        attach_xdp(near_netns, floor_program, "driver")
 
 
 def test_pinned_link_survives_its_python_objects_and_is_adopted(
@@ -296,3 +302,54 @@ def test_a_program_attached_by_ip_link_is_reported_and_detached(
         assert caught.value.errno == errno.EBUSY
         assert detach_xdp(ifindex) is True
         assert query_xdp(ifindex) is None
+
+
+# -- tc attachment ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tc_program(compile_bpf: Callable[[str], Path]) -> Iterator[Program]:
+    with BpfObject.open(compile_bpf("tc_pass")) as bpf_object:
+        bpf_object.load()
+        yield bpf_object.program("tc_pass")
+
+
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_tc_attach_query_detach(
+    veth_pair: VethPair, tc_program: Program, floor_program: Program, direction: TcDirection
+) -> None:
+    with in_netns(veth_pair.near):
+        ifindex = socket.if_nametoindex(veth_pair.near_if)
+        assert query_tc(ifindex, direction) is None
+        attached = attach_tc(ifindex, tc_program, direction)
+        assert attached == TcFilter(ifindex, direction, 1, 1, tc_program.id)
+        assert query_tc(ifindex, direction) == attached
+        with pytest.raises(LibbpfError, match="replace=True") as caught:
+            attach_tc(ifindex, tc_program, direction)
+        assert caught.value.errno == errno.EEXIST
+        attach_tc(ifindex, tc_program, direction, replace=True)
+        with pytest.raises(ValueError, match="not a tc"):
+            attach_tc(ifindex, floor_program, direction)
+
+    shown = veth_pair.near_ip("-d", "link", "show", veth_pair.near_if)
+    assert (
+        "clsact"
+        in subprocess.run(
+            ["tc", "-n", veth_pair.near, "qdisc", "show", "dev", veth_pair.near_if],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    ), shown
+    filters = subprocess.run(
+        ["tc", "-n", veth_pair.near, "filter", "show", "dev", veth_pair.near_if, direction],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "tc_pass" in filters and "direct-action" in filters
+
+    with in_netns(veth_pair.near):
+        assert detach_tc(ifindex, direction) is True
+        assert query_tc(ifindex, direction) is None
+        assert detach_tc(ifindex, direction) is False

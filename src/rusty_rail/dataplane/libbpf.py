@@ -40,17 +40,22 @@ __all__ = [
     "MapType",
     "Program",
     "RingBuffer",
+    "TcDirection",
+    "TcFilter",
     "TestRun",
     "XdpAttachment",
     "XdpMode",
+    "attach_tc",
     "attach_xdp",
     "bpf_object_path",
     "bpf_unavailable_reason",
     "create_map",
+    "detach_tc",
     "detach_xdp",
     "ensure_bpffs",
     "num_possible_cpus",
     "pin_dir",
+    "query_tc",
     "query_xdp",
     "remove_pin_dir",
 ]
@@ -431,6 +436,34 @@ _link_detach = _fn("bpf_link_detach", _c_int, _c_int)
 _link_get_next_id = _fn("bpf_link_get_next_id", _c_int, ctypes.c_uint32, _c_void_p)
 _link_get_fd_by_id = _fn("bpf_link_get_fd_by_id", _c_int, ctypes.c_uint32)
 _xdp_detach = _fn("bpf_xdp_detach", _c_int, _c_int, ctypes.c_uint32, _c_void_p)
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = (
+        ("sz", _c_size_t),
+        ("ifindex", _c_int),
+        ("attach_point", _c_int),
+        ("parent", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    )
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = (
+        ("sz", _c_size_t),
+        ("prog_fd", _c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    )
+
+
+_tc_hook_create = _fn("bpf_tc_hook_create", _c_int, _c_void_p)
+_tc_attach = _fn("bpf_tc_attach", _c_int, _c_void_p, _c_void_p)
+_tc_detach = _fn("bpf_tc_detach", _c_int, _c_void_p, _c_void_p)
+_tc_query = _fn("bpf_tc_query", _c_int, _c_void_p, _c_void_p)
 
 _RING_SAMPLE_FN = ctypes.CFUNCTYPE(_c_int, _c_void_p, _c_void_p, _c_size_t)
 _ring_buffer_new = _fn("ring_buffer__new", _c_void_p, _c_int, _RING_SAMPLE_FN, _c_void_p, _c_void_p)
@@ -1773,6 +1806,110 @@ def _xdp_links() -> Iterator[tuple[int, _LinkInfo]]:
                 yield link_id.value, info
         finally:
             os.close(fd)
+
+
+# -- tc attach --------------------------------------------------------------------------------
+
+TcDirection = Literal["ingress", "egress"]
+_TC_ATTACH_POINTS = {"ingress": 1 << 0, "egress": 1 << 1}
+_TC_F_REPLACE = 1 << 0
+
+
+class TcFilter(NamedTuple):
+    """A BPF program attached as a tc filter (direct action) on an interface's clsact qdisc."""
+
+    ifindex: int
+    direction: str
+    priority: int
+    handle: int
+    prog_id: int
+
+
+def _tc_hook(ifindex: int, direction: str) -> _TcHook:
+    try:
+        attach_point = _TC_ATTACH_POINTS[direction]
+    except KeyError:
+        raise ValueError(f"tc direction {direction!r}: use 'ingress' or 'egress'") from None
+    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=attach_point)
+
+
+def attach_tc(
+    ifindex: int,
+    program: Program,
+    direction: TcDirection = "ingress",
+    *,
+    priority: int = 1,
+    handle: int = 1,
+    replace: bool = False,
+) -> TcFilter:
+    """Attach a SCHED_CLS program as a direct-action tc filter, creating the clsact qdisc if
+    needed. The filter belongs to the interface, not to this process: it stays until
+    detach_tc (or the interface goes). An existing filter at (priority, handle) is an error
+    unless ``replace``."""
+    if program.prog_type != BPF_PROG_TYPE_SCHED_CLS:
+        raise ValueError(f'program {program.name!r} is not a tc (SEC("tc")) program')
+    hook = _tc_hook(ifindex, direction)
+    label = _interface_label(ifindex)
+    operation = f"attach tc program {program.name!r} to {label} {direction}"
+    with _captured_libbpf_messages() as messages:
+        result = _tc_hook_create(ctypes.byref(hook))
+    if result != 0 and _errno_of(result) != errno_codes.EEXIST:
+        raise LibbpfError(
+            _errno_of(result), f"{operation}: create the clsact qdisc", libbpf_log=messages
+        )
+    opts = _TcOpts(
+        sz=ctypes.sizeof(_TcOpts),
+        prog_fd=program.fd,
+        flags=_TC_F_REPLACE if replace else 0,
+        handle=handle,
+        priority=priority,
+    )
+    with _captured_libbpf_messages() as messages:
+        result = _tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+    if result != 0:
+        err = _errno_of(result)
+        hint = None
+        if err == errno_codes.EEXIST:
+            hint = f"a filter exists at priority {priority}, handle {handle}; pass replace=True"
+        raise LibbpfError(err, operation, hint=hint, libbpf_log=messages)
+    return TcFilter(ifindex, direction, opts.priority, opts.handle, opts.prog_id)
+
+
+def query_tc(
+    ifindex: int, direction: TcDirection = "ingress", *, priority: int = 1, handle: int = 1
+) -> TcFilter | None:
+    """The BPF tc filter at (priority, handle), or None."""
+    hook = _tc_hook(ifindex, direction)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    with _captured_libbpf_messages() as messages:
+        result = _tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if result != 0:
+        err = _errno_of(result)
+        if err in (errno_codes.ENOENT, errno_codes.EINVAL):  # no filter, or no clsact qdisc
+            return None
+        raise LibbpfError(
+            err, f"query tc {direction} of {_interface_label(ifindex)}", libbpf_log=messages
+        )
+    return TcFilter(ifindex, direction, priority, handle, opts.prog_id)
+
+
+def detach_tc(
+    ifindex: int, direction: TcDirection = "ingress", *, priority: int = 1, handle: int = 1
+) -> bool:
+    """Remove the BPF tc filter at (priority, handle); False if there was none."""
+    if query_tc(ifindex, direction, priority=priority, handle=handle) is None:
+        return False
+    hook = _tc_hook(ifindex, direction)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    with _captured_libbpf_messages() as messages:
+        result = _tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+    if result != 0:
+        raise LibbpfError(
+            _errno_of(result),
+            f"detach tc {direction} filter from {_interface_label(ifindex)}",
+            libbpf_log=messages,
+        )
+    return True
 
 
 # -- bpffs and pin directories -------------------------------------------------------------
