@@ -1,6 +1,5 @@
-"""A thin ctypes binding of the system libbpf (libbpf.so.1): objects, programs, maps, XDP links.
-
-The only module that holds BPF file descriptors; everything above it passes bytes and names.
+"""A thin ctypes binding of the system libbpf (libbpf.so.1): objects, programs, maps, ring
+buffers, XDP links, tc filters and pins. Everything above it passes bytes and names.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_F_INNER_MAP",
+    "BPF_F_MMAPABLE",
     "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
     "PIN_ROOT",
@@ -119,6 +119,7 @@ BPF_EXIST = 2
 
 # Map creation flags.
 BPF_F_NO_PREALLOC = 1 << 0
+BPF_F_MMAPABLE = 1 << 10
 BPF_F_INNER_MAP = 1 << 12
 
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -128,7 +129,6 @@ _BPF_F_REPLACE = 1 << 2
 _BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type: BPF_XDP
 _BPF_LINK_TYPE_XDP = 6
 
-_XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 _XDP_FLAGS_SKB_MODE = 1 << 1
 _XDP_FLAGS_DRV_MODE = 1 << 2
 _XDP_FLAGS_HW_MODE = 1 << 3
@@ -509,16 +509,20 @@ def _format_message(fmt: bytes, args: int) -> str:
 
 def _on_libbpf_print(level: int, fmt: bytes | None, args: int | None) -> int:
     try:
-        sink: list[str] | None = getattr(_capture, "messages", None)
-        if fmt is None or args is None or (level == _LIBBPF_DEBUG and sink is None):
+        if fmt is None or args is None:
+            return 0
+        if level == _LIBBPF_DEBUG:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("libbpf: %s", _format_message(fmt, args).rstrip("\n"))
             return 0
         message = _format_message(fmt, args)
-        if sink is not None and level != _LIBBPF_DEBUG:
-            sink.append(message)
+        sink: list[str] | None = getattr(_capture, "messages", None)
+        if sink is not None:
+            sink.append(message)  # becomes part of the error, if the operation fails
         elif level == _LIBBPF_WARN:
             log.warning("libbpf: %s", message.rstrip("\n"))
         else:
-            log.debug("libbpf: %s", message.rstrip("\n"))
+            log.info("libbpf: %s", message.rstrip("\n"))
     except Exception:  # an exception must not unwind into C
         log.exception("libbpf print callback failed")
     return 0
@@ -1508,14 +1512,17 @@ class BpfObject:
             fd = _map_fd(handle)
             if fd < 0:
                 raise LibbpfError(_errno_of(fd), f"map {name!r} of {self.path.name}")
+            # The kernel's view, not libbpf's definition: a reused map keeps its own shape.
+            info = _MapInfo()
+            _info(fd, info, f"map {name!r} of {self.path.name}")
             bpf_map = self._maps[name] = Map(
                 int(fd),
                 name=name,
-                map_type=_map_type(handle),
-                key_size=_map_key_size(handle),
-                value_size=_map_value_size(handle),
-                max_entries=_map_max_entries(handle),
-                flags=_map_flags(handle),
+                map_type=info.type,
+                key_size=info.key_size,
+                value_size=info.value_size,
+                max_entries=info.max_entries,
+                flags=info.map_flags,
                 owned=False,
             )
         return bpf_map
