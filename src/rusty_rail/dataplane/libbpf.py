@@ -1700,7 +1700,12 @@ def attach_xdp(ifindex: int, program: Program, mode: XdpMode = "native") -> Link
 
     A bpf_link is exclusive (it never replaces what is attached) and can be pinned, so the
     program keeps running while the control plane restarts. Native mode never falls back to
-    generic: a driver without native XDP is an error the operator must see."""
+    generic: a driver without native XDP is an error the operator must see.
+
+    Why bpf_link_create and not bpf_program__attach_xdp: libbpf 1.1's attach_xdp passes no
+    mode flags, and the kernel then picks native when the driver has it and generic when it
+    does not, silently. The kernel accepts XDP_FLAGS_DRV_MODE / XDP_FLAGS_SKB_MODE on an XDP
+    link, so the link is made directly with the mode asked for."""
     flags = _mode_flag(mode)
     opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=flags)
     fd = _link_create(program.fd, ifindex, _BPF_XDP_ATTACH_TYPE, ctypes.byref(opts))
