@@ -8,6 +8,7 @@ import errno
 import os
 import select
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from rusty_rail.dataplane.libbpf import (
     RingBuffer,
     bpf_object_path,
     create_map,
+    ensure_bpffs,
     num_possible_cpus,
     pin_dir,
     remove_pin_dir,
@@ -500,3 +502,16 @@ def test_pin_dir_refuses_a_root_that_is_not_a_bpffs(tmp_path: Path) -> None:
     with pytest.raises(LibbpfError, match="not on a bpffs"):
         pin_dir("veth0", root=tmp_path / "pins")
     assert not (tmp_path / "pins").exists()
+
+
+def test_ensure_bpffs_mounts_once(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "bpffs"
+    try:
+        ensure_bpffs(mountpoint)
+        ensure_bpffs(mountpoint)  # mounted already: nothing to do
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        assert [line.split()[2] for line in mounts if line.split()[1] == str(mountpoint)] == ["bpf"]
+        with create_map(MapType.ARRAY, 4, 4, 1, name="scratch") as scratch:
+            scratch.pin(mountpoint / "scratch")
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)
