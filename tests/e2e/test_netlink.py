@@ -110,6 +110,13 @@ def test_next_hop_through_a_gateway_is_the_gateway(
     assert neighbour_state(veth_pair, behind_gateway) is None  # not on-link: never asked
 
 
+def test_ipv4_route_through_an_ipv6_gateway(veth_pair: VethPair) -> None:
+    veth_pair.near_ip("route", "add", "198.19.6.0/24", "via", "inet6", veth_pair.FAR6)
+    next_hop = wait_next_hop("198.19.6.1", timeout=5, netns=veth_pair.near)
+    assert next_hop.dst_mac == veth_pair.far_mac
+    assert neighbour_state(veth_pair, veth_pair.FAR6) is not None
+
+
 def test_stale_neighbour_is_used_and_refreshed(veth_pair: VethPair) -> None:
     wait_next_hop(veth_pair.FAR4, timeout=5, netns=veth_pair.near)
     far_mac = veth_pair.far_mac.hex(":")

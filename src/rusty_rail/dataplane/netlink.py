@@ -184,7 +184,7 @@ def _route(ipr: Any, address: IPAddress) -> tuple[int, IPAddress]:
     if gateway:
         neighbour = ip_address(gateway)
     elif via:
-        neighbour = ip_address(via["addr"] if isinstance(via, dict) else via.get("addr"))
+        neighbour = ip_address(via["addr"])
     else:
         neighbour = address
     return int(ifindex), neighbour
