@@ -157,11 +157,11 @@ def test_unknown_names_and_use_before_load_are_explained() -> None:
 def test_a_program_the_verifier_rejects_fails_with_the_verifier_log(
     compile_bpf: Callable[[str], Path],
 ) -> None:
-    with (
-        BpfObject.open(compile_bpf("unverifiable")) as bpf_object,
-        pytest.raises(LibbpfError) as caught,
-    ):
-        bpf_object.load()
+    with BpfObject.open(compile_bpf("unverifiable")) as bpf_object:
+        with pytest.raises(LibbpfError) as caught:
+            bpf_object.load()
+        with pytest.raises(ValueError, match="open it again"):
+            bpf_object.load()
     error = caught.value
     assert error.errno == errno.EACCES
     assert error.verifier_log is not None

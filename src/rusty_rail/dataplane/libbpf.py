@@ -1320,6 +1320,7 @@ class BpfObject:
         self._handle: int | None = handle
         self.path = path
         self._loaded = False
+        self._load_failed = False
         self._programs: dict[str, Program] = {}
         self._maps: dict[str, Map] = {}
         self._finalizer = weakref.finalize(self, _object_close, handle)
@@ -1355,6 +1356,9 @@ class BpfObject:
     def _before_load(self, what: str) -> None:
         if self._loaded:
             raise ValueError(f"{what}: BPF object {self.path.name} is already loaded")
+        if self._load_failed:
+            # libbpf cannot load an object twice: a new attempt starts from open().
+            raise ValueError(f"{what}: loading {self.path.name} failed; open it again")
 
     @property
     def name(self) -> str:
@@ -1473,6 +1477,7 @@ class BpfObject:
         with _captured_libbpf_messages() as messages:
             result = _object_load(self._handle_or_raise())
         if result != 0:
+            self._load_failed = True
             error = LibbpfError(
                 _errno_of(result), f"load BPF object {self.path.name}", libbpf_log=messages
             )
