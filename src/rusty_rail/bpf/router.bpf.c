@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0
+/* The test bed's router, the GRE + ECMP half of the seed deployment, in XDP: IPv4 to a VIP
+ * prefix is wrapped in outer IPv4 + GRE towards one live LB, chosen per flow by rendezvous
+ * hashing, and sent out of the LB-side interface. Everything else goes to the router's own
+ * stack, which routes the servers' direct replies back to the clients. Loaded and fed by
+ * rusty_rail/testbed/router.py. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "gre_parse.h"
+
+/* Per-reason outcomes, the index into router_stats (rusty_rail.testbed.router.RouterStat). */
+enum router_stat {
+	ROUTER_ENCAPSULATED = 0,
+	ROUTER_PASS_NOT_IPV4 = 1,   /* not untagged IPv4 (ARP, IPv6, VLAN-tagged, short frames) */
+	ROUTER_PASS_MALFORMED = 2,  /* an IPv4 header the stack may judge */
+	ROUTER_PASS_NOT_VIP = 3,    /* destination outside router_vips */
+	ROUTER_PASS_TTL_EXPIRED = 4, /* TTL <= 1: the stack sends the ICMP time exceeded */
+	ROUTER_DROP_NO_LB = 5,	    /* the live LB set is empty */
+	ROUTER_DROP_TOO_BIG = 6,    /* the GRE packet would exceed the LB link's MTU */
+	ROUTER_DROP_ERROR = 7,	    /* the kernel refused to grow the frame's head */
+	ROUTER_STAT_COUNT = 8,
+};
+
+#define ROUTER_MAX_LBS 32
+#define ROUTER_MAX_VIPS 1024
+#define GRE_OVERHEAD (sizeof(struct iphdr) + sizeof(struct gp_gre_base))
+
+struct router_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct router_prefix {
+	__u32 prefixlen;
+	__be32 addr_be;
+};
+
+/* One LB: the outer destination and how frames reach it. */
+struct router_lb {
+	__be32 addr_be;
+	__u32 ifindex;	   /* egress interface; the ingress one means XDP_TX */
+	__u8 dst_mac[ETH_ALEN];
+	__u8 src_mac[ETH_ALEN];
+	__u32 mtu;	   /* of the egress link; 0 = not checked */
+};
+
+/* A whole LB set. Two of these (banks) exist; userspace fills the idle bank, then points
+ * router_active at it, so a packet sees the old set or the new one, never a mix. */
+struct router_lb_set {
+	__u32 count;
+	__be32 source_be; /* outer source: the router's LB-side address */
+	__u64 seed;	  /* of the flow hash */
+	__u8 outer_ttl;
+	__u8 pad[7];
+	struct router_lb lbs[ROUTER_MAX_LBS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ROUTER_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct router_prefix);
+	__type(value, __u32);
+} router_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct router_lb_set);
+} router_lb_sets SEC(".maps");
+
+/* The bank in use: 0 or 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} router_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ROUTER_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, struct router_counter);
+} router_stats SEC(".maps");
+
+/* Packets sent to each LB, keyed by its address. Userspace creates the entries with the set;
+ * the program only adds to them (an LB without an entry is simply not counted). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4 * ROUTER_MAX_LBS);
+	__type(key, __be32);
+	__type(value, struct router_counter);
+} router_lb_stats SEC(".maps");
+
+static __always_inline void add(struct router_counter *counter, __u64 bytes)
+{
+	if (counter) {
+		counter->packets++;
+		counter->bytes += bytes;
+	}
+}
+
+static __always_inline int count(enum router_stat stat, __u64 frame_len, int verdict)
+{
+	__u32 key = stat;
+
+	add(bpf_map_lookup_elem(&router_stats, &key), frame_len);
+	return verdict;
+}
+
+/* The mixer of docs/flow-hash.md (rusty_rail.flowhash.mix64), word by word. */
+static __always_inline __u64 mix_word(__u64 state, __u32 word)
+{
+	state = (state ^ word) * 0x9E3779B97F4A7C15ULL;
+	return (state << 31) | (state >> 33);
+}
+
+static __always_inline __u64 mix_final(__u64 state)
+{
+	state ^= state >> 33;
+	state *= 0xFF51AFD7ED558CCDULL;
+	state ^= state >> 33;
+	state *= 0xC4CEB9FE1A85EC53ULL;
+	state ^= state >> 33;
+	return state;
+}
+
+/* mix64(seed, flow words): addresses and ports as they sit in the packet, loaded as
+ * little-endian words; ports 0 for fragments and protocols other than TCP and UDP. */
+static __always_inline __u64 flow_state(const struct iphdr *ip, void *l4, void *end,
+					 __u32 ip_payload, __u64 seed)
+{
+	__u32 ports = 0;
+	__u64 state = seed;
+
+	if ((ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
+	    !(ip->frag_off & GP_IP_FRAGMENT) && ip_payload >= 4 && l4 + 4 <= end)
+		__builtin_memcpy(&ports, l4, 4);
+	state = mix_word(state, ip->saddr);
+	state = mix_word(state, ip->daddr);
+	state = mix_word(state, ports);
+	state = mix_word(state, ip->protocol);
+	return mix_final(state);
+}
+
+/* Rendezvous (highest random weight) hashing: every live LB gets the score
+ * mix64(flow state, [its address]) and the highest wins, ties to the higher address. The
+ * choice depends only on the set, not its order, and losing an LB moves only its flows. */
+static __always_inline const struct router_lb *choose_lb(const struct router_lb_set *set,
+							  __u64 flow)
+{
+	const struct router_lb *best = NULL;
+	__u64 best_score = 0;
+
+	for (__u32 i = 0; i < ROUTER_MAX_LBS; i++) {
+		const struct router_lb *lb = &set->lbs[i];
+		__u64 score;
+
+		if (i >= set->count)
+			break;
+		score = mix_final(mix_word(flow, lb->addr_be));
+		if (!best || score > best_score ||
+		    (score == best_score && bpf_ntohl(lb->addr_be) > bpf_ntohl(best->addr_be))) {
+			best = lb;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+static __always_inline const struct router_lb_set *active_set(void)
+{
+	__u32 zero = 0, *bank = bpf_map_lookup_elem(&router_active, &zero);
+	__u32 key;
+
+	if (!bank)
+		return NULL;
+	key = *bank & 1;
+	return bpf_map_lookup_elem(&router_lb_sets, &key);
+}
+
+/* Forwarding the inner packet is a router's hop: TTL - 1, checksum updated (RFC 1624). */
+static __always_inline void decrement_ttl(struct iphdr *ip)
+{
+	__be16 *ttl_protocol = (__be16 *)&ip->ttl;
+	__be16 old_word = *ttl_protocol;
+
+	ip->ttl--;
+	ip->check = gp_csum_replace(ip->check, old_word, *ttl_protocol);
+}
+
+/* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
+ * the inner packet. Returns 0, or -1 when the kernel refused. */
+static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_lb_set *set,
+				       const struct router_lb *lb, __u16 inner_len, __u8 inner_tos)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *outer, *inner;
+	struct gp_gre_base *gre;
+	struct iphdr header = {
+		.version = 4,
+		.ihl = 5,
+		.tos = inner_tos, /* DSCP and ECN carried out (RFC 6040 normal mode) */
+		.tot_len = bpf_htons(inner_len + GRE_OVERHEAD),
+		.id = 0,
+		/* Like Linux tunnels by default: DF always, so the path MTU is discovered, not
+		 * fragmented around; with DF, ID 0 is fine (RFC 6864). */
+		.frag_off = GP_IP_DF,
+		.ttl = set->outer_ttl,
+		.protocol = GP_IPPROTO_GRE,
+		.check = 0,
+		.saddr = set->source_be,
+		.daddr = lb->addr_be,
+	};
+
+	header.check = gp_ipv4_checksum(&header);
+	if (bpf_xdp_adjust_head(ctx, -(int)GRE_OVERHEAD))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	outer = (void *)(eth + 1);
+	gre = (void *)(outer + 1);
+	inner = (void *)(gre + 1);
+	if ((void *)(inner + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, lb->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, lb->src_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memcpy(outer, &header, sizeof(header));
+	gre->flags_version = 0;
+	gre->protocol = bpf_htons(ETH_P_IP);
+	decrement_ttl(inner);
+	return 0;
+}
+
+SEC("xdp")
+int xdp_router(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 frame_len = data_end - data;
+	struct gp_cursor c = { .pos = data, .end = data_end };
+	struct ethhdr *eth = data;
+	struct router_prefix vip;
+	const struct router_lb_set *set;
+	const struct router_lb *lb;
+	struct iphdr *ip;
+	__u32 ip_payload;
+	__u16 inner_len;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return count(ROUTER_PASS_NOT_IPV4, frame_len, XDP_PASS);
+	c.pos = eth + 1;
+	if (gp_parse_ipv4(&c, &ip, &ip_payload) != GP_OK)
+		return count(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
+
+	vip.prefixlen = 32;
+	vip.addr_be = ip->daddr;
+	if (!bpf_map_lookup_elem(&router_vips, &vip))
+		return count(ROUTER_PASS_NOT_VIP, frame_len, XDP_PASS);
+	if (ip->ttl <= 1)
+		return count(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
+
+	set = active_set();
+	if (!set || set->count == 0)
+		return count(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	lb = choose_lb(set, flow_state(ip, c.pos, c.end, ip_payload, set->seed));
+	if (!lb)
+		return count(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+
+	inner_len = bpf_ntohs(ip->tot_len);
+	if (lb->mtu && inner_len + GRE_OVERHEAD > lb->mtu)
+		return count(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
+	if (encapsulate(ctx, set, lb, inner_len, ip->tos))
+		return count(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
+
+	add(bpf_map_lookup_elem(&router_lb_stats, &lb->addr_be), frame_len);
+	count(ROUTER_ENCAPSULATED, frame_len, 0);
+	if (lb->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(lb->ifindex, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

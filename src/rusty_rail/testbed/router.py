@@ -1,0 +1,345 @@
+"""The test bed's router: bpf/router.bpf.c on the client-facing interface wraps IPv4 to the VIPs
+in GRE towards one live LB per flow; the LB set changes at run time (an LB dies, one comes back).
+
+LB choice is rendezvous hashing over the live set (``choose_lb`` is its Python twin): stateless,
+independent of the order LBs are listed in, and removing an LB moves only the flows it had.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from socket import if_nametoindex
+from types import TracebackType
+from typing import Self
+
+from pyroute2 import IPRoute
+
+from rusty_rail.dataplane.libbpf import (
+    BPF_NOEXIST,
+    BpfObject,
+    LibbpfError,
+    Link,
+    Map,
+    Program,
+    XdpMode,
+    attach_xdp,
+    bpf_object_path,
+    num_possible_cpus,
+)
+from rusty_rail.dataplane.netlink import in_netns, wait_next_hop
+from rusty_rail.decap import parse_prefixes
+from rusty_rail.dpstate import NextHop
+from rusty_rail.flowhash import Flow, mix64, words_of
+
+__all__ = [
+    "MAX_LBS",
+    "ROUTER_SEED",
+    "LbTarget",
+    "Router",
+    "RouterStat",
+    "choose_lb",
+    "lb_scores",
+]
+
+OBJECT_NAME = "router"
+PROGRAM_NAME = "xdp_router"
+
+#: The router's flow-hash seed. Deliberately not the balancer's: the LBs hash the same flows
+#: again, and a shared hash would correlate the two choices.
+ROUTER_SEED = int.from_bytes(b"rr-ecmp!", "big")
+#: ROUTER_MAX_LBS in bpf/router.bpf.c.
+MAX_LBS = 32
+#: What the router adds in front of the inner packet: outer IPv4 (20) and GRE (4).
+GRE_OVERHEAD = 24
+
+# struct router_lb_set and struct router_lb (bpf/router.bpf.c).
+_SET_HEADER = struct.Struct("=I4sQB7x")
+_LB = struct.Struct("=4sI6s6sI")
+_SET_SIZE = _SET_HEADER.size + MAX_LBS * _LB.size
+_PREFIX = struct.Struct("=I4s")
+_COUNTER = struct.Struct("=QQ")
+_U32 = struct.Struct("=I")
+
+
+class RouterStat(IntEnum):
+    """Per-reason outcomes, the index into router_stats (enum router_stat)."""
+
+    ENCAPSULATED = 0
+    PASS_NOT_IPV4 = 1
+    PASS_MALFORMED = 2
+    PASS_NOT_VIP = 3
+    PASS_TTL_EXPIRED = 4
+    DROP_NO_LB = 5
+    DROP_TOO_BIG = 6
+    DROP_ERROR = 7
+
+
+@dataclass(frozen=True, slots=True)
+class LbTarget:
+    """One LB as the router sends to it: the outer destination, the Ethernet next hop and the
+    egress link's MTU (0: not checked)."""
+
+    address: IPv4Address
+    next_hop: NextHop
+    mtu: int = 0
+
+    def encode(self) -> bytes:
+        return _LB.pack(
+            self.address.packed,
+            self.next_hop.ifindex,
+            self.next_hop.dst_mac,
+            self.next_hop.src_mac,
+            self.mtu,
+        )
+
+
+# -- the choice, in Python -----------------------------------------------------------------
+
+
+def _flow_state(flow: Flow, seed: int) -> int:
+    return mix64(seed, flow.words())
+
+
+def lb_scores(flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_SEED) -> list[int]:
+    """Each LB's rendezvous score for ``flow``: mix64(mix64(seed, flow words), [address])."""
+    state = _flow_state(flow, seed)
+    return [mix64(state, words_of(IPv4Address(lb).packed)) for lb in lbs]
+
+
+def choose_lb(
+    flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_SEED
+) -> IPv4Address | None:
+    """The LB bpf/router.bpf.c sends ``flow`` to (None for no LBs): the highest score, ties to
+    the higher address. ``flow`` has ports 0 for fragments and protocols without ports."""
+    if not lbs:
+        return None
+    addresses = [IPv4Address(lb) for lb in lbs]
+    scored = zip(lb_scores(flow, addresses, seed), addresses, strict=True)
+    return max(scored, key=lambda pair: (pair[0], int(pair[1])))[1]
+
+
+def _network_of_key(key: bytes) -> IPv4Network:
+    prefixlen, address = _PREFIX.unpack(key)
+    return IPv4Network((address, prefixlen))
+
+
+# -- the router ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _namespace(netns: str | None) -> Iterator[None]:
+    if netns is None:
+        yield
+    else:
+        with in_netns(netns):
+            yield
+
+
+def _interface_mtu(ifindex: int, netns: str | None) -> int:
+    with IPRoute(netns=netns) as ipr:
+        return int(ipr.link("get", index=ifindex)[0].get("IFLA_MTU"))
+
+
+class Router:
+    """The loaded router program and its maps; attached to one interface or not at all.
+
+    ``netns`` is where the interfaces, next hops and MTUs are looked up; the program and the
+    maps themselves are global. Closing the Router detaches the program."""
+
+    def __init__(
+        self,
+        bpf_object: BpfObject,
+        *,
+        source: IPv4Address,
+        seed: int,
+        outer_ttl: int,
+        netns: str | None,
+    ) -> None:
+        self._object = bpf_object
+        self.program: Program = bpf_object.program(PROGRAM_NAME)
+        self._vips: Map = bpf_object.map("router_vips")
+        self._sets: Map = bpf_object.map("router_lb_sets")
+        self._active: Map = bpf_object.map("router_active")
+        self._stats: Map = bpf_object.map("router_stats")
+        self._lb_stats: Map = bpf_object.map("router_lb_stats")
+        if self._sets.value_size != _SET_SIZE:
+            raise RuntimeError(
+                f"bpf/router.bpf.o has LB sets of {self._sets.value_size} bytes, this module "
+                f"writes {_SET_SIZE}: rebuild with scripts/setup"
+            )
+        self.source = source
+        self.seed = seed
+        self.outer_ttl = outer_ttl
+        self.netns = netns
+        self._link: Link | None = None
+        self._lbs: tuple[LbTarget, ...] = ()
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        source: str,
+        vips: Sequence[str] = (),
+        seed: int = ROUTER_SEED,
+        outer_ttl: int = 64,
+        netns: str | None = None,
+    ) -> Router:
+        """Load bpf/router.bpf.o with ``source`` as the outer source address (the router's
+        LB-side address) and the VIP prefixes; no LBs yet (VIP traffic is dropped and counted
+        as DROP_NO_LB until set_lbs)."""
+        if not 1 <= outer_ttl <= 255:
+            raise ValueError(f"outer_ttl must be 1..255, got {outer_ttl}")
+        bpf_object = BpfObject.open(bpf_object_path(OBJECT_NAME))
+        try:
+            bpf_object.load()
+            router = cls(
+                bpf_object,
+                source=IPv4Address(source),
+                seed=seed,
+                outer_ttl=outer_ttl,
+                netns=netns,
+            )
+            router.set_vips(vips)
+            router.set_lb_targets(())
+        except BaseException:
+            bpf_object.close()
+            raise
+        return router
+
+    # attachment
+
+    def attach(self, ifname: str, mode: XdpMode = "native") -> None:
+        """Run the router on ``ifname`` (the client-facing interface, in ``netns``)."""
+        if self._link is not None:
+            raise RuntimeError("the router is attached already: detach it first")
+        with _namespace(self.netns):
+            self._link = attach_xdp(if_nametoindex(ifname), self.program, mode)
+
+    def detach(self) -> None:
+        if self._link is not None:
+            link, self._link = self._link, None
+            try:
+                if link.ifindex:
+                    link.detach()
+            finally:
+                link.close()
+
+    def close(self) -> None:
+        try:
+            self.detach()
+        finally:
+            self._object.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # configuration
+
+    def set_vips(self, prefixes: Sequence[str]) -> None:
+        """The destinations that are wrapped in GRE (IPv4 prefixes, or addresses as /32)."""
+        wanted = {
+            _PREFIX.pack(n.prefixlen, n.network_address.packed)
+            for n in parse_prefixes(prefixes, "vips")
+        }
+        if len(wanted) > self._vips.max_entries:
+            raise ValueError(f"vips: {len(wanted)} prefixes, at most {self._vips.max_entries}")
+        current = set(self._vips.keys())
+        for key in wanted - current:
+            self._vips.update(key, _U32.pack(1))
+        for key in current - wanted:
+            self._vips.delete(key)
+
+    def vips(self) -> list[IPv4Network]:
+        return sorted(map(_network_of_key, self._vips.keys()))
+
+    @property
+    def lbs(self) -> tuple[LbTarget, ...]:
+        """The live LB set, as last given."""
+        return self._lbs
+
+    def set_lbs(self, addresses: Sequence[str], *, timeout: float = 3.0) -> tuple[LbTarget, ...]:
+        """Make ``addresses`` the live LB set: each LB's next hop is resolved through the
+        kernel's FIB and neighbour table of ``netns`` (ARP waited for up to ``timeout``
+        seconds) and its egress MTU read, then the set is swapped in at once. An empty list
+        means every LB is gone."""
+        targets = []
+        for address in addresses:
+            lb = ip_address(address)
+            if not isinstance(lb, IPv4Address):
+                raise ValueError(f"LB {address!r}: the router sends IPv4 GRE only")
+            next_hop = wait_next_hop(lb, timeout, netns=self.netns)
+            targets.append(LbTarget(lb, next_hop, _interface_mtu(next_hop.ifindex, self.netns)))
+        self.set_lb_targets(targets)
+        return self._lbs
+
+    def set_lb_targets(self, targets: Sequence[LbTarget]) -> None:
+        """Make ``targets`` the live LB set as given (no resolution): the idle bank is written
+        whole, then made the active one, so a packet sees the old set or the new one."""
+        addresses = [target.address for target in targets]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"LB addresses repeat: {', '.join(map(str, addresses))}")
+        if len(targets) > MAX_LBS:
+            raise ValueError(f"{len(targets)} LBs, the router takes at most {MAX_LBS}")
+        self._prepare_lb_counters(targets)
+        value = _SET_HEADER.pack(len(targets), self.source.packed, self.seed, self.outer_ttl)
+        value += b"".join(target.encode() for target in targets)
+        value += bytes(_SET_SIZE - len(value))
+        zero = _U32.pack(0)
+        active_value = self._active.lookup(zero)
+        active = _U32.unpack(active_value)[0] & 1 if active_value is not None else 0
+        idle = 1 - active
+        self._sets.update(_U32.pack(idle), value)
+        self._active.update(zero, _U32.pack(idle))
+        self._lbs = tuple(targets)
+
+    def _prepare_lb_counters(self, targets: Sequence[LbTarget]) -> None:
+        keys = {target.address.packed for target in targets}
+        present = set(self._lb_stats.keys())
+        if len(present | keys) > self._lb_stats.max_entries:
+            for key in present - keys:  # forget LBs that are long gone
+                self._lb_stats.delete(key)
+        zero = [_COUNTER.pack(0, 0)] * num_possible_cpus()
+        for key in keys - present:
+            try:
+                self._lb_stats.update_percpu(key, zero, BPF_NOEXIST)
+            except LibbpfError:
+                if self._lb_stats.lookup_percpu(key) is None:
+                    raise
+
+    # counters
+
+    @staticmethod
+    def _sum(values: Sequence[bytes] | None) -> dict[str, int]:
+        packets = bytes_ = 0
+        for value in values or ():
+            cpu_packets, cpu_bytes = _COUNTER.unpack(value)
+            packets += cpu_packets
+            bytes_ += cpu_bytes
+        return {"packets": packets, "bytes": bytes_}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per reason (lower-case RouterStat names): packets and bytes as received."""
+        return {
+            stat.name.lower(): self._sum(self._stats.lookup_percpu(_U32.pack(stat)))
+            for stat in RouterStat
+        }
+
+    def lb_counters(self) -> dict[str, dict[str, int]]:
+        """Per LB address: the packets and bytes (as received) sent to it."""
+        return {
+            str(IPv4Address(key)): self._sum(values)
+            for key, values in self._lb_stats.items_percpu()
+        }
