@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+/* The balancer: GRE traffic for a VIP goes on to one backend, chosen by the flow's
+ * connection-table entry or the VIP's Maglev table; everything else goes to the host.
+ * docs/packet-path.md is the contract, rusty_rail/reference.py its executable twin. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "conntrack.h"
+#include "encap.h"
+#include "hash.h"
+#include "maps.h"
+#include "parse.h"
+#include "shared.h"
+
+/* What the rest of the path needs from the parsers. */
+struct packet {
+	struct ethhdr *eth;
+	struct iphdr *outer;
+	struct flow_key flow;
+	__u32 len; /* the frame's length as received, for the byte counters */
+};
+
+static __always_inline int action_verdict(__u8 action)
+{
+	return action == ACTION_DROP ? XDP_DROP : XDP_PASS;
+}
+
+/* The verdict of every packet that is not forwarded: the table at the end of
+ * docs/packet-path.md. `settings` may be NULL for the stats that pass regardless. */
+static __always_inline int stop_verdict(__u32 stat, const struct settings *settings)
+{
+	switch (stat) {
+	case STAT_GRE_MALFORMED:
+	case STAT_INNER_MALFORMED:
+	case STAT_INNER_L4_TRUNCATED:
+		return action_verdict(settings->malformed_action);
+	case STAT_NO_VIP:
+		return action_verdict(settings->no_vip_action);
+	case STAT_DROP_NO_BACKEND:
+	case STAT_DROP_NO_NEXTHOP:
+		return XDP_DROP;
+	default:
+		return XDP_PASS;
+	}
+}
+
+/* Ends the journey of a packet that is not forwarded: counted by reason, unchanged. */
+static __always_inline int stop(__u32 stat, const struct packet *pkt,
+				const struct settings *settings)
+{
+	count(&stats, stat, pkt->len);
+	return stop_verdict(stat, settings);
+}
+
+/* Section 6: the (address, protocol, port) VIP, the address-wide VIP, the default set.
+ * Only TCP and UDP that are not fragments have ports to match; other flows have none. */
+static __always_inline __u32 match_vip(const struct flow_key *flow, int has_ports,
+				       const struct settings *settings)
+{
+	struct vip_key key = { .addr_be = flow->dst_be };
+	struct vip_value *vip;
+
+	if (has_ports) {
+		key.port_be = flow->dport_be;
+		key.proto = flow->proto;
+		vip = bpf_map_lookup_elem(&vips, &key);
+		if (vip)
+			return vip->vip_index;
+		key.port_be = 0;
+		key.proto = 0;
+	}
+	vip = bpf_map_lookup_elem(&vips, &key);
+	if (vip)
+		return vip->vip_index;
+	return settings->default_vip;
+}
+
+/* Section 7: slot hash % M of the VIP's table, whose element 0 is M. Reading M from the
+ * table itself means a concurrent swap shows this packet one whole table. */
+static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
+{
+	__u32 size_index = 0, slot_index, *size, *slot;
+	void *table;
+
+	table = bpf_map_lookup_elem(&tables, &vip_index);
+	if (!table)
+		return NONE_INDEX;
+	size = bpf_map_lookup_elem(table, &size_index);
+	if (!size || *size == 0)
+		return NONE_INDEX;
+	slot_index = 1 + hash % *size;
+	slot = bpf_map_lookup_elem(table, &slot_index);
+	if (!slot)
+		return NONE_INDEX;
+	return *slot;
+}
+
+/* Section 8: readdress the frame to the backend's next hop, count it, send it. */
+static __always_inline int send(struct xdp_md *ctx, const struct packet *pkt,
+				const struct settings *settings, const struct backend *backend,
+				__u32 backend_index, __u32 vip_index, __u32 outcome)
+{
+	__u32 ifindex = backend->nexthop_ifindex;
+
+	rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
+	count(&stats, outcome, pkt->len);
+	count(&vip_stats, vip_index, pkt->len);
+	count(&backend_stats, backend_index, pkt->len);
+	if (ifindex == 0 || ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	/* An egress port missing from tx_ports drops instead of aborting. */
+	return bpf_redirect_map(&tx_ports, ifindex, XDP_DROP);
+}
+
+SEC("xdp")
+int xdp_balancer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor cur = { .pos = data, .end = data_end };
+	struct packet pkt = { .len = data_end - data };
+	__u32 stat, vip_index, backend_index = 0, outcome;
+	const struct settings *settings;
+	struct flow_entry *entry = NULL;
+	struct backend *backend;
+	struct flow_set *set;
+	int ethertype, has_ports;
+	__u64 flow_mix;
+
+	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow. */
+	ethertype = parse_ethernet(&cur, &pkt.eth);
+	if (ethertype == bpf_htons(ETH_P_IPV6))
+		return stop(outer_ipv6_stat(&cur), &pkt, NULL);
+	if (ethertype != bpf_htons(ETH_P_IP))
+		return stop(STAT_PASS_NOT_IP, &pkt, NULL);
+	stat = parse_outer_ipv4(&cur, &pkt.outer);
+	if (stat != PARSE_OK)
+		return stop(stat, &pkt, NULL);
+	settings = settings_get();
+	if (!settings)
+		return XDP_PASS; /* cannot happen: an array always has its entry 0 */
+	stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
+	if (stat != PARSE_OK)
+		return stop(stat, &pkt, settings);
+	stat = parse_gre(&cur);
+	if (stat != PARSE_OK)
+		return stop(stat, &pkt, settings);
+	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
+	if (stat != PARSE_OK)
+		return stop(stat, &pkt, settings);
+
+	/* Find the flow: a valid connection-table hit goes straight to its backend. */
+	flow_mix = flow_mix_ipv4(&pkt.flow, settings->hash_seed);
+	set = conntrack_set(flow_mix, settings);
+	if (set)
+		entry = conntrack_find(set, &pkt.flow);
+	backend = entry ? conntrack_backend(entry, flow_mix, &backend_index) : NULL;
+	if (backend) {
+		outcome = STAT_CT_HIT;
+		vip_index = backend->vip_index;
+	} else {
+		/* A miss or a stale hit: match the VIP, pick from its Maglev table. */
+		outcome = entry ? STAT_CT_STALE : STAT_CT_MISS;
+		vip_index = match_vip(&pkt.flow, has_ports, settings);
+		if (vip_index == NONE_INDEX)
+			return stop(STAT_NO_VIP, &pkt, settings);
+		backend_index = maglev_pick(vip_index, flow_hash32(flow_mix));
+		backend = backend_get(backend_index);
+		if (!backend || !backend_forwards(backend))
+			return stop(STAT_DROP_NO_BACKEND, &pkt, settings);
+	}
+
+	/* Rewrite and send, recording a new decision first. */
+	if (!backend->nexthop_resolved)
+		return stop(STAT_DROP_NO_NEXTHOP, &pkt, settings);
+	if (outcome != STAT_CT_HIT && set)
+		conntrack_record(set, entry, &pkt.flow, flow_mix, backend_index,
+				 backend->generation);
+	return send(ctx, &pkt, settings, backend, backend_index, vip_index, outcome);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The connection table (docs/packet-path.md section 5): which backend slot a flow went
+ * to. A set-associative array, not a kernel LRU hash: docs/dataplane.md has the numbers. */
+#ifndef RUSTY_RAIL_CONNTRACK_H
+#define RUSTY_RAIL_CONNTRACK_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+#include "shared.h"
+
+#define CONNTRACK_CHECK_MULTIPLIER 0x9E3779B97F4A7C15ULL
+
+/* UP and DRAIN forward; DRAIN only keeps its flows because no table names it. */
+static __always_inline int backend_forwards(const struct backend *backend)
+{
+	return backend->state == BACKEND_UP || backend->state == BACKEND_DRAIN;
+}
+
+static __always_inline struct backend *backend_get(__u32 backend_index)
+{
+	return bpf_map_lookup_elem(&backends, &backend_index);
+}
+
+/* The digest an entry carries: ways are written field by field, by CPUs and by userspace
+ * at once, so a reader may meet one flow's key beside another's target. Such an entry
+ * fails this check and is treated as stale, then rewritten. Never 0 (0 marks empty). */
+static __always_inline __u32 conntrack_check(__u64 flow_mix, __u64 target)
+{
+	return (__u32)(((flow_mix ^ target) * CONNTRACK_CHECK_MULTIPLIER) >> 32) | 1;
+}
+
+static __always_inline __u64 target_word(const struct conntrack_entry *target)
+{
+	return *(const __u64 *)target;
+}
+
+/* The set a flow belongs in: the high half of its hash, masked to the table's size. */
+static __always_inline struct flow_set *conntrack_set(__u64 flow_mix,
+						      const struct settings *settings)
+{
+	__u32 index = (flow_mix >> 32) & settings->conntrack_mask;
+
+	return bpf_map_lookup_elem(&conntrack, &index);
+}
+
+static __always_inline int flow_equal(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* The way that holds `flow`, or NULL: a hit, valid or not. */
+static __always_inline struct flow_entry *conntrack_find(struct flow_set *set,
+							 const struct flow_key *flow)
+{
+#pragma unroll
+	for (int i = 0; i < CONNTRACK_WAYS; i++) {
+		struct flow_entry *entry = &set->way[i];
+
+		if (flow_equal(&entry->flow, flow) && entry->check)
+			return entry;
+	}
+	return NULL;
+}
+
+/* The backend of a valid hit: the entry is whole (its check holds), its slot forwards and
+ * still belongs to the backend the flow was recorded with. NULL for a stale hit. A hit
+ * marks the entry recently used (written only when the bit changes). */
+static __always_inline struct backend *conntrack_backend(struct flow_entry *entry, __u64 flow_mix,
+							 __u32 *backend_index)
+{
+	struct conntrack_entry target = entry->target;
+	struct backend *backend;
+
+	if (entry->check != conntrack_check(flow_mix, target_word(&target)))
+		return NULL;
+	*backend_index = target.backend_index;
+	backend = backend_get(target.backend_index);
+	if (!backend || !backend_forwards(backend) || backend->generation != target.generation)
+		return NULL;
+	if (!entry->recent)
+		entry->recent = 1;
+	return backend;
+}
+
+/* The way a new flow takes: an empty one, else one not used since the last sweep, else
+ * (every way recently used) the sweep: clear the bits and take the hash's pick. */
+static __always_inline struct flow_entry *conntrack_victim(struct flow_set *set, __u64 flow_mix)
+{
+	__u32 i;
+
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++)
+		if (!set->way[i].check)
+			return &set->way[i];
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++)
+		if (!set->way[i].recent)
+			return &set->way[i];
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++)
+		set->way[i].recent = 0;
+	return &set->way[flow_mix & (CONNTRACK_WAYS - 1)];
+}
+
+/* Records the flow's backend: in place over a stale entry, else in a victim way. The
+ * check goes last, so until it lands readers see a mismatch, never a wrong target. */
+static __always_inline void conntrack_record(struct flow_set *set, struct flow_entry *stale,
+					     const struct flow_key *flow, __u64 flow_mix,
+					     __u32 backend_index, __u32 generation)
+{
+	struct conntrack_entry target = {
+		.backend_index = backend_index,
+		.generation = generation,
+	};
+	struct flow_entry *entry = stale;
+
+	if (!entry) {
+		entry = conntrack_victim(set, flow_mix);
+		entry->check = 0;
+		entry->flow = *flow;
+		entry->recent = 0;
+	}
+	*(__u64 *)&entry->target = target_word(&target);
+	entry->check = conntrack_check(flow_mix, target_word(&target));
+}
+
+#endif /* RUSTY_RAIL_CONNTRACK_H */

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The balancer's maps: what the control plane writes (rusty_rail/dataplane/maps.py) and
+ * the program reads. docs/dataplane.md gives the layout and the memory each one costs. */
+#ifndef RUSTY_RAIL_MAPS_H
+#define RUSTY_RAIL_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "shared.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VIPS * 4);
+	__type(key, struct vip_key);
+	__type(value, struct vip_value);
+} vips SEC(".maps");
+
+/* A Maglev table: element 0 holds the table size M, elements 1..M the backend indices.
+ * BPF_F_INNER_MAP lets tables of different sizes share the outer map; userspace creates
+ * each one at run time, fills it through mmap (BPF_F_MMAPABLE) and swaps it in with a
+ * single update of `tables`. Inner maps must carry exactly these flags. */
+struct maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, __u32);
+	__array(values, struct maglev_table);
+} tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+} backends SEC(".maps");
+
+/* The connection table: a set-associative array of flow_set, indexed by the flow hash
+ * (docs/dataplane.md says why not an LRU hash). The loader sizes it (a power of two) and
+ * writes the matching mask into the settings; userspace reads it through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, DEFAULT_CONNTRACK_ENTRIES / CONNTRACK_WAYS);
+	__type(key, __u32);
+	__type(value, struct flow_set);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_COUNT);
+	__type(key, __u32);
+	__type(value, struct counter);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} vip_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} backend_stats SEC(".maps");
+
+/* Egress interfaces for XDP_REDIRECT, keyed by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_TX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+static __always_inline const struct settings *settings_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/* Adds one packet of `bytes` to entry `index` of a per-CPU counter array. Per-CPU, so
+ * plain additions suffice; userspace sums the CPUs. */
+static __always_inline void count(void *counters, __u32 index, __u64 bytes)
+{
+	struct counter *counter = bpf_map_lookup_elem(counters, &index);
+
+	if (counter) {
+		counter->packets += 1;
+		counter->bytes += bytes;
+	}
+}
+
+#endif /* RUSTY_RAIL_MAPS_H */

@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The structs and constants the balancer shares with userspace. Each struct here has one
+ * ctypes mirror in rusty_rail/dataplane/structs.py, and tests/bpf/test_structs.py checks
+ * sizes and offsets against this object's BTF. Fixed-width types, explicit padding;
+ * a field in network byte order ends in _be. */
+#ifndef RUSTY_RAIL_SHARED_H
+#define RUSTY_RAIL_SHARED_H
+
+#include <linux/types.h>
+
+/* Capacities. The VIP and backend indices the control plane hands out stay below these. */
+#define MAX_VIPS 1024
+#define MAX_BACKENDS 16384
+#define DEFAULT_CONNTRACK_ENTRIES (1 << 20)
+#define CONNTRACK_WAYS 4
+#define MAX_TX_PORTS 64
+
+/* "No backend" in a table slot, "no default VIP" in the settings (dpstate.NONE_INDEX). */
+#define NONE_INDEX 0xFFFFFFFFu
+
+/* What to do with a packet the balancer will not forward (dpstate.Action). Zeroed
+ * settings therefore mean PASS, the safe default before the control plane wrote any. */
+enum action {
+	ACTION_PASS = 0,
+	ACTION_DROP = 1,
+};
+
+/* A backend slot's state (dpstate.BackendState). */
+enum backend_state {
+	BACKEND_UNUSED = 0,
+	BACKEND_UP = 1,
+	BACKEND_DRAIN = 2,
+	BACKEND_DOWN = 3,
+};
+
+/* Per-reason packet outcomes, the index into the stats array (dpstate.Stat). */
+enum stat {
+	STAT_CT_HIT = 0,
+	STAT_CT_MISS = 1,
+	STAT_CT_STALE = 2,
+	STAT_PASS_NOT_IP = 3,
+	STAT_PASS_NOT_GRE = 4,
+	STAT_PASS_NOT_LOCAL = 5,
+	STAT_PASS_OUTER_FRAGMENT = 6,
+	STAT_PASS_OUTER_MALFORMED = 7,
+	STAT_PASS_UNSUPPORTED = 8,
+	STAT_NO_VIP = 9,
+	STAT_GRE_MALFORMED = 10,
+	STAT_INNER_MALFORMED = 11,
+	STAT_INNER_L4_TRUNCATED = 12,
+	STAT_DROP_NO_BACKEND = 13,
+	STAT_DROP_NO_NEXTHOP = 14,
+	STAT_COUNT = 15,
+};
+
+/* The one entry of the settings array. */
+struct settings {
+	__be32 lb_ipv4_be;     /* the outer destination this node balances for */
+	__u8 lb_ipv6[16];      /* reserved for outer IPv6; zero until it is balanced */
+	__u32 default_vip;     /* VIP index for GRE that matches no VIP, or NONE_INDEX */
+	__u64 hash_seed;       /* the cluster-wide flow-hash seed */
+	__u32 conntrack_mask;  /* conntrack sets - 1; written by the loader, not the state */
+	__u8 outer_ttl;        /* TTL of the rewritten outer header */
+	__u8 no_vip_action;    /* enum action */
+	__u8 malformed_action; /* enum action */
+	__u8 pad;
+};
+
+/* Key of the vips hash. proto and port 0: the address-wide VIP. IPv6 VIPs will get
+ * their own map with a 16-byte address, so this key stays 8 bytes. */
+struct vip_key {
+	__be32 addr_be;
+	__be16 port_be;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct vip_value {
+	__u32 vip_index;
+};
+
+/* One backend slot, indexed by backend index. The next hop's two MAC addresses sit in
+ * Ethernet header order (destination, then source) so the rewrite copies 12 bytes. */
+struct backend {
+	__be32 addr_be[4];        /* IPv4 in addr_be[0]; all four words once IPv6 backends exist */
+	__u32 generation;         /* changes when the slot is given to another backend */
+	__u32 vip_index;          /* the VIP this slot serves; counted on conntrack hits */
+	__u8 state;               /* enum backend_state */
+	__u8 family;              /* 4 (IPv4); 6 is reserved */
+	__u8 nexthop_resolved;    /* 0 until the control plane resolved the next hop */
+	__u8 pad;
+	__u32 nexthop_ifindex;    /* egress interface; 0 = the ingress interface */
+	__u8 nexthop_dst_mac[6];
+	__u8 nexthop_src_mac[6];
+};
+
+/* The inner IPv4 flow, as it sits in the packet: the connection table's key. Ports are 0
+ * for a 3-tuple flow. IPv6 flows will get their own table with a 40-byte key. */
+struct flow_key {
+	__be32 src_be;
+	__be32 dst_be;
+	__be16 sport_be;
+	__be16 dport_be;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* Where a flow goes: written and read as one 8-byte word. */
+struct conntrack_entry {
+	__u32 backend_index;
+	__u32 generation; /* the slot's generation when the flow was recorded */
+};
+
+/* One way of a connection-table set (docs/dataplane.md, "Connection table"). */
+struct flow_entry {
+	struct flow_key flow;
+	struct conntrack_entry target;
+	__u32 check;  /* 0: empty; else a keyed digest of (flow hash, target), see conntrack.h */
+	__u32 recent; /* CLOCK bit: set by a hit, cleared when the set needs a victim */
+};
+
+/* A set of the connection table: the ways a flow's hash can land in, two cache lines. */
+struct flow_set {
+	struct flow_entry way[CONNTRACK_WAYS];
+};
+
+/* Value of the per-CPU counter arrays (stats, vip_stats, backend_stats). */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif /* RUSTY_RAIL_SHARED_H */

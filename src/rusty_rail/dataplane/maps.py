@@ -1,0 +1,505 @@
+"""The balancer's maps as the control plane sees them: write a DataplaneState (whole or piece
+by piece), swap Maglev tables atomically, read counters and flows back.
+
+Encoding dpstate values into the structs of bpf/shared.h happens here and in structs.py only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from rusty_rail.dataplane import structs
+from rusty_rail.dataplane.libbpf import (
+    BPF_F_INNER_MAP,
+    BPF_F_MMAPABLE,
+    BpfObject,
+    Map,
+    MapType,
+    create_map,
+)
+from rusty_rail.dpstate import (
+    NONE_INDEX,
+    BackendEntry,
+    CtEntry,
+    DataplaneState,
+    Settings,
+    Stat,
+    VipKey,
+)
+from rusty_rail.flowhash import MASK64, Flow, mix64, mix64_vectorised
+
+#: Must equal the flags of `struct maglev_table` in bpf/maps.h: the kernel only accepts inner
+#: maps whose type, sizes and flags match the template.
+TABLE_MAP_FLAGS = BPF_F_INNER_MAP | BPF_F_MMAPABLE
+
+#: An array map stores each value in an 8-byte-aligned element, so a u32 table entry takes
+#: 8 bytes in the map's memory and in its mmap (the value in the first 4).
+ARRAY_ELEMENT_STRIDE = 8
+
+MAP_NAMES = (
+    "settings",
+    "vips",
+    "tables",
+    "backends",
+    "conntrack",
+    "stats",
+    "vip_stats",
+    "backend_stats",
+    "tx_ports",
+)
+
+#: The multiplier of an entry's check digest (bpf/conntrack.h).
+CONNTRACK_CHECK_MULTIPLIER = 0x9E3779B97F4A7C15
+FLOW_ENTRY_SIZE = ctypes.sizeof(structs.CFlowEntry)
+FLOW_SET_SIZE = ctypes.sizeof(structs.CFlowSet)
+
+PacketsBytes = tuple[int, int]
+
+
+def conntrack_sets_for(entries: int) -> int:
+    """The number of sets of a connection table for ``entries`` flows: a power of two."""
+    if entries < 1:
+        raise ValueError(f"a connection table needs at least one entry, got {entries}")
+    sets = -(-entries // structs.CONNTRACK_WAYS)
+    return 1 << (sets - 1).bit_length()
+
+
+def prepare_object(obj: BpfObject, *, conntrack_entries: int) -> None:
+    """Size the connection table of an opened, not yet loaded balancer object."""
+    obj.set_max_entries("conntrack", conntrack_sets_for(conntrack_entries))
+
+
+def conntrack_check(flow_mix: int, entry: CtEntry) -> int:
+    """The digest a connection-table way carries for ``entry`` (bpf/conntrack.h)."""
+    target = entry.backend_index | (entry.generation << 32)
+    return ((((flow_mix ^ target) * CONNTRACK_CHECK_MULTIPLIER) & MASK64) >> 32) | 1
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+ZERO_KEY = _u32(0)
+EMPTY_BACKEND = bytes(structs.CBackend())
+
+
+def _pages(size: int) -> int:
+    """``size`` rounded up to whole pages: how much of an array map mmap() covers."""
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def _table_memory(entries: int) -> int:
+    """Bytes of a Maglev table's mmap."""
+    return _pages(entries * ARRAY_ELEMENT_STRIDE)
+
+
+def _table_values(slots: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.uint32]:
+    """Element 0 = M, then the M slots; every slot a backend index or NONE_INDEX."""
+    array = np.asarray(slots, dtype=np.int64).reshape(-1)
+    bad = (array != NONE_INDEX) & ((array < 0) | (array >= structs.MAX_BACKENDS))
+    if bad.any():
+        raise ValueError(
+            f"table slot {int(np.flatnonzero(bad)[0])} holds {int(array[bad][0])}: a backend "
+            f"index must be 0..{structs.MAX_BACKENDS - 1} or NONE_INDEX"
+        )
+    return np.concatenate(([array.size], array)).astype(np.uint32)
+
+
+def _table_view(memory: mmap.mmap, entries: int) -> npt.NDArray[np.uint32]:
+    words = np.frombuffer(memory, dtype=np.uint32, count=entries * ARRAY_ELEMENT_STRIDE // 4)
+    return words.reshape(entries, ARRAY_ELEMENT_STRIDE // 4)[:, 0]
+
+
+def _sum_percpu(values: Iterable[bytes]) -> PacketsBytes:
+    packets = size = 0
+    for value in values:
+        cpu_packets, cpu_bytes = structs.decode_counter(value)
+        packets += cpu_packets
+        size += cpu_bytes
+    return packets, size
+
+
+class BalancerMaps:
+    """The maps of one loaded balancer (from its BpfObject, or from pins for a hot restart).
+
+    Every write is idempotent: writing the same value twice leaves the same maps."""
+
+    def __init__(self, maps: Mapping[str, Map], *, owned: bool = False) -> None:
+        missing = [name for name in MAP_NAMES if name not in maps]
+        if missing:
+            raise ValueError(f"balancer maps missing: {', '.join(missing)}")
+        self.settings = maps["settings"]
+        self.vips = maps["vips"]
+        self.tables = maps["tables"]
+        self.backends = maps["backends"]
+        self.conntrack = maps["conntrack"]
+        self.stats = maps["stats"]
+        self.vip_stats = maps["vip_stats"]
+        self.backend_stats = maps["backend_stats"]
+        self.tx_ports = maps["tx_ports"]
+        self._owned = list(maps.values()) if owned else []
+        sets = self.conntrack.max_entries
+        if sets & (sets - 1) or self.conntrack.value_size != FLOW_SET_SIZE:
+            raise ValueError(
+                f"the conntrack map has {sets} sets of {self.conntrack.value_size} bytes: "
+                f"expected a power of two of {FLOW_SET_SIZE}-byte sets (bpf/maps.h)"
+            )
+        self.conntrack_mask = sets - 1
+
+    @classmethod
+    def of_object(cls, obj: BpfObject) -> BalancerMaps:
+        """The maps of a loaded balancer object (the object owns them)."""
+        return cls({name: obj.map(name) for name in MAP_NAMES})
+
+    @classmethod
+    def from_pinned(cls, directory: str | Path) -> BalancerMaps:
+        """The maps pinned in ``directory`` under their own names; close() releases them."""
+        directory = Path(directory)
+        return cls({name: Map.from_pinned(directory / name) for name in MAP_NAMES}, owned=True)
+
+    def close(self) -> None:
+        """Release descriptors this object opened (maps of a BpfObject stay with it)."""
+        for bpf_map in self._owned:
+            bpf_map.close()
+
+    # --- the whole state -------------------------------------------------------------------
+
+    def sync(self, state: DataplaneState, *, conntrack: bool = True) -> None:
+        """Make the maps say exactly what ``state`` says (counters are left alone); with
+        ``conntrack=False`` the connection table keeps whatever flows it has.
+
+        Everything is encoded (and so validated) before the first write. Writes go make before
+        break: next hops, backends, tables and VIPs are added before the settings, and
+        removals come last, so a live program never meets a VIP without its table or a
+        table slot without its backend that neither the old nor the new state had."""
+        structs.encode_settings(state.settings, self.conntrack_mask)  # validates
+        vips = {
+            structs.encode_vip_key(k): structs.encode_vip_value(v) for k, v in state.vips.items()
+        }
+        for index in state.backends:
+            structs.require_index(index, structs.MAX_BACKENDS, "backend index")
+        backends = {_u32(i): structs.encode_backend(b) for i, b in state.backends.items()}
+        for vip_index in state.tables:
+            structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
+        tables = {vip_index: _table_values(slots) for vip_index, slots in state.tables.items()}
+        for flow in state.conntrack:
+            structs.encode_flow_key(flow)  # IPv4 only, for now
+        ports = {b.next_hop.ifindex for b in state.backends.values() if b.next_hop is not None}
+        ports.discard(0)
+
+        for ifindex in sorted(ports):
+            self.set_tx_port(ifindex)
+        current_backends = {
+            key: value for key, value in self._array_items(self.backends) if value != EMPTY_BACKEND
+        }
+        for key, value in backends.items():
+            if current_backends.get(key) != value:
+                self.backends.update(key, value)
+        for vip_index, values in tables.items():
+            installed = self._read_table_values(vip_index)
+            if installed is None or not np.array_equal(installed, values):
+                self._swap_table(vip_index, values)
+        for key, value in vips.items():
+            if self.vips.lookup(key) != value:
+                self.vips.update(key, value)
+        self.set_settings(state.settings)
+        if conntrack:
+            recorded = self.dump_conntrack()
+            for flow in recorded.keys() - state.conntrack.keys():
+                self.delete_conntrack(flow)
+            for flow, entry in state.conntrack.items():
+                if recorded.get(flow) != entry:
+                    self.set_conntrack(flow, entry)
+
+        for key in list(self.vips.keys()):
+            if key not in vips:
+                self.vips.delete(key)
+        for vip_index in range(structs.MAX_VIPS):
+            if vip_index not in tables and self.tables.inner_id(_u32(vip_index)) is not None:
+                self.delete_table(vip_index)
+        for key in current_backends:
+            if key not in backends:
+                self.backends.update(key, EMPTY_BACKEND)
+        for key in list(self.tx_ports.keys()):
+            if struct.unpack("=I", key)[0] not in ports:
+                self.tx_ports.delete(key)
+
+    def read_state(self) -> DataplaneState:
+        """What the maps say, as a DataplaneState (counters aside): for adoption after a
+        restart, and for tests that a sync wrote what it should."""
+        state = DataplaneState(settings=self.read_settings())
+        for key, vip in self.vips.items():
+            state.vips[structs.decode_vip_key(key)] = structs.decode_vip_value(vip)
+        for vip_index in range(structs.MAX_VIPS):
+            table = self.read_table(vip_index)
+            if table is not None:
+                state.tables[vip_index] = table
+        for key, raw in self._array_items(self.backends):
+            backend = structs.decode_backend(raw)
+            if backend is not None:
+                state.backends[struct.unpack("=I", key)[0]] = backend
+        state.conntrack = self.dump_conntrack()
+        return state
+
+    # --- settings, VIPs, backends --------------------------------------------------------
+
+    def read_settings(self) -> Settings:
+        value = self.settings.lookup(ZERO_KEY)
+        assert value is not None  # an array always has its entries
+        return structs.decode_settings(value)
+
+    def set_settings(self, settings: Settings) -> None:
+        """Write the settings. A new hash seed moves every flow to another connection-table
+        set, so the recorded flows are moved along (they keep their backends)."""
+        value = structs.encode_settings(settings, self.conntrack_mask)
+        old = self.settings.lookup(ZERO_KEY)
+        if old == value:
+            return
+        old_seed = None if old is None else structs.CSettings.from_buffer_copy(old).hash_seed
+        flows = self.dump_conntrack() if old_seed not in (None, settings.hash_seed) else {}
+        self.settings.update(ZERO_KEY, value)
+        if flows:
+            self.clear_conntrack()
+            for flow, entry in flows.items():
+                self.set_conntrack(flow, entry)
+
+    def set_vip(self, key: VipKey, vip_index: int) -> None:
+        self.vips.update(structs.encode_vip_key(key), structs.encode_vip_value(vip_index))
+
+    def delete_vip(self, key: VipKey) -> bool:
+        """Remove a VIP match; False if it was not there."""
+        return self.vips.delete(structs.encode_vip_key(key))
+
+    def set_backend(self, backend_index: int, entry: BackendEntry) -> None:
+        structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
+        self.backends.update(_u32(backend_index), structs.encode_backend(entry))
+
+    def clear_backend(self, backend_index: int) -> None:
+        """Zero the slot: state UNUSED, no next hop; its flows become stale."""
+        structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
+        self.backends.update(_u32(backend_index), EMPTY_BACKEND)
+
+    def read_backend(self, backend_index: int) -> BackendEntry | None:
+        structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
+        raw = self.backends.lookup(_u32(backend_index))
+        return None if raw is None else structs.decode_backend(raw)
+
+    # --- Maglev tables --------------------------------------------------------------------
+
+    def set_table(self, vip_index: int, slots: Sequence[int] | npt.NDArray[np.integer]) -> None:
+        """Give a VIP a new table: a new inner map, filled, then swapped in with one update.
+
+        A packet sees the old table or the new one, with its own size. The old inner map goes
+        away when the last packet using it is done (the kernel holds it until then)."""
+        structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
+        self._swap_table(vip_index, _table_values(slots))
+
+    def _swap_table(self, vip_index: int, values: npt.NDArray[np.uint32]) -> None:
+        inner = create_map(
+            MapType.ARRAY,
+            4,
+            4,
+            len(values),
+            name=f"rr_table_{vip_index}",
+            flags=TABLE_MAP_FLAGS,
+        )
+        with inner:
+            memory = mmap.mmap(inner.fd, _table_memory(len(values)))
+            try:
+                view = _table_view(memory, len(values))
+                view[:] = values
+                del view  # the mmap cannot close while numpy still holds its buffer
+            finally:
+                memory.close()
+            self.tables.set_inner(_u32(vip_index), inner)
+
+    def delete_table(self, vip_index: int) -> bool:
+        """Remove a VIP's table (its packets then count DROP_NO_BACKEND); False if none."""
+        structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
+        return self.tables.delete(_u32(vip_index))
+
+    def read_table(self, vip_index: int) -> list[int] | None:
+        """The VIP's table as the program sees it (without the size element), or None."""
+        values = self._read_table_values(vip_index)
+        return None if values is None else [int(slot) for slot in values[1:]]
+
+    def _read_table_values(self, vip_index: int) -> npt.NDArray[np.uint32] | None:
+        inner_id = self.tables.inner_id(_u32(vip_index))
+        if inner_id is None:
+            return None
+        with Map.from_id(inner_id) as inner:
+            memory = mmap.mmap(inner.fd, _table_memory(inner.max_entries), prot=mmap.PROT_READ)
+            try:
+                values = _table_view(memory, inner.max_entries).copy()
+            finally:
+                memory.close()
+        return values
+
+    # --- connection table -----------------------------------------------------------------
+    # A set-associative array (bpf/conntrack.h): the high half of a flow's mix64 picks its
+    # set; a way holds the flow, its target and a check digest (0 = empty).
+
+    def _locate(self, flow: Flow) -> tuple[bytes, int]:
+        """(the key of the flow's set, the flow's mix64) under the current seed."""
+        structs.encode_flow_key(flow)  # IPv4 only
+        flow_mix = mix64(self.read_settings().hash_seed, flow.words())
+        return _u32((flow_mix >> 32) & self.conntrack_mask), flow_mix
+
+    def _read_set(self, key: bytes) -> structs.CFlowSet:
+        value = self.conntrack.lookup(key)
+        assert value is not None  # an array always has its entries
+        return structs.CFlowSet.from_buffer_copy(value)
+
+    @staticmethod
+    def _find_way(flow_set: structs.CFlowSet, flow_key: bytes) -> int | None:
+        for index, way in enumerate(flow_set.way):
+            if way.check and bytes(way.flow) == flow_key:
+                return index
+        return None
+
+    @staticmethod
+    def _victim_way(flow_set: structs.CFlowSet, flow_mix: int) -> int:
+        """The way a new flow takes; the program's rule (conntrack_victim)."""
+        ways = list(flow_set.way)
+        for index, way in enumerate(ways):
+            if not way.check:
+                return index
+        for index, way in enumerate(ways):
+            if not way.recent:
+                return index
+        for way in ways:
+            way.recent = 0
+        return flow_mix & (structs.CONNTRACK_WAYS - 1)
+
+    def set_conntrack(self, flow: Flow, entry: CtEntry) -> None:
+        """Record ``flow`` -> ``entry`` as the program would (it may evict a way of a full set)."""
+        key, flow_mix = self._locate(flow)
+        flow_key = structs.encode_flow_key(flow)
+        flow_set = self._read_set(key)
+        index = self._find_way(flow_set, flow_key)
+        if index is None:
+            index = self._victim_way(flow_set, flow_mix)
+            flow_set.way[index] = structs.CFlowEntry.from_buffer_copy(
+                flow_key + bytes(FLOW_ENTRY_SIZE - len(flow_key))
+            )
+        way = flow_set.way[index]
+        way.target = structs.CConntrackEntry.from_buffer_copy(structs.encode_conntrack_entry(entry))
+        way.check = conntrack_check(flow_mix, entry)
+        self.conntrack.update(key, bytes(flow_set))
+
+    def delete_conntrack(self, flow: Flow) -> bool:
+        """Forget ``flow``; False if it was not recorded."""
+        key, _ = self._locate(flow)
+        flow_set = self._read_set(key)
+        index = self._find_way(flow_set, structs.encode_flow_key(flow))
+        if index is None:
+            return False
+        flow_set.way[index] = structs.CFlowEntry()
+        self.conntrack.update(key, bytes(flow_set))
+        return True
+
+    @contextmanager
+    def _conntrack_words(self, *, write: bool) -> Iterator[npt.NDArray[np.uint32]]:
+        """The whole table as 32-bit words, one row per way (8 words: the flow's 4, backend
+        index, generation, check, recent), straight from the map's memory."""
+        sets = self.conntrack.max_entries
+        size = sets * FLOW_SET_SIZE
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+        memory = mmap.mmap(self.conntrack.fd, _pages(size), prot=prot)
+        try:
+            words = np.frombuffer(memory, dtype=np.uint32, count=size // 4)
+            yield words.reshape(sets * structs.CONNTRACK_WAYS, FLOW_ENTRY_SIZE // 4)
+            del words
+        finally:
+            memory.close()
+
+    def clear_conntrack(self) -> None:
+        with self._conntrack_words(write=True) as rows:
+            rows[:] = 0
+            del rows
+
+    def dump_conntrack(self) -> dict[Flow, CtEntry]:
+        """Every recorded flow whose way is whole and in the set its hash names."""
+        seed = self.read_settings().hash_seed
+        with self._conntrack_words(write=False) as rows:
+            used = np.flatnonzero(rows[:, 6])
+            entries = rows[used].copy()
+            del rows
+        flow_mix = mix64_vectorised(seed, entries[:, :4])
+        target = entries[:, 4].astype(np.uint64) | (
+            entries[:, 5].astype(np.uint64) << np.uint64(32)
+        )
+        with np.errstate(over="ignore"):
+            check = ((flow_mix ^ target) * np.uint64(CONNTRACK_CHECK_MULTIPLIER)) >> np.uint64(32)
+        check |= np.uint64(1)
+        in_place = ((flow_mix >> np.uint64(32)) & np.uint64(self.conntrack_mask)) == (
+            used // structs.CONNTRACK_WAYS
+        ).astype(np.uint64)
+        whole = (check == entries[:, 6]) & in_place
+        result = {}
+        for row in entries[whole]:
+            raw = row.tobytes()
+            result[structs.decode_flow_key(raw[:16])] = structs.decode_conntrack_entry(raw[16:24])
+        return result
+
+    # --- egress ports ---------------------------------------------------------------------
+
+    def set_tx_port(self, ifindex: int) -> None:
+        """Allow XDP_REDIRECT to ``ifindex`` (an interface of this network namespace)."""
+        if ifindex <= 0:
+            raise ValueError(f"a redirect port needs a real ifindex, got {ifindex}")
+        self.tx_ports.update(_u32(ifindex), _u32(ifindex))
+
+    def delete_tx_port(self, ifindex: int) -> bool:
+        return self.tx_ports.delete(_u32(ifindex))
+
+    def tx_port_ifindexes(self) -> set[int]:
+        return {struct.unpack("=I", key)[0] for key in self.tx_ports.keys()}  # noqa: SIM118 (a Map)
+
+    # --- counters -------------------------------------------------------------------------
+
+    def read_stats(self) -> dict[Stat, PacketsBytes]:
+        """Every outcome's (packets, bytes), summed over the CPUs."""
+        result = {}
+        for stat in Stat:
+            values = self.stats.lookup_percpu(_u32(stat))
+            result[stat] = _sum_percpu(values or [])
+        return result
+
+    def read_vip_stats(self, indices: Iterable[int] | None = None) -> dict[int, PacketsBytes]:
+        """(packets, bytes) per VIP index, summed over the CPUs; only non-zero counters."""
+        return self._read_counters(self.vip_stats, indices, structs.MAX_VIPS)
+
+    def read_backend_stats(self, indices: Iterable[int] | None = None) -> dict[int, PacketsBytes]:
+        """(packets, bytes) per backend slot, summed over the CPUs; only non-zero counters."""
+        return self._read_counters(self.backend_stats, indices, structs.MAX_BACKENDS)
+
+    @staticmethod
+    def _read_counters(
+        counters: Map, indices: Iterable[int] | None, limit: int
+    ) -> dict[int, PacketsBytes]:
+        result = {}
+        for index in range(limit) if indices is None else indices:
+            values = counters.lookup_percpu(_u32(index))
+            total = _sum_percpu(values or [])
+            if total != (0, 0):
+                result[index] = total
+        return result
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _array_items(array: Map) -> Iterable[tuple[bytes, bytes]]:
+        for index in range(array.max_entries):
+            key = _u32(index)
+            value = array.lookup(key)
+            if value is not None:
+                yield key, value

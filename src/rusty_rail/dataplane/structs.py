@@ -1,0 +1,277 @@
+"""ctypes mirrors of the structs in bpf/shared.h, and their encoding from dpstate values.
+
+One mirror per C struct, same field names; a field ending in _be holds bytes in network
+order. tests/bpf/test_structs.py checks every size and offset against the object's BTF.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from rusty_rail.dpstate import (
+    NONE_INDEX,
+    STAT_COUNT,
+    Action,
+    BackendEntry,
+    BackendState,
+    CtEntry,
+    NextHop,
+    Settings,
+    VipKey,
+)
+from rusty_rail.flowhash import Flow
+
+#: Capacities compiled into the maps (shared.h); indices the control plane uses stay below.
+MAX_VIPS = 1024
+MAX_BACKENDS = 16384
+DEFAULT_CONNTRACK_ENTRIES = 1 << 20
+CONNTRACK_WAYS = 4
+MAX_TX_PORTS = 64
+
+#: Values of ``struct backend.family``.
+FAMILY_IPV4 = 4
+
+ETH_ALEN = 6
+
+U8 = ctypes.c_uint8
+U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
+
+
+def _bytes_be(length: int) -> type[ctypes.Array[ctypes.c_uint8]]:
+    """A network-order field: kept as its wire bytes, never as a host integer."""
+    return U8 * length
+
+
+class CSettings(ctypes.Structure):
+    _fields_ = [
+        ("lb_ipv4_be", _bytes_be(4)),
+        ("lb_ipv6", U8 * 16),
+        ("default_vip", U32),
+        ("hash_seed", U64),
+        ("conntrack_mask", U32),
+        ("outer_ttl", U8),
+        ("no_vip_action", U8),
+        ("malformed_action", U8),
+        ("pad", U8),
+    ]
+
+
+class CVipKey(ctypes.Structure):
+    _fields_ = [
+        ("addr_be", _bytes_be(4)),
+        ("port_be", _bytes_be(2)),
+        ("proto", U8),
+        ("pad", U8),
+    ]
+
+
+class CVipValue(ctypes.Structure):
+    _fields_ = [("vip_index", U32)]
+
+
+class CBackend(ctypes.Structure):
+    _fields_ = [
+        ("addr_be", _bytes_be(16)),
+        ("generation", U32),
+        ("vip_index", U32),
+        ("state", U8),
+        ("family", U8),
+        ("nexthop_resolved", U8),
+        ("pad", U8),
+        ("nexthop_ifindex", U32),
+        ("nexthop_dst_mac", U8 * ETH_ALEN),
+        ("nexthop_src_mac", U8 * ETH_ALEN),
+    ]
+
+
+class CFlowKey(ctypes.Structure):
+    _fields_ = [
+        ("src_be", _bytes_be(4)),
+        ("dst_be", _bytes_be(4)),
+        ("sport_be", _bytes_be(2)),
+        ("dport_be", _bytes_be(2)),
+        ("proto", U8),
+        ("pad", U8 * 3),
+    ]
+
+
+class CConntrackEntry(ctypes.Structure):
+    _fields_ = [("backend_index", U32), ("generation", U32)]
+
+
+class CFlowEntry(ctypes.Structure):
+    _fields_ = [
+        ("flow", CFlowKey),
+        ("target", CConntrackEntry),
+        ("check", U32),
+        ("recent", U32),
+    ]
+
+
+class CFlowSet(ctypes.Structure):
+    _fields_ = [("way", CFlowEntry * CONNTRACK_WAYS)]
+
+
+class CCounter(ctypes.Structure):
+    _fields_ = [("packets", U64), ("bytes", U64)]
+
+
+#: Every mirror under the name of the C struct it mirrors (test_structs walks this).
+MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "settings": CSettings,
+    "vip_key": CVipKey,
+    "vip_value": CVipValue,
+    "backend": CBackend,
+    "flow_key": CFlowKey,
+    "conntrack_entry": CConntrackEntry,
+    "flow_entry": CFlowEntry,
+    "flow_set": CFlowSet,
+    "counter": CCounter,
+}
+
+assert STAT_COUNT == 15, "enum stat in shared.h lists 15 outcomes"
+
+
+def _require_ipv4(value: bytes, what: str) -> bytes:
+    if len(value) != 4:
+        raise ValueError(f"{what} must be a 4-byte IPv4 address, got {len(value)} bytes")
+    return value
+
+
+def require_index(value: int, limit: int, what: str) -> int:
+    if not 0 <= value < limit:
+        raise ValueError(f"{what} {value} is out of range 0..{limit - 1}")
+    return value
+
+
+def _require_mac(value: bytes, what: str) -> bytes:
+    if len(value) != ETH_ALEN:
+        raise ValueError(f"{what} must be 6 bytes, got {len(value)}")
+    return value
+
+
+def encode_settings(settings: Settings, conntrack_mask: int = 0) -> bytes:
+    """The settings entry. ``conntrack_mask`` is not part of the state: it describes the loaded
+    connection table (its number of sets - 1), so the map owner supplies it."""
+    if settings.default_vip != NONE_INDEX:
+        require_index(settings.default_vip, MAX_VIPS, "default VIP index")
+    if not 0 <= settings.outer_ttl <= 255:
+        raise ValueError(f"outer TTL must be 0..255, got {settings.outer_ttl}")
+    value = CSettings(
+        default_vip=settings.default_vip,
+        hash_seed=settings.hash_seed & 0xFFFFFFFFFFFFFFFF,
+        conntrack_mask=conntrack_mask,
+        outer_ttl=settings.outer_ttl,
+        no_vip_action=int(settings.no_vip_action),
+        malformed_action=int(settings.malformed_action),
+    )
+    value.lb_ipv4_be[:] = _require_ipv4(settings.lb_ipv4, "the LB's IPv4 address")
+    return bytes(value)
+
+
+def decode_settings(data: bytes) -> Settings:
+    value = CSettings.from_buffer_copy(data)
+    return Settings(
+        lb_ipv4=bytes(value.lb_ipv4_be),
+        outer_ttl=value.outer_ttl,
+        no_vip_action=Action(value.no_vip_action),
+        malformed_action=Action(value.malformed_action),
+        default_vip=value.default_vip,
+        hash_seed=value.hash_seed,
+    )
+
+
+def encode_vip_key(key: VipKey) -> bytes:
+    if not 0 <= key.proto <= 255 or not 0 <= key.port <= 0xFFFF:
+        raise ValueError(f"VIP key protocol {key.proto} / port {key.port} out of range")
+    value = CVipKey(proto=key.proto)
+    value.addr_be[:] = _require_ipv4(key.addr, "a VIP address")
+    value.port_be[:] = struct.pack("!H", key.port)
+    return bytes(value)
+
+
+def decode_vip_key(data: bytes) -> VipKey:
+    value = CVipKey.from_buffer_copy(data)
+    return VipKey(bytes(value.addr_be), value.proto, struct.unpack("!H", bytes(value.port_be))[0])
+
+
+def encode_vip_value(vip_index: int) -> bytes:
+    return bytes(CVipValue(require_index(vip_index, MAX_VIPS, "VIP index")))
+
+
+def decode_vip_value(data: bytes) -> int:
+    return int(CVipValue.from_buffer_copy(data).vip_index)
+
+
+def encode_backend(entry: BackendEntry) -> bytes:
+    value = CBackend(
+        generation=entry.generation & 0xFFFFFFFF,
+        vip_index=require_index(entry.vip_index, MAX_VIPS, "backend's VIP index"),
+        state=int(entry.state),
+        family=FAMILY_IPV4,
+    )
+    value.addr_be[:4] = _require_ipv4(entry.addr, "a backend address")
+    if entry.next_hop is not None:
+        value.nexthop_resolved = 1
+        value.nexthop_ifindex = entry.next_hop.ifindex
+        value.nexthop_dst_mac[:] = _require_mac(entry.next_hop.dst_mac, "next-hop dst_mac")
+        value.nexthop_src_mac[:] = _require_mac(entry.next_hop.src_mac, "next-hop src_mac")
+    return bytes(value)
+
+
+def decode_backend(data: bytes) -> BackendEntry | None:
+    """The slot's entry, or None for an all-zero (never written or cleared) slot."""
+    if not any(data):
+        return None
+    value = CBackend.from_buffer_copy(data)
+    next_hop = None
+    if value.nexthop_resolved:
+        next_hop = NextHop(
+            value.nexthop_ifindex, bytes(value.nexthop_src_mac), bytes(value.nexthop_dst_mac)
+        )
+    return BackendEntry(
+        addr=bytes(value.addr_be[:4]),
+        vip_index=value.vip_index,
+        generation=value.generation,
+        state=BackendState(value.state),
+        next_hop=next_hop,
+    )
+
+
+def encode_flow_key(flow: Flow) -> bytes:
+    if flow.is_ipv6:
+        raise ValueError(f"IPv6 flows are not balanced yet: {flow}")
+    value = CFlowKey(proto=flow.proto)
+    value.src_be[:] = flow.src
+    value.dst_be[:] = flow.dst
+    value.sport_be[:] = struct.pack("!H", flow.sport)
+    value.dport_be[:] = struct.pack("!H", flow.dport)
+    return bytes(value)
+
+
+def decode_flow_key(data: bytes) -> Flow:
+    value = CFlowKey.from_buffer_copy(data)
+    return Flow(
+        bytes(value.src_be),
+        bytes(value.dst_be),
+        value.proto,
+        struct.unpack("!H", bytes(value.sport_be))[0],
+        struct.unpack("!H", bytes(value.dport_be))[0],
+    )
+
+
+def encode_conntrack_entry(entry: CtEntry) -> bytes:
+    return bytes(CConntrackEntry(entry.backend_index, entry.generation & 0xFFFFFFFF))
+
+
+def decode_conntrack_entry(data: bytes) -> CtEntry:
+    value = CConntrackEntry.from_buffer_copy(data)
+    return CtEntry(value.backend_index, value.generation)
+
+
+def decode_counter(data: bytes) -> tuple[int, int]:
+    """(packets, bytes) of one CPU's counter."""
+    value = CCounter.from_buffer_copy(data)
+    return int(value.packets), int(value.bytes)
