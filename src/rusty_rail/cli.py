@@ -45,6 +45,72 @@ def cmd_bench_dataplane(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rusty_rail.testbed.demo import render_demo, run_demo
+    from rusty_rail.testbed.topology import TestbedSpec
+
+    spec = TestbedSpec(args.clients, args.lbs, args.servers, args.xdp_mode)
+    summary = run_demo(spec, requests=args.requests, long_lived=args.long_lived)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(render_demo(summary))
+    failed = (
+        summary["errors"]
+        or summary["lb_failover_connections_survived"] < 1.0
+        or summary["backend_removal_survivors_survived"] < 1.0
+    )
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_testbed(args: argparse.Namespace) -> int:
+    from rusty_rail.testbed.topology import Testbed, TestbedSpec, down_all, running_testbeds
+
+    if args.action == "up":
+        spec = TestbedSpec(args.clients, args.lbs, args.servers, args.xdp_mode)
+        bed = Testbed.up(spec)
+        bed.keep_running()
+        _print_json(bed.status())
+        print(
+            f"test bed {bed.tag} is up. Try:\n"
+            f'  ip netns exec {bed.clients[0].name} python3 -c "import urllib.request; '
+            f"print(urllib.request.urlopen('http://198.19.0.10/').read())\"\n"
+            f"  rusty-rail testbed status\n  rusty-rail testbed down",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    if args.action == "status":
+        tags = running_testbeds()
+        _print_json([Testbed.load(tag).status() for tag in tags])
+        return EXIT_OK
+    problems = down_all()
+    for problem in problems:
+        print(f"rusty-rail testbed down: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+def cmd_decap(args: argparse.Namespace) -> int:
+    from rusty_rail.decap import DecapError, decap_attach, decap_detach, decap_status
+
+    try:
+        if args.detach:
+            detached = decap_detach(args.device)
+            print(f"decap {'detached from' if detached else 'was not attached to'} {args.device}")
+            return EXIT_OK
+        if args.status:
+            _print_json(decap_status(args.device))
+            return EXIT_OK
+        if not args.allow:
+            print("rusty-rail decap: name the balancers' prefixes with --allow", file=sys.stderr)
+            return EXIT_USAGE
+        status = decap_attach(args.device, args.allow, args.xdp_mode, local=args.local)
+    except (DecapError, ValueError) as error:
+        print(f"rusty-rail decap: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    _print_json(status)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
     import os
@@ -167,6 +233,65 @@ def build_parser() -> argparse.ArgumentParser:
         "--pin-root", type=Path, default=PIN_ROOT, help=f"bpffs directory for pins ({PIN_ROOT})"
     )
     detach.set_defaults(handler=cmd_detach)
+
+    def add_testbed_size(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--clients", type=int, default=2, help="client namespaces (2)")
+        command.add_argument("--lbs", type=int, default=2, help="balancers (2)")
+        command.add_argument("--servers", type=int, default=3, help="servers (3)")
+        command.add_argument(
+            "--xdp-mode", choices=["native", "generic"], default="native", help="XDP mode"
+        )
+
+    demo = commands.add_parser(
+        "demo",
+        help="the test bed with live traffic: distribution, DSR, balancer failure, backend removal",
+        description="Builds the test bed (clients, a GRE/ECMP router, balancers running "
+        "`rusty-rail run`, servers running `rusty-rail decap`) in network namespaces, sends "
+        "HTTP requests over new connections and keeps long-lived TCP connections open, takes "
+        "a balancer out of the router's ECMP set, removes a backend, reports what survived, "
+        "and tears everything down. Exit status 1 if any connection that should survive broke.",
+        epilog="Example: rusty-rail demo --json",
+    )
+    add_testbed_size(demo)
+    demo.add_argument("--requests", type=int, default=1500, help="HTTP requests (1500)")
+    demo.add_argument("--long-lived", type=int, default=30, help="echo connections (30)")
+    demo.add_argument("--json", action="store_true", help="machine-readable summary")
+    demo.set_defaults(handler=cmd_demo)
+
+    testbed = commands.add_parser(
+        "testbed",
+        help="build, show or remove the test bed (network namespaces)",
+        description="up: build the test bed and leave it running; status: show what runs; "
+        "down: stop and remove every test bed (namespaces, processes, pins).",
+        epilog="Example: rusty-rail testbed up --lbs 3 && rusty-rail testbed down",
+    )
+    testbed.add_argument("action", choices=["up", "down", "status"])
+    add_testbed_size(testbed)
+    testbed.set_defaults(handler=cmd_testbed)
+
+    decap = commands.add_parser(
+        "decap",
+        help="server side: unwrap GRE from the balancers with XDP (no GRE module needed)",
+        description="Attaches an XDP program to DEVICE that strips the outer IPv4 + GRE "
+        "header of packets from the --allow prefixes (the balancers) and hands the inner "
+        "packet to the host's stack; everything else passes untouched. docs/decap.md.",
+        epilog="Example: rusty-rail decap --device eth0 --allow 198.18.0.0/24\n"
+        "         rusty-rail decap --device eth0 --status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    decap.add_argument("--device", required=True, help="the server's interface")
+    decap.add_argument("--allow", action="append", default=[], help="balancer prefix (repeatable)")
+    decap.add_argument(
+        "--local",
+        action="append",
+        default=None,
+        help="outer destinations that are this host (default: the device's IPv4 addresses)",
+    )
+    decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
+    decap_action = decap.add_mutually_exclusive_group()
+    decap_action.add_argument("--status", action="store_true", help="show counters and prefixes")
+    decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
+    decap.set_defaults(handler=cmd_decap)
 
     selfcheck = commands.add_parser(
         "selfcheck",

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network, ip_address
+from pathlib import Path
 from socket import if_nametoindex
 from types import TracebackType
 from typing import Self
@@ -228,6 +229,13 @@ class Router:
                     link.detach()
             finally:
                 link.close()
+
+    def pin(self, path: Path) -> None:
+        """Pin the XDP link so the router outlives this process (`rusty-rail testbed up`);
+        removing the pin (or the interface) detaches it."""
+        if self._link is None:
+            raise RuntimeError("the router is not attached")
+        self._link.pin(path)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,480 @@
+"""The seed README's deployment in network namespaces: clients, a router that wraps VIP traffic
+in GRE and spreads flows over the balancers (ECMP), balancers running the real daemon with one
+shared configuration, and servers that unwrap GRE and answer the clients directly (DSR).
+
+```
+ c1..cN ──┐                      ┌── lb1..lbL   (rusty-rail run, XDP balancer)
+          ├─ br1 ── router ── br2 ┤
+ clients  ┘  198.18.1.0/24   198.18.0.0/24   └── s1..sS  (rusty-rail decap, VIP on lo, HTTP + echo)
+```
+
+Both bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
+carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
+with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rusty_rail.dataplane.libbpf import (
+    BPFFS,
+    BpfObject,
+    Link,
+    attach_xdp,
+    bpf_object_path,
+    ensure_bpffs,
+    remove_pin_dir,
+)
+from rusty_rail.dataplane.maps import BalancerMaps
+from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.decap import decap_attach
+from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
+from rusty_rail.testbed.router import Router
+
+#: Where `rusty-rail testbed up` keeps what `status` and `down` need (one file per run).
+STATE_DIR = Path("/run/rusty-rail/testbed")
+
+CLIENT_NET = "198.18.1"
+LB_NET = "198.18.0"
+ROUTER_CLIENT_SIDE = f"{CLIENT_NET}.1"
+ROUTER_LB_SIDE = f"{LB_NET}.1"
+VIP = "198.19.0.10"
+VIP_PREFIX = "198.19.0.0/24"
+HTTP_PORT = 80
+ECHO_PORT = 7
+
+
+def client_address(i: int) -> str:
+    return f"{CLIENT_NET}.{11 + i}"
+
+
+def lb_address(i: int) -> str:
+    return f"{LB_NET}.{11 + i}"
+
+
+def server_address(i: int) -> str:
+    return f"{LB_NET}.{21 + i}"
+
+
+@dataclass(frozen=True)
+class TestbedSpec:
+    """The test bed's size. Default: the seed's "iteration 4" (2 clients, 2 balancers) with
+    3 servers."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    clients: int = 2
+    lbs: int = 2
+    servers: int = 3
+    xdp_mode: str = "native"
+
+    def __post_init__(self) -> None:
+        for name, value, top in (
+            ("clients", self.clients, 50),
+            ("lbs", self.lbs, 9),
+            ("servers", self.servers, 50),
+        ):
+            if not 1 <= value <= top:
+                raise ValueError(f"{name} must be 1..{top}, got {value}")
+        if self.xdp_mode not in ("native", "generic"):
+            raise ValueError(f"xdp_mode must be native or generic, got {self.xdp_mode!r}")
+
+
+def balancer_config(spec: TestbedSpec, servers: list[int] | None = None) -> str:
+    """The one configuration every balancer runs (the servers given, default all)."""
+    chosen = range(spec.servers) if servers is None else servers
+    backends = ", ".join(f'"{server_address(i)}"' for i in chosen)
+    return (
+        "# rusty-rail test bed: every balancer runs this file\n"
+        'device = "eth0"\n'
+        f'xdp_mode = "{spec.xdp_mode}"\n'
+        "conntrack_size = 65536\n"
+        f'[[vips]]\naddress = "{VIP}"\nbackends = [{backends}]\n'
+    )
+
+
+@dataclass
+class Testbed:
+    """A running test bed. Build it with :func:`up` (or ``with Testbed.up() as bed``)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    spec: TestbedSpec
+    tag: str
+    workdir: Path
+    pin_root: Path
+    namespaces: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    router: Router | None = field(default=None, repr=False)
+    links: list[Link] = field(default_factory=list, repr=False)
+
+    # --- naming ---------------------------------------------------------------------------
+
+    def ns(self, role: str) -> Namespace:
+        return Namespace(f"rrtb-{self.tag}-{role}")
+
+    @property
+    def clients(self) -> list[Namespace]:
+        return [self.ns(f"c{i + 1}") for i in range(self.spec.clients)]
+
+    @property
+    def lbs(self) -> list[Namespace]:
+        return [self.ns(f"lb{i + 1}") for i in range(self.spec.lbs)]
+
+    @property
+    def servers(self) -> list[Namespace]:
+        return [self.ns(f"s{i + 1}") for i in range(self.spec.servers)]
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "balancer.toml"
+
+    def lb_pin_root(self, i: int) -> Path:
+        return self.pin_root / f"lb{i + 1}"
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    # --- building -------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, spec: TestbedSpec | None = None, *, tag: str | None = None) -> Testbed:
+        """Build and start everything; on any failure, tear down what was built and raise."""
+        spec = spec or TestbedSpec()
+        tag = tag or run_id()
+        ensure_bpffs()
+        bed = cls(spec, tag, STATE_DIR / tag, BPFFS / "rusty_rail" / f"testbed-{tag}")
+        try:
+            bed._build()
+        except BaseException:
+            bed.down()
+            raise
+        return bed
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _namespace(self, net: Netns, role: str) -> Namespace:
+        namespace = net.namespace(role)
+        self.namespaces.append(namespace.name)
+        return namespace
+
+    def _build(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pin_root.mkdir(parents=True, exist_ok=True)
+        self.save()
+        net = Netns(run_tag=self.tag)
+        switch = self._namespace(net, "sw")
+        router = self._namespace(net, "rt")
+        for bridge in ("br1", "br2"):
+            switch.ip("link", "add", bridge, "type", "bridge")
+            switch.ip("link", "set", bridge, "up")
+        ports: list[str] = []
+
+        def plug(namespace: Namespace, ifname: str, port: str, bridge: str) -> None:
+            net.veth(namespace, ifname, switch, port)
+            switch.ip("link", "set", port, "master", bridge)
+            ports.append(port)
+
+        plug(router, "eth1", "p-rt1", "br1")
+        plug(router, "eth0", "p-rt0", "br2")
+        router.ip("addr", "add", f"{ROUTER_CLIENT_SIDE}/24", "dev", "eth1")
+        router.ip("addr", "add", f"{ROUTER_LB_SIDE}/24", "dev", "eth0")
+        router.sysctl("net.ipv4.ip_forward", "1")
+        for key in ("all", "default", "eth0", "eth1"):
+            router.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
+
+        for i in range(self.spec.clients):
+            client = self._namespace(net, f"c{i + 1}")
+            plug(client, "eth0", f"p-c{i + 1}", "br1")
+            client.ip("addr", "add", f"{client_address(i)}/24", "dev", "eth0")
+            client.ip("route", "add", "default", "via", ROUTER_CLIENT_SIDE)
+            # A veth hands its peer packets whose TCP/UDP checksum is left for "hardware" to
+            # fill in; the router's XDP program wraps them in GRE as they are, and nothing
+            # downstream would ever fill it in. The seed README turned offloads off for the same
+            # reason (netmap); real clients send complete checksums.
+            client.exec("ethtool", "-K", "eth0", "tx", "off")
+
+        self.config_path.write_text(balancer_config(self.spec))
+        for i in range(self.spec.lbs):
+            lb = self._namespace(net, f"lb{i + 1}")
+            plug(lb, "eth0", f"p-lb{i + 1}", "br2")
+            lb.ip("addr", "add", f"{lb_address(i)}/24", "dev", "eth0")
+            lb.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
+
+        for i in range(self.spec.servers):
+            server = self._namespace(net, f"s{i + 1}")
+            plug(server, "eth0", f"p-s{i + 1}", "br2")
+            server.ip("addr", "add", f"{server_address(i)}/24", "dev", "eth0")
+            server.ip("addr", "add", f"{VIP}/32", "dev", "lo")
+            server.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
+            for key in ("all", "default", "eth0", "lo"):
+                server.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
+            server.sysctl("net.ipv4.conf.all.arp_ignore", "1")
+            server.sysctl("net.ipv4.conf.all.arp_announce", "2")
+        self.save()
+
+        self._attach_pass(switch, ports)
+        for i, server in enumerate(self.servers):
+            decap_attach(
+                "eth0",
+                [f"{LB_NET}.0/24"],
+                self.spec.xdp_mode,  # type: ignore[arg-type]
+                netns=server.name,
+                pin_root=self.pin_root / f"s{i + 1}",
+            )
+            self._start(
+                f"s{i + 1}",
+                server,
+                [
+                    sys.executable,
+                    "-m",
+                    "rusty_rail.testbed.server",
+                    "--name",
+                    f"s{i + 1}",
+                    "--http-port",
+                    str(HTTP_PORT),
+                    "--echo-port",
+                    str(ECHO_PORT),
+                ],
+            )
+        for i, lb in enumerate(self.lbs):
+            self._start(
+                f"lb{i + 1}",
+                lb,
+                [
+                    sys.executable,
+                    "-m",
+                    "rusty_rail",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    "--pin-root",
+                    str(self.lb_pin_root(i)),
+                    "--next-hop-timeout",
+                    "5",
+                ],
+            )
+        for i in range(self.spec.servers):
+            self.wait_log(f"s{i + 1}", "server s")
+        for i in range(self.spec.lbs):
+            self.wait_log(f"lb{i + 1}", "balancer xdp_balancer on eth0")
+
+        self.router = Router.load(source=ROUTER_LB_SIDE, vips=[VIP_PREFIX], netns=router.name)
+        self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
+        self.set_lbs(list(range(self.spec.lbs)))
+        self.save()
+
+    def _attach_pass(self, switch: Namespace, ports: list[str]) -> None:
+        with BpfObject.open(bpf_object_path("pass")) as obj:
+            obj.load()
+            program = obj.program("xdp_pass")
+            with in_netns(switch.name):
+                for port in ports:
+                    self.links.append(
+                        attach_xdp(switch.ifindex(port), program, self.spec.xdp_mode)  # type: ignore[arg-type]
+                    )
+                    self.links[-1].pin(self.pin_root / f"pass-{port}")
+
+    def _start(self, name: str, namespace: Namespace, command: list[str]) -> None:
+        """Start a process in ``namespace``'s network (not its mounts: pins stay visible)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
+        with self.log(name).open("w") as log:
+            process = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{namespace.name}", *command],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self.pids[name] = process.pid
+        self.save()
+
+    def wait_log(self, name: str, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            content = self.log(name).read_text() if self.log(name).exists() else ""
+            if text in content:
+                return content
+            if not _alive(self.pids.get(name)):
+                raise RuntimeError(f"{name} exited before saying {text!r}:\n{content}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not say {text!r} in {timeout} s:\n{content}")
+            time.sleep(0.1)
+
+    def keep_running(self) -> None:
+        """Let the test bed outlive this process (`rusty-rail testbed up`): the router's XDP
+        link is pinned like everything else; `down` removes it with the rest."""
+        if self.router is not None:
+            self.router.pin(self.pin_root / "router")
+
+    # --- changing it ----------------------------------------------------------------------
+
+    def set_lbs(self, lbs: list[int]) -> None:
+        """The router's live balancer set: leaving one out is that balancer dying."""
+        if self.router is None:
+            raise RuntimeError("the router is not running")
+        self.router.set_lbs([lb_address(i) for i in lbs])
+
+    def set_backends(self, servers: list[int], timeout: float = 15) -> None:
+        """Give every balancer a new backend set: rewrite the shared file, SIGHUP each daemon
+        and wait until each has applied it."""
+        before = {
+            i: self.log(f"lb{i + 1}").read_text().count("reloaded") for i in range(self.spec.lbs)
+        }
+        self.config_path.write_text(balancer_config(self.spec, servers))
+        for i in range(self.spec.lbs):
+            os.kill(self.pids[f"lb{i + 1}"], signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        for i in range(self.spec.lbs):
+            while self.log(f"lb{i + 1}").read_text().count("reloaded") <= before[i]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"lb{i + 1} did not reload:\n{self.log(f'lb{i + 1}').read_text()}"
+                    )
+                time.sleep(0.05)
+
+    # --- looking at it --------------------------------------------------------------------
+
+    def lb_stats(self, i: int) -> dict[str, tuple[int, int]]:
+        """The balancer's per-reason counters, read from its pinned maps."""
+        maps = BalancerMaps.from_pinned(self.lb_pin_root(i) / "eth0")
+        try:
+            return {stat.name: value for stat, value in maps.read_stats().items()}
+        finally:
+            maps.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "spec": asdict(self.spec),
+            "namespaces": {name: Path(f"/run/netns/{name}").exists() for name in self.namespaces},
+            "processes": {
+                name: {"pid": pid, "alive": _alive(pid)} for name, pid in self.pids.items()
+            },
+            "vip": VIP,
+            "workdir": str(self.workdir),
+            "pins": str(self.pin_root),
+        }
+
+    # --- state file and teardown ----------------------------------------------------------
+
+    def save(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "tag": self.tag,
+            "spec": asdict(self.spec),
+            "pin_root": str(self.pin_root),
+            "namespaces": self.namespaces,
+            "pids": self.pids,
+        }
+        temporary = self.workdir / "state.json.tmp"
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(self.workdir / "state.json")
+
+    @classmethod
+    def load(cls, tag: str) -> Testbed:
+        state = json.loads((STATE_DIR / tag / "state.json").read_text())
+        return cls(
+            TestbedSpec(**state["spec"]),
+            state["tag"],
+            STATE_DIR / tag,
+            Path(state["pin_root"]),
+            list(state["namespaces"]),
+            {k: int(v) for k, v in state["pids"].items()},
+        )
+
+    def down(self) -> list[str]:
+        """Stop every process, delete every namespace, remove every pin; return problems
+        (and keep going past each one: teardown must not stop half-way)."""
+        problems: list[str] = []
+        for name, pid in self.pids.items():
+            _terminate(pid, name, problems)
+        if self.router is not None:
+            try:
+                self.router.close()
+            except Exception as error:
+                problems.append(f"router: {error}")
+            self.router = None
+        for link in self.links:
+            link.close()
+        self.links.clear()
+        for name in reversed(self.namespaces):
+            if Path(f"/run/netns/{name}").exists():
+                subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+                if Path(f"/run/netns/{name}").exists():
+                    problems.append(f"namespace {name} could not be deleted")
+        try:
+            remove_pin_dir(self.pin_root)
+        except OSError as error:
+            problems.append(f"pins {self.pin_root}: {error}")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return problems
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; reap it if it is ours.
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return finished == 0
+
+
+def _terminate(pid: int, name: str, problems: list[str], timeout: float = 10) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            problems.append(f"{name} (pid {pid}) did not stop on SIGTERM; killed")
+            break
+        time.sleep(0.05)
+
+
+def running_testbeds() -> list[str]:
+    """Tags of the test beds whose state files exist."""
+    if not STATE_DIR.is_dir():
+        return []
+    return sorted(p.name for p in STATE_DIR.iterdir() if (p / "state.json").exists())
+
+
+def down_all() -> list[str]:
+    """Remove every test bed (and leftover test-bed namespaces of interrupted runs)."""
+    problems = []
+    for tag in running_testbeds():
+        problems += Testbed.load(tag).down()
+    for name in leftover_namespaces():
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    leftover_pins = BPFFS / "rusty_rail"
+    if leftover_pins.is_dir():
+        for directory in leftover_pins.glob("testbed-*"):
+            remove_pin_dir(directory)
+    return problems

@@ -1,0 +1,136 @@
+"""The product's promises end to end, in the test bed: clients -> router (GRE, ECMP) ->
+balancers (`rusty-rail run`) -> servers (`rusty-rail decap`, DSR).
+
+One test bed serves the module; tests that change it (an LB out, a backend out) put it back.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.testbed.netns import leftover_namespaces
+from rusty_rail.testbed.topology import (
+    ECHO_PORT,
+    HTTP_PORT,
+    VIP,
+    Testbed,
+    TestbedSpec,
+    lb_address,
+)
+from rusty_rail.testbed.traffic import LongLived, http_requests
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bed(require_root: None) -> Iterator[Testbed]:
+    testbed = Testbed.up(TestbedSpec(clients=2, lbs=2, servers=3))
+    try:
+        yield testbed
+    finally:
+        assert testbed.down() == []
+
+
+def forwarded(bed: Testbed) -> list[int]:
+    stats = [bed.lb_stats(i) for i in range(bed.spec.lbs)]
+    return [sum(s.get(k, (0, 0))[0] for k in ("CT_HIT", "CT_MISS", "CT_STALE")) for s in stats]
+
+
+def not_gre(bed: Testbed) -> int:
+    return sum(bed.lb_stats(i).get("PASS_NOT_GRE", (0, 0))[0] for i in range(bed.spec.lbs))
+
+
+def test_new_connections_spread_evenly_over_the_backends(bed: Testbed) -> None:
+    result = http_requests(bed.clients, VIP, HTTP_PORT, 3000)
+    assert result.errors == []
+    assert set(result.per_backend) == {"s1", "s2", "s3"}
+    for name, count in result.per_backend.items():
+        assert abs(count - 1000) <= 150, f"{name} got {count} of 3000"
+
+
+def test_replies_bypass_the_balancers(bed: Testbed) -> None:
+    assert bed.router is not None
+    before_fwd, before_not_gre = forwarded(bed), not_gre(bed)
+    before_router = bed.router.lb_counters()
+    result = http_requests(bed.clients, VIP, HTTP_PORT, 300)
+    assert result.errors == [] and result.ok == 300
+    after_router = bed.router.lb_counters()
+    sent_by_router = sum(
+        after_router[a]["packets"] - before_router.get(a, {"packets": 0})["packets"]
+        for a in after_router
+    )
+    # Every packet the router wrapped was forwarded by a balancer, and the balancers saw no
+    # plain (reply) traffic: the servers' answers went around them.
+    assert sum(forwarded(bed)) - sum(before_fwd) == sent_by_router
+    assert sent_by_router >= 300 * 3  # at least SYN, ACK + request, FIN per connection
+    assert not_gre(bed) - before_not_gre == 0
+
+
+def test_balancer_failure_keeps_every_established_connection(bed: Testbed) -> None:
+    echo = LongLived(bed.clients, VIP, ECHO_PORT, 24)
+    try:
+        assert echo.check() == []
+        bed.set_lbs([1])  # lb1 dies: the router moves its flows to lb2
+        assert echo.check() == []
+        after = http_requests(bed.clients, VIP, HTTP_PORT, 100)
+        assert after.errors == []
+        bed.set_lbs([0, 1])  # and comes back
+        assert echo.check() == []
+    finally:
+        bed.set_lbs(list(range(bed.spec.lbs)))
+        echo.close()
+
+
+def test_backend_removal_keeps_connections_to_the_survivors(bed: Testbed) -> None:
+    echo = LongLived(bed.clients, VIP, ECHO_PORT, 30)
+    try:
+        assert set(echo.per_backend()) == {"s1", "s2", "s3"}
+        bed.set_backends([0, 1])
+        echo.check()
+        survivors = [c for c in echo.connections if c.backend != "s3"]
+        assert all(c.alive for c in survivors)
+        after = http_requests(bed.clients, VIP, HTTP_PORT, 300)
+        assert after.errors == []
+        assert set(after.per_backend) == {"s1", "s2"}
+    finally:
+        bed.set_backends([0, 1, 2])
+        echo.close()
+
+
+def test_host_traffic_to_the_balancer_still_works(bed: Testbed) -> None:
+    router = bed.ns("rt")
+    ping = subprocess.run(
+        ["ip", "netns", "exec", router.name, "ping", "-c", "2", "-W", "2", lb_address(0)],
+        capture_output=True,
+        text=True,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    with in_netns(bed.lbs[0].name):
+        listener = socket.create_server((lb_address(0), 2222))
+    with listener:
+        with in_netns(router.name):
+            client = socket.create_connection((lb_address(0), 2222), timeout=5)
+        with client:
+            client.sendall(b"hello")
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.recv(5) == b"hello"
+
+
+def test_down_leaves_no_namespace_process_or_pin(require_root: None) -> None:
+    small = Testbed.up(TestbedSpec(clients=1, lbs=1, servers=1))
+    names, pins = list(small.namespaces), small.pin_root
+    pids = list(small.pids.values())
+    assert small.down() == []
+    assert not set(names) & set(leftover_namespaces())
+    assert not pins.exists()
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
