@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -238,6 +239,45 @@ def _ifindex(device: str) -> int:
         raise DecapError(f"no interface named {device!r} in this network namespace") from None
 
 
+def _mounts() -> list[tuple[str, Path, str]]:
+    """(source, mount point, file system type) of this process's mount namespace."""
+    mounts = []
+    with open("/proc/self/mounts", encoding="utf-8") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 3:
+                mounts.append((fields[0], Path(fields[1].replace("\\040", " ")), fields[2]))
+    return mounts
+
+
+def _in_private_mount_namespace(mounts: list[tuple[str, Path, str]]) -> bool:
+    # `ip netns exec NAME` mounts a sysfs whose source is NAME: its unmistakable signature.
+    netns_names = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    if any(kind == "sysfs" and source in netns_names for source, _, kind in mounts):
+        return True
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return False  # cannot tell (PID 1 is not ours to look at)
+
+
+def _check_pins_outlive_this_process(pin_root: Path) -> None:
+    """`ip netns exec` runs commands in a private mount namespace without /sys/fs/bpf: a
+    bpffs mounted there dies with the process, and the pinned link with it, silently
+    detaching decap. Refuse that case instead of pretending to succeed."""
+    mounts = _mounts()
+    bpffs = [point for _, point, kind in mounts if kind == "bpf"]
+    if any(pin_root == point or point in pin_root.parents for point in bpffs):
+        return
+    if _in_private_mount_namespace(mounts):
+        raise DecapError(
+            f"no bpffs is mounted over {pin_root} in this process's private mount namespace "
+            "(ip netns exec?): decap would detach when this process exits. Enter only the "
+            "network namespace (nsenter --net=/run/netns/NAME) or name the namespace "
+            "(netns=NAME)"
+        )
+
+
 def _adopt_link(directory: Path) -> Link | None:
     path = directory / _LINK_PIN
     if not path.exists():
@@ -264,6 +304,7 @@ def decap_attach(
     Attaching again where rusty-rail's decap already runs replaces the program in place (same
     link, same maps and counters: no packet is missed) and sets the prefixes anew."""
     allowed_prefixes = parse_prefixes(allowed, "allowed")
+    _check_pins_outlive_this_process(pin_root)
     with _namespace(netns):
         ifindex = _ifindex(device)
         if local is None:
