@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
@@ -407,3 +408,37 @@ def test_counters_per_reason_and_per_lb_add_up(router: Router) -> None:
     for lb in LBS:
         sent = lb_after[lb]["packets"] - lb_before.get(lb, {"packets": 0})["packets"]
         assert sent == chosen[IPv4Address(lb)]
+
+
+# -- pins ------------------------------------------------------------------------------------
+
+
+def test_a_pinned_router_is_adopted_whole_by_another_router_object(bpffs_dir: Path) -> None:
+    with Router.load(source=SOURCE, vips=VIPS, seed=ROUTER_SEED + 7, outer_ttl=9) as router:
+        router.set_lb_targets(targets(LBS[:3], mtu=1524))
+        router.pin(bpffs_dir / "router")
+        flow = Flow.of(CLIENT, VIP, PROTO_TCP, 7, 7)
+        frame = client_frame(inner_ipv4(flow))
+        chosen_lb(router, frame)
+        adopted = Router.from_pinned(bpffs_dir / "router")
+        with adopted:
+            assert adopted.lbs == tuple(targets(LBS[:3], mtu=1524))
+            assert (adopted.source, adopted.seed, adopted.outer_ttl) == (
+                IPv4Address(SOURCE),
+                ROUTER_SEED + 7,
+                9,
+            )
+            assert adopted.vips() == router.vips()
+            assert adopted.counters() == router.counters()
+            with pytest.raises(RuntimeError, match="no program"):
+                adopted.program  # noqa: B018
+            # The adopted object drives the same maps the running program reads.
+            adopted.set_lb_targets(targets(LBS[3:]))
+            assert chosen_lb(router, frame) == IPv4Address(LBS[3])
+        assert sorted(path.name for path in (bpffs_dir / "router").iterdir()) == [
+            "active",
+            "lb_sets",
+            "lb_stats",
+            "stats",
+            "vips",
+        ]

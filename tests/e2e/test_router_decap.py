@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +240,34 @@ def test_without_a_live_lb_the_vip_is_unreachable_and_comes_back(bed: Bed, bpffs
                 echoed, _ = exchange(bed.client, VIP, PORT, b"back again")
             assert not server_errors
             assert echoed == b"back again"
+    finally:
+        decap_detach("s0", netns=bed.server.name, pin_root=bpffs_dir)
+
+
+def test_a_pinned_router_keeps_forwarding_after_close_and_is_adopted(
+    bed: Bed, bpffs_dir: Path
+) -> None:
+    decap_attach("s0", [ROUTER_LB_SIDE], netns=bed.server.name, pin_root=bpffs_dir)
+    try:
+        router = Router.load(source=ROUTER_LB_SIDE, vips=[VIP], netns=bed.router.name)
+        router.attach("rc0")
+        router.set_lbs([SERVER])
+        router.pin(bpffs_dir / "router")
+        router.close()
+        with in_netns(bed.router.name):
+            assert query_xdp(socket.if_nametoindex("rc0")) is not None
+        with echo_server(bed.server, VIP, PORT) as server_errors:
+            echoed, _ = exchange(bed.client, VIP, PORT, b"still routed")
+        assert not server_errors
+        assert echoed == b"still routed"
+
+        with Router.from_pinned(bpffs_dir / "router", netns=bed.router.name) as adopted:
+            assert [lb.address for lb in adopted.lbs] == [ip_address(SERVER)]
+            assert adopted.counters()["encapsulated"]["packets"] > 0
+            adopted.detach()
+        with in_netns(bed.router.name):
+            assert query_xdp(socket.if_nametoindex("rc0")) is None
+        assert not (bpffs_dir / "router" / "link").exists()
     finally:
         decap_detach("s0", netns=bed.server.name, pin_root=bpffs_dir)
 

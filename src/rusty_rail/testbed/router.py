@@ -7,6 +7,7 @@ independent of the order LBs are listed in, and removing an LB moves only the fl
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from socket import if_nametoindex
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from pyroute2 import IPRoute
 
@@ -31,6 +32,7 @@ from rusty_rail.dataplane.libbpf import (
     attach_xdp,
     bpf_object_path,
     num_possible_cpus,
+    pin_dir,
 )
 from rusty_rail.dataplane.netlink import in_netns, wait_next_hop
 from rusty_rail.decap import parse_prefixes
@@ -146,39 +148,55 @@ def _interface_mtu(ifindex: int, netns: str | None) -> int:
         return int(ipr.link("get", index=ifindex)[0].get("IFLA_MTU"))
 
 
-class Router:
-    """The loaded router program and its maps; attached to one interface or not at all.
+#: Map name in the object -> pin name in a pinned router's directory.
+_MAP_PINS = {
+    "router_vips": "vips",
+    "router_lb_sets": "lb_sets",
+    "router_active": "active",
+    "router_stats": "stats",
+    "router_lb_stats": "lb_stats",
+}
+_LINK_PIN = "link"
 
-    ``netns`` is where the interfaces, next hops and MTUs are looked up; the program and the
-    maps themselves are global. Closing the Router detaches the program."""
+
+class Router:
+    """The router program's maps, and its attachment to one interface (or none).
+
+    Made by ``Router.load`` (a fresh program) or ``Router.from_pinned`` (one that an earlier
+    process pinned). ``netns`` is where interfaces, next hops and MTUs are looked up; programs
+    and maps themselves are global. ``close()`` detaches the program unless it is pinned."""
 
     def __init__(
         self,
-        bpf_object: BpfObject,
+        maps: dict[str, Map],
         *,
         source: IPv4Address,
         seed: int,
         outer_ttl: int,
         netns: str | None,
+        bpf_object: BpfObject | None = None,
+        link: Link | None = None,
+        lbs: Sequence[LbTarget] = (),
     ) -> None:
-        self._object = bpf_object
-        self.program: Program = bpf_object.program(PROGRAM_NAME)
-        self._vips: Map = bpf_object.map("router_vips")
-        self._sets: Map = bpf_object.map("router_lb_sets")
-        self._active: Map = bpf_object.map("router_active")
-        self._stats: Map = bpf_object.map("router_stats")
-        self._lb_stats: Map = bpf_object.map("router_lb_stats")
+        self._maps = maps
+        self._vips = maps["router_vips"]
+        self._sets = maps["router_lb_sets"]
+        self._active = maps["router_active"]
+        self._stats = maps["router_stats"]
+        self._lb_stats = maps["router_lb_stats"]
         if self._sets.value_size != _SET_SIZE:
             raise RuntimeError(
                 f"bpf/router.bpf.o has LB sets of {self._sets.value_size} bytes, this module "
                 f"writes {_SET_SIZE}: rebuild with scripts/setup"
             )
+        self._object = bpf_object
+        self._link = link
+        self._pinned: Path | None = None
         self.source = source
         self.seed = seed
         self.outer_ttl = outer_ttl
         self.netns = netns
-        self._link: Link | None = None
-        self._lbs: tuple[LbTarget, ...] = ()
+        self._lbs: tuple[LbTarget, ...] = tuple(lbs)
 
     @classmethod
     def load(
@@ -199,11 +217,12 @@ class Router:
         try:
             bpf_object.load()
             router = cls(
-                bpf_object,
+                {name: bpf_object.map(name) for name in _MAP_PINS},
                 source=IPv4Address(source),
                 seed=seed,
                 outer_ttl=outer_ttl,
                 netns=netns,
+                bpf_object=bpf_object,
             )
             router.set_vips(vips)
             router.set_lb_targets(())
@@ -212,16 +231,62 @@ class Router:
             raise
         return router
 
+    @classmethod
+    def from_pinned(cls, directory: Path, *, netns: str | None = None) -> Router:
+        """Adopt a router that ``pin(directory)`` left running: its maps, its link (if it was
+        attached) and the settings and LB set of its active bank."""
+        maps: dict[str, Map] = {}
+        link: Link | None = None
+        try:
+            for name, pin in _MAP_PINS.items():
+                maps[name] = Map.from_pinned(directory / pin)
+            if (directory / _LINK_PIN).exists():
+                link = Link.from_pinned(directory / _LINK_PIN)
+            settings, lbs = _read_active_set(maps["router_lb_sets"], maps["router_active"])
+            router = cls(maps, netns=netns, link=link, lbs=lbs, **settings)
+        except BaseException:
+            for bpf_map in maps.values():
+                bpf_map.close()
+            if link is not None:
+                link.close()
+            raise
+        router._pinned = directory
+        return router
+
+    @property
+    def program(self) -> Program:
+        """The loaded program (for test runs); a router adopted from pins has none."""
+        if self._object is None:
+            raise RuntimeError("a router adopted from pins has no program object to run")
+        return self._object.program(PROGRAM_NAME)
+
     # attachment
 
     def attach(self, ifname: str, mode: XdpMode = "native") -> None:
         """Run the router on ``ifname`` (the client-facing interface, in ``netns``)."""
         if self._link is not None:
             raise RuntimeError("the router is attached already: detach it first")
+        program = self.program
         with _namespace(self.netns):
-            self._link = attach_xdp(if_nametoindex(ifname), self.program, mode)
+            self._link = attach_xdp(if_nametoindex(ifname), program, mode)
+        if self._pinned is not None:
+            self._link.pin(self._pinned / _LINK_PIN)
+
+    def pin(self, directory: Path) -> None:
+        """Let the router outlive this process: its maps and link pinned in ``directory`` (a
+        new directory on a bpffs), where Router.from_pinned finds them. Removing the
+        directory (libbpf.remove_pin_dir) detaches a router nobody else holds."""
+        if self._pinned is not None:
+            raise RuntimeError(f"the router is pinned already, at {self._pinned}")
+        pin_dir(directory.name, root=directory.parent)
+        for name, pin in _MAP_PINS.items():
+            self._maps[name].pin(directory / pin)
+        if self._link is not None:
+            self._link.pin(directory / _LINK_PIN)
+        self._pinned = directory
 
     def detach(self) -> None:
+        """Take the program off its interface now (pinned or not)."""
         if self._link is not None:
             link, self._link = self._link, None
             try:
@@ -229,19 +294,24 @@ class Router:
                     link.detach()
             finally:
                 link.close()
-
-    def pin(self, path: Path) -> None:
-        """Pin the XDP link so the router outlives this process (`rusty-rail testbed up`);
-        removing the pin (or the interface) detaches it."""
-        if self._link is None:
-            raise RuntimeError("the router is not attached")
-        self._link.pin(path)
+            if self._pinned is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._pinned / _LINK_PIN).unlink()
 
     def close(self) -> None:
+        """Release the router: detached unless pinned, in which case it keeps running."""
         try:
-            self.detach()
+            if self._pinned is None:
+                self.detach()
+            elif self._link is not None:
+                self._link.close()
+                self._link = None
         finally:
-            self._object.close()
+            if self._object is not None:
+                self._object.close()
+            else:
+                for bpf_map in self._maps.values():
+                    bpf_map.close()
 
     def __enter__(self) -> Self:
         return self
@@ -259,8 +329,8 @@ class Router:
     def set_vips(self, prefixes: Sequence[str]) -> None:
         """The destinations that are wrapped in GRE (IPv4 prefixes, or addresses as /32)."""
         wanted = {
-            _PREFIX.pack(n.prefixlen, n.network_address.packed)
-            for n in parse_prefixes(prefixes, "vips")
+            _PREFIX.pack(network.prefixlen, network.network_address.packed)
+            for network in parse_prefixes(prefixes, "vips")
         }
         if len(wanted) > self._vips.max_entries:
             raise ValueError(f"vips: {len(wanted)} prefixes, at most {self._vips.max_entries}")
@@ -305,12 +375,9 @@ class Router:
         value = _SET_HEADER.pack(len(targets), self.source.packed, self.seed, self.outer_ttl)
         value += b"".join(target.encode() for target in targets)
         value += bytes(_SET_SIZE - len(value))
-        zero = _U32.pack(0)
-        active_value = self._active.lookup(zero)
-        active = _U32.unpack(active_value)[0] & 1 if active_value is not None else 0
-        idle = 1 - active
+        idle = 1 - _active_bank(self._active)
         self._sets.update(_U32.pack(idle), value)
-        self._active.update(zero, _U32.pack(idle))
+        self._active.update(_U32.pack(0), _U32.pack(idle))
         self._lbs = tuple(targets)
 
     def _prepare_lb_counters(self, targets: Sequence[LbTarget]) -> None:
@@ -351,3 +418,23 @@ class Router:
             str(IPv4Address(key)): self._sum(values)
             for key, values in self._lb_stats.items_percpu()
         }
+
+
+def _active_bank(active: Map) -> int:
+    value = active.lookup(_U32.pack(0))
+    return _U32.unpack(value)[0] & 1 if value is not None else 0
+
+
+def _read_active_set(sets: Map, active: Map) -> tuple[dict[str, Any], list[LbTarget]]:
+    value = sets.lookup(_U32.pack(_active_bank(active)))
+    if value is None:
+        raise RuntimeError("the pinned router has no LB set")
+    count, source, seed, outer_ttl = _SET_HEADER.unpack_from(value)
+    lbs = []
+    for index in range(min(count, MAX_LBS)):
+        address, ifindex, dst_mac, src_mac, mtu = _LB.unpack_from(
+            value, _SET_HEADER.size + index * _LB.size
+        )
+        lbs.append(LbTarget(IPv4Address(address), NextHop(ifindex, src_mac, dst_mac), mtu))
+    settings = {"source": IPv4Address(source), "seed": seed, "outer_ttl": outer_ttl}
+    return settings, lbs
