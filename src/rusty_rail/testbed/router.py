@@ -2,7 +2,17 @@
 in GRE towards one live LB per flow; the LB set changes at run time (an LB dies, one comes back).
 
 LB choice is rendezvous hashing over the live set (``choose_lb`` is its Python twin): stateless,
-independent of the order LBs are listed in, and removing an LB moves only the flows it had.
+independent of the order LBs are listed in, and removing an LB moves only the flows it had
+(hash mod N, the plainest ECMP, would move three flows in four when 4 LBs become 3). Each
+LB's Ethernet next hop is resolved by the kernel when the set is given and stored with it,
+not looked up per packet (bpf_fib_lookup): XDP traffic never refreshes a neighbour entry, so
+a per-packet lookup would start failing once the kernel expired the entry.
+
+The wrapped packet is what a Linux GRE tunnel would send: inner TTL - 1 (TTL <= 1 goes to
+the stack, which answers with ICMP), outer TOS copied from the inner, DF set, ID 0. Too big
+for the LB link's MTU is dropped and counted; give that link the client MTU + 24. A sender
+on a veth must not offload its checksums (ethtool -K DEV tx off): the router turns its packet
+into a bare frame, and the checksum the veth left for "hardware" is never completed.
 """
 
 from __future__ import annotations
