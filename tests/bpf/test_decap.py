@@ -416,10 +416,11 @@ def test_outer_fragments_are_left_to_the_stack(
 
 
 def test_every_truncation_passes_untouched(program: Program, maps: DecapMaps) -> None:
+    inner = inner_ipv4(FLOW, b"payload", options=b"\x01" * 4)
     frame = encapsulate(
-        inner_ipv4(FLOW, b"payload", options=b"\x01" * 4),
-        replace(OUTER, vlans=(5,), options=b"\x01" * 4, gre_checksum=True, gre_key=3),
+        inner, replace(OUTER, vlans=(5,), options=b"\x01" * 4, gre_checksum=True, gre_key=3)
     )
+    decapsulated(program, maps, frame, ethernet(SERVER_MAC, LB_MAC, ETH_P_IPV4, inner, vlans=(5,)))
     for length in range(14, len(frame)):
         verdict, out, counted = run(program, maps, frame[:length])
         assert verdict == Verdict.PASS, length
