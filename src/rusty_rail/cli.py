@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
@@ -16,6 +17,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
+API_TOKEN_VARIABLE = "RUSTY_RAIL_API_TOKEN"
+API_URL_VARIABLE = "RUSTY_RAIL_API"
 
 
 def _print_json(value: Any) -> None:
@@ -111,12 +114,32 @@ def cmd_decap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _api_token(path: Path | None) -> str | None:
+    """The API's bearer token: from a file (first line), else RUSTY_RAIL_API_TOKEN."""
+    import os
+
+    if path is not None:
+        token = path.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"the token file {path} is empty")
+        return token
+    return os.environ.get(API_TOKEN_VARIABLE) or None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    from rusty_rail.api.server import create_app
     from rusty_rail.config import ConfigError
-    from rusty_rail.control.daemon import DaemonOptions, StartupError, run
+    from rusty_rail.control import state_file
+    from rusty_rail.control.daemon import (
+        ApiOptions,
+        DaemonOptions,
+        StartupError,
+        parse_api_address,
+        run,
+    )
     from rusty_rail.control.plan import PlanError
     from rusty_rail.dataplane.loader import LoaderError
 
@@ -124,20 +147,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    options = DaemonOptions(
-        config_path=args.config,
-        pin_root=args.pin_root,
-        detach_on_exit=args.detach_on_exit,
-        next_hop_timeout=args.next_hop_timeout,
-    )
     environ = dict(os.environ)
+    environ.pop(API_TOKEN_VARIABLE, None)
+    environ.pop(API_URL_VARIABLE, None)
     if args.xdp_mode is not None:
         environ["RR_XDP_MODE"] = args.xdp_mode
     if args.device is not None:
         environ["RR_DEVICE"] = args.device
     try:
-        run(environ, options)
-    except (ConfigError, StartupError, PlanError, LoaderError) as error:
+        api = None
+        if not args.no_api:
+            host, port = parse_api_address(args.api)
+            api = ApiOptions(host, port, _api_token(args.api_token_file))
+        config_path = args.config or (
+            Path(environ["RR_CONFIG"]) if "RR_CONFIG" in environ else None
+        )
+        state_path: Path | None = None
+        if not args.no_state_file:
+            device = environ.get("RR_DEVICE")
+            if args.state_file is not None:
+                state_path = args.state_file
+            elif config_path is not None or device is not None:
+                state_path = state_file.default_path(config_path, device or "")
+        options = DaemonOptions(
+            config_path=args.config,
+            pin_root=args.pin_root,
+            detach_on_exit=args.detach_on_exit,
+            next_hop_timeout=args.next_hop_timeout,
+            api=api,
+            state_file=state_path,
+            reset_state=args.reset_state,
+        )
+        run(environ, options, app_factory=create_app)
+    except (ConfigError, StartupError, PlanError, LoaderError, ValueError, OSError) as error:
         print(f"rusty-rail run: {error}", file=sys.stderr)
         print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
         return EXIT_USAGE
@@ -179,8 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from pathlib import Path
-
     from rusty_rail.dataplane.libbpf import PIN_ROOT
 
     run = commands.add_parser(
@@ -217,6 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="seconds to wait at start for backends' neighbours to resolve (default 3)",
+    )
+    run.add_argument(
+        "--api",
+        default="127.0.0.1:9180",
+        metavar="ADDRESS:PORT",
+        help="where the REST API listens (default 127.0.0.1:9180; [::1]:9180 for IPv6; port 0 "
+        "picks a free one). Beyond loopback, a token is required (docs/api.md)",
+    )
+    run.add_argument("--no-api", action="store_true", help="serve no REST API")
+    run.add_argument(
+        "--api-token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"the bearer token API writes need (else ${API_TOKEN_VARIABLE}, if set)",
+    )
+    run.add_argument(
+        "--state-file",
+        type=Path,
+        metavar="FILE",
+        help="where API changes are saved and, at start, read from (default: next to the "
+        "configuration file as NAME.state.json, or /var/lib/rusty-rail/DEVICE.state.json)",
+    )
+    run.add_argument(
+        "--no-state-file",
+        action="store_true",
+        help="do not save API changes (they are lost when the daemon stops)",
+    )
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="remove the saved API state and start from the configuration file / environment",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=cmd_run)

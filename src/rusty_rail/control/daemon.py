@@ -1,27 +1,37 @@
 """`rusty-rail run`: the balancer daemon. Validates the configuration, resolves next hops,
-loads (or adopts) the XDP program, writes the state, attaches, then keeps the state current.
+loads (or adopts) the XDP program, writes the state, attaches, then serves the REST API and
+keeps the state current from one asyncio loop.
 
-On SIGTERM/SIGINT it leaves the data plane running (pinned) unless told to detach; on SIGHUP
-it re-reads the configuration and applies only what changed, or keeps the running state and
-logs why when the new configuration is invalid.
+Every change (an API write, SIGHUP, a next hop that moved) goes through one lock and is
+planned whole before any map is written. On SIGTERM/SIGINT the data plane keeps running
+(pinned) unless told to detach; on SIGHUP the configuration file is read again and applied,
+or the running state is kept and the log says why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
 import logging
 import signal
+import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail import config as config_module
-from rusty_rail.config import Config, ConfigError
+from rusty_rail.config import Config, ConfigError, validate_as
+from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
 from rusty_rail.control.plan import (
+    DEFAULT_SET,
     Allocation,
     Plan,
     PlanError,
@@ -40,14 +50,84 @@ from rusty_rail.dataplane.loader import (
 )
 from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
 from rusty_rail.dpstate import NextHop
+from rusty_rail.maglev import MaglevTable
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("rusty_rail.daemon")
 
 IPAddress = IPv4Address | IPv6Address
+DEFAULT_API_PORT: Final = 9180
+#: Keys the API cannot change: the maps and the attachment are made with them at start.
+RESTART_KEYS: Final[Mapping[str, str]] = {
+    "device": "the interface is chosen at start; restart the daemon to change it",
+    "xdp_mode": "the program is attached in this mode at start; detach and restart to change it",
+    "conntrack_size": "the connection table is sized at start; detach and restart to change it",
+}
+#: How long a change waits for the neighbours of backends it adds to answer ARP.
+CHANGE_NEXT_HOP_WAIT: Final = 1.0
+#: Sources of changes, as /healthz, the log and the metrics name them.
+SOURCE_START: Final = "start"
+SOURCE_API: Final = "api"
+SOURCE_RELOAD: Final = "reload"
+SOURCE_NEXT_HOPS: Final = "next-hop refresh"
+SOURCE_RETRY: Final = "retry"
 
 
 class StartupError(RuntimeError):
     """The daemon cannot start with this configuration or on this host; nothing was changed."""
+
+
+class PersistError(RuntimeError):
+    """A change could not be saved to the state file; it was not applied."""
+
+
+class ApplyError(RuntimeError):
+    """A change was saved but writing it into the maps failed; the daemon retries it."""
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """Where the REST API listens and the bearer token its writes need (None: no token)."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_API_PORT
+    token: str | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_api_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9180``, ``[::1]:9180``, ``0.0.0.0:9180`` or a bare port; raises ValueError."""
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = "127.0.0.1", text
+    elif text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"{text!r}: write an IPv6 address as [address]:port")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r}: write ADDRESS:PORT, e.g. 127.0.0.1:{DEFAULT_API_PORT}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host, int(port_text)
 
 
 @dataclass
@@ -59,6 +139,14 @@ class DaemonOptions:
     next_hop_timeout: float = 3.0
     #: How often unresolved next hops are retried, and (x30) resolved ones refreshed.
     refresh_interval: float = 1.0
+    #: The REST API; None: no API.
+    api: ApiOptions | None = field(default_factory=ApiOptions)
+    #: Where API changes are saved; None: not saved (they are lost on restart).
+    state_file: Path | None = None
+    #: Start from the configuration file (or environment), removing a saved state.
+    reset_state: bool = False
+    #: Attach the program (tests of the API alone may leave it loaded but not attached).
+    attach: bool = True
 
 
 def lb_address_of(config: Config, device: str) -> IPv4Address:
@@ -84,23 +172,47 @@ class NextHops:
     known: dict[IPAddress, NextHop | None] = field(default_factory=dict)
     problems: dict[IPAddress, str] = field(default_factory=dict)
 
-    def resolve(self, addresses: Iterable[IPAddress], wait: float = 0.0) -> None:
-        """Resolve ``addresses`` (all at once: the kernel asks for every neighbour before the
-        first answer), waiting up to ``wait`` seconds for the ones not yet known."""
+    @staticmethod
+    def probe(
+        addresses: Iterable[IPAddress], wait: float = 0.0
+    ) -> tuple[dict[IPAddress, NextHop | None], dict[IPAddress, str]]:
+        """Resolve ``addresses`` without touching the cache (all at once: the kernel asks for
+        every neighbour before the first answer), waiting up to ``wait`` seconds for the
+        ones whose neighbours have not answered yet."""
         pending = set(addresses)
+        found: dict[IPAddress, NextHop | None] = {}
+        problems: dict[IPAddress, str] = {}
         deadline = time.monotonic() + wait
         while pending:
-            for address in sorted(pending, key=str):
-                try:
-                    self.known[address] = netlink.resolve_next_hop(address)
-                    self.problems.pop(address, None)
-                except netlink.NextHopError as error:
-                    self.known[address] = None
-                    self.problems[address] = str(error)
-            pending = {a for a in pending if self.known[a] is None and a not in self.problems}
+            with netlink.NextHopResolver() as resolver:
+                for address in sorted(pending, key=str):
+                    try:
+                        found[address] = resolver.resolve(address)
+                        problems.pop(address, None)
+                    except netlink.NextHopError as error:
+                        found[address] = None
+                        problems[address] = str(error)
+            pending = {a for a in pending if found[a] is None and a not in problems}
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
+        return found, problems
+
+    def update(
+        self, found: Mapping[IPAddress, NextHop | None], problems: Mapping[IPAddress, str]
+    ) -> bool:
+        """Take a probe's answers; True when any next hop changed."""
+        changed = any(self.known.get(a, ...) != hop for a, hop in found.items())
+        self.known.update(found)
+        for address in found:
+            if address in problems:
+                self.problems[address] = problems[address]
+            else:
+                self.problems.pop(address, None)
+        return changed
+
+    def resolve(self, addresses: Iterable[IPAddress], wait: float = 0.0) -> None:
+        self.update(*self.probe(addresses, wait))
 
     def __call__(self, address: IPAddress) -> NextHop | None:
         return self.known.get(address)
@@ -110,10 +222,100 @@ def backend_addresses(config: Config) -> set[IPAddress]:
     return {backend.address for service in services_of(config) for backend in service.backends}
 
 
+def fixed_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """The configuration keys the API may not change, and why: the restart-only ones and
+    those the environment (or the command line) sets for this node."""
+    fixed = dict(RESTART_KEYS)
+    for variable, key in config_module.ENV_OVERRIDES.items():
+        if variable in environ:
+            fixed.setdefault(
+                key, f"set by {variable} in the daemon's environment (or its command line)"
+            )
+    return fixed
+
+
+def desired_at_start(base: Config, saved: Config, fixed: Iterable[str], source: str) -> Config:
+    """The saved state, with the keys the environment or the start fixes taken from ``base``
+    (the configuration file and environment as read now)."""
+    data = {name: getattr(saved, name) for name in Config.model_fields}
+    for name in fixed:
+        data[name] = getattr(base, name)
+    return validate_as(Config, data, source)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """What one change did: the desired-state generation it made (or kept), whether the
+    desired state changed, the map updates, the tables built, and how long the parts took."""
+
+    generation: int
+    changed: bool
+    map_updates: int
+    tables_rebuilt: tuple[str, ...]
+    build_seconds: float
+    apply_seconds: float
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "changed": self.changed,
+            "map_updates": self.map_updates,
+            "tables_rebuilt": list(self.tables_rebuilt),
+            "build_ms": round(self.build_seconds * 1000, 3),
+            "apply_ms": round(self.apply_seconds * 1000, 3),
+            "total_ms": round(self.seconds * 1000, 3),
+        }
+
+
+#: Told about every change tried: its source, and the result (None: it was refused).
+ChangeObserver = Callable[[str, ChangeResult | None], None]
+AppFactory = Callable[["Daemon"], "web.Application"]
+
+
+class _Fingerprints:
+    """Table fingerprints, computed once per table object (a SHA-256 of a 65537-slot table
+    takes milliseconds; unchanged tables are the same object from plan to plan)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[MaglevTable, str]] = {}
+
+    def of(self, name: str, table: MaglevTable) -> str:
+        cached = self._cache.get(name)
+        if cached is None or cached[0] is not table:
+            cached = (table, table.fingerprint())
+            self._cache[name] = cached
+        return cached[1]
+
+
+def _bind(api: ApiOptions) -> socket.socket:
+    family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((api.host, api.port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise StartupError(
+            f"cannot listen for the API on {api.url}: {error.strerror or error}; choose "
+            "another address with --api ADDRESS:PORT, or --no-api"
+        ) from error
+    return sock
+
+
 class Daemon:
     """One balancer on one interface. The pure plan decides; this class only carries it out."""
 
-    def __init__(self, config: Config, options: DaemonOptions) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: DaemonOptions,
+        *,
+        fixed: Mapping[str, str] | None = None,
+        generation: int = 0,
+    ) -> None:
         if config.device is None:
             raise StartupError(
                 "no device: set RR_DEVICE or `device` in the configuration file "
@@ -122,17 +324,44 @@ class Daemon:
         self.config = config
         self.options = options
         self.device = config.device
+        #: Keys the API may not change (name -> why).
+        self.fixed: dict[str, str] = dict(RESTART_KEYS if fixed is None else fixed)
         self.next_hops = NextHops()
         self.balancer: Balancer | None = None
+        #: The plan that is in the maps (after a failed change, the one before it).
         self.plan: Plan | None = None
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        #: The desired-state generation: +1 for every change of the desired configuration.
+        self.generation = generation
+        #: Per service: how many times its table was swapped in since start.
+        self.table_generations: dict[str, int] = {}
+        self.observers: list[ChangeObserver] = []
+        self.started_at = time.time()
+        self.last_change: dict[str, Any] | None = None
+        #: Set when the desired state is not (fully) in the maps: why.
+        self.apply_error: str | None = None
+        self.api_url: str | None = None
+        self._fingerprints = _Fingerprints()
+        self._api_socket: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._stopping: asyncio.Event | None = None
+        self._serving = threading.Event()
+        self._stop_requested = False
+        self._tasks: set[asyncio.Future[None]] = set()
 
     # --- start ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Check everything, then load, write and attach. Nothing on the host is changed
-        before the configuration, the interface and the plan have all been checked."""
+        before the configuration, the interface, the API address and the plan have all been
+        checked."""
+        api = self.options.api
+        if api is not None and not api.loopback and not api.token:
+            raise StartupError(
+                f"the API would listen on {api.url}, which is not a loopback address, without "
+                "a token: give one (--api-token-file FILE or RUSTY_RAIL_API_TOKEN), or listen "
+                "on 127.0.0.1"
+            )
         try:
             ifindex = netlink.interface_index(self.device)
         except Exception as error:
@@ -144,7 +373,20 @@ class Daemon:
             compile_plan(self.config, fresh, lb_ipv4=lb_ipv4, resolve_next_hop=self.next_hops)
         except (PlanError, ValueError) as error:
             raise StartupError(str(error)) from error
+        if api is not None:
+            self._api_socket = _bind(api)
+            bound_port = self._api_socket.getsockname()[1]
+            self.api_url = ApiOptions(api.host, bound_port, api.token).url
 
+        try:
+            self._load_and_attach(ifindex, lb_ipv4, fresh)
+        except BaseException:
+            if self._api_socket is not None:
+                self._api_socket.close()
+                self._api_socket = None
+            raise
+
+    def _load_and_attach(self, ifindex: int, lb_ipv4: IPv4Address, fresh: Allocation) -> None:
         balancer = load_balancer(
             self.device,
             ifindex,
@@ -162,11 +404,22 @@ class Daemon:
                 self.config, allocation, lb_ipv4=lb_ipv4, resolve_next_hop=self.next_hops
             )
             applied = apply_operations(balancer.maps, diff(current, plan.state))
-            how = attach_balancer(balancer, self.config.xdp_mode.value)
+            how = (
+                attach_balancer(balancer, self.config.xdp_mode.value)
+                if self.options.attach
+                else "loaded, not attached"
+            )
         except BaseException:
             balancer.close()
             raise
         self.balancer, self.plan = balancer, plan
+        self.table_generations = dict.fromkeys(plan.tables, 1)
+        self.last_change = {
+            "generation": self.generation,
+            "source": SOURCE_START,
+            "at": time.time(),
+            "map_updates": applied,
+        }
         log.info(
             "balancer %s on %s (ifindex %d): %s; lb address %s; %d VIPs%s, %d backends; "
             "%s pinned state; %d map updates",
@@ -196,87 +449,346 @@ class Daemon:
 
     # --- changes -------------------------------------------------------------------------
 
-    def apply_config(self, config: Config) -> int:
-        """Move the data plane to ``config``; returns the number of map updates. Raises
-        (and changes nothing) when the configuration cannot be planned."""
-        if self.balancer is None or self.plan is None:
+    def compile(self, config: Config) -> Plan:
+        """The plan ``config`` would get now, from the running allocation and tables, with
+        the next hops known so far: what a change would write, without writing it."""
+        if self.plan is None:
             raise RuntimeError("the daemon is not started")
         if config.device != self.device:
             raise StartupError(
                 f"the device cannot change while running ({self.device} -> "
                 f"{config.device}): restart the daemon"
             )
-        lb_ipv4 = lb_address_of(config, self.device)
-        self.next_hops.resolve(backend_addresses(config) - self.next_hops.known.keys(), wait=1.0)
-        plan = compile_plan(
+        return compile_plan(
             config,
             self.plan.allocation,
-            lb_ipv4=lb_ipv4,
+            lb_ipv4=lb_address_of(config, self.device),
             resolve_next_hop=self.next_hops,
             previous_tables=self.plan.tables,
         )
-        applied = apply_operations(self.balancer.maps, diff(self.plan.state, plan.state))
-        self.config, self.plan = config, plan
-        return applied
+
+    def change(
+        self,
+        config: Config,
+        source: str,
+        *,
+        persist: bool = True,
+        force: bool = False,
+        next_hop_wait: float = CHANGE_NEXT_HOP_WAIT,
+    ) -> ChangeResult:
+        """Move the data plane to ``config``: plan it whole (raises PlanError, StartupError or
+        ValueError and changes nothing), save it when ``persist`` (raises PersistError and
+        changes nothing), then write the maps (raises ApplyError; the desired state is then
+        the new one and a later retry applies it). Callers serialise changes."""
+        started = time.perf_counter()
+        if self.balancer is None or self.plan is None:
+            raise RuntimeError("the daemon is not started")
+        changed = config != self.config
+        if not changed and not force and self.apply_error is None:
+            return ChangeResult(self.generation, False, 0, (), 0.0, 0.0, 0.0)
+        try:
+            wanted = backend_addresses(config) - self.next_hops.known.keys()
+            if wanted:
+                self.next_hops.resolve(wanted, wait=next_hop_wait)
+            build_started = time.perf_counter()
+            plan = self.compile(config)
+            build_seconds = time.perf_counter() - build_started
+        except Exception:
+            self._notify(source, None)
+            raise
+        generation = self.generation + 1 if changed else self.generation
+        if persist and changed and self.options.state_file is not None:
+            try:
+                state_file.write(
+                    self.options.state_file, config, generation=generation, source=source
+                )
+            except OSError as error:
+                self._notify(source, None)
+                raise PersistError(
+                    f"cannot save the desired state to {self.options.state_file}: {error}; "
+                    "nothing was changed"
+                ) from error
+        self.config, self.generation = config, generation
+        apply_started = time.perf_counter()
+        try:
+            applied = apply_operations(self.balancer.maps, diff(self.plan.state, plan.state))
+        except (LibbpfError, OSError, ValueError) as error:
+            self.apply_error = (
+                f"generation {generation} ({source}) is not fully applied: {error}; "
+                f"retrying every {self.options.refresh_interval:g} s"
+            )
+            log.error("%s", self.apply_error)
+            self._notify(source, None)
+            raise ApplyError(self.apply_error) from error
+        apply_seconds = time.perf_counter() - apply_started
+        rebuilt = tuple(
+            name for name, table in plan.tables.items() if self.plan.tables.get(name) is not table
+        )
+        generations = {name: self.table_generations.get(name, 0) for name in plan.tables}
+        for name in rebuilt:
+            generations[name] += 1
+        self.plan, self.table_generations, self.apply_error = plan, generations, None
+        result = ChangeResult(
+            generation,
+            changed,
+            applied,
+            rebuilt,
+            build_seconds,
+            apply_seconds,
+            time.perf_counter() - started,
+        )
+        self.last_change = {
+            "generation": generation,
+            "source": source,
+            "at": time.time(),
+            "map_updates": applied,
+        }
+        self._notify(source, result)
+        return result
+
+    def _notify(self, source: str, result: ChangeResult | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(source, result)
+            except Exception:  # an observer must not undo a change
+                log.exception("change observer failed")
+
+    def apply_config(self, config: Config) -> int:
+        """Move the data plane to ``config`` (saved like an API change); returns the number
+        of map updates. Raises (and changes nothing) when it cannot be planned."""
+        return self.change(config, SOURCE_API).map_updates
+
+    def probe_next_hops(
+        self, everything: bool = False
+    ) -> tuple[dict[IPAddress, NextHop | None], dict[IPAddress, str]]:
+        """Resolve the next hops still missing (or all of them) without changing anything."""
+        addresses = backend_addresses(self.config)
+        if not everything:
+            addresses = {a for a in addresses if self.next_hops.known.get(a) is None}
+        if not addresses:
+            return {}, {}
+        return NextHops.probe(addresses)
+
+    def take_next_hops(
+        self, found: Mapping[IPAddress, NextHop | None], problems: Mapping[IPAddress, str]
+    ) -> int:
+        """Apply what a probe found, if anything changed; returns the map updates."""
+        before = dict(self.next_hops.known)
+        if not self.next_hops.update(found, problems):
+            return 0
+        for address, next_hop in found.items():
+            if before.get(address) != next_hop:
+                log.info("next hop of %s: %s", address, next_hop)
+        return self.change(self.config, SOURCE_NEXT_HOPS, force=True, next_hop_wait=0).map_updates
 
     def refresh_next_hops(self, everything: bool = False) -> int:
         """Resolve the next hops still missing (or all of them); apply what changed."""
         if self.plan is None:
             return 0
-        addresses = backend_addresses(self.config)
-        if not everything:
-            addresses = {a for a in addresses if self.next_hops.known.get(a) is None}
-        if not addresses:
-            return 0
-        before = dict(self.next_hops.known)
-        self.next_hops.resolve(addresses)
-        if self.next_hops.known == before:
-            return 0
-        for address in addresses:
-            if before.get(address) != self.next_hops.known.get(address):
-                log.info("next hop of %s: %s", address, self.next_hops.known.get(address))
-        return self.apply_config(self.config)
+        return self.take_next_hops(*self.probe_next_hops(everything))
 
     def reload(self, environ: Mapping[str, str]) -> None:
-        """SIGHUP: read the configuration again and apply it, or keep running as before."""
+        """SIGHUP: read the configuration file again and make it the desired state (the API's
+        saved state is removed), or keep running as before and log why."""
         try:
             config = config_module.load(environ, self.options.config_path)
-            applied = self.apply_config(config)
-        except (ConfigError, PlanError, StartupError, ValueError) as error:
+            restart_only = [
+                name for name in RESTART_KEYS if getattr(config, name) != getattr(self.config, name)
+            ]
+            result = self.change(config, SOURCE_RELOAD, persist=False)
+        except (ConfigError, PlanError, StartupError, ValueError, ApplyError) as error:
             log.error("reload refused, the running state is unchanged: %s", error)
             return
-        log.info("reloaded the configuration: %d map updates", applied)
+        for name in restart_only:
+            log.warning("reload: %s changed; it takes effect at the next restart", name)
+        if self.options.state_file is not None and state_file.remove(self.options.state_file):
+            log.info(
+                "removed the API's saved state %s: the configuration file is the desired state",
+                self.options.state_file,
+            )
+        log.info("reloaded the configuration: %d map updates", result.map_updates)
+
+    # --- what the API shows --------------------------------------------------------------
+
+    def attached(self) -> bool:
+        """Whether this daemon's program runs on the device through its link."""
+        balancer = self.balancer
+        if balancer is None or balancer.link is None:
+            return False
+        try:
+            return (
+                balancer.link.prog_id == balancer.program.id
+                and balancer.link.ifindex == balancer.ifindex
+            )
+        except (LibbpfError, ValueError):
+            return False
+
+    def fingerprint(self, name: str) -> str | None:
+        """The fingerprint of a service's live table (docs/maglev.md): equal on every node
+        with the same configuration."""
+        plan = self.plan
+        table = None if plan is None else plan.tables.get(name)
+        return None if table is None else self._fingerprints.of(name, table)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the node is healthy (attached, the last change applied), and the body."""
+        plan = self.plan
+        reasons = []
+        attached = self.attached()
+        if self._stop_requested:
+            reasons.append("the daemon is stopping")
+        if not attached:
+            reasons.append(f"the data plane is not attached to {self.device}")
+        if self.apply_error is not None:
+            reasons.append(self.apply_error)
+        vips: dict[str, Any] = {}
+        if plan is not None:
+            for name in sorted(plan.tables, key=_service_order):
+                table = plan.tables[name]
+                vips[name] = {
+                    "fingerprint": self.fingerprint(name),
+                    "generation": self.table_generations.get(name, 0),
+                    "table_size": table.size,
+                    "backends_in_table": len(table.backends),
+                }
+        unresolved = sorted(
+            (str(a) for a in backend_addresses(self.config) if self.next_hops(a) is None),
+            key=_address_order,
+        )
+        body = {
+            "status": "ok" if not reasons else "unavailable",
+            "reasons": reasons,
+            "device": self.device,
+            "attached": attached,
+            "generation": self.generation,
+            "config_fingerprint": config_fingerprint(self.config),
+            "last_change": self.last_change,
+            "vips": vips,
+            "unresolved_next_hops": unresolved,
+        }
+        return not reasons, body
 
     # --- the loop ------------------------------------------------------------------------
 
-    def serve(self, environ: Mapping[str, str]) -> None:
-        """Run until SIGTERM/SIGINT, reloading on SIGHUP and refreshing next hops."""
+    async def submit(self, config: Config, source: str = SOURCE_API) -> ChangeResult:
+        """``change`` on a worker thread, one change at a time, while the loop keeps
+        answering reads."""
+        assert self._lock is not None, "the daemon is not serving"
+        async with self._lock:
+            return await asyncio.to_thread(self.change, config, source)
 
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            self._stop.set()
+    async def exclusive(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on a worker thread while no change runs (reads that must see one
+        consistent state)."""
+        assert self._lock is not None, "the daemon is not serving"
+        async with self._lock:
+            return await asyncio.to_thread(work)
 
-        def on_hup(signum: int, frame: FrameType | None) -> None:
-            self._reload.set()
+    async def serve(
+        self,
+        environ: Mapping[str, str],
+        *,
+        app_factory: AppFactory | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        """Serve the API (when there is one and ``app_factory`` makes it) and keep the state
+        current until SIGTERM/SIGINT or request_stop(); SIGHUP reloads the configuration."""
+        loop = asyncio.get_running_loop()
+        self._loop, self._lock, self._stopping = loop, asyncio.Lock(), asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
+        runner = None
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self._spawn(self._locked(lambda: self.reload(environ)))
+            )
+        try:
+            if self._api_socket is not None and app_factory is not None:
+                runner = await self._start_api(app_factory(self), self._api_socket)
+            self._serving.set()
+            await self._tick_until_stopped()
+        finally:
+            self._serving.set()
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(signum)
+            if runner is not None:
+                await runner.cleanup()
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
+    async def _start_api(self, app: web.Application, sock: socket.socket) -> web.AppRunner:
+        from aiohttp import web
+
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        token = self.options.api.token if self.options.api else None
+        log.info(
+            "serving the REST API on %s (writes %s)",
+            self.api_url,
+            "need the bearer token" if token else "need no token: loopback only",
+        )
+        return runner
+
+    async def _tick_until_stopped(self) -> None:
+        assert self._stopping is not None
         ticks = 0
-        while not self._stop.wait(self.options.refresh_interval):
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload(environ)
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.options.refresh_interval)
+                return
+            except TimeoutError:
+                pass
             ticks += 1
             try:
-                self.refresh_next_hops(everything=ticks % 30 == 0)
-            except (LibbpfError, OSError, PlanError) as error:
+                await self._tick(everything=ticks % 30 == 0)
+            except (LibbpfError, OSError, PlanError, StartupError, ValueError) as error:
                 log.error("next-hop refresh failed: %s", error)
+            except ApplyError:
+                pass  # logged where it happened; the next tick retries
 
-    def stop(self) -> None:
-        self._stop.set()
+    async def _tick(self, everything: bool) -> None:
+        # Neighbours are asked outside the lock: an API change need not wait for ARP.
+        found, problems = await asyncio.to_thread(self.probe_next_hops, everything)
+        assert self._lock is not None
+        async with self._lock:
+            if self.apply_error is not None:
+                await asyncio.to_thread(
+                    self.change, self.config, SOURCE_RETRY, persist=False, force=True
+                )
+            if found:
+                await asyncio.to_thread(self.take_next_hops, found, problems)
+
+    async def _locked(self, work: Callable[[], object]) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            await asyncio.to_thread(work)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def request_stop(self) -> None:
+        """Stop serving (from any thread, or a signal handler)."""
+        self._stop_requested = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(stopping.set)
+
+    stop = request_stop
+
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        """Block until serve() listens (or has ended); False on timeout."""
+        return self._serving.wait(timeout)
 
     def close(self) -> None:
         """Leave: the data plane keeps running from its pins, unless detach_on_exit."""
+        if self._api_socket is not None:
+            self._api_socket.close()
+            self._api_socket = None
         if self.balancer is not None:
             self.balancer.close()
             self.balancer = None
@@ -292,12 +804,124 @@ class Daemon:
             )
 
 
-def run(environ: Mapping[str, str], options: DaemonOptions) -> None:
+def _service_order(name: str) -> tuple[int, str]:
+    return (0, "") if name == DEFAULT_SET else (1, name)
+
+
+def _address_order(text: str) -> tuple[int, int]:
+    address = ipaddress.ip_address(text)
+    return address.version, int(address)
+
+
+def config_fingerprint(config: Config) -> str:
+    """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
+    backends by address): every key but device, xdp_mode, lb_address and conntrack_size.
+    Equal on every node given the same changes, in whatever order they came."""
+    data = config.model_dump(mode="json", exclude=set(NODE_KEYS))
+    data["default_backends"] = sorted(data["default_backends"], key=lambda b: b["address"])
+    for vip in data["vips"]:
+        vip["backends"] = sorted(vip["backends"], key=lambda b: b["address"])
+    data["vips"] = sorted(
+        data["vips"], key=lambda v: (v["address"], v["protocol"] or "", v["port"] or 0)
+    )
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: Keys that differ between the nodes of one cluster by design.
+NODE_KEYS: Final = ("device", "xdp_mode", "lb_address", "conntrack_size")
+
+
+def startup_config(
+    environ: Mapping[str, str], options: DaemonOptions
+) -> tuple[Config, dict[str, str], int]:
+    """The configuration to start with: the file (or environment), or the API's saved state
+    with the keys the environment and the start fix taken from the file. Also the fixed
+    keys and the generation to continue from."""
+    base = config_module.load(environ, options.config_path)
+    fixed = fixed_keys(environ)
+    path = options.state_file
+    if path is None:
+        return base, fixed, 0
+    if options.reset_state and state_file.remove(path):
+        log.info("--reset-state: removed the saved state %s", path)
+    if path.parent.is_dir():
+        for leftover in state_file.leftover_temporaries(path.parent):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    try:
+        saved = state_file.read(path)
+    except state_file.StateFileError as error:
+        raise StartupError(str(error)) from error
+    if saved is None:
+        return base, fixed, 0
+    try:
+        config = desired_at_start(base, saved.config, fixed, f"{path} (saved by the API)")
+    except ConfigError as error:
+        raise StartupError(
+            f"{error}\nremove {path}, or start with --reset-state, to start from the "
+            "configuration file instead"
+        ) from error
+    log.info(
+        "desired state: %s, saved by the API at %s (generation %d); it replaces the VIPs and "
+        "backends of the configuration file or environment; --reset-state or SIGHUP goes "
+        "back to the file",
+        path,
+        saved.written_at,
+        saved.generation,
+    )
+    return config, fixed, saved.generation
+
+
+def run(
+    environ: Mapping[str, str],
+    options: DaemonOptions,
+    *,
+    app_factory: AppFactory | None = None,
+) -> None:
     """Load the configuration, start, serve until a stop signal, leave."""
-    config = config_module.load(environ, options.config_path)
-    daemon = Daemon(config, options)
+    config, fixed, generation = startup_config(environ, options)
+    daemon = Daemon(config, options, fixed=fixed, generation=generation)
     daemon.start()
     try:
-        daemon.serve(environ)
+        asyncio.run(daemon.serve(environ, app_factory=app_factory))
     finally:
         daemon.close()
+
+
+class BackgroundDaemon:
+    """A started Daemon serving on a thread of its own, with its API: for tests and benches
+    that drive it over HTTP from the same process. The thread is made where this object is
+    started, so it lives in the caller's network namespace."""
+
+    def __init__(self, daemon: Daemon, app_factory: AppFactory | None) -> None:
+        self.daemon = daemon
+        self.app_factory = app_factory
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        self._thread = threading.Thread(target=self._serve, name="rusty-rail-daemon")
+        self._thread.start()
+        if not self.daemon.wait_serving(timeout):
+            raise TimeoutError("the daemon did not start serving")
+        if self._error is not None:
+            raise self._error
+
+    def _serve(self) -> None:
+        try:
+            asyncio.run(self.daemon.serve({}, app_factory=self.app_factory, handle_signals=False))
+        except BaseException as error:
+            self._error = error
+
+    @property
+    def url(self) -> str:
+        assert self.daemon.api_url is not None
+        return self.daemon.api_url
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._error is not None:
+            raise self._error

@@ -1,0 +1,228 @@
+"""/metrics: the daemon's Prometheus exposition. Counters are read from the BPF maps at each
+scrape (summed over CPUs); change and table-build durations are histograms fed by the daemon.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rusty_rail import __version__, reference
+from rusty_rail.dataplane.structs import CONNTRACK_WAYS
+from rusty_rail.dpstate import BackendState, Stat
+
+if TYPE_CHECKING:
+    from rusty_rail.control.daemon import ChangeResult, Daemon
+
+#: Counting a connection table of a million flows takes a while: at most once per this long.
+CONNTRACK_COUNT_INTERVAL = 10.0
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def _action(stat: Stat, daemon: Daemon) -> str:
+    if stat in reference.FORWARD_STATS:
+        return "forward"
+    settings = daemon.plan.state.settings if daemon.plan is not None else None
+    if settings is None:
+        return "unknown"
+    return reference.verdict_for(stat, settings).name.lower()
+
+
+class _MapsCollector(Collector):
+    """Everything read from the maps and the daemon's state at scrape time."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._conntrack_count: tuple[float, int] | None = None
+
+    def _conntrack_entries(self) -> int:
+        balancer = self.daemon.balancer
+        if balancer is None:
+            return 0
+        now = time.monotonic()
+        if self._conntrack_count is None or now - self._conntrack_count[0] > (
+            CONNTRACK_COUNT_INTERVAL
+        ):
+            count = len(balancer.maps.dump_conntrack())
+            self._conntrack_count = (now, count)
+        return self._conntrack_count[1]
+
+    def collect(self) -> Iterable[Metric]:
+        daemon = self.daemon
+        plan, config, balancer = daemon.plan, daemon.config, daemon.balancer
+        yield GaugeMetricFamily(
+            "rusty_rail_attached", "1 when the XDP program runs on the device", daemon.attached()
+        )
+        yield GaugeMetricFamily(
+            "rusty_rail_desired_generation",
+            "Changes of the desired state (API writes, reloads) since the state was created",
+            daemon.generation,
+        )
+        yield GaugeMetricFamily(
+            "rusty_rail_change_pending",
+            "1 when the desired state is not fully applied (the daemon retries)",
+            daemon.apply_error is not None,
+        )
+        if plan is None or balancer is None:
+            return
+        maps = balancer.maps
+        packets = CounterMetricFamily(
+            "rusty_rail_packets",
+            "Packets by outcome (reason) and what was done with them (action)",
+            labels=["reason", "action"],
+        )
+        size = CounterMetricFamily(
+            "rusty_rail_bytes", "Bytes by outcome (reason) and action", labels=["reason", "action"]
+        )
+        for stat, (count, octets) in maps.read_stats().items():
+            labels = [stat.name.lower(), _action(stat, daemon)]
+            packets.add_metric(labels, count)
+            size.add_metric(labels, octets)
+        yield packets
+        yield size
+
+        names = {index: name for name, index in plan.allocation.vip_index.items()}
+        vip_packets = CounterMetricFamily(
+            "rusty_rail_vip_packets", "Packets forwarded per VIP", labels=["vip"]
+        )
+        vip_bytes = CounterMetricFamily(
+            "rusty_rail_vip_bytes", "Bytes forwarded per VIP", labels=["vip"]
+        )
+        counters = maps.read_vip_stats(names)
+        for index, name in sorted(names.items(), key=lambda item: item[1]):
+            count, octets = counters.get(index, (0, 0))
+            vip_packets.add_metric([name], count)
+            vip_bytes.add_metric([name], octets)
+        yield vip_packets
+        yield vip_bytes
+
+        backend_packets = CounterMetricFamily(
+            "rusty_rail_backend_packets", "Packets sent per backend", labels=["vip", "backend"]
+        )
+        backend_bytes = CounterMetricFamily(
+            "rusty_rail_backend_bytes", "Bytes sent per backend", labels=["vip", "backend"]
+        )
+        state = GaugeMetricFamily(
+            "rusty_rail_backend_state",
+            "1 for the backend's admin state (configured) and its data-plane state",
+            labels=["vip", "backend", "kind", "state"],
+        )
+        weight = GaugeMetricFamily(
+            "rusty_rail_backend_weight",
+            "The backend's configured weight",
+            labels=["vip", "backend"],
+        )
+        next_hop = GaugeMetricFamily(
+            "rusty_rail_backend_next_hop_resolved",
+            "1 when the backend's next hop is known (else its packets are dropped)",
+            labels=["vip", "backend"],
+        )
+        slots = plan.allocation.slots
+        backend_counters = maps.read_backend_stats(sorted(set(slots.values())))
+        services = [("default", config.default_backends)] + [
+            (str(vip.key), vip.backends) for vip in config.vips
+        ]
+        for name, backends in services:
+            for backend in backends:
+                labels = [name, str(backend.address)]
+                slot = slots.get((name, backend.address))
+                count, octets = backend_counters.get(slot, (0, 0)) if slot is not None else (0, 0)
+                backend_packets.add_metric(labels, count)
+                backend_bytes.add_metric(labels, octets)
+                state.add_metric([*labels, "admin", backend.state.value], 1)
+                entry = plan.state.backends.get(slot) if slot is not None else None
+                live = entry.state if entry is not None else BackendState.UNUSED
+                state.add_metric([*labels, "dataplane", live.name.lower()], 1)
+                weight.add_metric(labels, backend.weight)
+                next_hop.add_metric(labels, daemon.next_hops(backend.address) is not None)
+        yield backend_packets
+        yield backend_bytes
+        yield state
+        yield weight
+        yield next_hop
+
+        yield GaugeMetricFamily(
+            "rusty_rail_conntrack_entries",
+            f"Flows in the connection table (counted at most every {CONNTRACK_COUNT_INTERVAL:g} s)",
+            self._conntrack_entries(),
+        )
+        yield GaugeMetricFamily(
+            "rusty_rail_conntrack_capacity",
+            "Flows the connection table can hold",
+            maps.conntrack.max_entries * CONNTRACK_WAYS,
+        )
+        generations = GaugeMetricFamily(
+            "rusty_rail_table_generation",
+            "Times the VIP's table was swapped in since the daemon started",
+            labels=["vip"],
+        )
+        for name, generation in sorted(daemon.table_generations.items()):
+            generations.add_metric([name], generation)
+        yield generations
+
+
+class Metrics:
+    """The daemon's registry: map counters, change histograms and build info."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_MapsCollector(daemon))
+        self.build_seconds = Histogram(
+            "rusty_rail_table_build_seconds",
+            "Time to plan a change, building the Maglev tables whose backend sets changed",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.apply_seconds = Histogram(
+            "rusty_rail_apply_seconds",
+            "Time to write a change into the maps (tables swapped in)",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.change_seconds = Histogram(
+            "rusty_rail_change_seconds",
+            "Time from a change's start to its tables being live, by source",
+            ["source"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.changes = Counter(
+            "rusty_rail_changes",
+            "Changes tried, by source and result (applied, unchanged, refused)",
+            ["source", "result"],
+            registry=self.registry,
+        )
+        self.tables_rebuilt = Counter(
+            "rusty_rail_tables_rebuilt",
+            "Maglev tables built and swapped in",
+            registry=self.registry,
+        )
+        info = Info("rusty_rail_build", "The rusty-rail build", registry=self.registry)
+        info.info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "kernel": platform.release(),
+            }
+        )
+        daemon.observers.append(self.observe)
+
+    def observe(self, source: str, result: ChangeResult | None) -> None:
+        if result is None:
+            self.changes.labels(source, "refused").inc()
+            return
+        self.changes.labels(source, "applied" if result.map_updates else "unchanged").inc()
+        if result.map_updates:
+            self.build_seconds.observe(result.build_seconds)
+            self.apply_seconds.observe(result.apply_seconds)
+            self.change_seconds.labels(source).observe(result.seconds)
+        self.tables_rebuilt.inc(len(result.tables_rebuilt))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

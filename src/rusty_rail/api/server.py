@@ -1,0 +1,461 @@
+"""The aiohttp application of the REST API: routes to handlers, errors to JSON, bearer tokens
+for writes. Reads answer from the daemon's state; writes compute the whole new configuration
+(api.changes) and hand it to the daemon, one at a time, under its change lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+from aiohttp import web
+
+from rusty_rail.config import Config, ConfigError, Problem
+from rusty_rail.control.daemon import (
+    SOURCE_API,
+    ApplyError,
+    ChangeResult,
+    Daemon,
+    PersistError,
+    StartupError,
+    config_fingerprint,
+)
+from rusty_rail.control.plan import PlanError
+
+from . import changes, openapi, views
+from .changes import BODY, Target
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger("rusty_rail.api")
+
+DAEMON: Final = web.AppKey("daemon", Daemon)
+METRICS: Final = web.AppKey("metrics", Metrics)
+#: A configuration with every backend the data plane holds is about 1 MB of JSON.
+MAX_BODY: Final = 16 << 20
+#: A VIP key in a path: the address (IPv6 in brackets), then optionally :port/protocol; the
+#: protocol's slash may also come percent-encoded.
+VIP_SEGMENT: Final = r"{vip:[^/]+(?:/[A-Za-z0-9]+)?}"
+DEFAULT_FLOW_LIMIT: Final = 100
+MAX_FLOW_LIMIT: Final = 10_000
+FLOW_SCAN: Final = 1_000_000
+DEFAULT_PLAN_FLOWS: Final = 100_000
+OPENAPI: Final = openapi.document()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def etag(config: Config) -> str:
+    """The ETag of the whole desired state (every key, node keys included)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def _json(data: Any, status: int = HTTPStatus.OK, **headers: str) -> web.Response:
+    text = json.dumps(data, indent=1, allow_nan=False)
+    return web.Response(text=text + "\n", status=status, content_type="application/json",
+                        headers=headers)  # fmt: skip
+
+
+def _error_response(error: ApiError) -> web.Response:
+    headers = {}
+    if error.status == HTTPStatus.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="rusty-rail"'
+    return _json(error.body(), error.status, **headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON: the API's own, aiohttp's (no such route, wrong method), and any
+    other exception as a logged 500."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return _error_response(error)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        message = error.text or error.reason
+        if error.status == HTTPStatus.NOT_FOUND:
+            message = f"no route {request.method} {request.path}: see /openapi.json"
+        elif error.status == HTTPStatus.METHOD_NOT_ALLOWED:
+            message = f"{request.method} is not allowed on {request.path}"
+        elif error.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            message = f"the body is larger than {MAX_BODY} bytes"
+        response = _error_response(ApiError(error.status, message))
+        for name in ("Allow",):
+            if name in error.headers:
+                response.headers[name] = error.headers[name]
+        return response
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error_response(
+            ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the daemon's log")
+        )
+
+
+def _authorise(request: web.Request) -> None:
+    """Writes need ``Authorization: Bearer <token>`` when the daemon has a token."""
+    daemon = request.app[DAEMON]
+    token = daemon.options.api.token if daemon.options.api else None
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(HTTPStatus.UNAUTHORIZED, "this write needs Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(HTTPStatus.UNAUTHORIZED, "wrong bearer token")
+
+
+def _reject_constant(text: str) -> None:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+async def _body(request: web.Request) -> object:
+    """The request's JSON body, or 400 (413 for a body over MAX_BODY, from aiohttp)."""
+    # Any Content-Type is read as JSON: `curl -d` sends form-urlencoded unless told otherwise.
+    raw = await request.read()
+    if not raw.strip():
+        problem = Problem((), "a JSON body is needed")
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the request has no body", [problem])
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        where = (
+            f"line {error.lineno}, column {error.colno}: {error.msg}"
+            if isinstance(error, json.JSONDecodeError)
+            else str(error)
+        )
+        problem = Problem((), f"not JSON: {where}")
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, f"the body is not JSON ({where})", [problem]
+        ) from None
+
+
+def _check_if_match(request: web.Request, current: Config) -> None:
+    wanted = request.headers.get("If-Match")
+    if wanted is None:
+        return
+    tags = [tag.strip().removeprefix("W/").strip('"') for tag in wanted.split(",")]
+    if "*" in tags or etag(current) in tags:
+        return
+    raise ApiError(
+        HTTPStatus.PRECONDITION_FAILED,
+        "the desired state changed since it was read (If-Match does not match its ETag); "
+        "read it again and retry",
+    )
+
+
+def _change_error(error: Exception) -> ApiError:
+    if isinstance(error, StartupError):
+        return ApiError(HTTPStatus.CONFLICT, str(error), [Problem((), str(error))])
+    if isinstance(error, PersistError | ApplyError):
+        return ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+    if isinstance(error, ConfigError):
+        return ApiError.invalid(error)
+    return ApiError(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        f"the data plane cannot hold this configuration: {error}",
+        [Problem((), str(error))],
+    )
+
+
+def _result(result: ChangeResult, config: Config) -> dict[str, Any]:
+    return result.as_json() | {"config_fingerprint": config_fingerprint(config)}
+
+
+async def _write(
+    request: web.Request,
+    make: Callable[[Config], tuple[Config, bool]],
+    *,
+    location: str | None = None,
+) -> web.Response:
+    """Authorise, then under the daemon's change lock: check If-Match, compute the new
+    configuration from the current one, and apply it. 201 when ``make`` created something."""
+    _authorise(request)
+    daemon = request.app[DAEMON]
+
+    def work() -> tuple[Config, bool, ChangeResult]:
+        current = daemon.config
+        _check_if_match(request, current)
+        config, created = make(current)
+        try:
+            result = daemon.change(config, SOURCE_API)
+        except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:
+            raise _change_error(error) from error
+        return config, created, result
+
+    config, created, result = await daemon.exclusive(work)
+    if result.changed:
+        log.info(
+            "%s %s: generation %d, %d map updates, tables rebuilt: %s (%.1f ms)",
+            request.method,
+            request.path,
+            result.generation,
+            result.map_updates,
+            ", ".join(result.tables_rebuilt) or "none",
+            result.seconds * 1000,
+        )
+    headers = {"ETag": f'"{etag(config)}"'}
+    if created and location is not None:
+        headers["Location"] = location
+    status = HTTPStatus.CREATED if created else HTTPStatus.OK
+    return _json(_result(result, config), status, **headers)
+
+
+def _snapshot(daemon: Daemon) -> views.Snapshot:
+    plan = daemon.plan
+    if plan is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the daemon is not started")
+    return views.Snapshot(
+        config=daemon.config,
+        plan=plan,
+        next_hops=dict(daemon.next_hops.known),
+        next_hop_problems=dict(daemon.next_hops.problems),
+        maps=daemon.balancer.maps if daemon.balancer is not None else None,
+        fingerprints={name: daemon.fingerprint(name) for name in plan.tables},
+        table_generations=dict(daemon.table_generations),
+    )
+
+
+def _target(request: web.Request) -> Target:
+    return changes.parse_target(request.match_info["vip"])
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    healthy, body = await asyncio.to_thread(daemon.health)
+    return _json(body, HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    exposition = await asyncio.to_thread(request.app[METRICS].exposition)
+    response = web.Response(body=exposition)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+async def list_vips(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+
+    def build() -> dict[str, Any]:
+        snapshot = _snapshot(daemon)
+        return {
+            "generation": daemon.generation,
+            "vips": [
+                views.service_view(snapshot, target) for target, _ in views.targets(snapshot.config)
+            ],
+        }
+
+    return _json(await asyncio.to_thread(build))
+
+
+async def get_vip(request: web.Request) -> web.Response:
+    target = _target(request)
+    daemon = request.app[DAEMON]
+    snapshot = _snapshot(daemon)
+    if changes.backends_of(snapshot.config, target) is None:
+        raise changes.not_found(target)
+    return _json(await asyncio.to_thread(views.service_view, snapshot, target))
+
+
+async def put_vip(request: web.Request) -> web.Response:
+    target = _target(request)
+    body = await _body(request)
+    return await _write(
+        request, lambda config: changes.put_vip(config, target, body), location=request.path
+    )
+
+
+async def delete_vip(request: web.Request) -> web.Response:
+    target = _target(request)
+    return await _write(request, lambda config: (changes.delete_vip(config, target), False))
+
+
+def _backend_address(request: web.Request) -> changes.IPAddress:
+    return changes.parse_address(request.match_info["address"])
+
+
+async def get_backend(request: web.Request) -> web.Response:
+    target = _target(request)
+    address = _backend_address(request)
+    snapshot = _snapshot(request.app[DAEMON])
+    backends = changes.backends_of(snapshot.config, target)
+    if backends is None:
+        raise changes.not_found(target)
+    view = views.backend_view(snapshot, target, address)
+    if view is None:
+        raise changes.not_found(target, address)
+    return _json(view)
+
+
+async def put_backend(request: web.Request) -> web.Response:
+    target = _target(request)
+    address = _backend_address(request)
+    body = await _body(request)
+    return await _write(
+        request,
+        lambda config: changes.put_backend(config, target, address, body),
+        location=request.path,
+    )
+
+
+async def patch_backend(request: web.Request) -> web.Response:
+    target = _target(request)
+    address = _backend_address(request)
+    body = await _body(request)
+    return await _write(
+        request, lambda config: (changes.patch_backend(config, target, address, body), False)
+    )
+
+
+async def delete_backend(request: web.Request) -> web.Response:
+    target = _target(request)
+    address = _backend_address(request)
+    return await _write(
+        request, lambda config: (changes.delete_backend(config, target, address), False)
+    )
+
+
+async def get_config(request: web.Request) -> web.Response:
+    config = request.app[DAEMON].config
+    return _json(config.model_dump(mode="json"), ETag=f'"{etag(config)}"')
+
+
+async def put_config(request: web.Request) -> web.Response:
+    body = await _body(request)
+    daemon = request.app[DAEMON]
+    return await _write(
+        request, lambda config: (changes.replace_config(config, body, daemon.fixed), False)
+    )
+
+
+async def plan(request: web.Request) -> web.Response:
+    body = await _body(request)
+    daemon = request.app[DAEMON]
+    if not isinstance(body, dict):
+        problem = Problem((), "must be a JSON object with config or changes", body)
+        raise ApiError.invalid(ConfigError([problem], BODY))
+    unknown = sorted(set(body) - {"config", "changes", "max_flows"})
+    kinds = [key for key in ("config", "changes") if key in body]
+    problems = [Problem((key,), "unknown key; known keys: config, changes, max_flows")
+                for key in unknown]  # fmt: skip
+    if len(kinds) != 1:
+        problems.append(Problem((), "give exactly one of config (the whole new state) or "
+                                "changes (a list of writes)"))  # fmt: skip
+    max_flows = body.get("max_flows", DEFAULT_PLAN_FLOWS)
+    if (
+        isinstance(max_flows, bool)
+        or not isinstance(max_flows, int)
+        or not (0 <= max_flows <= 10_000_000)
+    ):
+        problems.append(Problem(("max_flows",), "must be an integer from 0 to 10000000", max_flows))
+    if problems:
+        raise ApiError.invalid(ConfigError(problems, BODY))
+
+    def work() -> dict[str, Any]:
+        before = daemon.plan
+        assert before is not None
+        current = daemon.config
+        if "config" in body:
+            try:
+                config = changes.replace_config(current, body["config"], daemon.fixed)
+            except ApiError as error:
+                moved = [p.under(("config",)) for p in error.problems]
+                raise ApiError(error.status, error.message, moved) from None
+        else:
+            config = changes.apply_changes(current, body["changes"])
+        try:
+            after = daemon.compile(config)
+        except (PlanError, StartupError, ValueError) as error:
+            raise _change_error(error) from error
+        maps = daemon.balancer.maps if daemon.balancer is not None else None
+        flows = list(views.tracked_flows(maps, max_flows)) if maps is not None else []
+        return {
+            "generation": daemon.generation,
+            "config_fingerprint": config_fingerprint(config),
+            "flows_examined": len(flows),
+            "vips": views.dry_run(before, after, flows),
+        }
+
+    return _json(await daemon.exclusive(work))
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError.bad_parameter(name, text, f"must be an integer from {low} to {high}")
+    return int(text)
+
+
+async def list_flows(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    vip = request.query.get("vip")
+    if vip is not None:
+        vip = changes.parse_target(vip).name
+    limit = _query_int(request, "limit", DEFAULT_FLOW_LIMIT, 1, MAX_FLOW_LIMIT)
+    snapshot = _snapshot(daemon)
+    if snapshot.maps is None:
+        return _json({"flows": [], "scanned": 0, "complete": True})
+    maps = snapshot.maps
+    result = await asyncio.to_thread(
+        views.flows, snapshot.plan, maps, vip=vip, limit=limit, scan=FLOW_SCAN
+    )
+    return _json(result)
+
+
+async def lookup(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    text = request.query.get("flow")
+    if text is None:
+        raise ApiError.bad_parameter("flow", "", f"required: {views.FLOW_SYNTAX}")
+    try:
+        flow = views.parse_flow(text)
+    except ValueError as error:
+        raise ApiError.bad_parameter("flow", text, str(error)) from None
+    snapshot = _snapshot(daemon)
+    return _json(await asyncio.to_thread(views.lookup, snapshot.plan, snapshot.maps, flow))
+
+
+def create_app(daemon: Daemon) -> web.Application:
+    """The API of ``daemon``; the daemon serves it from its own loop."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app[DAEMON] = daemon
+    app[METRICS] = Metrics(daemon)
+    router = app.router
+    router.add_get("/healthz", healthz)
+    router.add_get("/metrics", metrics)
+    router.add_get("/openapi.json", openapi_document)
+    router.add_get("/v1/vips", list_vips)
+    backend_path = f"/v1/vips/{VIP_SEGMENT}/backends/{{address}}"
+    router.add_get(backend_path, get_backend)
+    router.add_put(backend_path, put_backend)
+    router.add_patch(backend_path, patch_backend)
+    router.add_delete(backend_path, delete_backend)
+    vip_path = f"/v1/vips/{VIP_SEGMENT}"
+    router.add_get(vip_path, get_vip)
+    router.add_put(vip_path, put_vip)
+    router.add_delete(vip_path, delete_vip)
+    router.add_get("/v1/config", get_config)
+    router.add_put("/v1/config", put_config)
+    router.add_post("/v1/plan", plan)
+    router.add_get("/v1/flows", list_flows)
+    router.add_get("/v1/lookup", lookup)
+    return app

@@ -1,0 +1,347 @@
+"""What the API's reads answer, as JSON-ready dicts: VIPs with their backends, tables and
+counters; tracked flows; one flow's decision; and the dry run of a change (/v1/plan).
+
+The decisions come from the reference pipeline (reference.lookup) run on the plan's state
+with the live connection table, so they say what the data plane does, and why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, Final
+
+from rusty_rail import reference
+from rusty_rail.config import Backend, Config
+from rusty_rail.control.plan import DEFAULT_SET, Plan
+from rusty_rail.dataplane.maps import BalancerMaps
+from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.maglev import moved_fraction
+
+from .changes import Target
+
+IPAddress = IPv4Address | IPv6Address
+PROTO_ICMP: Final = 1
+PROTO_ICMPV6: Final = 58
+PROTOCOL_NUMBERS: Final = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
+PROTOCOL_NAMES: Final = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", 58: "icmpv6"}
+
+
+def _mac(data: bytes) -> str:
+    return ":".join(f"{byte:02x}" for byte in data)
+
+
+def next_hop_json(next_hop: NextHop | None) -> dict[str, Any] | None:
+    if next_hop is None:
+        return None
+    return {
+        "ifindex": next_hop.ifindex,
+        "src_mac": _mac(next_hop.src_mac),
+        "dst_mac": _mac(next_hop.dst_mac),
+    }
+
+
+def _stats(counter: tuple[int, int] | None) -> dict[str, int]:
+    packets, size = counter or (0, 0)
+    return {"packets": packets, "bytes": size}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of a daemon for a read: the desired configuration, the plan in
+    the maps, the next hops and the maps themselves (None when not loaded)."""
+
+    config: Config
+    plan: Plan
+    next_hops: Mapping[IPAddress, NextHop | None]
+    next_hop_problems: Mapping[IPAddress, str]
+    maps: BalancerMaps | None
+    fingerprints: Mapping[str, str | None]
+    table_generations: Mapping[str, int]
+
+
+def targets(config: Config) -> list[tuple[Target, tuple[Backend, ...]]]:
+    """Every service of ``config`` as an API target with its backends: default set first."""
+    result: list[tuple[Target, tuple[Backend, ...]]] = []
+    if config.default_backends:
+        result.append((Target(None), config.default_backends))
+    result += [(Target(vip.key), vip.backends) for vip in config.vips]
+    return result
+
+
+def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True) -> dict[str, Any]:
+    """A VIP (or the default set): its configuration, its live table and its backends."""
+    config, plan = snapshot.config, snapshot.plan
+    name = target.name
+    vip = next((v for v in config.vips if v.key == target.key), None)
+    backends = config.default_backends if target.is_default else vip.backends if vip else ()
+    vip_index = plan.allocation.vip_index.get(name)
+    slots = {
+        backend.address: plan.allocation.slots.get((name, backend.address)) for backend in backends
+    }
+    vip_stats: dict[int, tuple[int, int]] = {}
+    backend_stats: dict[int, tuple[int, int]] = {}
+    if with_stats and snapshot.maps is not None:
+        if vip_index is not None:
+            vip_stats = snapshot.maps.read_vip_stats([vip_index])
+        backend_stats = snapshot.maps.read_backend_stats(
+            slot for slot in slots.values() if slot is not None
+        )
+    table = plan.tables.get(name)
+    table_counts: dict[IPAddress, int] = {}
+    if table is not None and table.backends:
+        counts = table.slot_counts()
+        table_counts = {
+            address: int(count) for address, count in zip(table.backends, counts, strict=True)
+        }
+    backend_views = []
+    for backend in backends:
+        slot = slots[backend.address]
+        entry = plan.state.backends.get(slot) if slot is not None else None
+        held = table_counts.get(backend.address, 0)
+        problem = snapshot.next_hop_problems.get(backend.address)
+        backend_views.append(
+            {
+                "address": str(backend.address),
+                "weight": backend.weight,
+                "state": backend.state.value,
+                "dataplane_state": "absent" if entry is None else entry.state.name.lower(),
+                "next_hop": next_hop_json(snapshot.next_hops.get(backend.address)),
+                "next_hop_problem": problem,
+                "slots": held,
+                "slot_share": held / table.size if table is not None else 0.0,
+                "stats": _stats(backend_stats.get(slot) if slot is not None else None),
+            }
+        )
+    return {
+        "vip": name,
+        "address": str(vip.address) if vip else None,
+        "protocol": vip.protocol.value if vip and vip.protocol else None,
+        "port": vip.port if vip else None,
+        "encap": vip.encap.value if vip else None,
+        "table_size": vip.table_size if vip else None,
+        "table": None
+        if table is None
+        else {
+            "size": table.size,
+            "fingerprint": snapshot.fingerprints.get(name),
+            "generation": snapshot.table_generations.get(name, 0),
+            "backends_in_table": len(table.backends),
+        },
+        "stats": _stats(vip_stats.get(vip_index) if vip_index is not None else None),
+        "backends": backend_views,
+    }
+
+
+def backend_view(snapshot: Snapshot, target: Target, address: IPAddress) -> dict[str, Any] | None:
+    view = service_view(snapshot, target)
+    return next((b for b in view["backends"] if b["address"] == str(address)), None)
+
+
+# --- flows ------------------------------------------------------------------------------------
+
+_FLOW = re.compile(
+    r"^\s*(?P<src>\[[^\]]+\]|[^\s:\[\]>-][^\s\[\]>]*?)(?::(?P<sport>\d+))?\s*->\s*"
+    r"(?P<dst>\[[^\]]+\]|[^\s:\[\]/][^\s\[\]/]*?)(?::(?P<dport>\d+))?\s*"
+    r"(?:/\s*(?P<proto>[A-Za-z0-9]+)|\s+proto\s+(?P<proto_number>\d+))?\s*$"
+)
+FLOW_SYNTAX: Final = (
+    "SOURCE[:PORT]->DESTINATION[:PORT]/PROTOCOL, e.g. 198.18.5.5:40000->198.18.100.1:80/tcp, "
+    "[2001:2::5]:40000->[2001:2::1]:80/udp or 198.18.5.5->198.18.100.1/icmp"
+)
+
+
+def parse_flow(text: str) -> Flow:
+    """A flow written as FLOW_SYNTAX describes; raises ValueError saying what is wrong."""
+    match = _FLOW.match(text)
+    if match is None:
+        raise ValueError(f"not a flow: write {FLOW_SYNTAX}")
+    try:
+        src = ip_address(match["src"].strip("[]"))
+        dst = ip_address(match["dst"].strip("[]"))
+    except ValueError as error:
+        raise ValueError(f"{error}; write {FLOW_SYNTAX}") from None
+    if src.version != dst.version:
+        raise ValueError("the source and destination must both be IPv4 or both IPv6")
+    if src.version == 4 and (match["src"].startswith("[") or match["dst"].startswith("[")):
+        raise ValueError("only IPv6 addresses are written in brackets")
+    protocol_text = match["proto"] or match["proto_number"] or "tcp"
+    if protocol_text.isdigit():
+        proto = int(protocol_text)
+    elif protocol_text.lower() in PROTOCOL_NUMBERS:
+        proto = PROTOCOL_NUMBERS[protocol_text.lower()]
+        if proto == PROTO_ICMP and src.version == 6:
+            proto = PROTO_ICMPV6
+    elif protocol_text.lower() == "icmpv6":
+        proto = PROTO_ICMPV6
+    else:
+        raise ValueError(f"protocol {protocol_text!r}: use tcp, udp, icmp, icmpv6 or a number")
+    if not 0 <= proto <= 255:
+        raise ValueError(f"protocol {proto}: must be 0 to 255")
+    ports = (match["sport"], match["dport"])
+    if proto in (PROTO_TCP, PROTO_UDP):
+        if None in ports:
+            raise ValueError("a TCP or UDP flow needs both ports")
+    elif ports != (None, None):
+        raise ValueError(f"protocol {proto} has no ports: only TCP and UDP flows have them")
+    sport, dport = (int(port) if port is not None else 0 for port in ports)
+    if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+        raise ValueError("ports must be 0 to 65535")
+    return Flow(src.packed, dst.packed, proto, sport, dport)
+
+
+def flow_text(flow: Flow) -> str:
+    """The flow as parse_flow reads it."""
+    src, dst = ip_address(flow.src), ip_address(flow.dst)
+    host = (lambda a: f"[{a}]") if flow.is_ipv6 else str
+    protocol = PROTOCOL_NAMES.get(flow.proto, str(flow.proto))
+    if flow.proto in (PROTO_TCP, PROTO_UDP):
+        return f"{host(src)}:{flow.sport}->{host(dst)}:{flow.dport}/{protocol}"
+    return f"{host(src)}->{host(dst)}/{protocol}"
+
+
+def tracked_flows(maps: BalancerMaps, limit: int) -> list[tuple[Flow, CtEntry]]:
+    """Up to ``limit`` entries of the live connection table, in the table's order."""
+    return list(itertools.islice(maps.dump_conntrack().items(), limit))
+
+
+def _names(plan: Plan) -> dict[int, str]:
+    return {index: name for name, index in plan.allocation.vip_index.items()}
+
+
+def _with_conntrack(state: DataplaneState, conntrack: Mapping[Flow, CtEntry]) -> DataplaneState:
+    return replace(state, conntrack=dict(conntrack))
+
+
+def decision_json(plan: Plan, decision: reference.Decision) -> dict[str, Any]:
+    """A decision with the names an operator knows: VIP key, backend address and state."""
+    backend = (
+        plan.state.backends.get(decision.backend_index)
+        if decision.backend_index is not None
+        else None
+    )
+    names = _names(plan)
+    conntrack = (
+        "valid"
+        if decision.match is reference.Match.CONNTRACK
+        else "stale"
+        if decision.stale_entry is not None
+        else "none"
+    )
+    return {
+        "flow": flow_text(decision.flow),
+        "hash": decision.flow_hash,
+        "outcome": decision.stat.name.lower(),
+        "forwards": decision.forwards,
+        "match": decision.match.value,
+        "vip": names.get(decision.vip_index) if decision.vip_index is not None else None,
+        "table_slot": decision.table_slot,
+        "table_size": decision.table_size,
+        "backend": str(ip_address(backend.addr)) if backend is not None else None,
+        "backend_state": backend.state.name.lower() if backend is not None else None,
+        "conntrack": conntrack,
+        "explanation": decision.explain(),
+    }
+
+
+def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> dict[str, Any]:
+    """Which backend ``flow`` gets now, and why: its live connection-table entry (if any),
+    else the VIP's table."""
+    conntrack: dict[Flow, CtEntry] = {}
+    entry = maps.lookup_conntrack(flow) if maps is not None and not flow.is_ipv6 else None
+    if entry is not None:
+        conntrack[flow] = entry
+    state = _with_conntrack(plan.state, conntrack)
+    return decision_json(plan, reference.lookup(state, flow))
+
+
+def flows(
+    plan: Plan, maps: BalancerMaps, *, vip: str | None, limit: int, scan: int
+) -> dict[str, Any]:
+    """A sample of tracked flows (of one VIP, or all), each with its backend: at most
+    ``limit`` flows from at most ``scan`` connection-table entries."""
+    result = []
+    scanned = 0
+    for flow, entry in tracked_flows(maps, scan):
+        scanned += 1
+        decision = reference.lookup(_with_conntrack(plan.state, {flow: entry}), flow)
+        view = decision_json(plan, decision)
+        if vip is not None and view["vip"] != vip:
+            continue
+        result.append(view)
+        if len(result) >= limit:
+            break
+    return {"flows": result, "scanned": scanned, "complete": scanned < scan}
+
+
+# --- dry run ----------------------------------------------------------------------------------
+
+
+def _address_of(state: DataplaneState, decision: reference.Decision) -> bytes | None:
+    if not decision.forwards or decision.backend_index is None:
+        return None
+    backend = state.backends.get(decision.backend_index)
+    return None if backend is None else backend.addr
+
+
+def dry_run(
+    before: Plan, after: Plan, conntrack: Iterable[tuple[Flow, CtEntry]]
+) -> dict[str, dict[str, Any]]:
+    """Per service, what ``after`` would change: whether the table changes, the share of
+    table slots whose backend moves (maglev.moved_fraction; None when there is no table to
+    compare with, as for a new VIP or a new table size), and how many of the tracked flows
+    (``conntrack``) would go to another backend or be dropped."""
+    names_before, names_after = _names(before), _names(after)
+    services = sorted(before.tables.keys() | after.tables.keys(), key=_service_order)
+    result: dict[str, dict[str, Any]] = {}
+    for name in services:
+        old, new = before.tables.get(name), after.tables.get(name)
+        if old is None:
+            change, moved = "added", None
+        elif new is None:
+            change, moved = "removed", 1.0
+        else:
+            change = "unchanged" if old == new else "changed"
+            moved = moved_fraction(old, new) if old.size == new.size else None
+        result[name] = {
+            "change": change,
+            "table_slots_moved": moved,
+            "flows_tracked": 0,
+            "flows_moved": 0,
+            "flows_moved_share": 0.0,
+            "fingerprint_before": old.fingerprint() if old is not None else None,
+            "fingerprint_after": new.fingerprint() if new is not None else None,
+        }
+    entries = dict(conntrack)
+    state_before = _with_conntrack(before.state, entries)
+    state_after = _with_conntrack(after.state, entries)
+    for flow in entries:
+        then = reference.lookup(state_before, flow)
+        if not then.forwards or then.vip_index is None:
+            continue  # a stale entry of a flow that would be re-decided anyway
+        service = names_before.get(then.vip_index)
+        if service is None or service not in result:
+            continue
+        now = reference.lookup(state_after, flow)
+        moved_flow = _address_of(state_after, now) != _address_of(state_before, then)
+        if now.vip_index is not None and names_after.get(now.vip_index) != service:
+            moved_flow = True
+        view = result[service]
+        view["flows_tracked"] += 1
+        view["flows_moved"] += int(moved_flow)
+    for view in result.values():
+        if view["flows_tracked"]:
+            view["flows_moved_share"] = view["flows_moved"] / view["flows_tracked"]
+    return result
+
+
+def _service_order(name: str) -> tuple[int, str]:
+    return (0, "") if name == DEFAULT_SET else (1, name)
+
+
+def backend_state_name(state: BackendState) -> str:
+    return state.name.lower()
