@@ -199,6 +199,23 @@ def cmd_detach(args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from rusty_rail.ctl import run as run_ctl
+
+    return run_ctl(args)
+
+
+def cmd_bench_control(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.control import render_control_bench, run_control_bench
+
+    result = run_control_bench(changes=args.changes, backends=args.backends)
+    if args.json:
+        _print_json(result)
+    else:
+        print(render_control_bench(result))
+    return EXIT_OK
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from rusty_rail.selfcheck import run_selfcheck
 
@@ -227,8 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the balancer daemon: load, attach and feed the XDP program",
         description="Loads the XDP balancer on the device, writes the configured VIPs, backends "
-        "and Maglev tables into its maps and attaches it; then keeps next hops current and "
-        "re-reads the configuration on SIGHUP. On SIGTERM/SIGINT the data plane keeps running "
+        "and Maglev tables into its maps and attaches it; then serves the REST API "
+        "(127.0.0.1:9180 by default, docs/api.md), keeps next hops current and re-reads the "
+        "configuration on SIGHUP. Changes made through the API are saved to a state file and "
+        "win over the configuration file at the next start (--reset-state goes back to it). "
+        "On SIGTERM/SIGINT the data plane keeps running "
         "(pinned under the pin root) unless --detach-on-exit; a later `run` adopts it without "
         "dropping packets. Configuration: --config FILE (or RR_CONFIG), or the environment: "
         "RR_DEVICE and RR_TARGET_IPS. Exit status 2: bad configuration or environment, nothing "
@@ -364,6 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
     decap.set_defaults(handler=cmd_decap)
 
+    ctl = commands.add_parser(
+        "ctl",
+        help="view and change a running daemon through its REST API (ipvsadm-like)",
+        description="A client of `rusty-rail run`'s REST API (docs/operations.md): list VIPs "
+        "and backends, add/remove/drain/weigh backends, dry-run a change, explain a flow, "
+        "watch rates. Exit status: 0 done, 1 refused by the daemon, 2 usage, 3 no daemon.",
+        epilog="Examples:\n"
+        "  rusty-rail ctl list\n"
+        "  rusty-rail ctl add 198.18.100.1:80/tcp 198.18.2.4 --weight 2\n"
+        "  rusty-rail ctl drain 198.18.100.1:80/tcp 198.18.2.1\n"
+        "  rusty-rail ctl plan remove 198.18.100.1:80/tcp 198.18.2.1\n"
+        "  rusty-rail ctl lookup 198.18.5.5:40000->198.18.100.1:80/tcp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from rusty_rail.ctl import add_arguments as add_ctl_arguments
+
+    add_ctl_arguments(ctl)
+    ctl.set_defaults(handler=cmd_ctl)
+
     selfcheck = commands.add_parser(
         "selfcheck",
         help="check this installation: Maglev table, flow hash, reference packet path, BPF objects",
@@ -406,6 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--calls", type=int, default=200_000, help="calls per case (default 200000)"
     )
     dataplane.set_defaults(handler=cmd_bench_dataplane)
+    control = benches.add_parser(
+        "control",
+        help="API call to live table, and the rebuild after a restart (needs root)",
+        description="Runs the daemon on a veth pair in a private network namespace and times, "
+        "through its REST API, adding and removing one backend of a VIP with 1000 backends "
+        "(M = 65537) until the new table is live: p50 and p99 over 50 changes. Then the "
+        "rebuild and apply of every table at a restart with 64 VIPs x 100 backends. Each "
+        "timing is printed next to a same-run baseline: a no-op API write, and the bare "
+        "Maglev builds.",
+        epilog="Example: rusty-rail bench control --json",
+    )
+    control.add_argument("--json", action="store_true", help="machine-readable output")
+    control.add_argument("--changes", type=int, default=50, help="changes to time (default 50)")
+    control.add_argument(
+        "--backends", type=int, default=1000, help="backends of the VIP (default 1000)"
+    )
+    control.set_defaults(handler=cmd_bench_control)
     return parser
 
 

@@ -6,7 +6,6 @@ for writes. Reads answer from the daemon's state; writes compute the whole new c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import logging
@@ -49,11 +48,6 @@ DEFAULT_PLAN_FLOWS: Final = 100_000
 OPENAPI: Final = openapi.document()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def etag(config: Config) -> str:
-    """The ETag of the whole desired state (every key, node keys included)."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
 def _json(data: Any, status: int = HTTPStatus.OK, **headers: str) -> web.Response:
@@ -143,7 +137,7 @@ def _check_if_match(request: web.Request, current: Config) -> None:
     if wanted is None:
         return
     tags = [tag.strip().removeprefix("W/").strip('"') for tag in wanted.split(",")]
-    if "*" in tags or etag(current) in tags:
+    if "*" in tags or request.app[DAEMON].config_marks(current)[0] in tags:
         return
     raise ApiError(
         HTTPStatus.PRECONDITION_FAILED,
@@ -166,8 +160,8 @@ def _change_error(error: Exception) -> ApiError:
     )
 
 
-def _result(result: ChangeResult, config: Config) -> dict[str, Any]:
-    return result.as_json() | {"config_fingerprint": config_fingerprint(config)}
+def _result(daemon: Daemon, result: ChangeResult, config: Config) -> dict[str, Any]:
+    return result.as_json() | {"config_fingerprint": daemon.config_marks(config)[1]}
 
 
 async def _write(
@@ -202,11 +196,11 @@ async def _write(
             ", ".join(result.tables_rebuilt) or "none",
             result.seconds * 1000,
         )
-    headers = {"ETag": f'"{etag(config)}"'}
+    headers = {"ETag": f'"{daemon.config_marks(config)[0]}"'}
     if created and location is not None:
         headers["Location"] = location
     status = HTTPStatus.CREATED if created else HTTPStatus.OK
-    return _json(_result(result, config), status, **headers)
+    return _json(_result(daemon, result, config), status, **headers)
 
 
 def _snapshot(daemon: Daemon) -> views.Snapshot:
@@ -333,8 +327,9 @@ async def delete_backend(request: web.Request) -> web.Response:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    config = request.app[DAEMON].config
-    return _json(config.model_dump(mode="json"), ETag=f'"{etag(config)}"')
+    daemon = request.app[DAEMON]
+    config = daemon.config
+    return _json(config.model_dump(mode="json"), ETag=f'"{daemon.config_marks(config)[0]}"')
 
 
 async def put_config(request: web.Request) -> web.Response:

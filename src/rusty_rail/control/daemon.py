@@ -340,7 +340,10 @@ class Daemon:
         #: Set when the desired state is not (fully) in the maps: why.
         self.apply_error: str | None = None
         self.api_url: str | None = None
+        #: How long start() took to read the pinned state, build the tables and write them.
+        self.start_timings: dict[str, float] = {}
         self._fingerprints = _Fingerprints()
+        self._config_marks: tuple[Config, str, str] | None = None
         self._api_socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
@@ -369,24 +372,30 @@ class Daemon:
         lb_ipv4 = lb_address_of(self.config, self.device)
         self.next_hops.resolve(backend_addresses(self.config), wait=self.options.next_hop_timeout)
         fresh = Allocation(max_vips=MAX_VIPS, max_backends=MAX_BACKENDS)
+        clock = time.perf_counter()
         try:
-            compile_plan(self.config, fresh, lb_ipv4=lb_ipv4, resolve_next_hop=self.next_hops)
+            checked = compile_plan(
+                self.config, fresh, lb_ipv4=lb_ipv4, resolve_next_hop=self.next_hops
+            )
         except (PlanError, ValueError) as error:
             raise StartupError(str(error)) from error
+        self.start_timings = {"build_seconds": time.perf_counter() - clock}
         if api is not None:
             self._api_socket = _bind(api)
             bound_port = self._api_socket.getsockname()[1]
             self.api_url = ApiOptions(api.host, bound_port, api.token).url
 
         try:
-            self._load_and_attach(ifindex, lb_ipv4, fresh)
+            self._load_and_attach(ifindex, lb_ipv4, checked)
         except BaseException:
             if self._api_socket is not None:
                 self._api_socket.close()
                 self._api_socket = None
             raise
 
-    def _load_and_attach(self, ifindex: int, lb_ipv4: IPv4Address, fresh: Allocation) -> None:
+    def _load_and_attach(self, ifindex: int, lb_ipv4: IPv4Address, checked: Plan) -> None:
+        """Load (or adopt), write ``checked`` (planned on a fresh allocation; re-planned on
+        the adopted one, reusing its tables) and attach."""
         balancer = load_balancer(
             self.device,
             ifindex,
@@ -394,16 +403,30 @@ class Daemon:
             pin_root=self.options.pin_root,
         )
         try:
+            clock = time.perf_counter()
             current = balancer.maps.read_state() if balancer.adopted else None
-            allocation = fresh
+            read_seconds, clock = time.perf_counter() - clock, time.perf_counter()
+            plan = checked
             if current is not None:
                 allocation = allocation_from_state(
                     current, max_vips=MAX_VIPS, max_backends=MAX_BACKENDS
                 )
-            plan = compile_plan(
-                self.config, allocation, lb_ipv4=lb_ipv4, resolve_next_hop=self.next_hops
-            )
+                plan = compile_plan(
+                    self.config,
+                    allocation,
+                    lb_ipv4=lb_ipv4,
+                    resolve_next_hop=self.next_hops,
+                    previous_tables=checked.tables,
+                )
+            build_seconds = self.start_timings["build_seconds"] + time.perf_counter() - clock
+            clock = time.perf_counter()
             applied = apply_operations(balancer.maps, diff(current, plan.state))
+            apply_seconds = time.perf_counter() - clock
+            self.start_timings = {
+                "read_state_seconds": read_seconds,
+                "build_seconds": build_seconds,
+                "apply_seconds": apply_seconds,
+            }
             how = (
                 attach_balancer(balancer, self.config.xdp_mode.value)
                 if self.options.attach
@@ -422,7 +445,7 @@ class Daemon:
         }
         log.info(
             "balancer %s on %s (ifindex %d): %s; lb address %s; %d VIPs%s, %d backends; "
-            "%s pinned state; %d map updates",
+            "%s pinned state; %d map updates (tables built in %.0f ms, written in %.0f ms)",
             balancer.program.name,
             self.device,
             ifindex,
@@ -433,6 +456,8 @@ class Daemon:
             len(plan.state.backends),
             "adopted the" if balancer.adopted else "no",
             applied,
+            build_seconds * 1000,
+            apply_seconds * 1000,
         )
         self._log_unresolved()
 
@@ -623,6 +648,15 @@ class Daemon:
         except (LibbpfError, ValueError):
             return False
 
+    def config_marks(self, config: Config) -> tuple[str, str]:
+        """``config``'s ETag (every key) and config_fingerprint (the cluster-wide keys),
+        remembered for the last configuration asked about: both hash the whole state."""
+        cached = self._config_marks
+        if cached is None or cached[0] is not config:
+            cached = (config, config_etag(config), config_fingerprint(config))
+            self._config_marks = cached
+        return cached[1], cached[2]
+
     def fingerprint(self, name: str) -> str | None:
         """The fingerprint of a service's live table (docs/maglev.md): equal on every node
         with the same configuration."""
@@ -661,7 +695,7 @@ class Daemon:
             "device": self.device,
             "attached": attached,
             "generation": self.generation,
-            "config_fingerprint": config_fingerprint(self.config),
+            "config_fingerprint": self.config_marks(self.config)[1],
             "last_change": self.last_change,
             "vips": vips,
             "unresolved_next_hops": unresolved,
@@ -811,6 +845,11 @@ def _service_order(name: str) -> tuple[int, str]:
 def _address_order(text: str) -> tuple[int, int]:
     address = ipaddress.ip_address(text)
     return address.version, int(address)
+
+
+def config_etag(config: Config) -> str:
+    """SHA-256 of the whole desired state as the API shows it (every key, in its order)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
 def config_fingerprint(config: Config) -> str:
