@@ -86,24 +86,29 @@ static __always_inline struct backend *conntrack_backend(struct flow_entry *entr
 	return backend;
 }
 
-/* The way a new flow takes: an empty one, else one not used since the last sweep, else
- * (every way recently used) the sweep: clear the bits and take the hash's pick. */
+/* The way a new flow takes: an empty one; else one not used since it was recorded or
+ * since the last sweep, searched from a way the flow's hash names (so that no way is
+ * always the first to go); else, every way being in use, the sweep: clear every bit and
+ * take the hash's way. A not-recently-used policy, the CLOCK family's cheapest member. */
 static __always_inline struct flow_entry *conntrack_victim(struct flow_set *set, __u64 flow_mix)
 {
-	__u32 i;
+	__u32 start = flow_mix & (CONNTRACK_WAYS - 1), i;
 
 #pragma unroll
 	for (i = 0; i < CONNTRACK_WAYS; i++)
 		if (!set->way[i].check)
 			return &set->way[i];
 #pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++)
-		if (!set->way[i].recent)
-			return &set->way[i];
+	for (i = 0; i < CONNTRACK_WAYS; i++) {
+		struct flow_entry *entry = &set->way[(start + i) & (CONNTRACK_WAYS - 1)];
+
+		if (!entry->recent)
+			return entry;
+	}
 #pragma unroll
 	for (i = 0; i < CONNTRACK_WAYS; i++)
 		set->way[i].recent = 0;
-	return &set->way[flow_mix & (CONNTRACK_WAYS - 1)];
+	return &set->way[start];
 }
 
 /* Records the flow's backend: in place over a stale entry, else in a victim way. The

@@ -372,12 +372,14 @@ class BalancerMaps:
         for index, way in enumerate(ways):
             if not way.check:
                 return index
-        for index, way in enumerate(ways):
-            if not way.recent:
+        start = flow_mix & (structs.CONNTRACK_WAYS - 1)
+        for step in range(structs.CONNTRACK_WAYS):
+            index = (start + step) % structs.CONNTRACK_WAYS
+            if not ways[index].recent:
                 return index
         for way in ways:
             way.recent = 0
-        return flow_mix & (structs.CONNTRACK_WAYS - 1)
+        return start
 
     def set_conntrack(self, flow: Flow, entry: CtEntry) -> None:
         """Record ``flow`` -> ``entry`` as the program would (it may evict a way of a full set)."""
@@ -394,6 +396,17 @@ class BalancerMaps:
         way.target = structs.CConntrackEntry.from_buffer_copy(structs.encode_conntrack_entry(entry))
         way.check = conntrack_check(flow_mix, entry)
         self.conntrack.update(key, bytes(flow_set))
+
+    def lookup_conntrack(self, flow: Flow) -> CtEntry | None:
+        """The flow's recorded entry, if its way is whole."""
+        key, flow_mix = self._locate(flow)
+        flow_set = self._read_set(key)
+        index = self._find_way(flow_set, structs.encode_flow_key(flow))
+        if index is None:
+            return None
+        way = flow_set.way[index]
+        entry = structs.decode_conntrack_entry(bytes(way.target))
+        return entry if way.check == conntrack_check(flow_mix, entry) else None
 
     def delete_conntrack(self, flow: Flow) -> bool:
         """Forget ``flow``; False if it was not recorded."""

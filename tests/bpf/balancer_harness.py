@@ -1,0 +1,133 @@
+"""The balancer under test: loaded from the built object, fed a DataplaneState, run through
+BPF_PROG_TEST_RUN, its counter deltas and connection-table entries read back for comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from rusty_rail.dataplane.libbpf import BpfObject, Program, TestRun, bpf_object_path
+from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
+from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.dpstate import CtEntry, DataplaneState, Stat
+from rusty_rail.flowhash import Flow
+from rusty_rail.reference import Counters
+
+#: Small enough to load fast, big enough that the tests' flows never fill a set.
+TEST_CONNTRACK_ENTRIES = 1 << 16
+
+#: The interfaces of the test namespace that can be XDP_REDIRECT targets (a veth pair; 1 is
+#: its loopback). tests/unit/packet_cases.py sends its REDIRECT cases to ifindex 2.
+REDIRECT_IFINDEXES = (2, 3)
+
+PacketsBytes = tuple[int, int]
+
+
+@contextmanager
+def redirect_namespace() -> Iterator[str]:
+    """A network namespace with a veth pair at ifindexes 2 and 3, removed afterwards.
+
+    The devmap only takes interfaces that exist in the caller's namespace; the tests enter this
+    one to write it, and no frame is ever sent (BPF_PROG_TEST_RUN does not transmit)."""
+    name = f"rr-bal-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(
+            ["ip", "-n", name, "link", "add", "rrb0", "type", "veth", "peer", "name", "rrb1"],
+            check=True,
+        )
+        found = subprocess.run(
+            ["ip", "-n", name, "-o", "link", "show"], check=True, capture_output=True, text=True
+        ).stdout
+        indexes = {int(line.split(":", 1)[0]) for line in found.splitlines()}
+        assert set(REDIRECT_IFINDEXES) <= indexes, f"veth pair not at {REDIRECT_IFINDEXES}: {found}"
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@dataclass
+class CounterSnapshot:
+    stats: dict[Stat, PacketsBytes]
+    vips: dict[int, PacketsBytes]
+    backends: dict[int, PacketsBytes]
+
+    def delta_since(self, before: CounterSnapshot) -> Counters:
+        """What changed since ``before``, as the reference reports it (non-zero entries)."""
+
+        def delta(
+            after: dict[int, PacketsBytes], earlier: dict[int, PacketsBytes]
+        ) -> dict[int, PacketsBytes]:
+            result = {}
+            for key, (packets, size) in after.items():
+                old_packets, old_size = earlier.get(key, (0, 0))
+                if (packets, size) != (old_packets, old_size):
+                    result[key] = (packets - old_packets, size - old_size)
+            return result
+
+        stats = delta(
+            {int(k): v for k, v in self.stats.items()}, {int(k): v for k, v in before.stats.items()}
+        )
+        return Counters(
+            stats={Stat(k): v for k, v in stats.items()},
+            vips=delta(self.vips, before.vips),
+            backends=delta(self.backends, before.backends),
+        )
+
+
+@dataclass
+class Balancer:
+    """A loaded balancer object, its maps, and the namespace its redirect ports live in."""
+
+    bpf_object: BpfObject
+    program: Program
+    maps: BalancerMaps
+    netns: str
+    vip_indexes: list[int] = field(default_factory=list)
+    backend_indexes: list[int] = field(default_factory=list)
+
+    def load_state(self, state: DataplaneState) -> None:
+        """Write ``state`` whole (connection table included), and note which VIP and backend
+        counters the tests will compare (every index the state names, and one past them)."""
+        self.maps.sync(state)
+        vips = set(state.vips.values()) | set(state.tables) | {0}
+        vips |= {backend.vip_index for backend in state.backends.values()}
+        backends = set(state.backends) | {0}
+        for table in state.tables.values():
+            backends |= {index for index in table if index < 1 << 20}
+        self.vip_indexes = sorted(vips | {max(vips) + 1})
+        self.backend_indexes = sorted(backends | {max(backends) + 1})
+
+    def run(self, frame: bytes, ingress_ifindex: int = 1) -> TestRun:
+        return self.program.test_run(frame, ingress_ifindex=ingress_ifindex)
+
+    def counters(self) -> CounterSnapshot:
+        return CounterSnapshot(
+            self.maps.read_stats(),
+            self.maps.read_vip_stats(self.vip_indexes),
+            self.maps.read_backend_stats(self.backend_indexes),
+        )
+
+    def conntrack_entry(self, flow: Flow) -> CtEntry | None:
+        """The program's entry for one flow (a cheap look at one set, not a dump)."""
+        return self.maps.lookup_conntrack(flow)
+
+
+@contextmanager
+def loaded_balancer(conntrack_entries: int = TEST_CONNTRACK_ENTRIES) -> Iterator[Balancer]:
+    """The built balancer (scripts/setup compiles it), loaded with a test-sized table, with
+    the calling thread (and threads it starts) inside the redirect namespace throughout, so
+    that devmap writes and test runs name its interfaces."""
+    with (
+        redirect_namespace() as netns,
+        in_netns(netns),
+        BpfObject.open(bpf_object_path("balancer")) as obj,
+    ):
+        prepare_object(obj, conntrack_entries=conntrack_entries)
+        obj.load()
+        yield Balancer(obj, obj.program("xdp_balancer"), BalancerMaps.of_object(obj), netns)

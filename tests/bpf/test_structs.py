@@ -1,0 +1,134 @@
+"""The ctypes mirrors (dataplane/structs.py) against the balancer object's BTF: every struct of
+bpf/shared.h has the same size, member names, offsets and member sizes on both sides; the
+enums and capacities agree with dpstate and with the maps the object declares.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rusty_rail.dataplane import structs
+from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
+from rusty_rail.dataplane.maps import FLOW_SET_SIZE, conntrack_sets_for, prepare_object
+from rusty_rail.dpstate import Action, BackendState, Stat
+
+pytestmark = pytest.mark.bpf
+
+SHARED_H = Path(structs.__file__).parent.parent / "bpf" / "shared.h"
+
+
+@cache
+def btf_types() -> dict[int, dict[str, Any]]:
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        pytest.fail("bpftool is not installed: run scripts/setup")
+    dump = subprocess.run(
+        [bpftool, "-j", "btf", "dump", "file", str(bpf_object_path("balancer"))],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {entry["id"]: entry for entry in json.loads(dump)["types"]}
+
+
+def btf_struct(name: str) -> dict[str, Any]:
+    found = [t for t in btf_types().values() if t["kind"] == "STRUCT" and t["name"] == name]
+    assert len(found) == 1, f"struct {name} appears {len(found)} times in the object's BTF"
+    return found[0]
+
+
+def btf_size(type_id: int) -> int:
+    entry = btf_types()[type_id]
+    kind = entry["kind"]
+    if kind in ("TYPEDEF", "VOLATILE", "CONST"):
+        return btf_size(entry["type_id"])
+    if kind == "ARRAY":
+        return int(entry["nr_elems"]) * btf_size(entry["type_id"])
+    return int(entry["size"])
+
+
+@pytest.mark.parametrize("name", sorted(structs.MIRRORS))
+def test_mirror_matches_the_c_struct(name: str) -> None:
+    mirror = structs.MIRRORS[name]
+    c_struct = btf_struct(name)
+    assert ctypes.sizeof(mirror) == c_struct["size"]
+    c_members = [
+        (member["name"], member["bits_offset"] // 8, btf_size(member["type_id"]))
+        for member in c_struct["members"]
+    ]
+    py_members = [
+        (field_name, getattr(mirror, field_name).offset, getattr(mirror, field_name).size)
+        for field_name, *_ in mirror._fields_
+    ]
+    assert py_members == c_members
+    assert all(member["bits_offset"] % 8 == 0 for member in c_struct["members"])
+
+
+def test_every_struct_of_shared_h_has_a_mirror() -> None:
+    declared = set(re.findall(r"^struct (\w+) \{", SHARED_H.read_text(), re.MULTILINE))
+    assert declared == set(structs.MIRRORS)
+
+
+def _c_enum(prefix: str) -> dict[str, int]:
+    pattern = rf"^\s*{prefix}_(\w+) = (\d+),"
+    return {
+        name: int(value)
+        for name, value in re.findall(pattern, SHARED_H.read_text(), re.MULTILINE)
+        if name != "COUNT"
+    }
+
+
+def test_enums_agree_with_dpstate() -> None:
+    assert _c_enum("STAT") == {stat.name: stat.value for stat in Stat}
+    assert _c_enum("BACKEND") == {state.name: state.value for state in BackendState}
+    assert _c_enum("ACTION") == {action.name: action.value for action in Action}
+
+
+def _c_define(name: str) -> str:
+    found = re.search(rf"^#define {name} (.+)$", SHARED_H.read_text(), re.MULTILINE)
+    assert found is not None, name
+    return found.group(1).strip()
+
+
+def test_capacities_agree_with_shared_h() -> None:
+    assert int(_c_define("MAX_VIPS")) == structs.MAX_VIPS
+    assert int(_c_define("MAX_BACKENDS")) == structs.MAX_BACKENDS
+    assert int(_c_define("MAX_TX_PORTS")) == structs.MAX_TX_PORTS
+    assert int(_c_define("CONNTRACK_WAYS")) == structs.CONNTRACK_WAYS
+    assert _c_define("DEFAULT_CONNTRACK_ENTRIES") == "(1 << 20)"
+    assert structs.DEFAULT_CONNTRACK_ENTRIES == 1 << 20
+    assert int(_c_define("NONE_INDEX").rstrip("u"), 16) == 0xFFFFFFFF
+
+
+def test_the_maps_have_the_mirrored_shapes() -> None:
+    with BpfObject.open(bpf_object_path("balancer")) as obj:
+        prepare_object(obj, conntrack_entries=1000)
+        obj.load()
+        shapes = {
+            name: (bpf_map.key_size, bpf_map.value_size, bpf_map.max_entries)
+            for name in obj.map_names()
+            if not name.startswith(".")
+            for bpf_map in [obj.map(name)]
+        }
+    size = ctypes.sizeof
+    assert shapes == {
+        "settings": (4, size(structs.CSettings), 1),
+        "vips": (size(structs.CVipKey), size(structs.CVipValue), structs.MAX_VIPS * 4),
+        "tables": (4, 4, structs.MAX_VIPS),
+        "backends": (4, size(structs.CBackend), structs.MAX_BACKENDS),
+        "conntrack": (4, FLOW_SET_SIZE, conntrack_sets_for(1000)),
+        "stats": (4, size(structs.CCounter), len(Stat)),
+        "vip_stats": (4, size(structs.CCounter), structs.MAX_VIPS),
+        "backend_stats": (4, size(structs.CCounter), structs.MAX_BACKENDS),
+        "tx_ports": (4, 4, structs.MAX_TX_PORTS),
+    }
+    assert conntrack_sets_for(1000) == 256  # 250 sets, rounded up to a power of two
