@@ -319,16 +319,21 @@ def apply_change(config: Config, change: object) -> Config:
             raise ApiError.invalid(ConfigError([problem], BODY))
         address = parse_address(backend_text, "backend")
     body = item.get("body", {})
-    if op == "put_vip":
-        return put_vip(config, target, body)[0]
-    if op == "delete_vip":
-        return delete_vip(config, target)
-    assert address is not None
-    if op == "put_backend":
-        return put_backend(config, target, address, body)[0]
-    if op == "patch_backend":
-        return patch_backend(config, target, address, body)
-    return delete_backend(config, target, address)
+    try:
+        if op == "put_vip":
+            return put_vip(config, target, body)[0]
+        if op == "delete_vip":
+            return delete_vip(config, target)
+        assert address is not None
+        if op == "put_backend":
+            return put_backend(config, target, address, body)[0]
+        if op == "patch_backend":
+            return patch_backend(config, target, address, body)
+        return delete_backend(config, target, address)
+    except ApiError as error:
+        # The routes locate problems in their body; here the body is one key of the item.
+        problems = [p if p.loc[:1] == ("config",) else p.under(("body",)) for p in error.problems]
+        raise ApiError(error.status, error.message, problems) from None
 
 
 def apply_changes(config: Config, changes: object) -> Config:

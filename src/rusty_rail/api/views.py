@@ -160,15 +160,24 @@ def parse_flow(text: str) -> Flow:
     match = _FLOW.match(text)
     if match is None:
         raise ValueError(f"not a flow: write {FLOW_SYNTAX}")
-    try:
-        src = ip_address(match["src"].strip("[]"))
-        dst = ip_address(match["dst"].strip("[]"))
-    except ValueError as error:
-        raise ValueError(f"{error}; write {FLOW_SYNTAX}") from None
+    sides = []
+    for host, port in ((match["src"], match["sport"]), (match["dst"], match["dport"])):
+        if not host.startswith("[") and ":" in host:
+            # An IPv6 address without brackets: its last group is not a port.
+            host, port = host + (f":{port}" if port else ""), None
+            unbracketed_ipv6 = True
+        else:
+            unbracketed_ipv6 = False
+        try:
+            address = ip_address(host.strip("[]"))
+        except ValueError as error:
+            raise ValueError(f"{error}; write {FLOW_SYNTAX}") from None
+        if address.version == 4 and host.startswith("["):
+            raise ValueError("only IPv6 addresses are written in brackets")
+        sides.append((address, port, unbracketed_ipv6))
+    (src, sport_text, src_bare), (dst, dport_text, dst_bare) = sides
     if src.version != dst.version:
         raise ValueError("the source and destination must both be IPv4 or both IPv6")
-    if src.version == 4 and (match["src"].startswith("[") or match["dst"].startswith("[")):
-        raise ValueError("only IPv6 addresses are written in brackets")
     protocol_text = match["proto"] or match["proto_number"] or "tcp"
     if protocol_text.isdigit():
         proto = int(protocol_text)
@@ -182,8 +191,10 @@ def parse_flow(text: str) -> Flow:
         raise ValueError(f"protocol {protocol_text!r}: use tcp, udp, icmp, icmpv6 or a number")
     if not 0 <= proto <= 255:
         raise ValueError(f"protocol {proto}: must be 0 to 255")
-    ports = (match["sport"], match["dport"])
+    ports = (sport_text, dport_text)
     if proto in (PROTO_TCP, PROTO_UDP):
+        if src_bare or dst_bare:
+            raise ValueError("with a port, an IPv6 address is written in brackets: [address]:port")
         if None in ports:
             raise ValueError("a TCP or UDP flow needs both ports")
     elif ports != (None, None):

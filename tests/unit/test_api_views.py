@@ -1,0 +1,220 @@
+"""The API's reads without a kernel: flows as text, the dry run of a change on real plans,
+the OpenAPI document against the routes, and the ctl's requests and its answer to no daemon."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+from ipaddress import IPv4Address, ip_address
+
+import pytest
+
+from rusty_rail import reference
+from rusty_rail.api import changes, openapi, views
+from rusty_rail.api.server import create_app
+from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.control.daemon import Daemon, DaemonOptions
+from rusty_rail.control.plan import Allocation, Plan, compile_plan
+from rusty_rail.ctl import EXIT_UNREACHABLE, ApiClient, ApiUnreachable, add_arguments
+from rusty_rail.ctl import run as run_ctl
+from rusty_rail.dpstate import CtEntry, NextHop
+from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+
+VIP = "198.18.100.1:80/tcp"
+CONFIG = config_from_toml_text(
+    """
+device = "eth0"
+table_size = 1021
+[[vips]]
+address = "198.18.100.1"
+protocol = "tcp"
+port = 80
+backends = ["198.18.2.1", "198.18.2.2", "198.18.2.3", "198.18.2.4"]
+"""
+)
+HOP = NextHop(2, bytes(6), b"\x02" * 6)
+
+
+def plan_of(config: Config, previous: Plan | None = None) -> Plan:
+    return compile_plan(
+        config,
+        previous.allocation if previous else Allocation(),
+        lb_ipv4=IPv4Address("198.18.0.2"),
+        resolve_next_hop=lambda address: HOP,
+        previous_tables=previous.tables if previous else None,
+    )
+
+
+def test_flows_are_written_and_read_back() -> None:
+    cases = {
+        "198.18.5.5:40000->198.18.100.1:80/tcp": Flow.of(
+            "198.18.5.5", "198.18.100.1", PROTO_TCP, 40000, 80
+        ),
+        "[2001:2::5]:53->[2001:2::1]:53/udp": Flow.of("2001:2::5", "2001:2::1", PROTO_UDP, 53, 53),
+        "198.18.5.5->198.18.100.1/icmp": Flow.of("198.18.5.5", "198.18.100.1", 1),
+        "198.18.5.5->198.18.100.1/47": Flow.of("198.18.5.5", "198.18.100.1", 47),
+        "2001:2::5->2001:2::1/icmpv6": Flow.of("2001:2::5", "2001:2::1", 58),
+    }
+    for text, flow in cases.items():
+        assert views.parse_flow(text) == flow
+        assert views.parse_flow(views.flow_text(flow)) == flow
+    # The form Flow prints, and spaces around the arrow, are read too.
+    flow = cases["198.18.5.5:40000->198.18.100.1:80/tcp"]
+    assert views.parse_flow(str(flow)) == flow
+    assert views.parse_flow(" 198.18.5.5:40000 -> 198.18.100.1:80 /tcp ") == flow
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("198.18.5.5:1->198.18.100.1/tcp", "needs both ports"),
+        ("198.18.5.5:1->198.18.100.1:2/icmp", "has no ports"),
+        ("2001:2::5:1->2001:2::1:2/tcp", "written in brackets"),
+        ("198.18.5.5:1->[2001:2::1]:2/tcp", "both be IPv4 or both IPv6"),
+        ("[198.18.5.5]:1->198.18.100.1:2/tcp", "only IPv6 addresses are written in brackets"),
+        ("198.18.5.5:1->198.18.100.1:2/sctp", "use tcp, udp"),
+        ("198.18.5.5:1->198.18.100.1:99999/tcp", "0 to 65535"),
+        ("198.18.5.5", "not a flow"),
+    ],
+)
+def test_bad_flows_say_what_is_wrong(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        views.parse_flow(text)
+
+
+def flows_to(count: int) -> list[Flow]:
+    return [Flow.of(f"198.18.5.{1 + i % 200}", "198.18.100.1", PROTO_TCP, 10000 + i, 80)
+            for i in range(count)]  # fmt: skip
+
+
+def tracked(plan: Plan, flows: list[Flow]) -> dict[Flow, CtEntry]:
+    """Connection-table entries as the data plane records them on a miss."""
+    entries = {}
+    for flow in flows:
+        decision = reference.lookup(plan.state, flow)
+        assert decision.backend_index is not None
+        generation = plan.state.backends[decision.backend_index].generation
+        entries[flow] = CtEntry(decision.backend_index, generation)
+    return entries
+
+
+def backend_of(plan: Plan, entries: dict[Flow, CtEntry], flow: Flow) -> str:
+    return str(ip_address(plan.state.backends[entries[flow].backend_index].addr))
+
+
+def test_dry_run_of_a_removal_moves_its_slots_and_only_its_flows() -> None:
+    before = plan_of(CONFIG)
+    after_config = changes.delete_backend(
+        CONFIG, changes.parse_target(VIP), IPv4Address("198.18.2.1")
+    )
+    after = plan_of(after_config, before)
+    entries = tracked(before, flows_to(400))
+    view = views.dry_run(before, after, entries.items())[VIP]
+    on_removed = sum(backend_of(before, entries, f) == "198.18.2.1" for f in entries)
+    assert view["change"] == "changed"
+    assert view["flows_tracked"] == 400
+    assert view["flows_moved"] == on_removed > 0
+    assert 0.2 < view["table_slots_moved"] < 0.35  # a quarter, give or take Maglev's spread
+    assert view["fingerprint_before"] == before.tables[VIP].fingerprint()
+    assert view["fingerprint_after"] == after.tables[VIP].fingerprint()
+
+
+def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
+    before = plan_of(CONFIG)
+    drained = changes.patch_backend(
+        CONFIG, changes.parse_target(VIP), IPv4Address("198.18.2.1"), {"state": "drain"}
+    )
+    after = plan_of(drained, before)
+    view = views.dry_run(before, after, tracked(before, flows_to(200)).items())[VIP]
+    assert view["table_slots_moved"] > 0.2
+    assert (view["flows_tracked"], view["flows_moved"]) == (200, 0)
+
+
+def test_dry_run_of_new_and_removed_vips() -> None:
+    before = plan_of(CONFIG)
+    added = changes.put_vip(CONFIG, changes.parse_target("198.18.100.2"), {"backends": []})[0]
+    result = views.dry_run(before, plan_of(added, before), [])
+    assert result["198.18.100.2"]["change"] == "added"
+    assert result["198.18.100.2"]["table_slots_moved"] is None
+    assert result[VIP]["change"] == "unchanged" and result[VIP]["table_slots_moved"] == 0.0
+    removed = changes.delete_vip(CONFIG, changes.parse_target(VIP))
+    entries = tracked(before, flows_to(50))
+    gone = views.dry_run(before, plan_of(removed, before), entries.items())[VIP]
+    assert gone["change"] == "removed" and gone["table_slots_moved"] == 1.0
+    assert gone["flows_moved"] == 50
+
+
+def test_lookup_and_flows_name_vip_and_backend() -> None:
+    plan = plan_of(CONFIG)
+    flow = flows_to(1)[0]
+    answer = views.lookup(plan, None, flow)
+    assert answer["vip"] == VIP and answer["conntrack"] == "none"
+    assert answer["outcome"] == "ct_miss" and answer["forwards"]
+    expected = reference.lookup(plan.state, flow)
+    assert answer["backend"] == str(
+        ip_address(plan.state.backends[expected.backend_index or 0].addr)
+    )
+    other = views.lookup(plan, None, Flow.of("198.18.5.5", "198.18.77.7", PROTO_TCP, 1, 80))
+    assert (other["outcome"], other["vip"], other["backend"]) == ("no_vip", None, None)
+
+
+def test_the_openapi_document_covers_every_route_and_every_schema_it_references() -> None:
+    document = openapi.document()
+    app = create_app(Daemon(CONFIG, DaemonOptions(api=None)))
+    routes = set()
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter", "")
+        routes.add((route.method.lower(), path))
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    routes -= {("head", path) for _, path in routes}
+    assert routes == documented
+    text = str(document)
+    for name in document["components"]["schemas"]:
+        assert f"'#/components/schemas/{name}'" in text, name
+
+
+def ctl_arguments(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ctl_says_clearly_when_no_daemon_answers() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ApiUnreachable, match="Is `rusty-rail run` running"):
+        ApiClient(url).get("/healthz")
+    out, err = io.StringIO(), io.StringIO()
+    status = run_ctl(ctl_arguments("--api", url, "list"), out, err)
+    assert status == EXIT_UNREACHABLE
+    assert "cannot reach the rusty-rail API" in err.getvalue()
+
+
+def test_ctl_write_commands_and_their_dry_runs_are_the_same_change() -> None:
+    from rusty_rail.ctl import _write_of
+
+    cases = {
+        ("drain", VIP, "198.18.2.1"): ("PATCH", {"state": "drain"}, "patch_backend"),
+        ("up", VIP, "198.18.2.1"): ("PATCH", {"state": "up"}, "patch_backend"),
+        ("weight", VIP, "198.18.2.1", "3"): ("PATCH", {"weight": 3}, "patch_backend"),
+        ("rm", VIP, "198.18.2.1"): ("DELETE", None, "delete_backend"),
+        ("add", VIP, "198.18.2.9", "--weight", "2"): (
+            "PUT",
+            {"weight": 2, "state": "up"},
+            "put_backend",
+        ),
+        ("del-vip", VIP): ("DELETE", None, "delete_vip"),
+    }
+    for argv, (method, body, op) in cases.items():
+        write = _write_of(ctl_arguments(*argv))
+        planned = _write_of(ctl_arguments("plan", *argv))
+        assert (write.method, write.body, write.change["op"]) == (method, body, op), argv
+        assert planned == write
+        assert write.path.startswith("/v1/vips/198.18.100.1:80%2Ftcp")
