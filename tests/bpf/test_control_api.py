@@ -1,0 +1,475 @@
+"""The REST API against real daemons on real loaded balancers: every route, its errors, and
+what reaches the maps; writes refused whole; dry runs that change nothing; two daemons that
+agree whatever the order of their changes; the desired state across a restart.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from http import HTTPStatus
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rusty_rail import reference
+from rusty_rail.config import config_from_toml_text
+from rusty_rail.control import state_file
+from rusty_rail.control.daemon import DaemonOptions, startup_config
+from rusty_rail.control.plan import Allocation, compile_plan, slot_table
+from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.flowhash import PROTO_TCP, Flow
+from tests.bpf.control_bed import (
+    BASE_TOML,
+    VIP,
+    VIP_PATH,
+    Bed,
+    Node,
+    base_config,
+    control_bed,
+)
+
+pytestmark = pytest.mark.bpf
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def bed(require_root: None) -> Iterator[Bed]:
+    with control_bed(devices=3) as control:
+        control.start("eth0", base_config("eth0", "198.18.0.2"))
+        control.start("eth1", base_config("eth1", "198.18.10.2"), token=TOKEN)
+        yield control
+
+
+@pytest.fixture
+def node(bed: Bed) -> Node:
+    """Daemon A, back at the base configuration with an empty connection table."""
+    node = bed.nodes["eth0"]
+    node.reset()
+    node.maps.clear_conntrack()
+    return node
+
+
+def error_paths(body: dict[str, Any]) -> list[str]:
+    assert set(body) >= {"status", "error", "message", "problems"}, body
+    return [problem["path"] for problem in body["problems"]]
+
+
+def maps_state(node: Node) -> DataplaneState:
+    """What the maps hold, without the connection table."""
+    return replace(node.maps.read_state(), conntrack={})
+
+
+def live_table_is_planned(node: Node, name: str) -> bool:
+    plan = node.daemon.plan
+    assert plan is not None
+    live = node.maps.read_table(plan.allocation.vip_index[name])
+    wanted = slot_table(plan.tables[name], name, plan.allocation)
+    return live is not None and bool(np.array_equal(np.asarray(live, dtype=np.uint32), wanted))
+
+
+def slot_of(node: Node, name: str, address: str) -> int:
+    plan = node.daemon.plan
+    assert plan is not None
+    return plan.allocation.slots[(name, ip_address(address))]
+
+
+def flows_to_vip(count: int) -> list[Flow]:
+    return [Flow.of(f"198.18.5.{1 + i % 200}", "198.18.100.1", PROTO_TCP, 20000 + i, 80)
+            for i in range(count)]  # fmt: skip
+
+
+def track(node: Node, flows: list[Flow]) -> dict[Flow, str]:
+    """Record each flow in the live connection table as the data plane would on a miss;
+    returns each flow's backend address."""
+    plan = node.daemon.plan
+    assert plan is not None
+    chosen = {}
+    for flow in flows:
+        decision = reference.lookup(plan.state, flow)
+        assert decision.backend_index is not None
+        backend = plan.state.backends[decision.backend_index]
+        node.maps.set_conntrack(flow, CtEntry(decision.backend_index, backend.generation))
+        chosen[flow] = str(ip_address(backend.addr))
+    return chosen
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def test_healthz_is_503_when_not_attached_and_carries_the_fingerprints(node: Node) -> None:
+    answer = node.call("GET", "/healthz")
+    assert answer.status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert answer.body["status"] == "unavailable"
+    assert any("not attached to eth0" in reason for reason in answer.body["reasons"])
+    assert not answer.body["attached"]
+    config = base_config("eth0", "198.18.0.2")
+    pure = compile_plan(
+        config,
+        Allocation(),
+        lb_ipv4=IPv4Address("198.18.0.2"),
+        resolve_next_hop=lambda address: NextHop(1, bytes(6), bytes(6)),
+    )
+    for name, table in pure.tables.items():
+        assert answer.body["vips"][name]["fingerprint"] == table.fingerprint()
+        assert answer.body["vips"][name]["table_size"] == 1021
+    assert answer.body["unresolved_next_hops"] == []
+
+
+def test_the_openapi_document_is_served(node: Node) -> None:
+    answer = node.call("GET", "/openapi.json")
+    assert answer.status == 200
+    assert answer.body["openapi"].startswith("3.")
+    assert "/v1/vips/{vip}/backends/{address}" in answer.body["paths"]
+
+
+def test_vips_are_listed_and_read_one_by_one(node: Node) -> None:
+    listing = node.call("GET", "/v1/vips")
+    assert listing.status == 200
+    names = [vip["vip"] for vip in listing.body["vips"]]
+    assert names == [VIP, "198.18.100.2"]
+    web = listing.body["vips"][0]
+    assert [b["address"] for b in web["backends"]] == ["198.18.64.1", "198.18.64.2", "198.18.64.3"]
+    assert all(b["dataplane_state"] == "up" and b["next_hop"] for b in web["backends"])
+    assert sum(b["slots"] for b in web["backends"]) == web["table"]["size"] == 1021
+    for path in (VIP_PATH, "/v1/vips/198.18.100.1:80/tcp"):
+        one = node.call("GET", path)
+        assert one.status == 200 and one.body == web
+    missing = node.call("GET", "/v1/vips/198.18.100.9")
+    assert missing.status == 404 and "no VIP 198.18.100.9" in missing.body["message"]
+    bad = node.call("GET", "/v1/vips/198.18.100.1:80")
+    assert bad.status == 400 and error_paths(bad.body) == ["vip"]
+    assert node.call("GET", "/v1/nothing").status == 404
+    assert node.call("POST", "/v1/vips").status == 405
+
+
+# --- writes reach the maps --------------------------------------------------------------------
+
+
+def test_a_new_vip_is_written_whole_and_removed_whole(node: Node) -> None:
+    path = "/v1/vips/198.18.100.3:53%2Fudp"
+    body = {"backends": ["198.18.64.7", {"address": "198.18.64.8", "weight": 2}]}
+    created = node.call("PUT", path, body)
+    assert created.status == HTTPStatus.CREATED, created.body
+    assert created.headers["Location"].endswith("/v1/vips/198.18.100.3:53/udp")
+    assert created.body["changed"] and created.body["tables_rebuilt"] == ["198.18.100.3:53/udp"]
+    state = maps_state(node)
+    key = next(k for k in state.vips if k.proto == 17 and k.port == 53)
+    assert ip_address(key.addr) == IPv4Address("198.18.100.3")
+    assert live_table_is_planned(node, "198.18.100.3:53/udp")
+    view = node.call("GET", path).body
+    assert [b["slots"] for b in view["backends"]] == [340, 681]  # weights 1:2 of 1021 slots
+
+    again = node.call("PUT", path, body)
+    assert again.status == 200 and not again.body["changed"] and again.body["map_updates"] == 0
+
+    removed = node.call("DELETE", path)
+    assert removed.status == 200 and removed.body["changed"]
+    state = maps_state(node)
+    assert key not in state.vips
+    assert node.call("GET", path).status == 404
+    assert node.call("DELETE", path).status == 404
+
+
+def test_backends_are_added_drained_weighed_and_removed(node: Node) -> None:
+    path = f"{VIP_PATH}/backends/198.18.64.9"
+    created = node.call("PUT", path, {"weight": 1})
+    assert created.status == HTTPStatus.CREATED
+    assert live_table_is_planned(node, VIP)
+    slot = slot_of(node, VIP, "198.18.64.9")
+    entry = node.maps.read_backend(slot)
+    assert entry is not None and entry.state is BackendState.UP
+    assert node.call("GET", path).body["slots"] > 0
+
+    drained = node.call("PATCH", path, {"state": "drain"})
+    assert drained.status == 200 and drained.body["tables_rebuilt"] == [VIP]
+    entry = node.maps.read_backend(slot)
+    assert entry is not None and entry.state is BackendState.DRAIN
+    view = node.call("GET", path).body
+    assert (view["state"], view["dataplane_state"], view["slots"]) == ("drain", "drain", 0)
+    assert live_table_is_planned(node, VIP)
+    live = node.maps.read_table(node.daemon.plan.allocation.vip_index[VIP])  # type: ignore[union-attr]
+    assert slot not in set(live or [])
+
+    weighed = node.call("PATCH", path, {"state": "up", "weight": 3})
+    assert weighed.status == 200
+    assert node.call("GET", path).body["weight"] == 3
+
+    removed = node.call("DELETE", path)
+    assert removed.status == 200
+    assert node.maps.read_backend(slot) is None
+    assert node.call("GET", path).status == 404
+    assert node.call("PATCH", path, {"weight": 1}).status == 404
+
+
+def test_the_default_set_is_managed_like_a_vip(node: Node) -> None:
+    path = "/v1/vips/default/backends/198.18.64.20"
+    assert node.call("GET", "/v1/vips/default").status == 404
+    assert node.call("PUT", path, {}).status == HTTPStatus.CREATED
+    state = maps_state(node)
+    assert state.settings.default_vip == node.daemon.plan.allocation.vip_index["default"]  # type: ignore[union-attr]
+    assert node.call("GET", "/v1/vips/default").body["backends"][0]["address"] == "198.18.64.20"
+    assert node.call("DELETE", "/v1/vips/default").status == 200
+    assert maps_state(node).settings.default_vip == 0xFFFFFFFF
+
+
+# --- refused writes change nothing ------------------------------------------------------------
+
+
+def test_every_refused_write_leaves_the_state_and_the_maps_as_they_were(node: Node) -> None:
+    before_config = node.call("GET", "/v1/config").body
+    before_maps = maps_state(node)
+    generation = node.daemon.generation
+    backend = f"{VIP_PATH}/backends/198.18.64.1"
+    cases: list[tuple[str, str, object, int, list[str]]] = [
+        ("PUT", backend, {"weight": -1}, 422, ["weight"]),
+        ("PUT", backend, {"weight": 1, "sate": "up"}, 422, ["sate"]),
+        ("PATCH", backend, {"state": "paused"}, 422, ["state"]),
+        ("PUT", f"{VIP_PATH}/backends/198.18.100.2", {}, 422, ["address"]),
+        ("PUT", f"{VIP_PATH}/backends/198.18.64.1", {"address": "198.18.64.2"}, 422, ["address"]),
+        ("PUT", f"{VIP_PATH}/backends/not-an-ip", {}, 400, ["address"]),
+        ("PUT", VIP_PATH, {"port": 8080}, 422, ["port"]),
+        ("PUT", VIP_PATH, {"backends": ["198.18.64.1", "198.18.64.1"]}, 422,
+         ["backends[1].address"]),
+        ("PUT", "/v1/vips/198.18.100.9/backends/198.18.64.1", {}, 404, []),
+        ("PUT", "/v1/vips/[2001:2::1]:80%2Ftcp", {"backends": []}, 422, [""]),
+        ("PUT", "/v1/config", {"device": "eth9"}, 409, ["device"]),
+        ("PUT", "/v1/config", {"conntrack_size": 4096}, 409, ["conntrack_size"]),
+        ("PUT", "/v1/config", {"table_size": 1000}, 422, ["table_size"]),
+        ("PUT", "/v1/config", {"vips": [{"address": "198.18.100.1"}] * 2}, 422, ["vips[1]"]),
+    ]  # fmt: skip
+    for method, path, body, status, paths in cases:
+        answer = node.call(method, path, body)
+        assert answer.status == status, (method, path, body, answer.body)
+        assert error_paths(answer.body) == paths, (method, path, body, answer.body)
+    raw = node.client.request(
+        "PUT", backend, None, headers={"Content-Type": "application/json"}, check=False
+    )
+    assert raw.status == 400 and "no body" in raw.body["message"]
+    request = urllib.request.Request(node.client.url + backend, data=b"{weight: 2", method="PUT")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        pytest.fail("a body that is not JSON was accepted")
+    except urllib.error.HTTPError as error:
+        assert error.code == 400
+    assert node.call("GET", "/v1/config").body == before_config
+    assert node.daemon.generation == generation
+    assert maps_state(node) == before_maps
+
+
+def test_the_config_is_replaced_whole_and_if_match_guards_it(node: Node) -> None:
+    current = node.call("GET", "/v1/config")
+    tag = current.headers["ETag"]
+    wider = dict(current.body, table_size=2039)
+    stale = node.call("PUT", "/v1/config", wider, headers={"If-Match": '"0000"'})
+    assert stale.status == HTTPStatus.PRECONDITION_FAILED
+    assert node.call("GET", "/v1/config").body == current.body
+    replaced = node.call("PUT", "/v1/config", wider, headers={"If-Match": tag})
+    assert replaced.status == 200
+    assert sorted(replaced.body["tables_rebuilt"]) == sorted([VIP, "198.18.100.2"])
+    assert replaced.headers["ETag"] != tag
+    assert node.call("GET", VIP_PATH).body["table"]["size"] == 2039
+    assert live_table_is_planned(node, VIP)
+
+
+# --- dry runs, flows, lookups -----------------------------------------------------------------
+
+
+def test_a_dry_run_counts_the_flows_a_removal_would_move_and_changes_nothing(node: Node) -> None:
+    chosen = track(node, flows_to_vip(120))
+    before_maps = maps_state(node)
+    before_tracked = node.maps.dump_conntrack()
+    change = {"op": "delete_backend", "vip": VIP, "backend": "198.18.64.2"}
+    answer = node.call("POST", "/v1/plan", {"changes": [change]})
+    assert answer.status == 200, answer.body
+    view = answer.body["vips"][VIP]
+    assert view["change"] == "changed"
+    assert 0.25 < view["table_slots_moved"] < 0.42
+    assert view["flows_tracked"] == 120
+    assert view["flows_moved"] == sum(address == "198.18.64.2" for address in chosen.values())
+    assert answer.body["vips"]["198.18.100.2"]["change"] == "unchanged"
+    drain = {"op": "patch_backend", "vip": VIP, "backend": "198.18.64.2",
+             "body": {"state": "drain"}}  # fmt: skip
+    drained = node.call("POST", "/v1/plan", {"changes": [drain]}).body["vips"][VIP]
+    assert drained["flows_moved"] == 0 and drained["table_slots_moved"] > 0.25
+    whole = node.call("GET", "/v1/config").body
+    whole["vips"] = whole["vips"][:1]
+    by_config = node.call("POST", "/v1/plan", {"config": whole}).body["vips"]
+    assert by_config["198.18.100.2"]["change"] == "removed"
+    assert maps_state(node) == before_maps
+    assert node.maps.dump_conntrack() == before_tracked
+    for body, status, paths in [
+        ({"changes": [change], "config": whole}, 422, [""]),
+        ({"changes": [dict(change, backend="198.18.64.99")]}, 404, []),
+        ({"changes": [dict(drain, body={"weight": "x"})]}, 422, ["changes[0].body.weight"]),
+        ({"config": {"table_size": 4}}, 422, ["config.table_size"]),
+        ({"changes": [change], "max_flows": -1}, 422, ["max_flows"]),
+    ]:
+        refused = node.call("POST", "/v1/plan", body)
+        assert refused.status == status, (body, refused.body)
+        assert error_paths(refused.body) == paths, (body, refused.body)
+
+
+def test_flows_and_lookups_name_the_backend_the_data_plane_uses(node: Node) -> None:
+    chosen = track(node, flows_to_vip(30))
+    answer = node.call("GET", f"/v1/flows?vip={VIP.replace('/', '%2F')}&limit=10")
+    assert answer.status == 200
+    assert len(answer.body["flows"]) == 10
+    for flow in answer.body["flows"]:
+        assert flow["vip"] == VIP and flow["conntrack"] == "valid"
+    listed = node.call("GET", "/v1/flows?limit=1000").body["flows"]
+    assert {f["flow"]: f["backend"] for f in listed} == {
+        f"{ip_address(flow.src)}:{flow.sport}->198.18.100.1:80/tcp": address
+        for flow, address in chosen.items()
+    }
+    flow, address = next(iter(chosen.items()))
+    text = f"{ip_address(flow.src)}:{flow.sport}->198.18.100.1:80/tcp"
+    known = node.call("GET", f"/v1/lookup?flow={text}")
+    assert known.status == 200
+    assert (known.body["backend"], known.body["conntrack"]) == (address, "valid")
+    assert known.body["outcome"] == "ct_hit"
+    fresh = node.call("GET", "/v1/lookup?flow=198.18.9.9:1234->198.18.100.1:80/tcp").body
+    assert (fresh["conntrack"], fresh["outcome"], fresh["vip"]) == ("none", "ct_miss", VIP)
+    # Drained: the tracked flow stays; a removed backend's flow is re-decided.
+    node.call("PATCH", f"{VIP_PATH}/backends/{address}", {"state": "drain"})
+    assert node.call("GET", f"/v1/lookup?flow={text}").body["backend"] == address
+    node.call("DELETE", f"{VIP_PATH}/backends/{address}")
+    moved = node.call("GET", f"/v1/lookup?flow={text}").body
+    assert moved["conntrack"] == "stale" and moved["backend"] != address
+    for query, path in [
+        ("/v1/lookup", "flow"),
+        ("/v1/lookup?flow=nonsense", "flow"),
+        ("/v1/flows?limit=0", "limit"),
+        ("/v1/flows?vip=198.18.100.1:80", "vip"),
+    ]:
+        refused = node.call("GET", query)
+        assert refused.status == 400 and error_paths(refused.body) == [path], query
+
+
+def test_metrics_expose_counters_states_and_change_durations(node: Node) -> None:
+    track(node, flows_to_vip(7))
+    node.call("PATCH", f"{VIP_PATH}/backends/198.18.64.3", {"state": "drain"})
+    text = node.call("GET", "/metrics").body
+    assert isinstance(text, str)
+    assert f'rusty_rail_vip_packets_total{{vip="{VIP}"}}' in text
+    assert f'rusty_rail_backend_packets_total{{backend="198.18.64.1",vip="{VIP}"}}' in text
+    assert (
+        f'rusty_rail_backend_state{{backend="198.18.64.3",kind="admin",state="drain",vip="{VIP}"}}'
+        " 1.0" in text
+    )
+    assert 'rusty_rail_packets_total{action="drop",reason="drop_no_backend"}' in text
+    assert "rusty_rail_table_build_seconds_count" in text
+    assert "rusty_rail_apply_seconds_bucket" in text
+    assert 'rusty_rail_build_info{kernel="' in text
+    assert "rusty_rail_attached 0.0" in text
+    assert "rusty_rail_conntrack_entries 7.0" in text
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def test_writes_need_the_token_when_the_daemon_has_one(bed: Bed) -> None:
+    node = bed.nodes["eth1"]
+    path = f"{VIP_PATH}/backends/198.18.64.30"
+    anonymous = node.client.__class__(node.client.url)
+    refused = anonymous.request("PUT", path, {}, check=False)
+    assert refused.status == HTTPStatus.UNAUTHORIZED
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = node.client.__class__(node.client.url, "guess")
+    assert wrong.request("DELETE", VIP_PATH, check=False).status == HTTPStatus.UNAUTHORIZED
+    assert anonymous.request("GET", "/v1/vips", check=False).status == 200
+    assert node.call("PUT", path, {}).status == HTTPStatus.CREATED
+    assert node.call("DELETE", path).status == 200
+
+
+# --- two nodes agree --------------------------------------------------------------------------
+
+CHANGES = [
+    ("PUT", f"{VIP_PATH}/backends/198.18.64.11", {"weight": 2}),
+    ("PATCH", f"{VIP_PATH}/backends/198.18.64.1", {"state": "drain"}),
+    ("DELETE", f"{VIP_PATH}/backends/198.18.64.3", None),
+    ("PUT", "/v1/vips/198.18.100.4", {"backends": ["198.18.64.12", "198.18.64.13"]}),
+    ("PUT", "/v1/vips/198.18.100.2/backends/198.18.64.14", {"weight": 5}),
+    ("PUT", "/v1/vips/default/backends/198.18.64.15", {}),
+]
+
+
+def test_two_daemons_given_the_same_changes_in_other_orders_agree(bed: Bed) -> None:
+    first, second = bed.nodes["eth0"], bed.nodes["eth1"]
+    orders = [CHANGES, CHANGES[::-1], [CHANGES[i] for i in (3, 0, 5, 2, 4, 1)]]
+    first.reset()
+    second.reset()
+    for method, path, body in orders[0]:
+        assert first.call(method, path, body).status in (200, 201)
+    for method, path, body in orders[1]:
+        assert second.call(method, path, body).status in (200, 201)
+    a, b = first.call("GET", "/healthz").body, second.call("GET", "/healthz").body
+    assert a["config_fingerprint"] == b["config_fingerprint"]
+    assert {k: v["fingerprint"] for k, v in a["vips"].items()} == {
+        k: v["fingerprint"] for k, v in b["vips"].items()
+    }
+    assert set(a["vips"]) == {VIP, "198.18.100.2", "198.18.100.4", "default"}
+    # A third order, through a whole-config write, lands on the same tables too.
+    second.reset()
+    for method, path, body in orders[2]:
+        assert second.call(method, path, body).status in (200, 201)
+    c = second.call("GET", "/healthz").body
+    assert c["config_fingerprint"] == a["config_fingerprint"]
+    assert {k: v["fingerprint"] for k, v in c["vips"].items()} == {
+        k: v["fingerprint"] for k, v in a["vips"].items()
+    }
+    first.reset()
+    second.reset()
+
+
+# --- the desired state across a restart -------------------------------------------------------
+
+
+def test_api_changes_survive_a_restart_and_sighup_goes_back_to_the_file(
+    bed: Bed, tmp_path: Path
+) -> None:
+    config_path = tmp_path / "lb.toml"
+    config_path.write_text(f'device = "eth2"\nlb_address = "198.18.20.2"\n{BASE_TOML}')
+    path = state_file.default_path(config_path, "eth2")
+
+    def start() -> Node:
+        options = DaemonOptions(config_path=config_path, state_file=path, api=None)
+        config, fixed, generation = startup_config({}, options)
+        return bed.start("eth2", config, state_file=path, config_path=config_path,
+                         fixed=fixed, generation=generation, detach=False,
+                         attach=True)  # fmt: skip
+
+    node = start()
+    healthy = node.call("GET", "/healthz")
+    assert healthy.status == 200 and healthy.body["status"] == "ok", healthy.body
+    assert healthy.body["attached"] and healthy.body["reasons"] == []
+    assert node.call("PUT", f"{VIP_PATH}/backends/198.18.64.40", {"weight": 4}).status == 201
+    assert node.call("DELETE", "/v1/vips/198.18.100.2").status == 200
+    wanted = node.call("GET", "/v1/config").body
+    fingerprints = node.call("GET", "/healthz").body["vips"]
+    saved = state_file.read(path)
+    assert saved is not None and saved.generation == 2
+    bed.stop("eth2")  # the maps stay pinned; the state file stays
+
+    node = start()
+    assert node.call("GET", "/v1/config").body == wanted
+    health = node.call("GET", "/healthz").body
+    assert {k: v["fingerprint"] for k, v in health["vips"].items()} == {
+        k: v["fingerprint"] for k, v in fingerprints.items()
+    }
+    assert health["generation"] == 2
+    assert node.daemon.last_change is not None
+    assert node.daemon.last_change["map_updates"] == 0  # adopted: the maps already held it
+
+    node.daemon.reload({})  # what SIGHUP does: the file is the desired state again
+    assert not path.exists()
+    assert node.call("GET", "/v1/config").body == config_from_toml_text(
+        config_path.read_text()
+    ).model_dump(mode="json")
+    node.daemon.options.detach_on_exit = True
+    bed.stop("eth2")
