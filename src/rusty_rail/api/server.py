@@ -170,15 +170,15 @@ async def _write(
     *,
     location: str | None = None,
 ) -> web.Response:
-    """Authorise, then under the daemon's change lock: check If-Match, compute the new
-    configuration from the current one, and apply it. 201 when ``make`` created something."""
+    """Authorise, then under the daemon's change lock: compute the new configuration from
+    the current one, check If-Match, and apply it. 201 when ``make`` created something."""
     _authorise(request)
     daemon = request.app[DAEMON]
 
     def work() -> tuple[Config, bool, ChangeResult]:
         current = daemon.config
+        config, created = make(current)  # a bad body is reported before a stale If-Match
         _check_if_match(request, current)
-        config, created = make(current)
         try:
             result = daemon.change(config, SOURCE_API)
         except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:
