@@ -232,9 +232,10 @@ class BalancerMaps:
             if struct.unpack("=I", key)[0] not in ports:
                 self.tx_ports.delete(key)
 
-    def read_state(self) -> DataplaneState:
+    def read_state(self, *, conntrack: bool = True) -> DataplaneState:
         """What the maps say, as a DataplaneState (counters aside): for adoption after a
-        restart, and for tests that a sync wrote what it should."""
+        restart, and for tests that a sync wrote what it should. ``conntrack=False`` skips
+        the connection table, which can hold a million flows."""
         state = DataplaneState(settings=self.read_settings())
         for key, vip in self.vips.items():
             state.vips[structs.decode_vip_key(key)] = structs.decode_vip_value(vip)
@@ -246,7 +247,8 @@ class BalancerMaps:
             backend = structs.decode_backend(raw)
             if backend is not None:
                 state.backends[struct.unpack("=I", key)[0]] = backend
-        state.conntrack = self.dump_conntrack()
+        if conntrack:
+            state.conntrack = self.dump_conntrack()
         return state
 
     # --- settings, VIPs, backends --------------------------------------------------------
