@@ -233,7 +233,7 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
         ("packets", "right"),
         ("bytes", "right"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for vip in vips:
         live = vip["table"]
         summary = "no table" if live is None else f"M={live['size']} fp {live['fingerprint'][:12]}"
@@ -501,7 +501,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     if args.token_file is not None:
         token = args.token_file.read_text(encoding="utf-8").strip()
     token = token or os.environ.get(TOKEN_VARIABLE) or None
-    console = Console(file=out or sys.stdout, soft_wrap=True)
+    stream = out or sys.stdout
+    # Piped output is read by programs and people alike: wide enough for whole addresses.
+    width = None if stream.isatty() else 200
+    console = Console(file=stream, soft_wrap=True, width=width)
     errors = Console(file=err or sys.stderr, soft_wrap=True)
     ctx = Context(ApiClient(args.api, token), console, args.json)
     if getattr(args, "ctl_command", None) == "config" and args.action == "put" and not args.file:
