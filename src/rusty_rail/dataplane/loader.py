@@ -26,7 +26,7 @@ from rusty_rail.dataplane.libbpf import (
     query_xdp,
     remove_pin_dir,
 )
-from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps
+from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps, prepare_object
 
 PROGRAM_NAME = "xdp_balancer"
 LINK_PIN = "link"
@@ -90,7 +90,7 @@ def load_balancer(
             for name in MAP_NAMES:
                 obj.reuse_pinned_map(name, directory / name)
         else:
-            obj.set_max_entries("conntrack", conntrack_size)
+            prepare_object(obj, conntrack_entries=conntrack_size)
         obj.load()
         program = obj.program(PROGRAM_NAME)
         maps = BalancerMaps.of_object(obj)
