@@ -10,23 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
 from scapy.layers.l2 import Ether
-from tests.unit.packet_cases import (
-    CASES,
-    CLIENT,
-    DEFAULT_VIP_INDEX,
-    DNS_FLOW,
-    NO_VIP_FLOW,
-    VIP_WEB,
-    WEB_ADDRESS_VIP,
-    WEB_FLOW,
-    WEB_FRAME,
-    WEB_OTHER_PORT_FLOW,
-    WEB_PORT_VIP,
-    PacketCase,
-    standard_state,
-    table_pick,
-    variant,
-)
 
 from rusty_rail.dpstate import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
 from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
@@ -53,6 +36,23 @@ from rusty_rail.reference import (
     process,
     rewrite,
     verdict_for,
+)
+from tests.unit.packet_cases import (
+    CASES,
+    CLIENT,
+    DEFAULT_VIP_INDEX,
+    DNS_FLOW,
+    NO_VIP_FLOW,
+    VIP_WEB,
+    WEB_ADDRESS_VIP,
+    WEB_FLOW,
+    WEB_FRAME,
+    WEB_OTHER_PORT_FLOW,
+    WEB_PORT_VIP,
+    PacketCase,
+    standard_state,
+    table_pick,
+    variant,
 )
 
 FORWARDING_VERDICTS = (Verdict.TX, Verdict.REDIRECT)
