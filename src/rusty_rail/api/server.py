@@ -183,7 +183,8 @@ async def _write(
             result = daemon.change(config, SOURCE_API)
         except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:
             raise _change_error(error) from error
-        return config, created, result
+        # Unchanged: answer with the running object, whose fingerprints are known already.
+        return (config if result.changed else current), created, result
 
     config, created, result = await daemon.exclusive(work)
     if result.changed:

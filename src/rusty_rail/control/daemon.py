@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail import config as config_module
-from rusty_rail.config import Config, ConfigError, validate_as
+from rusty_rail.config import Backend, Config, ConfigError, Vip, validate_as
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
 from rusty_rail.control.plan import (
@@ -848,23 +848,41 @@ def _address_order(text: str) -> tuple[int, int]:
 
 
 def config_etag(config: Config) -> str:
-    """SHA-256 of the whole desired state as the API shows it (every key, in its order)."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+    """SHA-256 of the whole desired state (the cluster-wide part and the node's own keys);
+    the order of VIPs and backends does not count, as it changes nothing."""
+    node = json.dumps(config.model_dump(mode="json", include=set(NODE_KEYS)), sort_keys=True)
+    return hashlib.sha256(f"{config_fingerprint(config)}\n{node}".encode()).hexdigest()
 
 
 def config_fingerprint(config: Config) -> str:
     """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
     backends by address): every key but device, xdp_mode, lb_address and conntrack_size.
     Equal on every node given the same changes, in whatever order they came."""
-    data = config.model_dump(mode="json", exclude=set(NODE_KEYS))
-    data["default_backends"] = sorted(data["default_backends"], key=lambda b: b["address"])
-    for vip in data["vips"]:
-        vip["backends"] = sorted(vip["backends"], key=lambda b: b["address"])
-    data["vips"] = sorted(
-        data["vips"], key=lambda v: (v["address"], v["protocol"] or "", v["port"] or 0)
-    )
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    settings = config.model_dump(mode="json", exclude={"vips", "default_backends", *NODE_KEYS})
+    digest = hashlib.sha256(b"rusty-rail config v1\n")
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+
+    def add(backends: Iterable[Backend]) -> None:
+        # Packed addresses sort by family, then numerically; one record per backend.
+        records = sorted(
+            len(b.address.packed).to_bytes(1, "big")
+            + b.address.packed
+            + b.weight.to_bytes(2, "big")
+            + b.state.value.encode()
+            for b in backends
+        )
+        digest.update(len(records).to_bytes(4, "big") + b"".join(records))
+
+    add(config.default_backends)
+    for vip in sorted(config.vips, key=_vip_order):
+        digest.update(f"\nvip {vip.key} {vip.encap.value} {vip.table_size}\n".encode())
+        add(vip.backends)
+    return digest.hexdigest()
+
+
+def _vip_order(vip: Vip) -> tuple[int, int, str, int]:
+    protocol = vip.protocol.value if vip.protocol is not None else ""
+    return vip.address.version, int(vip.address), protocol, vip.port or 0
 
 
 #: Keys that differ between the nodes of one cluster by design.
