@@ -159,27 +159,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.no_api:
             host, port = parse_api_address(args.api)
             api = ApiOptions(host, port, _api_token(args.api_token_file))
-        config_path = args.config or (
-            Path(environ["RR_CONFIG"]) if "RR_CONFIG" in environ else None
-        )
-        state_path: Path | None = None
-        if not args.no_state_file:
-            device = environ.get("RR_DEVICE")
-            if args.state_file is not None:
-                state_path = args.state_file
-            elif config_path is not None or device is not None:
-                state_path = state_file.default_path(config_path, device or "")
-        options = DaemonOptions(
-            config_path=args.config,
-            pin_root=args.pin_root,
-            detach_on_exit=args.detach_on_exit,
-            next_hop_timeout=args.next_hop_timeout,
-            api=api,
-            state_file=state_path,
-            reset_state=args.reset_state,
-        )
+    except (ValueError, OSError) as error:
+        print(f"rusty-rail run: --api / --api-token-file: {error}", file=sys.stderr)
+        print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
+        return EXIT_USAGE
+    config_path = args.config or (Path(environ["RR_CONFIG"]) if "RR_CONFIG" in environ else None)
+    state_path: Path | None = None
+    if not args.no_state_file:
+        device = environ.get("RR_DEVICE")
+        if args.state_file is not None:
+            state_path = args.state_file
+        elif config_path is not None or device is not None:
+            state_path = state_file.default_path(config_path, device or "")
+    options = DaemonOptions(
+        config_path=args.config,
+        pin_root=args.pin_root,
+        detach_on_exit=args.detach_on_exit,
+        next_hop_timeout=args.next_hop_timeout,
+        api=api,
+        state_file=state_path,
+        reset_state=args.reset_state,
+    )
+    try:
         run(environ, options, app_factory=create_app)
-    except (ConfigError, StartupError, PlanError, LoaderError, ValueError, OSError) as error:
+    except (ConfigError, StartupError, PlanError, LoaderError) as error:
         print(f"rusty-rail run: {error}", file=sys.stderr)
         print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
         return EXIT_USAGE
