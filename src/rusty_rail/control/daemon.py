@@ -404,7 +404,8 @@ class Daemon:
         )
         try:
             clock = time.perf_counter()
-            current = balancer.maps.read_state() if balancer.adopted else None
+            # Adoption needs the state, not the flows: diff() never looks at conntrack.
+            current = balancer.maps.read_state(conntrack=False) if balancer.adopted else None
             read_seconds, clock = time.perf_counter() - clock, time.perf_counter()
             plan = checked
             if current is not None:
