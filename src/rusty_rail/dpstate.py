@@ -125,7 +125,7 @@ class CtEntry:
     generation: int
 
 
-@dataclass
+@dataclass(eq=False)
 class DataplaneState:
     """Everything a packet decision depends on. ``tables`` maps a VIP index to its Maglev table
     (a sequence of backend indices, NONE_INDEX for an empty slot; its length is the table size)."""
@@ -135,3 +135,22 @@ class DataplaneState:
     tables: dict[int, Table] = field(default_factory=dict)
     backends: dict[int, BackendEntry] = field(default_factory=dict)
     conntrack: dict[Flow, CtEntry] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        # Tables may be lists or numpy arrays: equal when they hold the same slots.
+        if not isinstance(other, DataplaneState):
+            return NotImplemented
+        return (
+            self.settings == other.settings
+            and self.vips == other.vips
+            and self.backends == other.backends
+            and self.conntrack == other.conntrack
+            and self.tables.keys() == other.tables.keys()
+            and all(
+                len(table) == len(other.tables[index])
+                and bool(np.array_equal(table, other.tables[index]))
+                for index, table in self.tables.items()
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, like any dataclass

@@ -7,8 +7,7 @@ resolver; the operations it returns are applied to the BPF maps by control.apply
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -93,7 +92,15 @@ class Allocation:
     max_backends: int = MAX_BACKENDS
 
     def copy(self) -> Allocation:
-        return copy.deepcopy(self)
+        """A copy whose dicts can change without touching this one (keys and values are
+        immutable, so copying the dicts is enough)."""
+        return Allocation(
+            dict(self.vip_index),
+            dict(self.slots),
+            dict(self.generations),
+            self.max_vips,
+            self.max_backends,
+        )
 
 
 def service_name(match: dpstate.VipKey) -> str:
@@ -125,10 +132,12 @@ def allocation_from_state(
     return allocation
 
 
-def _lowest_free(taken: set[int], limit: int, what: str) -> int:
+def _free_indices(taken: set[int], limit: int, what: str) -> Iterator[int]:
+    """The indices below ``limit`` not in ``taken``, lowest first; ``taken`` is read as the
+    iteration goes, so indices added to it meanwhile are skipped. PlanError when none is left."""
     for index in range(limit):
         if index not in taken:
-            return index
+            yield index
     raise PlanError(f"too many {what}: the data plane holds at most {limit}")
 
 
@@ -158,23 +167,26 @@ def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
     allocation.slots = {k: i for k, i in previous.slots.items() if k in wanted_slots}
     vips_taken = set(previous.vip_index.values())
     slots_taken = set(previous.slots.values())
+    free_vips = _free_indices(vips_taken, allocation.max_vips, "VIPs")
+    free_slots = _free_indices(slots_taken, allocation.max_backends, "backends")
     for service in services:
         if service.name not in allocation.vip_index:
-            index = _lowest_free(vips_taken, allocation.max_vips, "VIPs")
+            index = next(free_vips)
             vips_taken.add(index)
             allocation.vip_index[service.name] = index
         for backend in service.backends:
             key = (service.name, backend.address)
             if key not in allocation.slots:
-                slot = _lowest_free(slots_taken, allocation.max_backends, "backends")
+                slot = next(free_slots)
                 slots_taken.add(slot)
                 allocation.slots[key] = slot
                 allocation.generations[slot] = allocation.generations.get(slot, 0) + 1
     return allocation
 
 
-def _table_key(service: Service, seed: int, eligible: Sequence[Backend]) -> tuple[object, ...]:
-    return (service.table_size, seed, tuple(sorted((str(b.address), b.weight) for b in eligible)))
+def _table_inputs(size: int, seed: int, backends: Iterable[tuple[IPAddress, int]]) -> object:
+    """Everything a Maglev table depends on, comparable: equal inputs, equal tables."""
+    return (size, seed, frozenset(backends))
 
 
 def compile_plan(
@@ -236,10 +248,11 @@ def compile_plan(
             if backend_state is BackendState.UP:
                 eligible.append(backend)
         reuse = (previous_tables or {}).get(service.name)
-        if reuse is not None and _table_key(service, config.hash_seed, eligible) == (
-            reuse.size,
-            reuse.seed,
-            tuple(sorted((str(a), w) for a, w in zip(reuse.backends, reuse.weights, strict=True))),
+        wanted = _table_inputs(
+            service.table_size, config.hash_seed, ((b.address, b.weight) for b in eligible)
+        )
+        if reuse is not None and wanted == _table_inputs(
+            reuse.size, reuse.seed, zip(reuse.backends, reuse.weights, strict=True)
         ):
             table = reuse
         else:

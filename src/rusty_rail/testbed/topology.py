@@ -268,6 +268,9 @@ class Testbed:
                     str(self.config_path),
                     "--pin-root",
                     str(self.lb_pin_root(i)),
+                    # Each balancer keeps its own API state, as separate hosts would.
+                    "--state-file",
+                    str(self.workdir / f"lb{i + 1}.state.json"),
                     "--next-hop-timeout",
                     "5",
                 ],
