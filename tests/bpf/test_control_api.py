@@ -76,7 +76,7 @@ def live_table_is_planned(node: Node, name: str) -> bool:
 def slot_of(node: Node, name: str, address: str) -> int:
     plan = node.daemon.plan
     assert plan is not None
-    return plan.allocation.slots[(name, ip_address(address))]
+    return plan.allocation.slot_of(name, ip_address(address))
 
 
 def flows_to_vip(count: int) -> list[Flow]:
@@ -257,6 +257,25 @@ def test_every_refused_write_leaves_the_state_and_the_maps_as_they_were(node: No
         pytest.fail("a body that is not JSON was accepted")
     except urllib.error.HTTPError as error:
         assert error.code == 400
+    assert node.call("GET", "/v1/config").body == before_config
+    assert node.daemon.generation == generation
+    assert maps_state(node) == before_maps
+
+
+def test_a_change_that_cannot_be_saved_is_not_applied(node: Node) -> None:
+    # The state file is written while the maps are; when saving fails the maps are put back,
+    # so the answer is an error and nothing has changed, not even for an instant afterwards.
+    before_config = node.call("GET", "/v1/config").body
+    before_maps = maps_state(node)
+    generation = node.daemon.generation
+    saved_to = node.daemon.options.state_file
+    node.daemon.options.state_file = Path("/proc/version/cannot-be-a-directory/state.json")
+    try:
+        answer = node.call("PUT", f"{VIP_PATH}/backends/198.18.64.9", {"weight": 3})
+    finally:
+        node.daemon.options.state_file = saved_to
+    assert answer.status == 503, answer.body
+    assert "cannot save the desired state" in answer.body["message"]
     assert node.call("GET", "/v1/config").body == before_config
     assert node.daemon.generation == generation
     assert maps_state(node) == before_maps

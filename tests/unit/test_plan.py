@@ -61,7 +61,7 @@ BACKENDS = [f"198.18.1.{i}" for i in range(1, 11)]
 
 
 def slot_of(p: Plan, address: str, service: str = "198.19.0.10:80/tcp") -> int:
-    return p.allocation.slots[(service, ip_address(address))]
+    return p.allocation.slot_of(service, ip_address(address))
 
 
 def test_unchanged_backends_keep_their_slots_when_one_is_added_or_removed() -> None:

@@ -131,7 +131,7 @@ class _MapsCollector(Collector):
         for name, backends in services:
             for backend in backends:
                 labels = [name, str(backend.address)]
-                slot = slots.get((name, backend.address))
+                slot = plan.allocation.slot_of(name, backend.address)
                 count, octets = backend_counters.get(slot, (0, 0)) if slot is not None else (0, 0)
                 backend_packets.add_metric(labels, count)
                 backend_bytes.add_metric(labels, octets)

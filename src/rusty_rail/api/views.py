@@ -81,7 +81,7 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
     backends = config.default_backends if target.is_default else vip.backends if vip else ()
     vip_index = plan.allocation.vip_index.get(name)
     slots = {
-        backend.address: plan.allocation.slots.get((name, backend.address)) for backend in backends
+        backend.address: plan.allocation.slot_of(name, backend.address) for backend in backends
     }
     vip_stats: dict[int, tuple[int, int]] = {}
     backend_stats: dict[int, tuple[int, int]] = {}

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -351,6 +352,8 @@ class Daemon:
         self._serving = threading.Event()
         self._stop_requested = False
         self._tasks: set[asyncio.Future[None]] = set()
+        #: Writes the state file beside a change's map updates (one at a time, in order).
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rusty-rail-save")
 
     # --- start ---------------------------------------------------------------------------
 
@@ -523,22 +526,23 @@ class Daemon:
             self._notify(source, None)
             raise
         generation = self.generation + 1 if changed else self.generation
+        # The state file is written (and synced) while the maps are: the disk's latency stays
+        # off the path to the data plane. If saving fails, the maps are put back as they were,
+        # so a change is either saved and applied or neither.
+        saving: Future[None] | None = None
         if persist and changed and self.options.state_file is not None:
-            try:
-                state_file.write(
-                    self.options.state_file, config, generation=generation, source=source
-                )
-            except OSError as error:
-                self._notify(source, None)
-                raise PersistError(
-                    f"cannot save the desired state to {self.options.state_file}: {error}; "
-                    "nothing was changed"
-                ) from error
+            content = state_file.encode(config, generation=generation, source=source)
+            saving = self._saver.submit(state_file.write_bytes, self.options.state_file, content)
+        previous_config, previous_generation = self.config, self.generation
         self.config, self.generation = config, generation
         apply_started = time.perf_counter()
         try:
             applied = apply_operations(self.balancer.maps, diff(self.plan.state, plan.state))
         except (LibbpfError, OSError, ValueError) as error:
+            if saving is not None and saving.exception() is not None:
+                self.config, self.generation = previous_config, previous_generation
+                self._notify(source, None)
+                raise self._persist_error(saving.exception()) from error
             self.apply_error = (
                 f"generation {generation} ({source}) is not fully applied: {error}; "
                 f"retrying every {self.options.refresh_interval:g} s"
@@ -547,6 +551,18 @@ class Daemon:
             self._notify(source, None)
             raise ApplyError(self.apply_error) from error
         apply_seconds = time.perf_counter() - apply_started
+        if saving is not None and saving.exception() is not None:
+            self.config, self.generation = previous_config, previous_generation
+            try:
+                apply_operations(self.balancer.maps, diff(plan.state, self.plan.state))
+            except (LibbpfError, OSError, ValueError) as error:
+                self.apply_error = (
+                    f"generation {generation} could not be saved and putting the maps back "
+                    f"failed: {error}; retrying every {self.options.refresh_interval:g} s"
+                )
+                log.error("%s", self.apply_error)
+            self._notify(source, None)
+            raise self._persist_error(saving.exception())
         rebuilt = tuple(
             name for name, table in plan.tables.items() if self.plan.tables.get(name) is not table
         )
@@ -571,6 +587,12 @@ class Daemon:
         }
         self._notify(source, result)
         return result
+
+    def _persist_error(self, error: BaseException | None) -> PersistError:
+        return PersistError(
+            f"cannot save the desired state to {self.options.state_file}: {error}; "
+            "nothing was changed"
+        )
 
     def _notify(self, source: str, result: ChangeResult | None) -> None:
         for observer in self.observers:
@@ -821,6 +843,7 @@ class Daemon:
 
     def close(self) -> None:
         """Leave: the data plane keeps running from its pins, unless detach_on_exit."""
+        self._saver.shutdown(wait=True)
         if self._api_socket is not None:
             self._api_socket.close()
             self._api_socket = None

@@ -7,7 +7,7 @@ resolver; the operations it returns are applied to the BPF maps by control.apply
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -40,6 +40,13 @@ class PlanError(ValueError):
     """The configuration is valid but cannot be put into the data plane (limits, families)."""
 
 
+def address_key(address: IPAddress) -> int:
+    """A backend address as a dict key: an int (IPv6 above 2**128, so the families never
+    meet). ipaddress objects hash through hex(), which dominated the time of a change at
+    1000 backends; ints hash for free."""
+    return int(address) if type(address) is IPv4Address else int(address) | (1 << 128)
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """A VIP or the default set, as the data plane sees it."""
@@ -48,6 +55,13 @@ class Service:
     match: dpstate.VipKey | None
     table_size: int
     backends: tuple[Backend, ...]
+    #: address_key of each backend, in the same order.
+    keys: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.backends):
+            keys = tuple(address_key(backend.address) for backend in self.backends)
+            object.__setattr__(self, "keys", keys)
 
 
 def services_of(config: Config) -> list[Service]:
@@ -86,10 +100,15 @@ class Allocation:
     slot from its previous owner."""
 
     vip_index: dict[str, int] = field(default_factory=dict)
-    slots: dict[tuple[str, IPAddress], int] = field(default_factory=dict)
+    #: (service name, address_key(backend address)) -> slot.
+    slots: dict[tuple[str, int], int] = field(default_factory=dict)
     generations: dict[int, int] = field(default_factory=dict)
     max_vips: int = MAX_VIPS
     max_backends: int = MAX_BACKENDS
+
+    def slot_of(self, service: str, address: IPAddress) -> int | None:
+        """The slot of ``address`` in ``service``, or None."""
+        return self.slots.get((service, address_key(address)))
 
     def copy(self) -> Allocation:
         """A copy whose dicts can change without touching this one (keys and values are
@@ -128,7 +147,7 @@ def allocation_from_state(
         allocation.generations[slot] = entry.generation
         name = names.get(entry.vip_index)
         if name is not None and entry.state is not BackendState.UNUSED:
-            allocation.slots[(name, ip_address(entry.addr))] = slot
+            allocation.slots[(name, address_key(ip_address(entry.addr)))] = slot
     return allocation
 
 
@@ -160,9 +179,7 @@ def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
     """
     allocation = previous.copy()
     wanted_vips = {service.name for service in services}
-    wanted_slots = {
-        (service.name, backend.address) for service in services for backend in service.backends
-    }
+    wanted_slots = {(service.name, key) for service in services for key in service.keys}
     allocation.vip_index = {n: i for n, i in previous.vip_index.items() if n in wanted_vips}
     allocation.slots = {k: i for k, i in previous.slots.items() if k in wanted_slots}
     vips_taken = set(previous.vip_index.values())
@@ -174,8 +191,8 @@ def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
             index = next(free_vips)
             vips_taken.add(index)
             allocation.vip_index[service.name] = index
-        for backend in service.backends:
-            key = (service.name, backend.address)
+        for address_id in service.keys:
+            key = (service.name, address_id)
             if key not in allocation.slots:
                 slot = next(free_slots)
                 slots_taken.add(slot)
@@ -184,9 +201,27 @@ def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
     return allocation
 
 
-def _table_inputs(size: int, seed: int, backends: Iterable[tuple[IPAddress, int]]) -> object:
+#: id(table) -> (table, its inputs, its backends' keys); the table is held so that its id
+#: stays its own. Bounded: old entries go first.
+_TABLE_FACTS: dict[int, tuple[MaglevTable, object, list[int]]] = {}
+_TABLE_FACTS_LIMIT = 4096
+
+
+def _table_facts(table: MaglevTable) -> tuple[object, list[int]]:
+    """A table's inputs (see table_inputs) and its backends' address keys, computed once."""
+    facts = _TABLE_FACTS.get(id(table))
+    if facts is None or facts[0] is not table:
+        keys = [address_key(address) for address in table.backends]
+        inputs = (table.size, table.seed, frozenset(zip(keys, table.weights, strict=True)))
+        facts = _TABLE_FACTS[id(table)] = (table, inputs, keys)
+        while len(_TABLE_FACTS) > _TABLE_FACTS_LIMIT:
+            del _TABLE_FACTS[next(iter(_TABLE_FACTS))]
+    return facts[1], facts[2]
+
+
+def table_inputs(table: MaglevTable) -> object:
     """Everything a Maglev table depends on, comparable: equal inputs, equal tables."""
-    return (size, seed, frozenset(backends))
+    return _table_facts(table)[0]
 
 
 def compile_plan(
@@ -223,37 +258,37 @@ def compile_plan(
     state = DataplaneState(settings=settings)
     tables: dict[str, MaglevTable] = {}
     unresolved: list[IPAddress] = []
-    next_hops: dict[IPAddress, NextHop | None] = {}
+    next_hops: dict[int, NextHop | None] = {}
     for service in services:
         vip_index = allocation.vip_index[service.name]
         if service.match is not None:
             state.vips[service.match] = vip_index
         eligible = []
-        for backend in service.backends:
-            slot = allocation.slots[(service.name, backend.address)]
+        eligible_keys = []
+        for backend, address_id in zip(service.backends, service.keys, strict=True):
+            slot = allocation.slots[(service.name, address_id)]
             backend_state = data_plane_state(
                 backend.state, backend.weight, healthy(service.name, backend.address)
             )
-            if backend.address not in next_hops:
-                next_hops[backend.address] = resolve_next_hop(backend.address)
-                if next_hops[backend.address] is None:
+            if address_id in next_hops:
+                next_hop = next_hops[address_id]
+            else:
+                next_hop = next_hops[address_id] = resolve_next_hop(backend.address)
+                if next_hop is None:
                     unresolved.append(backend.address)
             state.backends[slot] = BackendEntry(
                 addr=backend.address.packed,
                 vip_index=vip_index,
                 generation=allocation.generations[slot],
                 state=backend_state,
-                next_hop=next_hops[backend.address],
+                next_hop=next_hop,
             )
             if backend_state is BackendState.UP:
                 eligible.append(backend)
+                eligible_keys.append((address_id, backend.weight))
         reuse = (previous_tables or {}).get(service.name)
-        wanted = _table_inputs(
-            service.table_size, config.hash_seed, ((b.address, b.weight) for b in eligible)
-        )
-        if reuse is not None and wanted == _table_inputs(
-            reuse.size, reuse.seed, zip(reuse.backends, reuse.weights, strict=True)
-        ):
+        wanted = (service.table_size, config.hash_seed, frozenset(eligible_keys))
+        if reuse is not None and wanted == table_inputs(reuse):
             table = reuse
         else:
             table = build_table(
@@ -269,7 +304,8 @@ def slot_table(table: MaglevTable, service: str, allocation: Allocation) -> npt.
     if not table.backends:
         return np.full(table.size, NONE_INDEX, dtype=np.uint32)
     slot_of = np.array(
-        [allocation.slots[(service, address)] for address in table.backends], dtype=np.uint32
+        [allocation.slots[(service, key)] for key in _table_facts(table)[1]],
+        dtype=np.uint32,
     )
     return slot_of[table.slots]
 
