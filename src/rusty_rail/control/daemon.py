@@ -494,6 +494,7 @@ class Daemon:
             lb_ipv4=lb_address_of(config, self.device),
             resolve_next_hop=self.next_hops,
             previous_tables=self.plan.tables,
+            previous_state=self.plan.state,
         )
 
     def change(

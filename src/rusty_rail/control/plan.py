@@ -232,9 +232,12 @@ def compile_plan(
     resolve_next_hop: NextHopResolver,
     healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
     previous_tables: Mapping[str, MaglevTable] | None = None,
+    previous_state: DataplaneState | None = None,
 ) -> Plan:
     """The data-plane state for ``config``. Tables whose inputs did not change are reused
-    from ``previous_tables`` instead of being built again."""
+    from ``previous_tables`` instead of being built again, and backend entries that did not
+    change are taken over from ``previous_state`` (so diff() skips them at once)."""
+    earlier = previous_state.backends if previous_state is not None else {}
     services = services_of(config)
     for service in services:
         for backend in service.backends:
@@ -276,13 +279,24 @@ def compile_plan(
                 next_hop = next_hops[address_id] = resolve_next_hop(backend.address)
                 if next_hop is None:
                     unresolved.append(backend.address)
-            state.backends[slot] = BackendEntry(
-                addr=backend.address.packed,
-                vip_index=vip_index,
-                generation=allocation.generations[slot],
-                state=backend_state,
-                next_hop=next_hop,
-            )
+            generation = allocation.generations[slot]
+            entry = earlier.get(slot)
+            # Same slot and generation means the same address (the allocation says so).
+            if (
+                entry is None
+                or entry.generation != generation
+                or entry.vip_index != vip_index
+                or entry.state is not backend_state
+                or entry.next_hop != next_hop
+            ):
+                entry = BackendEntry(
+                    addr=backend.address.packed,
+                    vip_index=vip_index,
+                    generation=generation,
+                    state=backend_state,
+                    next_hop=next_hop,
+                )
+            state.backends[slot] = entry
             if backend_state is BackendState.UP:
                 eligible.append(backend)
                 eligible_keys.append((address_id, backend.weight))
@@ -373,8 +387,10 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
     ops: list[Operation] = []
     late_backends: list[Operation] = []
     for index, entry in sorted(new.backends.items()):
-        if before.backends.get(index) == entry and old is not None:
-            continue
+        if old is not None:
+            earlier = before.backends.get(index)
+            if earlier is entry or earlier == entry:
+                continue
         if entry.state in dpstate.FORWARDING_STATES:
             ops.append(SetBackend(index, entry))
         else:
