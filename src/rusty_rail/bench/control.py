@@ -139,26 +139,48 @@ def _live_after(events: Connection, started: float, answered: float) -> float:
     return seen
 
 
-def _change_to_live(pins: Path, state: Path, changes: int, backends: int) -> dict[str, Any]:
-    config = vip_config(1, backends)
-    name = str(config.vips[0].key)
+def _serve_daemon(config: Config, pins: Path, state: Path, control: Connection) -> None:
+    """In a process of its own, as `rusty-rail run` would be: start the daemon, serve its API,
+    answer the bench's questions over ``control`` until told to stop."""
     daemon = _daemon(config, pins, state, detach=True)
     assert daemon.balancer is not None and daemon.plan is not None
-    # The watcher is a process, not a thread: it must not take the daemon's interpreter lock.
-    context = multiprocessing.get_context("fork")
-    events, sender = context.Pipe(duplex=False)
-    stop = context.Event()
-    watcher = context.Process(
-        target=_watch_table,
-        args=(daemon.balancer.maps.tables.id, daemon.plan.allocation.vip_index[name], sender, stop),
-        daemon=True,
-    )
-    watcher.start()
-    events.recv()  # watching
+    name = str(config.vips[0].key)
     server = BackgroundDaemon(daemon, create_app)
     server.start()
     try:
-        client = ApiClient(server.url)
+        control.send((server.url, daemon.balancer.maps.tables.id,
+                      daemon.plan.allocation.vip_index[name]))  # fmt: skip
+        while (request := control.recv()) != "stop":
+            assert request == "live?"
+            control.send(_live_table_matches(daemon, name))
+    finally:
+        server.stop()
+        daemon.close()
+        control.close()
+
+
+def _change_to_live(pins: Path, state: Path, changes: int, backends: int) -> dict[str, Any]:
+    config = vip_config(1, backends)
+    name = str(config.vips[0].key)
+    # The daemon, the watcher and this client are three processes, as in production: none
+    # waits for another's interpreter lock. Fork before any of them starts a thread.
+    context = multiprocessing.get_context("fork")
+    control, daemon_end = context.Pipe()
+    daemon = context.Process(target=_serve_daemon, args=(config, pins, state, daemon_end))
+    daemon.start()
+    events, sender = context.Pipe(duplex=False)
+    stop = context.Event()
+    watcher = None
+    try:
+        if not control.poll(60):
+            raise RuntimeError("the bench's daemon did not start within 60 s")
+        url, tables_id, vip_index = control.recv()
+        watcher = context.Process(
+            target=_watch_table, args=(tables_id, vip_index, sender, stop), daemon=True
+        )
+        watcher.start()
+        events.recv()  # watching
+        client = ApiClient(url)
         extra = backend_address(backends + 1)
         path = backend_path(name, extra)
         for _ in range(2):  # warm-up: first requests pay for imports and connections
@@ -174,7 +196,8 @@ def _change_to_live(pins: Path, state: Path, changes: int, backends: int) -> dic
             timings.append(_live_after(events, started, answered) - started)
             built.append(result["build_ms"])
             applied.append(result["apply_ms"])
-            unverified += not _live_table_matches(daemon, name)
+            control.send("live?")
+            unverified += not control.recv()
         existing = backend_path(name, backend_address(0))
         noop = []
         for _ in range(changes):
@@ -190,9 +213,13 @@ def _change_to_live(pins: Path, state: Path, changes: int, backends: int) -> dic
             maglev.append(time.perf_counter() - started)
     finally:
         stop.set()
-        watcher.join(timeout=10)
-        server.stop()
-        daemon.close()
+        if watcher is not None:
+            watcher.join(timeout=10)
+        with contextlib.suppress(OSError):
+            control.send("stop")
+        daemon.join(timeout=60)
+        if daemon.is_alive():
+            daemon.kill()
     p50, p99 = _percentile(timings, 50) * 1000, _percentile(timings, 99) * 1000
     noop_ms = statistics.median(noop) * 1000
     maglev_ms = min(maglev) * 1000

@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -352,8 +351,6 @@ class Daemon:
         self._serving = threading.Event()
         self._stop_requested = False
         self._tasks: set[asyncio.Future[None]] = set()
-        #: Writes the state file beside a change's map updates (one at a time, in order).
-        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rusty-rail-save")
 
     # --- start ---------------------------------------------------------------------------
 
@@ -527,23 +524,22 @@ class Daemon:
             self._notify(source, None)
             raise
         generation = self.generation + 1 if changed else self.generation
-        # The state file is written (and synced) while the maps are: the disk's latency stays
-        # off the path to the data plane. If saving fails, the maps are put back as they were,
-        # so a change is either saved and applied or neither.
-        saving: Future[None] | None = None
-        if persist and changed and self.options.state_file is not None:
-            content = state_file.encode(config, generation=generation, source=source)
-            saving = self._saver.submit(state_file.write_bytes, self.options.state_file, content)
+        # The maps first, then the state file: the disk's latency stays off the path to the
+        # data plane. The change is acknowledged only once both are done; if saving fails the
+        # maps are put back, so a change is either saved and applied or neither.
         previous_config, previous_generation = self.config, self.generation
         self.config, self.generation = config, generation
         apply_started = time.perf_counter()
         try:
             applied = apply_operations(self.balancer.maps, diff(self.plan.state, plan.state))
         except (LibbpfError, OSError, ValueError) as error:
-            if saving is not None and saving.exception() is not None:
-                self.config, self.generation = previous_config, previous_generation
-                self._notify(source, None)
-                raise self._persist_error(saving.exception()) from error
+            # The new configuration is the desired state now (the retry loop applies it), so
+            # it is saved as such.
+            if persist and changed and self.options.state_file is not None:
+                with contextlib.suppress(OSError):
+                    state_file.write(
+                        self.options.state_file, config, generation=generation, source=source
+                    )
             self.apply_error = (
                 f"generation {generation} ({source}) is not fully applied: {error}; "
                 f"retrying every {self.options.refresh_interval:g} s"
@@ -552,18 +548,27 @@ class Daemon:
             self._notify(source, None)
             raise ApplyError(self.apply_error) from error
         apply_seconds = time.perf_counter() - apply_started
-        if saving is not None and saving.exception() is not None:
-            self.config, self.generation = previous_config, previous_generation
+        if persist and changed and self.options.state_file is not None:
             try:
-                apply_operations(self.balancer.maps, diff(plan.state, self.plan.state))
-            except (LibbpfError, OSError, ValueError) as error:
-                self.apply_error = (
-                    f"generation {generation} could not be saved and putting the maps back "
-                    f"failed: {error}; retrying every {self.options.refresh_interval:g} s"
+                state_file.write(
+                    self.options.state_file, config, generation=generation, source=source
                 )
-                log.error("%s", self.apply_error)
-            self._notify(source, None)
-            raise self._persist_error(saving.exception())
+            except OSError as error:
+                self.config, self.generation = previous_config, previous_generation
+                try:
+                    apply_operations(self.balancer.maps, diff(plan.state, self.plan.state))
+                except (LibbpfError, OSError, ValueError) as undo_error:
+                    self.apply_error = (
+                        f"generation {generation} could not be saved and putting the maps "
+                        f"back failed: {undo_error}; retrying every "
+                        f"{self.options.refresh_interval:g} s"
+                    )
+                    log.error("%s", self.apply_error)
+                self._notify(source, None)
+                raise PersistError(
+                    f"cannot save the desired state to {self.options.state_file}: {error}; "
+                    "nothing was changed"
+                ) from error
         rebuilt = tuple(
             name for name, table in plan.tables.items() if self.plan.tables.get(name) is not table
         )
@@ -588,12 +593,6 @@ class Daemon:
         }
         self._notify(source, result)
         return result
-
-    def _persist_error(self, error: BaseException | None) -> PersistError:
-        return PersistError(
-            f"cannot save the desired state to {self.options.state_file}: {error}; "
-            "nothing was changed"
-        )
 
     def _notify(self, source: str, result: ChangeResult | None) -> None:
         for observer in self.observers:
@@ -844,7 +843,6 @@ class Daemon:
 
     def close(self) -> None:
         """Leave: the data plane keeps running from its pins, unless detach_on_exit."""
-        self._saver.shutdown(wait=True)
         if self._api_socket is not None:
             self._api_socket.close()
             self._api_socket = None
