@@ -1,7 +1,8 @@
 """The balancer's packet path in plain Python: the executable form of docs/packet-path.md.
 
-The XDP program is tested against ``process`` byte for byte, verdict for verdict and counter
-for counter; ``lookup`` explains a flow's backend for the API. Clarity over speed.
+The XDP program is tested against ``process`` byte for byte, verdict for verdict, counter for
+counter and ICMP report for report; ``lookup`` explains a flow's backend for the API. Clarity
+over speed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 
+from rusty_rail.dpicmp import (
+    CODE_FRAGMENTATION_NEEDED,
+    ICMP_DEST_UNREACHABLE,
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_PACKET_TOO_BIG,
+    IcmpReport,
+    IcmpStat,
+    IcmpWatch,
+)
 from rusty_rail.dpstate import (
     FORWARDING_STATES,
     NONE_INDEX,
@@ -42,6 +52,8 @@ from rusty_rail.packets import (
     IPV4_OFFSET_MASK,
     IPV6_HEADER_LEN,
     PROTO_GRE,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
     VLAN_TAG_LEN,
     VLAN_TPIDS,
     checksum_update_bytes,
@@ -51,6 +63,8 @@ MAX_VLAN_TAGS = 2
 IPV4_FRAGMENT_MASK = IPV4_FLAG_MF | IPV4_OFFSET_MASK  # 0x3FFF: a fragment if any bit is set
 GRE_BASE_HEADER_LEN = 4
 GRE_MUST_BE_ZERO = GRE_FLAG_R | GRE_FLAG_STRICT | GRE_RECURSION_MASK  # RFC 2784: discard if set
+ICMP_HEADER_LEN = 8
+QUOTED_PAYLOAD_MIN = 8  # RFC 792: the quoted header and at least 8 bytes after it (here: GRE)
 
 FORWARD_STATS = frozenset({Stat.CT_HIT, Stat.CT_MISS, Stat.CT_STALE})
 MALFORMED_STATS = frozenset({Stat.GRE_MALFORMED, Stat.INNER_MALFORMED, Stat.INNER_L4_TRUNCATED})
@@ -91,6 +105,7 @@ class Counters:
     stats: dict[Stat, PacketsBytes] = field(default_factory=dict)
     vips: dict[int, PacketsBytes] = field(default_factory=dict)
     backends: dict[int, PacketsBytes] = field(default_factory=dict)
+    icmp: dict[IcmpStat, PacketsBytes] = field(default_factory=dict)
 
     def merge(self, other: Counters) -> Counters:
         """The sum of two sets of deltas."""
@@ -98,6 +113,7 @@ class Counters:
             stats=_summed(self.stats, other.stats),
             vips=_summed(self.vips, other.vips),
             backends=_summed(self.backends, other.backends),
+            icmp=_summed(self.icmp, other.icmp),
         )
 
     @classmethod
@@ -164,7 +180,8 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Result:
     """What one packet did: the verdict, the bytes that leave (the input when not forwarded),
-    the one stat it counted, where it was redirected, and the counter deltas."""
+    the one stat it counted, where it was redirected, the counter deltas, and the ICMP report
+    it sent to the control plane (section 9)."""
 
     verdict: Verdict
     frame: bytes
@@ -173,6 +190,7 @@ class Result:
     counters: Counters
     flow: Flow | None = None
     decision: Decision | None = None
+    report: IcmpReport | None = None
 
 
 # --- Verdicts for packets that are not forwarded ---------------------------------------------
@@ -442,12 +460,92 @@ def _send_verdict(next_hop: NextHop, ingress_ifindex: int) -> tuple[Verdict, int
     return Verdict.REDIRECT, next_hop.ifindex
 
 
+# --- Learning from ICMP (section 9) ----------------------------------------------------------
+
+
+def _icmp_ipv4(
+    settings: Settings, frame: bytes, l3: int, watch: IcmpWatch
+) -> tuple[IcmpStat | None, IcmpReport | None]:
+    """Section 9a, for a sane outer IPv4 header that is not GRE. (None, None): not an ICMP
+    destination unreachable to this node, nothing counted."""
+    header_len = (frame[l3] & 0x0F) * 4
+    total_length = _u16(frame, l3 + 2)
+    if frame[l3 + 9] != PROTO_ICMP or frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
+        return None, None
+    if _u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
+        return None, None
+    if header_len + ICMP_HEADER_LEN > total_length:
+        return None, None
+    icmp = l3 + header_len
+    if frame[icmp] != ICMP_DEST_UNREACHABLE:
+        return None, None
+
+    quoted = icmp + ICMP_HEADER_LEN
+    quote_len = total_length - header_len - ICMP_HEADER_LEN
+    if quote_len < IPV4_HEADER_LEN:
+        return IcmpStat.MALFORMED, None
+    version, ihl = frame[quoted] >> 4, frame[quoted] & 0x0F
+    if version != 4 or ihl < 5 or ihl * 4 + QUOTED_PAYLOAD_MIN > quote_len:
+        return IcmpStat.MALFORMED, None
+    if frame[quoted + 9] != PROTO_GRE or frame[quoted + 12 : quoted + 16] != settings.lb_ipv4:
+        return IcmpStat.NOT_OUR_GRE, None
+    backend = frame[quoted + 16 : quoted + 20]
+    if backend not in watch.armed:
+        return IcmpStat.UNKNOWN_BACKEND, None
+    code = frame[icmp + 1]
+    if code == CODE_FRAGMENTATION_NEEDED:
+        return IcmpStat.FRAG_NEEDED, None
+    if not watch.armed[backend]:
+        return IcmpStat.HELD, None
+    if watch.ring_free == 0:
+        return IcmpStat.LOST, None
+    watch.armed[backend] = False
+    if watch.ring_free is not None:
+        watch.ring_free -= 1
+    report = IcmpReport(backend, frame[l3 + 12 : l3 + 16], ICMP_DEST_UNREACHABLE, code)
+    return IcmpStat.REPORTED, report
+
+
+def _icmp_ipv6(frame: bytes, l3: int) -> IcmpStat | None:
+    """Section 9b, for an outer IPv6 header that is not GRE: counted, never reported."""
+    if frame[l3 + 6] != PROTO_ICMPV6:
+        return None
+    icmp = l3 + IPV6_HEADER_LEN
+    payload_length = _u16(frame, l3 + 4)
+    if payload_length < ICMP_HEADER_LEN + IPV6_HEADER_LEN or icmp + payload_length > len(frame):
+        return None
+    if frame[icmp] not in (ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG):
+        return None
+    quoted = icmp + ICMP_HEADER_LEN
+    if frame[quoted] >> 4 != 6 or frame[quoted + 6] != PROTO_GRE:
+        return None
+    return IcmpStat.V6_GRE
+
+
+def learn_from_icmp(
+    settings: Settings, frame: bytes, watch: IcmpWatch
+) -> tuple[IcmpStat | None, IcmpReport | None]:
+    """What a frame counted PASS_NOT_GRE tells about the backends (section 9): the ICMP stat it
+    counts (None: none) and the report it sends. Disarms a reported backend in ``watch``."""
+    ethertype, l3 = _parse_ethernet(frame)
+    if ethertype == ETH_P_IPV6:
+        return _icmp_ipv6(frame, l3), None
+    return _icmp_ipv4(settings, frame, l3, watch)
+
+
 # --- The packet path -------------------------------------------------------------------------
 
 
-def process(state: DataplaneState, frame: bytes, ingress_ifindex: int = 1) -> Result:
+def process(
+    state: DataplaneState,
+    frame: bytes,
+    ingress_ifindex: int = 1,
+    *,
+    icmp: IcmpWatch | None = None,
+) -> Result:
     """Run one frame through the packet path. Mutates ``state.conntrack`` when a flow is
-    recorded (a forwarded miss or stale hit). Never raises on any frame bytes."""
+    recorded (a forwarded miss or stale hit), and ``icmp`` (the watched backends; None: none
+    watched) when an ICMP report disarms one. Never raises on any frame bytes."""
     frame = bytes(frame)
     size = len(frame)
     settings = state.settings
@@ -455,7 +553,14 @@ def process(state: DataplaneState, frame: bytes, ingress_ifindex: int = 1) -> Re
     try:
         parsed = _parse(settings, frame)
     except _Stop as stop:
-        return _not_forwarded(settings, frame, stop.stat)
+        if stop.stat != Stat.PASS_NOT_GRE:
+            return _not_forwarded(settings, frame, stop.stat)
+        icmp_stat, report = learn_from_icmp(settings, frame, icmp or IcmpWatch())
+        result = _not_forwarded(settings, frame, stop.stat)
+        if icmp_stat is None:
+            return result
+        counters = replace(result.counters, icmp={icmp_stat: (1, size)})
+        return replace(result, counters=counters, report=report)
 
     decision = lookup(state, parsed.flow, fragment=parsed.fragment)
     if not decision.forwards:

@@ -1,5 +1,6 @@
-"""The balancer under test: loaded from the built object, fed a DataplaneState, run through
-BPF_PROG_TEST_RUN, its counter deltas and connection-table entries read back for comparison.
+"""The balancer under test: loaded from the built object, fed a DataplaneState and an ICMP
+watch, run through BPF_PROG_TEST_RUN, its counter deltas, connection-table entries and ICMP
+reports read back for comparison.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from rusty_rail.dataplane.libbpf import BpfObject, Program, TestRun, bpf_object_path
+from rusty_rail.dataplane.icmp import IcmpMaps
+from rusty_rail.dataplane.libbpf import BpfObject, Program, RingBuffer, TestRun, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
 from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.dpstate import CtEntry, DataplaneState, Stat
 from rusty_rail.flowhash import Flow
 from rusty_rail.reference import Counters
@@ -56,6 +59,7 @@ class CounterSnapshot:
     stats: dict[Stat, PacketsBytes]
     vips: dict[int, PacketsBytes]
     backends: dict[int, PacketsBytes]
+    icmp: dict[IcmpStat, PacketsBytes]
 
     def delta_since(self, before: CounterSnapshot) -> Counters:
         """What changed since ``before``, as the reference reports it (non-zero entries)."""
@@ -73,10 +77,14 @@ class CounterSnapshot:
         stats = delta(
             {int(k): v for k, v in self.stats.items()}, {int(k): v for k, v in before.stats.items()}
         )
+        icmp = delta(
+            {int(k): v for k, v in self.icmp.items()}, {int(k): v for k, v in before.icmp.items()}
+        )
         return Counters(
             stats={Stat(k): v for k, v in stats.items()},
             vips=delta(self.vips, before.vips),
             backends=delta(self.backends, before.backends),
+            icmp={IcmpStat(k): v for k, v in icmp.items()},
         )
 
 
@@ -87,14 +95,20 @@ class Balancer:
     bpf_object: BpfObject
     program: Program
     maps: BalancerMaps
+    icmp: IcmpMaps
+    ring: RingBuffer
     netns: str
     vip_indexes: list[int] = field(default_factory=list)
     backend_indexes: list[int] = field(default_factory=list)
+    received: list[IcmpReport] = field(default_factory=list)
 
-    def load_state(self, state: DataplaneState) -> None:
-        """Write ``state`` whole (connection table included), and note which VIP and backend
-        counters the tests will compare (every index the state names, and one past them)."""
+    def load_state(self, state: DataplaneState, watch: IcmpWatch | None = None) -> None:
+        """Write ``state`` whole (connection table included) and the ICMP watch (default: none
+        watched), drop reports not read yet, and note which VIP and backend counters the
+        tests will compare (every index the state names, and one past them)."""
         self.maps.sync(state)
+        self.icmp.set_watch(watch or IcmpWatch())
+        self.reports()
         vips = set(state.vips.values()) | set(state.tables) | {0}
         vips |= {backend.vip_index for backend in state.backends.values()}
         backends = set(state.backends) | {0}
@@ -111,7 +125,15 @@ class Balancer:
             self.maps.read_stats(),
             self.maps.read_vip_stats(self.vip_indexes),
             self.maps.read_backend_stats(self.backend_indexes),
+            self.icmp.read_stats(),
         )
+
+    def reports(self) -> list[IcmpReport]:
+        """The ICMP reports submitted since the last call, oldest first."""
+        self.ring.consume()
+        taken = list(self.received)
+        self.received.clear()  # the reader appends to this very list
+        return taken
 
     def conntrack_entry(self, flow: Flow) -> CtEntry | None:
         """The program's entry for one flow (a cheap look at one set, not a dump)."""
@@ -130,4 +152,15 @@ def loaded_balancer(conntrack_entries: int = TEST_CONNTRACK_ENTRIES) -> Iterator
     ):
         prepare_object(obj, conntrack_entries=conntrack_entries)
         obj.load()
-        yield Balancer(obj, obj.program("xdp_balancer"), BalancerMaps.of_object(obj), netns)
+        icmp = IcmpMaps.of_object(obj)
+        received: list[IcmpReport] = []
+        with icmp.reader(received.append) as ring:
+            yield Balancer(
+                obj,
+                obj.program("xdp_balancer"),
+                BalancerMaps.of_object(obj),
+                icmp,
+                ring,
+                netns,
+                received=received,
+            )

@@ -7,15 +7,24 @@ connection table, Maglev table swaps, the map writers of dataplane/maps.py.
 from __future__ import annotations
 
 import errno
+import select
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from ipaddress import IPv4Address
 
 import pytest
 
+from rusty_rail.dataplane.icmp import decode_report, encode_report
 from rusty_rail.dataplane.libbpf import LibbpfError, Map
 from rusty_rail.dataplane.maps import conntrack_check
-from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS, CFlowSet
+from rusty_rail.dataplane.structs import (
+    ICMP_REPORT_RING_BYTES,
+    MAX_BACKENDS,
+    MAX_VIPS,
+    CFlowSet,
+)
+from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.dpstate import NONE_INDEX, Action, BackendState, CtEntry, Stat, Verdict
 from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash, mix64
 from rusty_rail.packets import ETH_HEADER_LEN, describe, gre_frame, ipv4_address
@@ -35,7 +44,10 @@ from tests.unit.packet_cases import (
 
 pytestmark = pytest.mark.bpf
 
-RUNNABLE_CASES = [case for case in CASES if len(case.frame) >= ETH_HEADER_LEN]
+# A full report ring cannot be set up by writing a map: the LOST case has a test of its own.
+RUNNABLE_CASES = [
+    case for case in CASES if len(case.frame) >= ETH_HEADER_LEN and case.watch().ring_free is None
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +70,7 @@ def _expected_counters(case: PacketCase) -> Counters:
         stats={Stat(k): v for k, v in plain["stats"].items()},
         vips=plain["vips"],
         backends=plain["backends"],
+        icmp={IcmpStat(k): v for k, v in plain["icmp"].items()},
     )
 
 
@@ -74,7 +87,8 @@ def _show(frame: bytes) -> str:
 @pytest.mark.parametrize("case", RUNNABLE_CASES, ids=lambda case: case.name)
 def test_packet_path_case(balancer: Balancer, case: PacketCase) -> None:
     state = case.state()
-    balancer.load_state(state)
+    watch = case.watch()
+    balancer.load_state(state, watch)
     before = balancer.counters()
 
     run = balancer.run(case.frame, case.ingress_ifindex)
@@ -82,6 +96,9 @@ def test_packet_path_case(balancer: Balancer, case: PacketCase) -> None:
     assert Verdict(run.retval) == case.verdict, case.description
     assert run.data == case.output, f"{_show(run.data)}\n!=\n{_show(case.output)}"
     assert balancer.counters().delta_since(before) == _expected_counters(case)
+    assert balancer.reports() == ([case.report] if case.report is not None else [])
+    disarmed = {case.report.backend: False} if case.report is not None else {}
+    assert balancer.icmp.read_watch().armed == watch.armed | disarmed
     expected_flows = dict(state.conntrack)
     recorded = balancer.maps.dump_conntrack()
     if case.flow is not None:
@@ -346,3 +363,70 @@ def test_backend_writes_round_trip(balancer: Balancer) -> None:
     assert balancer.maps.delete_vip(next(iter(state.vips)))
     with pytest.raises(ValueError, match="4-byte IPv4"):
         balancer.maps.set_backend(1, replace(drained, addr=ipv4_address("198.18.0.1") * 4))
+
+
+# --- ICMP learning: what the cases cannot show ----------------------------------------------
+
+
+def _report_case() -> PacketCase:
+    return next(case for case in CASES if case.name == "icmp-code-2-reported")
+
+
+def test_a_full_report_ring_loses_the_report_and_keeps_the_backend_armed(
+    balancer: Balancer,
+) -> None:
+    case = _report_case()
+    assert case.report is not None
+    balancer.load_state(case.state(), IcmpWatch.of({case.report.backend}))
+    # Re-armed by hand after every report and never read: the ring fills up.
+    submitted = 0
+    while True:
+        run = balancer.run(case.frame)
+        assert Verdict(run.retval) == Verdict.PASS
+        if not balancer.icmp.arm(case.report.backend):
+            raise AssertionError("the backend is no longer watched")
+        if balancer.icmp.read_stats()[IcmpStat.LOST][0]:
+            break
+        submitted += 1
+        assert submitted <= ICMP_REPORT_RING_BYTES // 40, "the ring never filled"
+    # Each record takes its 36 bytes rounded up to 8, plus an 8-byte header.
+    assert submitted == ICMP_REPORT_RING_BYTES // 48
+    balancer.icmp.set_watch(IcmpWatch.of({case.report.backend}))  # armed, whatever the arm did
+    before = balancer.counters()
+    balancer.run(case.frame)
+    assert balancer.counters().delta_since(before).icmp == {IcmpStat.LOST: (1, len(case.frame))}
+    assert balancer.icmp.read_watch().armed == {case.report.backend: True}
+    assert len(balancer.reports()) == submitted  # reading makes room again
+    balancer.run(case.frame)
+    assert balancer.reports() == [case.report]
+
+
+def test_the_watch_is_synced_without_touching_reports_in_flight(balancer: Balancer) -> None:
+    case = _report_case()
+    assert case.report is not None
+    kept, gone = case.report.backend, ipv4_address("198.18.10.2")
+    new = IPv4Address("198.18.10.3")
+    balancer.load_state(case.state(), IcmpWatch.of({kept, gone}))
+    balancer.run(case.frame)
+    assert balancer.reports() == [case.report]
+    assert balancer.icmp.sync_watch([IPv4Address(kept), new]) == (1, 1)
+    assert balancer.icmp.read_watch().armed == {kept: False, new.packed: True}
+    assert not balancer.icmp.arm(gone)
+    assert balancer.icmp.arm(kept)
+    assert balancer.icmp.read_watch().armed == {kept: True, new.packed: True}
+
+
+def test_the_report_ring_wakes_a_selector(balancer: Balancer) -> None:
+    case = _report_case()
+    balancer.load_state(case.state(), case.watch())
+    assert select.select([balancer.ring], [], [], 0)[0] == []
+    balancer.run(case.frame)
+    assert select.select([balancer.ring], [], [], 1)[0] == [balancer.ring]
+    assert balancer.reports() == [case.report]
+
+
+def test_reports_round_trip_through_the_struct() -> None:
+    report = IcmpReport(ipv4_address("198.18.10.1"), ipv4_address("198.18.0.1"), 3, 13)
+    assert decode_report(encode_report(report)) == report
+    with pytest.raises(ValueError, match="too short"):
+        decode_report(bytes(8))

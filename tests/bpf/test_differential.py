@@ -1,8 +1,9 @@
 """The XDP balancer against rusty_rail.reference, the executable spec: on the same bytes and the
-same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP
-and backend counters) and connection-table contents. Hand-written cases, then a seeded stream
-of generated frames (valid ones of every kind, every truncation of some, broken GRE, fragments,
-options, VLAN tags, traffic for the host, random bytes) with state changes between chunks.
+same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP,
+backend and ICMP counters), connection-table contents, ICMP reports and watch. Hand-written
+cases, then a seeded stream of generated frames (valid ones of every kind, every truncation of
+some, broken GRE, fragments, options, VLAN tags, traffic for the host, ICMP unreachables quoting
+GRE, random bytes) with state changes between chunks.
 Also: the C flow hash against the Python one and the checked-in vectors, through a probe
 program; and Maglev table swaps racing new flows.
 """
@@ -24,6 +25,7 @@ import pytest
 
 from rusty_rail import reference
 from rusty_rail.dataplane.libbpf import BpfObject, Program
+from rusty_rail.dpicmp import IcmpStat, IcmpWatch
 from rusty_rail.dpstate import (
     NONE_INDEX,
     Action,
@@ -48,6 +50,7 @@ from rusty_rail.packets import (
     LB_MAC,
     PROTO_GRE,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     ROUTER_IPV4,
     ROUTER_MAC,
     Outer,
@@ -55,6 +58,7 @@ from rusty_rail.packets import (
     describe,
     encapsulate,
     ethernet,
+    gre,
     icmp,
     inner_ipv4,
     ipv4,
@@ -157,13 +161,19 @@ def _show(frame: bytes) -> str:
 
 
 def compare_packet(
-    balancer: Balancer, state: DataplaneState, frame: bytes, what: str, ingress: int = 1
+    balancer: Balancer,
+    state: DataplaneState,
+    frame: bytes,
+    what: str,
+    ingress: int = 1,
+    watch: IcmpWatch | None = None,
 ) -> reference.Result:
     """Run ``frame`` through both; fail with the whole story on any difference."""
     before = balancer.counters()
     run = balancer.run(frame, ingress)
     got_counters = balancer.counters().delta_since(before)
-    expected = reference.process(state, frame, ingress)
+    got_reports = balancer.reports()
+    expected = reference.process(state, frame, ingress, icmp=watch)
 
     def story(problem: str) -> str:
         return (
@@ -175,6 +185,8 @@ def compare_packet(
     assert Verdict(run.retval) == expected.verdict, story("verdicts differ")
     assert run.data == expected.frame, story(f"output differs: {run.data.hex()}")
     assert got_counters == expected.counters, story(f"counters differ: {expected.counters}")
+    expected_reports = [] if expected.report is None else [expected.report]
+    assert got_reports == expected_reports, story(f"reports differ: {got_reports}")
     if expected.flow is not None and not expected.flow.is_ipv6:
         got_entry = balancer.conntrack_entry(expected.flow)
         assert got_entry == state.conntrack.get(expected.flow), story(
@@ -184,13 +196,16 @@ def compare_packet(
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if len(c.frame) >= ETH_HEADER_LEN], ids=lambda c: c.name
+    "case",
+    [c for c in CASES if len(c.frame) >= ETH_HEADER_LEN and c.watch().ring_free is None],
+    ids=lambda c: c.name,
 )
 def test_hand_written_case_agrees_with_the_reference(balancer: Balancer, case: PacketCase) -> None:
-    state = case.state()
-    balancer.load_state(state)
-    compare_packet(balancer, state, case.frame, case.name, case.ingress_ifindex)
+    state, watch = case.state(), case.watch()
+    balancer.load_state(state, watch)
+    compare_packet(balancer, state, case.frame, case.name, case.ingress_ifindex, watch)
     assert balancer.maps.dump_conntrack() == state.conntrack
+    assert balancer.icmp.read_watch() == watch
 
 
 # --- Generated traffic ------------------------------------------------------------------------
@@ -212,6 +227,8 @@ class Generator:
 
     def __post_init__(self) -> None:
         self.flows = [self.flow() for _ in range(400)]
+        self.watch = IcmpWatch()
+        self.addresses: list[bytes] = []  # backend addresses of the current state
 
     def choice(self, items: list[T] | tuple[T, ...]) -> T:
         return items[self.rng.randrange(len(items))]
@@ -287,12 +304,36 @@ class Generator:
         )
         for flow in self.rng.sample(self.flows, 40):
             state.conntrack[flow] = CtEntry(self.rng.randrange(index + 2), self.rng.randrange(4))
+        self.addresses = sorted({backend.addr for backend in state.backends.values()})
+        watched = [a for a in self.addresses if self.rng.random() < 0.7] + [
+            ipv4_address(f"198.18.50.{n}") for n in range(1, 4)
+        ]
+        self.watch = IcmpWatch({a: self.rng.random() < 0.8 for a in watched})
         return state
+
+    def change_watch(self, balancer: Balancer) -> str:
+        """Arm, disarm, watch or forget an address, on both sides."""
+        roll = self.rng.randrange(4)
+        address = self.choice(self.addresses)
+        if roll == 0:
+            for watched in self.watch.armed:  # the control plane re-arming everything
+                self.watch.armed[watched] = True
+            balancer.icmp.set_watch(self.watch)
+            return "every watched backend re-armed"
+        if roll == 1 and address in self.watch.armed:
+            del self.watch.armed[address]
+            balancer.icmp.set_watch(self.watch)
+            return f"{address.hex()} no longer watched"
+        self.watch.armed[address] = roll != 2
+        balancer.icmp.set_watch(self.watch)
+        return f"{address.hex()} watched, armed {roll != 2}"
 
     def change(self, state: DataplaneState, balancer: Balancer) -> str:
         """One state change, written to both sides with the fine-grained map writers."""
         maps = balancer.maps
-        roll = self.rng.randrange(6)
+        roll = self.rng.randrange(8)
+        if roll >= 6:
+            return self.change_watch(balancer)
         if roll == 0:
             index = self.choice(sorted(state.backends))
             entry = state.backends[index]
@@ -455,21 +496,84 @@ class Generator:
         inner = ipv4(flow.src, flow.dst, PROTO_ICMP, icmp(8, 0, self.rng.randbytes(16)))
         return encapsulate(inner, self.outer())
 
+    def unreachable_frame(self) -> bytes:
+        """An ICMP destination unreachable (mostly) quoting GRE (mostly) this node sent to a
+        backend (mostly watched), cut and bent in the ways section 9 tells apart."""
+        rng = self.rng
+        if rng.random() < 0.1:
+            return self.unreachable6_frame()
+        watched = sorted(self.watch.armed)
+        roll = rng.random()
+        if roll < 0.6 and watched:
+            backend = self.choice(watched)
+        elif roll < 0.8:
+            backend = self.choice(self.addresses)
+        else:
+            backend = ipv4_address(f"198.18.{rng.randrange(256)}.{rng.randrange(256)}")
+        source = LB_IPV4 if rng.random() < 0.85 else ROUTER_IPV4
+        proto = PROTO_GRE if rng.random() < 0.85 else self.choice((6, 17, 1, 41))
+        sent = ipv4(
+            source,
+            backend,
+            proto,
+            gre(ETH_P_IPV4, self.inner(self.choice(self.flows)))[: rng.randrange(4, 120)],
+            options=rng.randbytes(self.choice((0, 0, 0, 4, 8))),
+            ident=rng.randrange(65536),
+        )
+        cut = self.choice((len(sent), len(sent), 28, 27, 24, 20, 8, 0, rng.randrange(len(sent))))
+        quoted = bytearray(sent[:cut])
+        if quoted and rng.random() < 0.08:
+            quoted[0] = self.choice((0x45, 0x44, 0x65, 0x46, 0x4F, rng.randrange(256)))
+        code = self.choice((2, 2, 1, 3, 4, 0, 10, 13, rng.randrange(16), rng.randrange(256)))
+        type_ = 3 if rng.random() < 0.9 else self.choice((0, 8, 11, 5, 12))
+        reporter = backend if rng.random() < 0.7 else ipv4_address(ROUTER_IPV4)
+        destination = LB_IPV4 if rng.random() < 0.9 else self.choice(("198.18.0.77", ROUTER_IPV4))
+        packet = ipv4(
+            reporter,
+            destination,
+            PROTO_ICMP,
+            icmp(type_, code, bytes(quoted), rest=rng.getrandbits(32)),
+            options=rng.randbytes(self.choice((0,) * 9 + (4,))),
+            more_fragments=rng.random() < 0.03,
+            frag_offset=self.choice((0,) * 30 + (1,)),
+        )
+        frame = ethernet(
+            LB_MAC, ROUTER_MAC, ETH_P_IPV4, packet, vlans=self.vlans(),
+            pad_to=self.choice((0, 0, 60, 128)),
+        )  # fmt: skip
+        if rng.random() < 0.05:
+            frame = frame[: rng.randrange(ETH_HEADER_LEN, len(frame) + 1)]
+        return frame
+
+    def unreachable6_frame(self) -> bytes:
+        rng = self.rng
+        sent = ipv6("2001:2::2", "2001:2::10:1", self.choice((PROTO_GRE, PROTO_GRE, 17)),
+                    rng.randbytes(rng.randrange(0, 60)))  # fmt: skip
+        quoted = sent[: self.choice((len(sent), 40, 39, rng.randrange(len(sent) + 1)))]
+        message = bytes([self.choice((1, 2, 1, 128, 3)), rng.randrange(8), 0, 0, 0, 0, 0, 0])
+        packet = ipv6("2001:2::10:1", "2001:2::2", self.choice((PROTO_ICMPV6,) * 5 + (17,)),
+                      message + quoted)  # fmt: skip
+        if rng.random() < 0.1:
+            packet = packet[:4] + struct.pack("!H", rng.randrange(65536)) + packet[6:]
+        return ethernet(LB_MAC, ROUTER_MAC, ETH_P_IPV6, packet, vlans=self.vlans())
+
     def frame(self) -> tuple[str, bytes]:
         roll = self.rng.random()
-        if roll < 0.55:
+        if roll < 0.52:
             return "valid", self.valid_frame()
-        if roll < 0.62:
+        if roll < 0.59:
             return "fragment", self.fragment_frame()
-        if roll < 0.65:
+        if roll < 0.62:
             return "icmp", self.icmp_frame()
+        if roll < 0.70:
+            return "unreachable", self.unreachable_frame()
         return "broken", self.broken_frame()
 
 
 def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None:
     generator = Generator(random.Random(SEED))
     state = generator.state()
-    balancer.load_state(state)
+    balancer.load_state(state, generator.watch)
     # Every truncation of a few valid frames of different shapes, then the random stream.
     truncated = [generator.valid_frame() for _ in range(12)] + [generator.fragment_frame()]
     stream: list[tuple[str, bytes]] = [
@@ -481,25 +585,38 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
         stream.append(generator.frame())
 
     seen: dict[Stat, int] = {}
+    seen_icmp: dict[IcmpStat, int] = {}
     changes = []
     start = time.monotonic()
     for number, (kind, frame) in enumerate(stream):
         if number and number % CHUNK == 0:
             assert balancer.maps.dump_conntrack() == state.conntrack, f"before packet {number}"
+            assert balancer.icmp.read_watch() == generator.watch, f"before packet {number}"
             changes.append(generator.change(state, balancer))
             # A backend state change can name a VIP or slot the counters were not watching.
             balancer.vip_indexes = list(range(8))
             balancer.backend_indexes = list(range(48))
         ingress = 1 if generator.rng.random() < 0.9 else 2
-        result = compare_packet(balancer, state, frame, f"packet {number} ({kind})", ingress)
+        result = compare_packet(
+            balancer, state, frame, f"packet {number} ({kind})", ingress, generator.watch
+        )
         seen[result.stat] = seen.get(result.stat, 0) + 1
+        for icmp_stat in result.counters.icmp:
+            seen_icmp[icmp_stat] = seen_icmp.get(icmp_stat, 0) + 1
     assert balancer.maps.dump_conntrack() == state.conntrack
+    assert balancer.icmp.read_watch() == generator.watch
     elapsed = time.monotonic() - start
 
-    # The stream must have exercised every outcome, or it proves less than it claims.
+    # The stream must have exercised every outcome, or it proves less than it claims. A report
+    # is only lost to a full ring, which a stream that reads every report never fills.
     assert set(seen) == set(Stat), f"outcomes never produced: {set(Stat) - set(seen)}"
+    never = set(IcmpStat) - {IcmpStat.LOST} - set(seen_icmp)
+    assert not never, f"ICMP outcomes never produced: {never}"
     assert len(stream) >= GENERATED_PACKETS
-    print(f"{len(stream)} packets in {elapsed:.1f} s; outcomes {seen}; changes {changes}")
+    print(
+        f"{len(stream)} packets in {elapsed:.1f} s; outcomes {seen}; ICMP {seen_icmp}; "
+        f"changes {changes}"
+    )
 
 
 # --- Table swaps racing new flows -------------------------------------------------------------

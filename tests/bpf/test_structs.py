@@ -19,6 +19,7 @@ import pytest
 from rusty_rail.dataplane import structs
 from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
 from rusty_rail.dataplane.maps import FLOW_SET_SIZE, conntrack_sets_for, prepare_object
+from rusty_rail.dpicmp import IcmpStat
 from rusty_rail.dpstate import Action, BackendState, Stat
 
 pytestmark = pytest.mark.bpf
@@ -91,6 +92,7 @@ def test_enums_agree_with_dpstate() -> None:
     assert _c_enum("STAT") == {stat.name: stat.value for stat in Stat}
     assert _c_enum("BACKEND") == {state.name: state.value for state in BackendState}
     assert _c_enum("ACTION") == {action.name: action.value for action in Action}
+    assert _c_enum("ICMP") == {stat.name: stat.value for stat in IcmpStat}
 
 
 def _c_define(name: str) -> str:
@@ -107,6 +109,8 @@ def test_capacities_agree_with_shared_h() -> None:
     assert _c_define("DEFAULT_CONNTRACK_ENTRIES") == "(1 << 20)"
     assert structs.DEFAULT_CONNTRACK_ENTRIES == 1 << 20
     assert int(_c_define("NONE_INDEX").rstrip("u"), 16) == 0xFFFFFFFF
+    assert _c_define("ICMP_REPORT_RING_BYTES") == "(1 << 20)"
+    assert structs.ICMP_REPORT_RING_BYTES == 1 << 20
 
 
 def test_the_maps_have_the_mirrored_shapes() -> None:
@@ -130,5 +134,8 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "vip_stats": (4, size(structs.CCounter), structs.MAX_VIPS),
         "backend_stats": (4, size(structs.CCounter), structs.MAX_BACKENDS),
         "tx_ports": (4, 4, structs.MAX_TX_PORTS),
+        "icmp_watch": (4, size(structs.CIcmpWatch), structs.MAX_BACKENDS),
+        "icmp_stats": (4, size(structs.CCounter), len(IcmpStat)),
+        "icmp_reports": (0, 0, structs.ICMP_REPORT_RING_BYTES),
     }
     assert conntrack_sets_for(1000) == 256  # 250 sets, rounded up to a power of two

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
 from scapy.layers.l2 import Ether
 
+from rusty_rail.dpicmp import IcmpStat, IcmpWatch
 from rusty_rail.dpstate import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
 from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
 from rusty_rail.packets import (
@@ -64,16 +65,48 @@ FORWARDING_VERDICTS = (Verdict.TX, Verdict.REDIRECT)
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_case(case: PacketCase) -> None:
     state = case.state()
-    result = process(state, case.frame, case.ingress_ifindex)
+    watch = case.watch()
+    armed_before = dict(watch.armed)
+    result = process(state, case.frame, case.ingress_ifindex, icmp=watch)
     assert (result.stat, result.verdict) == (case.stat, case.verdict), case.description
     assert result.frame == case.output, describe(result.frame).summary()
     assert result.redirect_ifindex == case.redirect_ifindex
     expected = case.expected_counters()
     assert result.counters == Counters(
-        stats=expected["stats"], vips=expected["vips"], backends=expected["backends"]
+        stats=expected["stats"],
+        vips=expected["vips"],
+        backends=expected["backends"],
+        icmp={IcmpStat(k): v for k, v in expected["icmp"].items()},
     )
     if case.flow is not None:
         assert state.conntrack.get(case.flow) == case.conntrack_after
+    assert result.report == case.report
+    # A report disarms its backend; nothing else changes the watch.
+    disarmed = {case.report.backend: False} if case.report is not None else {}
+    assert watch.armed == armed_before | disarmed
+
+
+def test_cases_cover_every_icmp_outcome() -> None:
+    assert {case.icmp_stat for case in CASES} == {*IcmpStat, None}
+
+
+def test_a_report_disarms_until_armed_again() -> None:
+    case = next(c for c in CASES if c.name == "icmp-code-2-reported")
+    watch, state = case.watch(), case.state()
+    first = process(state, case.frame, icmp=watch)
+    second = process(state, case.frame, icmp=watch)
+    assert first.report is not None and second.report is None
+    assert second.counters.icmp == {IcmpStat.HELD: (1, len(case.frame))}
+    watch.armed[first.report.backend] = True
+    assert process(state, case.frame, icmp=watch).report == first.report
+
+
+def test_without_a_watch_nothing_is_known() -> None:
+    case = next(c for c in CASES if c.name == "icmp-code-2-reported")
+    result = process(case.state(), case.frame)
+    assert result.report is None
+    assert result.counters.icmp == {IcmpStat.UNKNOWN_BACKEND: (1, len(case.frame))}
+    assert IcmpWatch().armed == {}
 
 
 def test_cases_cover_every_stat_and_verdict() -> None:

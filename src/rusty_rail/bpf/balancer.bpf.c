@@ -11,6 +11,7 @@
 #include "conntrack.h"
 #include "encap.h"
 #include "hash.h"
+#include "icmp.h"
 #include "maps.h"
 #include "parse.h"
 #include "shared.h"
@@ -130,13 +131,20 @@ int xdp_balancer(struct xdp_md *ctx)
 	int ethertype, has_ports;
 	__u64 flow_mix;
 
-	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow. */
+	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow. ICMP about
+	 * GRE this node sent is learnt from on its way to the host (section 9). */
 	ethertype = parse_ethernet(&cur, &pkt.eth);
-	if (ethertype == bpf_htons(ETH_P_IPV6))
-		return stop(outer_ipv6_stat(&cur), &pkt, NULL);
+	if (ethertype == bpf_htons(ETH_P_IPV6)) {
+		stat = outer_ipv6_stat(&cur);
+		if (stat == STAT_PASS_NOT_GRE)
+			icmp_count(icmp_ipv6_stat(cur.pos, data_end), pkt.len);
+		return stop(stat, &pkt, NULL);
+	}
 	if (ethertype != bpf_htons(ETH_P_IP))
 		return stop(STAT_PASS_NOT_IP, &pkt, NULL);
 	stat = parse_outer_ipv4(&cur, &pkt.outer);
+	if (stat == STAT_PASS_NOT_GRE)
+		icmp_count(icmp_ipv4_stat(pkt.outer, data_end), pkt.len);
 	if (stat != PARSE_OK)
 		return stop(stat, &pkt, NULL);
 	settings = settings_get();

@@ -89,6 +89,29 @@ struct {
 	__type(value, __u32);
 } tx_ports SEC(".maps");
 
+/* ICMP learning (icmp.h): the backend addresses watched, what was made of each ICMP
+ * destination unreachable, and the reports for the control plane. The ring holds a report
+ * for every watched backend at once (36 bytes + an 8-byte header each), so with reports
+ * disarming their backend it cannot overflow unless the control plane stops reading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __be32);
+	__type(value, struct icmp_watch);
+} icmp_watch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ICMP_COUNT);
+	__type(key, __u32);
+	__type(value, struct counter);
+} icmp_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, ICMP_REPORT_RING_BYTES);
+} icmp_reports SEC(".maps");
+
 static __always_inline const struct settings *settings_get(void)
 {
 	__u32 zero = 0;

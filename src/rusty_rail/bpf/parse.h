@@ -105,7 +105,8 @@ static __always_inline __u32 outer_ipv6_stat(struct cursor *c)
 }
 
 /* The outer IPv4 header (section 2a): sane and carrying GRE. The frame's end is the
- * spec's l3_len bound here, so plain pointer checks say it all. */
+ * spec's l3_len bound here, so plain pointer checks say it all. *ip_out is set for a sane
+ * header, GRE or not (the ICMP learning of section 9 reads the others). */
 static __always_inline __u32 parse_outer_ipv4(struct cursor *c, struct iphdr **ip_out)
 {
 	struct iphdr *ip = c->pos;
@@ -117,9 +118,9 @@ static __always_inline __u32 parse_outer_ipv4(struct cursor *c, struct iphdr **i
 	if (ip->version != 4 || ip->ihl < 5 || total_len < ip->ihl * 4 ||
 	    c->pos + total_len > c->end)
 		return STAT_PASS_OUTER_MALFORMED;
+	*ip_out = ip;
 	if (ip->protocol != IPPROTO_GRE)
 		return STAT_PASS_NOT_GRE;
-	*ip_out = ip;
 	return PARSE_OK;
 }
 

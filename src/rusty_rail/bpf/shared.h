@@ -14,6 +14,8 @@
 #define DEFAULT_CONNTRACK_ENTRIES (1 << 20)
 #define CONNTRACK_WAYS 4
 #define MAX_TX_PORTS 64
+/* Room for one report per backend slot: 16384 records of 48 bytes fit in 1 MiB. */
+#define ICMP_REPORT_RING_BYTES (1 << 20)
 
 /* "No backend" in a table slot, "no default VIP" in the settings (dpstate.NONE_INDEX). */
 #define NONE_INDEX 0xFFFFFFFFu
@@ -51,6 +53,20 @@ enum stat {
 	STAT_DROP_NO_BACKEND = 13,
 	STAT_DROP_NO_NEXTHOP = 14,
 	STAT_COUNT = 15,
+};
+
+/* What the balancer made of an ICMP destination unreachable addressed to it
+ * (docs/packet-path.md section 9; dpicmp.IcmpStat): the index into icmp_stats. */
+enum icmp_stat {
+	ICMP_REPORTED = 0,
+	ICMP_HELD = 1,
+	ICMP_LOST = 2,
+	ICMP_FRAG_NEEDED = 3,
+	ICMP_UNKNOWN_BACKEND = 4,
+	ICMP_NOT_OUR_GRE = 5,
+	ICMP_MALFORMED = 6,
+	ICMP_V6_GRE = 7,
+	ICMP_COUNT = 8,
 };
 
 /* The one entry of the settings array. */
@@ -124,7 +140,25 @@ struct flow_set {
 	struct flow_entry way[CONNTRACK_WAYS];
 };
 
-/* Value of the per-CPU counter arrays (stats, vip_stats, backend_stats). */
+/* Value of icmp_watch, keyed by a backend's IPv4 address (network order). `armed` is cleared
+ * by the report it allows and set again by the control plane: at most one report per backend
+ * is outstanding, however many ICMP messages arrive (two CPUs racing may both report). */
+struct icmp_watch {
+	__u32 armed;
+};
+
+/* A record of the icmp_reports ring buffer: the GRE this node sent to `backend` could not be
+ * delivered, says `reporter` (the backend, or a router on the way). */
+struct icmp_report {
+	__be32 backend_be[4];  /* IPv4 in backend_be[0] */
+	__be32 reporter_be[4]; /* IPv4 in reporter_be[0] */
+	__u8 family;           /* 4; 6 is reserved */
+	__u8 type;
+	__u8 code;
+	__u8 pad;
+};
+
+/* Value of the per-CPU counter arrays (stats, vip_stats, backend_stats, icmp_stats). */
 struct counter {
 	__u64 packets;
 	__u64 bytes;

@@ -27,6 +27,7 @@ MAX_BACKENDS = 16384
 DEFAULT_CONNTRACK_ENTRIES = 1 << 20
 CONNTRACK_WAYS = 4
 MAX_TX_PORTS = 64
+ICMP_REPORT_RING_BYTES = 1 << 20
 
 #: Values of ``struct backend.family``.
 FAMILY_IPV4 = 4
@@ -117,6 +118,21 @@ class CCounter(ctypes.Structure):
     _fields_ = [("packets", U64), ("bytes", U64)]
 
 
+class CIcmpWatch(ctypes.Structure):
+    _fields_ = [("armed", U32)]
+
+
+class CIcmpReport(ctypes.Structure):
+    _fields_ = [
+        ("backend_be", _bytes_be(16)),
+        ("reporter_be", _bytes_be(16)),
+        ("family", U8),
+        ("type", U8),
+        ("code", U8),
+        ("pad", U8),
+    ]
+
+
 #: Every mirror under the name of the C struct it mirrors (test_structs walks this).
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "settings": CSettings,
@@ -128,6 +144,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "flow_entry": CFlowEntry,
     "flow_set": CFlowSet,
     "counter": CCounter,
+    "icmp_watch": CIcmpWatch,
+    "icmp_report": CIcmpReport,
 }
 
 

@@ -1,0 +1,101 @@
+"""The ICMP part of the data-plane state as plain values: which backend addresses the balancer
+watches for "destination unreachable" about the GRE it sent them, what it counts, what it reports.
+
+docs/packet-path.md section 9 is the contract; the reference pipeline reads this model directly
+and rusty_rail.dataplane.icmp encodes it into the BPF maps (bpf/shared.h).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Final
+
+ICMP_DEST_UNREACHABLE: Final = 3
+ICMPV6_DEST_UNREACHABLE: Final = 1
+ICMPV6_PACKET_TOO_BIG: Final = 2
+#: "Fragmentation needed and DF set": path-MTU information, never a sign of a dead backend.
+CODE_FRAGMENTATION_NEEDED: Final = 4
+
+#: RFC 792 and RFC 1812 names of the destination-unreachable codes.
+UNREACHABLE_CODES: Final[dict[int, str]] = {
+    0: "network unreachable",
+    1: "host unreachable",
+    2: "protocol unreachable",
+    3: "port unreachable",
+    4: "fragmentation needed",
+    5: "source route failed",
+    6: "destination network unknown",
+    7: "destination host unknown",
+    8: "source host isolated",
+    9: "network administratively prohibited",
+    10: "host administratively prohibited",
+    11: "network unreachable for TOS",
+    12: "host unreachable for TOS",
+    13: "communication administratively prohibited",
+    14: "host precedence violation",
+    15: "precedence cutoff in effect",
+}
+
+
+def code_name(code: int) -> str:
+    return UNREACHABLE_CODES.get(code, f"code {code}")
+
+
+class IcmpStat(IntEnum):
+    """What the balancer made of an ICMP destination unreachable addressed to it; the index in
+    the BPF icmp_stats array. Such a packet also counts PASS_NOT_GRE like any other host traffic.
+    """
+
+    REPORTED = 0  # about a watched backend: reported to the control plane
+    HELD = 1  # about a watched backend whose previous report is not re-armed yet
+    LOST = 2  # about a watched backend, but the report ring was full (stays armed)
+    FRAG_NEEDED = 3  # code 4 about a watched backend: path MTU, counted, never reported
+    UNKNOWN_BACKEND = 4  # quotes GRE from this node to an address it does not watch
+    NOT_OUR_GRE = 5  # quotes something else: not GRE, or GRE from another source
+    MALFORMED = 6  # the quoted IPv4 header is cut short or invalid
+    V6_GRE = 7  # ICMPv6 unreachable / too big quoting IPv6 GRE: not acted on (no IPv6 GRE sent)
+
+
+ICMP_STAT_COUNT: Final = len(IcmpStat)
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpReport:
+    """One report through the ring buffer: the backend the quoted GRE packet was sent to, who
+    sent the ICMP (the backend itself or a router on the way), and its type and code."""
+
+    backend: bytes
+    reporter: bytes
+    type: int
+    code: int
+
+    @property
+    def backend_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.backend)
+
+    @property
+    def reporter_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.reporter)
+
+    def __str__(self) -> str:
+        return (
+            f"ICMP type {self.type} code {self.code} ({code_name(self.code)}) about "
+            f"{self.backend_address} from {self.reporter_address}"
+        )
+
+
+@dataclass
+class IcmpWatch:
+    """The watched backend addresses (4 bytes each) and whether each may report: a report
+    disarms its address until the control plane arms it again (the per-backend rate limit)."""
+
+    armed: dict[bytes, bool] = field(default_factory=dict)
+    #: How many more reports the ring buffer takes (None: as many as come); a report that
+    #: finds no room is LOST and leaves its backend armed.
+    ring_free: int | None = None
+
+    @classmethod
+    def of(cls, addresses: list[bytes] | set[bytes], *, armed: bool = True) -> IcmpWatch:
+        return cls(dict.fromkeys(addresses, armed))
