@@ -219,6 +219,18 @@ def cmd_bench_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_health(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.health import HealthBedSettings, render_health_bench, run_health_bench
+
+    settings = HealthBedSettings(interval=args.interval, fall=args.fall, rise=args.rise)
+    result = run_health_bench(settings)
+    if args.json:
+        _print_json(result)
+    else:
+        print(render_health_bench(result))
+    return EXIT_OK if result["budgets_met"] else EXIT_FAILURE
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from rusty_rail.selfcheck import run_selfcheck
 
@@ -465,6 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--backends", type=int, default=1000, help="backends of the VIP (default 1000)"
     )
     control.set_defaults(handler=cmd_bench_control)
+    health = benches.add_parser(
+        "health",
+        help="time for a dead backend to leave every balancer's table (needs root)",
+        description="Builds a test bed (2 clients, 2 balancers, 3 servers) with HTTP checks "
+        "and real traffic, then times (a) a server that stops taking GRE and answers "
+        "protocol-unreachable, learnt from ICMP (budget 1 s), and (b) a server whose HTTP "
+        "service stops, found by the checks (budget interval x (fall + 1)), until the "
+        "backend is out of every balancer's table; then how long each takes to come back, "
+        "and whether any connection to a healthy backend broke (budget 0). Exits 1 when a "
+        "budget is missed.",
+        epilog="Example: rusty-rail bench health --json",
+    )
+    health.add_argument("--json", action="store_true", help="machine-readable output")
+    health.add_argument(
+        "--interval", type=float, default=0.5, help="check interval in seconds (default 0.5)"
+    )
+    health.add_argument("--fall", type=int, default=3, help="failures to go down (default 3)")
+    health.add_argument("--rise", type=int, default=2, help="successes to come back (default 2)")
+    health.set_defaults(handler=cmd_bench_health)
     return parser
 
 

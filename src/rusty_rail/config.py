@@ -22,8 +22,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
+    model_serializer,
     model_validator,
 )
 
@@ -81,6 +84,33 @@ class Encap(StrEnum):
     """How packets are carried from the balancer to a VIP's backends."""
 
     GRE = "gre"
+
+
+class CheckType(StrEnum):
+    """An active health check: none, a TCP connect, an HTTP GET, or a tunnel probe (an ICMP
+    echo inside GRE from the balancer's address: the path the traffic takes)."""
+
+    NONE = "none"
+    TCP = "tcp"
+    HTTP = "http"
+    TUNNEL = "tunnel"
+
+
+class IcmpPolicy(StrEnum):
+    """What an ICMP destination unreachable about a backend does: make it suspect until a
+    tunnel probe confirms, take it out at once, or nothing."""
+
+    SUSPECT = "suspect"
+    TRUST = "trust"
+    OFF = "off"
+
+
+class AllUnhealthy(StrEnum):
+    """What a VIP whose every backend is unhealthy does: keep sending to all of them
+    (fail open) or drop its traffic."""
+
+    FAIL_OPEN = "fail-open"
+    DROP = "drop"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +333,70 @@ def _choice(kind: type[E], lead: str = "must be one of") -> Callable[[object], E
     return check
 
 
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number of seconds")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        return float(value)
+
+    return check
+
+
+def _share(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number from 0 to 1 (a share of the VIP's backends)")
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1 (a share of the VIP's backends)")
+    return float(value)
+
+
+_STATUS_CLASS = re.compile(r"[1-5]xx")
+
+
+def _status(value: object) -> int | str:
+    if isinstance(value, str) and _STATUS_CLASS.fullmatch(value.lower()):
+        return value.lower()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError('must be an HTTP status (200) or a class of them ("2xx")')
+    return _integer(value, 100, 599)
+
+
+def _statuses(value: object) -> tuple[int | str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError('must be a non-empty array of statuses, e.g. [200] or ["2xx", "3xx"]')
+    checked = []
+    for position, item in enumerate(value):
+        try:
+            checked.append(_status(item))
+        except ValueError as error:
+            raise ValueError(f"item {position}: {show_value(item)}: {error}") from None
+    return tuple(checked)
+
+
+def _http_path(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string starting with /")
+    if not value.startswith("/"):
+        raise ValueError("must start with /")
+    if len(value) > 1024:
+        raise ValueError("is longer than 1024 characters")
+    if any(not 0x21 <= ord(char) <= 0x7E for char in value):
+        raise ValueError("must be printable ASCII without spaces (percent-encode the rest)")
+    return value
+
+
+def _host_header(value: object) -> str:
+    if not isinstance(value, str) or value == "":
+        raise ValueError("must be a non-empty string (a host name, optionally :port)")
+    if len(value) > 255:
+        raise ValueError("is longer than 255 characters")
+    if any(not 0x21 <= ord(char) <= 0x7E for char in value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
 # The field types. A new field usually needs only one of these, or a new line like them.
 Address = Annotated[IPAddress, BeforeValidator(_address)]
 OptionalAddress = Annotated[IPAddress | None, BeforeValidator(_optional(_address))]
@@ -329,6 +423,20 @@ OptionalProtocol = Annotated[Protocol | None, BeforeValidator(_optional(_choice(
 EncapField = Annotated[
     Encap, BeforeValidator(_choice(Encap, "unsupported encapsulation; supported"))
 ]
+OptionalCheckType = Annotated[CheckType | None, BeforeValidator(_optional(_choice(CheckType)))]
+OptionalIcmpPolicy = Annotated[IcmpPolicy | None, BeforeValidator(_optional(_choice(IcmpPolicy)))]
+OptionalAllUnhealthy = Annotated[
+    AllUnhealthy | None, BeforeValidator(_optional(_choice(AllUnhealthy)))
+]
+OptionalHttpPath = Annotated[str | None, BeforeValidator(_optional(_http_path))]
+OptionalHostHeader = Annotated[str | None, BeforeValidator(_optional(_host_header))]
+OptionalStatuses = Annotated[tuple[int | str, ...] | None, BeforeValidator(_optional(_statuses))]
+OptionalInterval = Annotated[float | None, BeforeValidator(_optional(_seconds(0.1, 3600)))]
+OptionalTimeout = Annotated[float | None, BeforeValidator(_optional(_seconds(0.01, 60)))]
+OptionalHold = Annotated[float | None, BeforeValidator(_optional(_seconds(0, 3600)))]
+OptionalConfirmTimeout = Annotated[float | None, BeforeValidator(_optional(_seconds(0.01, 10)))]
+OptionalCount = Annotated[int | None, BeforeValidator(_optional(_integer_between(1, 100)))]
+OptionalShare = Annotated[float | None, BeforeValidator(_optional(_share))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,12 +447,142 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Backend(_Model):
+class _OmitsNoHealth(_Model):
+    """A model whose ``health`` key is left out of dumps while it is None, so configurations
+    without health settings read and hash exactly as they did before there were any."""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_health(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("health", ...) is None:
+            del data["health"]
+        return data
+
+
+class BackendHealth(_Model):
+    """Health settings a backend may override; every key is optional, and an unset key comes
+    from the VIP's ``health``, then the top level's, then the defaults (docs/health.md)."""
+
+    #: The active check: none, tcp, http or tunnel.
+    check: OptionalCheckType = None
+    #: The checked port (tcp, http); default the VIP's port.
+    port: OptionalPort = None
+    #: HTTP: the request path, and the Host header (default: the backend's address).
+    path: OptionalHttpPath = None
+    host: OptionalHostHeader = None
+    #: HTTP: the statuses that mean healthy, e.g. [200] or ["2xx", "3xx"].
+    expect_status: OptionalStatuses = None
+    interval: OptionalInterval = None
+    timeout: OptionalTimeout = None
+    #: Consecutive successes that bring an unhealthy backend back, failures that take it out.
+    rise: OptionalCount = None
+    fall: OptionalCount = None
+    #: What an ICMP destination unreachable about this backend does.
+    icmp: OptionalIcmpPolicy = None
+
+    @model_serializer(mode="wrap")
+    def _set_keys_only(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        # Unset keys mean "from the level above": a dump shows what this level sets.
+        data = handler(self)
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _check_timeout(self) -> Self:
+        if self.timeout is not None and self.interval is not None and self.timeout > self.interval:
+            reason = f"must not be longer than the interval ({self.interval:g} s)"
+            raise _Invalid([Problem(("timeout",), reason, self.timeout)])
+        return self
+
+
+class Health(BackendHealth):
+    """Health settings of a VIP (or, at the top level, of every VIP and the default set):
+    a backend's keys and the ones that concern the VIP as a whole."""
+
+    #: The share of the VIP's backends that ICMP reports alone (trust mode) may take out.
+    icmp_max_removed: OptionalShare = None
+    #: How long after a report a backend may report again (the per-backend rate limit).
+    icmp_hold: OptionalHold = None
+    #: How long the tunnel probe that confirms a suspect waits for its echo.
+    icmp_confirm_timeout: OptionalConfirmTimeout = None
+    #: When every backend is unhealthy: "fail-open" (send to all) or "drop".
+    all_unhealthy: OptionalAllUnhealthy = None
+
+
+DEFAULT_TIMEOUT: Final = 1.0
+
+#: The value of every health key that no level sets.
+HEALTH_DEFAULTS: Final[Mapping[str, object]] = {
+    "check": CheckType.NONE,
+    "port": None,
+    "path": "/",
+    "host": None,
+    "expect_status": ("2xx", "3xx"),
+    "interval": 2.0,
+    "timeout": None,  # DEFAULT_TIMEOUT, or the interval when that is shorter
+    "rise": 2,
+    "fall": 3,
+    "icmp": IcmpPolicy.SUSPECT,
+    "icmp_max_removed": 0.5,
+    "icmp_hold": 1.0,
+    "icmp_confirm_timeout": 0.3,
+    "all_unhealthy": AllUnhealthy.FAIL_OPEN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """The health settings in force for one backend of one VIP, every level merged."""
+
+    check: CheckType
+    port: int | None
+    path: str
+    host: str | None
+    expect_status: tuple[int | str, ...]
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+    icmp: IcmpPolicy
+    icmp_max_removed: float
+    icmp_hold: float
+    icmp_confirm_timeout: float
+    all_unhealthy: AllUnhealthy
+
+    def status_ok(self, status: int) -> bool:
+        """Whether an HTTP answer with ``status`` means healthy."""
+        return any(
+            status == wanted if isinstance(wanted, int) else str(status)[0] == wanted[0]
+            for wanted in self.expect_status
+        )
+
+
+def merge_health(*levels: BackendHealth | None, vip_port: int | None = None) -> HealthSettings:
+    """The settings of ``levels`` (least specific first): each set key wins over the levels
+    before it; the port defaults to the VIP's."""
+    merged: dict[str, Any] = dict(HEALTH_DEFAULTS)
+    merged["port"] = vip_port
+    for level in levels:
+        if level is not None:
+            merged |= {key: value for key, value in level if value is not None}
+    if merged["timeout"] is None:
+        merged["timeout"] = min(DEFAULT_TIMEOUT, merged["interval"])
+    return HealthSettings(**merged)
+
+
+class Backend(_OmitsNoHealth):
     """A server behind a VIP. In TOML it may be written as just its address string."""
 
     address: Address
     weight: Weight = 1
     state: AdminStateField = AdminState.UP
+    #: This backend's own health settings, over the VIP's.
+    health: BackendHealth | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -377,7 +615,7 @@ class VipKey:
         return f"{host}:{self.port}/{self.protocol.value}"
 
 
-class Vip(_Model):
+class Vip(_OmitsNoHealth):
     """A virtual IP service: what it matches, how packets reach its backends, and the backends."""
 
     address: Address
@@ -387,6 +625,8 @@ class Vip(_Model):
     #: Maglev table size for this VIP; None means the configuration's ``table_size``.
     table_size: OptionalTableSize = None
     backends: tuple[Backend, ...] = ()
+    #: Health checks and ICMP learning for this VIP's backends, over the top level's.
+    health: Health | None = None
 
     @property
     def key(self) -> VipKey:
@@ -417,7 +657,7 @@ class Vip(_Model):
         return self
 
 
-class Config(_Model):
+class Config(_OmitsNoHealth):
     """The whole configuration of one balancer node."""
 
     #: The interface that receives and sends the GRE traffic; None: not chosen here.
@@ -434,10 +674,18 @@ class Config(_Model):
     #: Where GRE traffic matching no VIP goes (the seed's RR_TARGET_IPS); empty: nowhere.
     default_backends: tuple[Backend, ...] = ()
     vips: tuple[Vip, ...] = ()
+    #: Health checks and ICMP learning for every VIP and the default set (docs/health.md).
+    health: Health | None = None
 
     def table_size_for(self, vip: Vip) -> int:
         """The Maglev table size ``vip`` uses."""
         return vip.table_size if vip.table_size is not None else self.table_size
+
+    def health_for(self, vip: Vip | None, backend: Backend) -> HealthSettings:
+        """The health settings of ``backend`` of ``vip`` (None: the default set)."""
+        if vip is None:
+            return merge_health(self.health, backend.health)
+        return merge_health(self.health, vip.health, backend.health, vip_port=vip.port)
 
     @field_serializer("hash_seed", when_used="json")
     def _seed_as_hex(self, seed: int) -> str:
@@ -479,9 +727,51 @@ class Config(_Model):
         check_backends(self.default_backends, ("default_backends",))
         for index, vip in enumerate(self.vips):
             check_backends(vip.backends, ("vips", index, "backends"))
+        problems += self._health_problems()
         if problems:
             raise _Invalid(problems)
         return self
+
+    def _health_problems(self) -> list[Problem]:
+        """What the merged health settings of each backend get wrong, reported at the most
+        specific level that has a health table."""
+        problems: list[Problem] = []
+        services: list[tuple[Vip | None, Loc, tuple[Backend, ...]]] = [
+            (None, (), self.default_backends)
+        ]
+        services += [(vip, ("vips", i), vip.backends) for i, vip in enumerate(self.vips)]
+        for vip, vip_loc, backends in services:
+            service_loc: Loc = (*vip_loc, "health") if vip and vip.health else ("health",)
+            backends_key = "backends" if vip is not None else "default_backends"
+            levels = (self.health,) if vip is None else (self.health, vip.health)
+            service = merge_health(*levels)
+            if service.timeout > service.interval:
+                reason = f"must not be longer than the interval ({service.interval:g} s)"
+                problems.append(Problem((*service_loc, "timeout"), reason, service.timeout))
+            for position, backend in enumerate(backends):
+                where = service_loc
+                if backend.health is not None:
+                    where = (*vip_loc, backends_key, position, "health")
+                settings = self.health_for(vip, backend)
+                if settings.check in (CheckType.TCP, CheckType.HTTP) and settings.port is None:
+                    reason = (
+                        f"the {settings.check.value} check needs a port, and "
+                        + ("this VIP matches every port" if vip else "the default set has none")
+                        + ": set port"
+                    )
+                    problems.append(Problem((*where, "port"), reason))
+                own = backend.health
+                if (
+                    own is not None
+                    and (own.timeout, own.interval) != (None, None)
+                    and settings.timeout > settings.interval
+                ):
+                    reason = f"must not be longer than the interval ({settings.interval:g} s)"
+                    problems.append(Problem((*where, "timeout"), reason, settings.timeout))
+        unique: dict[tuple[Loc, str], Problem] = {}
+        for problem in problems:
+            unique.setdefault((problem.loc, problem.reason), problem)
+        return list(unique.values())
 
 
 def _duplicate_backends(backends: Sequence[Backend], loc: Loc) -> list[Problem]:

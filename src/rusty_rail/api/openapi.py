@@ -60,6 +60,46 @@ STATS: Final[Schema] = {
 FINGERPRINT: Final[Schema] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 
+def _health_settings(*, vip_wide: bool) -> Schema:
+    """docs/health.md's keys; every one optional (unset keys come from the level above)."""
+    seconds = {"type": "number"}
+    properties: Schema = {
+        "check": {"type": "string", "enum": ["none", "tcp", "http", "tunnel"]},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "path": {"type": "string", "pattern": "^/[\\x21-\\x7e]*$", "maxLength": 1024},
+        "host": {"type": "string", "pattern": "^[\\x21-\\x7e]+$", "maxLength": 255},
+        "expect_status": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "integer", "minimum": 100, "maximum": 599},
+                    {"type": "string", "pattern": "^[1-5][xX][xX]$"},
+                ]
+            },
+        },
+        "interval": {**seconds, "minimum": 0.1, "maximum": 3600},
+        "timeout": {**seconds, "minimum": 0.01, "maximum": 60},
+        "rise": {"type": "integer", "minimum": 1, "maximum": 100},
+        "fall": {"type": "integer", "minimum": 1, "maximum": 100},
+        "icmp": {"type": "string", "enum": ["suspect", "trust", "off"]},
+    }
+    if vip_wide:
+        properties |= {
+            "icmp_max_removed": {"type": "number", "minimum": 0, "maximum": 1},
+            "icmp_hold": {**seconds, "minimum": 0, "maximum": 3600},
+            "icmp_confirm_timeout": {**seconds, "minimum": 0.01, "maximum": 10},
+            "all_unhealthy": {"type": "string", "enum": ["fail-open", "drop"]},
+        }
+    return {
+        "type": "object",
+        "description": "Health checks and ICMP learning (docs/health.md). Unset keys come "
+        "from the level above: backend, then VIP, then the top level, then the defaults.",
+        "properties": {name: _nullable(schema) for name, schema in properties.items()},
+        "additionalProperties": False,
+    }
+
+
 def _backend(required: list[str]) -> Schema:
     return {
         "type": "object",
@@ -67,6 +107,7 @@ def _backend(required: list[str]) -> Schema:
             "address": ADDRESS,
             "weight": {**WEIGHT, "default": 1},
             "state": {**STATE, "default": "up"},
+            "health": _nullable(_ref("BackendHealthSettings")),
         },
         "required": required,
         "additionalProperties": False,
@@ -85,6 +126,7 @@ def _vip_body(required: list[str]) -> Schema:
             "encap": {"type": "string", "enum": ["gre"], "default": "gre"},
             "table_size": _nullable(TABLE_SIZE),
             "backends": {"type": "array", "items": _ref("BackendOrAddress"), "default": []},
+            "health": _nullable(_ref("HealthSettings")),
         },
         "required": required,
         "additionalProperties": False,
@@ -92,6 +134,8 @@ def _vip_body(required: list[str]) -> Schema:
 
 
 SCHEMAS: Final[dict[str, Schema]] = {
+    "HealthSettings": _health_settings(vip_wide=True),
+    "BackendHealthSettings": _health_settings(vip_wide=False),
     "Backend": _backend(["address"]),
     "BackendOrAddress": {"anyOf": [_ref("Backend"), ADDRESS]},
     "BackendBody": {**_backend([]), "description": "A backend; address comes from the path."},
@@ -129,6 +173,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             },
             "default_backends": {"type": "array", "items": _ref("BackendOrAddress")},
             "vips": {"type": "array", "items": _ref("Vip")},
+            "health": _nullable(_ref("HealthSettings")),
         },
         "additionalProperties": False,
     },
@@ -308,6 +353,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
             },
             "unresolved_next_hops": {"type": "array", "items": {"type": "string"}},
+            "backend_health": {
+                "type": "object",
+                "description": "Per VIP key (and default): its backends' health.",
+                "additionalProperties": _ref("VipHealth"),
+            },
         },
         "required": [
             "status",
@@ -320,6 +370,102 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "vips",
             "unresolved_next_hops",
         ],
+    },
+    "VipHealth": {
+        "type": "object",
+        "properties": {
+            "backends": {"type": "integer", "minimum": 0},
+            "unhealthy": {"type": "array", "items": {"type": "string"}},
+            "suspect": {"type": "array", "items": {"type": "string"}},
+            "all_unhealthy": {
+                "type": "boolean",
+                "description": "Every backend that is not admin down is unhealthy.",
+            },
+            "fail_open": {
+                "type": "boolean",
+                "description": "All unhealthy, and all_unhealthy is fail-open: traffic goes to "
+                "every backend.",
+            },
+            "icmp_floor_held": {"type": "integer", "minimum": 0},
+        },
+        "required": [
+            "backends",
+            "unhealthy",
+            "suspect",
+            "all_unhealthy",
+            "fail_open",
+            "icmp_floor_held",
+        ],
+        "additionalProperties": False,
+    },
+    "BackendHealth": {
+        "type": "object",
+        "properties": {
+            "vip": {"type": "string"},
+            "backend": {"type": "string"},
+            "status": {"type": "string", "enum": ["healthy", "suspect", "unhealthy"]},
+            "admin": STATE,
+            "check": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["none", "tcp", "http", "tunnel"]},
+                    "ok": {"type": "boolean"},
+                    "successes": {"type": "integer", "minimum": 0},
+                    "failures": {"type": "integer", "minimum": 0},
+                    "last": _nullable({"type": "string"}),
+                },
+                "required": ["type", "ok", "successes", "failures", "last"],
+                "additionalProperties": False,
+            },
+            "icmp": {
+                "type": "object",
+                "properties": {
+                    "policy": {"type": "string", "enum": ["suspect", "trust", "off"]},
+                    "state": {"type": "string", "enum": ["ok", "suspect", "down"]},
+                    "confirmed": {"type": "boolean"},
+                    "probe_successes": {"type": "integer", "minimum": 0},
+                    "last_report": _nullable({"type": "string"}),
+                },
+                "required": ["policy", "state", "confirmed", "probe_successes", "last_report"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["vip", "backend", "status", "admin", "check", "icmp"],
+        "additionalProperties": False,
+    },
+    "HealthList": {
+        "type": "object",
+        "properties": {
+            "vips": {"type": "object", "additionalProperties": _ref("VipHealth")},
+            "backends": {"type": "array", "items": _ref("BackendHealth")},
+        },
+        "required": ["vips", "backends"],
+        "additionalProperties": False,
+    },
+    "Event": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "at": {"type": "number", "description": "Unix time"},
+            "kind": {"type": "string", "enum": ["health", "admin", "fail-open", "floor"]},
+            "vip": {"type": "string"},
+            "backend": _nullable({"type": "string"}),
+            "from": _nullable({"type": "string"}),
+            "to": _nullable({"type": "string"}),
+            "cause": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+        "required": ["id", "at", "kind", "vip", "backend", "from", "to", "cause", "detail"],
+        "additionalProperties": False,
+    },
+    "EventList": {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "last_id": {"type": "integer", "minimum": 0},
+        },
+        "required": ["events", "last_id"],
+        "additionalProperties": False,
     },
     "Change": {
         "type": "object",
@@ -662,6 +808,54 @@ def document() -> dict[str, Any]:
                         }
                     ],
                     "responses": {"200": _ok("Decision"), **READ_ERRORS},
+                }
+            },
+            "/v1/events": {
+                "get": {
+                    "summary": "Health events (transitions with their cause, fail-open, the ICMP "
+                    "floor holding), oldest first",
+                    "parameters": [
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "description": "Only events with a higher id (0: all kept).",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**53},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {
+                            "name": "vip",
+                            "in": "query",
+                            "required": False,
+                            "description": "Only this VIP's events (a VIP key, or default).",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {"200": _ok("EventList"), **READ_ERRORS},
+                }
+            },
+            "/v1/health": {
+                "get": {
+                    "summary": "Every backend's health (checks, ICMP) and each VIP's fail-open",
+                    "parameters": [
+                        {
+                            "name": "vip",
+                            "in": "query",
+                            "required": False,
+                            "description": "Only this VIP (a VIP key, or default).",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok("HealthList"),
+                        **READ_ERRORS,
+                        "503": _error("The daemon is not started"),
+                    },
                 }
             },
         },

@@ -30,6 +30,7 @@ from rusty_rail.control.plan import PlanError
 from . import changes, openapi, views
 from .changes import BODY, Target
 from .errors import ApiError
+from .health_metrics import HealthCollector
 from .metrics import Metrics
 
 log = logging.getLogger("rusty_rail.api")
@@ -45,6 +46,8 @@ DEFAULT_FLOW_LIMIT: Final = 100
 MAX_FLOW_LIMIT: Final = 10_000
 FLOW_SCAN: Final = 1_000_000
 DEFAULT_PLAN_FLOWS: Final = 100_000
+DEFAULT_EVENT_LIMIT: Final = 100
+MAX_EVENT_LIMIT: Final = 1000
 OPENAPI: Final = openapi.document()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -430,11 +433,44 @@ async def lookup(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(views.lookup, snapshot.plan, snapshot.maps, flow))
 
 
+async def list_events(request: web.Request) -> web.Response:
+    """Health events after ``since`` (an event id), oldest first."""
+    daemon = request.app[DAEMON]
+    since = _query_int(request, "since", 0, 0, 2**53)
+    limit = _query_int(request, "limit", DEFAULT_EVENT_LIMIT, 1, MAX_EVENT_LIMIT)
+    vip = request.query.get("vip")
+    if vip is not None:
+        vip = changes.parse_target(vip).name
+    events = daemon.events.since(since, limit, vip)
+    return _json(
+        {"events": [event.as_json() for event in events], "last_id": daemon.events.last_id}
+    )
+
+
+async def backend_health(request: web.Request) -> web.Response:
+    """Every backend's health: check streaks, ICMP state, last results; per VIP, fail-open."""
+    daemon = request.app[DAEMON]
+    monitor = daemon.monitor
+    if monitor is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the daemon is not started")
+    vip = request.query.get("vip")
+    names = None if vip is None else [changes.parse_target(vip).name]
+    book = monitor.book
+    return _json(
+        {
+            "vips": {name: summary for name, summary in book.summary().items()
+                     if names is None or name in names},
+            "backends": [backend.as_json() for backend in book.ordered(names)],
+        }
+    )  # fmt: skip
+
+
 def create_app(daemon: Daemon) -> web.Application:
     """The API of ``daemon``; the daemon serves it from its own loop."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[DAEMON] = daemon
     app[METRICS] = Metrics(daemon)
+    app[METRICS].registry.register(HealthCollector(daemon))
     router = app.router
     router.add_get("/healthz", healthz)
     router.add_get("/metrics", metrics)
@@ -454,4 +490,6 @@ def create_app(daemon: Daemon) -> web.Application:
     router.add_post("/v1/plan", plan)
     router.add_get("/v1/flows", list_flows)
     router.add_get("/v1/lookup", lookup)
+    router.add_get("/v1/events", list_events)
+    router.add_get("/v1/health", backend_health)
     return app

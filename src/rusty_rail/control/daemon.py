@@ -2,10 +2,11 @@
 loads (or adopts) the XDP program, writes the state, attaches, then serves the REST API and
 keeps the state current from one asyncio loop.
 
-Every change (an API write, SIGHUP, a next hop that moved) goes through one lock and is
-planned whole before any map is written. On SIGTERM/SIGINT the data plane keeps running
-(pinned) unless told to detach; on SIGHUP the configuration file is read again and applied,
-or the running state is kept and the log says why.
+Every change (an API write, SIGHUP, a next hop that moved, a backend's health) goes through
+one lock and is planned whole before any map is written. On SIGTERM/SIGINT the data plane
+keeps running (pinned) unless told to detach; on SIGHUP the configuration file is read again
+and applied, or the running state is kept and the log says why. The health monitor
+(control/monitor.py) runs on the same loop.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from rusty_rail import config as config_module
 from rusty_rail.config import Backend, Config, ConfigError, Vip, validate_as
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
+from rusty_rail.control.events import EventLog
+from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.plan import (
     DEFAULT_SET,
     Allocation,
@@ -41,6 +44,7 @@ from rusty_rail.control.plan import (
     services_of,
 )
 from rusty_rail.dataplane import netlink
+from rusty_rail.dataplane.icmp import IcmpMaps
 from rusty_rail.dataplane.libbpf import PIN_ROOT, LibbpfError
 from rusty_rail.dataplane.loader import (
     Balancer,
@@ -73,6 +77,7 @@ SOURCE_API: Final = "api"
 SOURCE_RELOAD: Final = "reload"
 SOURCE_NEXT_HOPS: Final = "next-hop refresh"
 SOURCE_RETRY: Final = "retry"
+SOURCE_HEALTH: Final = "health"
 
 
 class StartupError(RuntimeError):
@@ -351,6 +356,13 @@ class Daemon:
         self._serving = threading.Event()
         self._stop_requested = False
         self._tasks: set[asyncio.Future[None]] = set()
+        #: Health transitions, fail-open and ICMP-floor events (GET /v1/events).
+        self.events = EventLog(time.time)
+        #: Health checks and ICMP learning; made when the program is loaded.
+        self.monitor: HealthMonitor | None = None
+        self.lb_ipv4: IPv4Address | None = None
+        self._health_pending = False
+        self._health_config: Config | None = None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -370,6 +382,7 @@ class Daemon:
         except Exception as error:
             raise StartupError(f"device {self.device}: {error}") from error
         lb_ipv4 = lb_address_of(self.config, self.device)
+        self.lb_ipv4 = lb_ipv4
         self.next_hops.resolve(backend_addresses(self.config), wait=self.options.next_hop_timeout)
         fresh = Allocation(max_vips=MAX_VIPS, max_backends=MAX_BACKENDS)
         clock = time.perf_counter()
@@ -422,6 +435,14 @@ class Daemon:
             build_seconds = self.start_timings["build_seconds"] + time.perf_counter() - clock
             clock = time.perf_counter()
             applied = apply_operations(balancer.maps, diff(current, plan.state))
+            # The ICMP maps are the new program's own: filled before it is swapped in.
+            monitor = HealthMonitor(
+                self.config,
+                self.events,
+                on_verdict=self._health_changed,
+                icmp_maps=IcmpMaps.of_object(balancer.obj),
+            )
+            monitor.sync_watch()
             apply_seconds = time.perf_counter() - clock
             self.start_timings = {
                 "read_state_seconds": read_seconds,
@@ -437,6 +458,7 @@ class Daemon:
             balancer.close()
             raise
         self.balancer, self.plan = balancer, plan
+        self.monitor, self._health_config = monitor, self.config
         self.table_generations = dict.fromkeys(plan.tables, 1)
         self.last_change = {
             "generation": self.generation,
@@ -485,11 +507,13 @@ class Daemon:
                 f"the device cannot change while running ({self.device} -> "
                 f"{config.device}): restart the daemon"
             )
+        verdict = self.monitor.book.verdict if self.monitor is not None else None
         return compile_plan(
             config,
             self.plan.allocation,
             lb_ipv4=lb_address_of(config, self.device),
             resolve_next_hop=self.next_hops,
+            healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
             previous_tables=self.plan.tables,
             previous_state=self.plan.state,
         )
@@ -591,8 +615,49 @@ class Daemon:
             "at": time.time(),
             "map_updates": applied,
         }
+        self._follow_config()
         self._notify(source, result)
         return result
+
+    # --- health ----------------------------------------------------------------------------
+
+    def _follow_config(self) -> None:
+        """Tell the health monitor the configuration now applied (on the loop's thread)."""
+        monitor, config = self.monitor, self.config
+        if monitor is None or config is self._health_config:
+            return
+        self._health_config = config
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(monitor.configure, config)
+        else:
+            monitor.configure(config)
+
+    def _health_changed(self) -> None:
+        """The verdict changed (called on the loop's thread): apply it, once for a burst."""
+        if self._health_pending or self._lock is None or self._stop_requested:
+            return
+        self._health_pending = True
+        self._spawn(self._apply_health())
+
+    async def _apply_health(self) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            self._health_pending = False  # a verdict from here on needs another change
+            try:
+                result = await asyncio.to_thread(
+                    self.change, self.config, SOURCE_HEALTH, persist=False, force=True
+                )
+            except (ApplyError, PlanError, StartupError, ValueError, LibbpfError) as error:
+                log.error("applying a health verdict failed: %s", error)
+                return
+        if result.tables_rebuilt:
+            log.info(
+                "health: tables rebuilt for %s (%d map updates, %.1f ms)",
+                ", ".join(result.tables_rebuilt),
+                result.map_updates,
+                result.seconds * 1000,
+            )
 
     def _notify(self, source: str, result: ChangeResult | None) -> None:
         for observer in self.observers:
@@ -712,6 +777,7 @@ class Daemon:
             (str(a) for a in backend_addresses(self.config) if self.next_hops(a) is None),
             key=_address_order,
         )
+        backend_health = self.monitor.book.summary() if self.monitor is not None else {}
         body = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
@@ -722,6 +788,7 @@ class Daemon:
             "last_change": self.last_change,
             "vips": vips,
             "unresolved_next_hops": unresolved,
+            "backend_health": backend_health,
         }
         return not reasons, body
 
@@ -764,9 +831,16 @@ class Daemon:
         try:
             if self._api_socket is not None and app_factory is not None:
                 runner = await self._start_api(app_factory(self), self._api_socket)
+            if self.monitor is not None and self.lb_ipv4 is not None:
+                if self._health_config is not self.config:
+                    self._health_config = self.config
+                    self.monitor.configure(self.config)
+                self.monitor.start(loop, self.lb_ipv4)
             self._serving.set()
             await self._tick_until_stopped()
         finally:
+            if self.monitor is not None:
+                self.monitor.stop()
             self._serving.set()
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

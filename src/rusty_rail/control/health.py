@@ -1,0 +1,408 @@
+"""Backend health as plain state: active-check results, ICMP reports and tunnel probes go in;
+each (VIP, backend)'s verdict comes out, with the floor on ICMP removals and fail-open per VIP.
+
+Pure: no sockets, no clock of its own, no asyncio. control/monitor.py feeds it from the
+daemon's loop; the planner asks ``Verdict.healthy(service, address)``. docs/health.md is
+the behaviour in words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
+
+from rusty_rail.config import (
+    AdminState,
+    AllUnhealthy,
+    Backend,
+    CheckType,
+    Config,
+    HealthSettings,
+    IcmpPolicy,
+    Vip,
+)
+from rusty_rail.control.events import EventLog
+from rusty_rail.dpicmp import IcmpReport
+
+IPAddress = IPv4Address | IPv6Address
+Pair = tuple[str, IPAddress]
+
+#: The default set's name among the services (control.plan.DEFAULT_SET).
+DEFAULT_SET = "default"
+
+
+class Status(StrEnum):
+    """A backend's health as operators see it. A suspect backend still takes traffic."""
+
+    HEALTHY = "healthy"
+    SUSPECT = "suspect"
+    UNHEALTHY = "unhealthy"
+
+
+class IcmpState(StrEnum):
+    """What ICMP reports and tunnel probes say about a backend in one VIP."""
+
+    OK = "ok"
+    SUSPECT = "suspect"  # reported; a tunnel probe is confirming
+    DOWN = "down"  # reported and confirmed (or trusted): out until `rise` probes succeed
+
+
+@dataclass
+class BackendHealth:
+    """One backend of one VIP (the same address in two VIPs has two of these)."""
+
+    service: str
+    address: IPAddress
+    settings: HealthSettings
+    admin: AdminState
+    #: The active check's verdict (True when there is no check) and its streaks.
+    check_ok: bool = True
+    successes: int = 0
+    failures: int = 0
+    last_check: str | None = None
+    icmp: IcmpState = IcmpState.OK
+    #: DOWN after a failed tunnel probe (False: by a trusted report alone, under the floor).
+    icmp_confirmed: bool = False
+    probe_successes: int = 0
+    last_report: str | None = None
+    #: Consecutive check and probe results counted, for the metrics.
+    checks: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+
+    @property
+    def up(self) -> bool:
+        return self.check_ok and self.icmp is not IcmpState.DOWN
+
+    @property
+    def status(self) -> Status:
+        if not self.up:
+            return Status.UNHEALTHY
+        return Status.SUSPECT if self.icmp is IcmpState.SUSPECT else Status.HEALTHY
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the admin state lets it carry traffic (what fail-open counts)."""
+        return self.admin is not AdminState.DOWN
+
+    def as_json(self) -> dict[str, object]:
+        settings = self.settings
+        return {
+            "vip": self.service,
+            "backend": str(self.address),
+            "status": self.status.value,
+            "admin": self.admin.value,
+            "check": {
+                "type": settings.check.value,
+                "ok": self.check_ok,
+                "successes": self.successes,
+                "failures": self.failures,
+                "last": self.last_check,
+            },
+            "icmp": {
+                "policy": settings.icmp.value,
+                "state": self.icmp.value,
+                "confirmed": self.icmp_confirmed,
+                "probe_successes": self.probe_successes,
+                "last_report": self.last_report,
+            },
+        }
+
+
+def _key(address: IPAddress) -> tuple[int, int]:
+    # ipaddress objects hash through hex(); the planner asks once per backend per change.
+    return address.version, int(address)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which backends the planner must treat as unhealthy, per service, after fail-open."""
+
+    unhealthy: dict[str, frozenset[tuple[int, int]]] = field(default_factory=dict)
+
+    def healthy(self, service: str, address: IPAddress) -> bool:
+        out = self.unhealthy.get(service)
+        return out is None or _key(address) not in out
+
+
+def service_name(vip: Vip | None) -> str:
+    return DEFAULT_SET if vip is None else str(vip.key)
+
+
+def _services(config: Config) -> list[tuple[Vip | None, tuple[Backend, ...]]]:
+    found: list[tuple[Vip | None, tuple[Backend, ...]]] = []
+    if config.default_backends:
+        found.append((None, config.default_backends))
+    found += [(vip, vip.backends) for vip in config.vips]
+    return found
+
+
+class HealthBook:
+    """Every backend's health, the verdict the data plane follows, and the events."""
+
+    def __init__(self, events: EventLog) -> None:
+        self.events = events
+        self.backends: dict[Pair, BackendHealth] = {}
+        #: Per service, its backends in configuration order.
+        self.services: dict[str, list[IPAddress]] = {}
+        self.fail_open: dict[str, bool] = {}
+        #: Per service, how many times the floor kept ICMP from taking a backend out.
+        self.floor_held: dict[str, int] = {}
+        #: Reports received, per (backend, code).
+        self.reports: dict[tuple[IPAddress, int], int] = {}
+        self.verdict = Verdict()
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def configure(self, config: Config) -> bool:
+        """Follow a new configuration: new backends start healthy, kept ones keep their
+        state (a changed check starts its streaks over), removed ones are forgotten. True
+        when the verdict changed."""
+        wanted: dict[Pair, tuple[HealthSettings, AdminState]] = {}
+        services: dict[str, list[IPAddress]] = {}
+        for vip, backends in _services(config):
+            name = service_name(vip)
+            services[name] = [backend.address for backend in backends]
+            for backend in backends:
+                wanted[(name, backend.address)] = (config.health_for(vip, backend), backend.state)
+        for pair in list(self.backends):
+            if pair not in wanted:
+                del self.backends[pair]
+        for pair, (settings, admin) in wanted.items():
+            current = self.backends.get(pair)
+            if current is None:
+                self.backends[pair] = BackendHealth(pair[0], pair[1], settings, admin)
+                continue
+            before = current.status
+            if current.admin is not admin:
+                self.events.add(
+                    "admin", pair[0], str(pair[1]), current.admin.value, admin.value, "admin",
+                    f"admin state {current.admin.value} -> {admin.value}",
+                )  # fmt: skip
+                current.admin = admin
+            if settings != current.settings:
+                self._reconfigure(current, settings)
+            self._changed(current, before, "config", "its health settings changed")
+        self.services = services
+        self.fail_open = {name: self.fail_open.get(name, False) for name in services}
+        self.floor_held = {name: self.floor_held.get(name, 0) for name in services}
+        return self._refresh()
+
+    @staticmethod
+    def _reconfigure(current: BackendHealth, settings: HealthSettings) -> None:
+        old = current.settings
+        check_changed = (old.check, old.port, old.path, old.host, old.expect_status) != (
+            settings.check,
+            settings.port,
+            settings.path,
+            settings.host,
+            settings.expect_status,
+        )
+        if check_changed or settings.check is CheckType.NONE:
+            current.check_ok, current.successes, current.failures = True, 0, 0
+            current.last_check = None
+        if settings.icmp is IcmpPolicy.OFF:
+            current.icmp, current.icmp_confirmed, current.probe_successes = IcmpState.OK, False, 0
+        current.settings = settings
+
+    # --- what to check -----------------------------------------------------------------------
+
+    def checked(self) -> list[BackendHealth]:
+        """The backends with an active check."""
+        return [b for b in self.backends.values() if b.settings.check is not CheckType.NONE]
+
+    def watched(self) -> set[IPAddress]:
+        """The addresses whose ICMP reports matter to some VIP."""
+        return {b.address for b in self.backends.values() if b.settings.icmp is not IcmpPolicy.OFF}
+
+    def of_address(self, address: IPAddress) -> list[BackendHealth]:
+        return [b for b in self.backends.values() if b.address == address]
+
+    def to_confirm(self, address: IPAddress) -> bool:
+        """Whether a tunnel probe is waited for to confirm or clear a report."""
+        return any(b.icmp is IcmpState.SUSPECT for b in self.of_address(address))
+
+    def to_recover(self) -> dict[IPAddress, list[BackendHealth]]:
+        """The addresses that ICMP took out, to be probed until they rise again."""
+        found: dict[IPAddress, list[BackendHealth]] = {}
+        for backend in self.backends.values():
+            if backend.icmp is IcmpState.DOWN:
+                found.setdefault(backend.address, []).append(backend)
+        return found
+
+    # --- results -----------------------------------------------------------------------------
+
+    def check_result(self, service: str, address: IPAddress, ok: bool, detail: str) -> bool:
+        """An active check's outcome; True when the verdict changed."""
+        backend = self.backends.get((service, address))
+        if backend is None or backend.settings.check is CheckType.NONE:
+            return False
+        before = backend.status
+        backend.last_check = detail
+        backend.checks[ok] += 1
+        if ok:
+            backend.successes, backend.failures = backend.successes + 1, 0
+            if not backend.check_ok and backend.successes >= backend.settings.rise:
+                backend.check_ok = True
+        else:
+            backend.successes, backend.failures = 0, backend.failures + 1
+            if backend.check_ok and backend.failures >= backend.settings.fall:
+                backend.check_ok = False
+        self._changed(backend, before, "check", detail)
+        return self._refresh()
+
+    def report(self, report: IcmpReport) -> bool:
+        """An ICMP report from the data plane; True when the verdict changed. Reports for
+        addresses no VIP watches are ignored. Trusted reports take a backend out at once
+        while the VIP's floor allows; the rest make it suspect until a probe says."""
+        address = report.backend_address
+        key = (address, report.code)
+        self.reports[key] = self.reports.get(key, 0) + 1
+        detail = str(report)
+        for backend in self.of_address(address):
+            policy = backend.settings.icmp
+            if policy is IcmpPolicy.OFF:
+                continue
+            before = backend.status
+            backend.last_report = detail
+            if backend.icmp is IcmpState.DOWN:
+                backend.probe_successes = 0  # still undeliverable: the rise starts over
+                continue
+            if backend.icmp is IcmpState.SUSPECT:
+                continue
+            if policy is IcmpPolicy.TRUST and self._floor_allows(backend):
+                backend.icmp, backend.icmp_confirmed = IcmpState.DOWN, False
+                backend.probe_successes = 0
+            else:
+                if policy is IcmpPolicy.TRUST:
+                    self._floor_holds(backend, detail)
+                backend.icmp = IcmpState.SUSPECT
+            self._changed(backend, before, "icmp", detail)
+        return self._refresh()
+
+    def probe_result(self, address: IPAddress, ok: bool, detail: str) -> bool:
+        """A tunnel probe's outcome for every VIP of ``address``: it confirms or clears a
+        suspect, and counts towards (or restarts) the rise of a backend ICMP took out."""
+        for backend in self.of_address(address):
+            before = backend.status
+            if backend.icmp is IcmpState.SUSPECT:
+                if ok:
+                    backend.icmp = IcmpState.OK
+                else:
+                    backend.icmp, backend.icmp_confirmed = IcmpState.DOWN, True
+                    backend.probe_successes = 0
+            elif backend.icmp is IcmpState.DOWN:
+                if ok:
+                    backend.probe_successes += 1
+                    if backend.probe_successes >= backend.settings.rise:
+                        backend.icmp, backend.icmp_confirmed = IcmpState.OK, False
+                        backend.probe_successes = 0
+                else:
+                    backend.probe_successes, backend.icmp_confirmed = 0, True
+            self._changed(backend, before, "probe", detail)
+        return self._refresh()
+
+    # --- the floor -----------------------------------------------------------------------------
+
+    def floor_allowance(self, service: str) -> int:
+        """How many of the service's backends reports alone may hold out at once."""
+        backends = [b for b in self.backends.values() if b.service == service]
+        if not backends:
+            return 0
+        share = backends[0].settings.icmp_max_removed
+        return math.floor(share * len(backends) + 1e-9)
+
+    def _floor_allows(self, backend: BackendHealth) -> bool:
+        out_by_reports = sum(
+            1
+            for b in self.backends.values()
+            if b.service == backend.service and b.icmp is IcmpState.DOWN and not b.icmp_confirmed
+        )
+        return out_by_reports < self.floor_allowance(backend.service)
+
+    def _floor_holds(self, backend: BackendHealth, detail: str) -> None:
+        self.floor_held[backend.service] = self.floor_held.get(backend.service, 0) + 1
+        allowance = self.floor_allowance(backend.service)
+        self.events.add(
+            "floor", backend.service, str(backend.address), None, None, "floor",
+            f"ICMP alone may take out at most {allowance} of the VIP's backends; "
+            f"a tunnel probe decides instead ({detail})",
+        )  # fmt: skip
+
+    # --- the verdict ---------------------------------------------------------------------------
+
+    def _changed(self, backend: BackendHealth, before: Status, cause: str, detail: str) -> None:
+        after = backend.status
+        if after is not before:
+            self.events.add(
+                "health", backend.service, str(backend.address), before.value, after.value,
+                cause, detail,
+            )  # fmt: skip
+
+    def _refresh(self) -> bool:
+        """Recompute the verdict (fail-open included); True when it changed."""
+        unhealthy: dict[str, frozenset[tuple[int, int]]] = {}
+        by_service: dict[str, list[BackendHealth]] = {}
+        for backend in self.backends.values():
+            by_service.setdefault(backend.service, []).append(backend)
+        for service, backends in by_service.items():
+            out = [b for b in backends if not b.up]
+            eligible = [b for b in backends if b.eligible]
+            everyone = bool(eligible) and all(not b.up for b in eligible)
+            policy = backends[0].settings.all_unhealthy
+            open_now = everyone and policy is AllUnhealthy.FAIL_OPEN
+            if open_now != self.fail_open.get(service, False):
+                self.fail_open[service] = open_now
+                self.events.add(
+                    "fail-open", service, None,
+                    "closed" if open_now else "fail-open", "fail-open" if open_now else "closed",
+                    "health",
+                    "every backend is unhealthy: sending to all of them (fail-open)"
+                    if open_now
+                    else "a backend is healthy again: only healthy backends get traffic",
+                )  # fmt: skip
+            if out and not open_now:
+                unhealthy[service] = frozenset(_key(b.address) for b in out)
+        verdict = Verdict(unhealthy)
+        changed = verdict != self.verdict
+        self.verdict = verdict
+        return changed
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def all_unhealthy(self, service: str) -> bool:
+        eligible = [b for b in self.backends.values() if b.service == service and b.eligible]
+        return bool(eligible) and all(not b.up for b in eligible)
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        """Per service: counts, unhealthy and suspect backends, fail-open (for /healthz)."""
+        result: dict[str, dict[str, object]] = {}
+        for service, addresses in self.services.items():
+            backends = [self.backends[(service, a)] for a in addresses if (service, a) in self]
+            result[service] = {
+                "backends": len(backends),
+                "unhealthy": [str(b.address) for b in backends if b.status is Status.UNHEALTHY],
+                "suspect": [str(b.address) for b in backends if b.status is Status.SUSPECT],
+                "all_unhealthy": self.all_unhealthy(service),
+                "fail_open": self.fail_open.get(service, False),
+                "icmp_floor_held": self.floor_held.get(service, 0),
+            }
+        return result
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self.backends
+
+    def ordered(self, services: Iterable[str] | None = None) -> list[BackendHealth]:
+        """The backends in configuration order (of ``services``, default all)."""
+        names = list(self.services) if services is None else list(services)
+        return [
+            self.backends[(name, address)]
+            for name in names
+            for address in self.services.get(name, [])
+            if (name, address) in self.backends
+        ]
+
+
+#: What the planner asks: healthy(service name, backend address).
+HealthyCallback = Callable[[str, IPAddress], bool]
