@@ -1,5 +1,6 @@
 """`rusty-rail ctl`: an ipvsadm-like client of a running daemon's REST API: list VIPs and
-backends, add, remove, drain and weigh backends, dry-run a change, explain a flow, watch rates.
+backends, add, remove, drain and weigh backends, dry-run a change, explain a flow, watch rates,
+follow health events.
 
 Every command is one or two HTTP requests (stdlib urllib); what it prints is rendered with rich.
 """
@@ -374,12 +375,52 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
     def render(h: Mapping[str, Any]) -> str:
         lines = [f"{h['status']} (generation {h['generation']}, attached: {h['attached']})"]
         lines += [f"  reason: {reason}" for reason in h["reasons"]]
+        backend_health = h.get("backend_health", {})
         for name, vip in h["vips"].items():
             lines.append(f"  {name}: fingerprint {vip['fingerprint']} gen {vip['generation']}")
+            summary = backend_health.get(name)
+            if summary is None:
+                continue
+            if summary["fail_open"]:
+                lines.append("    every backend is unhealthy: fail-open, sending to all")
+            elif summary["all_unhealthy"]:
+                lines.append("    every backend is unhealthy: dropping (all_unhealthy = drop)")
+            for status in ("unhealthy", "suspect"):
+                if summary[status]:
+                    lines.append(f"    {status}: {', '.join(summary[status])}")
         return "\n".join(lines)
 
     ctx.emit(health, render)
     return EXIT_OK if response.status == 200 else EXIT_REFUSED
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    """One event as a line: when, what, and why."""
+    when = (
+        time.strftime("%H:%M:%S", time.localtime(event["at"]))
+        + f".{int(event['at'] * 1000) % 1000:03d}"
+    )
+    who = event["vip"] + (f" {event['backend']}" if event["backend"] else "")
+    change = f"{event['from']} -> {event['to']}" if event["from"] or event["to"] else event["kind"]
+    return f"{when} #{event['id']} {who}: {change} ({event['cause']}: {event['detail']})"
+
+
+def _events(ctx: Context, args: argparse.Namespace) -> None:
+    since = args.since
+    while True:
+        query = {"since": str(since), "limit": "1000"}
+        if args.vip:
+            query["vip"] = args.vip
+        answer = ctx.client.get(f"/v1/events?{urllib.parse.urlencode(query)}")
+        for event in answer["events"]:
+            if ctx.json:
+                ctx.console.print(json.dumps(event, sort_keys=True), markup=False, highlight=False)
+            else:
+                ctx.console.print(event_line(event), markup=False, highlight=False)
+            since = max(since, event["id"])
+        if not args.follow:
+            return
+        time.sleep(args.interval)
 
 
 def _config(ctx: Context, args: argparse.Namespace) -> None:
@@ -489,6 +530,21 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     watch.set_defaults(run=_watch)
     health = commands.add_parser("health", help="/healthz: exit 0 when healthy, 1 when not")
     health.set_defaults(run=_health)
+    events = commands.add_parser(
+        "events",
+        help="health events: backends going unhealthy or healthy and why, fail-open, floors",
+        description="Health events, oldest first: each backend's transitions with their cause "
+        "(check, icmp, probe, admin), a VIP failing open, the ICMP floor holding. With "
+        "--json, one JSON object per line.",
+        epilog="Example: rusty-rail ctl events --follow",
+    )
+    events.add_argument("--vip", help="only this VIP's events (a VIP key, or default)")
+    events.add_argument("--since", type=int, default=0, help="only events after this id")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between polls with --follow"
+    )
+    events.set_defaults(run=_events)
     config = commands.add_parser("config", help="get or replace the whole desired state")
     config.add_argument("action", choices=["get", "put"])
     config.add_argument("file", nargs="?", help="for put: a TOML or JSON configuration")

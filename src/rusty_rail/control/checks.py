@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import struct
@@ -44,8 +45,8 @@ def _endpoint(address: IPAddress, port: int) -> str:
 def _why(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "no answer in time"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno).lower()  # asyncio's own text repeats the address
     return str(error) or type(error).__name__
 
 
@@ -109,6 +110,36 @@ async def http_check(address: IPAddress, settings: HealthSettings, timeout: floa
     return Outcome(ok, f"{what}: {status}" + ("" if ok else " (not an expected status)"))
 
 
+def probe_packet(
+    lb_address: IPv4Address, backend: IPv4Address, ident: int, sequence: int, token: bytes
+) -> bytes:
+    """One probe as it leaves the balancer: outer IPv4 from the balancer to ``backend``, GRE,
+    then an echo request from the balancer to the backend's own address carrying ``token``.
+    Unwrapped, the backend answers it like any ping: straight back, not through GRE."""
+    rest = (ident << 16) | sequence
+    inner = ipv4(
+        lb_address.packed, backend.packed, PROTO_ICMP,
+        icmp(ICMP_ECHO_REQUEST, 0, token, rest=rest), ident=sequence,
+    )  # fmt: skip
+    return ipv4(
+        lb_address.packed, backend.packed, PROTO_GRE, gre(ETH_P_IPV4, inner),
+        ident=sequence, dont_fragment=True,
+    )  # fmt: skip
+
+
+def echo_reply_of(packet: bytes) -> tuple[bytes, int, int, bytes] | None:
+    """(source address, ident, sequence, payload) of an IPv4 echo reply as a raw ICMP socket
+    reads it (IP header included); None for anything else."""
+    if len(packet) < 20:
+        return None
+    header_len = (packet[0] & 0x0F) * 4
+    message = packet[header_len:]
+    if len(message) < 8 or message[0] != ICMP_ECHO_REPLY:
+        return None
+    ident, sequence = struct.unpack_from("!HH", message, 4)
+    return packet[12:16], ident, sequence, message[8:]
+
+
 class TunnelProber:
     """ICMP echoes inside GRE from ``lb_address`` to backends, and their replies.
 
@@ -150,18 +181,6 @@ class TunnelProber:
             waiter.cancel()
         self._waiting.clear()
 
-    def echo_frame(self, backend: IPv4Address, sequence: int, token: bytes) -> bytes:
-        """The outer IPv4 packet of one probe: GRE to ``backend``, an echo request inside."""
-        rest = (self._ident << 16) | sequence
-        inner = ipv4(
-            self.lb_address.packed, backend.packed, PROTO_ICMP,
-            icmp(ICMP_ECHO_REQUEST, 0, token, rest=rest), ident=sequence,
-        )  # fmt: skip
-        return ipv4(
-            self.lb_address.packed, backend.packed, PROTO_GRE, gre(ETH_P_IPV4, inner),
-            ident=sequence, dont_fragment=True,
-        )  # fmt: skip
-
     async def probe(self, backend: IPAddress, timeout: float) -> Outcome:
         """Healthy when an echo sent through the tunnel comes back within ``timeout``."""
         if not isinstance(backend, IPv4Address):
@@ -178,8 +197,10 @@ class TunnelProber:
                 self._waiting[key] = (token, done)
                 waiters.append(key)
                 try:
-                    self._send.sendto(self.echo_frame(backend, self._sequence, token),
-                                      (str(backend), 0))  # fmt: skip
+                    packet = probe_packet(
+                        self.lb_address, backend, self._ident, self._sequence, token
+                    )
+                    self._send.sendto(packet, (str(backend), 0))
                     self.sent += 1
                 except OSError as error:
                     return Outcome(False, f"tunnel {backend}: cannot send: {_why(error)}")
@@ -207,20 +228,15 @@ class TunnelProber:
             self._take(packet)
 
     def _take(self, packet: bytes) -> None:
-        if len(packet) < 20:
+        reply = echo_reply_of(packet)
+        if reply is None or reply[1] != self._ident:
             return
-        header_len = (packet[0] & 0x0F) * 4
-        message = packet[header_len:]
-        if len(message) < 8 or message[0] != ICMP_ECHO_REPLY:
-            return
-        ident, sequence = struct.unpack_from("!HH", message, 4)
-        if ident != self._ident:
-            return
-        waiting = self._waiting.get((packet[12:16], sequence))
+        source, _, sequence, payload = reply
+        waiting = self._waiting.get((source, sequence))
         if waiting is None:
             return
         token, done = waiting
-        if message[8 : 8 + len(token)] == token and not done.done():
+        if payload[: len(token)] == token and not done.done():
             self.answered += 1
             done.set_result(time.monotonic())
 
