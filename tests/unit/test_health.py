@@ -288,6 +288,8 @@ def test_a_forged_flood_under_trust_takes_out_no_more_than_the_floor() -> None:
             book.probe_result(ip_address(backend), True, "echo")
         assert len(out(book)) <= 1
     assert book.floor_held[SERVICE] >= 99
+    # The floor holding is one event while it holds, not one per report.
+    assert [kind for kind, *_ in events(book)].count("floor") == 1
 
 
 def test_icmp_off_ignores_reports_and_unwatches_the_address() -> None:

@@ -149,6 +149,9 @@ class HealthBook:
         self.fail_open: dict[str, bool] = {}
         #: Per service, how many times the floor kept ICMP from taking a backend out.
         self.floor_held: dict[str, int] = {}
+        #: Services whose floor is reached (one event when it starts holding, not one per
+        #: report: a flood would fill the log).
+        self._floor_reached: set[str] = set()
         #: Reports received, per (backend, code).
         self.reports: dict[tuple[IPAddress, int], int] = {}
         self.verdict = Verdict()
@@ -313,21 +316,26 @@ class HealthBook:
         share = backends[0].settings.icmp_max_removed
         return math.floor(share * len(backends) + 1e-9)
 
-    def _floor_allows(self, backend: BackendHealth) -> bool:
-        out_by_reports = sum(
+    def _out_by_reports(self, service: str) -> int:
+        return sum(
             1
             for b in self.backends.values()
-            if b.service == backend.service and b.icmp is IcmpState.DOWN and not b.icmp_confirmed
+            if b.service == service and b.icmp is IcmpState.DOWN and not b.icmp_confirmed
         )
-        return out_by_reports < self.floor_allowance(backend.service)
+
+    def _floor_allows(self, backend: BackendHealth) -> bool:
+        return self._out_by_reports(backend.service) < self.floor_allowance(backend.service)
 
     def _floor_holds(self, backend: BackendHealth, detail: str) -> None:
         self.floor_held[backend.service] = self.floor_held.get(backend.service, 0) + 1
+        if backend.service in self._floor_reached:
+            return
+        self._floor_reached.add(backend.service)
         allowance = self.floor_allowance(backend.service)
         self.events.add(
             "floor", backend.service, str(backend.address), None, None, "floor",
-            f"ICMP alone may take out at most {allowance} of the VIP's backends; "
-            f"a tunnel probe decides instead ({detail})",
+            f"ICMP alone may take out at most {allowance} of the VIP's backends: tunnel "
+            f"probes decide about the others until fewer are out ({detail})",
         )  # fmt: skip
 
     # --- the verdict ---------------------------------------------------------------------------
@@ -364,6 +372,9 @@ class HealthBook:
                 )  # fmt: skip
             if out and not open_now:
                 unhealthy[service] = frozenset(_key(b.address) for b in out)
+        for service in list(self._floor_reached):
+            if self._out_by_reports(service) < self.floor_allowance(service):
+                self._floor_reached.discard(service)
         verdict = Verdict(unhealthy)
         changed = verdict != self.verdict
         self.verdict = verdict
