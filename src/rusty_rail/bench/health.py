@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from rusty_rail.ctl import ApiClient, vip_path
+from rusty_rail.config import merge_health
+from rusty_rail.ctl import ApiClient, backend_path, vip_path
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.decap import decap_attach, decap_detach
 from rusty_rail.testbed.topology import (
@@ -91,6 +92,13 @@ def api(bed: Testbed, lb: int, path: str) -> Any:
     """GET ``path`` from balancer ``lb``'s API (on its namespace's loopback)."""
     with in_netns(bed.lbs[lb].name):
         return ApiClient(API, timeout=5).get(path)
+
+
+def set_admin_state(bed: Testbed, address: str, state: str) -> None:
+    """An operator's `ctl down/up` of the VIP's backend on every balancer."""
+    for lb in range(bed.spec.lbs):
+        with in_netns(bed.lbs[lb].name):
+            ApiClient(API, timeout=10).patch(backend_path(VIP, address), {"state": state})
 
 
 def dataplane_states(bed: Testbed, lb: int) -> dict[str, str]:
@@ -274,9 +282,18 @@ def run_health_bench(settings: HealthBedSettings | None = None) -> dict[str, Any
     """Scenarios (a) and (b) in a fresh test bed (2 clients, 2 balancers, 3 servers)."""
     settings = settings or HealthBedSettings()
     spec = TestbedSpec(clients=2, lbs=2, servers=3)
-    result: dict[str, Any] = {}
+    result: dict[str, Any]
     with Testbed.up(spec) as bed:
         reload_balancers(bed, health_config(spec, settings))
+        wait_all_healthy(bed)
+        # The baseline: an operator takes a backend out through the API, measured the same
+        # way (until every balancer's table has it out).
+        started = time.monotonic()
+        set_admin_state(bed, server_address(2), "down")
+        admin = time.monotonic() - started
+        admin += wait_on_every_lb(bed, server_address(2), "down", 10)
+        set_admin_state(bed, server_address(2), "up")
+        wait_on_every_lb(bed, server_address(2), "up", 10)
         wait_all_healthy(bed)
         connections = LongLived(bed.clients, VIP, ECHO_PORT, 12)
         try:
@@ -289,7 +306,7 @@ def run_health_bench(settings: HealthBedSettings | None = None) -> dict[str, Any
                 moved_at = time.monotonic()
                 time.sleep(1.0)
                 answers, _ = load.since(moved_at + 0.2)
-                result["icmp_traffic_after"] = dict(answers)
+                traffic_after = dict(answers)
                 broken += broken_among(connections, ["s2", "s3"])
                 start_gre(bed, 0)
                 icmp_back = wait_on_every_lb(bed, server_address(0), "up", 20)
@@ -304,7 +321,7 @@ def run_health_bench(settings: HealthBedSettings | None = None) -> dict[str, Any
                 broken += broken_among(connections, ["s3"])
         finally:
             connections.close()
-        result |= {
+        result = {
             "icmp_detection_s": round(icmp, 3),
             "check_detection_s": round(check, 3),
             "check_interval_s": settings.interval,
@@ -313,7 +330,11 @@ def run_health_bench(settings: HealthBedSettings | None = None) -> dict[str, Any
             "icmp_recovery_s": round(icmp_back, 3),
             "check_recovery_s": round(check_back, 3),
             "check_rise": settings.rise,
-            "icmp_confirm_timeout_s": 0.3,
+            "icmp_confirm_timeout_s": merge_health().icmp_confirm_timeout,
+            "baseline_admin_down_s": round(admin, 3),
+            "icmp_detection_x_baseline": round(icmp / admin, 1),
+            "check_detection_x_baseline": round(check / admin, 1),
+            "answers_after_icmp_detection": traffic_after,
             "budgets": {
                 "icmp_detection_s": BUDGET_ICMP_SECONDS,
                 "check_detection_s": settings.interval * (settings.fall + 1),
@@ -340,6 +361,9 @@ def render_health_bench(result: dict[str, Any]) -> str:
         f"{budgets['check_detection_s']:g} s = interval {result['check_interval_s']:g} s x "
         f"(fall {result['check_fall']} + 1))",
         f"  (c) service back: {result['check_recovery_s']:.3f} s (rise {result['check_rise']})",
+        f"  baseline, a backend set down through the API on both balancers: "
+        f"{result['baseline_admin_down_s']:.3f} s (ICMP {result['icmp_detection_x_baseline']}x, "
+        f"checks {result['check_detection_x_baseline']}x)",
         f"  connections to healthy backends broken: {result['healthy_connections_broken']}",
         f"  budgets met: {'yes' if result['budgets_met'] else 'NO'}",
     ]
