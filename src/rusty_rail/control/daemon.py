@@ -627,11 +627,13 @@ class Daemon:
         if monitor is None or config is self._health_config:
             return
         self._health_config = config
+        lb_ipv4 = lb_address_of(config, self.device)
+        self.lb_ipv4 = lb_ipv4
         loop = self._loop
         if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(monitor.configure, config)
+            loop.call_soon_threadsafe(monitor.configure, config, lb_ipv4)
         else:
-            monitor.configure(config)
+            monitor.configure(config, lb_ipv4)
 
     def _health_changed(self) -> None:
         """The verdict changed (called on the loop's thread): apply it, once for a burst."""

@@ -382,22 +382,23 @@ class HealthBook:
 
     # --- views ---------------------------------------------------------------------------------
 
-    def all_unhealthy(self, service: str) -> bool:
-        eligible = [b for b in self.backends.values() if b.service == service and b.eligible]
-        return bool(eligible) and all(not b.up for b in eligible)
+    # The views below are also read from worker threads (/healthz, /metrics) while the
+    # loop's thread changes the book: they iterate over copies (one C call each, atomic under
+    # the GIL), never over the live dicts.
 
     def summary(self) -> dict[str, dict[str, object]]:
         """Per service: counts, unhealthy and suspect backends, fail-open (for /healthz)."""
         result: dict[str, dict[str, object]] = {}
-        for service, addresses in self.services.items():
-            backends = [self.backends[(service, a)] for a in addresses if (service, a) in self]
+        fail_open, floor_held = dict(self.fail_open), dict(self.floor_held)
+        for service, backends in self._by_service(self.services).items():
+            eligible = [b for b in backends if b.eligible]
             result[service] = {
                 "backends": len(backends),
                 "unhealthy": [str(b.address) for b in backends if b.status is Status.UNHEALTHY],
                 "suspect": [str(b.address) for b in backends if b.status is Status.SUSPECT],
-                "all_unhealthy": self.all_unhealthy(service),
-                "fail_open": self.fail_open.get(service, False),
-                "icmp_floor_held": self.floor_held.get(service, 0),
+                "all_unhealthy": bool(eligible) and all(not b.up for b in eligible),
+                "fail_open": fail_open.get(service, False),
+                "icmp_floor_held": floor_held.get(service, 0),
             }
         return result
 
@@ -406,13 +407,16 @@ class HealthBook:
 
     def ordered(self, services: Iterable[str] | None = None) -> list[BackendHealth]:
         """The backends in configuration order (of ``services``, default all)."""
-        names = list(self.services) if services is None else list(services)
-        return [
-            self.backends[(name, address)]
-            for name in names
-            for address in self.services.get(name, [])
-            if (name, address) in self.backends
-        ]
+        by_service = self._by_service(self.services if services is None else services)
+        return [backend for backends in by_service.values() for backend in backends]
+
+    def _by_service(self, services: Iterable[str]) -> dict[str, list[BackendHealth]]:
+        known, order, backends = dict(self.services), list(services), dict(self.backends)
+        return {
+            name: [backends[(name, a)] for a in known.get(name, []) if (name, a) in backends]
+            for name in order
+            if name in known
+        }
 
 
 #: What the planner asks: healthy(service name, backend address).

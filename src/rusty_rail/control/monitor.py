@@ -56,7 +56,6 @@ class HealthMonitor:
         self._rearm: dict[IPAddress, asyncio.TimerHandle] = {}
         self._ring: RingBuffer | None = None
         self.prober: TunnelProber | None = None
-        self.reports_read = 0
         self.probe_results: dict[bool, int] = {True: 0, False: 0}
 
     # --- life ----------------------------------------------------------------------------------
@@ -109,8 +108,11 @@ class HealthMonitor:
             self.prober.close()
             self.prober = None
 
-    def configure(self, config: Config) -> None:
-        """Follow a configuration that is now applied."""
+    def configure(self, config: Config, lb_address: IPv4Address | None = None) -> None:
+        """Follow a configuration that is now applied (and the balancer's address, which
+        tunnel probes come from)."""
+        if lb_address is not None and self.prober is not None:
+            self.prober.lb_address = lb_address
         changed = self.book.configure(config)
         self.sync_watch()
         if self._loop is not None:
@@ -153,7 +155,6 @@ class HealthMonitor:
             log.error("reading ICMP reports failed: %s", error)
 
     def _on_report(self, report: IcmpReport) -> None:
-        self.reports_read += 1
         self.handle_report(report)
 
     def handle_report(self, report: IcmpReport) -> None:
