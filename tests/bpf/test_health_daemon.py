@@ -1,0 +1,163 @@
+"""The health monitor inside a real daemon (the loaded balancer, its API on a thread): an ICMP
+unreachable run through the program becomes a report on the ring, the daemon makes the backend
+suspect, its tunnel probe gets no echo, and only that VIP's table changes; trusted reports stop
+at the floor; reports about unwatched addresses change nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+
+from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.dpstate import BackendState, Verdict
+from rusty_rail.packets import (
+    ETH_P_IPV4,
+    PROTO_GRE,
+    PROTO_ICMP,
+    ethernet,
+    gre,
+    icmp,
+    ipv4,
+)
+from tests.bpf.control_bed import BASE_TOML, Bed, Node, control_bed
+
+pytestmark = pytest.mark.bpf
+LB = "198.18.0.2"
+WEB = "198.18.100.1:80/tcp"
+OTHER = "198.18.100.2"
+BACKENDS = ["198.18.64.1", "198.18.64.2", "198.18.64.3"]
+
+
+def config(health: str = "") -> Config:
+    return config_from_toml_text(
+        f'device = "eth0"\nlb_address = "{LB}"\n{BASE_TOML}\n{health}', "test"
+    )
+
+
+@pytest.fixture(scope="module")
+def bed(require_root: None) -> Iterator[Bed]:
+    with control_bed(devices=1) as control:
+        yield control
+
+
+@pytest.fixture
+def node(bed: Bed) -> Iterator[Node]:
+    started = bed.start("eth0", config())
+    try:
+        yield started
+    finally:
+        bed.stop("eth0")
+
+
+def unreachable(backend: str, code: int = 2, source: str = LB) -> bytes:
+    """What a backend without GRE answers to the GRE the balancer sent it."""
+    sent = ipv4(source, backend, PROTO_GRE, gre(ETH_P_IPV4, ipv4("198.18.5.5", "198.18.100.1",
+                                                                 6, bytes(20))))  # fmt: skip
+    packet = ipv4(backend, LB, PROTO_ICMP, icmp(3, code, sent))
+    return ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", ETH_P_IPV4, packet)
+
+
+def inject(node: Node, frame: bytes) -> None:
+    assert node.daemon.balancer is not None
+    run = node.daemon.balancer.program.test_run(frame)
+    assert Verdict(run.retval) == Verdict.PASS and run.data == frame
+
+
+def wait(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.02)
+
+
+def dataplane_state(node: Node, backend: str, vip: str = WEB) -> BackendState:
+    assert node.daemon.plan is not None
+    slot = node.daemon.plan.allocation.slot_of(vip, IPv4Address(backend))
+    assert slot is not None
+    entry = node.maps.read_backend(slot)
+    assert entry is not None
+    return BackendState(entry.state)
+
+
+def health_of(node: Node, backend: str, vip: str = WEB) -> dict[str, Any]:
+    answer = node.call("GET", "/v1/health").body
+    found: dict[str, Any] = next(
+        b for b in answer["backends"] if b["backend"] == backend and b["vip"] == vip
+    )
+    return found
+
+
+def test_a_report_through_the_ring_is_confirmed_and_changes_only_its_vips_table(
+    node: Node,
+) -> None:
+    generations = dict(node.daemon.table_generations)
+    inject(node, unreachable(BACKENDS[0]))
+    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DOWN, "backend down")
+    health = health_of(node, BACKENDS[0])
+    assert health["status"] == "unhealthy" and health["icmp"]["confirmed"]
+    assert "protocol unreachable" in health["icmp"]["last_report"]
+    events = node.call("GET", "/v1/events").body["events"]
+    assert [(e["from"], e["to"], e["cause"]) for e in events] == [
+        ("healthy", "suspect", "icmp"),
+        ("suspect", "unhealthy", "probe"),
+    ]
+    assert "no echo reply through GRE" in events[-1]["detail"]
+    assert node.daemon.last_change is not None and node.daemon.last_change["source"] == "health"
+    # Only the web VIP's table was swapped; the other VIP's is the one from the start.
+    assert node.daemon.table_generations[WEB] == generations[WEB] + 1
+    assert node.daemon.table_generations[OTHER] == generations[OTHER]
+    assert node.daemon.plan is not None
+    assert BACKENDS[0] not in {str(a) for a in node.daemon.plan.tables[WEB].backends}
+    # The report disarmed the backend: the next ICMP is held until the daemon re-arms it.
+    assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+    maps = node.daemon.monitor.icmp_maps
+    armed = maps.read_watch().armed
+    assert set(armed) == {IPv4Address(a).packed for a in [*BACKENDS, "198.18.64.4"]}
+    wait(lambda: maps.read_watch().armed[IPv4Address(BACKENDS[0]).packed], "re-armed", 5)
+
+
+def test_trusted_reports_stop_at_the_floor_and_the_rest_wait_for_probes(node: Node) -> None:
+    # Recovery probes 30 s apart: none comes while the test looks.
+    trusting = config(
+        "[health]\nicmp = 'trust'\nicmp_max_removed = 0.34\nicmp_hold = 60\ninterval = 30"
+    )
+    assert node.call("PUT", "/v1/config", trusting.model_dump(mode="json")).status == 200
+
+    def trusting_now() -> bool:
+        monitor = node.daemon.monitor
+        assert monitor is not None
+        return monitor.book.backends[(WEB, IPv4Address(BACKENDS[0]))].settings.icmp.value == "trust"
+
+    wait(trusting_now, "trust applied")
+    for backend in BACKENDS:
+        inject(node, unreachable(backend, code=1))
+    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DOWN, "the first out")
+    summary = node.call("GET", "/healthz").body["backend_health"][WEB]
+    assert summary["icmp_floor_held"] == 2
+    kinds = [e["kind"] for e in node.call("GET", "/v1/events").body["events"]]
+    assert kinds.count("floor") == 1
+    # No probe gets an echo here: the two held back are confirmed by their probes, and with all
+    # three unhealthy the VIP fails open, every backend back in its table.
+    wait(lambda: all(health_of(node, b)["status"] == "unhealthy" for b in BACKENDS), "confirmed")
+    wait(lambda: all(dataplane_state(node, b) is BackendState.UP for b in BACKENDS), "fail-open")
+    assert [health_of(node, b)["icmp"]["confirmed"] for b in BACKENDS] == [False, True, True]
+    assert node.call("GET", "/healthz").body["backend_health"][WEB]["fail_open"]
+
+
+def test_reports_about_addresses_no_vip_watches_change_nothing(node: Node) -> None:
+    before = node.call("GET", "/metrics").body
+    inject(node, unreachable("198.18.64.99"))
+    inject(node, unreachable(BACKENDS[0], source="198.18.0.1"))  # GRE that is not ours
+    inject(node, unreachable(BACKENDS[1], code=4))  # path MTU: never a failure
+    metrics = node.call("GET", "/metrics").body
+    for outcome in ("unknown_backend", "not_our_gre", "frag_needed"):
+        assert f'rusty_rail_icmp_packets_total{{outcome="{outcome}"}} 1.0' in metrics, outcome
+        assert f'rusty_rail_icmp_packets_total{{outcome="{outcome}"}} 1.0' not in before
+    time.sleep(0.5)
+    assert node.call("GET", "/v1/events").body["events"] == []
+    assert all(dataplane_state(node, b) is BackendState.UP for b in BACKENDS)
