@@ -164,11 +164,18 @@ class HealthBook:
         when the verdict changed."""
         wanted: dict[Pair, tuple[HealthSettings, AdminState]] = {}
         services: dict[str, list[IPAddress]] = {}
+        # Most backends have no health table of their own: merge each distinct combination
+        # once, not once per backend (a change of a 1000-backend VIP runs this on the loop).
+        merged: dict[tuple[int, int], HealthSettings] = {}
         for vip, backends in _services(config):
             name = service_name(vip)
             services[name] = [backend.address for backend in backends]
             for backend in backends:
-                wanted[(name, backend.address)] = (config.health_for(vip, backend), backend.state)
+                key = (id(vip), id(backend.health))
+                settings = merged.get(key)
+                if settings is None:
+                    settings = merged[key] = config.health_for(vip, backend)
+                wanted[(name, backend.address)] = (settings, backend.state)
         for pair in list(self.backends):
             if pair not in wanted:
                 del self.backends[pair]

@@ -79,7 +79,7 @@ class IcmpMaps:
         """Watch exactly ``addresses``: new ones armed, the others keep their arm state (a
         report may be outstanding). Returns (added, removed)."""
         wanted = {_key(a.packed if isinstance(a, IPv4Address) else a) for a in addresses}
-        present = set(self.watch.keys())
+        present = {key for key, _ in self.watch.items(batch_size=4096)}  # batched read
         for address in sorted(wanted - present):
             self.watch.update(address, _value(True))
         for address in present - wanted:
