@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,13 @@ class Testbed:
             return {stat.name: value for stat, value in maps.read_stats().items()}
         finally:
             maps.close()
+
+    def lb_packets(self, stats: Iterable[str]) -> list[int]:
+        """Per balancer, the packets counted under any of ``stats`` so far (e.g. CT_HIT,
+        CT_MISS, CT_STALE for what it forwarded); each balancer's maps are read once."""
+        wanted = tuple(stats)
+        counters = [self.lb_stats(i) for i in range(self.spec.lbs)]
+        return [sum(c.get(name, (0, 0))[0] for name in wanted) for c in counters]
 
     def status(self) -> dict[str, Any]:
         return {
