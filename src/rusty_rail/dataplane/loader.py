@@ -58,12 +58,6 @@ class Balancer:
         self.obj.close()
 
 
-def pinned(ifname: str, pin_root: Path = PIN_ROOT) -> bool:
-    """Whether a balancer is pinned for ``ifname`` (its link or any of its maps)."""
-    directory = pin_root / ifname
-    return directory.is_dir() and any(directory.iterdir())
-
-
 def load_balancer(
     ifname: str, ifindex: int, *, conntrack_size: int, pin_root: Path = PIN_ROOT
 ) -> Balancer:
