@@ -251,3 +251,25 @@ def test_bad_environment_exits_2_and_attaches_nothing(bed: Bed) -> None:
     with in_netns(bed.lb.name):
         assert query_xdp(bed.lb.ifindex("eth0")) is None
     assert not (bed.pin_root / "eth0").exists()
+
+
+def test_a_refused_start_leaves_the_running_balancer_as_it_was(bed: Bed, tmp_path: Path) -> None:
+    """Issue 16, defect 1: a start refused for its XDP mode used to write its backends into
+    the live maps before the mode check, then say that nothing was changed."""
+    daemon = Daemon(bed, BACKENDS, tmp_path / "run.log")
+    daemon.wait_for("attached in native mode")
+    try:
+        refused = subprocess.run(
+            [*bed.rusty_rail("run", "--no-api", "--xdp-mode", "generic")],
+            env=bed.env(BACKENDS[:1]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "runs in native mode, not generic" in refused.stderr
+        assert "nothing was attached or changed" in refused.stderr
+        sent = flows(300)
+        check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+    finally:
+        assert daemon.stop() == 0

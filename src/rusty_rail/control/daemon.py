@@ -49,11 +49,12 @@ from rusty_rail.dataplane.libbpf import PIN_ROOT, LibbpfError
 from rusty_rail.dataplane.loader import (
     Balancer,
     attach_balancer,
+    check_attachable,
     detach_balancer,
     load_balancer,
 )
 from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
-from rusty_rail.dpstate import NextHop
+from rusty_rail.dpstate import DataplaneState, NextHop
 from rusty_rail.maglev import MaglevTable
 
 if TYPE_CHECKING:
@@ -415,7 +416,13 @@ class Daemon:
             conntrack_size=self.config.conntrack_size,
             pin_root=self.options.pin_root,
         )
+        current = None
+        written: Plan | None = None
         try:
+            if self.options.attach:
+                # Adopted maps are live: everything that can refuse the start is checked
+                # before the first write.
+                check_attachable(balancer, self.config.xdp_mode.value)
             clock = time.perf_counter()
             # Adoption needs the state, not the flows: diff() never looks at conntrack.
             current = balancer.maps.read_state(conntrack=False) if balancer.adopted else None
@@ -434,6 +441,7 @@ class Daemon:
                 )
             build_seconds = self.start_timings["build_seconds"] + time.perf_counter() - clock
             clock = time.perf_counter()
+            written = plan
             applied = apply_operations(balancer.maps, diff(current, plan.state))
             # The ICMP maps are the new program's own: filled before it is swapped in.
             monitor = HealthMonitor(
@@ -455,6 +463,8 @@ class Daemon:
                 else "loaded, not attached"
             )
         except BaseException:
+            if written is not None and current is not None:
+                self._put_back(balancer, written, current)
             balancer.close()
             raise
         self.balancer, self.plan = balancer, plan
@@ -483,6 +493,22 @@ class Daemon:
             apply_seconds * 1000,
         )
         self._log_unresolved()
+
+    @staticmethod
+    def _put_back(balancer: Balancer, written: Plan, adopted: DataplaneState) -> None:
+        """A start failed after writing the adopted (live) maps: give the running program
+        back the state it had."""
+        try:
+            apply_operations(balancer.maps, diff(written.state, adopted))
+        except (LibbpfError, OSError, ValueError) as error:
+            log.error(
+                "the start failed after writing the pinned maps of %s, and putting them "
+                "back failed too (%s): the running balancer may forward by a mix of both "
+                "states; start again, or `rusty-rail detach --device %s`",
+                balancer.ifname,
+                error,
+                balancer.ifname,
+            )
 
     def _log_unresolved(self) -> None:
         for address, next_hop in sorted(self.next_hops.known.items(), key=lambda i: str(i[0])):

@@ -102,16 +102,15 @@ def load_balancer(
     return Balancer(ifname, ifindex, directory, obj, program, maps, adopted)
 
 
-def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
-    """Attach (or, after a restart, swap in) the program; returns what was done, for the log.
-
-    Call it only once the maps hold the complete state: from here on packets see them."""
-    directory = pin_dir(balancer.ifname, root=balancer.directory.parent)
-    link_path = directory / LINK_PIN
-    if link_path.exists():
-        link = Link.from_pinned(link_path)
+def _pinned_link(balancer: Balancer, mode: XdpMode) -> Link | None:
+    """The pinned link the program would be swapped into (None: a first attach), after
+    checking that the swap can be done: same interface, same mode."""
+    link_path = balancer.directory / LINK_PIN
+    if not link_path.exists():
+        return None
+    link = Link.from_pinned(link_path)
+    try:
         if link.ifindex != balancer.ifindex:
-            link.close()
             raise LoaderError(
                 f"{link_path} is attached to ifindex {link.ifindex}, not {balancer.ifname} "
                 f"(ifindex {balancer.ifindex}): the interface was re-created; run "
@@ -119,12 +118,37 @@ def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
             )
         attached = query_xdp(balancer.ifindex)
         if attached is not None and attached.mode != mode:
-            link.close()
             raise LoaderError(
                 f"the balancer on {balancer.ifname} runs in {attached.mode} mode, not {mode}: "
                 f"run `rusty-rail detach --device {balancer.ifname}` to change the mode"
             )
-        link.update_program(balancer.program)
+    except BaseException:
+        link.close()
+        raise
+    return link
+
+
+def check_attachable(balancer: Balancer, mode: XdpMode) -> None:
+    """Raise LoaderError when attach_balancer would refuse: call it before writing adopted
+    maps, which the running program already reads."""
+    link = _pinned_link(balancer, mode)
+    if link is not None:
+        link.close()
+
+
+def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
+    """Attach (or, after a restart, swap in) the program; returns what was done, for the log.
+
+    Call it only once the maps hold the complete state: from here on packets see them."""
+    directory = pin_dir(balancer.ifname, root=balancer.directory.parent)
+    link_path = directory / LINK_PIN
+    link = _pinned_link(balancer, mode)
+    if link is not None:
+        try:
+            link.update_program(balancer.program)
+        except BaseException:
+            link.close()
+            raise
         balancer.link = link
         return f"swapped the new program into the pinned {mode} XDP link"
     if not balancer.adopted:
