@@ -20,7 +20,7 @@ import pytest
 from rusty_rail import reference
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
-from rusty_rail.control.daemon import DaemonOptions, startup_config
+from rusty_rail.control.daemon import DaemonOptions, StartupError, start_daemon, startup_config
 from rusty_rail.control.plan import Allocation, compile_plan, slot_table
 from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.flowhash import PROTO_TCP, Flow
@@ -492,3 +492,77 @@ def test_api_changes_survive_a_restart_and_sighup_goes_back_to_the_file(
     ).model_dump(mode="json")
     node.daemon.options.detach_on_exit = True
     bed.stop("eth2")
+
+
+def test_a_change_needing_more_egress_interfaces_than_the_data_plane_has_is_not_saved(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue 16, defect 3: such a change used to be saved and then fail in the maps (503),
+    after which every write was refused and the daemon could not start again."""
+    lb = bed.namespace
+    count = 64  # and eth0, which reaches the base configuration's backends
+    batch = tmp_path / "egress.batch"
+    lines = []
+    for i in range(count):
+        lines += [
+            f"link add xa{i} type veth peer name xb{i}",
+            f"link set xa{i} up",
+            f"link set xb{i} up",
+            f"addr add 198.19.{128 + i}.2/24 dev xa{i}",
+            f"neigh replace 198.19.{128 + i}.1 lladdr 02:00:00:00:{i // 256:02x}:{i % 256:02x} "
+            f"dev xa{i} nud permanent",
+        ]
+    batch.write_text("\n".join(lines) + "\n")
+    lb.ip("-batch", str(batch))
+    config_path = tmp_path / "lb.toml"
+    config_path.write_text(f'device = "eth2"\nlb_address = "198.18.20.2"\n{BASE_TOML}')
+    path = tmp_path / "state.json"
+    node = bed.start("eth2", base_config("eth2", "198.18.20.2"), state_file=path)
+    try:
+        assert node.call("PUT", f"{VIP_PATH}/backends/198.18.64.40", {}).status == 201
+        saved = state_file.read(path)
+        assert saved is not None
+        before_maps = maps_state(node)
+        wide = [f"198.19.{128 + i}.1" for i in range(count)]
+        answer = node.call("PUT", "/v1/vips/198.19.0.10", {"backends": wide})
+        assert answer.status == 422, answer.body
+        assert "65 egress interfaces" in answer.body["message"]
+        assert "at most 64" in answer.body["message"]
+        assert state_file.read(path) == saved
+        assert maps_state(node) == before_maps
+        # The daemon still takes writes, and what it saved starts again.
+        assert node.call("PUT", "/v1/vips/198.19.0.10", {"backends": wide[:63]}).status == 201
+        assert node.daemon.apply_error is None
+        options = DaemonOptions(config_path=config_path, state_file=path, api=None)
+        config, _, _ = startup_config({}, options)
+        assert len(config.vips) == 3
+    finally:
+        bed.stop("eth2")
+        for i in range(count):
+            lb.ip("link", "del", f"xa{i}", check=False)
+
+
+def test_a_saved_state_the_data_plane_refuses_at_start_names_the_way_out(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue 16, defect 3: such a start used to end in a traceback with no hint."""
+    config_path = tmp_path / "lb.toml"
+    config_path.write_text(f'device = "eth2"\nlb_address = "198.18.20.2"\n{BASE_TOML}')
+    path = tmp_path / "state.json"
+    # Valid configuration, but the data plane takes no IPv6 backend yet: as a state saved by
+    # a version that did would be.
+    refused = config_from_toml_text(
+        config_path.read_text() + '[[vips]]\naddress = "198.18.100.3"\nbackends = ["2001:2::5"]\n'
+    )
+    state_file.write(path, refused, generation=7, source="api")
+    options = DaemonOptions(
+        config_path=config_path, state_file=path, api=None, pin_root=bed.pin_root
+    )
+    with pytest.raises(StartupError) as raised:
+        start_daemon({}, options)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "IPv6 backends are not supported" in message
+    assert f"saved by the API in {path}" in message and "--reset-state" in message
+    assert path.exists()
+    assert not (bed.pin_root / "eth2").exists()

@@ -15,6 +15,7 @@ from rusty_rail.control.plan import (
     Allocation,
     ClearBackend,
     DeleteTable,
+    DeleteTxPort,
     DeleteVip,
     Plan,
     PlanError,
@@ -252,3 +253,60 @@ def test_established_flows_stay_when_a_backend_is_added() -> None:
         result = reference.process(second.state, gre_frame(flow))
         assert result.stat is Stat.CT_HIT
         assert backend_for(second, flow) == chosen[flow]
+
+
+def test_more_egress_interfaces_than_the_data_plane_redirects_to_is_refused() -> None:
+    """Issue 16, defect 3: a change the data plane cannot hold is refused by the plan,
+    before it is saved; it used to fail only while writing the maps."""
+    backends = [f"198.18.{i // 200}.{1 + i % 200}" for i in range(65)]
+    interface = {ip_address(address): index + 1 for index, address in enumerate(backends)}
+
+    def one_interface_each(address: object) -> NextHop:
+        return NextHop(interface[address], HOP.src_mac, HOP.dst_mac)  # type: ignore[index]
+
+    for count, refused in ((64, False), (65, True)):
+        cfg = config(*backends[:count])
+        if refused:
+            with pytest.raises(PlanError, match=r"65 egress interfaces.*at most 64"):
+                compile_plan(cfg, Allocation(), lb_ipv4=LB, resolve_next_hop=one_interface_each)
+        else:
+            compile_plan(cfg, Allocation(), lb_ipv4=LB, resolve_next_hop=one_interface_each)
+
+
+def test_an_egress_interface_no_backend_uses_any_more_is_removed_last() -> None:
+    def by_last_octet(address: object) -> NextHop:
+        return NextHop(int(str(address).rsplit(".", 1)[1]), HOP.src_mac, HOP.dst_mac)
+
+    def planned(*backends: str) -> Plan:
+        return compile_plan(
+            config(*backends), Allocation(), lb_ipv4=LB, resolve_next_hop=by_last_octet
+        )
+
+    before, after = planned(*BACKENDS[:3]), planned(*BACKENDS[:2])
+    ops = diff(before.state, after.state)
+    assert ops[-1] == DeleteTxPort(3)
+    assert [op for op in ops if isinstance(op, DeleteTxPort)] == [DeleteTxPort(3)]
+    assert not [op for op in diff(None, after.state) if isinstance(op, DeleteTxPort)]
+
+
+def test_a_plan_that_would_build_more_table_slots_than_its_budget_is_refused() -> None:
+    first = plan(config(*BACKENDS, size=251))
+    bigger = config(*BACKENDS, size=1021)
+    with pytest.raises(PlanError, match=r"1 tables of 1021 slots in all; at most 1000"):
+        compile_plan(
+            bigger,
+            first.allocation,
+            lb_ipv4=LB,
+            resolve_next_hop=resolved,
+            previous_tables=first.tables,
+            max_build_slots=1000,
+        )
+    # Tables that are reused cost nothing against the budget.
+    compile_plan(
+        config(*BACKENDS, size=251),
+        first.allocation,
+        lb_ipv4=LB,
+        resolve_next_hop=resolved,
+        previous_tables=first.tables,
+        max_build_slots=0,
+    )

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from rusty_rail.control.plan import (
     ClearBackend,
     DeleteTable,
+    DeleteTxPort,
     DeleteVip,
     Operation,
     SetBackend,
@@ -48,4 +49,6 @@ def apply_operations(maps: BalancerMaps, operations: Iterable[Operation]) -> int
                 maps.delete_vip(key)
             case SetSettings(settings):
                 maps.set_settings(settings)
+            case DeleteTxPort(ifindex):
+                maps.delete_tx_port(ifindex)
     return len(operations)

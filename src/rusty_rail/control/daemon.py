@@ -48,6 +48,7 @@ from rusty_rail.dataplane.icmp import IcmpMaps
 from rusty_rail.dataplane.libbpf import PIN_ROOT, LibbpfError
 from rusty_rail.dataplane.loader import (
     Balancer,
+    LoaderError,
     attach_balancer,
     check_attachable,
     detach_balancer,
@@ -442,7 +443,10 @@ class Daemon:
             build_seconds = self.start_timings["build_seconds"] + time.perf_counter() - clock
             clock = time.perf_counter()
             written = plan
-            applied = apply_operations(balancer.maps, diff(current, plan.state))
+            try:
+                applied = apply_operations(balancer.maps, diff(current, plan.state))
+            except (LibbpfError, OSError, ValueError) as error:
+                raise StartupError(f"the data plane refused the state: {error}") from error
             # The ICMP maps are the new program's own: filled before it is swapped in.
             monitor = HealthMonitor(
                 self.config,
@@ -1055,6 +1059,24 @@ def startup_config(
     return config, fixed, saved.generation
 
 
+def start_daemon(environ: Mapping[str, str], options: DaemonOptions) -> Daemon:
+    """A started Daemon for the configuration startup_config() chooses. When the saved state
+    is what the data plane refuses, the error says so and names the way out."""
+    config, fixed, generation = startup_config(environ, options)
+    daemon = Daemon(config, options, fixed=fixed, generation=generation)
+    try:
+        daemon.start()
+    except (StartupError, PlanError, LoaderError) as error:
+        saved = options.state_file
+        if saved is None or not saved.exists():
+            raise
+        raise StartupError(
+            f"{error}; this desired state was saved by the API in {saved}: start with "
+            "--reset-state to start from the configuration file instead"
+        ) from error
+    return daemon
+
+
 def run(
     environ: Mapping[str, str],
     options: DaemonOptions,
@@ -1062,9 +1084,7 @@ def run(
     app_factory: AppFactory | None = None,
 ) -> None:
     """Load the configuration, start, serve until a stop signal, leave."""
-    config, fixed, generation = startup_config(environ, options)
-    daemon = Daemon(config, options, fixed=fixed, generation=generation)
-    daemon.start()
+    daemon = start_daemon(environ, options)
     try:
         asyncio.run(daemon.serve(environ, app_factory=app_factory))
     finally:

@@ -34,6 +34,8 @@ DEFAULT_SET = "default"
 #: Sizes of the data plane's VIP and backend arrays; the loader sizes its maps with these.
 MAX_VIPS = 1024
 MAX_BACKENDS = 16384
+#: How many egress interfaces the data plane can redirect to (its tx_ports devmap).
+MAX_TX_PORTS = 64
 
 
 class PlanError(ValueError):
@@ -233,10 +235,16 @@ def compile_plan(
     healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
     previous_tables: Mapping[str, MaglevTable] | None = None,
     previous_state: DataplaneState | None = None,
+    max_tx_ports: int = MAX_TX_PORTS,
+    max_build_slots: int | None = None,
 ) -> Plan:
     """The data-plane state for ``config``. Tables whose inputs did not change are reused
     from ``previous_tables`` instead of being built again, and backend entries that did not
-    change are taken over from ``previous_state`` (so diff() skips them at once)."""
+    change are taken over from ``previous_state`` (so diff() skips them at once).
+
+    Raises PlanError for what the data plane cannot hold (VIPs, backends, egress
+    interfaces beyond ``max_tx_ports``), and when the tables to build would have more than
+    ``max_build_slots`` slots in all (None: no bound), before building any of them."""
     earlier = previous_state.backends if previous_state is not None else {}
     services = services_of(config)
     for service in services:
@@ -260,6 +268,7 @@ def compile_plan(
     )
     state = DataplaneState(settings=settings)
     tables: dict[str, MaglevTable] = {}
+    to_build: list[tuple[Service, list[Backend]]] = []
     unresolved: list[IPAddress] = []
     next_hops: dict[int, NextHop | None] = {}
     for service in services:
@@ -303,13 +312,29 @@ def compile_plan(
         reuse = (previous_tables or {}).get(service.name)
         wanted = (service.table_size, config.hash_seed, frozenset(eligible_keys))
         if reuse is not None and wanted == table_inputs(reuse):
-            table = reuse
+            tables[service.name] = reuse
         else:
-            table = build_table(
-                ((b.address, b.weight) for b in eligible), service.table_size, config.hash_seed
-            )
-        tables[service.name] = table
-        state.tables[vip_index] = slot_table(table, service.name, allocation)
+            to_build.append((service, eligible))
+    ports = {hop.ifindex for hop in next_hops.values() if hop is not None and hop.ifindex}
+    if len(ports) > max_tx_ports:
+        raise PlanError(
+            f"the backends are reached through {len(ports)} egress interfaces; the data plane "
+            f"redirects to at most {max_tx_ports} (MAX_TX_PORTS)"
+        )
+    slots_to_build = sum(service.table_size for service, _ in to_build)
+    if max_build_slots is not None and slots_to_build > max_build_slots:
+        raise PlanError(
+            f"this would build {len(to_build)} tables of {slots_to_build} slots in all; at "
+            f"most {max_build_slots} slots are built for one plan"
+        )
+    for service, eligible in to_build:
+        tables[service.name] = build_table(
+            ((b.address, b.weight) for b in eligible), service.table_size, config.hash_seed
+        )
+    tables = {service.name: tables[service.name] for service in services}  # services' order
+    for service in services:
+        vip_index = allocation.vip_index[service.name]
+        state.tables[vip_index] = slot_table(tables[service.name], service.name, allocation)
     return Plan(state, tables, allocation, tuple(unresolved))
 
 
@@ -367,7 +392,27 @@ class SetSettings:
     settings: Settings
 
 
-Operation = SetBackend | ClearBackend | SetTable | DeleteTable | SetVip | DeleteVip | SetSettings
+@dataclass(frozen=True, slots=True)
+class DeleteTxPort:
+    """An egress interface no backend uses any more (control.apply adds the ones new
+    backends need before it sets them)."""
+
+    ifindex: int
+
+
+Operation = (
+    SetBackend | ClearBackend | SetTable | DeleteTable | SetVip | DeleteVip | SetSettings
+    | DeleteTxPort
+)  # fmt: skip
+
+
+def tx_ports(state: DataplaneState) -> set[int]:
+    """The egress interfaces ``state``'s backends are sent through."""
+    return {
+        entry.next_hop.ifindex
+        for entry in state.backends.values()
+        if entry.next_hop is not None and entry.next_hop.ifindex
+    }
 
 
 def _same_table(a: dpstate.Table | None, b: dpstate.Table) -> bool:
@@ -379,7 +424,8 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
 
     1. backend slots that forward in ``new`` (new ones, ones coming back, changed next hops),
     2. tables, 3. VIP keys, 4. settings (the default set's index), then the removals:
-    5. VIP keys, 6. slots that stop forwarding (DOWN), 7. tables and slots no longer used.
+    5. VIP keys, 6. slots that stop forwarding (DOWN), 7. tables and slots no longer used,
+    8. egress interfaces no backend uses any more.
     A packet therefore never finds a table slot or VIP whose backend is not set up yet, and a
     backend is marked DOWN only after no table sends new flows to it.
     """
@@ -410,4 +456,6 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
         ops.append(DeleteTable(vip_index))
     for index in sorted(before.backends.keys() - new.backends.keys()):
         ops.append(ClearBackend(index))
+    if old is not None:
+        ops += [DeleteTxPort(ifindex) for ifindex in sorted(tx_ports(old) - tx_ports(new))]
     return ops
