@@ -5,6 +5,7 @@ agree whatever the order of their changes; the desired state across a restart.
 
 from __future__ import annotations
 
+import resource
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from rusty_rail import reference
+from rusty_rail.api import views
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
 from rusty_rail.control.daemon import DaemonOptions, StartupError, start_daemon, startup_config
@@ -566,3 +568,58 @@ def test_a_saved_state_the_data_plane_refuses_at_start_names_the_way_out(
     assert f"saved by the API in {path}" in message and "--reset-state" in message
     assert path.exists()
     assert not (bed.pin_root / "eth2").exists()
+
+
+# --- dry runs under attack (issue 16, defect 2) -------------------------------------------------
+
+
+def test_a_dry_run_needs_the_token_and_is_refused_before_its_body_is_read(bed: Bed) -> None:
+    node = bed.nodes["eth1"]
+    anonymous = node.client.__class__(node.client.url)
+    change = {"op": "delete_backend", "vip": VIP, "backend": "198.18.64.2"}
+    refused = anonymous.request("POST", "/v1/plan", {"changes": [change]}, check=False)
+    assert refused.status == HTTPStatus.UNAUTHORIZED, refused.body
+    not_json = anonymous.request(
+        "POST", "/v1/plan", None, headers={"Content-Type": "application/json"}, check=False
+    )
+    assert not_json.status == HTTPStatus.UNAUTHORIZED  # not 400: the body was never read
+    assert node.call("POST", "/v1/plan", {"changes": [change]}).status == 200
+
+
+def test_a_dry_run_that_would_build_too_many_table_slots_is_refused_before_building(
+    node: Node,
+) -> None:
+    largest = 16777213  # the largest prime table size the configuration takes
+    vips = [{"address": f"198.18.101.{i}", "backends": ["198.18.64.1"], "table_size": largest}
+            for i in range(1, 13)]  # fmt: skip
+    whole = node.call("GET", "/v1/config").body
+    whole["vips"] = whole["vips"] + vips
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused = node.call("POST", "/v1/plan", {"config": whole})
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert refused.status == 422, refused.body
+    assert "at most 33554432 slots" in refused.body["message"]
+    assert grown_mib < 64, f"the refused dry run took {grown_mib:.0f} MiB"
+    one_large = dict(whole, vips=whole["vips"][:-11])
+    assert node.call("POST", "/v1/plan", {"config": one_large}).status == 200
+
+
+def test_a_dry_run_counts_flows_without_holding_the_change_lock(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    track(node, flows_to_vip(50))
+    seen: list[bool] = []
+    lock = node.daemon._lock
+    assert lock is not None
+    original = views.dry_run
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        seen.append(lock.locked())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(views, "dry_run", observed)
+    change = {"op": "delete_backend", "vip": VIP, "backend": "198.18.64.2"}
+    answer = node.call("POST", "/v1/plan", {"changes": [change]})
+    assert answer.status == 200, answer.body
+    assert answer.body["flows_examined"] == 50 and answer.body["flows_complete"] is True
+    assert seen == [False]

@@ -110,7 +110,7 @@ def test_dry_run_of_a_removal_moves_its_slots_and_only_its_flows() -> None:
     )
     after = plan_of(after_config, before)
     entries = tracked(before, flows_to(400))
-    view = views.dry_run(before, after, entries.items())[VIP]
+    view = views.dry_run(before, after, entries.items())[0][VIP]
     on_removed = sum(backend_of(before, entries, f) == "198.18.2.1" for f in entries)
     assert view["change"] == "changed"
     assert view["flows_tracked"] == 400
@@ -126,7 +126,7 @@ def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
         CONFIG, changes.parse_target(VIP), IPv4Address("198.18.2.1"), {"state": "drain"}
     )
     after = plan_of(drained, before)
-    view = views.dry_run(before, after, tracked(before, flows_to(200)).items())[VIP]
+    view = views.dry_run(before, after, tracked(before, flows_to(200)).items())[0][VIP]
     assert view["table_slots_moved"] > 0.2
     assert (view["flows_tracked"], view["flows_moved"]) == (200, 0)
 
@@ -134,15 +134,24 @@ def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
 def test_dry_run_of_new_and_removed_vips() -> None:
     before = plan_of(CONFIG)
     added = changes.put_vip(CONFIG, changes.parse_target("198.18.100.2"), {"backends": []})[0]
-    result = views.dry_run(before, plan_of(added, before), [])
+    result, _ = views.dry_run(before, plan_of(added, before), [])
     assert result["198.18.100.2"]["change"] == "added"
     assert result["198.18.100.2"]["table_slots_moved"] is None
     assert result[VIP]["change"] == "unchanged" and result[VIP]["table_slots_moved"] == 0.0
     removed = changes.delete_vip(CONFIG, changes.parse_target(VIP))
     entries = tracked(before, flows_to(50))
-    gone = views.dry_run(before, plan_of(removed, before), entries.items())[VIP]
+    gone = views.dry_run(before, plan_of(removed, before), entries.items())[0][VIP]
     assert gone["change"] == "removed" and gone["table_slots_moved"] == 1.0
     assert gone["flows_moved"] == 50
+
+
+def test_a_dry_run_past_its_time_counts_part_of_the_flows_and_says_so() -> None:
+    before = plan_of(CONFIG)
+    entries = tracked(before, flows_to(3000))
+    everything, complete = views.dry_run(before, before, entries.items())
+    assert complete and everything[VIP]["flows_tracked"] == 3000
+    partial, complete = views.dry_run(before, before, entries.items(), seconds=0.0)
+    assert not complete and partial[VIP]["flows_tracked"] < 3000
 
 
 def test_lookup_and_flows_name_vip_and_backend() -> None:

@@ -499,6 +499,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "generation": {"type": "integer"},
             "config_fingerprint": FINGERPRINT,
             "flows_examined": {"type": "integer", "minimum": 0},
+            "flows_complete": {"type": "boolean"},
             "vips": {
                 "type": "object",
                 "additionalProperties": {
@@ -527,7 +528,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 },
             },
         },
-        "required": ["generation", "config_fingerprint", "flows_examined", "vips"],
+        "required": [
+            "generation",
+            "config_fingerprint",
+            "flows_examined",
+            "flows_complete",
+            "vips",
+        ],
     },
     "Decision": {
         "type": "object",
@@ -762,13 +769,18 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Dry run: per VIP, the share of table slots and of tracked flows "
                     "a change would move; nothing is applied",
+                    "description": "Needs the bearer token when the daemon has one. One dry "
+                    "run at a time; one that would build more than 2^25 table slots is "
+                    "refused (422); the tracked flows are counted for at most 10 s "
+                    "(flows_complete says whether all were).",
+                    "security": [{}, {"bearer": []}],
                     "requestBody": {
                         "required": True,
                         "content": {JSON: {"schema": _ref("PlanRequest")}},
                     },
                     "responses": {
                         "200": _ok("PlanResult"),
-                        **{k: v for k, v in WRITE_ERRORS.items() if k not in ("401", "503")},
+                        **{k: v for k, v in WRITE_ERRORS.items() if k != "503"},
                         "404": _error("A change names a VIP or backend that does not exist"),
                     },
                 }

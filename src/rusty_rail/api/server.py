@@ -25,7 +25,7 @@ from rusty_rail.control.daemon import (
     StartupError,
     config_fingerprint,
 )
-from rusty_rail.control.plan import PlanError
+from rusty_rail.control.plan import Plan, PlanError
 
 from . import changes, openapi, views
 from .changes import BODY, Target
@@ -37,6 +37,10 @@ log = logging.getLogger("rusty_rail.api")
 
 DAEMON: Final = web.AppKey("daemon", Daemon)
 METRICS: Final = web.AppKey("metrics", Metrics)
+#: Dry runs go one at a time: each may build tables up to MAX_PLAN_BUILD_SLOTS.
+PLAN_LOCK: Final = web.AppKey("plan_lock", asyncio.Lock)
+#: Methods that read; every other one (writes, and POST /v1/plan) needs the bearer token.
+READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: A configuration with every backend the data plane holds is about 1 MB of JSON.
 MAX_BODY: Final = 16 << 20
 #: A VIP key in a path: the address (IPv6 in brackets), then optionally :port/protocol; the
@@ -46,6 +50,11 @@ DEFAULT_FLOW_LIMIT: Final = 100
 MAX_FLOW_LIMIT: Final = 10_000
 FLOW_SCAN: Final = 1_000_000
 DEFAULT_PLAN_FLOWS: Final = 100_000
+#: The most table slots one dry run may build: two tables of the largest size (about 130 MB
+#: each while they are built). More is refused with 422, before anything is built.
+MAX_PLAN_BUILD_SLOTS: Final = 1 << 25
+#: How long a dry run may spend on the tracked flows; past it, the counts are partial.
+PLAN_FLOW_SECONDS: Final = 10.0
 DEFAULT_EVENT_LIMIT: Final = 100
 MAX_EVENT_LIMIT: Final = 1000
 OPENAPI: Final = openapi.document()
@@ -94,6 +103,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_response(
             ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the daemon's log")
         )
+
+
+@web.middleware
+async def _authorised(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Everything but a read needs the token (when the daemon has one), checked before the
+    request's body is read."""
+    if request.method not in READ_METHODS:
+        _authorise(request)
+    return await handler(request)
 
 
 def _authorise(request: web.Request) -> None:
@@ -173,9 +191,9 @@ async def _write(
     *,
     location: str | None = None,
 ) -> web.Response:
-    """Authorise, then under the daemon's change lock: compute the new configuration from
-    the current one, check If-Match, and apply it. 201 when ``make`` created something."""
-    _authorise(request)
+    """Under the daemon's change lock (the token was checked by _authorised): compute the new
+    configuration from the current one, check If-Match, and apply it. 201 when ``make``
+    created something."""
     daemon = request.app[DAEMON]
 
     def work() -> tuple[Config, bool, ChangeResult]:
@@ -367,9 +385,10 @@ async def plan(request: web.Request) -> web.Response:
     if problems:
         raise ApiError.invalid(ConfigError(problems, BODY))
 
-    def work() -> dict[str, Any]:
+    def compile_under_lock() -> tuple[Plan, Plan, Config, int]:
         before = daemon.plan
-        assert before is not None
+        if before is None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the daemon is not started")
         current = daemon.config
         if "config" in body:
             try:
@@ -380,19 +399,31 @@ async def plan(request: web.Request) -> web.Response:
         else:
             config = changes.apply_changes(current, body["changes"])
         try:
-            after = daemon.compile(config)
+            after = daemon.compile(config, max_build_slots=MAX_PLAN_BUILD_SLOTS)
         except (PlanError, StartupError, ValueError) as error:
             raise _change_error(error) from error
+        return before, after, config, daemon.generation
+
+    def count_flows(before: Plan, after: Plan) -> tuple[list[Any], dict[str, Any], bool]:
         maps = daemon.balancer.maps if daemon.balancer is not None else None
-        flows = list(views.tracked_flows(maps, max_flows)) if maps is not None else []
-        return {
-            "generation": daemon.generation,
+        flows = views.tracked_flows(maps, max_flows) if maps is not None else []
+        vips, complete = views.dry_run(before, after, flows, seconds=PLAN_FLOW_SECONDS)
+        return flows, vips, complete
+
+    async with request.app[PLAN_LOCK]:
+        # The change lock only while the plan is computed: the tracked flows (up to a full
+        # connection table) are counted without it, from the plans already made.
+        before, after, config, generation = await daemon.exclusive(compile_under_lock)
+        flows, vips, complete = await asyncio.to_thread(count_flows, before, after)
+    return _json(
+        {
+            "generation": generation,
             "config_fingerprint": config_fingerprint(config),
             "flows_examined": len(flows),
-            "vips": views.dry_run(before, after, flows),
+            "flows_complete": complete,
+            "vips": vips,
         }
-
-    return _json(await daemon.exclusive(work))
+    )
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -467,8 +498,9 @@ async def backend_health(request: web.Request) -> web.Response:
 
 def create_app(daemon: Daemon) -> web.Application:
     """The API of ``daemon``; the daemon serves it from its own loop."""
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_errors, _authorised], client_max_size=MAX_BODY)
     app[DAEMON] = daemon
+    app[PLAN_LOCK] = asyncio.Lock()
     app[METRICS] = Metrics(daemon)
     app[METRICS].registry.register(HealthCollector(daemon))
     router = app.router

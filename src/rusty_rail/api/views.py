@@ -7,8 +7,8 @@ with the live connection table, so they say what the data plane does, and why.
 
 from __future__ import annotations
 
-import itertools
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -217,7 +217,7 @@ def flow_text(flow: Flow) -> str:
 
 def tracked_flows(maps: BalancerMaps, limit: int) -> list[tuple[Flow, CtEntry]]:
     """Up to ``limit`` entries of the live connection table, in the table's order."""
-    return list(itertools.islice(maps.dump_conntrack().items(), limit))
+    return list(maps.dump_conntrack(limit=limit).items())
 
 
 def _names(plan: Plan) -> dict[int, str]:
@@ -300,12 +300,17 @@ def _address_of(state: DataplaneState, decision: reference.Decision) -> bytes | 
 
 
 def dry_run(
-    before: Plan, after: Plan, conntrack: Iterable[tuple[Flow, CtEntry]]
-) -> dict[str, dict[str, Any]]:
+    before: Plan,
+    after: Plan,
+    conntrack: Iterable[tuple[Flow, CtEntry]],
+    *,
+    seconds: float | None = None,
+) -> tuple[dict[str, dict[str, Any]], bool]:
     """Per service, what ``after`` would change: whether the table changes, the share of
     table slots whose backend moves (maglev.moved_fraction; None when there is no table to
     compare with, as for a new VIP or a new table size), and how many of the tracked flows
-    (``conntrack``) would go to another backend or be dropped."""
+    (``conntrack``) would go to another backend or be dropped. The flows are counted for at
+    most ``seconds`` (None: all of them); the second value says whether all were counted."""
     names_before, names_after = _names(before), _names(after)
     services = sorted(before.tables.keys() | after.tables.keys(), key=_service_order)
     result: dict[str, dict[str, Any]] = {}
@@ -330,7 +335,12 @@ def dry_run(
     entries = dict(conntrack)
     state_before = _with_conntrack(before.state, entries)
     state_after = _with_conntrack(after.state, entries)
-    for flow in entries:
+    deadline = None if seconds is None else time.monotonic() + seconds
+    complete = True
+    for counted, flow in enumerate(entries):
+        if deadline is not None and counted % 1024 == 0 and time.monotonic() > deadline:
+            complete = False
+            break
         then = reference.lookup(state_before, flow)
         if not then.forwards or then.vip_index is None:
             continue  # a stale entry of a flow that would be re-decided anyway
@@ -347,7 +357,7 @@ def dry_run(
     for view in result.values():
         if view["flows_tracked"]:
             view["flows_moved_share"] = view["flows_moved"] / view["flows_tracked"]
-    return result
+    return result, complete
 
 
 def _service_order(name: str) -> tuple[int, str]:

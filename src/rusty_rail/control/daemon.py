@@ -527,9 +527,10 @@ class Daemon:
 
     # --- changes -------------------------------------------------------------------------
 
-    def compile(self, config: Config) -> Plan:
+    def compile(self, config: Config, *, max_build_slots: int | None = None) -> Plan:
         """The plan ``config`` would get now, from the running allocation and tables, with
-        the next hops known so far: what a change would write, without writing it."""
+        the next hops known so far: what a change would write, without writing it.
+        ``max_build_slots`` bounds the table slots it may build (PlanError beyond)."""
         if self.plan is None:
             raise RuntimeError("the daemon is not started")
         if config.device != self.device:
@@ -546,6 +547,7 @@ class Daemon:
             healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
             previous_tables=self.plan.tables,
             previous_state=self.plan.state,
+            max_build_slots=max_build_slots,
         )
 
     def change(

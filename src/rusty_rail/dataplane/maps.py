@@ -441,8 +441,9 @@ class BalancerMaps:
             rows[:] = 0
             del rows
 
-    def dump_conntrack(self) -> dict[Flow, CtEntry]:
-        """Every recorded flow whose way is whole and in the set its hash names."""
+    def dump_conntrack(self, limit: int | None = None) -> dict[Flow, CtEntry]:
+        """Every recorded flow whose way is whole and in the set its hash names (the first
+        ``limit`` of them in the table's order, when given)."""
         seed = self.read_settings().hash_seed
         with self._conntrack_words(write=False) as rows:
             used = np.flatnonzero(rows[:, 6])
@@ -460,7 +461,7 @@ class BalancerMaps:
         ).astype(np.uint64)
         whole = (check == entries[:, 6]) & in_place
         result = {}
-        for row in entries[whole]:
+        for row in entries[whole][:limit]:
             raw = row.tobytes()
             result[structs.decode_flow_key(raw[:16])] = structs.decode_conntrack_entry(raw[16:24])
         return result
