@@ -4,6 +4,7 @@ immutable Config; every mistake is reported in a ConfigError naming the field, v
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -127,6 +128,10 @@ NO_VALUE: Final = _NoValue.NO_VALUE
 Loc = tuple[str | int, ...]
 
 
+#: The longest key shown in a problem's path.
+MAX_SHOWN_KEY: Final = 80
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with a configuration: where (``loc``), the value found there, and why."""
@@ -143,6 +148,9 @@ class Problem:
             if isinstance(part, int):
                 text += f"[{part}]"
             else:
+                # A key is the client's text: a hostile one may be megabytes long.
+                if len(part) > MAX_SHOWN_KEY:
+                    part = part[: MAX_SHOWN_KEY - 3] + "..."
                 text += f".{part}" if text else part
         return text
 
@@ -187,28 +195,61 @@ class _Invalid(ValueError):
 
 
 def show_value(value: object, limit: int = 80) -> str:
-    """A value as it would be written in TOML, shortened for a one-line message."""
-    text = _toml_like(value)
+    """A value as it would be written in TOML, shortened for a one-line message. Only about
+    ``limit`` characters are ever rendered, and nesting deeper than MAX_SHOWN_DEPTH is shown
+    as ``...``: a hostile value (megabytes, or nested a thousand deep) costs no more than a
+    short one."""
+    out: list[str] = []
+    with contextlib.suppress(_Shown):
+        _toml_like(value, out, limit, 0)
+    text = "".join(out)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _toml_like(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Enum):
-        return _toml_like(value.value)
-    if isinstance(value, str | IPv4Address | IPv6Address | Path):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, BaseModel):
-        return _toml_like(value.model_dump())
-    if isinstance(value, Mapping):
-        items = ", ".join(f"{key} = {_toml_like(item)}" for key, item in value.items())
-        return "{" + items + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_like(item) for item in value) + "]"
-    return repr(value)
+#: Nesting shown in messages before ``...``.
+MAX_SHOWN_DEPTH: Final = 8
+
+
+class _Shown(Exception):
+    """Enough of a value has been rendered."""
+
+
+def _emit(out: list[str], text: str, limit: int) -> None:
+    out.append(text[: limit + 1])
+    if sum(map(len, out)) > limit:
+        raise _Shown
+
+
+def _toml_like(value: object, out: list[str], limit: int, depth: int) -> None:
+    if depth > MAX_SHOWN_DEPTH:
+        _emit(out, "...", limit)
+    elif isinstance(value, bool):
+        _emit(out, "true" if value else "false", limit)
+    elif isinstance(value, Enum):
+        _toml_like(value.value, out, limit, depth)
+    elif isinstance(value, str | IPv4Address | IPv6Address | Path):
+        _emit(out, json.dumps(str(value)[: limit + 1], ensure_ascii=False), limit)
+    elif isinstance(value, int) and value.bit_length() > 4 * limit:
+        _emit(out, f"<an integer of {value.bit_length()} bits>", limit)
+    elif isinstance(value, int | float):
+        _emit(out, repr(value), limit)
+    elif isinstance(value, BaseModel):
+        _toml_like(value.model_dump(), out, limit, depth)
+    elif isinstance(value, Mapping):
+        _emit(out, "{", limit)
+        for position, (key, item) in enumerate(value.items()):
+            _emit(out, f"{', ' if position else ''}{str(key)[: limit + 1]} = ", limit)
+            _toml_like(item, out, limit, depth + 1)
+        _emit(out, "}", limit)
+    elif isinstance(value, list | tuple):
+        _emit(out, "[", limit)
+        for position, item in enumerate(value):
+            if position:
+                _emit(out, ", ", limit)
+            _toml_like(item, out, limit, depth + 1)
+        _emit(out, "]", limit)
+    else:
+        _emit(out, repr(value)[: limit + 1], limit)
 
 
 # ---------------------------------------------------------------------------------------------

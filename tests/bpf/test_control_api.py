@@ -5,6 +5,7 @@ agree whatever the order of their changes; the desired state across a restart.
 
 from __future__ import annotations
 
+import json
 import resource
 import urllib.error
 import urllib.request
@@ -623,3 +624,32 @@ def test_a_dry_run_counts_flows_without_holding_the_change_lock(
     assert answer.status == 200, answer.body
     assert answer.body["flows_examined"] == 50 and answer.body["flows_complete"] is True
     assert seen == [False]
+
+
+def test_hostile_parameters_and_bodies_get_4xx_and_leave_no_traceback(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16, defects 5 and 8: each of these used to answer 500 and log a traceback, or
+    echo megabytes back."""
+    deep: object = "198.18.64.1"
+    for _ in range(900):
+        deep = [deep]
+    with caplog.at_level("ERROR"):
+        two = "%C2%B2"  # "²": str.isdigit() takes it, int() does not
+        for path in (
+            f"/v1/flows?limit={two}",
+            f"/v1/events?since={two}",
+            f"/v1/events?limit={two}",
+            "/v1/events?since=" + "9" * 5000,
+            f"/v1/lookup?flow=198.18.5.5:{two}->198.18.100.1:80/tcp",
+        ):
+            answer = node.call("GET", path)
+            assert answer.status == 400, (path[:60], answer.body)
+        nested = node.call("PUT", f"{VIP_PATH}/backends/198.18.64.1", {"weight": deep})
+        assert nested.status == 422, nested.body
+        assert len(nested.body["problems"][0]["value"]) <= 80
+        whole = node.call("GET", "/v1/config").body
+        huge_key = node.call("PUT", "/v1/config", dict(whole, **{"k" * 1_000_000: 1}))
+        assert huge_key.status == 422
+        assert len(json.dumps(huge_key.body)) < 2000, "the unknown key was echoed whole"
+    assert [r.getMessage()[:200] for r in caplog.records if r.levelname == "ERROR"] == []

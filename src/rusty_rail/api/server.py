@@ -430,7 +430,11 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and no more of
+    # them than the bound has: int() of thousands of digits is slow, then refused.
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high))) or not (
+        low <= int(text) <= high
+    ):
         raise ApiError.bad_parameter(name, text, f"must be an integer from {low} to {high}")
     return int(text)
 

@@ -147,7 +147,8 @@ def backend_view(snapshot: Snapshot, target: Target, address: IPAddress) -> dict
 _FLOW = re.compile(
     r"^\s*(?P<src>\[[^\]]+\]|[^\s:\[\]>-][^\s\[\]>]*?)(?::(?P<sport>\d+))?\s*->\s*"
     r"(?P<dst>\[[^\]]+\]|[^\s:\[\]/][^\s\[\]/]*?)(?::(?P<dport>\d+))?\s*"
-    r"(?:/\s*(?P<proto>[A-Za-z0-9]+)|\s+proto\s+(?P<proto_number>\d+))?\s*$"
+    r"(?:/\s*(?P<proto>[A-Za-z0-9]+)|\s+proto\s+(?P<proto_number>\d+))?\s*$",
+    re.ASCII,
 )
 FLOW_SYNTAX: Final = (
     "SOURCE[:PORT]->DESTINATION[:PORT]/PROTOCOL, e.g. 198.18.5.5:40000->198.18.100.1:80/tcp, "
@@ -179,7 +180,7 @@ def parse_flow(text: str) -> Flow:
     if src.version != dst.version:
         raise ValueError("the source and destination must both be IPv4 or both IPv6")
     protocol_text = match["proto"] or match["proto_number"] or "tcp"
-    if protocol_text.isdigit():
+    if protocol_text.isascii() and protocol_text.isdigit():
         proto = int(protocol_text)
     elif protocol_text.lower() in PROTOCOL_NUMBERS:
         proto = PROTOCOL_NUMBERS[protocol_text.lower()]

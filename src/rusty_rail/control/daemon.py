@@ -115,7 +115,7 @@ class ApiOptions:
 def parse_api_address(text: str) -> tuple[str, int]:
     """``127.0.0.1:9180``, ``[::1]:9180``, ``0.0.0.0:9180`` or a bare port; raises ValueError."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         host, port_text = "127.0.0.1", text
     elif text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
@@ -132,7 +132,9 @@ def parse_api_address(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not (
+        0 <= int(port_text) <= 65535
+    ):
         raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
     return host, int(port_text)
 
