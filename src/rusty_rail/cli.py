@@ -122,6 +122,13 @@ def _api_token(path: Path | None) -> str | None:
         token = path.read_text(encoding="utf-8").strip()
         if not token:
             raise ValueError(f"the token file {path} is empty")
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o044:
+            print(
+                f"rusty-rail run: warning: the token file {path} can be read by group or "
+                f"others (mode {mode:o}); chmod 600 it",
+                file=sys.stderr,
+            )
         return token
     return os.environ.get(API_TOKEN_VARIABLE) or None
 

@@ -569,6 +569,17 @@ def test_a_saved_state_the_data_plane_refuses_at_start_names_the_way_out(
     assert f"saved by the API in {path}" in message and "--reset-state" in message
     assert path.exists()
     assert not (bed.pin_root / "eth2").exists()
+    # --reset-state removes the saved state only once a start has succeeded (defect 8).
+    reset = replace(options, reset_state=True, detach_on_exit=True)
+    with pytest.raises(StartupError, match="nosuch0"):
+        start_daemon({"RR_DEVICE": "nosuch0"}, reset)
+    assert path.exists()
+    daemon = start_daemon({}, reset)
+    try:
+        assert not path.exists()
+        assert len(daemon.config.vips) == 2
+    finally:
+        daemon.close()
 
 
 # --- dry runs under attack (issue 16, defect 2) -------------------------------------------------
@@ -652,4 +663,6 @@ def test_hostile_parameters_and_bodies_get_4xx_and_leave_no_traceback(
         huge_key = node.call("PUT", "/v1/config", dict(whole, **{"k" * 1_000_000: 1}))
         assert huge_key.status == 422
         assert len(json.dumps(huge_key.body)) < 2000, "the unknown key was echoed whole"
+        ipv6_lb = node.call("PUT", "/v1/config", dict(whole, lb_address="2001:2::2"))
+        assert ipv6_lb.status == 422, ipv6_lb.body  # the data plane cannot hold it: not 409
     assert [r.getMessage()[:200] for r in caplog.records if r.levelname == "ERROR"] == []

@@ -3,6 +3,7 @@ file or the new one, whole), refusal of broken files, and the start-up precedenc
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rusty_rail import cli
 from rusty_rail.api import changes
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
@@ -158,7 +160,7 @@ def test_at_start_the_saved_state_wins_except_for_fixed_keys(tmp_path: Path) -> 
     reset = DaemonOptions(config_path=config_path, state_file=path, api=None, reset_state=True)
     config, _, generation = startup_config(environ, reset)
     assert (generation, len(config.vips[0].backends)) == (0, 2)
-    assert not path.exists()
+    assert path.exists()  # removed only once the start succeeded (start_daemon)
 
 
 def test_a_broken_saved_state_stops_the_start_before_anything_is_touched(tmp_path: Path) -> None:
@@ -195,3 +197,53 @@ def test_no_token_no_bind_beyond_loopback() -> None:
     daemon = Daemon(CONFIG, DaemonOptions(api=ApiOptions("0.0.0.0", 9180)))
     with pytest.raises(StartupError, match="without a token"):
         daemon.start()
+
+
+def test_a_state_file_others_could_have_written_is_not_loaded(tmp_path: Path) -> None:
+    """Issue 16, defect 8: the state file decides where traffic goes."""
+    path = tmp_path / "lb.state.json"
+    state_file.write(path, CONFIG, generation=1, source="api")
+    assert state_file.read(path) is not None
+    path.chmod(0o664)
+    with pytest.raises(state_file.StateFileError, match="can be written by group or others"):
+        state_file.read(path)
+    path.chmod(0o600)
+    os.chown(path, 1000, -1)
+    with pytest.raises(state_file.StateFileError, match="owned by uid 1000, not by root"):
+        state_file.read(path)
+    os.chown(path, 0, -1)
+    tmp_path.chmod(0o777)
+    try:
+        with pytest.raises(state_file.StateFileError, match="directory anyone can write to"):
+            state_file.read(path)
+        tmp_path.chmod(0o1777)  # sticky, as /tmp: others cannot replace root's file
+        assert state_file.read(path) is not None
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_a_state_file_nested_too_deeply_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    path = tmp_path / "lb.state.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(state_file.StateFileError, match=r"nested too deeply.*--reset-state"):
+        state_file.read(path)
+
+
+def test_an_api_beyond_loopback_needs_a_token_of_sixteen_characters(tmp_path: Path) -> None:
+    for token in (None, "", "x", "fifteen-chars-x"):
+        options = DaemonOptions(api=ApiOptions("0.0.0.0", 0, token), pin_root=tmp_path)
+        with pytest.raises(StartupError, match="at least 16 characters"):
+            Daemon(CONFIG.model_copy(update={"device": "nosuch0"}), options).start()
+
+
+def test_a_token_file_others_can_read_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)
+    assert cli._api_token(token) == "0123456789abcdef0123"
+    assert capsys.readouterr().err == ""
+    token.chmod(0o644)
+    assert cli._api_token(token) == "0123456789abcdef0123"
+    assert "can be read by group or others (mode 644)" in capsys.readouterr().err

@@ -65,6 +65,8 @@ log = logging.getLogger("rusty_rail.daemon")
 
 IPAddress = IPv4Address | IPv6Address
 DEFAULT_API_PORT: Final = 9180
+#: The shortest token accepted for an API that listens beyond loopback.
+MIN_TOKEN_LENGTH: Final = 16
 #: Keys the API cannot change: the maps and the attachment are made with them at start.
 RESTART_KEYS: Final[Mapping[str, str]] = {
     "device": "the interface is chosen at start; restart the daemon to change it",
@@ -162,7 +164,7 @@ def lb_address_of(config: Config, device: str) -> IPv4Address:
     """The balancer's outer address: configured, or the device's only IPv4 address."""
     if config.lb_address is not None:
         if not isinstance(config.lb_address, IPv4Address):
-            raise StartupError(f"lb_address {config.lb_address}: only IPv4 is supported yet")
+            raise PlanError(f"lb_address {config.lb_address}: only IPv4 is supported yet")
         return config.lb_address
     candidates = [a for a in netlink.interface_addresses(device) if isinstance(a, IPv4Address)]
     if len(candidates) != 1:
@@ -375,11 +377,12 @@ class Daemon:
         before the configuration, the interface, the API address and the plan have all been
         checked."""
         api = self.options.api
-        if api is not None and not api.loopback and not api.token:
+        if api is not None and not api.loopback and len(api.token or "") < MIN_TOKEN_LENGTH:
+            what = "without a token" if not api.token else "with a token that is too short"
             raise StartupError(
-                f"the API would listen on {api.url}, which is not a loopback address, without "
-                "a token: give one (--api-token-file FILE or RUSTY_RAIL_API_TOKEN), or listen "
-                "on 127.0.0.1"
+                f"the API would listen on {api.url}, which is not a loopback address, {what}: "
+                f"give one of at least {MIN_TOKEN_LENGTH} characters (--api-token-file FILE or "
+                "RUSTY_RAIL_API_TOKEN; e.g. `openssl rand -hex 16`), or listen on 127.0.0.1"
             )
         try:
             ifindex = netlink.interface_index(self.device)
@@ -1033,8 +1036,9 @@ def startup_config(
     path = options.state_file
     if path is None:
         return base, fixed, 0
-    if options.reset_state and state_file.remove(path):
-        log.info("--reset-state: removed the saved state %s", path)
+    if options.reset_state:
+        # Removed only once the start has succeeded (start_daemon): a failed start keeps it.
+        return base, fixed, 0
     if path.parent.is_dir():
         for leftover in state_file.leftover_temporaries(path.parent):
             with contextlib.suppress(OSError):
@@ -1074,10 +1078,15 @@ def start_daemon(environ: Mapping[str, str], options: DaemonOptions) -> Daemon:
         saved = options.state_file
         if saved is None or not saved.exists():
             raise
+        if options.reset_state:
+            raise
         raise StartupError(
             f"{error}; this desired state was saved by the API in {saved}: start with "
             "--reset-state to start from the configuration file instead"
         ) from error
+    path = options.state_file
+    if options.reset_state and path is not None and state_file.remove(path):
+        log.info("--reset-state: removed the saved state %s", path)
     return daemon
 
 

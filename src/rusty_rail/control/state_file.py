@@ -59,6 +59,7 @@ def read(path: Path) -> SavedState | None:
     file cannot be read or is not a valid state (the daemon never writes such a file: it was
     edited, or written by another version)."""
     try:
+        check_trusted(path)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
@@ -71,6 +72,11 @@ def read(path: Path) -> SavedState | None:
             f"the state file {path} is not valid JSON (line {error.lineno}, column "
             f"{error.colno}: {error.msg}); {_reset_hint(path)}"
         ) from error
+    except RecursionError:
+        raise StateFileError(
+            f"the state file {path} is nested too deeply to be a state the daemon wrote; "
+            f"{_reset_hint(path)}"
+        ) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         found = document.get("format") if isinstance(document, dict) else None
         raise StateFileError(
@@ -90,6 +96,32 @@ def read(path: Path) -> SavedState | None:
         written_at=str(document.get("written_at", "")),
         source=str(document.get("source", "")),
     )
+
+
+def check_trusted(path: Path) -> None:
+    """Raise StateFileError unless only root (or the daemon's own user) can have written
+    ``path``: the file is owned by one of them, not writable by group or others, and its
+    directory is not writable by others unless sticky. The state file decides where traffic
+    goes. FileNotFoundError when there is no file."""
+    info = path.stat()
+    owners = {0, os.geteuid()}
+    if info.st_uid not in owners:
+        raise StateFileError(
+            f"the state file {path} is owned by uid {info.st_uid}, not by root: it is not "
+            f"loaded; {_reset_hint(path)}"
+        )
+    if info.st_mode & 0o022:
+        raise StateFileError(
+            f"the state file {path} can be written by group or others (mode "
+            f"{info.st_mode & 0o777:o}): it is not loaded; chmod go-w it, or "
+            f"{_reset_hint(path)}"
+        )
+    directory = path.parent.stat()
+    if directory.st_mode & 0o002 and not directory.st_mode & 0o1000:
+        raise StateFileError(
+            f"the state file {path} is in a directory anyone can write to ({path.parent}): it "
+            "is not loaded; keep it in a directory only root can write (--state-file)"
+        )
 
 
 def encode(config: Config, *, generation: int, source: str) -> bytes:
