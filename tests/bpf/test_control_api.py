@@ -666,3 +666,20 @@ def test_hostile_parameters_and_bodies_get_4xx_and_leave_no_traceback(
         ipv6_lb = node.call("PUT", "/v1/config", dict(whole, lb_address="2001:2::2"))
         assert ipv6_lb.status == 422, ipv6_lb.body  # the data plane cannot hold it: not 409
     assert [r.getMessage()[:200] for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_a_new_conntrack_size_that_an_adopted_table_cannot_take_is_reported(bed: Bed) -> None:
+    """Issue 16, defect 8: the API used to report the new size while the adopted table kept
+    the old one, silently."""
+    small = base_config("eth2", "198.18.20.2").model_copy(update={"conntrack_size": 4096})
+    node = bed.start("eth2", small, detach=False, attach=True)
+    assert node.call("GET", "/healthz").body["warnings"] == []
+    bed.stop("eth2")
+    larger = small.model_copy(update={"conntrack_size": 65536})
+    node = bed.start("eth2", larger, attach=True)
+    try:
+        (warning,) = node.call("GET", "/healthz").body["warnings"]
+        assert "conntrack_size is 65536 but the adopted connection table holds 4096" in warning
+        assert "detach" in warning
+    finally:
+        bed.stop("eth2")

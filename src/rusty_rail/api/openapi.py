@@ -321,6 +321,12 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "properties": {
             "status": {"type": "string", "enum": ["ok", "unavailable"]},
             "reasons": {"type": "array", "items": {"type": "string"}},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What runs differs from what is configured (e.g. an adopted "
+                "connection table of another size); the node stays healthy.",
+            },
             "device": {"type": "string"},
             "attached": {"type": "boolean"},
             "generation": {"type": "integer", "minimum": 0},

@@ -54,7 +54,8 @@ from rusty_rail.dataplane.loader import (
     detach_balancer,
     load_balancer,
 )
-from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
+from rusty_rail.dataplane.maps import conntrack_sets_for
+from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
 from rusty_rail.dpstate import DataplaneState, NextHop
 from rusty_rail.maglev import MaglevTable
 
@@ -350,6 +351,8 @@ class Daemon:
         self.last_change: dict[str, Any] | None = None
         #: Set when the desired state is not (fully) in the maps: why.
         self.apply_error: str | None = None
+        #: What runs differs from what is configured, without making the node unhealthy.
+        self.warnings: list[str] = []
         self.api_url: str | None = None
         #: How long start() took to read the pinned state, build the tables and write them.
         self.start_timings: dict[str, float] = {}
@@ -479,6 +482,15 @@ class Daemon:
         self.balancer, self.plan = balancer, plan
         self.monitor, self._health_config = monitor, self.config
         self.table_generations = dict.fromkeys(plan.tables, 1)
+        pinned_sets = balancer.maps.conntrack_mask + 1
+        if balancer.adopted and pinned_sets != conntrack_sets_for(self.config.conntrack_size):
+            self.warnings.append(
+                f"conntrack_size is {self.config.conntrack_size} but the adopted connection "
+                f"table holds {pinned_sets * CONNTRACK_WAYS} flows (it keeps the size it was "
+                f"made with); `rusty-rail detach --device {self.device}` and start again to "
+                "resize it (tracked flows are then lost)"
+            )
+            log.warning("%s", self.warnings[-1])
         self.last_change = {
             "generation": self.generation,
             "source": SOURCE_START,
@@ -820,6 +832,7 @@ class Daemon:
         body = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
+            "warnings": list(self.warnings),
             "device": self.device,
             "attached": attached,
             "generation": self.generation,
