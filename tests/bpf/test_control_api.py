@@ -23,8 +23,14 @@ from rusty_rail import reference
 from rusty_rail.api import views
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
-from rusty_rail.control.daemon import DaemonOptions, StartupError, start_daemon, startup_config
-from rusty_rail.control.plan import Allocation, compile_plan, slot_table
+from rusty_rail.control.daemon import (
+    DaemonOptions,
+    NextHops,
+    StartupError,
+    start_daemon,
+    startup_config,
+)
+from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
 from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.flowhash import PROTO_TCP, Flow
 from tests.bpf.control_bed import (
@@ -683,3 +689,46 @@ def test_a_new_conntrack_size_that_an_adopted_table_cannot_take_is_reported(bed:
         assert "detach" in warning
     finally:
         bed.stop("eth2")
+
+
+def test_a_change_beyond_capacity_is_refused_before_any_address_is_resolved(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, defect 7: such a change used to resolve every new address (seconds of ARP,
+    under the change lock) before it was refused."""
+    probed: list[int] = []
+    original = NextHops.probe
+
+    def counted(addresses: Any, wait: float = 0.0) -> Any:
+        addresses = set(addresses)
+        probed.append(len(addresses))
+        return original(addresses, wait)
+
+    monkeypatch.setattr(NextHops, "probe", staticmethod(counted))
+    many = [f"198.19.{64 + i // 250}.{1 + i % 250}" for i in range(MAX_BACKENDS + 1)]
+    body = {"backends": many, "table_size": 65537}
+    answer = node.call("PUT", "/v1/vips/198.19.0.10", body)
+    assert answer.status == 422, answer.body
+    assert "too many backends" in answer.body["message"]
+    assert probed == []
+
+
+def test_new_addresses_resolve_outside_the_change_lock_and_removed_ones_are_forgotten(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = node.daemon._lock
+    assert lock is not None
+    locked: list[bool] = []
+    original = NextHops.probe
+
+    def observed(addresses: Any, wait: float = 0.0) -> Any:
+        locked.append(lock.locked())
+        return original(addresses, wait)
+
+    monkeypatch.setattr(NextHops, "probe", staticmethod(observed))
+    path = f"{VIP_PATH}/backends/198.18.64.77"
+    assert node.call("PUT", path, {}).status == 201
+    assert locked == [False]
+    assert node.daemon.next_hops(ip_address("198.18.64.77")) is not None
+    assert node.call("DELETE", path).status == 200
+    assert ip_address("198.18.64.77") not in node.daemon.next_hops.known

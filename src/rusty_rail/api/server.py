@@ -6,6 +6,7 @@ for writes. Reads answer from the daemon's state; writes compute the whole new c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -195,6 +196,11 @@ async def _write(
     configuration from the current one, check If-Match, and apply it. 201 when ``make``
     created something."""
     daemon = request.app[DAEMON]
+    # The addresses the change would add are resolved before the change lock is taken, so
+    # that other writes need not wait for their neighbours to answer ARP.
+    with contextlib.suppress(ApiError):
+        candidate, _ = make(daemon.config)
+        await asyncio.to_thread(daemon.resolve_ahead, candidate)
 
     def work() -> tuple[Config, bool, ChangeResult]:
         current = daemon.config

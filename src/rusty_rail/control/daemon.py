@@ -226,6 +226,20 @@ class NextHops:
     def resolve(self, addresses: Iterable[IPAddress], wait: float = 0.0) -> None:
         self.update(*self.probe(addresses, wait))
 
+    def take_new(
+        self, found: Mapping[IPAddress, NextHop | None], problems: Mapping[IPAddress, str]
+    ) -> None:
+        """Take a probe's answers for addresses not known yet (a change under the lock may
+        have resolved some meanwhile; its answers stay)."""
+        fresh = {a: hop for a, hop in found.items() if a not in self.known}
+        self.update(fresh, {a: why for a, why in problems.items() if a in fresh})
+
+    def keep_only(self, addresses: set[IPAddress]) -> None:
+        """Forget every address but ``addresses``."""
+        for address in [a for a in self.known if a not in addresses]:
+            self.known.pop(address, None)
+            self.problems.pop(address, None)
+
     def __call__(self, address: IPAddress) -> NextHop | None:
         return self.known.get(address)
 
@@ -587,6 +601,7 @@ class Daemon:
         if not changed and not force and self.apply_error is None:
             return ChangeResult(self.generation, False, 0, (), 0.0, 0.0, 0.0)
         try:
+            self.check_capacity(config)
             wanted = backend_addresses(config) - self.next_hops.known.keys()
             if wanted:
                 self.next_hops.resolve(wanted, wait=next_hop_wait)
@@ -649,6 +664,9 @@ class Daemon:
         for name in rebuilt:
             generations[name] += 1
         self.plan, self.table_generations, self.apply_error = plan, generations, None
+        # Next hops of backends no longer configured are forgotten: one that comes back is
+        # resolved again (its neighbour may have moved meanwhile).
+        self.next_hops.keep_only(backend_addresses(config))
         result = ChangeResult(
             generation,
             changed,
@@ -721,6 +739,30 @@ class Daemon:
         """Move the data plane to ``config`` (saved like an API change); returns the number
         of map updates. Raises (and changes nothing) when it cannot be planned."""
         return self.change(config, SOURCE_API).map_updates
+
+    def check_capacity(self, config: Config) -> None:
+        """Raise PlanError when ``config`` has more VIPs or backend slots than the data
+        plane holds: cheap, so it runs before any address is resolved."""
+        services = services_of(config)
+        slots = sum(len(service.backends) for service in services)
+        for what, count, limit in (
+            ("VIPs (and default set)", len(services), MAX_VIPS),
+            ("backends (one slot per VIP and backend)", slots, MAX_BACKENDS),
+        ):
+            if count > limit:
+                raise PlanError(f"too many {what}: {count}; the data plane holds at most {limit}")
+
+    def resolve_ahead(self, config: Config, wait: float = CHANGE_NEXT_HOP_WAIT) -> None:
+        """Resolve the next hops ``config`` would add, before its change takes the change
+        lock (so other changes need not wait for ARP). Nothing when it cannot be held."""
+        try:
+            self.check_capacity(config)
+        except PlanError:
+            return  # the change itself refuses it
+        wanted = backend_addresses(config) - self.next_hops.known.keys()
+        if wanted:
+            found, problems = NextHops.probe(wanted, wait)
+            self.next_hops.take_new(found, problems)
 
     def probe_next_hops(
         self, everything: bool = False
