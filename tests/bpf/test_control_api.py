@@ -732,3 +732,31 @@ def test_new_addresses_resolve_outside_the_change_lock_and_removed_ones_are_forg
     assert node.daemon.next_hops(ip_address("198.18.64.77")) is not None
     assert node.call("DELETE", path).status == 200
     assert ip_address("198.18.64.77") not in node.daemon.next_hops.known
+
+
+def test_a_change_that_fits_only_in_the_slots_it_frees_is_applied_removals_first(
+    node: Node,
+) -> None:
+    """Issue 16, defect 6: replacing the backends of a full data plane used to be refused
+    ("holds at most ..."), since a change never hands a slot it frees to another backend."""
+    plan = node.daemon.plan
+    assert plan is not None
+    taken = len(plan.allocation.slots)
+    plan.allocation.max_backends = taken + 1  # a data plane with one slot free
+    try:
+        new = ["198.18.64.51", "198.18.64.52", "198.18.64.53"]
+        dry = node.call("POST", "/v1/plan", {"changes": [
+            {"op": "put_vip", "vip": VIP, "body": {"backends": new}}]})  # fmt: skip
+        assert dry.status == 200, dry.body
+        answer = node.call("PUT", VIP_PATH, {"backends": new})
+        assert answer.status == 200, answer.body
+        view = node.call("GET", VIP_PATH).body
+        assert sorted(b["address"] for b in view["backends"]) == new
+        assert live_table_is_planned(node, VIP)
+        live = node.daemon.plan
+        assert live is not None and len(live.allocation.slots) == taken
+        assert maps_state(node).backends.keys() == set(live.state.backends)
+    finally:
+        live = node.daemon.plan
+        assert live is not None
+        live.allocation.max_backends = MAX_BACKENDS

@@ -25,6 +25,7 @@ from rusty_rail.control.plan import (
     SetVip,
     compile_plan,
     diff,
+    removals_only,
 )
 from rusty_rail.dpstate import NONE_INDEX, BackendState, NextHop, Stat, Verdict
 from rusty_rail.flowhash import Flow
@@ -310,3 +311,11 @@ def test_a_plan_that_would_build_more_table_slots_than_its_budget_is_refused() -
         previous_tables=first.tables,
         max_build_slots=0,
     )
+
+
+def test_the_removals_of_a_change_keep_what_stays_and_add_nothing() -> None:
+    current = config(*BACKENDS[:4])
+    wanted = config(BACKENDS[0], BACKENDS[2], "198.18.9.9")
+    bridge = removals_only(current, wanted)
+    assert [str(b.address) for b in bridge.vips[0].backends] == [BACKENDS[0], BACKENDS[2]]
+    assert removals_only(current, config(*BACKENDS[:4], vip="198.19.0.99")).vips == ()

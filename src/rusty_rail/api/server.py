@@ -405,7 +405,7 @@ async def plan(request: web.Request) -> web.Response:
         else:
             config = changes.apply_changes(current, body["changes"])
         try:
-            after = daemon.compile(config, max_build_slots=MAX_PLAN_BUILD_SLOTS)
+            _, after = daemon.plan_change(config, max_build_slots=MAX_PLAN_BUILD_SLOTS)
         except (PlanError, StartupError, ValueError) as error:
             raise _change_error(error) from error
         return before, after, config, daemon.generation

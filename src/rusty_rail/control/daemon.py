@@ -36,11 +36,13 @@ from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.plan import (
     DEFAULT_SET,
     Allocation,
+    NoFreeIndex,
     Plan,
     PlanError,
     allocation_from_state,
     compile_plan,
     diff,
+    removals_only,
     services_of,
 )
 from rusty_rail.dataplane import netlink
@@ -558,12 +560,30 @@ class Daemon:
 
     # --- changes -------------------------------------------------------------------------
 
-    def compile(self, config: Config, *, max_build_slots: int | None = None) -> Plan:
-        """The plan ``config`` would get now, from the running allocation and tables, with
-        the next hops known so far: what a change would write, without writing it.
-        ``max_build_slots`` bounds the table slots it may build (PlanError beyond)."""
+    def plan_change(
+        self, config: Config, *, max_build_slots: int | None = None
+    ) -> tuple[Plan | None, Plan]:
+        """compile(), and for a change that fits only in the slots it frees (a slot is not
+        handed to another backend within one change), a bridge to apply first: the change's
+        removals alone. Returns (bridge or None, the plan)."""
+        try:
+            return None, self.compile(config, max_build_slots=max_build_slots)
+        except NoFreeIndex:
+            bridge = self.compile(
+                removals_only(self.config, config), max_build_slots=max_build_slots
+            )
+            return bridge, self.compile(config, max_build_slots=max_build_slots, after=bridge)
+
+    def compile(
+        self, config: Config, *, max_build_slots: int | None = None, after: Plan | None = None
+    ) -> Plan:
+        """The plan ``config`` would get now, from the running allocation and tables (or
+        those of ``after``, a plan to be applied first), with the next hops known so far:
+        what a change would write, without writing it. ``max_build_slots`` bounds the table
+        slots it may build (PlanError beyond)."""
         if self.plan is None:
             raise RuntimeError("the daemon is not started")
+        base = self.plan if after is None else after
         if config.device != self.device:
             raise StartupError(
                 f"the device cannot change while running ({self.device} -> "
@@ -572,12 +592,12 @@ class Daemon:
         verdict = self.monitor.book.verdict if self.monitor is not None else None
         return compile_plan(
             config,
-            self.plan.allocation,
+            base.allocation,
             lb_ipv4=lb_address_of(config, self.device),
             resolve_next_hop=self.next_hops,
             healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
-            previous_tables=self.plan.tables,
-            previous_state=self.plan.state,
+            previous_tables=base.tables,
+            previous_state=base.state,
             max_build_slots=max_build_slots,
         )
 
@@ -606,7 +626,7 @@ class Daemon:
             if wanted:
                 self.next_hops.resolve(wanted, wait=next_hop_wait)
             build_started = time.perf_counter()
-            plan = self.compile(config)
+            bridge, plan = self.plan_change(config)
             build_seconds = time.perf_counter() - build_started
         except Exception:
             self._notify(source, None)
@@ -619,7 +639,11 @@ class Daemon:
         self.config, self.generation = config, generation
         apply_started = time.perf_counter()
         try:
-            applied = apply_operations(self.balancer.maps, diff(self.plan.state, plan.state))
+            applied = 0
+            if bridge is not None:
+                applied = apply_operations(self.balancer.maps, diff(self.plan.state, bridge.state))
+            start = self.plan.state if bridge is None else bridge.state
+            applied += apply_operations(self.balancer.maps, diff(start, plan.state))
         except (LibbpfError, OSError, ValueError) as error:
             # The new configuration is the desired state now (the retry loop applies it), so
             # it is saved as such.

@@ -42,6 +42,11 @@ class PlanError(ValueError):
     """The configuration is valid but cannot be put into the data plane (limits, families)."""
 
 
+class NoFreeIndex(PlanError):
+    """Every VIP index or backend slot is taken (by what stays, or by what this change
+    frees: those are not handed out again in the same change)."""
+
+
 def address_key(address: IPAddress) -> int:
     """A backend address as a dict key: an int (IPv6 above 2**128, so the families never
     meet). ipaddress objects hash through hex(), which dominated the time of a change at
@@ -159,7 +164,7 @@ def _free_indices(taken: set[int], limit: int, what: str) -> Iterator[int]:
     for index in range(limit):
         if index not in taken:
             yield index
-    raise PlanError(f"too many {what}: the data plane holds at most {limit}")
+    raise NoFreeIndex(f"too many {what}: the data plane holds at most {limit}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,25 @@ class Plan:
     tables: dict[str, MaglevTable]
     allocation: Allocation
     unresolved: tuple[IPAddress, ...]
+
+
+def removals_only(current: Config, wanted: Config) -> Config:
+    """``current`` with only the removals of the change to ``wanted``: VIPs and backends
+    that ``wanted`` no longer has are gone, nothing is added or otherwise changed. Applied
+    first, it frees the slots that ``wanted`` may then reuse (Daemon.change)."""
+    kept = {service.name: set(service.keys) for service in services_of(wanted)}
+
+    def keep(name: str, backends: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        keys = kept.get(name, set())
+        return tuple(b for b in backends if address_key(b.address) in keys)
+
+    vips = tuple(
+        vip.model_copy(update={"backends": keep(str(vip.key), vip.backends)})
+        for vip in current.vips
+        if str(vip.key) in kept
+    )
+    default = keep(DEFAULT_SET, current.default_backends) if DEFAULT_SET in kept else ()
+    return current.model_copy(update={"vips": vips, "default_backends": default})
 
 
 def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
