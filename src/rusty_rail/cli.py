@@ -134,9 +134,9 @@ def _api_token(path: Path | None) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import logging
     import os
 
+    from rusty_rail import logsetup
     from rusty_rail.api.server import create_app
     from rusty_rail.config import ConfigError
     from rusty_rail.control import state_file
@@ -150,10 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rusty_rail.control.plan import PlanError
     from rusty_rail.dataplane.loader import LoaderError
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logsetup.configure(args.verbose)
     environ = dict(os.environ)
     environ.pop(API_TOKEN_VARIABLE, None)
     environ.pop(API_URL_VARIABLE, None)

@@ -5,8 +5,11 @@ agree whatever the order of their changes; the desired state across a restart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -760,3 +763,40 @@ def test_a_change_that_fits_only_in_the_slots_it_frees_is_applied_removals_first
         live = node.daemon.plan
         assert live is not None
         live.allocation.max_backends = MAX_BACKENDS
+
+
+def test_idle_and_unfinished_connections_cannot_lock_the_api_out(node: Node) -> None:
+    """Issue 16, defect 4: 1,100 idle connections used to make /healthz and writes time out
+    (and flood the log); they are now bounded in number and closed when idle."""
+    guard = node.daemon.api_guard
+    assert guard is not None
+    limit, idle = guard.limit, guard.idle_seconds
+    guard.limit, guard.idle_seconds = 20, 0.5
+    host, port = node.client.url.removeprefix("http://").rsplit(":", 1)
+    clients: list[socket.socket] = []
+    try:
+        for i in range(60):
+            client = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:  # half of them start a request and never finish it
+                client.sendall(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n")
+            clients.append(client)
+        most = 0
+        for _ in range(200):  # bounded: until every one of them was closed by the daemon
+            most = max(most, len(guard.open))
+            if guard.expired + guard.refused >= 60 and not guard.open:
+                break
+            time.sleep(0.05)
+        # Each was refused at once (over the limit) or closed when it stayed idle; how many
+        # of each depends on how fast the daemon accepted them.
+        assert guard.refused + guard.expired >= 60, (guard.refused, guard.expired)
+        assert guard.expired >= 1 and most <= 20
+        for client in clients:
+            client.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # closed by the daemon
+                assert client.recv(1024) == b""  # and nothing answered
+        assert node.call("GET", "/healthz").status in (200, 503)
+        assert node.call("PUT", f"{VIP_PATH}/backends/198.18.64.31", {}).status == 201
+    finally:
+        for client in clients:
+            client.close()
+        guard.limit, guard.idle_seconds = limit, idle

@@ -51,6 +51,8 @@ DEFAULT_FLOW_LIMIT: Final = 100
 MAX_FLOW_LIMIT: Final = 10_000
 FLOW_SCAN: Final = 1_000_000
 DEFAULT_PLAN_FLOWS: Final = 100_000
+#: How long a request's body may take to arrive.
+BODY_SECONDS: Final = 30.0
 #: The most table slots one dry run may build: two tables of the largest size (about 130 MB
 #: each while they are built). More is refused with 422, before anything is built.
 MAX_PLAN_BUILD_SLOTS: Final = 1 << 25
@@ -136,7 +138,13 @@ def _reject_constant(text: str) -> None:
 async def _body(request: web.Request) -> object:
     """The request's JSON body, or 400 (413 for a body over MAX_BODY, from aiohttp)."""
     # Any Content-Type is read as JSON: `curl -d` sends form-urlencoded unless told otherwise.
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {BODY_SECONDS:g} s"
+        ) from None
     if not raw.strip():
         problem = Problem((), "a JSON body is needed")
         raise ApiError(HTTPStatus.BAD_REQUEST, "the request has no body", [problem])

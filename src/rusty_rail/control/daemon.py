@@ -31,6 +31,11 @@ from rusty_rail import config as config_module
 from rusty_rail.config import Backend, Config, ConfigError, Vip, validate_as
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
+from rusty_rail.control.connections import (
+    DEFAULT_IDLE_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+)
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.plan import (
@@ -106,6 +111,10 @@ class ApiOptions:
     host: str = "127.0.0.1"
     port: int = DEFAULT_API_PORT
     token: str | None = None
+    #: Connections served at once; more are closed as they are accepted.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: A connection that starts no request for this long is closed.
+    idle_seconds: float = DEFAULT_IDLE_SECONDS
 
     @property
     def loopback(self) -> bool:
@@ -316,6 +325,20 @@ class _Fingerprints:
         return cached[1]
 
 
+def _raise_file_limit(connections: int) -> None:
+    """Lift the soft limit on open files towards the hard one: the maps, the health checks
+    and ``connections`` API clients all need descriptors (the default soft limit is 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max(soft, 4 * connections + 1024, 65536)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _bind(api: ApiOptions) -> socket.socket:
     family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -375,6 +398,9 @@ class Daemon:
         self._fingerprints = _Fingerprints()
         self._config_marks: tuple[Config, str, str] | None = None
         self._api_socket: socket.socket | None = None
+        self._api_server: asyncio.Server | None = None
+        #: The API's connection bounds, once it serves.
+        self.api_guard: ConnectionGuard | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._stopping: asyncio.Event | None = None
@@ -420,6 +446,7 @@ class Daemon:
             raise StartupError(str(error)) from error
         self.start_timings = {"build_seconds": time.perf_counter() - clock}
         if api is not None:
+            _raise_file_limit(api.max_connections)
             self._api_socket = _bind(api)
             bound_port = self._api_socket.getsockname()[1]
             self.api_url = ApiOptions(api.host, bound_port, api.token).url
@@ -963,15 +990,26 @@ class Daemon:
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(signum)
+            if self._api_server is not None:
+                self._api_server.close()
+                self._api_server = None
             if runner is not None:
                 await runner.cleanup()
 
     async def _start_api(self, app: web.Application, sock: socket.socket) -> web.AppRunner:
         from aiohttp import web
 
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        api = self.options.api or ApiOptions()
+        guard = ConnectionGuard(limit=api.max_connections, idle_seconds=api.idle_seconds)
+        app.middlewares.append(guard.middleware)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=api.idle_seconds
+        )
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        guard.server = runner.server
+        assert self._loop is not None
+        server = await self._loop.create_server(guard.protocol, sock=sock)
+        self.api_guard, self._api_server = guard, server
         token = self.options.api.token if self.options.api else None
         log.info(
             "serving the REST API on %s (writes %s)",
