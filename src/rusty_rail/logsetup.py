@@ -8,13 +8,13 @@ import logging
 import time
 from typing import Final
 
-#: The same line (logger, level, text) at most once per this many seconds.
+#: The same warning or error (logger, level, text) at most once per this many seconds.
 REPEAT_SECONDS: Final = 10.0
 
 
 class RepeatFilter(logging.Filter):
-    """Lets a message through at most once per ``seconds``; the next one that passes says
-    how many were held back."""
+    """Lets a warning or error through at most once per ``seconds``; the next one that
+    passes says how many were held back. Lower levels always pass."""
 
     def __init__(self, seconds: float = REPEAT_SECONDS) -> None:
         super().__init__()
@@ -22,6 +22,8 @@ class RepeatFilter(logging.Filter):
         self._last: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # what the daemon did (a reload, a change) is never held back
         text = record.getMessage()
         key = (record.name, record.levelno, text)
         now = time.monotonic()

@@ -19,3 +19,9 @@ def test_repeated_log_lines_are_held_back_and_counted() -> None:
     repeat.seconds = 0
     last = record("accept failed")
     assert repeat.filter(last) and "999 times more" in last.getMessage()
+
+
+def test_what_the_daemon_did_is_never_held_back() -> None:
+    repeat = RepeatFilter(seconds=60)
+    line = logging.LogRecord("rusty_rail.daemon", logging.INFO, __file__, 1, "reloaded", None, None)
+    assert all(repeat.filter(line) for _ in range(3))
