@@ -140,13 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rusty_rail.api.server import create_app
     from rusty_rail.config import ConfigError
     from rusty_rail.control import state_file
-    from rusty_rail.control.daemon import (
-        ApiOptions,
-        DaemonOptions,
-        StartupError,
-        parse_api_address,
-        run,
-    )
+    from rusty_rail.control.daemon import run
+    from rusty_rail.control.errors import StartupError
+    from rusty_rail.control.options import ApiOptions, DaemonOptions, parse_api_address
     from rusty_rail.control.plan import PlanError
     from rusty_rail.dataplane.loader import LoaderError
 

@@ -26,14 +26,12 @@ from rusty_rail import reference
 from rusty_rail.api import views
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
-from rusty_rail.control.daemon import (
-    DaemonOptions,
-    NextHops,
-    StartupError,
-    start_daemon,
-    startup_config,
-)
+from rusty_rail.control.daemon import start_daemon
+from rusty_rail.control.errors import StartupError
+from rusty_rail.control.nexthops import NextHops
+from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
+from rusty_rail.control.startup import startup_config
 from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.flowhash import PROTO_TCP, Flow
 from tests.bpf.control_bed import (

@@ -12,7 +12,8 @@ from rusty_rail.api import changes
 from rusty_rail.api.changes import Target
 from rusty_rail.api.errors import ApiError
 from rusty_rail.config import AdminState, Config, config_from_toml_text, parse_vip_key
-from rusty_rail.control.daemon import RESTART_KEYS, config_fingerprint
+from rusty_rail.control.fingerprint import config_fingerprint
+from rusty_rail.control.startup import RESTART_KEYS
 
 VIP = "198.18.100.1:80/tcp"
 BASE = config_from_toml_text(

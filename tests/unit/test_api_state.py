@@ -17,16 +17,10 @@ from rusty_rail import cli
 from rusty_rail.api import changes
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
-from rusty_rail.control.daemon import (
-    ApiOptions,
-    Daemon,
-    DaemonOptions,
-    StartupError,
-    desired_at_start,
-    fixed_keys,
-    parse_api_address,
-    startup_config,
-)
+from rusty_rail.control.daemon import Daemon
+from rusty_rail.control.errors import StartupError
+from rusty_rail.control.options import ApiOptions, DaemonOptions, parse_api_address
+from rusty_rail.control.startup import desired_at_start, fixed_keys, startup_config
 
 CONFIG_TEXT = """
 device = "eth0"

@@ -14,7 +14,8 @@ from rusty_rail import reference
 from rusty_rail.api import changes, openapi, views
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, config_from_toml_text
-from rusty_rail.control.daemon import Daemon, DaemonOptions
+from rusty_rail.control.daemon import Daemon
+from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
 from rusty_rail.ctl import EXIT_UNREACHABLE, ApiClient, ApiUnreachable, add_arguments
 from rusty_rail.ctl import run as run_ctl

@@ -26,7 +26,8 @@ from rusty_rail.control.checks import (
     run_check,
     tcp_check,
 )
-from rusty_rail.control.daemon import Daemon, DaemonOptions
+from rusty_rail.control.daemon import Daemon
+from rusty_rail.control.options import DaemonOptions
 from rusty_rail.ctl import event_line
 from rusty_rail.packets import PROTO_GRE, PROTO_ICMP, Ipv4Info, describe, icmp, ipv4
 

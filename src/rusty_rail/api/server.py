@@ -17,15 +17,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from rusty_rail.config import Config, ConfigError, Problem
-from rusty_rail.control.daemon import (
-    SOURCE_API,
-    ApplyError,
-    ChangeResult,
-    Daemon,
-    PersistError,
-    StartupError,
-    config_fingerprint,
-)
+from rusty_rail.control.daemon import SOURCE_API, ChangeResult, Daemon
+from rusty_rail.control.errors import ApplyError, PersistError, StartupError
+from rusty_rail.control.fingerprint import config_fingerprint
 from rusty_rail.control.plan import Plan, PlanError
 
 from . import changes, openapi, views

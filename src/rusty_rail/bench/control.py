@@ -25,7 +25,9 @@ import numpy as np
 
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, validate_as
-from rusty_rail.control.daemon import ApiOptions, BackgroundDaemon, Daemon, DaemonOptions
+from rusty_rail.control.background import BackgroundDaemon
+from rusty_rail.control.daemon import Daemon
+from rusty_rail.control.options import ApiOptions, DaemonOptions
 from rusty_rail.control.plan import slot_table
 from rusty_rail.ctl import ApiClient, backend_path
 from rusty_rail.dataplane.libbpf import BPFFS, Map, ensure_bpffs, remove_pin_dir

@@ -7,39 +7,52 @@ one lock and is planned whole before any map is written. On SIGTERM/SIGINT the d
 keeps running (pinned) unless told to detach; on SIGHUP the configuration file is read again
 and applied, or the running state is kept and the log says why. The health monitor
 (control/monitor.py) runs on the same loop.
+
+Its parts live beside it: options.py (how it is told to run), errors.py, startup.py (the
+configuration it starts with), nexthops.py, fingerprint.py, connections.py (the API's
+connection bounds) and background.py (a daemon on a thread, for tests and benches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import ipaddress
-import json
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail import config as config_module
-from rusty_rail.config import Backend, Config, ConfigError, Vip, validate_as
+from rusty_rail.config import Config, ConfigError
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
 from rusty_rail.control.connections import (
-    DEFAULT_IDLE_SECONDS,
-    DEFAULT_MAX_CONNECTIONS,
     ConnectionGuard,
 )
+from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.events import EventLog
+from rusty_rail.control.fingerprint import (
+    TableFingerprints,
+    address_order,
+    config_etag,
+    config_fingerprint,
+    service_order,
+)
 from rusty_rail.control.monitor import HealthMonitor
+from rusty_rail.control.nexthops import IPAddress, NextHops, backend_addresses, lb_address_of
+from rusty_rail.control.options import (
+    MIN_TOKEN_LENGTH,
+    ApiOptions,
+    DaemonOptions,
+    bind_api,
+    raise_file_limit,
+)
 from rusty_rail.control.plan import (
-    DEFAULT_SET,
     Allocation,
     NoFreeIndex,
     Plan,
@@ -50,9 +63,10 @@ from rusty_rail.control.plan import (
     removals_only,
     services_of,
 )
+from rusty_rail.control.startup import RESTART_KEYS, startup_config
 from rusty_rail.dataplane import netlink
 from rusty_rail.dataplane.icmp import IcmpMaps
-from rusty_rail.dataplane.libbpf import PIN_ROOT, LibbpfError
+from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import (
     Balancer,
     LoaderError,
@@ -64,23 +78,12 @@ from rusty_rail.dataplane.loader import (
 from rusty_rail.dataplane.maps import conntrack_sets_for
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
 from rusty_rail.dpstate import DataplaneState, NextHop
-from rusty_rail.maglev import MaglevTable
 
 if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger("rusty_rail.daemon")
 
-IPAddress = IPv4Address | IPv6Address
-DEFAULT_API_PORT: Final = 9180
-#: The shortest token accepted for an API that listens beyond loopback.
-MIN_TOKEN_LENGTH: Final = 16
-#: Keys the API cannot change: the maps and the attachment are made with them at start.
-RESTART_KEYS: Final[Mapping[str, str]] = {
-    "device": "the interface is chosen at start; restart the daemon to change it",
-    "xdp_mode": "the program is attached in this mode at start; detach and restart to change it",
-    "conntrack_size": "the connection table is sized at start; detach and restart to change it",
-}
 #: How long a change waits for the neighbours of backends it adds to answer ARP.
 CHANGE_NEXT_HOP_WAIT: Final = 1.0
 #: Sources of changes, as /healthz, the log and the metrics name them.
@@ -90,194 +93,6 @@ SOURCE_RELOAD: Final = "reload"
 SOURCE_NEXT_HOPS: Final = "next-hop refresh"
 SOURCE_RETRY: Final = "retry"
 SOURCE_HEALTH: Final = "health"
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start with this configuration or on this host; nothing was changed."""
-
-
-class PersistError(RuntimeError):
-    """A change could not be saved to the state file; it was not applied."""
-
-
-class ApplyError(RuntimeError):
-    """A change was saved but writing it into the maps failed; the daemon retries it."""
-
-
-@dataclass(frozen=True)
-class ApiOptions:
-    """Where the REST API listens and the bearer token its writes need (None: no token)."""
-
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_API_PORT
-    token: str | None = None
-    #: Connections served at once; more are closed as they are accepted.
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: A connection that starts no request for this long is closed.
-    idle_seconds: float = DEFAULT_IDLE_SECONDS
-
-    @property
-    def loopback(self) -> bool:
-        return ipaddress.ip_address(self.host).is_loopback
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-
-def parse_api_address(text: str) -> tuple[str, int]:
-    """``127.0.0.1:9180``, ``[::1]:9180``, ``0.0.0.0:9180`` or a bare port; raises ValueError."""
-    text = text.strip()
-    if text.isascii() and text.isdigit():
-        host, port_text = "127.0.0.1", text
-    elif text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"{text!r}: write an IPv6 address as [address]:port")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise ValueError(f"{text!r}: write ADDRESS:PORT, e.g. 127.0.0.1:{DEFAULT_API_PORT}")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
-    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not (
-        0 <= int(port_text) <= 65535
-    ):
-        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
-    return host, int(port_text)
-
-
-@dataclass
-class DaemonOptions:
-    config_path: Path | None = None
-    pin_root: Path = PIN_ROOT
-    detach_on_exit: bool = False
-    #: How long start-up waits for backends' next hops to answer ARP before going on without.
-    next_hop_timeout: float = 3.0
-    #: How often unresolved next hops are retried, and (x30) resolved ones refreshed.
-    refresh_interval: float = 1.0
-    #: The REST API; None: no API.
-    api: ApiOptions | None = field(default_factory=ApiOptions)
-    #: Where API changes are saved; None: not saved (they are lost on restart).
-    state_file: Path | None = None
-    #: Start from the configuration file (or environment), removing a saved state.
-    reset_state: bool = False
-    #: Attach the program (tests of the API alone may leave it loaded but not attached).
-    attach: bool = True
-
-
-def lb_address_of(config: Config, device: str) -> IPv4Address:
-    """The balancer's outer address: configured, or the device's only IPv4 address."""
-    if config.lb_address is not None:
-        if not isinstance(config.lb_address, IPv4Address):
-            raise PlanError(f"lb_address {config.lb_address}: only IPv4 is supported yet")
-        return config.lb_address
-    candidates = [a for a in netlink.interface_addresses(device) if isinstance(a, IPv4Address)]
-    if len(candidates) != 1:
-        found = ", ".join(map(str, candidates)) or "none"
-        raise StartupError(
-            f"cannot tell the balancer's address on {device}: it has {len(candidates)} IPv4 "
-            f"addresses ({found}); set lb_address (or RR_LB_ADDRESS)"
-        )
-    return candidates[0]
-
-
-@dataclass
-class NextHops:
-    """Next hops of the backends, resolved through the kernel and cached."""
-
-    known: dict[IPAddress, NextHop | None] = field(default_factory=dict)
-    problems: dict[IPAddress, str] = field(default_factory=dict)
-
-    @staticmethod
-    def probe(
-        addresses: Iterable[IPAddress], wait: float = 0.0
-    ) -> tuple[dict[IPAddress, NextHop | None], dict[IPAddress, str]]:
-        """Resolve ``addresses`` without touching the cache (all at once: the kernel asks for
-        every neighbour before the first answer), waiting up to ``wait`` seconds for the
-        ones whose neighbours have not answered yet."""
-        pending = set(addresses)
-        found: dict[IPAddress, NextHop | None] = {}
-        problems: dict[IPAddress, str] = {}
-        deadline = time.monotonic() + wait
-        while pending:
-            with netlink.NextHopResolver() as resolver:
-                for address in sorted(pending, key=str):
-                    try:
-                        found[address] = resolver.resolve(address)
-                        problems.pop(address, None)
-                    except netlink.NextHopError as error:
-                        found[address] = None
-                        problems[address] = str(error)
-            pending = {a for a in pending if found[a] is None and a not in problems}
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        return found, problems
-
-    def update(
-        self, found: Mapping[IPAddress, NextHop | None], problems: Mapping[IPAddress, str]
-    ) -> bool:
-        """Take a probe's answers; True when any next hop changed."""
-        changed = any(self.known.get(a, ...) != hop for a, hop in found.items())
-        self.known.update(found)
-        for address in found:
-            if address in problems:
-                self.problems[address] = problems[address]
-            else:
-                self.problems.pop(address, None)
-        return changed
-
-    def resolve(self, addresses: Iterable[IPAddress], wait: float = 0.0) -> None:
-        self.update(*self.probe(addresses, wait))
-
-    def take_new(
-        self, found: Mapping[IPAddress, NextHop | None], problems: Mapping[IPAddress, str]
-    ) -> None:
-        """Take a probe's answers for addresses not known yet (a change under the lock may
-        have resolved some meanwhile; its answers stay)."""
-        fresh = {a: hop for a, hop in found.items() if a not in self.known}
-        self.update(fresh, {a: why for a, why in problems.items() if a in fresh})
-
-    def keep_only(self, addresses: set[IPAddress]) -> None:
-        """Forget every address but ``addresses``."""
-        for address in [a for a in self.known if a not in addresses]:
-            self.known.pop(address, None)
-            self.problems.pop(address, None)
-
-    def __call__(self, address: IPAddress) -> NextHop | None:
-        return self.known.get(address)
-
-
-def backend_addresses(config: Config) -> set[IPAddress]:
-    return {backend.address for service in services_of(config) for backend in service.backends}
-
-
-def fixed_keys(environ: Mapping[str, str]) -> dict[str, str]:
-    """The configuration keys the API may not change, and why: the restart-only ones and
-    those the environment (or the command line) sets for this node."""
-    fixed = dict(RESTART_KEYS)
-    for variable, key in config_module.ENV_OVERRIDES.items():
-        if variable in environ:
-            fixed.setdefault(
-                key, f"set by {variable} in the daemon's environment (or its command line)"
-            )
-    return fixed
-
-
-def desired_at_start(base: Config, saved: Config, fixed: Iterable[str], source: str) -> Config:
-    """The saved state, with the keys the environment or the start fixes taken from ``base``
-    (the configuration file and environment as read now)."""
-    data = {name: getattr(saved, name) for name in Config.model_fields}
-    for name in fixed:
-        data[name] = getattr(base, name)
-    return validate_as(Config, data, source)
 
 
 @dataclass(frozen=True)
@@ -308,52 +123,6 @@ class ChangeResult:
 #: Told about every change tried: its source, and the result (None: it was refused).
 ChangeObserver = Callable[[str, ChangeResult | None], None]
 AppFactory = Callable[["Daemon"], "web.Application"]
-
-
-class _Fingerprints:
-    """Table fingerprints, computed once per table object (a SHA-256 of a 65537-slot table
-    takes milliseconds; unchanged tables are the same object from plan to plan)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[MaglevTable, str]] = {}
-
-    def of(self, name: str, table: MaglevTable) -> str:
-        cached = self._cache.get(name)
-        if cached is None or cached[0] is not table:
-            cached = (table, table.fingerprint())
-            self._cache[name] = cached
-        return cached[1]
-
-
-def _raise_file_limit(connections: int) -> None:
-    """Lift the soft limit on open files towards the hard one: the maps, the health checks
-    and ``connections`` API clients all need descriptors (the default soft limit is 1024)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max(soft, 4 * connections + 1024, 65536)
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    if wanted > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def _bind(api: ApiOptions) -> socket.socket:
-    family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((api.host, api.port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as error:
-        sock.close()
-        raise StartupError(
-            f"cannot listen for the API on {api.url}: {error.strerror or error}; choose "
-            "another address with --api ADDRESS:PORT, or --no-api"
-        ) from error
-    return sock
 
 
 class Daemon:
@@ -395,7 +164,7 @@ class Daemon:
         self.api_url: str | None = None
         #: How long start() took to read the pinned state, build the tables and write them.
         self.start_timings: dict[str, float] = {}
-        self._fingerprints = _Fingerprints()
+        self._fingerprints = TableFingerprints()
         self._config_marks: tuple[Config, str, str] | None = None
         self._api_socket: socket.socket | None = None
         self._api_server: asyncio.Server | None = None
@@ -446,8 +215,8 @@ class Daemon:
             raise StartupError(str(error)) from error
         self.start_timings = {"build_seconds": time.perf_counter() - clock}
         if api is not None:
-            _raise_file_limit(api.max_connections)
-            self._api_socket = _bind(api)
+            raise_file_limit(api.max_connections)
+            self._api_socket = bind_api(api)
             bound_port = self._api_socket.getsockname()[1]
             self.api_url = ApiOptions(api.host, bound_port, api.token).url
 
@@ -909,7 +678,7 @@ class Daemon:
             reasons.append(self.apply_error)
         vips: dict[str, Any] = {}
         if plan is not None:
-            for name in sorted(plan.tables, key=_service_order):
+            for name in sorted(plan.tables, key=service_order):
                 table = plan.tables[name]
                 vips[name] = {
                     "fingerprint": self.fingerprint(name),
@@ -919,7 +688,7 @@ class Daemon:
                 }
         unresolved = sorted(
             (str(a) for a in backend_addresses(self.config) if self.next_hops(a) is None),
-            key=_address_order,
+            key=address_order,
         )
         backend_health = self.monitor.book.summary() if self.monitor is not None else {}
         body = {
@@ -1091,99 +860,6 @@ class Daemon:
             )
 
 
-def _service_order(name: str) -> tuple[int, str]:
-    return (0, "") if name == DEFAULT_SET else (1, name)
-
-
-def _address_order(text: str) -> tuple[int, int]:
-    address = ipaddress.ip_address(text)
-    return address.version, int(address)
-
-
-def config_etag(config: Config) -> str:
-    """SHA-256 of the whole desired state (the cluster-wide part and the node's own keys);
-    the order of VIPs and backends does not count, as it changes nothing."""
-    node = json.dumps(config.model_dump(mode="json", include=set(NODE_KEYS)), sort_keys=True)
-    return hashlib.sha256(f"{config_fingerprint(config)}\n{node}".encode()).hexdigest()
-
-
-def config_fingerprint(config: Config) -> str:
-    """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
-    backends by address): every key but device, xdp_mode, lb_address and conntrack_size.
-    Equal on every node given the same changes, in whatever order they came."""
-    settings = config.model_dump(mode="json", exclude={"vips", "default_backends", *NODE_KEYS})
-    digest = hashlib.sha256(b"rusty-rail config v1\n")
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-
-    def add(backends: Iterable[Backend]) -> None:
-        # Packed addresses sort by family, then numerically; one record per backend.
-        records = sorted(
-            len(b.address.packed).to_bytes(1, "big")
-            + b.address.packed
-            + b.weight.to_bytes(2, "big")
-            + b.state.value.encode()
-            for b in backends
-        )
-        digest.update(len(records).to_bytes(4, "big") + b"".join(records))
-
-    add(config.default_backends)
-    for vip in sorted(config.vips, key=_vip_order):
-        digest.update(f"\nvip {vip.key} {vip.encap.value} {vip.table_size}\n".encode())
-        add(vip.backends)
-    return digest.hexdigest()
-
-
-def _vip_order(vip: Vip) -> tuple[int, int, str, int]:
-    protocol = vip.protocol.value if vip.protocol is not None else ""
-    return vip.address.version, int(vip.address), protocol, vip.port or 0
-
-
-#: Keys that differ between the nodes of one cluster by design.
-NODE_KEYS: Final = ("device", "xdp_mode", "lb_address", "conntrack_size")
-
-
-def startup_config(
-    environ: Mapping[str, str], options: DaemonOptions
-) -> tuple[Config, dict[str, str], int]:
-    """The configuration to start with: the file (or environment), or the API's saved state
-    with the keys the environment and the start fix taken from the file. Also the fixed
-    keys and the generation to continue from."""
-    base = config_module.load(environ, options.config_path)
-    fixed = fixed_keys(environ)
-    path = options.state_file
-    if path is None:
-        return base, fixed, 0
-    if options.reset_state:
-        # Removed only once the start has succeeded (start_daemon): a failed start keeps it.
-        return base, fixed, 0
-    if path.parent.is_dir():
-        for leftover in state_file.leftover_temporaries(path.parent):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-    try:
-        saved = state_file.read(path)
-    except state_file.StateFileError as error:
-        raise StartupError(str(error)) from error
-    if saved is None:
-        return base, fixed, 0
-    try:
-        config = desired_at_start(base, saved.config, fixed, f"{path} (saved by the API)")
-    except ConfigError as error:
-        raise StartupError(
-            f"{error}\nremove {path}, or start with --reset-state, to start from the "
-            "configuration file instead"
-        ) from error
-    log.info(
-        "desired state: %s, saved by the API at %s (generation %d); it replaces the VIPs and "
-        "backends of the configuration file or environment; --reset-state or SIGHUP goes "
-        "back to the file",
-        path,
-        saved.written_at,
-        saved.generation,
-    )
-    return config, fixed, saved.generation
-
-
 def start_daemon(environ: Mapping[str, str], options: DaemonOptions) -> Daemon:
     """A started Daemon for the configuration startup_config() chooses. When the saved state
     is what the data plane refuses, the error says so and names the way out."""
@@ -1219,41 +895,3 @@ def run(
         asyncio.run(daemon.serve(environ, app_factory=app_factory))
     finally:
         daemon.close()
-
-
-class BackgroundDaemon:
-    """A started Daemon serving on a thread of its own, with its API: for tests and benches
-    that drive it over HTTP from the same process. The thread is made where this object is
-    started, so it lives in the caller's network namespace."""
-
-    def __init__(self, daemon: Daemon, app_factory: AppFactory | None) -> None:
-        self.daemon = daemon
-        self.app_factory = app_factory
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        self._thread = threading.Thread(target=self._serve, name="rusty-rail-daemon")
-        self._thread.start()
-        if not self.daemon.wait_serving(timeout):
-            raise TimeoutError("the daemon did not start serving")
-        if self._error is not None:
-            raise self._error
-
-    def _serve(self) -> None:
-        try:
-            asyncio.run(self.daemon.serve({}, app_factory=self.app_factory, handle_signals=False))
-        except BaseException as error:
-            self._error = error
-
-    @property
-    def url(self) -> str:
-        assert self.daemon.api_url is not None
-        return self.daemon.api_url
-
-    def stop(self) -> None:
-        self.daemon.request_stop()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        if self._error is not None:
-            raise self._error
