@@ -798,3 +798,19 @@ def test_idle_and_unfinished_connections_cannot_lock_the_api_out(node: Node) -> 
         for client in clients:
             client.close()
         guard.limit, guard.idle_seconds = limit, idle
+
+
+def test_listing_one_vips_flows_looks_only_at_entries_of_its_backends(node: Node) -> None:
+    """Issue 16, scale: /v1/flows?vip= used to decode and look up the whole connection table
+    (about 23 s of CPU on a full one) to find one VIP's flows."""
+    track(node, flows_to_vip(300))
+    other = [Flow.of(f"198.18.6.{1 + i}", "198.18.100.2", PROTO_TCP, 30000 + i, 443)
+             for i in range(5)]  # fmt: skip
+    chosen = track(node, other)
+    answer = node.call("GET", "/v1/flows?vip=198.18.100.2&limit=10")
+    assert answer.status == 200, answer.body
+    assert {f["flow"]: f["backend"] for f in answer.body["flows"]} == {
+        f"{ip_address(flow.src)}:{flow.sport}->198.18.100.2:443/tcp": address
+        for flow, address in chosen.items()
+    }
+    assert answer.body["scanned"] == 5 and answer.body["complete"]

@@ -7,6 +7,7 @@ with the live connection table, so they say what the data plane does, and why.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -278,7 +279,12 @@ def flows(
     ``limit`` flows from at most ``scan`` connection-table entries."""
     result = []
     scanned = 0
-    for flow, entry in tracked_flows(maps, scan):
+    backends = None
+    if vip is not None:
+        # Only entries that name one of the VIP's backend slots are decoded and looked at.
+        index = plan.allocation.vip_index.get(vip)
+        backends = {slot for slot, entry in plan.state.backends.items() if entry.vip_index == index}
+    for flow, entry in itertools.islice(maps.iter_conntrack(backends), scan):
         scanned += 1
         decision = reference.lookup(_with_conntrack(plan.state, {flow: entry}), flow)
         view = decision_json(plan, decision)

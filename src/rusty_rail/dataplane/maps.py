@@ -7,9 +7,10 @@ Encoding dpstate values into the structs of bpf/shared.h happens here and in str
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -444,6 +445,15 @@ class BalancerMaps:
     def dump_conntrack(self, limit: int | None = None) -> dict[Flow, CtEntry]:
         """Every recorded flow whose way is whole and in the set its hash names (the first
         ``limit`` of them in the table's order, when given)."""
+        return dict(itertools.islice(self.iter_conntrack(), limit))
+
+    def iter_conntrack(
+        self, backends: Collection[int] | None = None
+    ) -> Iterator[tuple[Flow, CtEntry]]:
+        """The recorded flows as dump_conntrack finds them (only those whose entry names one
+        of ``backends``' slots, when given), decoded one at a time as they are taken: the
+        table is read and checked whole with numpy, but a caller that stops after a few
+        flows decodes only those."""
         seed = self.read_settings().hash_seed
         with self._conntrack_words(write=False) as rows:
             used = np.flatnonzero(rows[:, 6])
@@ -460,11 +470,11 @@ class BalancerMaps:
             used // structs.CONNTRACK_WAYS
         ).astype(np.uint64)
         whole = (check == entries[:, 6]) & in_place
-        result = {}
-        for row in entries[whole][:limit]:
+        if backends is not None:
+            whole &= np.isin(entries[:, 4], np.fromiter(backends, dtype=np.uint32))
+        for row in entries[whole]:
             raw = row.tobytes()
-            result[structs.decode_flow_key(raw[:16])] = structs.decode_conntrack_entry(raw[16:24])
-        return result
+            yield structs.decode_flow_key(raw[:16]), structs.decode_conntrack_entry(raw[16:24])
 
     # --- egress ports ---------------------------------------------------------------------
 
