@@ -31,9 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from rusty_rail._types import IPAddress
 from rusty_rail.flowhash import DEFAULT_SEED, PROTO_TCP, PROTO_UDP
-
-IPAddress = IPv4Address | IPv6Address
 
 MAX_SEED: Final = (1 << 64) - 1
 DEFAULT_TABLE_SIZE: Final = 65537

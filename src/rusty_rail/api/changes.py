@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import (
     Backend,
     Config,
@@ -27,7 +27,6 @@ from rusty_rail.control.plan import DEFAULT_SET
 
 from .errors import ApiError, relocate
 
-IPAddress = IPv4Address | IPv6Address
 BODY: Final = "request body"
 #: The keys a backend body may carry (PUT); PATCH takes the same, all optional.
 BACKEND_KEYS: Final = tuple(Backend.model_fields)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import Config, ConfigError, Problem
 from rusty_rail.control.daemon import SOURCE_API, ChangeResult, Daemon
 from rusty_rail.control.errors import ApplyError, PersistError, StartupError
@@ -311,7 +312,7 @@ async def delete_vip(request: web.Request) -> web.Response:
     return await _write(request, lambda config: (changes.delete_vip(config, target), False))
 
 
-def _backend_address(request: web.Request) -> changes.IPAddress:
+def _backend_address(request: web.Request) -> IPAddress:
     return changes.parse_address(request.match_info["address"])
 
 

@@ -12,10 +12,11 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any, Final
 
 from rusty_rail import reference
+from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
 from rusty_rail.control.plan import DEFAULT_SET, Plan
 from rusty_rail.dataplane.maps import BalancerMaps
@@ -25,7 +26,6 @@ from rusty_rail.maglev import moved_fraction
 
 from .changes import Target
 
-IPAddress = IPv4Address | IPv6Address
 PROTO_ICMP: Final = 1
 PROTO_ICMPV6: Final = 58
 PROTOCOL_NUMBERS: Final = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}

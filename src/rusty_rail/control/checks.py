@@ -15,13 +15,12 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from typing import Final
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import CheckType, HealthSettings
 from rusty_rail.packets import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, gre, icmp, ipv4
-
-IPAddress = IPv4Address | IPv6Address
 
 ICMP_ECHO_REPLY: Final = 0
 ICMP_ECHO_REQUEST: Final = 8

@@ -28,6 +28,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail import config as config_module
+from rusty_rail._types import IPAddress
 from rusty_rail.config import Config, ConfigError
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
@@ -44,7 +45,7 @@ from rusty_rail.control.fingerprint import (
     service_order,
 )
 from rusty_rail.control.monitor import HealthMonitor
-from rusty_rail.control.nexthops import IPAddress, NextHops, backend_addresses, lb_address_of
+from rusty_rail.control.nexthops import NextHops, backend_addresses, lb_address_of
 from rusty_rail.control.options import (
     MIN_TOKEN_LENGTH,
     ApiOptions,

@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import (
     AdminState,
     AllUnhealthy,
@@ -27,7 +27,6 @@ from rusty_rail.config import (
 from rusty_rail.control.events import EventLog
 from rusty_rail.dpicmp import IcmpReport
 
-IPAddress = IPv4Address | IPv6Address
 Pair = tuple[str, IPAddress]
 
 #: The default set's name among the services (control.plan.DEFAULT_SET).

@@ -14,9 +14,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from typing import Final
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import Config, HealthSettings
 from rusty_rail.control.checks import Outcome, TunnelProber, run_check
 from rusty_rail.control.events import EventLog
@@ -27,7 +28,6 @@ from rusty_rail.dpicmp import IcmpReport
 
 log = logging.getLogger("rusty_rail.health")
 
-IPAddress = IPv4Address | IPv6Address
 #: At most this many checks and probes are in flight at once.
 MAX_PARALLEL: Final = 64
 #: Each wait between two checks of a backend is its interval times 1 +- this.

@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 
+from rusty_rail._types import IPAddress
 from rusty_rail.config import Config
 from rusty_rail.control.errors import StartupError
 from rusty_rail.control.plan import (
@@ -16,8 +17,6 @@ from rusty_rail.control.plan import (
 )
 from rusty_rail.dataplane import netlink
 from rusty_rail.dpstate import NextHop
-
-IPAddress = IPv4Address | IPv6Address
 
 
 def lb_address_of(config: Config, device: str) -> IPv4Address:

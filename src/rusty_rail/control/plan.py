@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, ip_address
 
 import numpy as np
 import numpy.typing as npt
 
 from rusty_rail import dpstate
+from rusty_rail._types import IPAddress
 from rusty_rail.config import AdminState, Backend, Config, Protocol, VipKey
 from rusty_rail.dpstate import (
     NONE_INDEX,
@@ -26,7 +27,6 @@ from rusty_rail.dpstate import (
 )
 from rusty_rail.maglev import MaglevTable, build_table
 
-IPAddress = IPv4Address | IPv6Address
 NextHopResolver = Callable[[IPAddress], NextHop | None]
 
 #: The name of the default backend set (the seed's RR_TARGET_IPS mode) among the services.

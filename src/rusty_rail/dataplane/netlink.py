@@ -11,12 +11,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from rusty_rail._types import IPAddress
 from rusty_rail.dpstate import NextHop
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "wait_next_hop",
 ]
 
-IPAddress = IPv4Address | IPv6Address
 
 # linux/neighbour.h
 _NTF_USE = 0x01
