@@ -61,7 +61,7 @@ def neighbour_state(pair: VethPair, address: str) -> str | None:
 # -- interfaces and namespaces ------------------------------------------------------------
 
 
-def test_interface_facts(veth_pair: VethPair) -> None:
+def test_an_interfaces_index_mac_and_addresses_come_from_netlink(veth_pair: VethPair) -> None:
     index = interface_index(veth_pair.near_if, netns=veth_pair.near)
     assert index > 1
     assert interface_mac(veth_pair.near_if, netns=veth_pair.near) == veth_pair.near_mac

@@ -176,7 +176,7 @@ def test_fixed_keys_follow_the_environment() -> None:
     assert merged.table_size == CONFIG.table_size  # not fixed: the saved state's
 
 
-def test_api_addresses() -> None:
+def test_api_addresses_parse_every_documented_form_and_refuse_others() -> None:
     assert parse_api_address("127.0.0.1:9180") == ("127.0.0.1", 9180)
     assert parse_api_address("[::1]:80") == ("::1", 80)
     assert parse_api_address("9999") == ("127.0.0.1", 9999)

@@ -79,7 +79,7 @@ def test_seed_readme_environment_gives_device_and_default_backends() -> None:
     assert config.lb_address is None
 
 
-def test_defaults() -> None:
+def test_an_empty_configuration_takes_the_documented_defaults() -> None:
     config = Config()
     assert (config.table_size, config.outer_ttl, config.conntrack_size) == (65537, 64, 1 << 20)
     assert config.no_vip_action is Action.PASS
@@ -163,7 +163,7 @@ def test_address_wide_and_port_vips_on_one_address_are_distinct() -> None:
     assert len({vip.key for vip in config.vips}) == 3
 
 
-def test_protocol_numbers() -> None:
+def test_protocols_carry_their_ip_protocol_numbers() -> None:
     assert (Protocol.TCP.number, Protocol.UDP.number) == (6, 17)
 
 
@@ -264,7 +264,7 @@ def test_duplicate_default_backend() -> None:
     assert "duplicate backend" in problem.reason
 
 
-def test_duplicate_vip() -> None:
+def test_a_vip_given_twice_is_refused_naming_the_first() -> None:
     text = (
         vip_toml('protocol = "tcp"\nport = 80')
         + vip_toml("")
@@ -292,7 +292,7 @@ def test_duplicate_vip() -> None:
         ),
     ],
 )
-def test_unknown_key(text: str, path: str, hint: str) -> None:
+def test_an_unknown_key_is_refused_with_a_hint(text: str, path: str, hint: str) -> None:
     problem = only_problem(toml_error(text))
     assert problem.path == path
     assert problem.reason.startswith("unknown key")
@@ -316,7 +316,7 @@ def test_unknown_table_at_top_level() -> None:
         ('"2"', "must be an integer"),
     ],
 )
-def test_bad_weight(weight: str, reason: str) -> None:
+def test_a_weight_out_of_range_is_refused_with_its_reason(weight: str, reason: str) -> None:
     problem = only_problem(
         toml_error(vip_toml(f'backends = [{{address = "10.1.0.1", weight = {weight}}}]'))
     )
@@ -330,7 +330,7 @@ def test_weight_zero_and_maximum_are_accepted() -> None:
     assert [b.weight for b in config_from_toml_text(vip_toml(body)).vips[0].backends] == [0, 65535]
 
 
-def test_bad_state() -> None:
+def test_an_unknown_backend_state_is_refused_listing_the_states() -> None:
     problem = only_problem(
         toml_error(vip_toml('backends = [{address = "10.1.0.1", state = "dead"}]'))
     )
@@ -538,7 +538,7 @@ def test_validate_as_for_api_bodies() -> None:
 # Files
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_a_missing_configuration_file_says_it_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_toml(tmp_path / "absent.toml")
     assert str(caught.value) == (
@@ -600,7 +600,7 @@ def test_bad_target_ip_is_named_with_its_position() -> None:
     assert 'RR_TARGET_IPS item 3: "10.1.0.x": not an IPv4 or IPv6 address' in str(error)
 
 
-def test_optional_variables() -> None:
+def test_the_optional_environment_variables_set_their_keys() -> None:
     config = config_from_env(
         SEED_ENV
         | {"RR_XDP_MODE": "generic", "RR_LB_ADDRESS": "198.18.0.10", "RR_HASH_SEED": "0x1234"}

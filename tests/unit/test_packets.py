@@ -115,7 +115,7 @@ def test_incremental_update_needs_matching_words() -> None:
 # --- Builders against scapy ------------------------------------------------------------------
 
 
-def test_addresses() -> None:
+def test_mac_and_ipv4_addresses_parse_both_spellings_and_refuse_bad_lengths() -> None:
     assert mac("02:00:00:00:00:0A") == bytes([2, 0, 0, 0, 0, 10])
     assert mac("02-00-00-00-00-0a") == mac(bytes([2, 0, 0, 0, 0, 10]))
     assert format_mac(mac("02:00:00:00:00:0a")) == "02:00:00:00:00:0a"

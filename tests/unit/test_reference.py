@@ -63,7 +63,7 @@ FORWARDING_VERDICTS = (Verdict.TX, Verdict.REDIRECT)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_case(case: PacketCase) -> None:
+def test_the_reference_pipeline_meets_every_packet_case(case: PacketCase) -> None:
     state = case.state()
     watch = case.watch()
     armed_before = dict(watch.armed)
@@ -499,7 +499,7 @@ def test_counters_sum_over_many_packets() -> None:
     assert all(value != (0, 0) for value in total.stats.values())
 
 
-def test_counters_merge() -> None:
+def test_counters_merge_by_summing_every_key() -> None:
     one = Counters({Stat.CT_MISS: (1, 100)}, {0: (1, 100)}, {2: (1, 100)})
     two = Counters({Stat.CT_MISS: (1, 50), Stat.NO_VIP: (1, 60)}, {}, {3: (1, 50)})
     assert one.merge(two) == Counters(
