@@ -32,7 +32,27 @@ def _close_fd(fd: int) -> None:
         log.warning("closing BPF file descriptor %d failed", fd, exc_info=True)
 
 
-class _Handle:
+class Closeable:
+    """``with thing:`` closes the thing at the end of the block; close() is the subclass's."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Handle(Closeable):
     """A descriptor or libbpf pointer (``_ref``), and what releases it (None: someone else
     does, e.g. the BpfObject a Program belongs to). close() and the end of a ``with`` block
     release it; so does garbage collection, through a finalizer."""
@@ -67,17 +87,6 @@ class _Handle:
         if self._finalizer is not None:
             self._finalizer()
         self._ref = _CLOSED
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _FdHandle(_Handle):
