@@ -1,4 +1,5 @@
-"""Build steps that pyproject.toml cannot declare: the BPF objects and the Maglev C helper.
+"""Build steps that pyproject.toml cannot declare: the BPF objects and the two plain C helpers
+(the Maglev population loop, the libbpf message formatter), both loaded with ctypes.
 
 The BPF programs are compiled here, at build/install time (clang -O2 -target bpf), and ship
 inside the package; nothing is compiled at run time.
@@ -61,7 +62,13 @@ setup(
             sources=["src/rusty_rail/_maglevc.c"],
             extra_compile_args=["-O2"],
             optional=False,
-        )
+        ),
+        Extension(
+            "rusty_rail._libbpf_print",
+            sources=["src/rusty_rail/_libbpf_print.c"],
+            extra_compile_args=["-O2"],
+            optional=False,
+        ),
     ],
     cmdclass={"build_ext": BuildWithBpf},
 )

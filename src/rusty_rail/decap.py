@@ -23,17 +23,22 @@ from rusty_rail.dataplane.libbpf import (
     PIN_ROOT,
     BpfObject,
     LibbpfError,
-    Link,
     Map,
-    Program,
     XdpMode,
-    attach_xdp,
     bpf_object_path,
     pin_dir,
     query_xdp,
     remove_pin_dir,
 )
 from rusty_rail.dataplane.netlink import in_netns, interface_addresses
+from rusty_rail.dataplane.pinned import (
+    LinkInOtherMode,
+    PartialPins,
+    PinnedXdpProgram,
+    PinnedXdpSpec,
+    detach_pinned,
+    open_pinned_link,
+)
 
 __all__ = [
     "DECAP_PIN_ROOT",
@@ -55,7 +60,7 @@ PROGRAM_NAME = "xdp_decap"
 
 #: Map name in the object -> pin name in the interface's pin directory.
 _MAP_PINS = {"decap_allowed": "allowed", "decap_local": "local", "decap_stats": "stats"}
-_LINK_PIN = "link"
+DECAP = PinnedXdpSpec(OBJECT_NAME, PROGRAM_NAME, _MAP_PINS)
 
 # struct decap_prefix (bpf/decap.bpf.c): prefix length (host order), address (network order).
 _PREFIX = struct.Struct("=I4s")
@@ -148,12 +153,6 @@ class DecapMaps:
     def close(self) -> None:
         for bpf_map in (self.allowed, self.local, self.stats):
             bpf_map.close()
-
-    def pin(self, directory: Path) -> None:
-        for bpf_map, pin in zip(
-            (self.allowed, self.local, self.stats), _MAP_PINS.values(), strict=True
-        ):
-            bpf_map.pin(directory / pin)
 
     @staticmethod
     def _prefixes(trie: Map) -> list[IPv4Network]:
@@ -278,13 +277,6 @@ def _check_pins_outlive_this_process(pin_root: Path) -> None:
         )
 
 
-def _adopt_link(directory: Path) -> Link | None:
-    path = directory / _LINK_PIN
-    if not path.exists():
-        return None
-    return Link.from_pinned(path)
-
-
 # -- the operations ------------------------------------------------------------------------
 
 
@@ -322,62 +314,51 @@ def decap_attach(
         else:
             local_prefixes = parse_prefixes(local, "local")
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
-        link = _adopt_link(directory)
-        if link is not None and link.ifindex != ifindex:
-            # The interface it was attached to is gone (or was re-created): start afresh.
-            link.close()
-            link = None
-            remove_pin_dir(directory)
-        if link is None:
-            _attach_new(ifindex, mode, directory, allowed_prefixes, local_prefixes)
-        else:
-            with link:
-                _replace_program(device, ifindex, mode, link, directory)
-            maps = DecapMaps.from_pins(directory)
-            try:
-                maps.set_allowed(allowed_prefixes)
-                maps.set_local(local_prefixes)
-            finally:
-                maps.close()
+        _forget_if_moved(directory, ifindex)
+        _attach(device, ifindex, mode, directory, allowed_prefixes, local_prefixes)
     return decap_status(device, netns=netns, pin_root=pin_root)
 
 
-def _attach_new(
+def _forget_if_moved(directory: Path, ifindex: int) -> None:
+    link = open_pinned_link(directory)
+    if link is None:
+        return
+    with link:
+        moved = link.ifindex != ifindex
+    if moved:
+        # The interface it was attached to is gone (or was re-created): start afresh.
+        remove_pin_dir(directory)
+
+
+def _attach(
+    device: str,
     ifindex: int,
     mode: XdpMode,
     directory: Path,
     allowed: Sequence[IPv4Network],
     local: Sequence[IPv4Network],
 ) -> None:
-    pin_dir(directory.name, root=directory.parent)  # creates it on the bpffs
+    """A first attach, or the new program swapped into the pinned link, keeping the maps and
+    counters: either way the prefixes are written before the program runs on them."""
     try:
-        with load_decap_object() as bpf_object:
-            maps = DecapMaps.of_object(bpf_object)
-            # Configured before the first packet can see it.
-            maps.set_allowed(allowed)
-            maps.set_local(local)
-            maps.pin(directory)
-            with attach_xdp(ifindex, bpf_object.program(PROGRAM_NAME), mode) as link:
-                link.pin(directory / _LINK_PIN)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            remove_pin_dir(directory)  # an unpinned link detaches once closed
-        raise
-
-
-def _replace_program(device: str, ifindex: int, mode: XdpMode, link: Link, directory: Path) -> None:
-    current = query_xdp(ifindex)
-    if current is not None and current.mode != mode:
+        adopt = DECAP.adoptable(directory)
+    except PartialPins as error:
         raise DecapError(
-            f"decap runs on {device} in {current.mode} mode; run decap detach first to "
-            f"attach it in {mode} mode"
-        )
-    with BpfObject.open(bpf_object_path(OBJECT_NAME)) as bpf_object:
-        for name, pin in _MAP_PINS.items():
-            bpf_object.reuse_pinned_map(name, directory / pin)
-        bpf_object.load()
-        program: Program = bpf_object.program(PROGRAM_NAME)
-        link.update_program(program)
+            f"{directory} holds only some of decap's maps (missing: {', '.join(error.missing)}); "
+            "run decap detach first"
+        ) from None
+    with PinnedXdpProgram.load(DECAP, directory, adopt=adopt) as xdp:
+        try:
+            xdp.check_attachable(ifindex, mode)
+        except LinkInOtherMode as error:
+            raise DecapError(
+                f"decap runs on {device} in {error.mode} mode; run decap detach first to "
+                f"attach it in {mode} mode"
+            ) from None
+        maps = DecapMaps(*(xdp.maps[name] for name in _MAP_PINS))
+        maps.set_allowed(allowed)
+        maps.set_local(local)
+        xdp.attach(ifindex, mode)
 
 
 def decap_detach(device: str, *, netns: str | None = None, pin_root: Path = DECAP_PIN_ROOT) -> bool:
@@ -387,15 +368,7 @@ def decap_detach(device: str, *, netns: str | None = None, pin_root: Path = DECA
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
         if not directory.exists():
             return False
-        link = _adopt_link(directory)
-        detached = False
-        if link is not None:
-            with link:
-                if link.ifindex:
-                    link.detach()
-                    detached = True
-        remove_pin_dir(directory)
-        return detached
+        return detach_pinned(directory)
 
 
 def decap_status(
@@ -422,7 +395,7 @@ def decap_status(
         if not directory.exists():
             return status
         status["pin_dir"] = str(directory)
-        link = _adopt_link(directory)
+        link = open_pinned_link(directory)
         if link is not None:
             with link:
                 ifindex = link.ifindex

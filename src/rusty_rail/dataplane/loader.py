@@ -3,11 +3,15 @@ it once its maps hold a complete state, keep it pinned, detach it on request.
 
 Pins live in <pin root>/<ifname>/: one per map and ``link``. The pinned link keeps the
 program attached while no control plane runs; a new control plane loads the same maps and
-swaps its program in through the link, so packets keep flowing across a restart.
+swaps its program in through the link, so packets keep flowing across a restart. The
+mechanics are dataplane/pinned.py's; this module adds the balancer's maps, the sizing of its
+connection table, and what to tell the operator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +23,20 @@ from rusty_rail.dataplane.libbpf import (
     Map,
     Program,
     XdpMode,
-    attach_xdp,
-    bpf_object_path,
     ensure_bpffs,
-    pin_dir,
-    query_xdp,
-    remove_pin_dir,
 )
 from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps, prepare_object
+from rusty_rail.dataplane.pinned import (
+    LinkInOtherMode,
+    LinkOnOtherInterface,
+    PartialPins,
+    PinnedXdpProgram,
+    PinnedXdpSpec,
+    detach_pinned,
+)
 
 PROGRAM_NAME = "xdp_balancer"
-LINK_PIN = "link"
+BALANCER = PinnedXdpSpec("balancer", PROGRAM_NAME, {name: name for name in MAP_NAMES})
 
 
 class LoaderError(RuntimeError):
@@ -42,20 +49,31 @@ class Balancer:
 
     ifname: str
     ifindex: int
-    directory: Path
-    obj: BpfObject
-    program: Program
+    xdp: PinnedXdpProgram
     maps: BalancerMaps
-    adopted: bool
-    link: Link | None = None
+
+    @property
+    def obj(self) -> BpfObject:
+        if self.xdp.obj is None:  # cannot happen: load_balancer loads the object
+            raise RuntimeError("the balancer has no object")
+        return self.xdp.obj
+
+    @property
+    def program(self) -> Program:
+        return self.xdp.program
+
+    @property
+    def adopted(self) -> bool:
+        return self.xdp.adopted
+
+    @property
+    def link(self) -> Link | None:
+        return self.xdp.link
 
     def close(self) -> None:
         """Release this process's descriptors. The pins keep the data plane running."""
-        if self.link is not None:
-            self.link.close()
-            self.link = None
         self.maps.close()
-        self.obj.close()
+        self.xdp.close()
 
 
 def load_balancer(
@@ -66,103 +84,73 @@ def load_balancer(
     set of pins is refused: it means an interrupted detach, and guessing would lose state."""
     ensure_bpffs()
     directory = pin_root / ifname
-    present = [name for name in MAP_NAMES if (directory / name).exists()]
-    if present and len(present) != len(MAP_NAMES):
-        missing = sorted(set(MAP_NAMES) - set(present))
-        raise LoaderError(
-            f"{directory} holds only some of the balancer's maps (missing: {', '.join(missing)}); "
-            f"run `rusty-rail detach --device {ifname}` to start clean"
-        )
-    adopted = bool(present)
-    obj = BpfObject.open(bpf_object_path("balancer"))
     try:
+        adopted = BALANCER.adoptable(directory)
+    except PartialPins as error:
+        raise LoaderError(
+            f"{directory} holds only some of the balancer's maps (missing: "
+            f"{', '.join(error.missing)}); run `rusty-rail detach --device {ifname}` to start "
+            "clean"
+        ) from None
+
+    def size_conntrack(obj: BpfObject) -> None:
         if adopted:
             with Map.from_pinned(directory / "conntrack") as conntrack:
                 pinned_size = conntrack.max_entries
             # The connection table keeps the size it was made with: resizing would drop it.
             obj.set_max_entries("conntrack", pinned_size)
-            for name in MAP_NAMES:
-                obj.reuse_pinned_map(name, directory / name)
         else:
             prepare_object(obj, conntrack_entries=conntrack_size)
-        obj.load()
-        program = obj.program(PROGRAM_NAME)
-        maps = BalancerMaps.of_object(obj)
+
+    try:
+        xdp = PinnedXdpProgram.load(BALANCER, directory, adopt=adopted, configure=size_conntrack)
+        try:
+            maps = BalancerMaps(xdp.maps)
+        except BaseException:
+            xdp.close()
+            raise
     except LibbpfError as error:
-        obj.close()
         if adopted:
             raise LoaderError(
                 f"cannot reuse the balancer maps pinned in {directory} ({error}); they were made "
                 f"by another version: run `rusty-rail detach --device {ifname}` to start clean"
             ) from error
         raise
-    except BaseException:
-        obj.close()
-        raise
-    return Balancer(ifname, ifindex, directory, obj, program, maps, adopted)
+    return Balancer(ifname, ifindex, xdp, maps)
 
 
-def _pinned_link(balancer: Balancer, mode: XdpMode) -> Link | None:
-    """The pinned link the program would be swapped into (None: a first attach), after
-    checking that the swap can be done: same interface, same mode."""
-    link_path = balancer.directory / LINK_PIN
-    if not link_path.exists():
-        return None
-    link = Link.from_pinned(link_path)
+@contextmanager
+def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
+    """The pinned link's refusals, as the operator reads them."""
+    ifname = balancer.ifname
     try:
-        if link.ifindex != balancer.ifindex:
-            raise LoaderError(
-                f"{link_path} is attached to ifindex {link.ifindex}, not {balancer.ifname} "
-                f"(ifindex {balancer.ifindex}): the interface was re-created; run "
-                f"`rusty-rail detach --device {balancer.ifname}` and start again"
-            )
-        attached = query_xdp(balancer.ifindex)
-        if attached is not None and attached.mode != mode:
-            raise LoaderError(
-                f"the balancer on {balancer.ifname} runs in {attached.mode} mode, not {mode}: "
-                f"run `rusty-rail detach --device {balancer.ifname}` to change the mode"
-            )
-    except BaseException:
-        link.close()
-        raise
-    return link
+        yield
+    except LinkOnOtherInterface as error:
+        raise LoaderError(
+            f"{error.link_path} is attached to ifindex {error.link_ifindex}, not {ifname} "
+            f"(ifindex {balancer.ifindex}): the interface was re-created; run "
+            f"`rusty-rail detach --device {ifname}` and start again"
+        ) from None
+    except LinkInOtherMode as error:
+        raise LoaderError(
+            f"the balancer on {ifname} runs in {error.mode} mode, not {mode}: "
+            f"run `rusty-rail detach --device {ifname}` to change the mode"
+        ) from None
 
 
 def check_attachable(balancer: Balancer, mode: XdpMode) -> None:
     """Raise LoaderError when attach_balancer would refuse: call it before writing adopted
     maps, which the running program already reads."""
-    link = _pinned_link(balancer, mode)
-    if link is not None:
-        link.close()
+    with _told_what_to_do(balancer, mode):
+        balancer.xdp.check_attachable(balancer.ifindex, mode)
 
 
 def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
     """Attach (or, after a restart, swap in) the program; returns what was done, for the log.
 
     Call it only once the maps hold the complete state: from here on packets see them."""
-    directory = pin_dir(balancer.ifname, root=balancer.directory.parent)
-    link_path = directory / LINK_PIN
-    link = _pinned_link(balancer, mode)
-    if link is not None:
-        try:
-            link.update_program(balancer.program)
-        except BaseException:
-            link.close()
-            raise
-        balancer.link = link
-        return f"swapped the new program into the pinned {mode} XDP link"
-    if not balancer.adopted:
-        for name in MAP_NAMES:
-            getattr(balancer.maps, name).pin(directory / name)
-    try:
-        link = attach_xdp(balancer.ifindex, balancer.program, mode)
-        link.pin(link_path)
-    except BaseException:
-        if not balancer.adopted:
-            remove_pin_dir(directory)
-        raise
-    balancer.link = link
-    return f"attached in {mode} mode"
+    with _told_what_to_do(balancer, mode):
+        return balancer.xdp.attach(balancer.ifindex, mode)
 
 
 def detach_balancer(ifname: str, pin_root: Path = PIN_ROOT) -> bool:
@@ -171,9 +159,5 @@ def detach_balancer(ifname: str, pin_root: Path = PIN_ROOT) -> bool:
     directory = pin_root / ifname
     if not directory.exists():
         return False
-    link_path = directory / LINK_PIN
-    if link_path.exists():
-        with Link.from_pinned(link_path) as link:
-            link.detach()
-    remove_pin_dir(directory)
+    detach_pinned(directory)
     return True

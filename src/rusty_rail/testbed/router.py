@@ -17,7 +17,6 @@ into a bare frame, and the checksum the veth left for "hardware" is never comple
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,25 +25,20 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from socket import if_nametoindex
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pyroute2 import IPRoute
 
 from rusty_rail.dataplane.libbpf import (
     BPF_NOEXIST,
-    BpfObject,
     LibbpfError,
-    Link,
     Map,
     Program,
     XdpMode,
-    attach_xdp,
-    bpf_object_path,
     num_possible_cpus,
-    pin_dir,
 )
 from rusty_rail.dataplane.netlink import in_netns, wait_next_hop
+from rusty_rail.dataplane.pinned import Closeable, PinnedXdpProgram, PinnedXdpSpec
 from rusty_rail.decap import parse_prefixes
 from rusty_rail.dpstate import NextHop
 from rusty_rail.flowhash import Flow, mix64, words_of
@@ -166,10 +160,11 @@ _MAP_PINS = {
     "router_stats": "stats",
     "router_lb_stats": "lb_stats",
 }
-_LINK_PIN = "link"
+ROUTER = PinnedXdpSpec(OBJECT_NAME, PROGRAM_NAME, _MAP_PINS)
+_NO_PROGRAM = "a router adopted from pins has no program object to run"
 
 
-class Router:
+class Router(Closeable):
     """The router program's maps, and its attachment to one interface (or none).
 
     Made by ``Router.load`` (a fresh program) or ``Router.from_pinned`` (one that an earlier
@@ -178,17 +173,16 @@ class Router:
 
     def __init__(
         self,
-        maps: dict[str, Map],
+        xdp: PinnedXdpProgram,
         *,
         source: IPv4Address,
         seed: int,
         outer_ttl: int,
         netns: str | None,
-        bpf_object: BpfObject | None = None,
-        link: Link | None = None,
         lbs: Sequence[LbTarget] = (),
     ) -> None:
-        self._maps = maps
+        self._xdp = xdp
+        maps = xdp.maps
         self._vips = maps["router_vips"]
         self._sets = maps["router_lb_sets"]
         self._active = maps["router_active"]
@@ -199,9 +193,6 @@ class Router:
                 f"bpf/router.bpf.o has LB sets of {self._sets.value_size} bytes, this module "
                 f"writes {_SET_SIZE}: rebuild with scripts/setup"
             )
-        self._object = bpf_object
-        self._link = link
-        self._pinned: Path | None = None
         self.source = source
         self.seed = seed
         self.outer_ttl = outer_ttl
@@ -223,21 +214,15 @@ class Router:
         as DROP_NO_LB until set_lbs)."""
         if not 1 <= outer_ttl <= 255:
             raise ValueError(f"outer_ttl must be 1..255, got {outer_ttl}")
-        bpf_object = BpfObject.open(bpf_object_path(OBJECT_NAME))
+        xdp = PinnedXdpProgram.load(ROUTER, None)
         try:
-            bpf_object.load()
             router = cls(
-                {name: bpf_object.map(name) for name in _MAP_PINS},
-                source=IPv4Address(source),
-                seed=seed,
-                outer_ttl=outer_ttl,
-                netns=netns,
-                bpf_object=bpf_object,
+                xdp, source=IPv4Address(source), seed=seed, outer_ttl=outer_ttl, netns=netns
             )
             router.set_vips(vips)
             router.set_lb_targets(())
         except BaseException:
-            bpf_object.close()
+            xdp.close()
             raise
         return router
 
@@ -245,94 +230,51 @@ class Router:
     def from_pinned(cls, directory: Path, *, netns: str | None = None) -> Router:
         """Adopt a router that ``pin(directory)`` left running: its maps, its link (if it was
         attached) and the settings and LB set of its active bank."""
-        maps: dict[str, Map] = {}
-        link: Link | None = None
+        xdp = PinnedXdpProgram.from_pins(ROUTER, directory)
         try:
-            for name, pin in _MAP_PINS.items():
-                maps[name] = Map.from_pinned(directory / pin)
-            if (directory / _LINK_PIN).exists():
-                link = Link.from_pinned(directory / _LINK_PIN)
-            settings, lbs = _read_active_set(maps["router_lb_sets"], maps["router_active"])
-            router = cls(maps, netns=netns, link=link, lbs=lbs, **settings)
+            settings, lbs = _read_active_set(xdp.maps["router_lb_sets"], xdp.maps["router_active"])
+            return cls(xdp, netns=netns, lbs=lbs, **settings)
         except BaseException:
-            for bpf_map in maps.values():
-                bpf_map.close()
-            if link is not None:
-                link.close()
+            xdp.close()
             raise
-        router._pinned = directory
-        return router
 
     @property
     def program(self) -> Program:
         """The loaded program (for test runs); a router adopted from pins has none."""
-        if self._object is None:
-            raise RuntimeError("a router adopted from pins has no program object to run")
-        return self._object.program(PROGRAM_NAME)
+        if self._xdp.obj is None:
+            raise RuntimeError(_NO_PROGRAM)
+        return self._xdp.program
 
     # attachment
 
     def attach(self, ifname: str, mode: XdpMode = "native") -> None:
         """Run the router on ``ifname`` (the client-facing interface, in ``netns``)."""
-        if self._link is not None:
+        if self._xdp.link is not None:
             raise RuntimeError("the router is attached already: detach it first")
-        program = self.program
+        if self._xdp.obj is None:
+            raise RuntimeError(_NO_PROGRAM)
         with _namespace(self.netns):
-            self._link = attach_xdp(if_nametoindex(ifname), program, mode)
-        if self._pinned is not None:
-            self._link.pin(self._pinned / _LINK_PIN)
+            self._xdp.attach(if_nametoindex(ifname), mode)
 
     def pin(self, directory: Path) -> None:
         """Let the router outlive this process: its maps and link pinned in ``directory`` (a
         new directory on a bpffs), where Router.from_pinned finds them. Removing the
         directory (libbpf.remove_pin_dir) detaches a router nobody else holds."""
-        if self._pinned is not None:
-            raise RuntimeError(f"the router is pinned already, at {self._pinned}")
-        pin_dir(directory.name, root=directory.parent)
-        for name, pin in _MAP_PINS.items():
-            self._maps[name].pin(directory / pin)
-        if self._link is not None:
-            self._link.pin(directory / _LINK_PIN)
-        self._pinned = directory
+        if self._xdp.directory is not None:
+            raise RuntimeError(f"the router is pinned already, at {self._xdp.directory}")
+        self._xdp.pin(directory)
 
     def detach(self) -> None:
         """Take the program off its interface now (pinned or not)."""
-        if self._link is not None:
-            link, self._link = self._link, None
-            try:
-                if link.ifindex:
-                    link.detach()
-            finally:
-                link.close()
-            if self._pinned is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    (self._pinned / _LINK_PIN).unlink()
+        self._xdp.detach()
 
     def close(self) -> None:
         """Release the router: detached unless pinned, in which case it keeps running."""
         try:
-            if self._pinned is None:
-                self.detach()
-            elif self._link is not None:
-                self._link.close()
-                self._link = None
+            if self._xdp.directory is None:
+                self._xdp.detach()
         finally:
-            if self._object is not None:
-                self._object.close()
-            else:
-                for bpf_map in self._maps.values():
-                    bpf_map.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+            self._xdp.close()
 
     # configuration
 
