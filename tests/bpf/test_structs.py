@@ -1,7 +1,8 @@
-"""The ctypes mirrors (dataplane/structs.py) against the balancer object's BTF: every struct of
+"""The ctypes mirrors (dataplane/structs.py) against the C structs' BTF: every struct of
 bpf/balancer_types.h (and the counter of bpf/lib/stats.h) has the same size, member names,
 offsets and member sizes on both sides; the enums and capacities agree with dpstate and with the
-maps the object declares.
+maps the balancer object declares. The layouts come from bpf/btf_anchor.bpf.o, which declares
+each mirrored struct, so that no packet-path code has to be shaped to bring a struct into BTF.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def btf_types() -> dict[int, dict[str, Any]]:
     if bpftool is None:
         pytest.fail("bpftool is not installed: run scripts/setup")
     dump = subprocess.run(
-        [bpftool, "-j", "btf", "dump", "file", str(bpf_object_path("balancer"))],
+        [bpftool, "-j", "btf", "dump", "file", str(bpf_object_path("btf_anchor"))],
         check=True,
         capture_output=True,
         text=True,
