@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The test bed's router (not part of the product), the GRE + ECMP half of the deployment in
- * README.md, in XDP: IPv4 to a VIP
- * prefix is wrapped in outer IPv4 + GRE towards one live LB, chosen per flow by rendezvous
- * hashing, and sent out of the LB-side interface. Everything else goes to the router's own
- * stack, which routes the servers' direct replies back to the clients. Loaded and fed by
- * rusty_rail/testbed/router.py. */
+ * README.md, in XDP: IPv4 to a VIP prefix is wrapped in outer IPv4 + GRE towards one live LB,
+ * chosen per flow by rendezvous hashing, and sent out of the LB-side interface. Everything
+ * else goes to the router's own stack, which routes the servers' direct replies back to the
+ * clients. Loaded and fed by rusty_rail/testbed/router.py. */
+
 /* The router takes untagged frames only: a VLAN tag makes a frame the stack's. */
 #define VLAN_MAX_TAGS 0
 
@@ -98,8 +98,8 @@ static __always_inline int finish(enum router_stat stat, __u64 frame_len, int ve
 }
 
 /* mix64(seed, flow words) of docs/flow-hash.md: addresses and ports as they sit in the
- * packet, loaded as little-endian words; ports 0 for fragments and protocols other than TCP
- * and UDP (and for ports cut short, which the stack will judge). */
+ * packet, loaded as little-endian words; ports 0 for fragments, for protocols other than TCP
+ * and UDP, and for ports cut short (such a packet is still forwarded, hashed without them). */
 static __always_inline __u64 flow_state(const struct iphdr *ip, void *end, __u64 seed)
 {
 	struct l4_ports *l4;
@@ -209,7 +209,6 @@ int xdp_router(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 frame_len = data_end - data;
 	struct cursor c = cursor_start(data, data_end);
-	struct ipv4_lpm_key vip;
 	const struct router_lb_set *set;
 	const struct router_lb *lb;
 	struct ethhdr *eth;
@@ -221,9 +220,7 @@ int xdp_router(struct xdp_md *ctx)
 	if (parse_ipv4(&c, &ip) != PARSE_OK)
 		return finish(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
 
-	vip.prefixlen = 32;
-	vip.addr_be = ip->daddr;
-	if (!bpf_map_lookup_elem(&router_vips, &vip))
+	if (!ipv4_lpm_contains(&router_vips, ip->daddr))
 		return finish(ROUTER_PASS_NOT_VIP, frame_len, XDP_PASS);
 	if (ip->ttl <= 1)
 		return finish(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
