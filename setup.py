@@ -27,7 +27,12 @@ def bpf_include_flags() -> list[str]:
 
 
 def compile_bpf(out_dir: Path) -> list[Path]:
-    """Compile every bpf/*.bpf.c into out_dir/*.bpf.o; returns the objects written."""
+    """Compile every bpf/*.bpf.c into out_dir/*.bpf.o; returns the objects written.
+
+    The programs are the product's (balancer, decap) and the test bed's and benchmark's
+    (testbed_*, bench_*); all include the shared headers of bpf/lib/ by relative path.
+    btf_anchor.bpf.c is no program: it carries the mirrored structs' BTF for the tests.
+    """
     clang = os.environ.get("CLANG", shutil.which("clang") or "clang")
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = []

@@ -62,9 +62,9 @@ PROGRAM_NAME = "xdp_decap"
 _MAP_PINS = {"decap_allowed": "allowed", "decap_local": "local", "decap_stats": "stats"}
 DECAP = PinnedXdpSpec(OBJECT_NAME, PROGRAM_NAME, _MAP_PINS)
 
-# struct decap_prefix (bpf/decap.bpf.c): prefix length (host order), address (network order).
+# struct ipv4_lpm_key (bpf/lib/lpm.h): prefix length (host order), address (network order).
 _PREFIX = struct.Struct("=I4s")
-# struct decap_counter: packets, bytes.
+# struct counter (bpf/lib/stats.h): packets, bytes.
 _COUNTER = struct.Struct("=QQ")
 _PRESENT = struct.pack("=I", 1)
 

@@ -1,7 +1,7 @@
 """The data-plane state as plain values: what the control plane writes into the BPF maps.
 
 The reference pipeline reads this model directly; the loader encodes the same model
-into maps (bpf/shared.h). docs/packet-path.md says what every field means to a packet.
+into maps (bpf/balancer_types.h). docs/packet-path.md says what every field means to a packet.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The flow hash: a keyed 64-bit mixer over 32-bit words, and the flow key it hashes.
 
-This is the Python twin of ``bpf/hash.h``; docs/flow-hash.md is the specification
+This is the Python twin of ``bpf/lib/flowhash.h``; docs/flow-hash.md is the specification
 both follow bit for bit. Maglev reuses the same mixer (with other seeds) for the
 backend permutations.
 """

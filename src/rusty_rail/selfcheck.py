@@ -25,7 +25,7 @@ backends = ["198.18.1.1", "198.18.1.2", { address = "198.18.1.3", weight = 2 }]
 """
 SAMPLE_FLOW = Flow.of("198.18.200.1", "198.19.0.10", PROTO_TCP, 40000, 80)
 SAMPLE_NEXT_HOP = NextHop(1, bytes.fromhex("020000000010"), bytes.fromhex("020000000020"))
-BPF_OBJECTS = ("balancer", "floor", "pass")
+BPF_OBJECTS = ("balancer", "bench_floor", "testbed_pass")
 
 
 @dataclass(frozen=True)

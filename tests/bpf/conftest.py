@@ -108,11 +108,11 @@ def _loaded_program(object_name: str, program_name: str) -> Iterator[Program]:
 
 @pytest.fixture(scope="session")
 def floor_program(require_root: None) -> Iterator[Program]:
-    """bpf/floor.bpf.c's xdp_floor, loaded: XDP_TX for every frame."""
-    yield from _loaded_program("floor", "xdp_floor")
+    """bpf/bench_floor.bpf.c's xdp_floor, loaded: XDP_TX for every frame."""
+    yield from _loaded_program("bench_floor", "xdp_floor")
 
 
 @pytest.fixture(scope="session")
 def pass_program(require_root: None) -> Iterator[Program]:
-    """bpf/pass.bpf.c's xdp_pass, loaded: XDP_PASS for every frame."""
-    yield from _loaded_program("pass", "xdp_pass")
+    """bpf/testbed_pass.bpf.c's xdp_pass, loaded: XDP_PASS for every frame."""
+    yield from _loaded_program("testbed_pass", "xdp_pass")

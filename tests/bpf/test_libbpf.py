@@ -52,7 +52,7 @@ def u64(value: int) -> bytes:
 
 
 def test_object_path_names_the_fix_when_an_object_is_missing() -> None:
-    assert bpf_object_path("floor").name == "floor.bpf.o"
+    assert bpf_object_path("bench_floor").name == "bench_floor.bpf.o"
     with pytest.raises(FileNotFoundError, match=r"run scripts/setup"):
         bpf_object_path("no_such_program")
 
@@ -137,7 +137,7 @@ def test_concurrent_test_runs_do_not_share_buffers(floor_program: Program) -> No
 
 
 def test_unknown_names_and_use_before_load_are_explained() -> None:
-    with BpfObject.open(bpf_object_path("floor")) as bpf_object:
+    with BpfObject.open(bpf_object_path("bench_floor")) as bpf_object:
         assert bpf_object.program_names() == ["xdp_floor"]
         with pytest.raises(ValueError, match="not loaded"):
             bpf_object.program("xdp_floor")

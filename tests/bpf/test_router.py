@@ -1,4 +1,4 @@
-"""bpf/router.bpf.c in the kernel (BPF_PROG_TEST_RUN): VIP traffic comes out wrapped in GRE
+"""bpf/testbed_router.bpf.c in the kernel (BPF_PROG_TEST_RUN): VIP traffic comes out wrapped in GRE
 towards the LB that the Python twin (choose_lb) names, byte for byte; the choice is per flow,
 spread, and moves only a removed LB's flows; everything else passes untouched or is counted.
 """

@@ -1,6 +1,8 @@
-"""The ctypes mirrors (dataplane/structs.py) against the balancer object's BTF: every struct of
-bpf/shared.h has the same size, member names, offsets and member sizes on both sides; the
-enums and capacities agree with dpstate and with the maps the object declares.
+"""The ctypes mirrors (dataplane/structs.py) against the C structs' BTF: every struct of
+bpf/balancer_types.h (and the counter of bpf/lib/stats.h) has the same size, member names,
+offsets and member sizes on both sides; the enums and capacities agree with dpstate and with the
+maps the balancer object declares. The layouts come from bpf/btf_anchor.bpf.o, which declares
+each mirrored struct, so that no packet-path code has to be shaped to bring a struct into BTF.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ from rusty_rail.dpstate import Action, BackendState, Stat
 
 pytestmark = pytest.mark.bpf
 
-SHARED_H = Path(structs.__file__).parent.parent / "bpf" / "shared.h"
+BPF_DIR = Path(structs.__file__).parent.parent / "bpf"
+#: The structs and constants the balancer shares with Python.
+TYPES_H = BPF_DIR / "balancer_types.h"
+#: The counter every program's stats maps hold, the balancer's included.
+STATS_H = BPF_DIR / "lib" / "stats.h"
 
 
 @cache
@@ -33,7 +39,7 @@ def btf_types() -> dict[int, dict[str, Any]]:
     if bpftool is None:
         pytest.fail("bpftool is not installed: run scripts/setup")
     dump = subprocess.run(
-        [bpftool, "-j", "btf", "dump", "file", str(bpf_object_path("balancer"))],
+        [bpftool, "-j", "btf", "dump", "file", str(bpf_object_path("btf_anchor"))],
         check=True,
         capture_output=True,
         text=True,
@@ -74,8 +80,12 @@ def test_mirror_matches_the_c_struct(name: str) -> None:
     assert all(member["bits_offset"] % 8 == 0 for member in c_struct["members"])
 
 
-def test_every_struct_of_shared_h_has_a_mirror() -> None:
-    declared = set(re.findall(r"^struct (\w+) \{", SHARED_H.read_text(), re.MULTILINE))
+def test_every_shared_struct_has_a_mirror() -> None:
+    declared = {
+        name
+        for header in (TYPES_H, STATS_H)
+        for name in re.findall(r"^struct (\w+) \{", header.read_text(), re.MULTILINE)
+    }
     assert declared == set(structs.MIRRORS)
 
 
@@ -83,7 +93,7 @@ def _c_enum(prefix: str) -> dict[str, int]:
     pattern = rf"^\s*{prefix}_(\w+) = (\d+),"
     return {
         name: int(value)
-        for name, value in re.findall(pattern, SHARED_H.read_text(), re.MULTILINE)
+        for name, value in re.findall(pattern, TYPES_H.read_text(), re.MULTILINE)
         if name != "COUNT"
     }
 
@@ -92,16 +102,16 @@ def test_enums_agree_with_dpstate() -> None:
     assert _c_enum("STAT") == {stat.name: stat.value for stat in Stat}
     assert _c_enum("BACKEND") == {state.name: state.value for state in BackendState}
     assert _c_enum("ACTION") == {action.name: action.value for action in Action}
-    assert _c_enum("ICMP") == {stat.name: stat.value for stat in IcmpStat}
+    assert _c_enum("ICMP_STAT") == {stat.name: stat.value for stat in IcmpStat}
 
 
 def _c_define(name: str) -> str:
-    found = re.search(rf"^#define {name} (.+)$", SHARED_H.read_text(), re.MULTILINE)
+    found = re.search(rf"^#define {name} (.+)$", TYPES_H.read_text(), re.MULTILINE)
     assert found is not None, name
     return found.group(1).strip()
 
 
-def test_capacities_agree_with_shared_h() -> None:
+def test_capacities_agree_with_balancer_types_h() -> None:
     assert int(_c_define("MAX_VIPS")) == structs.MAX_VIPS
     assert int(_c_define("MAX_BACKENDS")) == structs.MAX_BACKENDS
     assert int(_c_define("MAX_TX_PORTS")) == structs.MAX_TX_PORTS

@@ -170,14 +170,14 @@ def test_addresses_without_a_next_hop_are_errors(veth_pair: VethPair) -> None:
 
 @pytest.fixture(scope="module")
 def floor_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("floor")) as bpf_object:
+    with BpfObject.open(bpf_object_path("bench_floor")) as bpf_object:
         bpf_object.load()
         yield bpf_object.program("xdp_floor")
 
 
 @pytest.fixture(scope="module")
 def pass_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("pass")) as bpf_object:
+    with BpfObject.open(bpf_object_path("testbed_pass")) as bpf_object:
         bpf_object.load()
         yield bpf_object.program("xdp_pass")
 
@@ -234,7 +234,7 @@ def test_pinned_link_survives_its_python_objects_and_is_adopted(
     near_netns: int, bpffs_dir: Path, pass_program: Program
 ) -> None:
     pin = bpffs_dir / "link"
-    bpf_object = BpfObject.open(bpf_object_path("floor"))
+    bpf_object = BpfObject.open(bpf_object_path("bench_floor"))
     bpf_object.load()
     floor = bpf_object.program("xdp_floor")
     floor_id = floor.id
@@ -259,7 +259,7 @@ from rusty_rail.dataplane.netlink import in_netns, interface_index
 
 netns, ifname, pin = sys.argv[1:]
 with in_netns(netns):
-    bpf_object = BpfObject.open(bpf_object_path("floor"))
+    bpf_object = BpfObject.open(bpf_object_path("bench_floor"))
     bpf_object.load()
     program = bpf_object.program("xdp_floor")
     attach_xdp(interface_index(ifname), program, "native").pin(pin)
@@ -296,7 +296,7 @@ def test_pinned_link_survives_the_process_and_detach_finds_it(
 def test_a_program_attached_by_ip_link_is_reported_and_detached(
     veth_pair: VethPair, floor_program: Program
 ) -> None:
-    pass_object = str(bpf_object_path("pass"))
+    pass_object = str(bpf_object_path("testbed_pass"))
     veth_pair.near_ip(
         "link", "set", "dev", veth_pair.near_if, "xdpgeneric", "obj", pass_object, "sec", "xdp"
     )

@@ -82,7 +82,7 @@ def bed(bpffs_dir: Path) -> Iterator[Bed]:
         )
         # Frames the balancer sends back with XDP_TX arrive on r's veth end, which drops them
         # unless an XDP program is attached there.
-        with BpfObject.open(bpf_object_path("pass")) as obj:
+        with BpfObject.open(bpf_object_path("testbed_pass")) as obj:
             obj.load()
             with in_netns(router.name):
                 link = attach_xdp(router.ifindex("eth0"), obj.program("xdp_pass"), "native")

@@ -114,7 +114,7 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
         ipv4(bytes([198, 18, 200, 1]), IPv4Address(LB_IPV4).packed, PROTO_TCP, tcp(40000, 22)),
     )
     with (
-        BpfObject.open(bpf_object_path("floor")) as floor_obj,
+        BpfObject.open(bpf_object_path("bench_floor")) as floor_obj,
         BpfObject.open(bpf_object_path("balancer")) as balancer_obj,
     ):
         floor_obj.load()

@@ -2,19 +2,16 @@
 /* The balancer: GRE traffic for a VIP goes on to one backend, chosen by the flow's
  * connection-table entry or the VIP's Maglev table; everything else goes to the host.
  * docs/packet-path.md is the contract, rusty_rail/reference.py its executable twin. */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <bpf/bpf_endian.h>
-#include <bpf/bpf_helpers.h>
-
+#include "balancer_maps.h"
+#include "balancer_parse.h"
+#include "balancer_types.h"
 #include "conntrack.h"
 #include "encap.h"
-#include "hash.h"
 #include "icmp.h"
-#include "maps.h"
-#include "parse.h"
-#include "shared.h"
+#include "lib/flowhash.h"
+#include "lib/parse.h"
+#include "lib/stats.h"
+#include "lib/uapi.h"
 
 /* What the rest of the path needs from the parsers. */
 struct packet {
@@ -31,7 +28,7 @@ static __always_inline int action_verdict(__u8 action)
 
 /* The verdict of every packet that is not forwarded: the table at the end of
  * docs/packet-path.md. `settings` may be NULL for the stats that pass regardless. */
-static __always_inline int stop_verdict(__u32 stat, const struct settings *settings)
+static __always_inline int unforwarded_verdict(__u32 stat, const struct settings *settings)
 {
 	switch (stat) {
 	case STAT_GRE_MALFORMED:
@@ -49,11 +46,11 @@ static __always_inline int stop_verdict(__u32 stat, const struct settings *setti
 }
 
 /* Ends the journey of a packet that is not forwarded: counted by reason, unchanged. */
-static __always_inline int stop(__u32 stat, const struct packet *pkt,
-				const struct settings *settings)
+static __always_inline int finish_unforwarded(__u32 stat, const struct packet *pkt,
+					      const struct settings *settings)
 {
-	count(&stats, stat, pkt->len);
-	return stop_verdict(stat, settings);
+	count_stat(&stats, stat, pkt->len);
+	return unforwarded_verdict(stat, settings);
 }
 
 /* Section 6: the (address, protocol, port) VIP, the address-wide VIP, the default set.
@@ -100,16 +97,17 @@ static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
 }
 
 /* Section 8: readdress the frame to the backend's next hop, count it, send it. */
-static __always_inline int send(struct xdp_md *ctx, const struct packet *pkt,
-				const struct settings *settings, const struct backend *backend,
-				__u32 backend_index, __u32 vip_index, __u32 outcome)
+static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct packet *pkt,
+					      const struct settings *settings,
+					      const struct backend *backend, __u32 backend_index,
+					      __u32 vip_index, __u32 outcome)
 {
 	__u32 ifindex = backend->nexthop_ifindex;
 
 	rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
-	count(&stats, outcome, pkt->len);
-	count(&vip_stats, vip_index, pkt->len);
-	count(&backend_stats, backend_index, pkt->len);
+	count_stat(&stats, outcome, pkt->len);
+	count_stat(&vip_stats, vip_index, pkt->len);
+	count_stat(&backend_stats, backend_index, pkt->len);
 	if (ifindex == 0 || ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	/* An egress port missing from tx_ports drops instead of aborting. */
@@ -121,7 +119,7 @@ int xdp_balancer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct cursor cur = { .pos = data, .end = data_end };
+	struct cursor cur = cursor_start(data, data_end);
 	struct packet pkt = { .len = data_end - data };
 	__u32 stat, vip_index, backend_index = 0, outcome;
 	const struct settings *settings;
@@ -138,30 +136,30 @@ int xdp_balancer(struct xdp_md *ctx)
 		stat = outer_ipv6_stat(&cur);
 		if (stat == STAT_PASS_NOT_GRE)
 			icmp_count(icmp_ipv6_stat(cur.pos, data_end), pkt.len);
-		return stop(stat, &pkt, NULL);
+		return finish_unforwarded(stat, &pkt, NULL);
 	}
 	if (ethertype != bpf_htons(ETH_P_IP))
-		return stop(STAT_PASS_NOT_IP, &pkt, NULL);
+		return finish_unforwarded(STAT_PASS_NOT_IP, &pkt, NULL);
 	stat = parse_outer_ipv4(&cur, &pkt.outer);
 	if (stat == STAT_PASS_NOT_GRE)
 		icmp_count(icmp_ipv4_stat(pkt.outer, data_end), pkt.len);
-	if (stat != PARSE_OK)
-		return stop(stat, &pkt, NULL);
+	if (stat != STEP_OK)
+		return finish_unforwarded(stat, &pkt, NULL);
 	settings = settings_get();
 	if (!settings)
 		return XDP_PASS; /* cannot happen: an array always has its entry 0 */
 	stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
-	if (stat != PARSE_OK)
-		return stop(stat, &pkt, settings);
-	stat = parse_gre(&cur);
-	if (stat != PARSE_OK)
-		return stop(stat, &pkt, settings);
+	if (stat != STEP_OK)
+		return finish_unforwarded(stat, &pkt, settings);
+	stat = balanced_gre(&cur);
+	if (stat != STEP_OK)
+		return finish_unforwarded(stat, &pkt, settings);
 	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
-	if (stat != PARSE_OK)
-		return stop(stat, &pkt, settings);
+	if (stat != STEP_OK)
+		return finish_unforwarded(stat, &pkt, settings);
 
 	/* Find the flow: a valid connection-table hit goes straight to its backend. */
-	flow_mix = flow_mix_ipv4(&pkt.flow, settings->hash_seed);
+	flow_mix = flow_key_mix(&pkt.flow, settings->hash_seed);
 	set = conntrack_set(flow_mix, settings);
 	if (set)
 		entry = conntrack_find(set, &pkt.flow);
@@ -174,20 +172,20 @@ int xdp_balancer(struct xdp_md *ctx)
 		outcome = entry ? STAT_CT_STALE : STAT_CT_MISS;
 		vip_index = match_vip(&pkt.flow, has_ports, settings);
 		if (vip_index == NONE_INDEX)
-			return stop(STAT_NO_VIP, &pkt, settings);
+			return finish_unforwarded(STAT_NO_VIP, &pkt, settings);
 		backend_index = maglev_pick(vip_index, flow_hash32(flow_mix));
 		backend = backend_get(backend_index);
 		if (!backend || !backend_forwards(backend))
-			return stop(STAT_DROP_NO_BACKEND, &pkt, settings);
+			return finish_unforwarded(STAT_DROP_NO_BACKEND, &pkt, settings);
 	}
 
 	/* Rewrite and send, recording a new decision first. */
 	if (!backend->nexthop_resolved)
-		return stop(STAT_DROP_NO_NEXTHOP, &pkt, settings);
+		return finish_unforwarded(STAT_DROP_NO_NEXTHOP, &pkt, settings);
 	if (outcome != STAT_CT_HIT && set)
 		conntrack_record(set, entry, &pkt.flow, flow_mix, backend_index,
 				 backend->generation);
-	return send(ctx, &pkt, settings, backend, backend_index, vip_index, outcome);
+	return forward_to_backend(ctx, &pkt, settings, backend, backend_index, vip_index, outcome);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -7,8 +7,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#include "maps.h"
-#include "shared.h"
+#include "balancer_maps.h"
+#include "balancer_types.h"
 
 #define CONNTRACK_CHECK_MULTIPLIER 0x9E3779B97F4A7C15ULL
 

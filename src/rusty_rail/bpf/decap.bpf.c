@@ -3,14 +3,11 @@
  * GRE from an allowed LB prefix to a local address loses its outer IPv4 + GRE headers and
  * goes on to the kernel stack as the inner packet, on the same interface. Everything else
  * passes untouched. docs/decap.md is the operator's page; rusty_rail/decap.py loads this. */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <bpf/bpf_endian.h>
-#include <bpf/bpf_helpers.h>
-
-#include "gre_parse.h"
+#include "lib/csum.h"
+#include "lib/lpm.h"
+#include "lib/parse.h"
+#include "lib/stats.h"
+#include "lib/uapi.h"
 
 /* Per-reason outcomes, the index into decap_stats (rusty_rail.decap.DecapStat). Every frame
  * counts once, by one packet and its length as received. */
@@ -27,20 +24,11 @@ enum decap_stat {
 	DECAP_STAT_COUNT = 9,
 };
 
-struct decap_counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-/* An IPv4 prefix as LPM tries key it: the prefix length, then the address in network order. */
-struct decap_prefix {
-	__u32 prefixlen;
-	__be32 addr_be;
-};
-
 #define DECAP_MAX_ALLOWED 1024
 #define DECAP_MAX_LOCAL 256
 
+/* The ECN field of the TOS byte (RFC 3168). uapi has no names for it (INET_ECN_* live in the
+ * kernel's internal net/inet_ecn.h). */
 #define ECN_MASK 0x03
 #define ECN_NOT_ECT 0x00
 #define ECN_CE 0x03
@@ -50,7 +38,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, DECAP_MAX_ALLOWED);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct decap_prefix);
+	__type(key, struct ipv4_lpm_key);
 	__type(value, __u32);
 } decap_allowed SEC(".maps");
 
@@ -59,7 +47,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, DECAP_MAX_LOCAL);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct decap_prefix);
+	__type(key, struct ipv4_lpm_key);
 	__type(value, __u32);
 } decap_local SEC(".maps");
 
@@ -67,41 +55,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DECAP_STAT_COUNT);
 	__type(key, __u32);
-	__type(value, struct decap_counter);
+	__type(value, struct counter);
 } decap_stats SEC(".maps");
 
-static __always_inline int count(enum decap_stat stat, __u64 frame_len, int verdict)
+/* Ends the journey of a frame: counted by reason, passed on. */
+static __always_inline int pass(enum decap_stat stat, __u64 frame_len)
 {
-	__u32 key = stat;
-	struct decap_counter *counter = bpf_map_lookup_elem(&decap_stats, &key);
-
-	if (counter) {
-		counter->packets++;
-		counter->bytes += frame_len;
-	}
-	return verdict;
-}
-
-static __always_inline int prefix_match(void *trie, __be32 addr)
-{
-	struct decap_prefix key = { .prefixlen = 32, .addr_be = addr };
-
-	return bpf_map_lookup_elem(trie, &key) != NULL;
-}
-
-/* The inner IPv4 packet must be whole within the GRE payload (`avail` bytes): the stack
- * would otherwise receive a packet that its outer header said was something else. */
-static __always_inline int inner_ipv4_ok(struct gp_cursor *c, __u32 avail)
-{
-	struct iphdr *inner = c->pos;
-	__u32 total_len;
-
-	if (avail < sizeof(*inner) || (void *)(inner + 1) > c->end)
-		return 0;
-	if (inner->version != 4 || inner->ihl < 5)
-		return 0;
-	total_len = bpf_ntohs(inner->tot_len);
-	return total_len >= inner->ihl * 4u && total_len <= avail;
+	return count_verdict(&decap_stats, stat, frame_len, XDP_PASS);
 }
 
 /* RFC 6040 (normal mode): congestion marked on the outer header between the LB and here
@@ -117,7 +77,7 @@ static __always_inline void copy_congestion_mark(struct iphdr *inner, __u8 outer
 	old_word = *(__be16 *)inner; /* version/IHL and TOS */
 	inner->tos |= ECN_CE;
 	new_word = *(__be16 *)inner;
-	inner->check = gp_csum_replace(inner->check, old_word, new_word);
+	inner->check = csum_replace16(inner->check, old_word, new_word);
 }
 
 /* Move the Ethernet header (and its VLAN tags, `l2_len` bytes) forward by `strip` bytes onto
@@ -125,7 +85,7 @@ static __always_inline void copy_congestion_mark(struct iphdr *inner, __u8 outer
  * because the verifier wants them so. Returns 0, or -1 when the kernel refused. */
 static __always_inline int strip_outer(struct xdp_md *ctx, __u32 l2_len, __u32 strip)
 {
-	__u8 l2[ETH_HLEN + GP_MAX_VLAN_TAGS * 4];
+	__u8 l2[ETH_HLEN + VLAN_MAX_TAGS * sizeof(struct vlan_tag)];
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
@@ -154,52 +114,55 @@ int xdp_decap(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 frame_len = data_end - data;
-	struct gp_cursor c = { .pos = data, .end = data_end };
-	struct iphdr *outer;
-	__u32 l2_len = 0, ip_payload, gre_len = 0, strip;
+	struct cursor c = cursor_start(data, data_end);
+	struct iphdr *outer, *inner;
+	struct ipv6hdr *ip6;
+	struct ethhdr *eth;
+	enum parse_result result;
+	__u32 l2_len, strip;
 	__be16 gre_protocol = 0;
-	enum gp_result result;
 	int ethertype;
 
-	ethertype = gp_parse_ethernet(&c, &l2_len);
+	ethertype = parse_ethernet(&c, &eth);
 	if (ethertype == bpf_htons(ETH_P_IPV6)) {
-		__u8 *next_header = c.pos + 6;
-
-		if ((void *)(next_header + 1) <= c.end && *next_header == GP_IPPROTO_GRE)
-			return count(DECAP_PASS_UNSUPPORTED, frame_len, XDP_PASS);
-		return count(DECAP_PASS_NOT_GRE, frame_len, XDP_PASS);
+		if (parse_ipv6(&c, &ip6) == PARSE_OK && ip6->nexthdr == IPPROTO_GRE)
+			return pass(DECAP_PASS_UNSUPPORTED, frame_len);
+		return pass(DECAP_PASS_NOT_GRE, frame_len);
 	}
 	if (ethertype != bpf_htons(ETH_P_IP))
-		return count(DECAP_PASS_NOT_IP, frame_len, XDP_PASS);
+		return pass(DECAP_PASS_NOT_IP, frame_len);
+	l2_len = c.pos - data;
 
-	if (gp_parse_ipv4(&c, &outer, &ip_payload) != GP_OK)
-		return count(DECAP_PASS_MALFORMED, frame_len, XDP_PASS);
-	if (outer->protocol != GP_IPPROTO_GRE)
-		return count(DECAP_PASS_NOT_GRE, frame_len, XDP_PASS);
-	if (!prefix_match(&decap_local, outer->daddr))
-		return count(DECAP_PASS_NOT_LOCAL, frame_len, XDP_PASS);
-	if (!prefix_match(&decap_allowed, outer->saddr))
-		return count(DECAP_PASS_SOURCE_DENIED, frame_len, XDP_PASS);
-	if (outer->frag_off & GP_IP_FRAGMENT)
-		return count(DECAP_PASS_OUTER_FRAGMENT, frame_len, XDP_PASS);
+	if (parse_ipv4(&c, &outer) != PARSE_OK)
+		return pass(DECAP_PASS_MALFORMED, frame_len);
+	if (outer->protocol != IPPROTO_GRE)
+		return pass(DECAP_PASS_NOT_GRE, frame_len);
+	if (!ipv4_lpm_contains(&decap_local, outer->daddr))
+		return pass(DECAP_PASS_NOT_LOCAL, frame_len);
+	if (!ipv4_lpm_contains(&decap_allowed, outer->saddr))
+		return pass(DECAP_PASS_SOURCE_DENIED, frame_len);
+	if (ipv4_is_fragment(outer))
+		return pass(DECAP_PASS_OUTER_FRAGMENT, frame_len);
+	ipv4_enter_payload(&c, outer);
 
-	result = gp_parse_gre(&c, ip_payload, &gre_protocol, &gre_len);
-	if (result == GP_UNSUPPORTED)
-		return count(DECAP_PASS_UNSUPPORTED, frame_len, XDP_PASS);
-	if (result != GP_OK)
-		return count(DECAP_PASS_MALFORMED, frame_len, XDP_PASS);
+	result = parse_gre(&c, &gre_protocol);
+	if (result == PARSE_UNSUPPORTED)
+		return pass(DECAP_PASS_UNSUPPORTED, frame_len);
+	if (result != PARSE_OK)
+		return pass(DECAP_PASS_MALFORMED, frame_len);
 	if (gre_protocol != bpf_htons(ETH_P_IP))
-		return count(DECAP_PASS_UNSUPPORTED, frame_len, XDP_PASS);
-	if (!inner_ipv4_ok(&c, ip_payload - gre_len))
-		return count(DECAP_PASS_MALFORMED, frame_len, XDP_PASS);
+		return pass(DECAP_PASS_UNSUPPORTED, frame_len);
+	/* The inner IPv4 packet must be whole within the GRE payload: the stack would otherwise
+	 * receive a packet that its outer header said was something else. */
+	if (parse_ipv4(&c, &inner) != PARSE_OK)
+		return pass(DECAP_PASS_MALFORMED, frame_len);
 
 	/* Past this point the frame is ours: nothing above modified it. */
-	if ((void *)c.pos + sizeof(struct iphdr) <= c.end)
-		copy_congestion_mark(c.pos, outer->tos);
-	strip = outer->ihl * 4 + gre_len;
+	copy_congestion_mark(inner, outer->tos);
+	strip = c.pos - (void *)outer;
 	if (strip_outer(ctx, l2_len, strip))
-		return count(DECAP_PASS_ERROR, frame_len, XDP_PASS);
-	return count(DECAP_DECAPSULATED, frame_len, XDP_PASS);
+		return pass(DECAP_PASS_ERROR, frame_len);
+	return pass(DECAP_DECAPSULATED, frame_len);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -7,8 +7,8 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 
-#include "csum.h"
-#include "shared.h"
+#include "balancer_types.h"
+#include "lib/csum.h"
 
 _Static_assert(__builtin_offsetof(struct backend, nexthop_src_mac) ==
 		       __builtin_offsetof(struct backend, nexthop_dst_mac) + ETH_ALEN,

@@ -1,7 +1,8 @@
 """The balancer's maps as the control plane sees them: write a DataplaneState (whole or piece
 by piece), swap Maglev tables atomically, read counters and flows back.
 
-Encoding dpstate values into the structs of bpf/shared.h happens here and in structs.py only.
+Encoding dpstate values into the structs of bpf/balancer_types.h happens here and in structs.py
+only.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from rusty_rail.dpstate import (
 )
 from rusty_rail.flowhash import MASK64, Flow, mix64, mix64_vectorised
 
-#: Must equal the flags of `struct maglev_table` in bpf/maps.h: the kernel only accepts inner
-#: maps whose type, sizes and flags match the template.
+#: Must equal the flags of `struct maglev_table` in bpf/balancer_maps.h: the kernel only accepts
+#: inner maps whose type, sizes and flags match the template.
 TABLE_MAP_FLAGS = BPF_F_INNER_MAP | BPF_F_MMAPABLE
 
 #: An array map stores each value in an 8-byte-aligned element, so a u32 table entry takes
@@ -151,7 +152,7 @@ class BalancerMaps:
         if sets & (sets - 1) or self.conntrack.value_size != FLOW_SET_SIZE:
             raise ValueError(
                 f"the conntrack map has {sets} sets of {self.conntrack.value_size} bytes: "
-                f"expected a power of two of {FLOW_SET_SIZE}-byte sets (bpf/maps.h)"
+                f"expected a power of two of {FLOW_SET_SIZE}-byte sets (bpf/balancer_maps.h)"
             )
         self.conntrack_mask = sets - 1
 

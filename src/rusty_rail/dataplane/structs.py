@@ -1,4 +1,4 @@
-"""ctypes mirrors of the structs in bpf/shared.h, and their encoding from dpstate values.
+"""ctypes mirrors of the structs in bpf/balancer_types.h, and their encoding from dpstate values.
 
 One mirror per C struct, same field names; a field ending in _be holds bytes in network
 order. tests/bpf/test_structs.py checks every size and offset against the object's BTF.
@@ -21,7 +21,7 @@ from rusty_rail.dpstate import (
 )
 from rusty_rail.flowhash import Flow
 
-#: Capacities compiled into the maps (shared.h); indices the control plane uses stay below.
+#: Capacities compiled into the maps (balancer_types.h); indices the control plane uses stay below.
 MAX_VIPS = 1024
 MAX_BACKENDS = 16384
 DEFAULT_CONNTRACK_ENTRIES = 1 << 20

@@ -1,5 +1,6 @@
-"""The test bed's router: bpf/router.bpf.c on the client-facing interface wraps IPv4 to the VIPs
-in GRE towards one live LB per flow; the LB set changes at run time (an LB dies, one comes back).
+"""The test bed's router: bpf/testbed_router.bpf.c on the client-facing interface wraps IPv4 to the
+VIPs in GRE towards one live LB per flow; the LB set changes at run time (an LB dies, one comes
+back).
 
 LB choice is rendezvous hashing over the live set (``choose_lb`` is its Python twin): stateless,
 independent of the order LBs are listed in, and removing an LB moves only the flows it had
@@ -53,18 +54,18 @@ __all__ = [
     "lb_scores",
 ]
 
-OBJECT_NAME = "router"
+OBJECT_NAME = "testbed_router"
 PROGRAM_NAME = "xdp_router"
 
 #: The router's flow-hash seed. Deliberately not the balancer's: the LBs hash the same flows
 #: again, and a shared hash would correlate the two choices.
 ROUTER_SEED = int.from_bytes(b"rr-ecmp!", "big")
-#: ROUTER_MAX_LBS in bpf/router.bpf.c.
+#: ROUTER_MAX_LBS in bpf/testbed_router.bpf.c.
 MAX_LBS = 32
 #: What the router adds in front of the inner packet: outer IPv4 (20) and GRE (4).
 GRE_OVERHEAD = 24
 
-# struct router_lb_set and struct router_lb (bpf/router.bpf.c).
+# struct router_lb_set and struct router_lb (bpf/testbed_router.bpf.c).
 _SET_HEADER = struct.Struct("=I4sQB7x")
 _LB = struct.Struct("=4sI6s6sI")
 _SET_SIZE = _SET_HEADER.size + MAX_LBS * _LB.size
@@ -121,8 +122,8 @@ def lb_scores(flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_S
 def choose_lb(
     flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_SEED
 ) -> IPv4Address | None:
-    """The LB bpf/router.bpf.c sends ``flow`` to (None for no LBs): the highest score, ties to
-    the higher address. ``flow`` has ports 0 for fragments and protocols without ports."""
+    """The LB bpf/testbed_router.bpf.c sends ``flow`` to (None for no LBs): the highest score, ties
+    to the higher address. ``flow`` has ports 0 for fragments and protocols without ports."""
     if not lbs:
         return None
     addresses = [IPv4Address(lb) for lb in lbs]
@@ -190,8 +191,8 @@ class Router(Closeable):
         self._lb_stats = maps["router_lb_stats"]
         if self._sets.value_size != _SET_SIZE:
             raise RuntimeError(
-                f"bpf/router.bpf.o has LB sets of {self._sets.value_size} bytes, this module "
-                f"writes {_SET_SIZE}: rebuild with scripts/setup"
+                f"bpf/testbed_router.bpf.o has LB sets of {self._sets.value_size} bytes, this "
+                f"module writes {_SET_SIZE}: rebuild with scripts/setup"
             )
         self.source = source
         self.seed = seed
@@ -209,7 +210,7 @@ class Router(Closeable):
         outer_ttl: int = 64,
         netns: str | None = None,
     ) -> Router:
-        """Load bpf/router.bpf.o with ``source`` as the outer source address (the router's
+        """Load bpf/testbed_router.bpf.o with ``source`` as the outer source address (the router's
         LB-side address) and the VIP prefixes; no LBs yet (VIP traffic is dropped and counted
         as DROP_NO_LB until set_lbs)."""
         if not 1 <= outer_ttl <= 255:

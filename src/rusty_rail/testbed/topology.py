@@ -287,7 +287,7 @@ class Testbed:
         self.save()
 
     def _attach_pass(self, switch: Namespace, ports: list[str]) -> None:
-        with BpfObject.open(bpf_object_path("pass")) as obj:
+        with BpfObject.open(bpf_object_path("testbed_pass")) as obj:
             obj.load()
             program = obj.program("xdp_pass")
             with in_netns(switch.name):

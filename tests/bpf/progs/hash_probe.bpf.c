@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-/* Test-only: runs bpf/hash.h on words given in the frame, so the tests can hold the C hash
+/* Test-only: runs bpf/lib/flowhash.h on words given in the frame, so the tests can hold the C hash
  * against tests/unit/flowhash_vectors.json and rusty_rail.flowhash through BPF_PROG_TEST_RUN.
  *
  * Frame in: u64 seed, u32 word count (up to MAX_WORDS), u32 mode, MAX_WORDS u32 words.
  * Mode 0 hashes the words with mix_word/mix_finish; mode 1 reads the first 16 bytes of the
- * words as a struct flow_key and runs flow_mix_ipv4. The u64 result replaces the seed. */
+ * words as a struct flow_key and runs the balancer's flow_key_mix. The u64 result replaces the seed. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#include "../../../src/rusty_rail/bpf/hash.h"
+#include "../../../src/rusty_rail/bpf/balancer_parse.h"
+#include "../../../src/rusty_rail/bpf/lib/flowhash.h"
 
 #define MAX_WORDS 16
 
@@ -30,7 +31,7 @@ int hash_probe(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	if (probe->mode == 1) {
 		__builtin_memcpy(&flow, probe->words, sizeof(flow));
-		probe->seed = flow_mix_ipv4(&flow, probe->seed);
+		probe->seed = flow_key_mix(&flow, probe->seed);
 		return XDP_PASS;
 	}
 	state = probe->seed;

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The flow hash of docs/flow-hash.md, the C twin of rusty_rail/flowhash.py: a keyed
- * multiply-rotate over 32-bit words and MurmurHash3's fmix64. Bit-identical by test. */
-#ifndef RUSTY_RAIL_HASH_H
-#define RUSTY_RAIL_HASH_H
+ * multiply-rotate over 32-bit words and MurmurHash3's fmix64. Bit-identical by test
+ * (tests/bpf/test_differential.py, through tests/bpf/progs/hash_probe.bpf.c). */
+#ifndef RUSTY_RAIL_LIB_FLOWHASH_H
+#define RUSTY_RAIL_LIB_FLOWHASH_H
 
 #include <linux/types.h>
-
-#include "shared.h"
+#include <bpf/bpf_helpers.h>
 
 #define HASH_WORD_MULTIPLIER 0x9E3779B97F4A7C15ULL
 #define HASH_WORD_ROTATION 31
@@ -29,19 +29,19 @@ static __always_inline __u64 mix_finish(__u64 state)
 	return state;
 }
 
-/* mix64 of the flow's words: source, destination and both ports (source first, as on
- * the wire), each a 4-byte load of the key's bytes (little-endian, as the spec says),
- * then the protocol number. Its low half is the flow hash (flow_hash32); the high half
- * places the flow in the connection table. */
-static __always_inline __u64 flow_mix_ipv4(const struct flow_key *flow, __u64 seed)
+/* mix64 of an IPv4 flow's words: source, destination and both ports (source first, as on
+ * the wire; `ports` is their 4 bytes loaded little-endian, as the spec says, 0 for a flow
+ * without ports), then the protocol number. Its low half is the flow hash (flow_hash32); the
+ * balancer's high half places the flow in the connection table. */
+static __always_inline __u64 flow_mix_ipv4(__u64 seed, __be32 src, __be32 dst, __u32 ports,
+					   __u8 proto)
 {
-	const __u32 *words = (const __u32 *)flow;
 	__u64 state = seed;
 
-	state = mix_word(state, words[0]);
-	state = mix_word(state, words[1]);
-	state = mix_word(state, words[2]);
-	state = mix_word(state, flow->proto);
+	state = mix_word(state, src);
+	state = mix_word(state, dst);
+	state = mix_word(state, ports);
+	state = mix_word(state, proto);
 	return mix_finish(state);
 }
 
@@ -51,4 +51,4 @@ static __always_inline __u32 flow_hash32(__u64 mix)
 	return (__u32)mix;
 }
 
-#endif /* RUSTY_RAIL_HASH_H */
+#endif /* RUSTY_RAIL_LIB_FLOWHASH_H */

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The structs and constants the balancer shares with userspace. Each struct here has one
- * ctypes mirror in rusty_rail/dataplane/structs.py, and tests/bpf/test_structs.py checks
- * sizes and offsets against this object's BTF. Fixed-width types, explicit padding;
- * a field in network byte order ends in _be. */
-#ifndef RUSTY_RAIL_SHARED_H
-#define RUSTY_RAIL_SHARED_H
+/* The structs and constants the balancer shares with userspace. Each struct here (and
+ * struct counter, lib/stats.h) has one ctypes mirror in rusty_rail/dataplane/structs.py, and
+ * tests/bpf/test_structs.py checks sizes and offsets against the object's BTF. Fixed-width
+ * types, explicit padding; a field in network byte order ends in _be. */
+#ifndef RUSTY_RAIL_BALANCER_TYPES_H
+#define RUSTY_RAIL_BALANCER_TYPES_H
 
 #include <linux/types.h>
+
+#include "lib/stats.h"
 
 /* Capacities. The VIP and backend indices the control plane hands out stay below these. */
 #define MAX_VIPS 1024
@@ -56,17 +58,18 @@ enum stat {
 };
 
 /* What the balancer made of an ICMP destination unreachable addressed to it
- * (docs/packet-path.md section 9; dpicmp.IcmpStat): the index into icmp_stats. */
+ * (docs/packet-path.md section 9; dpicmp.IcmpStat): the index into icmp_stats. ICMP_STAT_,
+ * not ICMP_: <linux/icmp.h> names the codes ICMP_* (ICMP_FRAG_NEEDED is code 4). */
 enum icmp_stat {
-	ICMP_REPORTED = 0,
-	ICMP_HELD = 1,
-	ICMP_LOST = 2,
-	ICMP_FRAG_NEEDED = 3,
-	ICMP_UNKNOWN_BACKEND = 4,
-	ICMP_NOT_OUR_GRE = 5,
-	ICMP_MALFORMED = 6,
-	ICMP_V6_GRE = 7,
-	ICMP_COUNT = 8,
+	ICMP_STAT_REPORTED = 0,
+	ICMP_STAT_HELD = 1,
+	ICMP_STAT_LOST = 2,
+	ICMP_STAT_FRAG_NEEDED = 3,
+	ICMP_STAT_UNKNOWN_BACKEND = 4,
+	ICMP_STAT_NOT_OUR_GRE = 5,
+	ICMP_STAT_MALFORMED = 6,
+	ICMP_STAT_V6_GRE = 7,
+	ICMP_STAT_COUNT = 8,
 };
 
 /* The one entry of the settings array. */
@@ -158,10 +161,4 @@ struct icmp_report {
 	__u8 pad;
 };
 
-/* Value of the per-CPU counter arrays (stats, vip_stats, backend_stats, icmp_stats). */
-struct counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-#endif /* RUSTY_RAIL_SHARED_H */
+#endif /* RUSTY_RAIL_BALANCER_TYPES_H */

@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-/* The test bed's router, the GRE + ECMP half of the seed deployment, in XDP: IPv4 to a VIP
- * prefix is wrapped in outer IPv4 + GRE towards one live LB, chosen per flow by rendezvous
- * hashing, and sent out of the LB-side interface. Everything else goes to the router's own
- * stack, which routes the servers' direct replies back to the clients. Loaded and fed by
- * rusty_rail/testbed/router.py. */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <bpf/bpf_endian.h>
-#include <bpf/bpf_helpers.h>
+/* The test bed's router (not part of the product), the GRE + ECMP half of the deployment in
+ * README.md, in XDP: IPv4 to a VIP prefix is wrapped in outer IPv4 + GRE towards one live LB,
+ * chosen per flow by rendezvous hashing, and sent out of the LB-side interface. Everything
+ * else goes to the router's own stack, which routes the servers' direct replies back to the
+ * clients. Loaded and fed by rusty_rail/testbed/router.py. */
 
-#include "gre_parse.h"
+/* The router takes untagged frames only: a VLAN tag makes a frame the stack's. */
+#define VLAN_MAX_TAGS 0
+
+#include "lib/csum.h"
+#include "lib/flowhash.h"
+#include "lib/lpm.h"
+#include "lib/parse.h"
+#include "lib/stats.h"
+#include "lib/uapi.h"
 
 /* Per-reason outcomes, the index into router_stats (rusty_rail.testbed.router.RouterStat). */
 enum router_stat {
@@ -28,17 +30,7 @@ enum router_stat {
 
 #define ROUTER_MAX_LBS 32
 #define ROUTER_MAX_VIPS 1024
-#define GRE_OVERHEAD (sizeof(struct iphdr) + sizeof(struct gp_gre_base))
-
-struct router_counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-struct router_prefix {
-	__u32 prefixlen;
-	__be32 addr_be;
-};
+#define GRE_OVERHEAD (sizeof(struct iphdr) + sizeof(struct gre_header))
 
 /* One LB: the outer destination and how frames reach it. */
 struct router_lb {
@@ -64,7 +56,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, ROUTER_MAX_VIPS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct router_prefix);
+	__type(key, struct ipv4_lpm_key);
 	__type(value, __u32);
 } router_vips SEC(".maps");
 
@@ -87,7 +79,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ROUTER_STAT_COUNT);
 	__type(key, __u32);
-	__type(value, struct router_counter);
+	__type(value, struct counter);
 } router_stats SEC(".maps");
 
 /* Packets sent to each LB, keyed by its address. Userspace creates the entries with the set;
@@ -96,58 +88,26 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4 * ROUTER_MAX_LBS);
 	__type(key, __be32);
-	__type(value, struct router_counter);
+	__type(value, struct counter);
 } router_lb_stats SEC(".maps");
 
-static __always_inline void add(struct router_counter *counter, __u64 bytes)
+/* Ends the journey of a frame that is not encapsulated: counted by reason. */
+static __always_inline int finish(enum router_stat stat, __u64 frame_len, int verdict)
 {
-	if (counter) {
-		counter->packets++;
-		counter->bytes += bytes;
-	}
+	return count_verdict(&router_stats, stat, frame_len, verdict);
 }
 
-static __always_inline int count(enum router_stat stat, __u64 frame_len, int verdict)
+/* mix64(seed, flow words) of docs/flow-hash.md: addresses and ports as they sit in the
+ * packet, loaded as little-endian words; ports 0 for fragments, for protocols other than TCP
+ * and UDP, and for ports cut short (such a packet is still forwarded, hashed without them). */
+static __always_inline __u64 flow_state(const struct iphdr *ip, void *end, __u64 seed)
 {
-	__u32 key = stat;
-
-	add(bpf_map_lookup_elem(&router_stats, &key), frame_len);
-	return verdict;
-}
-
-/* The mixer of docs/flow-hash.md (rusty_rail.flowhash.mix64), word by word. */
-static __always_inline __u64 mix_word(__u64 state, __u32 word)
-{
-	state = (state ^ word) * 0x9E3779B97F4A7C15ULL;
-	return (state << 31) | (state >> 33);
-}
-
-static __always_inline __u64 mix_final(__u64 state)
-{
-	state ^= state >> 33;
-	state *= 0xFF51AFD7ED558CCDULL;
-	state ^= state >> 33;
-	state *= 0xC4CEB9FE1A85EC53ULL;
-	state ^= state >> 33;
-	return state;
-}
-
-/* mix64(seed, flow words): addresses and ports as they sit in the packet, loaded as
- * little-endian words; ports 0 for fragments and protocols other than TCP and UDP. */
-static __always_inline __u64 flow_state(const struct iphdr *ip, void *l4, void *end,
-					 __u32 ip_payload, __u64 seed)
-{
+	struct l4_ports *l4;
 	__u32 ports = 0;
-	__u64 state = seed;
 
-	if ((ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
-	    !(ip->frag_off & GP_IP_FRAGMENT) && ip_payload >= 4 && l4 + 4 <= end)
-		__builtin_memcpy(&ports, l4, 4);
-	state = mix_word(state, ip->saddr);
-	state = mix_word(state, ip->daddr);
-	state = mix_word(state, ports);
-	state = mix_word(state, ip->protocol);
-	return mix_final(state);
+	if (ipv4_l4_ports(ip, end, &l4) == PARSE_OK)
+		__builtin_memcpy(&ports, l4, sizeof(ports));
+	return flow_mix_ipv4(seed, ip->saddr, ip->daddr, ports, ip->protocol);
 }
 
 /* Rendezvous (highest random weight) hashing: every live LB gets the score
@@ -165,7 +125,7 @@ static __always_inline const struct router_lb *choose_lb(const struct router_lb_
 
 		if (i >= set->count)
 			break;
-		score = mix_final(mix_word(flow, lb->addr_be));
+		score = mix_finish(mix_word(flow, lb->addr_be));
 		if (!best || score > best_score ||
 		    (score == best_score && bpf_ntohl(lb->addr_be) > bpf_ntohl(best->addr_be))) {
 			best = lb;
@@ -193,7 +153,7 @@ static __always_inline void decrement_ttl(struct iphdr *ip)
 	__be16 old_word = *ttl_protocol;
 
 	ip->ttl--;
-	ip->check = gp_csum_replace(ip->check, old_word, *ttl_protocol);
+	ip->check = csum_replace16(ip->check, old_word, *ttl_protocol);
 }
 
 /* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
@@ -204,7 +164,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_l
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *outer, *inner;
-	struct gp_gre_base *gre;
+	struct gre_header *gre;
 	struct iphdr header = {
 		.version = 4,
 		.ihl = 5,
@@ -213,15 +173,15 @@ static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_l
 		.id = 0,
 		/* Like Linux tunnels by default: DF always, so the path MTU is discovered, not
 		 * fragmented around; with DF, ID 0 is fine (RFC 6864). */
-		.frag_off = GP_IP_DF,
+		.frag_off = IPV4_DONT_FRAGMENT_BE,
 		.ttl = set->outer_ttl,
-		.protocol = GP_IPPROTO_GRE,
+		.protocol = IPPROTO_GRE,
 		.check = 0,
 		.saddr = set->source_be,
 		.daddr = lb->addr_be,
 	};
 
-	header.check = gp_ipv4_checksum(&header);
+	header.check = ipv4_header_checksum(&header);
 	if (bpf_xdp_adjust_head(ctx, -(int)GRE_OVERHEAD))
 		return -1;
 	data = (void *)(long)ctx->data;
@@ -248,43 +208,39 @@ int xdp_router(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 frame_len = data_end - data;
-	struct gp_cursor c = { .pos = data, .end = data_end };
-	struct ethhdr *eth = data;
-	struct router_prefix vip;
+	struct cursor c = cursor_start(data, data_end);
 	const struct router_lb_set *set;
 	const struct router_lb *lb;
+	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u32 ip_payload;
 	__u16 inner_len;
 
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return count(ROUTER_PASS_NOT_IPV4, frame_len, XDP_PASS);
-	c.pos = eth + 1;
-	if (gp_parse_ipv4(&c, &ip, &ip_payload) != GP_OK)
-		return count(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
+	if (parse_ethernet(&c, &eth) != bpf_htons(ETH_P_IP))
+		return finish(ROUTER_PASS_NOT_IPV4, frame_len, XDP_PASS);
+	if (parse_ipv4(&c, &ip) != PARSE_OK)
+		return finish(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
 
-	vip.prefixlen = 32;
-	vip.addr_be = ip->daddr;
-	if (!bpf_map_lookup_elem(&router_vips, &vip))
-		return count(ROUTER_PASS_NOT_VIP, frame_len, XDP_PASS);
+	if (!ipv4_lpm_contains(&router_vips, ip->daddr))
+		return finish(ROUTER_PASS_NOT_VIP, frame_len, XDP_PASS);
 	if (ip->ttl <= 1)
-		return count(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
+		return finish(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
 
 	set = active_set();
 	if (!set || set->count == 0)
-		return count(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
-	lb = choose_lb(set, flow_state(ip, c.pos, c.end, ip_payload, set->seed));
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	lb = choose_lb(set, flow_state(ip, c.end, set->seed));
 	if (!lb)
-		return count(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
 
 	inner_len = bpf_ntohs(ip->tot_len);
 	if (lb->mtu && inner_len + GRE_OVERHEAD > lb->mtu)
-		return count(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
+		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
 	if (encapsulate(ctx, set, lb, inner_len, ip->tos))
-		return count(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
+		return finish(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
 
-	add(bpf_map_lookup_elem(&router_lb_stats, &lb->addr_be), frame_len);
-	count(ROUTER_ENCAPSULATED, frame_len, 0);
+	/* Userspace creates an LB's entry with the set; one without is simply not counted. */
+	count_stat(&router_lb_stats, lb->addr_be, frame_len);
+	count_stat(&router_stats, ROUTER_ENCAPSULATED, frame_len);
 	if (lb->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(lb->ifindex, 0);

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The balancer's maps: what the control plane writes (rusty_rail/dataplane/maps.py) and
  * the program reads. docs/dataplane.md gives the layout and the memory each one costs. */
-#ifndef RUSTY_RAIL_MAPS_H
-#define RUSTY_RAIL_MAPS_H
+#ifndef RUSTY_RAIL_BALANCER_MAPS_H
+#define RUSTY_RAIL_BALANCER_MAPS_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#include "shared.h"
+#include "balancer_types.h"
+#include "lib/stats.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -102,7 +103,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ICMP_COUNT);
+	__uint(max_entries, ICMP_STAT_COUNT);
 	__type(key, __u32);
 	__type(value, struct counter);
 } icmp_stats SEC(".maps");
@@ -119,16 +120,4 @@ static __always_inline const struct settings *settings_get(void)
 	return bpf_map_lookup_elem(&settings, &zero);
 }
 
-/* Adds one packet of `bytes` to entry `index` of a per-CPU counter array. Per-CPU, so
- * plain additions suffice; userspace sums the CPUs. */
-static __always_inline void count(void *counters, __u32 index, __u64 bytes)
-{
-	struct counter *counter = bpf_map_lookup_elem(counters, &index);
-
-	if (counter) {
-		counter->packets += 1;
-		counter->bytes += bytes;
-	}
-}
-
-#endif /* RUSTY_RAIL_MAPS_H */
+#endif /* RUSTY_RAIL_BALANCER_MAPS_H */
