@@ -13,7 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -222,15 +222,6 @@ def decap_pin_dir(device: str, *, netns: str | None = None, root: Path = DECAP_P
     return pin_dir(name, root=root, create=False)
 
 
-@contextlib.contextmanager
-def _namespace(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-    else:
-        with in_netns(netns):
-            yield
-
-
 def _ifindex(device: str) -> int:
     try:
         return socket.if_nametoindex(device)
@@ -297,7 +288,7 @@ def decap_attach(
     link, same maps and counters: no packet is missed) and sets the prefixes anew."""
     allowed_prefixes = parse_prefixes(allowed, "allowed")
     _check_pins_outlive_this_process(pin_root)
-    with _namespace(netns):
+    with in_netns(netns):
         ifindex = _ifindex(device)
         if local is None:
             addresses = [
@@ -364,7 +355,7 @@ def _attach(
 def decap_detach(device: str, *, netns: str | None = None, pin_root: Path = DECAP_PIN_ROOT) -> bool:
     """Stop decapsulating on ``device`` and remove its pins. False when rusty-rail's decap
     was not attached there; another program attached to the interface is left alone."""
-    with _namespace(netns):
+    with in_netns(netns):
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
         if not directory.exists():
             return False
@@ -390,7 +381,7 @@ def decap_status(
         "local": [],
         "counters": {stat.name.lower(): {"packets": 0, "bytes": 0} for stat in DecapStat},
     }
-    with _namespace(netns):
+    with in_netns(netns):
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
         if not directory.exists():
             return status
@@ -420,7 +411,7 @@ def decap_status(
 def _update_pinned(
     device: str, netns: str | None, pin_root: Path, what: str, prefixes: list[IPv4Network]
 ) -> list[str]:
-    with _namespace(netns):
+    with in_netns(netns):
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
         if not directory.exists():
             raise DecapError(f"decap is not attached to {device}: run decap attach first")

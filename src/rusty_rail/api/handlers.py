@@ -114,9 +114,9 @@ async def _write(
     *,
     location: str | None = None,
 ) -> web.Response:
-    """Under the daemon's change lock (the token was checked by middlewares.authorised): compute the new
-    configuration from the current one, check If-Match, and apply it. 201 when ``make``
-    created something."""
+    """Under the daemon's change lock (the token was checked by middlewares.authorised):
+    compute the new configuration from the current one, check If-Match, and apply it. 201
+    when ``make`` created something."""
     daemon = request.app[DAEMON]
     # The addresses the change would add are resolved before the change lock is taken, so
     # that other writes need not wait for their neighbours to answer ARP.

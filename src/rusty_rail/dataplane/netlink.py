@@ -85,10 +85,13 @@ def _setns(fd: int, what: str) -> None:
 
 
 @contextmanager
-def in_netns(name: str) -> Iterator[None]:
+def in_netns(name: str | None) -> Iterator[None]:
     """Run the block with the calling thread inside the named network namespace (as made by
-    ``ip netns add``). Sockets and BPF calls that name interfaces by index then see that
-    namespace; BPF objects themselves are global."""
+    ``ip netns add``; None: the one it is in). Sockets and BPF calls that name interfaces by
+    index then see that namespace; BPF objects themselves are global."""
+    if name is None:
+        yield
+        return
     target = os.open(_netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

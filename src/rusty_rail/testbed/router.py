@@ -19,8 +19,7 @@ into a bare frame, and the checksum the veth left for "hardware" is never comple
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network, ip_address
@@ -139,15 +138,6 @@ def _network_of_key(key: bytes) -> IPv4Network:
 # -- the router ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _namespace(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-    else:
-        with in_netns(netns):
-            yield
-
-
 def _interface_mtu(ifindex: int, netns: str | None) -> int:
     with IPRoute(netns=netns) as ipr:
         return int(ipr.link("get", index=ifindex)[0].get("IFLA_MTU"))
@@ -254,7 +244,7 @@ class Router(Closeable):
             raise RuntimeError("the router is attached already: detach it first")
         if self._xdp.obj is None:
             raise RuntimeError(_NO_PROGRAM)
-        with _namespace(self.netns):
+        with in_netns(self.netns):
             self._xdp.attach(if_nametoindex(ifname), mode)
 
     def pin(self, directory: Path) -> None:
