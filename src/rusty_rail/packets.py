@@ -11,7 +11,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
 
 ETH_HEADER_LEN = 14
 VLAN_TAG_LEN = 4

@@ -15,8 +15,8 @@ import pytest
 
 from rusty_rail.dataplane.libbpf import BpfObject, Program
 from rusty_rail.decap import DecapMaps, DecapStat, load_decap_object, parse_prefixes
-from rusty_rail.dpstate import Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.state import Verdict
 from rusty_rail.packets import (
     ETH_P_ARP,
     ETH_P_IPV4,

@@ -23,10 +23,11 @@ from typing import TypeVar
 
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.dataplane.libbpf import BpfObject, Program
-from rusty_rail.dpicmp import IcmpStat, IcmpWatch
-from rusty_rail.dpstate import (
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash, mix64
+from rusty_rail.model.icmp import IcmpStat, IcmpWatch
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -39,7 +40,6 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash, mix64
 from rusty_rail.packets import (
     ETH_HEADER_LEN,
     ETH_P_8021AD,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from rusty_rail.config import Config, config_from_toml_text
-from rusty_rail.dpstate import BackendState, Verdict
+from rusty_rail.model.state import BackendState, Verdict
 from rusty_rail.packets import (
     ETH_P_IPV4,
     PROTO_GRE,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rusty_rail.dpstate import NextHop, Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.state import NextHop, Verdict
 from rusty_rail.packets import (
     ETH_P_ARP,
     ETH_P_IPV4,

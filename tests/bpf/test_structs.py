@@ -21,8 +21,8 @@ import pytest
 from rusty_rail.dataplane import structs
 from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
 from rusty_rail.dataplane.maps import FLOW_SET_SIZE, conntrack_sets_for, prepare_object
-from rusty_rail.dpicmp import IcmpStat
-from rusty_rail.dpstate import Action, BackendState, Stat
+from rusty_rail.model.icmp import IcmpStat
+from rusty_rail.model.state import Action, BackendState, Stat
 
 pytestmark = pytest.mark.bpf
 

@@ -42,7 +42,7 @@ from rusty_rail.bench.health import (
 )
 from rusty_rail.ctl import ApiClient
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, Flow
 from rusty_rail.packets import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, gre, icmp, inner_ipv4, ipv4
 from rusty_rail.testbed.topology import (
     ECHO_PORT,

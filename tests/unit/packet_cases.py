@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -26,7 +27,6 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
 from rusty_rail.packets import (
     ETH_P_8021AD,
     ETH_P_ARP,

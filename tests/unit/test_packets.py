@@ -14,7 +14,7 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum as scapy_checksum
 
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
 from rusty_rail.packets import (
     ETH_P_8021AD,
     ETH_P_IPV4,

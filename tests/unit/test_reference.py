@@ -11,9 +11,18 @@ from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
 from scapy.layers.l2 import Ether
 
-from rusty_rail.dpicmp import IcmpStat, IcmpWatch
-from rusty_rail.dpstate import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
+from rusty_rail.model.icmp import IcmpStat, IcmpWatch
+from rusty_rail.model.pipeline import (
+    FORWARD_STATS,
+    Counters,
+    Match,
+    lookup,
+    process,
+    rewrite,
+    verdict_for,
+)
+from rusty_rail.model.state import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
 from rusty_rail.packets import (
     ETH_P_8021AD,
     PROTO_ICMP,
@@ -28,15 +37,6 @@ from rusty_rail.packets import (
     ipv4_address,
     ipv4_fragments,
     udp,
-)
-from rusty_rail.reference import (
-    FORWARD_STATS,
-    Counters,
-    Match,
-    lookup,
-    process,
-    rewrite,
-    verdict_for,
 )
 from tests.unit.packet_cases import (
     CASES,

@@ -15,14 +15,14 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any, Final
 
-from rusty_rail import reference
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
 from rusty_rail.control.plan import DEFAULT_SET, Plan
 from rusty_rail.dataplane.maps import BalancerMaps
-from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.maglev import moved_fraction
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.maglev import moved_fraction
+from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
 
 from .changes import Target
 

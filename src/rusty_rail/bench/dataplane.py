@@ -21,8 +21,8 @@ from rusty_rail.config import config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.libbpf import BpfObject, Map, Program, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
-from rusty_rail.dpstate import NextHop, Verdict
-from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.state import NextHop, Verdict
 from rusty_rail.packets import (
     ETH_P_IPV4,
     LB_IPV4,

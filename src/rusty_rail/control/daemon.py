@@ -78,7 +78,7 @@ from rusty_rail.dataplane.loader import (
 )
 from rusty_rail.dataplane.maps import conntrack_sets_for
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
-from rusty_rail.dpstate import DataplaneState, NextHop
+from rusty_rail.model.state import DataplaneState, NextHop
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -19,7 +20,6 @@ from rusty_rail.dpstate import (
     Settings,
     VipKey,
 )
-from rusty_rail.flowhash import Flow
 
 #: Capacities compiled into the maps (balancer_types.h); indices the control plane uses stay below.
 MAX_VIPS = 1024

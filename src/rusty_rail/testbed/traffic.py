@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.flowhash import PROTO_TCP, Flow
 from rusty_rail.testbed.netns import Namespace
 
 

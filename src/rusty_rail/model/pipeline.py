@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 
-from rusty_rail.dpicmp import (
+from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
+from rusty_rail.model.icmp import (
     CODE_FRAGMENTATION_NEEDED,
     ICMP_DEST_UNREACHABLE,
     ICMPV6_DEST_UNREACHABLE,
@@ -22,7 +23,7 @@ from rusty_rail.dpicmp import (
     IcmpStat,
     IcmpWatch,
 )
-from rusty_rail.dpstate import (
+from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
     Action,
@@ -35,7 +36,6 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
 from rusty_rail.packets import (
     ETH_HEADER_LEN,
     ETH_P_IPV4,

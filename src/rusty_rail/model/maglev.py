@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from rusty_rail.flowhash import DEFAULT_SEED, MASK32, MASK64, mix64_vectorised
+from rusty_rail.model.flowhash import DEFAULT_SEED, MASK32, MASK64, mix64_vectorised
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Impl = Literal["c", "python"]
