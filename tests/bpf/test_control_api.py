@@ -32,8 +32,9 @@ from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
 from rusty_rail.control.startup import startup_config
 from rusty_rail.model import pipeline as reference
-from rusty_rail.model.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.wire.constants import PROTO_TCP
 from tests.bpf.control_bed import (
     BASE_TOML,
     VIP,

@@ -23,9 +23,11 @@ import pytest
 from rusty_rail.dataplane.libbpf import XdpMode, query_xdp
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.decap import DecapError, decap_allow, decap_attach, decap_detach, decap_status
-from rusty_rail.packets import PROTO_GRE, describe, format_ip
 from rusty_rail.testbed.netns import Namespace, netns
 from rusty_rail.testbed.router import Router
+from rusty_rail.wire.constants import PROTO_GRE
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.fields import format_ip
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import VethPair

@@ -19,8 +19,9 @@ from rusty_rail.control.plan import Allocation, Plan, compile_plan
 from rusty_rail.ctl import EXIT_UNREACHABLE, ApiClient, ApiUnreachable, add_arguments
 from rusty_rail.ctl import run as run_ctl
 from rusty_rail.model import pipeline as reference
-from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import CtEntry, NextHop
+from rusty_rail.wire.constants import PROTO_TCP, PROTO_UDP
 
 VIP = "198.18.100.1:80/tcp"
 CONFIG = config_from_toml_text(

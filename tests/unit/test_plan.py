@@ -29,7 +29,7 @@ from rusty_rail.control.plan import (
 from rusty_rail.model import pipeline as reference
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import NONE_INDEX, BackendState, NextHop, Stat, Verdict
-from rusty_rail.packets import LB_IPV4, gre_frame
+from rusty_rail.wire.frames import LB_IPV4, gre_frame
 
 LB = IPv4Address(LB_IPV4)
 HOP = NextHop(

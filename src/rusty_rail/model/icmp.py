@@ -12,12 +12,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
-ICMP_DEST_UNREACHABLE: Final = 3
-ICMPV6_DEST_UNREACHABLE: Final = 1
-ICMPV6_PACKET_TOO_BIG: Final = 2
-#: "Fragmentation needed and DF set": path-MTU information, never a sign of a dead backend.
-CODE_FRAGMENTATION_NEEDED: Final = 4
-
 #: RFC 792 and RFC 1812 names of the destination-unreachable codes.
 UNREACHABLE_CODES: Final[dict[int, str]] = {
     0: "network unreachable",

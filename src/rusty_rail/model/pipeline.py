@@ -13,16 +13,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 
-from rusty_rail.model.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
-from rusty_rail.model.icmp import (
-    CODE_FRAGMENTATION_NEEDED,
-    ICMP_DEST_UNREACHABLE,
-    ICMPV6_DEST_UNREACHABLE,
-    ICMPV6_PACKET_TOO_BIG,
-    IcmpReport,
-    IcmpStat,
-    IcmpWatch,
-)
+from rusty_rail.model.flowhash import Flow, flow_hash
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
@@ -36,7 +28,8 @@ from rusty_rail.model.state import (
     Verdict,
     VipKey,
 )
-from rusty_rail.packets import (
+from rusty_rail.wire.checksum import checksum_update_bytes
+from rusty_rail.wire.constants import (
     ETH_HEADER_LEN,
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -47,6 +40,10 @@ from rusty_rail.packets import (
     GRE_FLAG_STRICT,
     GRE_RECURSION_MASK,
     GRE_VERSION_MASK,
+    ICMP_CODE_FRAGMENTATION_NEEDED,
+    ICMP_DEST_UNREACHABLE,
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_PACKET_TOO_BIG,
     IPV4_FLAG_MF,
     IPV4_HEADER_LEN,
     IPV4_OFFSET_MASK,
@@ -54,9 +51,10 @@ from rusty_rail.packets import (
     PROTO_GRE,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
     VLAN_TAG_LEN,
     VLAN_TPIDS,
-    checksum_update_bytes,
 )
 
 MAX_VLAN_TAGS = 2
@@ -493,7 +491,7 @@ def _icmp_ipv4(
     if backend not in watch.armed:
         return IcmpStat.UNKNOWN_BACKEND, None
     code = frame[icmp + 1]
-    if code == CODE_FRAGMENTATION_NEEDED:
+    if code == ICMP_CODE_FRAGMENTATION_NEEDED:
         return IcmpStat.FRAG_NEEDED, None
     if not watch.armed[backend]:
         return IcmpStat.HELD, None
