@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from rusty_rail.dataplane.icmp import IcmpMaps
+from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import BpfObject, Program, RingBuffer, TestRun, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
 from rusty_rail.dataplane.netlink import in_netns

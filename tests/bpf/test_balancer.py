@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from rusty_rail.dataplane.icmp import decode_report, encode_report
+from rusty_rail.dataplane.icmp_maps import decode_report, encode_report
 from rusty_rail.dataplane.libbpf import LibbpfError, Map
 from rusty_rail.dataplane.maps import conntrack_check
 from rusty_rail.dataplane.structs import (

@@ -66,7 +66,7 @@ from rusty_rail.control.plan import (
 )
 from rusty_rail.control.startup import RESTART_KEYS, startup_config
 from rusty_rail.dataplane import netlink
-from rusty_rail.dataplane.icmp import IcmpMaps
+from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import (
     Balancer,

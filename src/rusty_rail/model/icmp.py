@@ -2,7 +2,7 @@
 watches for "destination unreachable" about the GRE it sent them, what it counts, what it reports.
 
 docs/packet-path.md section 9 is the contract; the reference pipeline reads this model directly
-and rusty_rail.dataplane.icmp encodes it into the BPF maps (bpf/balancer_types.h).
+and rusty_rail.dataplane.icmp_maps encodes it into the BPF maps (bpf/balancer_types.h).
 """
 
 from __future__ import annotations
