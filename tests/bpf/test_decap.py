@@ -14,7 +14,7 @@ from ipaddress import IPv4Network
 import pytest
 
 from rusty_rail.dataplane.libbpf import BpfObject, Program
-from rusty_rail.decap import DecapMaps, DecapStat, load_decap_object, parse_prefixes
+from rusty_rail.decap.agent import DecapMaps, DecapStat, load_decap_object, parse_prefixes
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import Verdict
 from rusty_rail.wire.build import ethernet, gre, ipv4, ipv6, udp

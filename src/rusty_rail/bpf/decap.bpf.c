@@ -9,8 +9,8 @@
 #include "lib/stats.h"
 #include "lib/uapi.h"
 
-/* Per-reason outcomes, the index into decap_stats (rusty_rail.decap.DecapStat). Every frame
- * counts once, by one packet and its length as received. */
+/* Per-reason outcomes, the index into decap_stats (rusty_rail.decap.agent.DecapStat). Every
+ * frame counts once, by one packet and its length as received. */
 enum decap_stat {
 	DECAP_DECAPSULATED = 0,
 	DECAP_PASS_NOT_IP = 1,	       /* not IPv4 or IPv6, or an Ethernet header cut short */
