@@ -1,5 +1,5 @@
-"""The XDP balancer against rusty_rail.reference, the executable spec: on the same bytes and the
-same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP,
+"""The XDP balancer against rusty_rail.model.pipeline, the executable spec: on the same bytes and
+the same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP,
 backend and ICMP counters), connection-table contents, ICMP reports and watch. Hand-written
 cases, then a seeded stream of generated frames (valid ones of every kind, every truncation of
 some, broken GRE, fragments, options, VLAN tags, traffic for the host, ICMP unreachables quoting

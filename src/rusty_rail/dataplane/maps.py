@@ -1,7 +1,7 @@
 """The balancer's maps as the control plane sees them: write a DataplaneState (whole or piece
 by piece), swap Maglev tables atomically, read counters and flows back.
 
-Encoding dpstate values into the structs of bpf/balancer_types.h happens here and in structs.py
+Encoding model.state values into the structs of bpf/balancer_types.h happens here and in structs.py
 only.
 """
 

@@ -1,4 +1,5 @@
-"""ctypes mirrors of the structs in bpf/balancer_types.h, and their encoding from dpstate values.
+"""ctypes mirrors of the structs in bpf/balancer_types.h, and their encoding from model/state.py
+values.
 
 One mirror per C struct, same field names; a field ending in _be holds bytes in network
 order. tests/bpf/test_structs.py checks every size and offset against the object's BTF.
