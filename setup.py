@@ -63,8 +63,8 @@ class BuildWithBpf(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "rusty_rail._maglevc",
-            sources=["src/rusty_rail/_maglevc.c"],
+            "rusty_rail.model._maglevc",
+            sources=["src/rusty_rail/model/_maglevc.c"],
             extra_compile_args=["-O2"],
             optional=False,
         ),

@@ -1,6 +1,6 @@
 /*
  * libbpf's messages, formatted in C for rusty_rail/dataplane/libbpf/_messages.py (loaded
- * with ctypes, like _maglevc.c).
+ * with ctypes, like model/_maglevc.c).
  *
  * libbpf hands its print callback a printf format and a va_list. A va_list is a different
  * thing on every ABI (a 24-byte struct on x86-64, a 32-byte struct on arm64, a plain pointer

@@ -93,7 +93,7 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def cmd_decap(args: argparse.Namespace) -> int:
-    from rusty_rail.decap import DecapError, decap_attach, decap_detach, decap_status
+    from rusty_rail.decap.agent import DecapError, decap_attach, decap_detach, decap_status
 
     try:
         if args.detach:

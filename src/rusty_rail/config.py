@@ -32,7 +32,8 @@ from pydantic import (
 )
 
 from rusty_rail._types import IPAddress
-from rusty_rail.flowhash import DEFAULT_SEED, PROTO_TCP, PROTO_UDP
+from rusty_rail.model.flowhash import DEFAULT_SEED
+from rusty_rail.wire.constants import PROTO_TCP, PROTO_UDP
 
 MAX_SEED: Final = (1 << 64) - 1
 DEFAULT_TABLE_SIZE: Final = 65537

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from rusty_rail import reference
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
-from rusty_rail.dpstate import NextHop, Verdict
-from rusty_rail.flowhash import PROTO_TCP, Flow
-from rusty_rail.packets import LB_IPV4, describe, gre_frame
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import NextHop, Verdict
+from rusty_rail.wire.constants import PROTO_TCP
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.frames import LB_IPV4, gre_frame
 
 SAMPLE_CONFIG = """
 [[vips]]

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from rusty_rail.dataplane.icmp import IcmpMaps
+from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import BpfObject, Program, RingBuffer, TestRun, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
-from rusty_rail.dpstate import CtEntry, DataplaneState, Stat
-from rusty_rail.flowhash import Flow
-from rusty_rail.reference import Counters
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.pipeline import Counters
+from rusty_rail.model.state import CtEntry, DataplaneState, Stat
 
 #: Small enough to load fast, big enough that the tests' flows never fill a set.
 TEST_CONNTRACK_ENTRIES = 1 << 16

@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from rusty_rail.dataplane.icmp import decode_report, encode_report
+from rusty_rail.dataplane.icmp_maps import decode_report, encode_report
 from rusty_rail.dataplane.libbpf import LibbpfError, Map
 from rusty_rail.dataplane.maps import conntrack_check
 from rusty_rail.dataplane.structs import (
@@ -24,11 +24,14 @@ from rusty_rail.dataplane.structs import (
     MAX_VIPS,
     CFlowSet,
 )
-from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
-from rusty_rail.dpstate import NONE_INDEX, Action, BackendState, CtEntry, Stat, Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash, mix64
-from rusty_rail.packets import ETH_HEADER_LEN, describe, gre_frame, ipv4_address
-from rusty_rail.reference import Counters
+from rusty_rail.model.flowhash import Flow, flow_hash, mix64
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.pipeline import Counters
+from rusty_rail.model.state import NONE_INDEX, Action, BackendState, CtEntry, Stat, Verdict
+from rusty_rail.wire.constants import ETH_HEADER_LEN, PROTO_TCP, PROTO_UDP
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.fields import ipv4_address
+from rusty_rail.wire.frames import gre_frame
 from tests.bpf.balancer_harness import Balancer, loaded_balancer
 from tests.unit.packet_cases import (
     CASES,

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.api import views
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
@@ -32,8 +31,10 @@ from rusty_rail.control.nexthops import NextHops
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
 from rusty_rail.control.startup import startup_config
-from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
-from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.wire.constants import PROTO_TCP
 from tests.bpf.control_bed import (
     BASE_TOML,
     VIP,

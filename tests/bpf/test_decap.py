@@ -14,10 +14,11 @@ from ipaddress import IPv4Network
 import pytest
 
 from rusty_rail.dataplane.libbpf import BpfObject, Program
-from rusty_rail.decap import DecapMaps, DecapStat, load_decap_object, parse_prefixes
-from rusty_rail.dpstate import Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.packets import (
+from rusty_rail.decap.agent import DecapMaps, DecapStat, load_decap_object, parse_prefixes
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import Verdict
+from rusty_rail.wire.build import ethernet, gre, ipv4, ipv6, udp
+from rusty_rail.wire.constants import (
     ETH_P_ARP,
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -25,16 +26,11 @@ from rusty_rail.packets import (
     GRE_FLAG_R,
     GRE_FLAG_STRICT,
     PROTO_GRE,
-    Outer,
-    VlanTag,
-    encapsulate,
-    ethernet,
-    gre,
-    inner_ipv4,
-    ipv4,
-    ipv6,
-    udp,
+    PROTO_TCP,
+    PROTO_UDP,
 )
+from rusty_rail.wire.fields import VlanTag
+from rusty_rail.wire.frames import Outer, encapsulate, inner_ipv4
 
 pytestmark = pytest.mark.bpf
 

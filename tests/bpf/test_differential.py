@@ -1,5 +1,5 @@
-"""The XDP balancer against rusty_rail.reference, the executable spec: on the same bytes and the
-same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP,
+"""The XDP balancer against rusty_rail.model.pipeline, the executable spec: on the same bytes and
+the same starting state both must give the same verdict, output bytes, counter deltas (stats, VIP,
 backend and ICMP counters), connection-table contents, ICMP reports and watch. Hand-written
 cases, then a seeded stream of generated frames (valid ones of every kind, every truncation of
 some, broken GRE, fragments, options, VLAN tags, traffic for the host, ICMP unreachables quoting
@@ -23,10 +23,11 @@ from typing import TypeVar
 
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.dataplane.libbpf import BpfObject, Program
-from rusty_rail.dpicmp import IcmpStat, IcmpWatch
-from rusty_rail.dpstate import (
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow, flow_hash, mix64
+from rusty_rail.model.icmp import IcmpStat, IcmpWatch
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -39,35 +40,29 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash, mix64
-from rusty_rail.packets import (
+from rusty_rail.wire.build import ethernet, gre, icmp, ipv4, ipv4_fragments, ipv6, tcp, udp
+from rusty_rail.wire.constants import (
     ETH_HEADER_LEN,
     ETH_P_8021AD,
     ETH_P_ARP,
     ETH_P_IPV4,
     ETH_P_IPV6,
-    LB_IPV4,
-    LB_MAC,
     PROTO_GRE,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+)
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.fields import VlanTag, ipv4_address, mac
+from rusty_rail.wire.frames import (
+    LB_IPV4,
+    LB_MAC,
     ROUTER_IPV4,
     ROUTER_MAC,
     Outer,
-    VlanTag,
-    describe,
     encapsulate,
-    ethernet,
-    gre,
-    icmp,
     inner_ipv4,
-    ipv4,
-    ipv4_address,
-    ipv4_fragments,
-    ipv6,
-    mac,
-    tcp,
-    udp,
 )
 from tests.bpf.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
 from tests.unit.packet_cases import CASES, PacketCase

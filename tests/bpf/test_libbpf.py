@@ -33,7 +33,7 @@ from rusty_rail.dataplane.libbpf import (
     pin_dir,
     remove_pin_dir,
 )
-from rusty_rail.dpstate import Verdict
+from rusty_rail.model.state import Verdict
 
 pytestmark = pytest.mark.bpf
 

@@ -13,25 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rusty_rail.dpstate import NextHop, Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.packets import (
-    ETH_P_ARP,
-    ETH_P_IPV4,
-    ETH_P_IPV6,
-    PROTO_GRE,
-    PROTO_ICMP,
-    describe,
-    ethernet,
-    gre,
-    inner_ipv4,
-    ipv4,
-    ipv4_fragments,
-    ipv6,
-    l4_for,
-    mac,
-    udp,
-)
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import NextHop, Verdict
 from rusty_rail.testbed.router import (
     MAX_LBS,
     ROUTER_SEED,
@@ -40,6 +23,19 @@ from rusty_rail.testbed.router import (
     RouterStat,
     choose_lb,
 )
+from rusty_rail.wire.build import ethernet, gre, ipv4, ipv4_fragments, ipv6, l4_for, udp
+from rusty_rail.wire.constants import (
+    ETH_P_ARP,
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    PROTO_GRE,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+)
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.fields import mac
+from rusty_rail.wire.frames import inner_ipv4
 
 pytestmark = pytest.mark.bpf
 

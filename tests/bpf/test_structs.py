@@ -1,8 +1,9 @@
 """The ctypes mirrors (dataplane/structs.py) against the C structs' BTF: every struct of
 bpf/balancer_types.h (and the counter of bpf/lib/stats.h) has the same size, member names,
-offsets and member sizes on both sides; the enums and capacities agree with dpstate and with the
-maps the balancer object declares. The layouts come from bpf/btf_anchor.bpf.o, which declares
-each mirrored struct, so that no packet-path code has to be shaped to bring a struct into BTF.
+offsets and member sizes on both sides; the enums and capacities agree with model/state.py and
+with the maps the balancer object declares. The layouts come from bpf/btf_anchor.bpf.o, which
+declares each mirrored struct, so that no packet-path code has to be shaped to bring a struct into
+BTF.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import pytest
 from rusty_rail.dataplane import structs
 from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
 from rusty_rail.dataplane.maps import FLOW_SET_SIZE, conntrack_sets_for, prepare_object
-from rusty_rail.dpicmp import IcmpStat
-from rusty_rail.dpstate import Action, BackendState, Stat
+from rusty_rail.model.icmp import IcmpStat
+from rusty_rail.model.state import Action, BackendState, Stat
 
 pytestmark = pytest.mark.bpf
 
@@ -98,7 +99,7 @@ def _c_enum(prefix: str) -> dict[str, int]:
     }
 
 
-def test_enums_agree_with_dpstate() -> None:
+def test_enums_agree_with_model_state() -> None:
     assert _c_enum("STAT") == {stat.name: stat.value for stat in Stat}
     assert _c_enum("BACKEND") == {state.name: state.value for state in BackendState}
     assert _c_enum("ACTION") == {action.name: action.value for action in Action}

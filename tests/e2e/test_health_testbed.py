@@ -42,8 +42,7 @@ from rusty_rail.bench.health import (
 )
 from rusty_rail.ctl import ApiClient
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.flowhash import PROTO_TCP, Flow
-from rusty_rail.packets import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, gre, icmp, inner_ipv4, ipv4
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
     HTTP_PORT,
@@ -54,6 +53,9 @@ from rusty_rail.testbed.topology import (
     server_address,
 )
 from rusty_rail.testbed.traffic import LongLived, http_get
+from rusty_rail.wire.build import gre, icmp, ipv4
+from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, PROTO_TCP
+from rusty_rail.wire.frames import inner_ipv4
 
 pytestmark = pytest.mark.e2e
 SPEC = TestbedSpec(clients=2, lbs=2, servers=3)

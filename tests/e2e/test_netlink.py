@@ -43,7 +43,7 @@ from rusty_rail.dataplane.netlink import (
     resolve_next_hop,
     wait_next_hop,
 )
-from rusty_rail.dpstate import NextHop
+from rusty_rail.model.state import NextHop
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import VethPair

@@ -22,10 +22,12 @@ import pytest
 
 from rusty_rail.dataplane.libbpf import XdpMode, query_xdp
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.decap import DecapError, decap_allow, decap_attach, decap_detach, decap_status
-from rusty_rail.packets import PROTO_GRE, describe, format_ip
+from rusty_rail.decap.agent import DecapError, decap_allow, decap_attach, decap_detach, decap_status
 from rusty_rail.testbed.netns import Namespace, netns
 from rusty_rail.testbed.router import Router
+from rusty_rail.wire.constants import PROTO_GRE
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.fields import format_ip
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import VethPair
@@ -373,7 +375,7 @@ def test_decap_refuses_pins_that_would_die_with_an_ip_netns_exec_process(
     veth_pair: VethPair,
 ) -> None:
     attach = (
-        "from rusty_rail.decap import decap_attach; "
+        "from rusty_rail.decap.agent import decap_attach; "
         f"decap_attach({veth_pair.far_if!r}, [{veth_pair.NEAR4!r}])"
     )
     done = subprocess.run(

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.config import config_from_env
 from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.libbpf import (
@@ -31,10 +30,15 @@ from rusty_rail.dataplane.libbpf import (
     query_xdp,
 )
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.dpstate import NextHop
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.packets import ETH_P_IPV4, describe, gre, inner_ipv4, internet_checksum
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import NextHop
 from rusty_rail.testbed.netns import Namespace, netns
+from rusty_rail.wire.build import gre
+from rusty_rail.wire.checksum import internet_checksum
+from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_TCP, PROTO_UDP
+from rusty_rail.wire.describe import describe
+from rusty_rail.wire.frames import inner_ipv4
 
 pytestmark = pytest.mark.e2e
 

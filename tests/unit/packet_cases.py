@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import Flow, flow_hash
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -26,8 +27,8 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
-from rusty_rail.packets import (
+from rusty_rail.wire.build import ethernet, gre, icmp, ipv4, ipv4_fragments, ipv6, tcp, udp
+from rusty_rail.wire.constants import (
     ETH_P_8021AD,
     ETH_P_ARP,
     ETH_P_IPV4,
@@ -36,27 +37,21 @@ from rusty_rail.packets import (
     GRE_FLAG_R,
     GRE_FLAG_STRICT,
     GRE_RESERVED0_MASK,
-    LB_IPV4,
-    LB_MAC,
     PROTO_GRE,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+)
+from rusty_rail.wire.fields import VlanTag, ipv4_address, mac
+from rusty_rail.wire.frames import (
+    LB_IPV4,
+    LB_MAC,
     ROUTER_IPV4,
     ROUTER_MAC,
     Outer,
-    VlanTag,
     encapsulate,
-    ethernet,
-    gre,
-    icmp,
     inner_ipv4,
-    ipv4,
-    ipv4_address,
-    ipv4_fragments,
-    ipv6,
-    mac,
-    tcp,
-    udp,
 )
 
 # --- The standard state ----------------------------------------------------------------------

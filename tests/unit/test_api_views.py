@@ -10,7 +10,6 @@ from ipaddress import IPv4Address, ip_address
 
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.api import changes, openapi, views
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, config_from_toml_text
@@ -19,8 +18,10 @@ from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
 from rusty_rail.ctl import EXIT_UNREACHABLE, ApiClient, ApiUnreachable, add_arguments
 from rusty_rail.ctl import run as run_ctl
-from rusty_rail.dpstate import CtEntry, NextHop
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import CtEntry, NextHop
+from rusty_rail.wire.constants import PROTO_TCP, PROTO_UDP
 
 VIP = "198.18.100.1:80/tcp"
 CONFIG = config_from_toml_text(

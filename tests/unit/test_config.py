@@ -34,7 +34,7 @@ from rusty_rail.config import (
     parse_vip_key,
     validate_as,
 )
-from rusty_rail.flowhash import DEFAULT_SEED
+from rusty_rail.model.flowhash import DEFAULT_SEED
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "rusty-rail.toml"
 SEED_ENV = {"RR_DEVICE": "eth0", "RR_TARGET_IPS": "10.1.0.1;10.1.0.2"}

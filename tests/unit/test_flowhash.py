@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rusty_rail.flowhash import (
+from rusty_rail.model.flowhash import (
     DEFAULT_SEED,
     MASK64,
     Flow,

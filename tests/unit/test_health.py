@@ -25,7 +25,7 @@ from rusty_rail.config import (
 )
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.health import HealthBook, IcmpState, Status
-from rusty_rail.dpicmp import IcmpReport
+from rusty_rail.model.icmp import IcmpReport
 
 VIP = "198.19.0.10"
 BACKENDS = ["198.18.0.21", "198.18.0.22", "198.18.0.23"]

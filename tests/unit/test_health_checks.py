@@ -29,7 +29,9 @@ from rusty_rail.control.checks import (
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.ctl import event_line
-from rusty_rail.packets import PROTO_GRE, PROTO_ICMP, Ipv4Info, describe, icmp, ipv4
+from rusty_rail.wire.build import icmp, ipv4
+from rusty_rail.wire.constants import PROTO_GRE, PROTO_ICMP
+from rusty_rail.wire.describe import Ipv4Info, describe
 
 LOOPBACK = IPv4Address("127.0.0.1")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

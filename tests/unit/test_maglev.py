@@ -15,10 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rusty_rail import maglev
-from rusty_rail.dpstate import NONE_INDEX
-from rusty_rail.flowhash import DEFAULT_SEED, hash32, words_of
-from rusty_rail.maglev import (
+from rusty_rail.model import maglev
+from rusty_rail.model.flowhash import DEFAULT_SEED, hash32, words_of
+from rusty_rail.model.maglev import (
     EMPTY_SLOT,
     MAX_TABLE_SIZE,
     OFFSET_SEED_TWEAK,
@@ -28,6 +27,7 @@ from rusty_rail.maglev import (
     build_table,
     moved_fraction,
 )
+from rusty_rail.model.state import NONE_INDEX
 
 SMALL_PRIMES = [2, 3, 5, 7, 13, 31, 101, 251, 1009, 4099]
 

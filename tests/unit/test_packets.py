@@ -14,8 +14,15 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum as scapy_checksum
 
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.packets import (
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.wire.build import ethernet, gre, icmp, ipv4, ipv4_fragments, ipv6, tcp, udp
+from rusty_rail.wire.checksum import (
+    checksum_update,
+    checksum_update_bytes,
+    internet_checksum,
+    ones_complement_sum,
+)
+from rusty_rail.wire.constants import (
     ETH_P_8021AD,
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -23,30 +30,12 @@ from rusty_rail.packets import (
     GRE_FLAG_K,
     PROTO_GRE,
     PROTO_ICMP,
-    Ipv4Info,
-    Ipv6Info,
-    Outer,
-    VlanTag,
-    checksum_update,
-    checksum_update_bytes,
-    describe,
-    encapsulate,
-    ethernet,
-    format_mac,
-    gre,
-    gre_frame,
-    icmp,
-    inner_ipv4,
-    internet_checksum,
-    ipv4,
-    ipv4_address,
-    ipv4_fragments,
-    ipv6,
-    mac,
-    ones_complement_sum,
-    tcp,
-    udp,
+    PROTO_TCP,
+    PROTO_UDP,
 )
+from rusty_rail.wire.describe import Ipv4Info, Ipv6Info, describe
+from rusty_rail.wire.fields import VlanTag, format_mac, ipv4_address, mac
+from rusty_rail.wire.frames import Outer, encapsulate, gre_frame, inner_ipv4
 
 addresses = st.binary(min_size=4, max_size=4)
 ports = st.integers(0, 0xFFFF)

@@ -8,7 +8,6 @@ from ipaddress import IPv4Address, ip_address
 
 import pytest
 
-from rusty_rail import reference
 from rusty_rail.config import Config, config_from_toml_text
 from rusty_rail.control.plan import (
     DEFAULT_SET,
@@ -27,9 +26,10 @@ from rusty_rail.control.plan import (
     diff,
     removals_only,
 )
-from rusty_rail.dpstate import NONE_INDEX, BackendState, NextHop, Stat, Verdict
-from rusty_rail.flowhash import Flow
-from rusty_rail.packets import LB_IPV4, gre_frame
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import NONE_INDEX, BackendState, NextHop, Stat, Verdict
+from rusty_rail.wire.frames import LB_IPV4, gre_frame
 
 LB = IPv4Address(LB_IPV4)
 HOP = NextHop(

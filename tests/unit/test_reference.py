@@ -11,25 +11,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
 from scapy.layers.l2 import Ether
 
-from rusty_rail.dpicmp import IcmpStat, IcmpWatch
-from rusty_rail.dpstate import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
-from rusty_rail.packets import (
-    ETH_P_8021AD,
-    PROTO_ICMP,
-    Ipv4Info,
-    Outer,
-    VlanTag,
-    describe,
-    encapsulate,
-    gre_frame,
-    internet_checksum,
-    ipv4,
-    ipv4_address,
-    ipv4_fragments,
-    udp,
-)
-from rusty_rail.reference import (
+from rusty_rail.model.flowhash import Flow, flow_hash
+from rusty_rail.model.icmp import IcmpStat, IcmpWatch
+from rusty_rail.model.pipeline import (
     FORWARD_STATS,
     Counters,
     Match,
@@ -38,6 +22,13 @@ from rusty_rail.reference import (
     rewrite,
     verdict_for,
 )
+from rusty_rail.model.state import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
+from rusty_rail.wire.build import ipv4, ipv4_fragments, udp
+from rusty_rail.wire.checksum import internet_checksum
+from rusty_rail.wire.constants import ETH_P_8021AD, PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from rusty_rail.wire.describe import Ipv4Info, describe
+from rusty_rail.wire.fields import VlanTag, ipv4_address
+from rusty_rail.wire.frames import Outer, encapsulate, gre_frame
 from tests.unit.packet_cases import (
     CASES,
     CLIENT,

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rusty_rail.control.health import Status
-from rusty_rail.dpicmp import code_name
+from rusty_rail.model.icmp import code_name
 
 if TYPE_CHECKING:
     from rusty_rail.control.daemon import Daemon

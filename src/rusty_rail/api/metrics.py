@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rusty_rail import __version__, reference
+from rusty_rail import __version__
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS
-from rusty_rail.dpstate import BackendState, Stat
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.state import BackendState, Stat
 
 if TYPE_CHECKING:
     from rusty_rail.control.daemon import ChangeResult, Daemon

@@ -15,21 +15,25 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any, Final
 
-from rusty_rail import reference
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
 from rusty_rail.control.plan import DEFAULT_SET, Plan
 from rusty_rail.dataplane.maps import BalancerMaps
-from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
-from rusty_rail.maglev import moved_fraction
+from rusty_rail.model import pipeline as reference
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.maglev import moved_fraction
+from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.wire.constants import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 from .changes import Target
 
-PROTO_ICMP: Final = 1
-PROTO_ICMPV6: Final = 58
 PROTOCOL_NUMBERS: Final = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
-PROTOCOL_NAMES: Final = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", 58: "icmpv6"}
+PROTOCOL_NAMES: Final = {
+    PROTO_TCP: "tcp",
+    PROTO_UDP: "udp",
+    PROTO_ICMP: "icmp",
+    PROTO_ICMPV6: "icmpv6",
+}
 
 
 def _mac(data: bytes) -> str:

@@ -32,7 +32,7 @@ from rusty_rail.control.plan import slot_table
 from rusty_rail.ctl import ApiClient, backend_path
 from rusty_rail.dataplane.libbpf import BPFFS, Map, ensure_bpffs, remove_pin_dir
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.maglev import build_table
+from rusty_rail.model.maglev import build_table
 from rusty_rail.testbed.netns import Netns
 
 TABLE_SIZE: Final = 65537

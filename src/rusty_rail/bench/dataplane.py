@@ -21,18 +21,11 @@ from rusty_rail.config import config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.libbpf import BpfObject, Map, Program, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
-from rusty_rail.dpstate import NextHop, Verdict
-from rusty_rail.flowhash import PROTO_TCP, Flow
-from rusty_rail.packets import (
-    ETH_P_IPV4,
-    LB_IPV4,
-    LB_MAC,
-    ROUTER_MAC,
-    ethernet,
-    gre_frame,
-    ipv4,
-    tcp,
-)
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import NextHop, Verdict
+from rusty_rail.wire.build import ethernet, ipv4, tcp
+from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_TCP
+from rusty_rail.wire.frames import LB_IPV4, LB_MAC, ROUTER_MAC, gre_frame
 
 #: Budgets of issue 3, as ratios to the floor measured in the same run.
 BUDGETS = {"established": 2.4, "new_flow": 8.0, "pass": 1.3}

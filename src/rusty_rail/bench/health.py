@@ -23,7 +23,7 @@ from typing import Any, Final
 from rusty_rail.config import merge_health
 from rusty_rail.ctl import ApiClient, backend_path, vip_path
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.decap import decap_attach, decap_detach
+from rusty_rail.decap.agent import decap_attach, decap_detach
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
     HTTP_PORT,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rusty_rail.maglev import (
+from rusty_rail.model.maglev import (
     DEFAULT_TABLE_SIZE,
     Address,
     MaglevTable,

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The balancer: GRE traffic for a VIP goes on to one backend, chosen by the flow's
  * connection-table entry or the VIP's Maglev table; everything else goes to the host.
- * docs/packet-path.md is the contract, rusty_rail/reference.py its executable twin. */
+ * docs/packet-path.md is the contract, rusty_rail/model/pipeline.py its executable twin. */
 #include "balancer_maps.h"
 #include "balancer_parse.h"
 #include "balancer_types.h"

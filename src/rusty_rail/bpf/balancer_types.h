@@ -19,17 +19,17 @@
 /* Room for one report per backend slot: 16384 records of 48 bytes fit in 1 MiB. */
 #define ICMP_REPORT_RING_BYTES (1 << 20)
 
-/* "No backend" in a table slot, "no default VIP" in the settings (dpstate.NONE_INDEX). */
+/* "No backend" in a table slot, "no default VIP" in the settings (model.state.NONE_INDEX). */
 #define NONE_INDEX 0xFFFFFFFFu
 
-/* What to do with a packet the balancer will not forward (dpstate.Action). Zeroed
+/* What to do with a packet the balancer will not forward (model.state.Action). Zeroed
  * settings therefore mean PASS, the safe default before the control plane wrote any. */
 enum action {
 	ACTION_PASS = 0,
 	ACTION_DROP = 1,
 };
 
-/* A backend slot's state (dpstate.BackendState). */
+/* A backend slot's state (model.state.BackendState). */
 enum backend_state {
 	BACKEND_UNUSED = 0,
 	BACKEND_UP = 1,
@@ -37,7 +37,7 @@ enum backend_state {
 	BACKEND_DOWN = 3,
 };
 
-/* Per-reason packet outcomes, the index into the stats array (dpstate.Stat). */
+/* Per-reason packet outcomes, the index into the stats array (model.state.Stat). */
 enum stat {
 	STAT_CT_HIT = 0,
 	STAT_CT_MISS = 1,
@@ -58,7 +58,7 @@ enum stat {
 };
 
 /* What the balancer made of an ICMP destination unreachable addressed to it
- * (docs/packet-path.md section 9; dpicmp.IcmpStat): the index into icmp_stats. ICMP_STAT_,
+ * (docs/packet-path.md section 9; model.icmp.IcmpStat): the index into icmp_stats. ICMP_STAT_,
  * not ICMP_: <linux/icmp.h> names the codes ICMP_* (ICMP_FRAG_NEEDED is code 4). */
 enum icmp_stat {
 	ICMP_STAT_REPORTED = 0,

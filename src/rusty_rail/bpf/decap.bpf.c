@@ -2,15 +2,15 @@
 /* Server-side GRE decapsulation in XDP, for hosts without (or instead of) kernel GRE tunnels:
  * GRE from an allowed LB prefix to a local address loses its outer IPv4 + GRE headers and
  * goes on to the kernel stack as the inner packet, on the same interface. Everything else
- * passes untouched. docs/decap.md is the operator's page; rusty_rail/decap.py loads this. */
+ * passes untouched. docs/decap.md is the operator's page; rusty_rail/decap/agent.py loads this. */
 #include "lib/csum.h"
 #include "lib/lpm.h"
 #include "lib/parse.h"
 #include "lib/stats.h"
 #include "lib/uapi.h"
 
-/* Per-reason outcomes, the index into decap_stats (rusty_rail.decap.DecapStat). Every frame
- * counts once, by one packet and its length as received. */
+/* Per-reason outcomes, the index into decap_stats (rusty_rail.decap.agent.DecapStat). Every
+ * frame counts once, by one packet and its length as received. */
 enum decap_stat {
 	DECAP_DECAPSULATED = 0,
 	DECAP_PASS_NOT_IP = 1,	       /* not IPv4 or IPv6, or an Ethernet header cut short */

@@ -20,10 +20,15 @@ from typing import Final
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import CheckType, HealthSettings
-from rusty_rail.packets import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, gre, icmp, ipv4
+from rusty_rail.wire.build import gre, icmp, ipv4
+from rusty_rail.wire.constants import (
+    ETH_P_IPV4,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    PROTO_GRE,
+    PROTO_ICMP,
+)
 
-ICMP_ECHO_REPLY: Final = 0
-ICMP_ECHO_REQUEST: Final = 8
 SOL_RAW: Final = 255
 ICMP_FILTER: Final = 1  # linux/icmp.h: a bit per type to *block* on a raw ICMP socket
 #: How many echoes a probe sends within its timeout: one lost packet is not a dead backend.

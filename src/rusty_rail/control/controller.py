@@ -48,7 +48,7 @@ from rusty_rail.control.startup import RESTART_KEYS
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import Balancer, detach_balancer
 from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
-from rusty_rail.dpstate import NextHop
+from rusty_rail.model.state import NextHop
 
 log = logging.getLogger("rusty_rail.daemon")
 

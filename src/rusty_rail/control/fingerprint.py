@@ -13,7 +13,7 @@ from rusty_rail.config import Backend, Config, Vip
 from rusty_rail.control.plan import (
     DEFAULT_SET,
 )
-from rusty_rail.maglev import MaglevTable
+from rusty_rail.model.maglev import MaglevTable
 
 
 class TableFingerprints:

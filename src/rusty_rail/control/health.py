@@ -25,7 +25,7 @@ from rusty_rail.config import (
     Vip,
 )
 from rusty_rail.control.events import EventLog
-from rusty_rail.dpicmp import IcmpReport
+from rusty_rail.model.icmp import IcmpReport
 
 Pair = tuple[str, IPAddress]
 

@@ -22,9 +22,9 @@ from rusty_rail.config import Config, HealthSettings
 from rusty_rail.control.checks import Outcome, TunnelProber, run_check
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.health import HealthBook, Pair
-from rusty_rail.dataplane.icmp import IcmpMaps
+from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import LibbpfError, RingBuffer
-from rusty_rail.dpicmp import IcmpReport
+from rusty_rail.model.icmp import IcmpReport
 
 log = logging.getLogger("rusty_rail.health")
 

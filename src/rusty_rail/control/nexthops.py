@@ -16,7 +16,7 @@ from rusty_rail.control.plan import (
     services_of,
 )
 from rusty_rail.dataplane import netlink
-from rusty_rail.dpstate import NextHop
+from rusty_rail.model.state import NextHop
 
 
 def lb_address_of(config: Config, device: str) -> IPv4Address:

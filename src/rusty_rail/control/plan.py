@@ -14,10 +14,11 @@ from ipaddress import IPv4Address, ip_address
 import numpy as np
 import numpy.typing as npt
 
-from rusty_rail import dpstate
 from rusty_rail._types import IPAddress
 from rusty_rail.config import AdminState, Backend, Config, Protocol, VipKey
-from rusty_rail.dpstate import (
+from rusty_rail.model import state as model_state
+from rusty_rail.model.maglev import MaglevTable, build_table
+from rusty_rail.model.state import (
     NONE_INDEX,
     BackendEntry,
     BackendState,
@@ -25,7 +26,6 @@ from rusty_rail.dpstate import (
     NextHop,
     Settings,
 )
-from rusty_rail.maglev import MaglevTable, build_table
 
 NextHopResolver = Callable[[IPAddress], NextHop | None]
 
@@ -59,7 +59,7 @@ class Service:
     """A VIP or the default set, as the data plane sees it."""
 
     name: str
-    match: dpstate.VipKey | None
+    match: model_state.VipKey | None
     table_size: int
     backends: tuple[Backend, ...]
     #: address_key of each backend, in the same order.
@@ -78,7 +78,7 @@ def services_of(config: Config) -> list[Service]:
         services.append(Service(DEFAULT_SET, None, config.table_size, config.default_backends))
     for vip in config.vips:
         key = vip.key
-        match = dpstate.VipKey(
+        match = model_state.VipKey(
             key.address.packed,
             key.protocol.number if key.protocol is not None else 0,
             key.port or 0,
@@ -129,7 +129,7 @@ class Allocation:
         )
 
 
-def service_name(match: dpstate.VipKey) -> str:
+def service_name(match: model_state.VipKey) -> str:
     """The canonical name of a VIP match key, as services_of names it."""
     protocols = {protocol.number: protocol for protocol in Protocol}
     address = ip_address(match.addr)
@@ -285,8 +285,8 @@ def compile_plan(
     settings = Settings(
         lb_ipv4=lb_ipv4.packed,
         outer_ttl=config.outer_ttl,
-        no_vip_action=dpstate.Action[config.no_vip_action.name],
-        malformed_action=dpstate.Action[config.malformed_action.name],
+        no_vip_action=model_state.Action[config.no_vip_action.name],
+        malformed_action=model_state.Action[config.malformed_action.name],
         default_vip=default_vip,
         hash_seed=config.hash_seed,
     )
@@ -402,13 +402,13 @@ class DeleteTable:
 
 @dataclass(frozen=True, slots=True)
 class SetVip:
-    key: dpstate.VipKey
+    key: model_state.VipKey
     vip_index: int
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteVip:
-    key: dpstate.VipKey
+    key: model_state.VipKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +439,7 @@ def tx_ports(state: DataplaneState) -> set[int]:
     }
 
 
-def _same_table(a: dpstate.Table | None, b: dpstate.Table) -> bool:
+def _same_table(a: model_state.Table | None, b: model_state.Table) -> bool:
     return a is not None and len(a) == len(b) and bool(np.array_equal(a, b))
 
 
@@ -461,7 +461,7 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
             earlier = before.backends.get(index)
             if earlier is entry or earlier == entry:
                 continue
-        if entry.state in dpstate.FORWARDING_STATES:
+        if entry.state in model_state.FORWARDING_STATES:
             ops.append(SetBackend(index, entry))
         else:
             late_backends.append(SetBackend(index, entry))

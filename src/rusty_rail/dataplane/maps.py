@@ -1,7 +1,7 @@
 """The balancer's maps as the control plane sees them: write a DataplaneState (whole or piece
 by piece), swap Maglev tables atomically, read counters and flows back.
 
-Encoding dpstate values into the structs of bpf/balancer_types.h happens here and in structs.py
+Encoding model.state values into the structs of bpf/balancer_types.h happens here and in structs.py
 only.
 """
 
@@ -27,7 +27,8 @@ from rusty_rail.dataplane.libbpf import (
     MapType,
     create_map,
 )
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import MASK64, Flow, mix64, mix64_vectorised
+from rusty_rail.model.state import (
     NONE_INDEX,
     BackendEntry,
     CtEntry,
@@ -36,7 +37,6 @@ from rusty_rail.dpstate import (
     Stat,
     VipKey,
 )
-from rusty_rail.flowhash import MASK64, Flow, mix64, mix64_vectorised
 
 #: Must equal the flags of `struct maglev_table` in bpf/balancer_maps.h: the kernel only accepts
 #: inner maps whose type, sizes and flags match the template.

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from rusty_rail._types import IPAddress
-from rusty_rail.dpstate import NextHop
+from rusty_rail.model.state import NextHop
 
 __all__ = [
     "NextHopError",

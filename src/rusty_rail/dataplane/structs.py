@@ -1,4 +1,5 @@
-"""ctypes mirrors of the structs in bpf/balancer_types.h, and their encoding from dpstate values.
+"""ctypes mirrors of the structs in bpf/balancer_types.h, and their encoding from model/state.py
+values.
 
 One mirror per C struct, same field names; a field ending in _be holds bytes in network
 order. tests/bpf/test_structs.py checks every size and offset against the object's BTF.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
     BackendEntry,
@@ -19,7 +21,6 @@ from rusty_rail.dpstate import (
     Settings,
     VipKey,
 )
-from rusty_rail.flowhash import Flow
 
 #: Capacities compiled into the maps (balancer_types.h); indices the control plane uses stay below.
 MAX_VIPS = 1024

@@ -39,9 +39,9 @@ from rusty_rail.dataplane.libbpf import (
 )
 from rusty_rail.dataplane.netlink import in_netns, wait_next_hop
 from rusty_rail.dataplane.pinned import Closeable, PinnedXdpProgram, PinnedXdpSpec
-from rusty_rail.decap import parse_prefixes
-from rusty_rail.dpstate import NextHop
-from rusty_rail.flowhash import Flow, mix64, words_of
+from rusty_rail.decap.agent import parse_prefixes
+from rusty_rail.model.flowhash import Flow, mix64, words_of
+from rusty_rail.model.state import NextHop
 
 __all__ = [
     "MAX_LBS",

@@ -38,7 +38,7 @@ from rusty_rail.dataplane.libbpf import (
 )
 from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.decap import decap_attach
+from rusty_rail.decap.agent import decap_attach
 from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
 from rusty_rail.testbed.router import Router
 

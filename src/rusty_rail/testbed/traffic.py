@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.flowhash import PROTO_TCP, Flow
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.testbed.netns import Namespace
+from rusty_rail.wire.constants import PROTO_TCP
 
 
 @dataclass

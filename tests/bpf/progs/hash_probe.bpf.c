@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Test-only: runs bpf/lib/flowhash.h on words given in the frame, so the tests can hold the C hash
- * against tests/unit/flowhash_vectors.json and rusty_rail.flowhash through BPF_PROG_TEST_RUN.
+ * against tests/unit/flowhash_vectors.json and rusty_rail.model.flowhash through
+ * BPF_PROG_TEST_RUN.
  *
  * Frame in: u64 seed, u32 word count (up to MAX_WORDS), u32 mode, MAX_WORDS u32 words.
  * Mode 0 hashes the words with mix_word/mix_finish; mode 1 reads the first 16 bytes of the

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The flow hash of docs/flow-hash.md, the C twin of rusty_rail/flowhash.py: a keyed
+/* The flow hash of docs/flow-hash.md, the C twin of rusty_rail/model/flowhash.py: a keyed
  * multiply-rotate over 32-bit words and MurmurHash3's fmix64. Bit-identical by test
  * (tests/bpf/test_differential.py, through tests/bpf/progs/hash_probe.bpf.c). */
 #ifndef RUSTY_RAIL_LIB_FLOWHASH_H

@@ -8,7 +8,8 @@
 #include <bpf/bpf_helpers.h>
 
 /* An IPv4 prefix as LPM tries key it: the prefix length (host order), then the address in
- * network order. Userspace writes the same 8 bytes (rusty_rail/decap.py, testbed/router.py). */
+ * network order. Userspace writes the same 8 bytes (rusty_rail/decap/agent.py,
+ * testbed/router.py). */
 struct ipv4_lpm_key {
 	__u32 prefixlen;
 	__be32 addr_be;

@@ -30,9 +30,6 @@ FINAL_MULTIPLIER_2 = 0xC4CEB9FE1A85EC53
 #: the same seed; operators who want flow placement to be unguessable set their own.
 DEFAULT_SEED = 0x7275737479726169  # "rustyrai"
 
-PROTO_TCP = 6
-PROTO_UDP = 17
-
 
 def _rotl64(value: int, bits: int) -> int:
     return ((value << bits) | (value >> (64 - bits))) & MASK64

@@ -1,5 +1,5 @@
 /*
- * Maglev table population, the hot loop of rusty_rail/maglev.py (loaded with ctypes).
+ * Maglev table population, the hot loop of rusty_rail/model/maglev.py (loaded with ctypes).
  *
  * A plain C library, no Python C-API: the Python side hashes the backends (offset and
  * skip of each permutation) and this file runs the weighted turn schedule of

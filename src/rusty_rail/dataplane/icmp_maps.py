@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 from rusty_rail.dataplane import structs
 from rusty_rail.dataplane.libbpf import BPF_EXIST, BpfObject, LibbpfError, Map, RingBuffer
-from rusty_rail.dpicmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 
 ICMP_MAP_NAMES = ("icmp_watch", "icmp_stats", "icmp_reports")
 FAMILY_IPV4 = 4

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from rusty_rail.flowhash import DEFAULT_SEED, MASK32, MASK64, mix64_vectorised
+from rusty_rail.model.flowhash import DEFAULT_SEED, MASK32, MASK64, mix64_vectorised
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Impl = Literal["c", "python"]
@@ -29,7 +29,7 @@ DEFAULT_TABLE_SIZE = 65537
 #: The largest table accepted: 2^24 slots are 64 MiB in the data plane per VIP.
 MAX_TABLE_SIZE = 1 << 24
 MAX_WEIGHT = 0xFFFF
-#: A slot of a table without backends; the same value as ``dpstate.NONE_INDEX``.
+#: A slot of a table without backends; the same value as ``model.state.NONE_INDEX``.
 EMPTY_SLOT = 0xFFFFFFFF
 
 #: XORed into the seed so that offset and skip are independent hashes of the same key.

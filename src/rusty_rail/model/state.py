@@ -13,7 +13,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from rusty_rail.flowhash import DEFAULT_SEED, Flow
+from rusty_rail.model.flowhash import DEFAULT_SEED, Flow
 
 #: Marks "no backend" in a table slot and "no default set" in the settings (u32 max).
 NONE_INDEX = 0xFFFFFFFF

@@ -2,7 +2,7 @@
 
 The XDP program is tested against ``process`` byte for byte, verdict for verdict, counter for
 counter and ICMP report for report; ``lookup`` explains a flow's backend for the API. Clarity
-over speed.
+over speed. Sections 1-4 (parsing) are in ``model.parse``; here are sections 5-9 and the whole.
 """
 
 from __future__ import annotations
@@ -11,18 +11,12 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
-from rusty_rail.dpicmp import (
-    CODE_FRAGMENTATION_NEEDED,
-    ICMP_DEST_UNREACHABLE,
-    ICMPV6_DEST_UNREACHABLE,
-    ICMPV6_PACKET_TOO_BIG,
-    IcmpReport,
-    IcmpStat,
-    IcmpWatch,
-)
-from rusty_rail.dpstate import (
+from rusty_rail.model.flowhash import Flow, flow_hash
+from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.parse import IPV4_FRAGMENT_MASK, Stop, parse, parse_ethernet, u16
+from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
     Action,
@@ -35,34 +29,22 @@ from rusty_rail.dpstate import (
     Verdict,
     VipKey,
 )
-from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow, flow_hash
-from rusty_rail.packets import (
-    ETH_HEADER_LEN,
-    ETH_P_IPV4,
+from rusty_rail.wire.checksum import checksum_update_bytes
+from rusty_rail.wire.constants import (
     ETH_P_IPV6,
-    GRE_FLAG_C,
-    GRE_FLAG_K,
-    GRE_FLAG_R,
-    GRE_FLAG_S,
-    GRE_FLAG_STRICT,
-    GRE_RECURSION_MASK,
-    GRE_VERSION_MASK,
-    IPV4_FLAG_MF,
+    ICMP_CODE_FRAGMENTATION_NEEDED,
+    ICMP_DEST_UNREACHABLE,
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_PACKET_TOO_BIG,
     IPV4_HEADER_LEN,
-    IPV4_OFFSET_MASK,
     IPV6_HEADER_LEN,
     PROTO_GRE,
     PROTO_ICMP,
     PROTO_ICMPV6,
-    VLAN_TAG_LEN,
-    VLAN_TPIDS,
-    checksum_update_bytes,
+    PROTO_TCP,
+    PROTO_UDP,
 )
 
-MAX_VLAN_TAGS = 2
-IPV4_FRAGMENT_MASK = IPV4_FLAG_MF | IPV4_OFFSET_MASK  # 0x3FFF: a fragment if any bit is set
-GRE_BASE_HEADER_LEN = 4
-GRE_MUST_BE_ZERO = GRE_FLAG_R | GRE_FLAG_STRICT | GRE_RECURSION_MASK  # RFC 2784: discard if set
 ICMP_HEADER_LEN = 8
 QUOTED_PAYLOAD_MIN = 8  # RFC 792: the quoted header and at least 8 bytes after it (here: GRE)
 
@@ -213,137 +195,6 @@ def verdict_for(stat: Stat, settings: Settings) -> Verdict:
     raise ValueError(f"{stat.name} is a forwarding outcome, its verdict is TX or REDIRECT")
 
 
-# --- Parsing (sections 1-4) ------------------------------------------------------------------
-
-
-class _Stop(Exception):
-    """An early exit of the packet path: the packet is counted under ``stat`` and not forwarded."""
-
-    def __init__(self, stat: Stat) -> None:
-        super().__init__(stat.name)
-        self.stat = stat
-
-
-def _u16(frame: bytes, offset: int) -> int:
-    value: int = struct.unpack_from("!H", frame, offset)[0]
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    """What the parse hands to the decision: where the outer IPv4 header is, and the flow."""
-
-    l3: int
-    flow: Flow
-    fragment: bool
-
-
-def _parse_ethernet(frame: bytes) -> tuple[int, int]:
-    """Section 1. Returns (EtherType, offset of the L3 header)."""
-    if len(frame) < ETH_HEADER_LEN:
-        raise _Stop(Stat.PASS_NOT_IP)
-    ethertype = _u16(frame, 12)
-    l3 = ETH_HEADER_LEN
-    tags = 0
-    while ethertype in VLAN_TPIDS:
-        if tags == MAX_VLAN_TAGS:
-            raise _Stop(Stat.PASS_NOT_IP)  # a third tag
-        if len(frame) < l3 + VLAN_TAG_LEN:
-            raise _Stop(Stat.PASS_NOT_IP)  # a tag cut short
-        ethertype = _u16(frame, l3 + 2)
-        l3 += VLAN_TAG_LEN
-        tags += 1
-    return ethertype, l3
-
-
-def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, int]:
-    """Section 2a. Returns (offset of the GRE header, the GRE end)."""
-    l3_len = len(frame) - l3
-    if l3_len < IPV4_HEADER_LEN:
-        raise _Stop(Stat.PASS_OUTER_MALFORMED)
-    version, ihl = frame[l3] >> 4, frame[l3] & 0x0F
-    if version != 4 or ihl < 5:
-        raise _Stop(Stat.PASS_OUTER_MALFORMED)
-    header_len = ihl * 4
-    if header_len > l3_len:
-        raise _Stop(Stat.PASS_OUTER_MALFORMED)
-    total_length = _u16(frame, l3 + 2)
-    if total_length < header_len or total_length > l3_len:
-        raise _Stop(Stat.PASS_OUTER_MALFORMED)
-    if frame[l3 + 9] != PROTO_GRE:
-        raise _Stop(Stat.PASS_NOT_GRE)
-    if frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
-        raise _Stop(Stat.PASS_NOT_LOCAL)
-    if _u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
-        raise _Stop(Stat.PASS_OUTER_FRAGMENT)
-    return l3 + header_len, l3 + total_length
-
-
-def _parse_outer_ipv6(frame: bytes, l3: int) -> NoReturn:
-    """Section 2b: recognised, never balanced yet."""
-    if len(frame) - l3 < IPV6_HEADER_LEN:
-        raise _Stop(Stat.PASS_OUTER_MALFORMED)
-    if frame[l3 + 6] != PROTO_GRE:
-        raise _Stop(Stat.PASS_NOT_GRE)
-    raise _Stop(Stat.PASS_UNSUPPORTED)
-
-
-def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
-    """Section 3. Returns the offset of the inner packet."""
-    if gre_end - gre < GRE_BASE_HEADER_LEN:
-        raise _Stop(Stat.GRE_MALFORMED)
-    flags = _u16(frame, gre)
-    if flags & GRE_VERSION_MASK:
-        raise _Stop(Stat.PASS_UNSUPPORTED)
-    if flags & GRE_MUST_BE_ZERO:
-        raise _Stop(Stat.GRE_MALFORMED)
-    header_len = GRE_BASE_HEADER_LEN
-    for optional_field in (GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S):
-        if flags & optional_field:
-            header_len += 4
-    if header_len > gre_end - gre:
-        raise _Stop(Stat.GRE_MALFORMED)
-    if _u16(frame, gre + 2) != ETH_P_IPV4:
-        raise _Stop(Stat.PASS_UNSUPPORTED)
-    return gre + header_len
-
-
-def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
-    """Section 4. Returns (the flow, whether the inner packet is a fragment)."""
-    avail = gre_end - inner
-    if avail < IPV4_HEADER_LEN:
-        raise _Stop(Stat.INNER_MALFORMED)
-    version, ihl = frame[inner] >> 4, frame[inner] & 0x0F
-    if version != 4 or ihl < 5:
-        raise _Stop(Stat.INNER_MALFORMED)
-    header_len = ihl * 4
-    total_length = _u16(frame, inner + 2)
-    if total_length < header_len or total_length > avail:
-        raise _Stop(Stat.INNER_MALFORMED)
-    proto = frame[inner + 9]
-    src, dst = frame[inner + 12 : inner + 16], frame[inner + 16 : inner + 20]
-    fragment = (_u16(frame, inner + 6) & IPV4_FRAGMENT_MASK) != 0
-    if fragment or proto not in (PROTO_TCP, PROTO_UDP):
-        return Flow(src, dst, proto), fragment
-    if header_len + 4 > total_length:
-        raise _Stop(Stat.INNER_L4_TRUNCATED)
-    l4 = inner + header_len
-    return Flow(src, dst, proto, _u16(frame, l4), _u16(frame, l4 + 2)), False
-
-
-def _parse(settings: Settings, frame: bytes) -> _Parsed:
-    """Sections 1-4: from the Ethernet header to the inner flow, or a _Stop."""
-    ethertype, l3 = _parse_ethernet(frame)
-    if ethertype == ETH_P_IPV6:
-        _parse_outer_ipv6(frame, l3)
-    if ethertype != ETH_P_IPV4:
-        raise _Stop(Stat.PASS_NOT_IP)
-    gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
-    inner = _parse_gre(frame, gre, gre_end)
-    flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
-    return _Parsed(l3, flow, fragment)
-
-
 # --- Deciding (sections 5-7, and the next-hop check of 8) ------------------------------------
 
 
@@ -449,7 +300,7 @@ def rewrite(settings: Settings, frame: bytes, l3: int, backend: BackendEntry) ->
     out[l3 + 8] = settings.outer_ttl
     new_words = bytes(out[l3 + 12 : l3 + 20] + out[l3 + 8 : l3 + 10])
 
-    checksum = checksum_update_bytes(_u16(frame, l3 + 10), old_words, new_words)
+    checksum = checksum_update_bytes(u16(frame, l3 + 10), old_words, new_words)
     out[l3 + 10 : l3 + 12] = struct.pack("!H", checksum)
     return bytes(out)
 
@@ -469,10 +320,10 @@ def _icmp_ipv4(
     """Section 9a, for a sane outer IPv4 header that is not GRE. (None, None): not an ICMP
     destination unreachable to this node, nothing counted."""
     header_len = (frame[l3] & 0x0F) * 4
-    total_length = _u16(frame, l3 + 2)
+    total_length = u16(frame, l3 + 2)
     if frame[l3 + 9] != PROTO_ICMP or frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
         return None, None
-    if _u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
+    if u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
         return None, None
     if header_len + ICMP_HEADER_LEN > total_length:
         return None, None
@@ -493,7 +344,7 @@ def _icmp_ipv4(
     if backend not in watch.armed:
         return IcmpStat.UNKNOWN_BACKEND, None
     code = frame[icmp + 1]
-    if code == CODE_FRAGMENTATION_NEEDED:
+    if code == ICMP_CODE_FRAGMENTATION_NEEDED:
         return IcmpStat.FRAG_NEEDED, None
     if not watch.armed[backend]:
         return IcmpStat.HELD, None
@@ -511,7 +362,7 @@ def _icmp_ipv6(frame: bytes, l3: int) -> IcmpStat | None:
     if frame[l3 + 6] != PROTO_ICMPV6:
         return None
     icmp = l3 + IPV6_HEADER_LEN
-    payload_length = _u16(frame, l3 + 4)
+    payload_length = u16(frame, l3 + 4)
     if payload_length < ICMP_HEADER_LEN + IPV6_HEADER_LEN or icmp + payload_length > len(frame):
         return None
     if frame[icmp] not in (ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG):
@@ -527,7 +378,7 @@ def learn_from_icmp(
 ) -> tuple[IcmpStat | None, IcmpReport | None]:
     """What a frame counted PASS_NOT_GRE tells about the backends (section 9): the ICMP stat it
     counts (None: none) and the report it sends. Disarms a reported backend in ``watch``."""
-    ethertype, l3 = _parse_ethernet(frame)
+    ethertype, l3 = parse_ethernet(frame)
     if ethertype == ETH_P_IPV6:
         return _icmp_ipv6(frame, l3), None
     return _icmp_ipv4(settings, frame, l3, watch)
@@ -551,8 +402,8 @@ def process(
     settings = state.settings
 
     try:
-        parsed = _parse(settings, frame)
-    except _Stop as stop:
+        parsed = parse(settings, frame)
+    except Stop as stop:
         if stop.stat != Stat.PASS_NOT_GRE:
             return _not_forwarded(settings, frame, stop.stat)
         icmp_stat, report = learn_from_icmp(settings, frame, icmp or IcmpWatch())

@@ -2,7 +2,7 @@
 watches for "destination unreachable" about the GRE it sent them, what it counts, what it reports.
 
 docs/packet-path.md section 9 is the contract; the reference pipeline reads this model directly
-and rusty_rail.dataplane.icmp encodes it into the BPF maps (bpf/balancer_types.h).
+and rusty_rail.dataplane.icmp_maps encodes it into the BPF maps (bpf/balancer_types.h).
 """
 
 from __future__ import annotations
@@ -11,12 +11,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
-
-ICMP_DEST_UNREACHABLE: Final = 3
-ICMPV6_DEST_UNREACHABLE: Final = 1
-ICMPV6_PACKET_TOO_BIG: Final = 2
-#: "Fragmentation needed and DF set": path-MTU information, never a sign of a dead backend.
-CODE_FRAGMENTATION_NEEDED: Final = 4
 
 #: RFC 792 and RFC 1812 names of the destination-unreachable codes.
 UNREACHABLE_CODES: Final[dict[int, str]] = {

@@ -1,0 +1,168 @@
+"""Sections 1-4 of docs/packet-path.md: from the Ethernet header, through the outer IPv4
+header and GRE, to the inner flow; or the ``Stat`` of the early exit that ends the packet path.
+
+The reference pipeline (``pipeline.process``) runs this first; plain values, no kernel.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NoReturn
+
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import Settings, Stat
+from rusty_rail.wire.constants import (
+    ETH_HEADER_LEN,
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    GRE_FLAG_C,
+    GRE_FLAG_K,
+    GRE_FLAG_R,
+    GRE_FLAG_S,
+    GRE_FLAG_STRICT,
+    GRE_RECURSION_MASK,
+    GRE_VERSION_MASK,
+    IPV4_FLAG_MF,
+    IPV4_HEADER_LEN,
+    IPV4_OFFSET_MASK,
+    IPV6_HEADER_LEN,
+    PROTO_GRE,
+    PROTO_TCP,
+    PROTO_UDP,
+    VLAN_TAG_LEN,
+    VLAN_TPIDS,
+)
+
+MAX_VLAN_TAGS = 2
+IPV4_FRAGMENT_MASK = IPV4_FLAG_MF | IPV4_OFFSET_MASK  # 0x3FFF: a fragment if any bit is set
+GRE_BASE_HEADER_LEN = 4
+GRE_MUST_BE_ZERO = GRE_FLAG_R | GRE_FLAG_STRICT | GRE_RECURSION_MASK  # RFC 2784: discard if set
+
+
+class Stop(Exception):
+    """An early exit of the packet path: the packet is counted under ``stat`` and not forwarded."""
+
+    def __init__(self, stat: Stat) -> None:
+        super().__init__(stat.name)
+        self.stat = stat
+
+
+def u16(frame: bytes, offset: int) -> int:
+    value: int = struct.unpack_from("!H", frame, offset)[0]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What the parse hands to the decision: where the outer IPv4 header is, and the flow."""
+
+    l3: int
+    flow: Flow
+    fragment: bool
+
+
+def parse_ethernet(frame: bytes) -> tuple[int, int]:
+    """Section 1. Returns (EtherType, offset of the L3 header)."""
+    if len(frame) < ETH_HEADER_LEN:
+        raise Stop(Stat.PASS_NOT_IP)
+    ethertype = u16(frame, 12)
+    l3 = ETH_HEADER_LEN
+    tags = 0
+    while ethertype in VLAN_TPIDS:
+        if tags == MAX_VLAN_TAGS:
+            raise Stop(Stat.PASS_NOT_IP)  # a third tag
+        if len(frame) < l3 + VLAN_TAG_LEN:
+            raise Stop(Stat.PASS_NOT_IP)  # a tag cut short
+        ethertype = u16(frame, l3 + 2)
+        l3 += VLAN_TAG_LEN
+        tags += 1
+    return ethertype, l3
+
+
+def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, int]:
+    """Section 2a. Returns (offset of the GRE header, the GRE end)."""
+    l3_len = len(frame) - l3
+    if l3_len < IPV4_HEADER_LEN:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    version, ihl = frame[l3] >> 4, frame[l3] & 0x0F
+    if version != 4 or ihl < 5:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    header_len = ihl * 4
+    if header_len > l3_len:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    total_length = u16(frame, l3 + 2)
+    if total_length < header_len or total_length > l3_len:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    if frame[l3 + 9] != PROTO_GRE:
+        raise Stop(Stat.PASS_NOT_GRE)
+    if frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
+        raise Stop(Stat.PASS_NOT_LOCAL)
+    if u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
+        raise Stop(Stat.PASS_OUTER_FRAGMENT)
+    return l3 + header_len, l3 + total_length
+
+
+def _parse_outer_ipv6(frame: bytes, l3: int) -> NoReturn:
+    """Section 2b: recognised, never balanced yet."""
+    if len(frame) - l3 < IPV6_HEADER_LEN:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    if frame[l3 + 6] != PROTO_GRE:
+        raise Stop(Stat.PASS_NOT_GRE)
+    raise Stop(Stat.PASS_UNSUPPORTED)
+
+
+def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
+    """Section 3. Returns the offset of the inner packet."""
+    if gre_end - gre < GRE_BASE_HEADER_LEN:
+        raise Stop(Stat.GRE_MALFORMED)
+    flags = u16(frame, gre)
+    if flags & GRE_VERSION_MASK:
+        raise Stop(Stat.PASS_UNSUPPORTED)
+    if flags & GRE_MUST_BE_ZERO:
+        raise Stop(Stat.GRE_MALFORMED)
+    header_len = GRE_BASE_HEADER_LEN
+    for optional_field in (GRE_FLAG_C, GRE_FLAG_K, GRE_FLAG_S):
+        if flags & optional_field:
+            header_len += 4
+    if header_len > gre_end - gre:
+        raise Stop(Stat.GRE_MALFORMED)
+    if u16(frame, gre + 2) != ETH_P_IPV4:
+        raise Stop(Stat.PASS_UNSUPPORTED)
+    return gre + header_len
+
+
+def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
+    """Section 4. Returns (the flow, whether the inner packet is a fragment)."""
+    avail = gre_end - inner
+    if avail < IPV4_HEADER_LEN:
+        raise Stop(Stat.INNER_MALFORMED)
+    version, ihl = frame[inner] >> 4, frame[inner] & 0x0F
+    if version != 4 or ihl < 5:
+        raise Stop(Stat.INNER_MALFORMED)
+    header_len = ihl * 4
+    total_length = u16(frame, inner + 2)
+    if total_length < header_len or total_length > avail:
+        raise Stop(Stat.INNER_MALFORMED)
+    proto = frame[inner + 9]
+    src, dst = frame[inner + 12 : inner + 16], frame[inner + 16 : inner + 20]
+    fragment = (u16(frame, inner + 6) & IPV4_FRAGMENT_MASK) != 0
+    if fragment or proto not in (PROTO_TCP, PROTO_UDP):
+        return Flow(src, dst, proto), fragment
+    if header_len + 4 > total_length:
+        raise Stop(Stat.INNER_L4_TRUNCATED)
+    l4 = inner + header_len
+    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False
+
+
+def parse(settings: Settings, frame: bytes) -> Parsed:
+    """Sections 1-4: from the Ethernet header to the inner flow, or a Stop."""
+    ethertype, l3 = parse_ethernet(frame)
+    if ethertype == ETH_P_IPV6:
+        _parse_outer_ipv6(frame, l3)
+    if ethertype != ETH_P_IPV4:
+        raise Stop(Stat.PASS_NOT_IP)
+    gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
+    inner = _parse_gre(frame, gre, gre_end)
+    flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
+    return Parsed(l3, flow, fragment)

@@ -1,0 +1,103 @@
+"""The balancer's input frames in one call: Ethernet / outer IPv4 / GRE / inner IPv4 / L4 of a
+flow, with the example addresses of the docs, tests, self-check and benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.wire.build import ethernet, gre, ipv4, l4_for
+from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE
+from rusty_rail.wire.fields import Ipv4Like, MacLike, VlanTag
+
+#: Addresses of the examples and tests (RFC 2544 benchmarking range, never routed).
+ROUTER_MAC = "02:00:00:00:00:01"
+LB_MAC = "02:00:00:00:00:02"
+ROUTER_IPV4 = "198.18.0.1"
+LB_IPV4 = "198.18.0.2"
+
+
+@dataclass(frozen=True, slots=True)
+class Outer:
+    """Everything around the inner packet of a GRE frame: Ethernet, outer IPv4 and GRE.
+
+    Defaults describe a router sending to the LB; ``dataclasses.replace`` makes variants.
+    """
+
+    eth_dst: MacLike = LB_MAC
+    eth_src: MacLike = ROUTER_MAC
+    vlans: tuple[VlanTag | int, ...] = ()
+    src: Ipv4Like = ROUTER_IPV4
+    dst: Ipv4Like = LB_IPV4
+    ttl: int = 64
+    ident: int = 0x1234
+    dont_fragment: bool = True
+    more_fragments: bool = False
+    frag_offset: int = 0
+    reserved_flag: bool = False
+    options: bytes = b""
+    ip_checksum: int | None = None
+    total_length: int | None = None
+    gre_checksum: bool | int = False
+    gre_key: int | None = None
+    gre_sequence: int | None = None
+    gre_version: int = 0
+    gre_extra_flags: int = 0
+    gre_protocol: int = ETH_P_IPV4
+    pad_to: int = 0
+
+
+def encapsulate(inner: bytes, outer: Outer = Outer()) -> bytes:
+    """Wrap an inner packet in GRE, outer IPv4 and Ethernet as ``outer`` describes."""
+    gre_packet = gre(
+        outer.gre_protocol,
+        inner,
+        checksum=outer.gre_checksum,
+        key=outer.gre_key,
+        sequence=outer.gre_sequence,
+        version=outer.gre_version,
+        extra_flags=outer.gre_extra_flags,
+    )
+    ip_packet = ipv4(
+        outer.src,
+        outer.dst,
+        PROTO_GRE,
+        gre_packet,
+        ttl=outer.ttl,
+        ident=outer.ident,
+        dont_fragment=outer.dont_fragment,
+        more_fragments=outer.more_fragments,
+        frag_offset=outer.frag_offset,
+        reserved_flag=outer.reserved_flag,
+        options=outer.options,
+        checksum=outer.ip_checksum,
+        total_length=outer.total_length,
+    )
+    return ethernet(
+        outer.eth_dst, outer.eth_src, ETH_P_IPV4, ip_packet, vlans=outer.vlans, pad_to=outer.pad_to
+    )
+
+
+def inner_ipv4(
+    flow: Flow,
+    payload: bytes = b"",
+    *,
+    options: bytes = b"",
+    ttl: int = 64,
+    ident: int = 0x4321,
+) -> bytes:
+    """The inner IPv4 packet of ``flow``: an IPv4 header and the flow's transport header."""
+    return ipv4(
+        flow.src, flow.dst, flow.proto, l4_for(flow, payload), ttl=ttl, ident=ident, options=options
+    )
+
+
+def gre_frame(
+    flow: Flow,
+    payload: bytes = b"",
+    *,
+    outer: Outer = Outer(),
+    inner_options: bytes = b"",
+) -> bytes:
+    """A whole balancer input frame in one call: Ethernet / IPv4 / GRE / IPv4 / L4 of ``flow``."""
+    return encapsulate(inner_ipv4(flow, payload, options=inner_options), outer)
