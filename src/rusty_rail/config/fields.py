@@ -12,7 +12,16 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Final, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from rusty_rail._types import IPAddress
 
@@ -216,24 +225,63 @@ def _host_header(value: object) -> str:
     return value
 
 
-# The field types. A new field usually needs only one of these, or a new line like them.
-Address = Annotated[IPAddress, BeforeValidator(check_address)]
-OptionalAddress = Annotated[IPAddress | None, BeforeValidator(_optional(check_address))]
-DeviceName = Annotated[str | None, BeforeValidator(_optional(_device_name))]
-Seed = Annotated[int, BeforeValidator(_seed), Field(ge=0, le=MAX_SEED)]
-TableSize = Annotated[
-    int, BeforeValidator(_table_size), Field(ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE)
-]
-OptionalTableSize = Annotated[int | None, BeforeValidator(_optional(_table_size))]
-Weight = Annotated[
-    int, BeforeValidator(_integer_between(0, MAX_WEIGHT)), Field(ge=0, le=MAX_WEIGHT)
-]
-OptionalPort = Annotated[int | None, BeforeValidator(_optional(_integer_between(1, 65535)))]
-Ttl = Annotated[int, BeforeValidator(_integer_between(1, 255)), Field(ge=1, le=255)]
-ConntrackSize = Annotated[
+class AlsoAccepts:
+    """Marks a field type that also reads another form (a seed as a string, a backend as its
+    address): its JSON schema becomes anyOf the type's own and ``schema``."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"anyOf": [handler(core_schema), self.schema]}
+
+
+ADDRESS_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "One unicast IPv4 or IPv6 address (not a network, not unspecified, "
+    "multicast or broadcast, no zone index, not IPv4-mapped).",
+    "examples": ["198.18.1.1", "2001:2::1"],
+}
+SEED_TEXT_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "pattern": "^(0[xX][0-9a-fA-F_]+|[0-9_]+)$",
+}
+
+# The field types. A new field usually needs only one of these, or a new line like them: a
+# BeforeValidator that gives the house message, and the constraints (Field) it enforces, so
+# that the models' JSON schema (and the API's OpenAPI document) says them too.
+_Address = Annotated[IPAddress, WithJsonSchema(ADDRESS_SCHEMA)]
+Address = Annotated[_Address, BeforeValidator(check_address)]
+OptionalAddress = Annotated[_Address | None, BeforeValidator(_optional(check_address))]
+_DeviceName = Annotated[str, Field(min_length=1, max_length=MAX_IFNAME_BYTES)]
+DeviceName = Annotated[_DeviceName | None, BeforeValidator(_optional(_device_name))]
+# A Field after a BeforeValidator would not reach the schema as minimum and maximum: the
+# constraints go on the inner type, the validator around it.
+_Seed = Annotated[
     int,
-    BeforeValidator(_integer_between(MIN_CONNTRACK_SIZE, MAX_CONNTRACK_SIZE)),
-    Field(ge=MIN_CONNTRACK_SIZE, le=MAX_CONNTRACK_SIZE),
+    Field(ge=0, le=MAX_SEED, description="Answered as a 0x-prefixed hexadecimal string."),
+    AlsoAccepts(SEED_TEXT_SCHEMA),
+]
+Seed = Annotated[_Seed, BeforeValidator(_seed)]
+_TableSize = Annotated[
+    int,
+    Field(
+        ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE, description="A prime number of Maglev table slots."
+    ),
+]
+TableSize = Annotated[_TableSize, BeforeValidator(_table_size)]
+OptionalTableSize = Annotated[_TableSize | None, BeforeValidator(_optional(_table_size))]
+_Weight = Annotated[int, Field(ge=0, le=MAX_WEIGHT)]
+Weight = Annotated[_Weight, BeforeValidator(_integer_between(0, MAX_WEIGHT))]
+_Port = Annotated[int, Field(ge=1, le=65535)]
+OptionalPort = Annotated[_Port | None, BeforeValidator(_optional(_integer_between(1, 65535)))]
+_Ttl = Annotated[int, Field(ge=1, le=255)]
+Ttl = Annotated[_Ttl, BeforeValidator(_integer_between(1, 255))]
+_ConntrackSize = Annotated[int, Field(ge=MIN_CONNTRACK_SIZE, le=MAX_CONNTRACK_SIZE)]
+ConntrackSize = Annotated[
+    _ConntrackSize, BeforeValidator(_integer_between(MIN_CONNTRACK_SIZE, MAX_CONNTRACK_SIZE))
 ]
 XdpModeField = Annotated[XdpMode, BeforeValidator(_choice(XdpMode))]
 ActionField = Annotated[Action, BeforeValidator(_choice(Action))]
@@ -247,15 +295,29 @@ OptionalIcmpPolicy = Annotated[IcmpPolicy | None, BeforeValidator(_optional(_cho
 OptionalAllUnhealthy = Annotated[
     AllUnhealthy | None, BeforeValidator(_optional(_choice(AllUnhealthy)))
 ]
-OptionalHttpPath = Annotated[str | None, BeforeValidator(_optional(_http_path))]
-OptionalHostHeader = Annotated[str | None, BeforeValidator(_optional(_host_header))]
-OptionalStatuses = Annotated[tuple[int | str, ...] | None, BeforeValidator(_optional(_statuses))]
-OptionalInterval = Annotated[float | None, BeforeValidator(_optional(_seconds(0.1, 3600)))]
-OptionalTimeout = Annotated[float | None, BeforeValidator(_optional(_seconds(0.01, 60)))]
-OptionalHold = Annotated[float | None, BeforeValidator(_optional(_seconds(0, 3600)))]
-OptionalConfirmTimeout = Annotated[float | None, BeforeValidator(_optional(_seconds(0.01, 10)))]
-OptionalCount = Annotated[int | None, BeforeValidator(_optional(_integer_between(1, 100)))]
-OptionalShare = Annotated[float | None, BeforeValidator(_optional(_share))]
+_HttpPath = Annotated[str, Field(pattern=r"^/[\x21-\x7e]*$", max_length=1024)]
+OptionalHttpPath = Annotated[_HttpPath | None, BeforeValidator(_optional(_http_path))]
+_HostHeader = Annotated[str, Field(pattern=r"^[\x21-\x7e]+$", max_length=255)]
+OptionalHostHeader = Annotated[_HostHeader | None, BeforeValidator(_optional(_host_header))]
+_Status = Annotated[int, Field(ge=100, le=599)] | Annotated[str, Field(pattern="^[1-5][xX][xX]$")]
+_Statuses = Annotated[tuple[_Status, ...], Field(min_length=1)]
+OptionalStatuses = Annotated[_Statuses | None, BeforeValidator(_optional(_statuses))]
+
+
+_Interval = Annotated[float, Field(ge=0.1, le=3600)]
+OptionalInterval = Annotated[_Interval | None, BeforeValidator(_optional(_seconds(0.1, 3600)))]
+_Timeout = Annotated[float, Field(ge=0.01, le=60)]
+OptionalTimeout = Annotated[_Timeout | None, BeforeValidator(_optional(_seconds(0.01, 60)))]
+_Hold = Annotated[float, Field(ge=0, le=3600)]
+OptionalHold = Annotated[_Hold | None, BeforeValidator(_optional(_seconds(0, 3600)))]
+_ConfirmTimeout = Annotated[float, Field(ge=0.01, le=10)]
+OptionalConfirmTimeout = Annotated[
+    _ConfirmTimeout | None, BeforeValidator(_optional(_seconds(0.01, 10)))
+]
+_Count = Annotated[int, Field(ge=1, le=100)]
+OptionalCount = Annotated[_Count | None, BeforeValidator(_optional(_integer_between(1, 100)))]
+_Share = Annotated[float, Field(ge=0, le=1)]
+OptionalShare = Annotated[_Share | None, BeforeValidator(_optional(_share))]
 
 
 class FrozenModel(BaseModel):

@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     SerializationInfo,
@@ -23,11 +23,13 @@ from rusty_rail.flowhash import DEFAULT_SEED
 from .enums import Action, AdminState, CheckType, Encap, Protocol, XdpMode
 from .errors import ConfigError, Invalid, Loc, Problem
 from .fields import (
+    ADDRESS_SCHEMA,
     DEFAULT_CONNTRACK_SIZE,
     DEFAULT_TABLE_SIZE,
     ActionField,
     Address,
     AdminStateField,
+    AlsoAccepts,
     ConntrackSize,
     DeviceName,
     EncapField,
@@ -81,6 +83,10 @@ class Backend(_OmitsNoHealth):
         return data
 
 
+#: A backend in a list of them, where it may be written as just its address.
+BackendEntry = Annotated[Backend, AlsoAccepts(ADDRESS_SCHEMA)]
+
+
 @dataclass(frozen=True, slots=True)
 class VipKey:
     """What a VIP matches: an address, and either a protocol and port or neither (address-wide).
@@ -109,7 +115,7 @@ class Vip(_OmitsNoHealth):
     encap: EncapField = Encap.GRE
     #: Maglev table size for this VIP; None means the configuration's ``table_size``.
     table_size: OptionalTableSize = None
-    backends: tuple[Backend, ...] = ()
+    backends: tuple[BackendEntry, ...] = ()
     #: Health checks and ICMP learning for this VIP's backends, over the top level's.
     health: Health | None = None
 
@@ -157,7 +163,7 @@ class Config(_OmitsNoHealth):
     malformed_action: ActionField = Action.DROP
     conntrack_size: ConntrackSize = DEFAULT_CONNTRACK_SIZE
     #: Where GRE traffic matching no VIP goes (the seed's RR_TARGET_IPS); empty: nowhere.
-    default_backends: tuple[Backend, ...] = ()
+    default_backends: tuple[BackendEntry, ...] = ()
     vips: tuple[Vip, ...] = ()
     #: Health checks and ICMP learning for every VIP and the default set (docs/health.md).
     health: Health | None = None
