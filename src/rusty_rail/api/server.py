@@ -23,7 +23,8 @@ from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.fingerprint import config_fingerprint
 from rusty_rail.control.plan import Plan, PlanError
 
-from . import changes, openapi, views
+from . import changes, openapi
+from . import readmodels as views
 from .changes import BODY, Target
 from .errors import ApiError
 from .health_metrics import HealthCollector
