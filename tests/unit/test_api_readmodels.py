@@ -1,10 +1,12 @@
 """The API's reads without a kernel: flows as text, the dry run of a change on real plans,
-the OpenAPI document against the routes, and the ctl's requests and its answer to no daemon."""
+the OpenAPI document against the routes and the code, and the ctl's requests and its answer
+to no daemon."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import socket
 from ipaddress import IPv4Address, ip_address
 
@@ -12,8 +14,9 @@ import pytest
 
 from rusty_rail import reference
 from rusty_rail.api import changes, openapi, readmodels
+from rusty_rail.api import schemas as schemas_module
 from rusty_rail.api.server import create_app
-from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.config import AdminState, Config, config_from_toml_text
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
@@ -228,3 +231,24 @@ def test_ctl_write_commands_and_their_dry_runs_are_the_same_change() -> None:
         assert (write.method, write.body, write.change["op"]) == (method, body, op), argv
         assert planned == write
         assert write.path.startswith("/v1/vips/198.18.100.1:80%2Ftcp")
+
+
+def test_the_openapi_schemas_come_from_the_code() -> None:
+    document = openapi.document()
+    schemas = document["components"]["schemas"]
+    text = str(document)
+    assert "$defs" not in text and "'title':" not in str(schemas)
+    for ref in re.findall(r"'\$ref': '#/components/schemas/([^']+)'", text):
+        assert ref in schemas, ref
+    assert schemas["AdminState"]["enum"] == [state.value for state in AdminState]
+    assert schemas["BackendView"]["properties"]["state"] == {
+        "$ref": "#/components/schemas/AdminState"
+    }
+    assert schemas["BackendHealth"]["properties"]["admin"]["enum"] == ["up", "drain", "down"]
+    assert set(schemas["BackendView"]["required"]) == set(
+        schemas_module.BackendView.__annotations__
+    )
+    # The bodies of the path's writes: the models' schemas without their required keys.
+    assert "required" not in schemas["VipBody"]
+    assert schemas["VipBody"]["properties"] == schemas["Vip"]["properties"]
+    assert schemas["Config"]["additionalProperties"] is False

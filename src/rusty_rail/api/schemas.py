@@ -7,7 +7,8 @@ marked ``extra="forbid"`` say in the document that they have no other keys.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from enum import StrEnum
+from typing import Annotated, Final, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema, with_config
 from typing_extensions import TypedDict
@@ -17,6 +18,13 @@ from rusty_rail.control.health import IcmpState, Status
 from rusty_rail.dpstate import BackendState
 
 _CLOSED = ConfigDict(extra="forbid")
+
+
+def value_of(kind: type[StrEnum]) -> WithJsonSchema:
+    """The JSON schema of a field that holds one of ``kind``'s values as a plain string (the
+    health book and the event log write ``.value``): the enum's values, from the enum."""
+    return WithJsonSchema({"type": "string", "enum": [member.value for member in kind]})
+
 
 Count = Annotated[int, Field(ge=0)]
 Fingerprint = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
@@ -96,9 +104,8 @@ class VipList(TypedDict):
 # --- writes and errors ------------------------------------------------------------------------
 
 
-@with_config(_CLOSED)
-class ChangeResult(TypedDict):
-    """What a write did. generation counts changes of the desired state."""
+class ChangeCounts(TypedDict):
+    """What one change did (control.daemon.ChangeResult)."""
 
     generation: Count
     changed: bool
@@ -107,6 +114,12 @@ class ChangeResult(TypedDict):
     build_ms: Milliseconds
     apply_ms: Milliseconds
     total_ms: Milliseconds
+
+
+@with_config(_CLOSED)
+class ChangeResult(ChangeCounts):
+    """What a write did. generation counts changes of the desired state."""
+
     config_fingerprint: Fingerprint
 
 
@@ -202,7 +215,7 @@ class NodeHealth(TypedDict):
 
 @with_config(_CLOSED)
 class CheckState(TypedDict):
-    type: CheckType
+    type: Annotated[str, value_of(CheckType)]
     ok: bool
     successes: Count
     failures: Count
@@ -211,8 +224,8 @@ class CheckState(TypedDict):
 
 @with_config(_CLOSED)
 class IcmpView(TypedDict):
-    policy: IcmpPolicy
-    state: IcmpState
+    policy: Annotated[str, value_of(IcmpPolicy)]
+    state: Annotated[str, value_of(IcmpState)]
     confirmed: bool
     probe_successes: Count
     last_report: str | None
@@ -222,8 +235,8 @@ class IcmpView(TypedDict):
 class BackendHealthView(TypedDict):
     vip: str
     backend: str
-    status: Status
-    admin: AdminState
+    status: Annotated[str, value_of(Status)]
+    admin: Annotated[str, value_of(AdminState)]
     check: CheckState
     icmp: IcmpView
 
@@ -234,13 +247,16 @@ class HealthList(TypedDict):
     backends: list[BackendHealthView]
 
 
+#: What an Event is about (control.events.Event's kind).
+EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor"]
+
 # Functional syntax: "from" is a Python keyword.
 Event = TypedDict(
     "Event",
     {
         "id": Annotated[int, Field(ge=1)],
         "at": Annotated[float, Field(description="Unix time")],
-        "kind": Literal["health", "admin", "fail-open", "floor"],
+        "kind": Annotated[str, WithJsonSchema({"type": "string", "enum": EVENT_KINDS})],
         "vip": str,
         "backend": str | None,
         "from": str | None,

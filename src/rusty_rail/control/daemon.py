@@ -83,6 +83,8 @@ from rusty_rail.dpstate import DataplaneState, NextHop
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from rusty_rail.api import schemas
+
 log = logging.getLogger("rusty_rail.daemon")
 
 #: How long a change waits for the neighbours of backends it adds to answer ARP.
@@ -109,7 +111,7 @@ class ChangeResult:
     apply_seconds: float
     seconds: float
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> schemas.ChangeCounts:
         return {
             "generation": self.generation,
             "changed": self.changed,
