@@ -19,7 +19,8 @@ from typing import Final
 from rusty_rail import reference
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
-from rusty_rail.control.plan import DEFAULT_SET, Plan
+from rusty_rail.control.fingerprint import service_order
+from rusty_rail.control.plan import Plan
 from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.dpstate import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.flowhash import PROTO_TCP, PROTO_UDP, Flow
@@ -323,7 +324,7 @@ def dry_run(
     (``conntrack``) would go to another backend or be dropped. The flows are counted for at
     most ``seconds`` (None: all of them); the second value says whether all were counted."""
     names_before, names_after = _names(before), _names(after)
-    services = sorted(before.tables.keys() | after.tables.keys(), key=_service_order)
+    services = sorted(before.tables.keys() | after.tables.keys(), key=service_order)
     result: dict[str, schemas.VipPlan] = {}
     for name in services:
         old, new = before.tables.get(name), after.tables.get(name)
@@ -371,10 +372,6 @@ def dry_run(
         if view["flows_tracked"]:
             view["flows_moved_share"] = view["flows_moved"] / view["flows_tracked"]
     return result, complete
-
-
-def _service_order(name: str) -> tuple[int, str]:
-    return (0, "") if name == DEFAULT_SET else (1, name)
 
 
 def backend_state_name(state: BackendState) -> str:
