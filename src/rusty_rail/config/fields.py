@@ -250,15 +250,15 @@ SEED_TEXT_SCHEMA: Final[dict[str, Any]] = {
 }
 
 # The field types. A new field usually needs only one of these, or a new line like them: a
-# BeforeValidator that gives the house message, and the constraints (Field) it enforces, so
-# that the models' JSON schema (and the API's OpenAPI document) says them too.
+# BeforeValidator that gives the house message, around a type carrying the constraints (Field)
+# it enforces, so that the models' JSON schema (and the API's OpenAPI document) says them too.
+# The constraints go on the inner type: after a BeforeValidator they would reach the schema as
+# stray "ge" and "le" keys instead of minimum and maximum.
 _Address = Annotated[IPAddress, WithJsonSchema(ADDRESS_SCHEMA)]
 Address = Annotated[_Address, BeforeValidator(check_address)]
 OptionalAddress = Annotated[_Address | None, BeforeValidator(_optional(check_address))]
 _DeviceName = Annotated[str, Field(min_length=1, max_length=MAX_IFNAME_BYTES)]
 DeviceName = Annotated[_DeviceName | None, BeforeValidator(_optional(_device_name))]
-# A Field after a BeforeValidator would not reach the schema as minimum and maximum: the
-# constraints go on the inner type, the validator around it.
 _Seed = Annotated[
     int,
     Field(ge=0, le=MAX_SEED, description="Answered as a 0x-prefixed hexadecimal string."),
@@ -302,8 +302,6 @@ OptionalHostHeader = Annotated[_HostHeader | None, BeforeValidator(_optional(_ho
 _Status = Annotated[int, Field(ge=100, le=599)] | Annotated[str, Field(pattern="^[1-5][xX][xX]$")]
 _Statuses = Annotated[tuple[_Status, ...], Field(min_length=1)]
 OptionalStatuses = Annotated[_Statuses | None, BeforeValidator(_optional(_statuses))]
-
-
 _Interval = Annotated[float, Field(ge=0.1, le=3600)]
 OptionalInterval = Annotated[_Interval | None, BeforeValidator(_optional(_seconds(0.1, 3600)))]
 _Timeout = Annotated[float, Field(ge=0.01, le=60)]
