@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rusty_rail.api import views
+from rusty_rail.api import readmodels
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
 from rusty_rail.control.daemon import start_daemon
@@ -631,13 +631,13 @@ def test_a_dry_run_counts_flows_without_holding_the_change_lock(
     seen: list[bool] = []
     lock = node.daemon._lock
     assert lock is not None
-    original = views.dry_run
+    original = readmodels.dry_run
 
     def observed(*args: Any, **kwargs: Any) -> Any:
         seen.append(lock.locked())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(views, "dry_run", observed)
+    monkeypatch.setattr(readmodels, "dry_run", observed)
     change = {"op": "delete_backend", "vip": VIP, "backend": "198.18.64.2"}
     answer = node.call("POST", "/v1/plan", {"changes": [change]})
     assert answer.status == 200, answer.body

@@ -826,3 +826,32 @@ def test_arbitrary_text_gives_a_config_or_a_config_error(text: str) -> None:
         config_from_toml_text(text)
     except ConfigError as error:
         assert str(error).startswith(("configuration error in <string>", f"{len(error.problems)}"))
+
+
+def test_the_json_schema_carries_every_bound() -> None:
+    schema = Config.model_json_schema()
+    text = str(schema)
+    assert "'ge':" not in text and "'le':" not in text  # constraints, not stray keywords
+    weight = schema["$defs"]["Backend"]["properties"]["weight"]
+    assert (weight["minimum"], weight["maximum"]) == (0, 65535)
+    health = schema["$defs"]["Health"]["properties"]
+    bounds = {
+        key: (health[key]["anyOf"][0]["minimum"], health[key]["anyOf"][0]["maximum"])
+        for key in ("interval", "timeout", "icmp_hold", "icmp_confirm_timeout", "rise", "port")
+    }
+    assert bounds == {
+        "interval": (0.1, 3600),
+        "timeout": (0.01, 60),
+        "icmp_hold": (0, 3600),
+        "icmp_confirm_timeout": (0.01, 10),
+        "rise": (1, 100),
+        "port": (1, 65535),
+    }
+    assert schema["properties"]["conntrack_size"]["minimum"] == 1024
+    assert schema["properties"]["outer_ttl"]["maximum"] == 255
+    assert schema["$defs"]["AdminState"]["enum"] == [state.value for state in AdminState]
+    # What the validators also read: a seed as text, a backend as its address.
+    seed = schema["properties"]["hash_seed"]["anyOf"]
+    assert [part["type"] for part in seed] == ["integer", "string"]
+    entry = schema["properties"]["default_backends"]["items"]["anyOf"]
+    assert entry[0] == {"$ref": "#/$defs/Backend"} and entry[1]["type"] == "string"

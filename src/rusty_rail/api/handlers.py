@@ -1,4 +1,4 @@
-"""The REST API's handlers: reads answer from the daemon's state (readers in views.py);
+"""The REST API's handlers: reads answer from the daemon's state (readers in readmodels.py);
 writes compute the whole new configuration (changes.py) and hand it to the daemon, one at a
 time, under its change lock. Routes are in server.py, middlewares in middlewares.py.
 """
@@ -22,7 +22,7 @@ from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.fingerprint import config_fingerprint
 from rusty_rail.control.plan import Plan, PlanError
 
-from . import changes, openapi, views
+from . import changes, openapi, readmodels
 from .changes import BODY, Target
 from .context import DAEMON, METRICS, PLAN_LOCK, json_response
 from .errors import ApiError
@@ -153,11 +153,11 @@ async def _write(
     return json_response(_result(daemon, result, config), status, **headers)
 
 
-def _snapshot(daemon: Daemon) -> views.Snapshot:
+def _snapshot(daemon: Daemon) -> readmodels.Snapshot:
     plan = daemon.plan
     if plan is None:
         raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the daemon is not started")
-    return views.Snapshot(
+    return readmodels.Snapshot(
         config=daemon.config,
         plan=plan,
         next_hops=dict(daemon.next_hops.known),
@@ -202,7 +202,8 @@ async def list_vips(request: web.Request) -> web.Response:
         return {
             "generation": daemon.generation,
             "vips": [
-                views.service_view(snapshot, target) for target, _ in views.targets(snapshot.config)
+                readmodels.service_view(snapshot, target)
+                for target, _ in readmodels.targets(snapshot.config)
             ],
         }
 
@@ -215,7 +216,7 @@ async def get_vip(request: web.Request) -> web.Response:
     snapshot = _snapshot(daemon)
     if changes.backends_of(snapshot.config, target) is None:
         raise changes.not_found(target)
-    return json_response(await asyncio.to_thread(views.service_view, snapshot, target))
+    return json_response(await asyncio.to_thread(readmodels.service_view, snapshot, target))
 
 
 async def put_vip(request: web.Request) -> web.Response:
@@ -242,7 +243,7 @@ async def get_backend(request: web.Request) -> web.Response:
     backends = changes.backends_of(snapshot.config, target)
     if backends is None:
         raise changes.not_found(target)
-    view = views.backend_view(snapshot, target, address)
+    view = readmodels.backend_view(snapshot, target, address)
     if view is None:
         raise changes.not_found(target, address)
     return json_response(view)
@@ -334,8 +335,8 @@ async def plan(request: web.Request) -> web.Response:
 
     def count_flows(before: Plan, after: Plan) -> tuple[list[Any], dict[str, Any], bool]:
         maps = daemon.balancer.maps if daemon.balancer is not None else None
-        flows = views.tracked_flows(maps, max_flows) if maps is not None else []
-        vips, complete = views.dry_run(before, after, flows, seconds=PLAN_FLOW_SECONDS)
+        flows = readmodels.tracked_flows(maps, max_flows) if maps is not None else []
+        vips, complete = readmodels.dry_run(before, after, flows, seconds=PLAN_FLOW_SECONDS)
         return flows, vips, complete
 
     async with request.app[PLAN_LOCK]:
@@ -378,7 +379,7 @@ async def list_flows(request: web.Request) -> web.Response:
         return json_response({"flows": [], "scanned": 0, "complete": True})
     maps = snapshot.maps
     result = await asyncio.to_thread(
-        views.flows, snapshot.plan, maps, vip=vip, limit=limit, scan=FLOW_SCAN
+        readmodels.flows, snapshot.plan, maps, vip=vip, limit=limit, scan=FLOW_SCAN
     )
     return json_response(result)
 
@@ -387,13 +388,15 @@ async def lookup(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     text = request.query.get("flow")
     if text is None:
-        raise ApiError.bad_parameter("flow", "", f"required: {views.FLOW_SYNTAX}")
+        raise ApiError.bad_parameter("flow", "", f"required: {readmodels.FLOW_SYNTAX}")
     try:
-        flow = views.parse_flow(text)
+        flow = readmodels.parse_flow(text)
     except ValueError as error:
         raise ApiError.bad_parameter("flow", text, str(error)) from None
     snapshot = _snapshot(daemon)
-    return json_response(await asyncio.to_thread(views.lookup, snapshot.plan, snapshot.maps, flow))
+    return json_response(
+        await asyncio.to_thread(readmodels.lookup, snapshot.plan, snapshot.maps, flow)
+    )
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail import config as config_module
 from rusty_rail._types import IPAddress
@@ -50,6 +50,9 @@ from rusty_rail.dataplane.loader import Balancer, detach_balancer
 from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
 from rusty_rail.model.state import NextHop
 
+if TYPE_CHECKING:
+    from rusty_rail.api import schemas
+
 log = logging.getLogger("rusty_rail.daemon")
 
 #: How long a change waits for the neighbours of backends it adds to answer ARP.
@@ -76,7 +79,7 @@ class ChangeResult:
     apply_seconds: float
     seconds: float
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> schemas.ChangeCounts:
         return {
             "generation": self.generation,
             "changed": self.changed,

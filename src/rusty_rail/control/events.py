@@ -10,7 +10,10 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from rusty_rail.api import schemas
 
 log = logging.getLogger("rusty_rail.events")
 
@@ -38,7 +41,7 @@ class Event:
     cause: str
     detail: str
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> schemas.Event:
         return {
             "id": self.id,
             "at": self.at,

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import (
@@ -26,6 +27,9 @@ from rusty_rail.config import (
 )
 from rusty_rail.control.events import EventLog
 from rusty_rail.model.icmp import IcmpReport
+
+if TYPE_CHECKING:
+    from rusty_rail.api import schemas
 
 Pair = tuple[str, IPAddress]
 
@@ -85,7 +89,7 @@ class BackendHealth:
         """Whether the admin state lets it carry traffic (what fail-open counts)."""
         return self.admin is not AdminState.DOWN
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self) -> schemas.BackendHealthView:
         settings = self.settings
         return {
             "vip": self.service,
@@ -392,9 +396,9 @@ class HealthBook:
     # loop's thread changes the book: they iterate over copies (one C call each, atomic under
     # the GIL), never over the live dicts.
 
-    def summary(self) -> dict[str, dict[str, object]]:
+    def summary(self) -> dict[str, schemas.VipHealth]:
         """Per service: counts, unhealthy and suspect backends, fail-open (for /healthz)."""
-        result: dict[str, dict[str, object]] = {}
+        result: dict[str, schemas.VipHealth] = {}
         fail_open, floor_held = dict(self.fail_open), dict(self.floor_held)
         for service, backends in self._by_service(self.services).items():
             eligible = [b for b in backends if b.eligible]

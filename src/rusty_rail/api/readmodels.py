@@ -1,5 +1,6 @@
-"""What the API's reads answer, as JSON-ready dicts: VIPs with their backends, tables and
-counters; tracked flows; one flow's decision; and the dry run of a change (/v1/plan).
+"""What the API's reads answer, as the JSON-ready dicts that api/schemas.py types: VIPs with
+their backends, tables and counters; tracked flows; one flow's decision; and the dry run of a
+change (/v1/plan).
 
 The decisions come from the reference pipeline (reference.lookup) run on the plan's state
 with the live connection table, so they say what the data plane does, and why.
@@ -13,18 +14,21 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import ip_address
-from typing import Any, Final
+from typing import Final
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
-from rusty_rail.control.plan import DEFAULT_SET, Plan
+from rusty_rail.control.fingerprint import service_order
+from rusty_rail.control.plan import Plan
 from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.model import pipeline as reference
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.maglev import moved_fraction
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.wire.constants import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from rusty_rail.wire.fields import format_mac
 
+from . import schemas
 from .changes import Target
 
 PROTOCOL_NUMBERS: Final = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
@@ -36,21 +40,17 @@ PROTOCOL_NAMES: Final = {
 }
 
 
-def _mac(data: bytes) -> str:
-    return ":".join(f"{byte:02x}" for byte in data)
-
-
-def next_hop_json(next_hop: NextHop | None) -> dict[str, Any] | None:
+def next_hop_json(next_hop: NextHop | None) -> schemas.NextHop | None:
     if next_hop is None:
         return None
     return {
         "ifindex": next_hop.ifindex,
-        "src_mac": _mac(next_hop.src_mac),
-        "dst_mac": _mac(next_hop.dst_mac),
+        "src_mac": format_mac(next_hop.src_mac),
+        "dst_mac": format_mac(next_hop.dst_mac),
     }
 
 
-def _stats(counter: tuple[int, int] | None) -> dict[str, int]:
+def _stats(counter: tuple[int, int] | None) -> schemas.Stats:
     packets, size = counter or (0, 0)
     return {"packets": packets, "bytes": size}
 
@@ -78,7 +78,7 @@ def targets(config: Config) -> list[tuple[Target, tuple[Backend, ...]]]:
     return result
 
 
-def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True) -> dict[str, Any]:
+def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True) -> schemas.VipView:
     """A VIP (or the default set): its configuration, its live table and its backends."""
     config, plan = snapshot.config, snapshot.plan
     name = target.name
@@ -103,7 +103,7 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
         table_counts = {
             address: int(count) for address, count in zip(table.backends, counts, strict=True)
         }
-    backend_views = []
+    backend_views: list[schemas.BackendView] = []
     for backend in backends:
         slot = slots[backend.address]
         entry = plan.state.backends.get(slot) if slot is not None else None
@@ -113,7 +113,7 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             {
                 "address": str(backend.address),
                 "weight": backend.weight,
-                "state": backend.state.value,
+                "state": backend.state,
                 "dataplane_state": "absent" if entry is None else entry.state.name.lower(),
                 "next_hop": next_hop_json(snapshot.next_hops.get(backend.address)),
                 "next_hop_problem": problem,
@@ -125,9 +125,9 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
     return {
         "vip": name,
         "address": str(vip.address) if vip else None,
-        "protocol": vip.protocol.value if vip and vip.protocol else None,
+        "protocol": vip.protocol if vip and vip.protocol else None,
         "port": vip.port if vip else None,
-        "encap": vip.encap.value if vip else None,
+        "encap": vip.encap if vip else None,
         "table_size": vip.table_size if vip else None,
         "table": None
         if table is None
@@ -142,7 +142,9 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
     }
 
 
-def backend_view(snapshot: Snapshot, target: Target, address: IPAddress) -> dict[str, Any] | None:
+def backend_view(
+    snapshot: Snapshot, target: Target, address: IPAddress
+) -> schemas.BackendView | None:
     view = service_view(snapshot, target)
     return next((b for b in view["backends"] if b["address"] == str(address)), None)
 
@@ -234,7 +236,7 @@ def _with_conntrack(state: DataplaneState, conntrack: Mapping[Flow, CtEntry]) ->
     return replace(state, conntrack=dict(conntrack))
 
 
-def decision_json(plan: Plan, decision: reference.Decision) -> dict[str, Any]:
+def decision_json(plan: Plan, decision: reference.Decision) -> schemas.Decision:
     """A decision with the names an operator knows: VIP key, backend address and state."""
     backend = (
         plan.state.backends.get(decision.backend_index)
@@ -242,7 +244,7 @@ def decision_json(plan: Plan, decision: reference.Decision) -> dict[str, Any]:
         else None
     )
     names = _names(plan)
-    conntrack = (
+    conntrack: schemas.ConntrackMatch = (
         "valid"
         if decision.match is reference.Match.CONNTRACK
         else "stale"
@@ -265,7 +267,7 @@ def decision_json(plan: Plan, decision: reference.Decision) -> dict[str, Any]:
     }
 
 
-def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> dict[str, Any]:
+def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> schemas.Decision:
     """Which backend ``flow`` gets now, and why: its live connection-table entry (if any),
     else the VIP's table."""
     conntrack: dict[Flow, CtEntry] = {}
@@ -278,7 +280,7 @@ def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> dict[str, Any]:
 
 def flows(
     plan: Plan, maps: BalancerMaps, *, vip: str | None, limit: int, scan: int
-) -> dict[str, Any]:
+) -> schemas.FlowList:
     """A sample of tracked flows (of one VIP, or all), each with its backend: at most
     ``limit`` flows from at most ``scan`` connection-table entries."""
     result = []
@@ -316,17 +318,19 @@ def dry_run(
     conntrack: Iterable[tuple[Flow, CtEntry]],
     *,
     seconds: float | None = None,
-) -> tuple[dict[str, dict[str, Any]], bool]:
+) -> tuple[dict[str, schemas.VipPlan], bool]:
     """Per service, what ``after`` would change: whether the table changes, the share of
     table slots whose backend moves (maglev.moved_fraction; None when there is no table to
     compare with, as for a new VIP or a new table size), and how many of the tracked flows
     (``conntrack``) would go to another backend or be dropped. The flows are counted for at
     most ``seconds`` (None: all of them); the second value says whether all were counted."""
     names_before, names_after = _names(before), _names(after)
-    services = sorted(before.tables.keys() | after.tables.keys(), key=_service_order)
-    result: dict[str, dict[str, Any]] = {}
+    services = sorted(before.tables.keys() | after.tables.keys(), key=service_order)
+    result: dict[str, schemas.VipPlan] = {}
     for name in services:
         old, new = before.tables.get(name), after.tables.get(name)
+        change: schemas.TableChange
+        moved: float | None
         if old is None:
             change, moved = "added", None
         elif new is None:
@@ -369,10 +373,6 @@ def dry_run(
         if view["flows_tracked"]:
             view["flows_moved_share"] = view["flows_moved"] / view["flows_tracked"]
     return result, complete
-
-
-def _service_order(name: str) -> tuple[int, str]:
-    return (0, "") if name == DEFAULT_SET else (1, name)
 
 
 def backend_state_name(state: BackendState) -> str:

@@ -1,18 +1,21 @@
 """The API's reads without a kernel: flows as text, the dry run of a change on real plans,
-the OpenAPI document against the routes, and the ctl's requests and its answer to no daemon."""
+the OpenAPI document against the routes and the code, and the ctl's requests and its answer
+to no daemon."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import socket
 from ipaddress import IPv4Address, ip_address
 
 import pytest
 
-from rusty_rail.api import changes, openapi, views
+from rusty_rail.api import changes, openapi, readmodels
+from rusty_rail.api import schemas as schemas_module
 from rusty_rail.api.server import create_app
-from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.config import AdminState, Config, config_from_toml_text
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
@@ -59,12 +62,12 @@ def test_flows_are_written_and_read_back() -> None:
         "2001:2::5->2001:2::1/icmpv6": Flow.of("2001:2::5", "2001:2::1", 58),
     }
     for text, flow in cases.items():
-        assert views.parse_flow(text) == flow
-        assert views.parse_flow(views.flow_text(flow)) == flow
+        assert readmodels.parse_flow(text) == flow
+        assert readmodels.parse_flow(readmodels.flow_text(flow)) == flow
     # The form Flow prints, and spaces around the arrow, are read too.
     flow = cases["198.18.5.5:40000->198.18.100.1:80/tcp"]
-    assert views.parse_flow(str(flow)) == flow
-    assert views.parse_flow(" 198.18.5.5:40000 -> 198.18.100.1:80 /tcp ") == flow
+    assert readmodels.parse_flow(str(flow)) == flow
+    assert readmodels.parse_flow(" 198.18.5.5:40000 -> 198.18.100.1:80 /tcp ") == flow
 
 
 @pytest.mark.parametrize(
@@ -82,7 +85,7 @@ def test_flows_are_written_and_read_back() -> None:
 )
 def test_bad_flows_say_what_is_wrong(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        views.parse_flow(text)
+        readmodels.parse_flow(text)
 
 
 def flows_to(count: int) -> list[Flow]:
@@ -112,7 +115,7 @@ def test_dry_run_of_a_removal_moves_its_slots_and_only_its_flows() -> None:
     )
     after = plan_of(after_config, before)
     entries = tracked(before, flows_to(400))
-    view = views.dry_run(before, after, entries.items())[0][VIP]
+    view = readmodels.dry_run(before, after, entries.items())[0][VIP]
     on_removed = sum(backend_of(before, entries, f) == "198.18.2.1" for f in entries)
     assert view["change"] == "changed"
     assert view["flows_tracked"] == 400
@@ -128,7 +131,7 @@ def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
         CONFIG, changes.parse_target(VIP), IPv4Address("198.18.2.1"), {"state": "drain"}
     )
     after = plan_of(drained, before)
-    view = views.dry_run(before, after, tracked(before, flows_to(200)).items())[0][VIP]
+    view = readmodels.dry_run(before, after, tracked(before, flows_to(200)).items())[0][VIP]
     assert view["table_slots_moved"] > 0.2
     assert (view["flows_tracked"], view["flows_moved"]) == (200, 0)
 
@@ -136,13 +139,13 @@ def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
 def test_dry_run_of_new_and_removed_vips() -> None:
     before = plan_of(CONFIG)
     added = changes.put_vip(CONFIG, changes.parse_target("198.18.100.2"), {"backends": []})[0]
-    result, _ = views.dry_run(before, plan_of(added, before), [])
+    result, _ = readmodels.dry_run(before, plan_of(added, before), [])
     assert result["198.18.100.2"]["change"] == "added"
     assert result["198.18.100.2"]["table_slots_moved"] is None
     assert result[VIP]["change"] == "unchanged" and result[VIP]["table_slots_moved"] == 0.0
     removed = changes.delete_vip(CONFIG, changes.parse_target(VIP))
     entries = tracked(before, flows_to(50))
-    gone = views.dry_run(before, plan_of(removed, before), entries.items())[0][VIP]
+    gone = readmodels.dry_run(before, plan_of(removed, before), entries.items())[0][VIP]
     assert gone["change"] == "removed" and gone["table_slots_moved"] == 1.0
     assert gone["flows_moved"] == 50
 
@@ -150,23 +153,23 @@ def test_dry_run_of_new_and_removed_vips() -> None:
 def test_a_dry_run_past_its_time_counts_part_of_the_flows_and_says_so() -> None:
     before = plan_of(CONFIG)
     entries = tracked(before, flows_to(3000))
-    everything, complete = views.dry_run(before, before, entries.items())
+    everything, complete = readmodels.dry_run(before, before, entries.items())
     assert complete and everything[VIP]["flows_tracked"] == 3000
-    partial, complete = views.dry_run(before, before, entries.items(), seconds=0.0)
+    partial, complete = readmodels.dry_run(before, before, entries.items(), seconds=0.0)
     assert not complete and partial[VIP]["flows_tracked"] < 3000
 
 
 def test_lookup_and_flows_name_vip_and_backend() -> None:
     plan = plan_of(CONFIG)
     flow = flows_to(1)[0]
-    answer = views.lookup(plan, None, flow)
+    answer = readmodels.lookup(plan, None, flow)
     assert answer["vip"] == VIP and answer["conntrack"] == "none"
     assert answer["outcome"] == "ct_miss" and answer["forwards"]
     expected = reference.lookup(plan.state, flow)
     assert answer["backend"] == str(
         ip_address(plan.state.backends[expected.backend_index or 0].addr)
     )
-    other = views.lookup(plan, None, Flow.of("198.18.5.5", "198.18.77.7", PROTO_TCP, 1, 80))
+    other = readmodels.lookup(plan, None, Flow.of("198.18.5.5", "198.18.77.7", PROTO_TCP, 1, 80))
     assert (other["outcome"], other["vip"], other["backend"]) == ("no_vip", None, None)
 
 
@@ -229,3 +232,24 @@ def test_ctl_write_commands_and_their_dry_runs_are_the_same_change() -> None:
         assert (write.method, write.body, write.change["op"]) == (method, body, op), argv
         assert planned == write
         assert write.path.startswith("/v1/vips/198.18.100.1:80%2Ftcp")
+
+
+def test_the_openapi_schemas_come_from_the_code() -> None:
+    document = openapi.document()
+    schemas = document["components"]["schemas"]
+    text = str(document)
+    assert "$defs" not in text and "'title':" not in str(schemas)
+    for ref in re.findall(r"'\$ref': '#/components/schemas/([^']+)'", text):
+        assert ref in schemas, ref
+    assert schemas["AdminState"]["enum"] == [state.value for state in AdminState]
+    assert schemas["BackendView"]["properties"]["state"] == {
+        "$ref": "#/components/schemas/AdminState"
+    }
+    assert schemas["BackendHealth"]["properties"]["admin"]["enum"] == ["up", "drain", "down"]
+    assert set(schemas["BackendView"]["required"]) == set(
+        schemas_module.BackendView.__annotations__
+    )
+    # The bodies of the path's writes: the models' schemas without their required keys.
+    assert "required" not in schemas["VipBody"]
+    assert schemas["VipBody"]["properties"] == schemas["Vip"]["properties"]
+    assert schemas["Config"]["additionalProperties"] is False

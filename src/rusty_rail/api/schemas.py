@@ -1,0 +1,345 @@
+"""The JSON the API answers, as types: what the read models (readmodels.py), the daemon and
+the health book build, and what the OpenAPI document's response schemas are generated from.
+
+Each is a TypedDict (a plain dict on the wire, typed for the code that builds it); the ones
+marked ``extra="forbid"`` say in the document that they have no other keys.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import ConfigDict, Field, WithJsonSchema, with_config
+from typing_extensions import TypedDict
+
+from rusty_rail.config import MAX_WEIGHT, AdminState, CheckType, Config, Encap, IcmpPolicy, Protocol
+from rusty_rail.control.health import IcmpState, Status
+from rusty_rail.model.state import BackendState
+
+_CLOSED = ConfigDict(extra="forbid")
+
+
+def value_of(kind: type[StrEnum]) -> WithJsonSchema:
+    """The JSON schema of a field that holds one of ``kind``'s values as a plain string (the
+    health book and the event log write ``.value``): the enum's values, from the enum."""
+    return WithJsonSchema({"type": "string", "enum": [member.value for member in kind]})
+
+
+Count = Annotated[int, Field(ge=0)]
+Fingerprint = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+Milliseconds = Annotated[float, Field(ge=0)]
+#: A backend slot's state in the maps (dpstate.BackendState, lower case), or absent.
+DataplaneState = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": [*(state.name.lower() for state in BackendState), "absent"],
+            "description": "up takes new flows; drain keeps its flows only; down forwards "
+            "nothing; absent: not in the maps (the last change is not applied).",
+        }
+    ),
+]
+
+
+# --- VIPs and backends (GET /v1/vips, /v1/vips/{vip}, .../backends/{address}) ------------------
+
+
+@with_config(_CLOSED)
+class Stats(TypedDict):
+    packets: Count
+    bytes: Count
+
+
+@with_config(_CLOSED)
+class NextHop(TypedDict):
+    ifindex: int
+    src_mac: str
+    dst_mac: str
+
+
+@with_config(_CLOSED)
+class BackendView(TypedDict):
+    """A backend as configured (address, weight, state) and as the data plane holds it."""
+
+    address: str
+    weight: Annotated[int, Field(ge=0, le=MAX_WEIGHT)]
+    state: AdminState
+    dataplane_state: DataplaneState
+    next_hop: NextHop | None
+    next_hop_problem: str | None
+    slots: Count
+    slot_share: Annotated[float, Field(ge=0, le=1)]
+    stats: Stats
+
+
+@with_config(_CLOSED)
+class TableView(TypedDict):
+    size: int
+    fingerprint: Fingerprint | None
+    generation: Count
+    backends_in_table: Count
+
+
+@with_config(_CLOSED)
+class VipView(TypedDict):
+    vip: Annotated[str, Field(description="The VIP key, or default.")]
+    address: str | None
+    protocol: Protocol | None
+    port: int | None
+    encap: Encap | None
+    table_size: int | None
+    table: TableView | None
+    stats: Stats
+    backends: list[BackendView]
+
+
+@with_config(_CLOSED)
+class VipList(TypedDict):
+    generation: Count
+    vips: list[VipView]
+
+
+# --- writes and errors ------------------------------------------------------------------------
+
+
+class ChangeCounts(TypedDict):
+    """What one change did (control.daemon.ChangeResult)."""
+
+    generation: Count
+    changed: bool
+    map_updates: Count
+    tables_rebuilt: list[str]
+    build_ms: Milliseconds
+    apply_ms: Milliseconds
+    total_ms: Milliseconds
+
+
+@with_config(_CLOSED)
+class ChangeResult(ChangeCounts):
+    """What a write did. generation counts changes of the desired state."""
+
+    config_fingerprint: Fingerprint
+
+
+class _ProblemRequired(TypedDict):
+    path: Annotated[
+        str,
+        Field(
+            description="Where: a key path in the request body (backends[1].weight), a "
+            "parameter name, or config.… for the rest of the configuration."
+        ),
+    ]
+    reason: str
+
+
+@with_config(_CLOSED)
+class Problem(_ProblemRequired, total=False):
+    value: Annotated[str, Field(description="The value found there, as written.")]
+
+
+class Error(TypedDict):
+    status: int
+    error: str
+    message: str
+    problems: list[Problem]
+
+
+# --- node health (GET /healthz) ---------------------------------------------------------------
+
+
+class LastChange(TypedDict):
+    generation: int
+    source: str
+    at: float
+    map_updates: int
+
+
+class TableHealth(TypedDict):
+    fingerprint: Fingerprint | None
+    generation: Count
+    table_size: int
+    backends_in_table: int
+
+
+@with_config(_CLOSED)
+class VipHealth(TypedDict):
+    backends: Count
+    unhealthy: list[str]
+    suspect: list[str]
+    all_unhealthy: Annotated[
+        bool, Field(description="Every backend that is not admin down is unhealthy.")
+    ]
+    fail_open: Annotated[
+        bool,
+        Field(
+            description="All unhealthy, and all_unhealthy is fail-open: traffic goes to "
+            "every backend."
+        ),
+    ]
+    icmp_floor_held: Count
+
+
+class NodeHealth(TypedDict):
+    status: Literal["ok", "unavailable"]
+    reasons: list[str]
+    warnings: Annotated[
+        list[str],
+        Field(
+            description="What runs differs from what is configured (e.g. an adopted "
+            "connection table of another size); the node stays healthy."
+        ),
+    ]
+    device: str
+    attached: bool
+    generation: Count
+    config_fingerprint: Fingerprint
+    last_change: LastChange | None
+    vips: Annotated[
+        dict[str, TableHealth],
+        Field(
+            description="Per VIP key (and default): the live table's fingerprint and "
+            "how many times it was swapped in since this daemon started."
+        ),
+    ]
+    unresolved_next_hops: list[str]
+    backend_health: Annotated[
+        dict[str, VipHealth],
+        Field(description="Per VIP key (and default): its backends' health."),
+    ]
+
+
+# --- backend health and events (GET /v1/health, /v1/events) ----------------------------------
+
+
+@with_config(_CLOSED)
+class CheckState(TypedDict):
+    type: Annotated[str, value_of(CheckType)]
+    ok: bool
+    successes: Count
+    failures: Count
+    last: str | None
+
+
+@with_config(_CLOSED)
+class IcmpView(TypedDict):
+    policy: Annotated[str, value_of(IcmpPolicy)]
+    state: Annotated[str, value_of(IcmpState)]
+    confirmed: bool
+    probe_successes: Count
+    last_report: str | None
+
+
+@with_config(_CLOSED)
+class BackendHealthView(TypedDict):
+    vip: str
+    backend: str
+    status: Annotated[str, value_of(Status)]
+    admin: Annotated[str, value_of(AdminState)]
+    check: CheckState
+    icmp: IcmpView
+
+
+@with_config(_CLOSED)
+class HealthList(TypedDict):
+    vips: dict[str, VipHealth]
+    backends: list[BackendHealthView]
+
+
+#: What an Event is about (control.events.Event's kind).
+EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor"]
+
+# Functional syntax: "from" is a Python keyword.
+Event = TypedDict(
+    "Event",
+    {
+        "id": Annotated[int, Field(ge=1)],
+        "at": Annotated[float, Field(description="Unix time")],
+        "kind": Annotated[str, WithJsonSchema({"type": "string", "enum": EVENT_KINDS})],
+        "vip": str,
+        "backend": str | None,
+        "from": str | None,
+        "to": str | None,
+        "cause": str,
+        "detail": str,
+    },
+)
+with_config(_CLOSED)(Event)
+
+
+@with_config(_CLOSED)
+class EventList(TypedDict):
+    events: list[Event]
+    last_id: Count
+
+
+# --- dry runs, flows and lookups (POST /v1/plan, GET /v1/flows, /v1/lookup) -------------------
+
+
+class _ChangeRequired(TypedDict):
+    op: Literal["put_vip", "delete_vip", "put_backend", "patch_backend", "delete_backend"]
+    vip: str
+
+
+@with_config(_CLOSED)
+class Change(_ChangeRequired, total=False):
+    """One write, as the route of the same name would do it."""
+
+    backend: str
+    body: dict[str, object]
+
+
+@with_config(_CLOSED)
+class PlanRequest(TypedDict, total=False):
+    """Either config (the whole new desired state) or changes (writes applied in order to the
+    current one)."""
+
+    config: Config
+    changes: Annotated[list[Change], Field(min_length=1)]
+    max_flows: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+#: What a change does to a service's table.
+TableChange = Literal["added", "removed", "changed", "unchanged"]
+#: Whether a flow's decision came from a valid connection-table entry, a stale one, or none.
+ConntrackMatch = Literal["valid", "stale", "none"]
+
+
+class VipPlan(TypedDict):
+    change: TableChange
+    table_slots_moved: float | None
+    flows_tracked: int
+    flows_moved: int
+    flows_moved_share: float
+    fingerprint_before: Fingerprint | None
+    fingerprint_after: Fingerprint | None
+
+
+class PlanResult(TypedDict):
+    generation: int
+    config_fingerprint: Fingerprint
+    flows_examined: Count
+    flows_complete: bool
+    vips: dict[str, VipPlan]
+
+
+class Decision(TypedDict):
+    flow: str
+    hash: int
+    outcome: str
+    forwards: bool
+    match: str
+    vip: str | None
+    table_slot: int | None
+    table_size: int | None
+    backend: str | None
+    backend_state: str | None
+    conntrack: ConntrackMatch
+    explanation: str
+
+
+class FlowList(TypedDict):
+    flows: list[Decision]
+    scanned: Count
+    complete: bool
