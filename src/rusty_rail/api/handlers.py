@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
@@ -21,8 +21,10 @@ from rusty_rail.control.daemon import SOURCE_API, ChangeResult, Daemon
 from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.fingerprint import config_fingerprint
 from rusty_rail.control.plan import Plan, PlanError
+from rusty_rail.model.flowhash import Flow
+from rusty_rail.model.state import CtEntry
 
-from . import changes, openapi, readmodels
+from . import changes, openapi, readmodels, schemas
 from .changes import BODY, Target
 from .context import DAEMON, METRICS, PLAN_LOCK, json_response
 from .errors import ApiError
@@ -104,8 +106,8 @@ def _change_error(error: Exception) -> ApiError:
     )
 
 
-def _result(daemon: Daemon, result: ChangeResult, config: Config) -> dict[str, Any]:
-    return result.as_json() | {"config_fingerprint": daemon.config_marks(config)[1]}
+def _result(daemon: Daemon, result: ChangeResult, config: Config) -> schemas.ChangeResult:
+    return {**result.as_json(), "config_fingerprint": daemon.config_marks(config)[1]}
 
 
 async def _write(
@@ -197,7 +199,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 async def list_vips(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
 
-    def build() -> dict[str, Any]:
+    def build() -> schemas.VipList:
         snapshot = _snapshot(daemon)
         return {
             "generation": daemon.generation,
@@ -333,7 +335,9 @@ async def plan(request: web.Request) -> web.Response:
             raise _change_error(error) from error
         return before, after, config, daemon.generation
 
-    def count_flows(before: Plan, after: Plan) -> tuple[list[Any], dict[str, Any], bool]:
+    def count_flows(
+        before: Plan, after: Plan
+    ) -> tuple[list[tuple[Flow, CtEntry]], dict[str, schemas.VipPlan], bool]:
         maps = daemon.balancer.maps if daemon.balancer is not None else None
         flows = readmodels.tracked_flows(maps, max_flows) if maps is not None else []
         vips, complete = readmodels.dry_run(before, after, flows, seconds=PLAN_FLOW_SECONDS)
@@ -344,15 +348,14 @@ async def plan(request: web.Request) -> web.Response:
         # connection table) are counted without it, from the plans already made.
         before, after, config, generation = await daemon.exclusive(compile_under_lock)
         flows, vips, complete = await asyncio.to_thread(count_flows, before, after)
-    return json_response(
-        {
-            "generation": generation,
-            "config_fingerprint": config_fingerprint(config),
-            "flows_examined": len(flows),
-            "flows_complete": complete,
-            "vips": vips,
-        }
-    )
+    answer: schemas.PlanResult = {
+        "generation": generation,
+        "config_fingerprint": config_fingerprint(config),
+        "flows_examined": len(flows),
+        "flows_complete": complete,
+        "vips": vips,
+    }
+    return json_response(answer)
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from rusty_rail import config as config_module
 from rusty_rail._types import IPAddress
@@ -126,7 +126,7 @@ class Controller:
         self.table_generations: dict[str, int] = {}
         self.observers: list[ChangeObserver] = []
         self.started_at = time.time()
-        self.last_change: dict[str, Any] | None = None
+        self.last_change: schemas.LastChange | None = None
         #: Set when the desired state is not (fully) in the maps: why.
         self.apply_error: str | None = None
         #: What runs differs from what is configured, without making the node unhealthy.
@@ -467,7 +467,7 @@ class Controller:
         table = None if plan is None else plan.tables.get(name)
         return None if table is None else self._fingerprints.of(name, table)
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> tuple[bool, schemas.NodeHealth]:
         """Whether the node is healthy (attached, the last change applied), and the body."""
         plan = self.plan
         reasons = []
@@ -478,7 +478,7 @@ class Controller:
             reasons.append(f"the data plane is not attached to {self.device}")
         if self.apply_error is not None:
             reasons.append(self.apply_error)
-        vips: dict[str, Any] = {}
+        vips: dict[str, schemas.TableHealth] = {}
         if plan is not None:
             for name in sorted(plan.tables, key=service_order):
                 table = plan.tables[name]
@@ -493,7 +493,7 @@ class Controller:
             key=address_order,
         )
         backend_health = self.monitor.book.summary() if self.monitor is not None else {}
-        body = {
+        body: schemas.NodeHealth = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
             "warnings": list(self.warnings),
