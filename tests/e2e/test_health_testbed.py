@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from rusty_rail.api.client import ApiClient
 from rusty_rail.bench.health import (
     API,
     HealthBedSettings,
@@ -40,7 +41,6 @@ from rusty_rail.bench.health import (
     wait_for,
     wait_on_every_lb,
 )
-from rusty_rail.ctl import ApiClient
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.flowhash import PROTO_TCP, Flow
 from rusty_rail.packets import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, gre, icmp, inner_ipv4, ipv4
