@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rusty_rail.api.client import ApiClient, Response
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, config_from_toml_text
 from rusty_rail.control.background import BackgroundDaemon
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import ApiOptions, DaemonOptions
-from rusty_rail.ctl import ApiClient, Response
 from rusty_rail.dataplane.libbpf import BPFFS, ensure_bpffs, remove_pin_dir
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.netns import Namespace, Netns

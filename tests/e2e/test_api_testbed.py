@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rusty_rail.ctl import ApiClient, backend_path
+from rusty_rail.api.client import ApiClient, backend_path
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
@@ -81,7 +81,7 @@ def test_a_drained_backend_keeps_its_connections_and_gets_no_new_ones(bed: Testb
     echo = LongLived(bed.clients, VIP, ECHO_PORT, 24)
     try:
         assert set(echo.per_backend()) == {"s1", "s2", "s3"}
-        on_every_lb(bed, "drain", VIP, server_address(0))
+        on_every_lb(bed, "backend", "drain", VIP, server_address(0))
         assert_balancers_agree(bed)
         assert echo.check() == []  # every connection, s1's included, still answers
         during = http_requests(bed.clients, VIP, HTTP_PORT, 300)
@@ -103,7 +103,7 @@ def test_a_removed_backend_loses_only_its_own_flows(bed: Testbed) -> None:
     removed = server_address(2)
     try:
         assert set(echo.per_backend()) == {"s1", "s2", "s3"}
-        plan = json.loads(ctl(bed, 0, "--json", "plan", "remove", VIP, removed).stdout)
+        plan = json.loads(ctl(bed, 0, "--json", "plan", "backend", "del", VIP, removed).stdout)
         view = plan["vips"][VIP]
         assert 0.25 < view["table_slots_moved"] < 0.42
         # Tracked flows on the balancer that carries them; the dry run changed nothing.
@@ -139,7 +139,7 @@ def test_ctl_shows_backends_explains_flows_and_watches_rates(bed: Testbed) -> No
         assert VIP in listing
         for i in range(3):
             assert server_address(i) in listing
-        entries = json.loads(ctl(bed, 0, "--json", "list").stdout)
+        entries = json.loads(ctl(bed, 0, "--json", "vip", "list").stdout)
         assert [b["address"] for b in entries[0]["backends"]] == [
             server_address(i) for i in range(3)
         ]
@@ -147,7 +147,9 @@ def test_ctl_shows_backends_explains_flows_and_watches_rates(bed: Testbed) -> No
         for connection in echo.connections:
             flow = connection.flow
             text = f"{connection.sock.getsockname()[0]}:{flow.sport}->{VIP}:{flow.dport}/tcp"
-            answers = [json.loads(ctl(bed, lb, "--json", "lookup", text).stdout)
+            # The new spelling on the first balancer, the old one (`lookup`) on the others.
+            lookup = [("flow", "lookup"), *[("lookup",)] * (bed.spec.lbs - 1)]
+            answers = [json.loads(ctl(bed, lb, "--json", *lookup[lb], text).stdout)
                        for lb in range(bed.spec.lbs)]  # fmt: skip
             # Both balancers pick the same backend, the one the connection reached.
             assert {names[a["backend"]] for a in answers} == {connection.backend}
@@ -156,7 +158,7 @@ def test_ctl_shows_backends_explains_flows_and_watches_rates(bed: Testbed) -> No
         missing = ctl(bed, 0, "--api", "http://127.0.0.1:1", "list", check=False)
         assert missing.returncode == 3
         assert "cannot reach the rusty-rail API" in missing.stderr
-        refused = ctl(bed, 0, "weight", VIP, server_address(0), "-1", check=False)
+        refused = ctl(bed, 0, "backend", "weight", VIP, server_address(0), "-1", check=False)
         assert refused.returncode == 1
         assert "weight: -1: must be between 0 and 65535" in refused.stderr
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from rusty_rail.api.client import ApiClient
 from rusty_rail.bench.health import (
     API,
     HealthBedSettings,
@@ -40,7 +41,6 @@ from rusty_rail.bench.health import (
     wait_for,
     wait_on_every_lb,
 )
-from rusty_rail.ctl import ApiClient
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.testbed.topology import (

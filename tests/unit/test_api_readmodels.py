@@ -1,13 +1,9 @@
 """The API's reads without a kernel: flows as text, the dry run of a change on real plans,
-the OpenAPI document against the routes and the code, and the ctl's requests and its answer
-to no daemon."""
+the OpenAPI document against the routes and the code."""
 
 from __future__ import annotations
 
-import argparse
-import io
 import re
-import socket
 from ipaddress import IPv4Address, ip_address
 
 import pytest
@@ -19,8 +15,6 @@ from rusty_rail.config import AdminState, Config, config_from_toml_text
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
-from rusty_rail.ctl import EXIT_UNREACHABLE, ApiClient, ApiUnreachable, add_arguments
-from rusty_rail.ctl import run as run_ctl
 from rusty_rail.model import pipeline as reference
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import CtEntry, NextHop
@@ -187,51 +181,6 @@ def test_the_openapi_document_covers_every_route_and_every_schema_it_references(
     text = str(document)
     for name in document["components"]["schemas"]:
         assert f"'#/components/schemas/{name}'" in text, name
-
-
-def ctl_arguments(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_ctl_says_clearly_when_no_daemon_answers() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(ApiUnreachable, match="Is `rusty-rail run` running"):
-        ApiClient(url).get("/healthz")
-    out, err = io.StringIO(), io.StringIO()
-    status = run_ctl(ctl_arguments("--api", url, "list"), out, err)
-    assert status == EXIT_UNREACHABLE
-    assert "cannot reach the rusty-rail API" in err.getvalue()
-
-
-def test_ctl_write_commands_and_their_dry_runs_are_the_same_change() -> None:
-    from rusty_rail.ctl import _write_of
-
-    cases = {
-        ("drain", VIP, "198.18.2.1"): ("PATCH", {"state": "drain"}, "patch_backend"),
-        ("up", VIP, "198.18.2.1"): ("PATCH", {"state": "up"}, "patch_backend"),
-        ("weight", VIP, "198.18.2.1", "3"): ("PATCH", {"weight": 3}, "patch_backend"),
-        ("rm", VIP, "198.18.2.1"): ("DELETE", None, "delete_backend"),
-        ("add", VIP, "198.18.2.9", "--weight", "2"): (
-            "PUT",
-            {"weight": 2, "state": "up"},
-            "put_backend",
-        ),
-        ("del-vip", VIP): ("DELETE", None, "delete_vip"),
-    }
-    for argv, (method, body, op) in cases.items():
-        write = _write_of(ctl_arguments(*argv))
-        planned = _write_of(ctl_arguments("plan", *argv))
-        assert (write.method, write.body, write.change["op"]) == (method, body, op), argv
-        assert planned == write
-        assert write.path.startswith("/v1/vips/198.18.100.1:80%2Ftcp")
 
 
 def test_the_openapi_schemas_come_from_the_code() -> None:

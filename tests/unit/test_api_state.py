@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rusty_rail import cli
 from rusty_rail.api import changes
+from rusty_rail.cli import run as run_command
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
 from rusty_rail.control.daemon import Daemon
@@ -236,8 +236,8 @@ def test_a_token_file_others_can_read_is_warned_about(
     token = tmp_path / "token"
     token.write_text("0123456789abcdef0123\n")
     token.chmod(0o600)
-    assert cli._api_token(token) == "0123456789abcdef0123"
+    assert run_command.api_token(token) == "0123456789abcdef0123"
     assert capsys.readouterr().err == ""
     token.chmod(0o644)
-    assert cli._api_token(token) == "0123456789abcdef0123"
+    assert run_command.api_token(token) == "0123456789abcdef0123"
     assert "can be read by group or others (mode 644)" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rusty_rail.api.server import create_app
+from rusty_rail.cli.ctl import event_line
 from rusty_rail.config import Config, merge_health, validate_as
 from rusty_rail.control.checks import (
     echo_reply_of,
@@ -28,7 +29,6 @@ from rusty_rail.control.checks import (
 )
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
-from rusty_rail.ctl import event_line
 from rusty_rail.wire.build import icmp, ipv4
 from rusty_rail.wire.constants import PROTO_GRE, PROTO_ICMP
 from rusty_rail.wire.describe import Ipv4Info, describe

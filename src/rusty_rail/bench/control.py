@@ -23,13 +23,13 @@ from typing import Any, Final
 
 import numpy as np
 
+from rusty_rail.api.client import ApiClient, backend_path
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, validate_as
 from rusty_rail.control.background import BackgroundDaemon
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import ApiOptions, DaemonOptions
 from rusty_rail.control.plan import slot_table
-from rusty_rail.ctl import ApiClient, backend_path
 from rusty_rail.dataplane.libbpf import BPFFS, Map, ensure_bpffs, remove_pin_dir
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.model.maglev import build_table

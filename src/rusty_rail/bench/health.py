@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from rusty_rail.api.client import ApiClient, backend_path, vip_path
 from rusty_rail.config import merge_health
-from rusty_rail.ctl import ApiClient, backend_path, vip_path
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.decap.agent import decap_attach, decap_detach
 from rusty_rail.testbed.topology import (

@@ -1,8 +1,10 @@
-"""`rusty-rail ctl`: an ipvsadm-like client of a running daemon's REST API: list VIPs and
-backends, add, remove, drain and weigh backends, dry-run a change, explain a flow, watch rates,
-follow health events.
+"""`rusty-rail ctl`: an ipvsadm-like client of a running daemon's REST API, noun then verb:
+`vip add|del|list`, `backend add|del|drain|up|down|weight`, `flow list|lookup`; dry-run a
+change, watch rates, follow health events. The older flat spellings (`add-vip`, `remove`, `rm`,
+`drain`, ...) still work, unlisted.
 
-Every command is one or two HTTP requests (stdlib urllib); what it prints is rendered with rich.
+Every command is one or two HTTP requests (rusty_rail.api.client); what it prints is rendered
+with rich.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import os
 import sys
 import time
 import tomllib
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,112 +25,35 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_URL: Final = "http://127.0.0.1:9180"
-URL_VARIABLE: Final = "RUSTY_RAIL_API"
-TOKEN_VARIABLE: Final = "RUSTY_RAIL_API_TOKEN"
-EXIT_OK: Final = 0
+from rusty_rail.api.client import (
+    DEFAULT_URL,
+    TOKEN_VARIABLE,
+    URL_VARIABLE,
+    ApiClient,
+    ApiFailed,
+    ApiUnreachable,
+    backend_path,
+    vip_path,
+)
+from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
+
 EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 
-
-class ApiUnreachable(RuntimeError):
-    """No daemon answers at the URL."""
-
-
-class ApiFailed(RuntimeError):
-    """The daemon answered with an error; ``body`` is its JSON error (docs/api.md)."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
-        message = body.get("message") if isinstance(body, dict) else None
-        super().__init__(f"{status}: {message or body}")
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]
-    body: Any
-
-
-class ApiClient:
-    """A small synchronous client of the API (also what the tests and the bench use)."""
-
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30):
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        check: bool = True,
-    ) -> Response:
-        """One request; the JSON answer decoded (text for /metrics). Raises ApiUnreachable,
-        or ApiFailed for a 4xx/5xx when ``check``."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                return _response(answer.status, dict(answer.headers), answer.read())
-        except urllib.error.HTTPError as error:
-            response = _response(error.code, dict(error.headers), error.read())
-            if check:
-                raise ApiFailed(response.status, response.body) from None
-            return response
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            reason = getattr(error, "reason", error)
-            raise ApiUnreachable(
-                f"cannot reach the rusty-rail API at {self.url}: {reason}. Is `rusty-rail run` "
-                f"running here, with its API on? Point at it with --api URL or ${URL_VARIABLE}."
-            ) from None
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path).body
-
-    def put(self, path: str, body: object) -> Any:
-        return self.request("PUT", path, body).body
-
-    def patch(self, path: str, body: object) -> Any:
-        return self.request("PATCH", path, body).body
-
-    def delete(self, path: str) -> Any:
-        return self.request("DELETE", path).body
-
-    def post(self, path: str, body: object) -> Any:
-        return self.request("POST", path, body).body
-
-
-def _response(status: int, headers: dict[str, str], raw: bytes) -> Response:
-    kind = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
-    text = raw.decode("utf-8", "replace")
-    if "json" in kind:
-        try:
-            return Response(status, headers, json.loads(text))
-        except ValueError:
-            pass
-    return Response(status, headers, text)
-
-
-def vip_path(vip: str) -> str:
-    """The path of a VIP (or ``default``); the key's / is percent-encoded."""
-    return "/v1/vips/" + urllib.parse.quote(vip, safe=":[]")
-
-
-def backend_path(vip: str, address: str) -> str:
-    return f"{vip_path(vip)}/backends/{urllib.parse.quote(address, safe=':')}"
+HELP: Final = "view and change a running daemon through its REST API (ipvsadm-like)"
+DESCRIPTION: Final = (
+    "A client of `rusty-rail run`'s REST API (docs/operations.md): list VIPs and backends, "
+    "add/delete/drain/weigh backends, dry-run a change, explain a flow, watch rates. Commands "
+    "are noun then verb (`vip add`, `backend del`); the older spellings (add-vip, del-vip, add, "
+    "remove, rm, drain, up, down, weight, list, ls, lookup, flows) still work. Exit status: "
+    "0 done, 1 refused by the daemon, 2 usage, 3 no daemon."
+)
+EPILOG: Final = """Examples:
+  rusty-rail ctl vip list
+  rusty-rail ctl backend add 198.18.100.1:80/tcp 198.18.2.4 --weight 2
+  rusty-rail ctl backend drain 198.18.100.1:80/tcp 198.18.2.1
+  rusty-rail ctl plan backend del 198.18.100.1:80/tcp 198.18.2.1
+  rusty-rail ctl flow lookup 198.18.5.5:40000->198.18.100.1:80/tcp"""
 
 
 # --- writes: each command is one change (also what `ctl plan` sends) ---------------------------
@@ -147,67 +70,107 @@ class Write:
 
 
 def _write_of(args: argparse.Namespace) -> Write:
-    command = args.write
+    noun, verb = args.write
     vip: str = args.vip
-    if command == "add-vip":
-        body: dict[str, Any] = {"backends": args.backend or []}
-        if args.table_size is not None:
-            body["table_size"] = args.table_size
-        return Write("PUT", vip_path(vip), body, {"op": "put_vip", "vip": vip, "body": body})
-    if command == "del-vip":
+    if noun == "vip":
+        if verb == "add":
+            body: dict[str, Any] = {"backends": args.backend or []}
+            if args.table_size is not None:
+                body["table_size"] = args.table_size
+            return Write("PUT", vip_path(vip), body, {"op": "put_vip", "vip": vip, "body": body})
         return Write("DELETE", vip_path(vip), None, {"op": "delete_vip", "vip": vip})
     address: str = args.backend_address
     change: dict[str, Any] = {"vip": vip, "backend": address}
     path = backend_path(vip, address)
-    if command == "add":
+    if verb == "add":
         body = {"weight": args.weight, "state": args.state}
         return Write("PUT", path, body, change | {"op": "put_backend", "body": body})
-    if command == "remove":
+    if verb == "del":
         return Write("DELETE", path, None, change | {"op": "delete_backend"})
-    body = {"state": command} if command in ("drain", "down", "up") else {"weight": args.new_weight}
+    body = {"state": verb} if verb in ("drain", "down", "up") else {"weight": args.new_weight}
     return Write("PATCH", path, body, change | {"op": "patch_backend", "body": body})
 
 
-def _add_write_commands(commands: Any) -> None:
-    def vip_argument(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("vip", help="VIP key (198.18.100.1:80/tcp, 198.18.100.1) or default")
+Adder = Callable[[argparse.ArgumentParser], None]
 
-    add_vip = commands.add_parser("add-vip", help="create a VIP (ipvsadm -A)")
-    vip_argument(add_vip)
-    add_vip.add_argument("--table-size", type=int, help="its own Maglev table size (a prime)")
-    add_vip.add_argument(
+
+def _vip_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vip", help="VIP key (198.18.100.1:80/tcp, 198.18.100.1) or default")
+
+
+def _vip_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _vip_key(parser)
+    parser.add_argument("--table-size", type=int, help="its own Maglev table size (a prime)")
+    parser.add_argument(
         "--backend", action="append", metavar="ADDRESS", help="a backend (repeatable)"
     )
-    del_vip = commands.add_parser("del-vip", help="remove a VIP (ipvsadm -D)")
-    vip_argument(del_vip)
-    add = commands.add_parser("add", help="add or replace a backend (ipvsadm -a / -e)")
-    vip_argument(add)
-    add.add_argument("backend_address", metavar="BACKEND")
-    add.add_argument("--weight", type=int, default=1, help="share of new flows (default 1)")
-    add.add_argument("--state", choices=["up", "drain", "down"], default="up")
-    for name, help_text in (
-        ("remove", "remove a backend; its flows move to the others (ipvsadm -d)"),
-        ("drain", "stop sending new flows to a backend; its flows continue"),
-        ("down", "take a backend out: its flows move to the others"),
-        ("up", "put a drained or down backend back"),
-    ):
-        parser = commands.add_parser(
-            name, help=help_text, aliases=["rm"] if name == "remove" else []
-        )
-        vip_argument(parser)
-        parser.add_argument("backend_address", metavar="BACKEND")
-        parser.set_defaults(write="remove" if name == "remove" else name)
-    weight = commands.add_parser("weight", help="set a backend's weight")
-    vip_argument(weight)
-    weight.add_argument("backend_address", metavar="BACKEND")
-    weight.add_argument("new_weight", type=int, metavar="WEIGHT")
-    for name, parser in (
-        ("add-vip", add_vip),
-        ("del-vip", del_vip),
-        ("add", add),
-        ("weight", weight),
-    ):
-        parser.set_defaults(write=name)
+
+
+def _backend_key(parser: argparse.ArgumentParser) -> None:
+    _vip_key(parser)
+    parser.add_argument("backend_address", metavar="BACKEND")
+
+
+def _backend_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _backend_key(parser)
+    parser.add_argument("--weight", type=int, default=1, help="share of new flows (default 1)")
+    parser.add_argument("--state", choices=["up", "drain", "down"], default="up")
+
+
+def _backend_weight_arguments(parser: argparse.ArgumentParser) -> None:
+    _backend_key(parser)
+    parser.add_argument("new_weight", type=int, metavar="WEIGHT")
+
+
+# (noun, verb): help, its arguments, and the old flat spellings that mean the same.
+CHANGES: Final[dict[tuple[str, str], tuple[str, Adder, tuple[str, ...]]]] = {
+    ("vip", "add"): ("create a VIP (ipvsadm -A)", _vip_add_arguments, ("add-vip",)),
+    ("vip", "del"): ("delete a VIP (ipvsadm -D)", _vip_key, ("del-vip",)),
+    ("backend", "add"): (
+        "add or replace a backend (ipvsadm -a / -e)",
+        _backend_add_arguments,
+        ("add",),
+    ),
+    ("backend", "del"): (
+        "delete a backend; its flows move to the others (ipvsadm -d)",
+        _backend_key,
+        ("remove", "rm"),
+    ),
+    ("backend", "drain"): (
+        "stop sending new flows to a backend; its flows continue",
+        _backend_key,
+        ("drain",),
+    ),
+    ("backend", "down"): (
+        "take a backend out: its flows move to the others",
+        _backend_key,
+        ("down",),
+    ),
+    ("backend", "up"): ("put a drained or down backend back", _backend_key, ("up",)),
+    ("backend", "weight"): ("set a backend's weight", _backend_weight_arguments, ("weight",)),
+}
+BACKEND_HELP: Final = "a VIP's backends: add, del, drain, up, down, weight (ipvsadm -a, -e, -d)"
+
+
+def _add_change_commands(
+    commands: Subparsers, action: Callable[[Context, argparse.Namespace], None], vip_help: str
+) -> dict[str, Subparsers]:
+    """`vip VERB` and `backend VERB` on ``commands``, each change running ``action``; the old flat
+    spellings too, unlisted. Returns each noun's verbs, for read commands to join."""
+    verbs: dict[str, Subparsers] = {}
+    for noun, noun_help in (("vip", vip_help), ("backend", BACKEND_HELP)):
+        parser = commands.add_parser(noun, help=noun_help, description=noun_help)
+        verbs[noun] = parser.add_subparsers(dest=f"{noun}_verb", metavar="VERB", required=True)
+    for (noun, verb), (help_text, add_arguments, old_names) in CHANGES.items():
+        parser = verbs[noun].add_parser(verb, help=help_text, description=help_text)
+        add_arguments(parser)
+        parser.set_defaults(write=(noun, verb), run=action)
+        first, *aliases = old_names
+        # No help=: argparse then leaves the old spelling out of the command list.
+        old = commands.add_parser(first, aliases=aliases)
+        add_arguments(old)
+        old.set_defaults(write=(noun, verb), run=action)
+    return verbs
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -326,7 +289,7 @@ def _list(ctx: Context, args: argparse.Namespace) -> None:
 
 def _write(ctx: Context, args: argparse.Namespace) -> None:
     write = _write_of(args)
-    if args.write == "add-vip":
+    if args.write == ("vip", "add"):
         existing = ctx.client.request("GET", write.path, check=False)
         if existing.status == 200:
             raise ApiFailed(409, {"message": f"VIP {args.vip} exists; add backends with `add`"})
@@ -487,43 +450,35 @@ def _watch(ctx: Context, args: argparse.Namespace) -> None:
             live.stop()
 
 
-def add_arguments(ctl: argparse.ArgumentParser) -> None:
-    """The `ctl` sub-commands, on the parser cli.py made for it."""
-    ctl.add_argument(
-        "--api",
-        default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
-        metavar="URL",
-        help=f"the daemon's API (default ${URL_VARIABLE} or {DEFAULT_URL})",
-    )
-    ctl.add_argument(
-        "--token-file", type=Path, metavar="FILE", help=f"bearer token (else ${TOKEN_VARIABLE})"
-    )
-    ctl.add_argument("--json", action="store_true", help="print the API's JSON")
-    commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
-    listing = commands.add_parser("list", aliases=["ls"], help="VIPs and backends (ipvsadm -Ln)")
-    listing.add_argument("vip", nargs="?", help="only this VIP")
-    listing.set_defaults(run=_list)
-    _add_write_commands(commands)
-    for name, parser in commands.choices.items():
-        if parser.get_default("write") is not None and parser.get_default("run") is None:
-            parser.set_defaults(run=_write)
-        del name
-    plan = commands.add_parser(
-        "plan",
-        help="dry run of a change: the share of table slots and tracked flows it would move",
-        description="Dry run: what the change would move, per VIP; nothing is applied.",
-        epilog="Example: rusty-rail ctl plan remove 198.18.100.1:80/tcp 198.18.2.1",
-    )
-    plan_commands = plan.add_subparsers(dest="write", metavar="CHANGE", required=True)
-    _add_write_commands(plan_commands)
-    plan.set_defaults(run=_plan)
-    lookup = commands.add_parser("lookup", help="which backend a flow gets now, and why")
-    lookup.add_argument("flow", help="e.g. 198.18.5.5:40000->198.18.100.1:80/tcp")
-    lookup.set_defaults(run=_lookup)
-    flows = commands.add_parser("flows", help="a sample of tracked flows and their backends")
-    flows.add_argument("--vip", help="only this VIP's flows")
-    flows.add_argument("--limit", type=int, default=50)
-    flows.set_defaults(run=_flows)
+def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> None:
+    """The read commands: `vip list` and `flow list|lookup` (old spellings `list`/`ls`, `flows`,
+    `lookup`, unlisted), then `watch`, `health`, `events` and `config`."""
+
+    def listing_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("vip", nargs="?", help="only this VIP")
+        parser.set_defaults(run=_list)
+
+    def lookup_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("flow", help="e.g. 198.18.5.5:40000->198.18.100.1:80/tcp")
+        parser.set_defaults(run=_lookup)
+
+    def flows_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--vip", help="only this VIP's flows")
+        parser.add_argument("--limit", type=int, default=50)
+        parser.set_defaults(run=_flows)
+
+    flow = commands.add_parser("flow", help="tracked flows: list, lookup")
+    verbs["flow"] = flow.add_subparsers(dest="flow_verb", metavar="VERB", required=True)
+    for noun, verb, help_text, add_arguments, old_names in (
+        ("vip", "list", "VIPs and backends (ipvsadm -Ln)", listing_arguments, ("list", "ls")),
+        ("flow", "list", "a sample of tracked flows and their backends", flows_arguments,
+         ("flows",)),
+        ("flow", "lookup", "which backend a flow gets now, and why", lookup_arguments,
+         ("lookup",)),
+    ):  # fmt: skip
+        add_arguments(verbs[noun].add_parser(verb, help=help_text, description=help_text))
+        first, *aliases = old_names
+        add_arguments(commands.add_parser(first, aliases=aliases))
     watch = commands.add_parser("watch", help="live packet and bit rates per backend")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
     watch.add_argument("--count", type=int, help="stop after this many updates")
@@ -549,6 +504,44 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     config.add_argument("action", choices=["get", "put"])
     config.add_argument("file", nargs="?", help="for put: a TOML or JSON configuration")
     config.set_defaults(run=_config)
+
+
+def add_arguments(ctl: argparse.ArgumentParser) -> None:
+    """The `ctl` options and sub-commands, on the parser made for it."""
+    ctl.add_argument(
+        "--api",
+        default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
+        metavar="URL",
+        help=f"the daemon's API (default ${URL_VARIABLE} or {DEFAULT_URL})",
+    )
+    ctl.add_argument(
+        "--token-file", type=Path, metavar="FILE", help=f"bearer token (else ${TOKEN_VARIABLE})"
+    )
+    ctl.add_argument("--json", action="store_true", help="print the API's JSON")
+    commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+    verbs = _add_change_commands(commands, _write, "VIPs: list, add, del (ipvsadm -Ln, -A, -D)")
+    plan = commands.add_parser(
+        "plan",
+        help="dry run of a change: the share of table slots and tracked flows it would move",
+        description="Dry run: what the change would move, per VIP; nothing is applied.",
+        epilog="Example: rusty-rail ctl plan backend del 198.18.100.1:80/tcp 198.18.2.1",
+    )
+    changes = plan.add_subparsers(dest="plan_command", metavar="CHANGE", required=True)
+    _add_change_commands(changes, _plan, "VIPs: add, del (ipvsadm -A, -D)")
+    _add_read_commands(commands, verbs)
+
+
+def add_parser(commands: Subparsers) -> None:
+    """`rusty-rail ctl`."""
+    ctl = commands.add_parser(
+        "ctl",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(ctl)
+    ctl.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -1,0 +1,117 @@
+"""`rusty-rail bench maglev|dataplane|control|health`: numbers, each next to a same-run baseline."""
+
+from __future__ import annotations
+
+import argparse
+
+from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, Handler, Subparsers, add_json_option, print_result
+
+
+def add_parser(commands: Subparsers) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks (numbers, not tests): every timing is shown next to a same-run baseline",
+        description="Benchmarks. Every timing is printed next to a baseline measured in the "
+        "same run, as a ratio, because machines are noisy.",
+        epilog="Example: rusty-rail bench maglev --json",
+    )
+    benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+
+    def add_bench(
+        name: str, help: str, description: str, handler: Handler
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = benches.add_parser(
+            name,
+            help=help,
+            description=description,
+            epilog=f"Example: rusty-rail bench {name} --json",
+        )
+        add_json_option(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    add_bench(
+        "maglev",
+        "Maglev table build time, balance and disruption",
+        "Build time (best of 5) for N = 10, 100, 1000 backends at M = 65537 and "
+        "N = 1000 at M = 655373, with balance (max/min slots) and the share of slots moved when "
+        "one backend is removed.",
+        cmd_bench_maglev,
+    )
+    dataplane = add_bench(
+        "dataplane",
+        "ns per packet of the XDP balancer vs a floor program (BPF_PROG_TEST_RUN)",
+        "Nanoseconds per packet, measured in the kernel with BPF_PROG_TEST_RUN "
+        "(one packet per call), for an established flow, a new flow every packet and a "
+        "non-GRE packet that passes; each as a ratio to a floor program (return XDP_TX) "
+        "measured in the same run. Also the map memory per VIP table and per tracked flow.",
+        cmd_bench_dataplane,
+    )
+    dataplane.add_argument(
+        "--calls", type=int, default=200_000, help="calls per case (default 200000)"
+    )
+    control = add_bench(
+        "control",
+        "API call to live table, and the rebuild after a restart (needs root)",
+        "Runs the daemon on a veth pair in a private network namespace and times, "
+        "through its REST API, adding and removing one backend of a VIP with 1000 backends "
+        "(M = 65537) until the new table is live: p50 and p99 over 50 changes. Then the "
+        "rebuild and apply of every table at a restart with 64 VIPs x 100 backends. Each "
+        "timing is printed next to a same-run baseline: a no-op API write, and the bare "
+        "Maglev builds.",
+        cmd_bench_control,
+    )
+    control.add_argument("--changes", type=int, default=50, help="changes to time (default 50)")
+    control.add_argument(
+        "--backends", type=int, default=1000, help="backends of the VIP (default 1000)"
+    )
+    health = add_bench(
+        "health",
+        "time for a dead backend to leave every balancer's table (needs root)",
+        "Builds a test bed (2 clients, 2 balancers, 3 servers) with HTTP checks "
+        "and real traffic, then times (a) a server that stops taking GRE and answers "
+        "protocol-unreachable, learnt from ICMP (budget 1 s), and (b) a server whose HTTP "
+        "service stops, found by the checks (budget interval x (fall + 1)), until the "
+        "backend is out of every balancer's table; then how long each takes to come back, "
+        "and whether any connection to a healthy backend broke (budget 0). Exits 1 when a "
+        "budget is missed.",
+        cmd_bench_health,
+    )
+    health.add_argument(
+        "--interval", type=float, default=0.5, help="check interval in seconds (default 0.5)"
+    )
+    health.add_argument("--fall", type=int, default=3, help="failures to go down (default 3)")
+    health.add_argument("--rise", type=int, default=2, help="successes to come back (default 2)")
+
+
+def cmd_bench_maglev(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.maglev import render_maglev_bench, run_maglev_bench
+
+    result = run_maglev_bench()
+    print_result(result, args.json, render_maglev_bench)
+    return EXIT_OK
+
+
+def cmd_bench_dataplane(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.dataplane import render_dataplane_bench, run_dataplane_bench
+
+    result = run_dataplane_bench(calls=args.calls)
+    print_result(result, args.json, render_dataplane_bench)
+    return EXIT_OK
+
+
+def cmd_bench_control(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.control import render_control_bench, run_control_bench
+
+    result = run_control_bench(changes=args.changes, backends=args.backends)
+    print_result(result, args.json, render_control_bench)
+    return EXIT_OK
+
+
+def cmd_bench_health(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.health import HealthBedSettings, render_health_bench, run_health_bench
+
+    settings = HealthBedSettings(interval=args.interval, fall=args.fall, rise=args.rise)
+    result = run_health_bench(settings)
+    print_result(result, args.json, render_health_bench)
+    return EXIT_OK if result["budgets_met"] else EXIT_FAILURE

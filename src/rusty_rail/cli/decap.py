@@ -1,0 +1,56 @@
+"""`rusty-rail decap`: the server side, GRE from the balancers unwrapped with XDP."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers, print_json
+
+
+def add_parser(commands: Subparsers) -> None:
+    decap = commands.add_parser(
+        "decap",
+        help="server side: unwrap GRE from the balancers with XDP (no GRE module needed)",
+        description="Attaches an XDP program to DEVICE that strips the outer IPv4 + GRE "
+        "header of packets from the --allow prefixes (the balancers) and hands the inner "
+        "packet to the host's stack; everything else passes untouched. docs/decap.md.",
+        epilog="Example: rusty-rail decap --device eth0 --allow 198.18.0.0/24\n"
+        "         rusty-rail decap --device eth0 --status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    decap.add_argument("--device", required=True, help="the server's interface")
+    decap.add_argument("--allow", action="append", default=[], help="balancer prefix (repeatable)")
+    decap.add_argument(
+        "--local",
+        action="append",
+        default=None,
+        help="outer destinations that are this host (default: the device's IPv4 addresses)",
+    )
+    decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
+    decap_action = decap.add_mutually_exclusive_group()
+    decap_action.add_argument("--status", action="store_true", help="show counters and prefixes")
+    decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
+    decap.set_defaults(handler=cmd_decap)
+
+
+def cmd_decap(args: argparse.Namespace) -> int:
+    from rusty_rail.decap.agent import DecapError, decap_attach, decap_detach, decap_status
+
+    try:
+        if args.detach:
+            detached = decap_detach(args.device)
+            print(f"decap {'detached from' if detached else 'was not attached to'} {args.device}")
+            return EXIT_OK
+        if args.status:
+            print_json(decap_status(args.device))
+            return EXIT_OK
+        if not args.allow:
+            print("rusty-rail decap: name the balancers' prefixes with --allow", file=sys.stderr)
+            return EXIT_USAGE
+        status = decap_attach(args.device, args.allow, args.xdp_mode, local=args.local)
+    except (DecapError, ValueError) as error:
+        print(f"rusty-rail decap: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print_json(status)
+    return EXIT_OK

@@ -1,0 +1,179 @@
+"""`rusty-rail ctl` without a daemon: its commands (noun then verb, and the old flat spellings)
+turned into requests, those requests sent to a recording server, its help, and its answer to no
+daemon."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from rusty_rail.api.client import ApiClient, ApiUnreachable
+from rusty_rail.cli import build_parser
+from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, Write, _write_of, add_arguments
+from rusty_rail.cli.ctl import run as run_ctl
+
+VIP = "198.18.100.1:80/tcp"
+BACKEND = "198.18.2.1"
+
+# Each change in the new spelling, then every old spelling of the same change.
+SPELLINGS: list[tuple[tuple[str, ...], list[tuple[str, ...]]]] = [
+    (("vip", "add", VIP, "--backend", BACKEND, "--table-size", "1021"),
+     [("add-vip", VIP, "--backend", BACKEND, "--table-size", "1021")]),
+    (("vip", "del", VIP), [("del-vip", VIP)]),
+    (("backend", "add", VIP, BACKEND, "--weight", "2", "--state", "drain"),
+     [("add", VIP, BACKEND, "--weight", "2", "--state", "drain")]),
+    (("backend", "del", VIP, BACKEND), [("remove", VIP, BACKEND), ("rm", VIP, BACKEND)]),
+    (("backend", "drain", VIP, BACKEND), [("drain", VIP, BACKEND)]),
+    (("backend", "up", VIP, BACKEND), [("up", VIP, BACKEND)]),
+    (("backend", "down", VIP, BACKEND), [("down", VIP, BACKEND)]),
+    (("backend", "weight", VIP, BACKEND, "3"), [("weight", VIP, BACKEND, "3")]),
+]  # fmt: skip
+EXPECTED = {
+    "vip add": ("PUT", {"backends": [BACKEND], "table_size": 1021}, "put_vip"),
+    "vip del": ("DELETE", None, "delete_vip"),
+    "backend add": ("PUT", {"weight": 2, "state": "drain"}, "put_backend"),
+    "backend del": ("DELETE", None, "delete_backend"),
+    "backend drain": ("PATCH", {"state": "drain"}, "patch_backend"),
+    "backend up": ("PATCH", {"state": "up"}, "patch_backend"),
+    "backend down": ("PATCH", {"state": "down"}, "patch_backend"),
+    "backend weight": ("PATCH", {"weight": 3}, "patch_backend"),
+}
+
+
+def ctl_arguments(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ctl_says_clearly_when_no_daemon_answers() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ApiUnreachable, match="Is `rusty-rail run` running"):
+        ApiClient(url).get("/healthz")
+    out, err = io.StringIO(), io.StringIO()
+    status = run_ctl(ctl_arguments("--api", url, "list"), out, err)
+    assert status == EXIT_UNREACHABLE
+    assert "cannot reach the rusty-rail API" in err.getvalue()
+
+
+@pytest.mark.parametrize(("new", "old"), SPELLINGS, ids=[" ".join(new[:2]) for new, _ in SPELLINGS])
+def test_every_spelling_of_a_change_and_its_dry_run_are_the_same_request(
+    new: tuple[str, ...], old: list[tuple[str, ...]]
+) -> None:
+    method, body, op = EXPECTED[" ".join(new[:2])]
+    write = _write_of(ctl_arguments(*new))
+    assert (write.method, write.body, write.change["op"]) == (method, body, op)
+    assert write.path.startswith("/v1/vips/198.18.100.1:80%2Ftcp")
+    assert write.change["vip"] == VIP
+    for argv in [new, *old]:
+        assert _write_of(ctl_arguments(*argv)) == write, argv
+        assert _write_of(ctl_arguments("plan", *argv)) == write, argv
+
+
+def test_the_old_read_spellings_are_the_new_commands() -> None:
+    for new, old in (
+        (("vip", "list", VIP), [("list", VIP), ("ls", VIP)]),
+        (("flow", "list", "--vip", VIP, "--limit", "7"),
+         [("flows", "--vip", VIP, "--limit", "7")]),
+        (("flow", "lookup", "198.18.5.5:40000->" + VIP), [("lookup", "198.18.5.5:40000->" + VIP)]),
+    ):  # fmt: skip
+        wanted = ctl_arguments(*new)
+        for argv in old:
+            got = ctl_arguments(*argv)
+            assert got.run is wanted.run, argv
+            for name in ("vip", "flow", "limit"):
+                assert getattr(got, name, None) == getattr(wanted, name, None), (argv, name)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every request as a daemon would that changed nothing, and records it."""
+
+    seen: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        if self.command == "GET":  # `vip add` asks first whether the VIP exists
+            status, answer = 404, {"message": "no such VIP"}
+        else:
+            self.seen.append((self.command, self.path, body))
+            answer = {"changed": False, "generation": 1, "flows_examined": 0, "vips": {}}
+            status = 200
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST = answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def recording_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_spelling_sends_the_same_request_to_the_api() -> None:
+    with recording_server() as url:
+        for new, old in SPELLINGS:
+            sent = []
+            for argv in [new, *old]:
+                Recorder.seen.clear()
+                out = io.StringIO()
+                assert run_ctl(ctl_arguments("--api", url, "--json", *argv), out) == EXIT_OK
+                assert json.loads(out.getvalue())["generation"] == 1
+                sent.append(list(Recorder.seen))
+            write: Write = _write_of(ctl_arguments(*new))
+            assert sent[0] == [(write.method, write.path, write.body)]
+            assert all(each == sent[0] for each in sent), new
+            Recorder.seen.clear()
+            assert run_ctl(ctl_arguments("--api", url, "--json", "plan", *old[0])) == EXIT_OK
+            assert Recorder.seen == [("POST", "/v1/plan", {"changes": [write.change]})]
+
+
+def help_of(*argv: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return out.getvalue()
+
+
+def test_the_help_lists_the_noun_verb_scheme_and_names_the_old_spellings() -> None:
+    text = help_of("ctl")
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ")}
+    assert {"vip", "backend", "flow", "plan", "watch", "health", "events", "config"} <= listed
+    assert not listed & {"add-vip", "del-vip", "add", "remove", "rm", "list", "ls", "lookup"}
+    assert "old" in text and "add-vip, del-vip, add, remove, rm, drain" in " ".join(text.split())
+    assert "rusty-rail ctl backend drain" in text
+    vip = help_of("ctl", "vip")
+    assert all(verb in vip for verb in ("add", "del", "list"))
+    backend = help_of("ctl", "backend")
+    assert all(f"    {verb} " in backend for verb in ("add", "del", "drain", "up", "down"))
+    assert "    weight" in backend
+    assert "    backend" in help_of("ctl", "plan")
