@@ -32,7 +32,7 @@ from rusty_rail.wire.constants import ETH_HEADER_LEN, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import ipv4_address
 from rusty_rail.wire.frames import gre_frame
-from tests.bpf.balancer_harness import Balancer, loaded_balancer
+from tests.support.balancer_harness import Balancer, loaded_balancer
 from tests.unit.packet_cases import (
     CASES,
     DNS_FLOW,

@@ -46,7 +46,7 @@ from rusty_rail.dataplane.netlink import (
 from rusty_rail.model.state import NextHop
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import VethPair
+    from tests.support.veth import VethPair
 
 pytestmark = pytest.mark.e2e
 
@@ -166,20 +166,6 @@ def test_addresses_without_a_next_hop_are_errors(veth_pair: VethPair) -> None:
 
 
 # -- XDP attachment ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def floor_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("bench_floor")) as bpf_object:
-        bpf_object.load()
-        yield bpf_object.program("xdp_floor")
-
-
-@pytest.fixture(scope="module")
-def pass_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("testbed_pass")) as bpf_object:
-        bpf_object.load()
-        yield bpf_object.program("xdp_pass")
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import format_ip
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import VethPair
+    from tests.support.veth import VethPair
 
 pytestmark = pytest.mark.e2e
 
