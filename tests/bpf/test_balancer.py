@@ -1,5 +1,5 @@
 """bpf/balancer.bpf.c in the kernel (BPF_PROG_TEST_RUN): every hand-written case of
-docs/packet-path.md (tests/unit/packet_cases.py) gives the spec's verdict, bytes, counters and
+docs/packet-path.md (tests/support/cases/) gives the spec's verdict, bytes, counters and
 connection-table entry; then the parts the spec leaves to the data plane: the set-associative
 connection table, Maglev table swaps, the map writers of dataplane/maps.py.
 """
@@ -33,7 +33,7 @@ from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import ipv4_address
 from rusty_rail.wire.frames import gre_frame
 from tests.support.balancer_harness import Balancer, loaded_balancer
-from tests.unit.packet_cases import (
+from tests.support.cases import (
     CASES,
     DNS_FLOW,
     DNS_PORT_VIP,

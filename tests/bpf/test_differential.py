@@ -65,7 +65,7 @@ from rusty_rail.wire.frames import (
     inner_ipv4,
 )
 from tests.support.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
-from tests.unit.packet_cases import CASES, PacketCase
+from tests.support.cases import CASES, PacketCase
 
 pytestmark = pytest.mark.bpf
 
