@@ -1,4 +1,5 @@
-"""Section 7 of docs/packet-path.md, the Maglev table: empty slots and unusable backends."""
+"""Section 7 of docs/packet-path.md, the Maglev table: missing, empty and one-slot tables, and
+slots whose backend is down, unused, missing or draining."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Sections 2b and 2a of docs/packet-path.md, the outer header: IPv6 passed, then IPv4
-checked and addressed to this node."""
+"""Sections 2b and 2a of docs/packet-path.md, the outer header: IPv6 handed to the host, then
+IPv4 checked, addressed to this node, and cut at its total length (Ethernet padding)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Section 6 of docs/packet-path.md, VIP match: port VIP, address VIP and the default set."""
+"""Section 6 of docs/packet-path.md, VIP match: port VIP, address VIP, the default set, and no
+VIP at all (passed or dropped)."""
 
 from __future__ import annotations
 
