@@ -465,7 +465,7 @@ def test_corrupted_valid_frames_never_raise(
     _check_any_result(bytes(frame))
 
 
-def test_accepts_any_bytes_like_frame() -> None:
+def test_process_accepts_any_bytes_like_frame() -> None:
     assert (
         process(standard_state(), bytearray(WEB_FRAME)).frame
         == process(standard_state(), WEB_FRAME).frame
