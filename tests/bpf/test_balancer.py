@@ -1,5 +1,5 @@
 """bpf/balancer.bpf.c in the kernel (BPF_PROG_TEST_RUN): every hand-written case of
-docs/packet-path.md (tests/unit/packet_cases.py) gives the spec's verdict, bytes, counters and
+docs/packet-path.md (tests/support/cases/) gives the spec's verdict, bytes, counters and
 connection-table entry; then the parts the spec leaves to the data plane: the set-associative
 connection table, Maglev table swaps, the map writers of dataplane/maps.py.
 """
@@ -32,8 +32,8 @@ from rusty_rail.wire.constants import ETH_HEADER_LEN, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import ipv4_address
 from rusty_rail.wire.frames import gre_frame
-from tests.bpf.balancer_harness import Balancer, loaded_balancer
-from tests.unit.packet_cases import (
+from tests.support.balancer_harness import Balancer, loaded_balancer
+from tests.support.cases import (
     CASES,
     DNS_FLOW,
     DNS_PORT_VIP,
@@ -88,7 +88,7 @@ def _show(frame: bytes) -> str:
 
 
 @pytest.mark.parametrize("case", RUNNABLE_CASES, ids=lambda case: case.name)
-def test_packet_path_case(balancer: Balancer, case: PacketCase) -> None:
+def test_the_balancer_meets_every_packet_case(balancer: Balancer, case: PacketCase) -> None:
     state = case.state()
     watch = case.watch()
     balancer.load_state(state, watch)
@@ -252,7 +252,9 @@ def test_recorded_flows_follow_a_new_hash_seed(balancer: Balancer) -> None:
     assert all(_send(balancer, flow) == Stat.CT_HIT for flow in flows)
 
 
-def test_conntrack_writes_round_trip(balancer: Balancer) -> None:
+def test_connection_table_entries_read_back_as_written_overwritten_and_deleted(
+    balancer: Balancer,
+) -> None:
     balancer.load_state(standard_state())
     flows = _flows(20, PROTO_UDP)
     for index, flow in enumerate(flows):
@@ -319,7 +321,7 @@ def test_empty_and_deleted_tables_drop(balancer: Balancer) -> None:
     assert _send(balancer, WEB_FLOW) == Stat.DROP_NO_BACKEND
 
 
-def test_table_and_index_validation(balancer: Balancer) -> None:
+def test_table_and_backend_writes_refuse_an_index_beyond_the_maps(balancer: Balancer) -> None:
     with pytest.raises(ValueError, match="backend index"):
         balancer.maps.set_table(0, [0, MAX_BACKENDS])
     with pytest.raises(ValueError, match="VIP index"):
@@ -355,7 +357,9 @@ def test_sync_can_leave_the_connection_table_alone(balancer: Balancer) -> None:
     assert balancer.maps.dump_conntrack() == {DNS_FLOW: CtEntry(4, 1)}
 
 
-def test_backend_writes_round_trip(balancer: Balancer) -> None:
+def test_a_backend_reads_back_as_written_and_an_unfit_address_is_refused(
+    balancer: Balancer,
+) -> None:
     state = standard_state()
     balancer.load_state(state)
     drained = replace(state.backends[0], state=BackendState.DRAIN, generation=9)

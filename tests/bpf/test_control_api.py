@@ -35,7 +35,7 @@ from rusty_rail.model import pipeline as reference
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.wire.constants import PROTO_TCP
-from tests.bpf.control_bed import (
+from tests.support.control_bed import (
     BASE_TOML,
     VIP,
     VIP_PATH,

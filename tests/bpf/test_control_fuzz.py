@@ -22,7 +22,7 @@ from schemathesis.checks import (
 )
 from schemathesis.openapi import from_dict
 
-from tests.bpf.control_bed import Bed, Node, base_config, control_bed
+from tests.support.control_bed import Bed, Node, base_config, control_bed
 
 pytestmark = pytest.mark.bpf
 EXAMPLES_PER_OPERATION = 40

@@ -64,8 +64,8 @@ from rusty_rail.wire.frames import (
     encapsulate,
     inner_ipv4,
 )
-from tests.bpf.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
-from tests.unit.packet_cases import CASES, PacketCase
+from tests.support.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
+from tests.support.cases import CASES, PacketCase
 
 pytestmark = pytest.mark.bpf
 

@@ -17,7 +17,7 @@ from rusty_rail.config import Config, config_from_toml_text
 from rusty_rail.model.state import BackendState, Verdict
 from rusty_rail.wire.build import ethernet, gre, icmp, ipv4
 from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP
-from tests.bpf.control_bed import BASE_TOML, Bed, Node, control_bed
+from tests.support.control_bed import BASE_TOML, Bed, Node, control_bed
 
 pytestmark = pytest.mark.bpf
 LB = "198.18.0.2"

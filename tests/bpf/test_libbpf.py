@@ -81,14 +81,14 @@ def test_floor_program_returns_the_frame_with_xdp_tx(floor_program: Program) -> 
     assert run.duration_ns > 0
 
 
-def test_pass_program_passes(pass_program: Program) -> None:
+def test_pass_program_returns_the_frame_with_xdp_pass(pass_program: Program) -> None:
     run = pass_program.test_run(FRAME, repeat=10)
     assert run.retval == Verdict.PASS
     assert run.data == FRAME
     assert run.duration_ns > 0
 
 
-def test_test_run_with_an_ingress_interface(floor_program: Program) -> None:
+def test_a_test_run_can_name_an_ingress_interface_for_that_run_only(floor_program: Program) -> None:
     loopback = 1  # exists in every network namespace
     run = floor_program.test_run(FRAME, ingress_ifindex=loopback)
     assert (run.retval, run.data) == (Verdict.TX, FRAME)
@@ -205,7 +205,7 @@ def test_maps_describe_themselves(maps_object: BpfObject) -> None:
     assert maps_object.map("counters").is_percpu
 
 
-def test_hash_map_operations(maps_object: BpfObject) -> None:
+def test_a_hash_map_looks_up_updates_under_its_flags_and_deletes(maps_object: BpfObject) -> None:
     settings = maps_object.map("settings")
     assert settings.lookup(u64(1)) is None
     settings.update(u64(1), u32(10))
@@ -237,7 +237,9 @@ def test_hash_map_full_is_explained(maps_object: BpfObject) -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 256])
-def test_batched_reads_and_writes(maps_object: BpfObject, batch_size: int) -> None:
+def test_batched_reads_see_every_batched_write_whatever_the_batch_size(
+    maps_object: BpfObject, batch_size: int
+) -> None:
     flows = maps_object.map("flows")  # LRU hash, 32 entries
     written = [(u32(flow), u64(flow * 3)) for flow in range(20)]
     flows.update_batch(written)
@@ -292,7 +294,7 @@ def test_percpu_array_counts_every_run(maps_object: BpfObject) -> None:
     assert total - sum(struct.unpack("=Q", value)[0] for value in before) == 7
 
 
-def test_percpu_values_round_trip(maps_object: BpfObject) -> None:
+def test_per_cpu_values_are_written_and_read_per_cpu_only(maps_object: BpfObject) -> None:
     counters = maps_object.map("counters")
     values = [u64(1000 + cpu) for cpu in range(num_possible_cpus())]
     counters.update_percpu(u32(3), values)
@@ -304,7 +306,9 @@ def test_percpu_values_round_trip(maps_object: BpfObject) -> None:
         counters.update_percpu(u32(3), [*values, u64(0)])
 
 
-def test_map_in_map_with_inner_maps_of_different_sizes(maps_object: BpfObject) -> None:
+def test_a_map_of_maps_holds_inner_maps_of_different_sizes_and_swaps_them_whole(
+    maps_object: BpfObject,
+) -> None:
     tables = maps_object.map("tables")
     program = maps_object.program("xdp_maps")
     small = create_map(MapType.ARRAY, 4, 4, 3, name="inner_small", flags=BPF_F_INNER_MAP)
@@ -351,7 +355,7 @@ def test_an_inner_map_that_does_not_match_the_template_is_refused(
     assert "inner map template" in str(caught.value)
 
 
-def test_create_map_errors() -> None:
+def test_a_map_that_cannot_be_created_is_an_error_naming_it() -> None:
     with pytest.raises(ValueError, match="map name"):
         create_map(MapType.ARRAY, 4, 4, 1, name="a name that is far too long")
     with pytest.raises(LibbpfError) as caught:
@@ -419,7 +423,9 @@ def test_ring_buffer_callback_errors_reach_the_caller(events_object: BpfObject) 
 # -- pins -------------------------------------------------------------------------------------
 
 
-def test_pin_and_unpin_round_trip(maps_object: BpfObject, bpffs_dir: Path) -> None:
+def test_a_pinned_map_is_the_same_map_until_it_is_unpinned(
+    maps_object: BpfObject, bpffs_dir: Path
+) -> None:
     settings = maps_object.map("settings")
     path = bpffs_dir / "settings"
     settings.pin(path)

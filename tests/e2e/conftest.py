@@ -1,5 +1,5 @@
-"""Shared fixtures of the end-to-end tests: the root guard, and two uniquely named network
-namespaces joined by a veth pair (198.18.0.0/24, 2001:2::/64), torn down even on failure.
+"""Fixtures of the end-to-end tests: the root guard, and two uniquely named network namespaces
+joined by a veth pair (198.18.0.0/24, 2001:2::/64), torn down even on failure.
 """
 
 from __future__ import annotations
@@ -10,22 +10,11 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-# Fixtures imported here are offered to the end-to-end tests as well.
-from tests.bpf.conftest import bpffs_dir, compile_bpf, skip_or_fail
-
-__all__ = ["VethPair", "bpffs_dir", "compile_bpf", "ip", "skip_or_fail"]
-
-
-def ip(*args: str) -> str:
-    """Run iproute2's ``ip``; its error output becomes the exception's message."""
-    result = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
+from tests.support.environment import skip_or_fail
+from tests.support.veth import VethPair, ip
 
 
 @pytest.fixture(scope="session")
@@ -48,32 +37,6 @@ def require_root() -> None:
 @pytest.fixture(autouse=True)
 def _e2e_tests_need_root(require_root: None) -> None:
     """Every end-to-end test builds namespaces."""
-
-
-@dataclass(frozen=True)
-class VethPair:
-    """Namespace ``near`` holds interface ``near_if``; its peer ``far_if`` lives in ``far``.
-    ``near`` routes GATEWAY_NET4 / GATEWAY_NET6 through the far end."""
-
-    near: str
-    far: str
-    near_if: str
-    far_if: str
-    near_mac: bytes
-    far_mac: bytes
-
-    NEAR4 = "198.18.0.1"
-    FAR4 = "198.18.0.2"
-    NEAR6 = "2001:2::1"
-    FAR6 = "2001:2::2"
-    GATEWAY_NET4 = "198.19.0.0/24"
-    GATEWAY_NET6 = "2001:2:0:1::/64"
-
-    def near_ip(self, *args: str) -> str:
-        return ip("-n", self.near, *args)
-
-    def far_ip(self, *args: str) -> str:
-        return ip("-n", self.far, *args)
 
 
 def _mac(namespace: str, ifname: str) -> bytes:

@@ -46,7 +46,7 @@ from rusty_rail.dataplane.netlink import (
 from rusty_rail.model.state import NextHop
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import VethPair
+    from tests.support.veth import VethPair
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ def test_next_hop_through_a_gateway_is_the_gateway(
     assert neighbour_state(veth_pair, behind_gateway) is None  # not on-link: never asked
 
 
-def test_ipv4_route_through_an_ipv6_gateway(veth_pair: VethPair) -> None:
+def test_an_ipv4_route_through_an_ipv6_gateway_resolves_to_the_gateway(veth_pair: VethPair) -> None:
     veth_pair.near_ip("route", "add", "198.19.6.0/24", "via", "inet6", veth_pair.FAR6)
     next_hop = wait_next_hop("198.19.6.1", timeout=5, netns=veth_pair.near)
     assert next_hop.dst_mac == veth_pair.far_mac
@@ -168,20 +168,6 @@ def test_addresses_without_a_next_hop_are_errors(veth_pair: VethPair) -> None:
 # -- XDP attachment ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def floor_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("bench_floor")) as bpf_object:
-        bpf_object.load()
-        yield bpf_object.program("xdp_floor")
-
-
-@pytest.fixture(scope="module")
-def pass_program() -> Iterator[Program]:
-    with BpfObject.open(bpf_object_path("testbed_pass")) as bpf_object:
-        bpf_object.load()
-        yield bpf_object.program("xdp_pass")
-
-
 @pytest.fixture
 def near_netns(veth_pair: VethPair) -> Iterator[int]:
     """Run the test inside the near namespace; yields the index of the near veth."""
@@ -190,7 +176,9 @@ def near_netns(veth_pair: VethPair) -> Iterator[int]:
 
 
 @pytest.mark.parametrize("mode", ["native", "generic"])
-def test_attach_query_detach(near_netns: int, floor_program: Program, mode: XdpMode) -> None:
+def test_an_attached_xdp_program_is_queried_and_detaches_with_its_last_link(
+    near_netns: int, floor_program: Program, mode: XdpMode
+) -> None:
     ifindex = near_netns
     assert query_xdp(ifindex) is None
     link = attach_xdp(ifindex, floor_program, mode)
@@ -322,7 +310,7 @@ def tc_program(compile_bpf: Callable[[str], Path]) -> Iterator[Program]:
 
 
 @pytest.mark.parametrize("direction", ["ingress", "egress"])
-def test_tc_attach_query_detach(
+def test_a_tc_program_attaches_once_replaces_on_request_and_detaches(
     veth_pair: VethPair, tc_program: Program, floor_program: Program, direction: TcDirection
 ) -> None:
     with in_netns(veth_pair.near):

@@ -30,7 +30,7 @@ from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import format_ip
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import VethPair
+    from tests.support.veth import VethPair
 
 pytestmark = pytest.mark.e2e
 
@@ -302,7 +302,9 @@ def status_of(pair: VethPair, root: Path) -> dict[str, Any]:
     return decap_status(pair.far_if, netns=pair.far, pin_root=root)
 
 
-def test_decap_attach_status_upgrade_allow_and_detach(veth_pair: VethPair, bpffs_dir: Path) -> None:
+def test_decap_lives_in_its_pins_upgrades_in_place_and_detaches_clean(
+    veth_pair: VethPair, bpffs_dir: Path
+) -> None:
     far, far_if = veth_pair.far, veth_pair.far_if
     assert status_of(veth_pair, bpffs_dir)["attached"] is False
 
@@ -353,7 +355,7 @@ def test_decap_attach_status_upgrade_allow_and_detach(veth_pair: VethPair, bpffs
     ping(veth_pair, 1)  # and the host is reachable as before
 
 
-def test_decap_in_generic_mode_and_errors_that_name_the_fix(
+def test_decap_works_in_generic_mode_and_its_errors_name_the_fix(
     veth_pair: VethPair, bpffs_dir: Path
 ) -> None:
     far, far_if = veth_pair.far, veth_pair.far_if

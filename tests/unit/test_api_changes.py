@@ -158,7 +158,7 @@ def test_the_default_set_is_a_vip_named_default() -> None:
     assert changes.delete_vip(with_default, target("default")).default_backends == ()
 
 
-def test_deleting_leaves_the_rest() -> None:
+def test_deleting_a_backend_or_a_vip_leaves_the_rest() -> None:
     without = changes.delete_backend(BASE, target(), IPv4Address("198.18.2.1"))
     assert [str(b.address) for b in without.vips[0].backends] == ["198.18.2.2"]
     assert without.vips[1] == BASE.vips[1]

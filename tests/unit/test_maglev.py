@@ -120,7 +120,7 @@ def test_offset_and_skip_of_a_backend_are_pinned() -> None:
     assert hash32(DEFAULT_SEED ^ SKIP_SEED_TWEAK, words_of(key)) % 65536 + 1 == 16458
 
 
-def test_golden_small_weighted_table() -> None:
+def test_a_small_weighted_table_keeps_its_pinned_slots_and_fingerprint() -> None:
     table = build_table(
         [
             ("198.18.0.1", 1),
@@ -136,7 +136,7 @@ def test_golden_small_weighted_table() -> None:
     assert table.fingerprint() == "bf365bcf172deac60fed9c91fadc100b83a87d83d5e59b770191d25034e2bb13"
 
 
-def test_golden_first_slots_of_a_default_table() -> None:
+def test_a_default_table_keeps_its_pinned_first_slots_under_two_seeds() -> None:
     table = build_table([(f"198.18.0.{i}", 1) for i in range(1, 6)])
     assert [int(str(a).rsplit(".", 1)[1]) for a in table.slot_addresses()[:16]] == [
         4, 1, 2, 5, 2, 4, 3, 2, 1, 3, 4, 4, 1, 3, 1, 4,
@@ -214,7 +214,9 @@ def test_equal_weights_balance_within_two_percent() -> None:
     ],
     ids=["1-2-3-4", "100-1-1-1", "random-50"],
 )
-def test_weight_shares_within_one_percent(weights: list[int]) -> None:
+def test_each_backends_share_of_slots_is_within_one_percent_of_its_weight(
+    weights: list[int],
+) -> None:
     table = build_table([(v4(i), w) for i, w in enumerate(weights)])
     shares = table.slot_counts() / table.size
     ideal = np.array(table.weights) / sum(table.weights)
@@ -271,7 +273,7 @@ def test_adding_a_backend_that_sorts_first_is_measured_by_address() -> None:
     assert 0.015 < moved_fraction(before, after) <= 0.035
 
 
-def test_moved_fraction_edges() -> None:
+def test_moved_fraction_is_0_unchanged_1_from_or_to_empty_and_needs_one_size() -> None:
     table = build_table(equal_weights(5), 101)
     empty = build_table([], 101)
     assert moved_fraction(table, table) == 0.0

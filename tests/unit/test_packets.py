@@ -45,7 +45,7 @@ small_options = st.binary(max_size=40).map(lambda raw: raw[: len(raw) - len(raw)
 # --- Checksums -------------------------------------------------------------------------------
 
 
-def test_checksum_of_rfc1071_example() -> None:
+def test_checksum_of_the_rfc1071_example_is_the_published_sum() -> None:
     # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
     data = bytes.fromhex("0001f203f4f5f6f7")
     assert ones_complement_sum(data) == 0xDDF2
@@ -62,7 +62,7 @@ def test_checksum_matches_scapy(data: bytes) -> None:
     assert internet_checksum(data) == scapy_checksum(data)
 
 
-def test_incremental_update_of_rfc1624_example() -> None:
+def test_incremental_update_gives_0000_not_ffff_as_rfc1624_says() -> None:
     # RFC 1624 section 4: m 0x5555 -> 0x3285 under HC 0xDD2F gives 0x0000 (not 0xFFFF).
     assert checksum_update(0xDD2F, [0x5555], [0x3285]) == 0x0000
 
@@ -261,7 +261,7 @@ def test_gre_matches_scapy(with_checksum: bool, key: int | None, sequence: int |
         assert internet_checksum(packet) == 0
 
 
-def test_gre_flags_version_and_explicit_checksum() -> None:
+def test_gre_carries_extra_flags_a_version_and_an_explicit_checksum() -> None:
     packet = gre(ETH_P_TEB, b"", version=1, extra_flags=0x4000 | 0x00F8)
     assert packet == b"\x40\xf9\x65\x58"
     assert gre(ETH_P_IPV4, b"xy", checksum=0x1234)[:8] == b"\x80\x00\x08\x00\x12\x34\x00\x00"
@@ -372,7 +372,7 @@ def test_describe_finds_what_was_built(
     assert len(info.summary()) > 0
 
 
-def test_describe_plain_packets_and_fragments() -> None:
+def test_describe_finds_the_flow_of_plain_ipv4_ipv6_and_fragments() -> None:
     host = ethernet(
         "02:00:00:00:00:02",
         "02:00:00:00:00:01",
@@ -450,7 +450,7 @@ def test_describe_never_raises_on_corrupted_gre_frames(noise: bytes, at: int) ->
     describe(bytes(frame)).summary()
 
 
-def test_describe_every_truncation() -> None:
+def test_describe_finds_a_problem_in_every_truncation() -> None:
     frame = gre_frame(
         Flow.of("1.1.1.1", "2.2.2.2", PROTO_UDP, 1, 2), outer=Outer(vlans=(1,), gre_key=3)
     )

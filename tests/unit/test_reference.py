@@ -29,7 +29,7 @@ from rusty_rail.wire.constants import ETH_P_8021AD, PROTO_ICMP, PROTO_TCP, PROTO
 from rusty_rail.wire.describe import Ipv4Info, describe
 from rusty_rail.wire.fields import VlanTag, ipv4_address
 from rusty_rail.wire.frames import Outer, encapsulate, gre_frame
-from tests.unit.packet_cases import (
+from tests.support.cases import (
     CASES,
     CLIENT,
     DEFAULT_VIP_INDEX,
@@ -465,7 +465,7 @@ def test_corrupted_valid_frames_never_raise(
     _check_any_result(bytes(frame))
 
 
-def test_accepts_any_bytes_like_frame() -> None:
+def test_process_accepts_any_bytes_like_frame() -> None:
     assert (
         process(standard_state(), bytearray(WEB_FRAME)).frame
         == process(standard_state(), WEB_FRAME).frame

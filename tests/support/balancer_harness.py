@@ -25,7 +25,7 @@ from rusty_rail.model.state import CtEntry, DataplaneState, Stat
 TEST_CONNTRACK_ENTRIES = 1 << 16
 
 #: The interfaces of the test namespace that can be XDP_REDIRECT targets (a veth pair; 1 is
-#: its loopback). tests/unit/packet_cases.py sends its REDIRECT cases to ifindex 2.
+#: its loopback). tests/support/cases/ sends its REDIRECT cases to ifindex 2.
 REDIRECT_IFINDEXES = (2, 3)
 
 PacketsBytes = tuple[int, int]
