@@ -197,7 +197,9 @@ def check_forwarded(bed: Bed, sent: list[Flow], got: dict[Flow, bytes], targets:
     assert used == set(targets)
 
 
-def test_run_forwards_survives_the_daemon_adopts_and_detaches(bed: Bed, tmp_path: Path) -> None:
+def test_run_forwards_and_a_restarted_daemon_adopts_then_detaches_the_balancer(
+    bed: Bed, tmp_path: Path
+) -> None:
     daemon = Daemon(bed, BACKENDS, tmp_path / "run1.log")
     daemon.wait_for("attached in native mode")
     sent = flows(300)

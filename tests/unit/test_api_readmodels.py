@@ -130,7 +130,7 @@ def test_dry_run_of_a_drain_moves_slots_but_no_tracked_flow() -> None:
     assert (view["flows_tracked"], view["flows_moved"]) == (200, 0)
 
 
-def test_dry_run_of_new_and_removed_vips() -> None:
+def test_a_dry_run_marks_new_vips_added_and_removed_ones_moving_all_their_flows() -> None:
     before = plan_of(CONFIG)
     added = changes.put_vip(CONFIG, changes.parse_target("198.18.100.2"), {"backends": []})[0]
     result, _ = readmodels.dry_run(before, plan_of(added, before), [])

@@ -121,7 +121,7 @@ def test_string_backends_equal_table_backends() -> None:
     assert as_strings == as_tables
 
 
-def test_ipv6_everywhere() -> None:
+def test_ipv6_addresses_are_accepted_for_the_lb_backends_and_vips() -> None:
     config = config_from_toml_text(
         'lb_address = "2001:2::a"\n'
         'default_backends = ["2001:2:0:1::1"]\n'
@@ -150,7 +150,7 @@ def test_ipv4_vip_with_ipv6_backends_is_allowed() -> None:
         ("0", 0),
     ],
 )
-def test_hash_seed_forms(written: str, value: int) -> None:
+def test_a_hash_seed_may_be_written_in_every_documented_form(written: str, value: int) -> None:
     assert config_from_toml_text(f"hash_seed = {written}").hash_seed == value
 
 
@@ -231,7 +231,7 @@ def test_messages_carry_no_pydantic_text() -> None:
         ("::ffff:10.0.0.1", 'write "10.0.0.1"'),
     ],
 )
-def test_bad_backend_address(address: str, reason: str) -> None:
+def test_a_bad_backend_address_is_named_with_its_reason(address: str, reason: str) -> None:
     problem = only_problem(toml_error(vip_toml(f'backends = ["{address}"]')))
     assert problem.path == "vips[0].backends[0].address"
     assert problem.value == address
@@ -244,7 +244,7 @@ def test_address_must_be_a_string() -> None:
     assert "string" in problem.reason
 
 
-def test_bad_vip_address() -> None:
+def test_a_bad_vip_address_is_named_by_its_path() -> None:
     problem = only_problem(toml_error(vip_toml("", "198.18.100")))
     assert (problem.path, problem.value) == ("vips[0].address", "198.18.100")
 
@@ -258,7 +258,7 @@ def test_duplicate_backend_in_a_vip_even_when_spelled_differently() -> None:
     assert 'vips[0].backends[2].address: "2001:2::1": duplicate backend' in str(error)
 
 
-def test_duplicate_default_backend() -> None:
+def test_a_default_backend_given_twice_is_refused() -> None:
     problem = only_problem(toml_error('default_backends = ["10.1.0.1", "10.1.0.1"]'))
     assert problem.path == "default_backends[1].address"
     assert "duplicate backend" in problem.reason
@@ -300,7 +300,7 @@ def test_an_unknown_key_is_refused_with_a_hint(text: str, path: str, hint: str) 
     assert problem.value is not None
 
 
-def test_unknown_table_at_top_level() -> None:
+def test_an_unknown_top_level_table_is_refused_as_an_unknown_key() -> None:
     problem = only_problem(toml_error("[server]\nport = 8080\n"))
     assert (problem.path, problem.value) == ("server", {"port": 8080})
     assert "unknown key" in problem.reason
@@ -338,7 +338,7 @@ def test_an_unknown_backend_state_is_refused_listing_the_states() -> None:
     assert problem.reason == "must be one of: up, drain, down"
 
 
-def test_backend_of_wrong_type() -> None:
+def test_a_backend_must_be_an_address_string_or_a_table() -> None:
     problem = only_problem(toml_error(vip_toml("backends = [5]")))
     assert (problem.path, problem.value) == ("vips[0].backends[0]", 5)
     assert "address string or a table" in problem.reason
@@ -358,12 +358,12 @@ def test_backends_must_be_an_array() -> None:
         (16777259, "must be between 2 and 16777216"),
     ],
 )
-def test_bad_table_size(size: int, reason: str) -> None:
+def test_a_table_size_must_be_a_prime_in_range(size: int, reason: str) -> None:
     problem = only_problem(toml_error(f"table_size = {size}"))
     assert (problem.path, problem.value, problem.reason) == ("table_size", size, reason)
 
 
-def test_bad_vip_table_size() -> None:
+def test_a_vips_own_table_size_must_be_a_prime_in_range() -> None:
     problem = only_problem(toml_error(vip_toml("table_size = 1000")))
     assert (problem.path, problem.value) == ("vips[0].table_size", 1000)
     assert "prime" in problem.reason
@@ -403,20 +403,20 @@ def test_is_prime_agrees_with_trial_division() -> None:
     assert is_prime(65537) and is_prime(16777213) and not is_prime(16777215)
 
 
-def test_port_without_protocol() -> None:
+def test_a_port_needs_a_protocol() -> None:
     problem = only_problem(toml_error(vip_toml("port = 80")))
     assert (problem.path, problem.value) == ("vips[0].port", 80)
     assert "a port needs a protocol" in problem.reason
 
 
-def test_protocol_without_port() -> None:
+def test_a_protocol_needs_a_port() -> None:
     problem = only_problem(toml_error(vip_toml('protocol = "udp"')))
     assert (problem.path, problem.value) == ("vips[0].protocol", Protocol.UDP)
     assert "a protocol needs a port" in problem.reason
 
 
 @pytest.mark.parametrize("port", [0, 65536, -80])
-def test_port_out_of_range(port: int) -> None:
+def test_a_port_must_be_between_1_and_65535(port: int) -> None:
     problem = only_problem(toml_error(vip_toml(f'protocol = "tcp"\nport = {port}')))
     assert (problem.path, problem.value) == ("vips[0].port", port)
     assert problem.reason == "must be between 1 and 65535"
@@ -440,7 +440,9 @@ def test_bad_encap_lists_the_supported_ones() -> None:
         ("1.0", 1.0, "must be an integer"),
     ],
 )
-def test_bad_hash_seed(written: str, value: object, reason: str) -> None:
+def test_a_bad_hash_seed_is_refused_with_its_reason(
+    written: str, value: object, reason: str
+) -> None:
     problem = only_problem(toml_error(f"hash_seed = {written}"))
     assert (problem.path, problem.value) == ("hash_seed", value)
     assert reason in problem.reason
@@ -459,7 +461,7 @@ def test_bad_hash_seed(written: str, value: object, reason: str) -> None:
         ("ééééééééé", "is 18 bytes long"),
     ],
 )
-def test_bad_device_name(device: str, reason: str) -> None:
+def test_a_device_name_the_kernel_would_refuse_is_refused(device: str, reason: str) -> None:
     problem = only_problem(toml_error(f"device = {tomllib_string(device)}"))
     assert (problem.path, problem.value) == ("device", device)
     assert reason in problem.reason
@@ -470,7 +472,7 @@ def tomllib_string(text: str) -> str:
 
 
 @pytest.mark.parametrize("device", ["eth0", "enp3s0f1", "veth-rr.100", "a" * 15, "lo"])
-def test_good_device_names(device: str) -> None:
+def test_every_valid_device_name_is_accepted(device: str) -> None:
     assert config_from_toml_text(f'device = "{device}"').device == device
 
 
@@ -491,7 +493,7 @@ def test_backend_on_the_balancers_own_address_or_a_vip() -> None:
     ]
 
 
-def test_missing_vip_address() -> None:
+def test_a_vip_without_an_address_is_refused_as_missing() -> None:
     problem = only_problem(toml_error('[[vips]]\nprotocol = "tcp"\nport = 80\n'))
     assert (problem.path, problem.reason) == ("vips[0].address", "required, but missing")
     assert str(problem) == "vips[0].address: required, but missing"
@@ -522,7 +524,7 @@ def test_duplicate_toml_key_is_a_syntax_error() -> None:
     assert "invalid TOML" in problem.reason
 
 
-def test_validate_as_for_api_bodies() -> None:
+def test_api_bodies_are_validated_with_the_configurations_messages() -> None:
     vip = validate_as(Vip, {"address": "198.18.100.9", "backends": ["10.1.0.1"]}, "request body")
     assert vip.backends == (Backend(address=IPv4Address("10.1.0.1")),)
     with pytest.raises(ConfigError) as caught:
@@ -547,7 +549,7 @@ def test_a_missing_configuration_file_says_it_cannot_be_read(tmp_path: Path) -> 
     )
 
 
-def test_file_that_is_not_utf8(tmp_path: Path) -> None:
+def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes('device = "\xe9th0"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):
@@ -577,13 +579,13 @@ def test_target_ips_tolerate_whitespace_and_empty_items() -> None:
     ]
 
 
-def test_target_ips_a_double_semicolon_b() -> None:
+def test_empty_items_between_target_ips_are_skipped() -> None:
     config = config_from_env({"RR_DEVICE": "eth0", "RR_TARGET_IPS": "10.1.0.1;;10.1.0.2"})
     assert len(config.default_backends) == 2
 
 
 @pytest.mark.parametrize("value", ["", ";", " ; ;; "])
-def test_target_ips_with_no_address(value: str) -> None:
+def test_target_ips_without_any_address_are_refused(value: str) -> None:
     problem = only_problem(env_error({"RR_DEVICE": "eth0", "RR_TARGET_IPS": value}))
     assert (problem.path, problem.value) == ("RR_TARGET_IPS", value)
     assert "no backend addresses" in problem.reason
@@ -633,7 +635,7 @@ def test_target_ip_that_is_the_balancers_address_is_named_by_item() -> None:
     assert (problem.path, problem.value) == ("RR_TARGET_IPS item 2", IPv4Address("10.1.0.2"))
 
 
-def test_unknown_rr_variable() -> None:
+def test_an_unknown_rr_variable_is_refused_with_a_suggestion() -> None:
     problem = only_problem(env_error(SEED_ENV | {"RR_TARGET_IP": "10.1.0.3"}))
     assert (problem.path, problem.value) == ("RR_TARGET_IP", "10.1.0.3")
     assert "unknown variable (did you mean RR_TARGET_IPS?)" in problem.reason
@@ -646,7 +648,7 @@ def test_other_variables_are_ignored() -> None:
     )
 
 
-def test_empty_optional_variable() -> None:
+def test_an_optional_variable_set_but_empty_is_refused() -> None:
     problem = only_problem(env_error(SEED_ENV | {"RR_LB_ADDRESS": ""}))
     assert (problem.path, problem.value) == ("RR_LB_ADDRESS", "")
     assert "set but empty" in problem.reason
@@ -707,7 +709,7 @@ def test_file_and_target_ips_together_are_ambiguous() -> None:
     only_problem(env_error({"RR_TARGET_IPS": "10.1.0.1"}, EXAMPLE))
 
 
-def test_missing_file_named_by_rr_config(tmp_path: Path) -> None:
+def test_a_missing_rr_config_file_is_named_as_the_source(tmp_path: Path) -> None:
     error = env_error({"RR_CONFIG": str(tmp_path / "absent.toml")})
     assert error.source == str(tmp_path / "absent.toml")
     assert "No such file" in only_problem(error).reason
@@ -727,7 +729,7 @@ def test_missing_file_named_by_rr_config(tmp_path: Path) -> None:
         ("[2001:2::1]", VipKey(IPv6Address("2001:2::1"))),
     ],
 )
-def test_parse_vip_key(text: str, key: VipKey) -> None:
+def test_every_documented_vip_key_spelling_parses(text: str, key: VipKey) -> None:
     assert parse_vip_key(text) == key
 
 
@@ -748,7 +750,7 @@ def test_parse_vip_key(text: str, key: VipKey) -> None:
         ("", "not an IPv4 or IPv6 address"),
     ],
 )
-def test_parse_vip_key_errors(text: str, reason: str) -> None:
+def test_a_bad_vip_key_is_refused_with_its_reason(text: str, reason: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_vip_key(text)
     problem = only_problem(caught.value)
@@ -770,12 +772,12 @@ vip_keys = st.one_of(
 
 
 @given(vip_keys)
-def test_vip_key_text_round_trips(key: VipKey) -> None:
+def test_a_vip_keys_text_parses_back_to_the_same_key(key: VipKey) -> None:
     assert parse_vip_key(str(key)) == key
 
 
 @given(vip_keys)
-def test_vip_key_of_a_vip_round_trips(key: VipKey) -> None:
+def test_a_vips_key_text_parses_back_to_that_vips_key(key: VipKey) -> None:
     vip = Vip(address=key.address, protocol=key.protocol, port=key.port)
     assert parse_vip_key(str(vip.key)) == vip.key == key
 
