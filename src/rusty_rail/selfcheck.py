@@ -11,7 +11,7 @@ from typing import Any
 
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import NextHop, Verdict
 from rusty_rail.wire.constants import PROTO_TCP
@@ -88,7 +88,7 @@ def _reference_check() -> str:
     plan = _sample_plan()
     frame = gre_frame(SAMPLE_FLOW)
     started = time.perf_counter()
-    result = reference.process(plan.state, frame)
+    result = pipeline.process(plan.state, frame)
     elapsed_us = (time.perf_counter() - started) * 1e6
     if result.verdict is not Verdict.TX or result.decision is None:
         raise RuntimeError(f"sample packet was not forwarded: {result.stat.name}")

@@ -31,7 +31,7 @@ from rusty_rail.control.nexthops import NextHops
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
 from rusty_rail.control.startup import startup_config
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
 from rusty_rail.wire.constants import PROTO_TCP
@@ -102,7 +102,7 @@ def track(node: Node, flows: list[Flow]) -> dict[Flow, str]:
     assert plan is not None
     chosen = {}
     for flow in flows:
-        decision = reference.lookup(plan.state, flow)
+        decision = pipeline.lookup(plan.state, flow)
         assert decision.backend_index is not None
         backend = plan.state.backends[decision.backend_index]
         node.maps.set_conntrack(flow, CtEntry(decision.backend_index, backend.generation))

@@ -24,7 +24,7 @@ from typing import TypeVar
 import pytest
 
 from rusty_rail.dataplane.libbpf import BpfObject, Program
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow, flow_hash, mix64
 from rusty_rail.model.icmp import IcmpStat, IcmpWatch
 from rusty_rail.model.state import (
@@ -162,13 +162,13 @@ def compare_packet(
     what: str,
     ingress: int = 1,
     watch: IcmpWatch | None = None,
-) -> reference.Result:
+) -> pipeline.Result:
     """Run ``frame`` through both; fail with the whole story on any difference."""
     before = balancer.counters()
     run = balancer.run(frame, ingress)
     got_counters = balancer.counters().delta_since(before)
     got_reports = balancer.reports()
-    expected = reference.process(state, frame, ingress, icmp=watch)
+    expected = pipeline.process(state, frame, ingress, icmp=watch)
 
     def story(problem: str) -> str:
         return (

@@ -30,7 +30,7 @@ from rusty_rail.dataplane.libbpf import (
     query_xdp,
 )
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import NextHop
 from rusty_rail.testbed.netns import Namespace, netns
@@ -139,7 +139,7 @@ def expected_backends(targets: list[str], flows: list[Flow]) -> dict[Flow, str]:
     )
     chosen = {}
     for flow in flows:
-        decision = reference.lookup(plan.state, flow)
+        decision = pipeline.lookup(plan.state, flow)
         assert decision.backend_index is not None
         chosen[flow] = str(ip_address(plan.state.backends[decision.backend_index].addr))
     return chosen

@@ -15,7 +15,7 @@ from rusty_rail.config import AdminState, Config, config_from_toml_text
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import Allocation, Plan, compile_plan
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import CtEntry, NextHop
 from rusty_rail.wire.constants import PROTO_TCP, PROTO_UDP
@@ -91,7 +91,7 @@ def tracked(plan: Plan, flows: list[Flow]) -> dict[Flow, CtEntry]:
     """Connection-table entries as the data plane records them on a miss."""
     entries = {}
     for flow in flows:
-        decision = reference.lookup(plan.state, flow)
+        decision = pipeline.lookup(plan.state, flow)
         assert decision.backend_index is not None
         generation = plan.state.backends[decision.backend_index].generation
         entries[flow] = CtEntry(decision.backend_index, generation)
@@ -159,7 +159,7 @@ def test_lookup_and_flows_name_vip_and_backend() -> None:
     answer = readmodels.lookup(plan, None, flow)
     assert answer["vip"] == VIP and answer["conntrack"] == "none"
     assert answer["outcome"] == "ct_miss" and answer["forwards"]
-    expected = reference.lookup(plan.state, flow)
+    expected = pipeline.lookup(plan.state, flow)
     assert answer["backend"] == str(
         ip_address(plan.state.backends[expected.backend_index or 0].addr)
     )

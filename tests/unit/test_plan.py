@@ -26,7 +26,7 @@ from rusty_rail.control.plan import (
     diff,
     removals_only,
 )
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import NONE_INDEX, BackendState, NextHop, Stat, Verdict
 from rusty_rail.wire.frames import LB_IPV4, gre_frame
@@ -220,7 +220,7 @@ def test_no_change_means_no_operations() -> None:
 
 
 def backend_for(p: Plan, flow: Flow) -> str:
-    result = reference.process(p.state, gre_frame(flow))
+    result = pipeline.process(p.state, gre_frame(flow))
     assert result.verdict is Verdict.TX, result.stat
     assert result.decision is not None and result.decision.backend_index is not None
     return str(ip_address(p.state.backends[result.decision.backend_index].addr))
@@ -251,7 +251,7 @@ def test_established_flows_stay_when_a_backend_is_added() -> None:
     second = plan(config(*BACKENDS, "198.18.1.99"), first)
     second.state.conntrack.update(first.state.conntrack)
     for flow in flows:
-        result = reference.process(second.state, gre_frame(flow))
+        result = pipeline.process(second.state, gre_frame(flow))
         assert result.stat is Stat.CT_HIT
         assert backend_for(second, flow) == chosen[flow]
 

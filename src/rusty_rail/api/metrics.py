@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from rusty_rail import __version__
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.state import BackendState, Stat
 
 if TYPE_CHECKING:
@@ -27,12 +27,12 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 def _action(stat: Stat, daemon: Daemon) -> str:
-    if stat in reference.FORWARD_STATS:
+    if stat in pipeline.FORWARD_STATS:
         return "forward"
     settings = daemon.plan.state.settings if daemon.plan is not None else None
     if settings is None:
         return "unknown"
-    return reference.verdict_for(stat, settings).name.lower()
+    return pipeline.verdict_for(stat, settings).name.lower()
 
 
 class _MapsCollector(Collector):

@@ -2,7 +2,7 @@
 their backends, tables and counters; tracked flows; one flow's decision; and the dry run of a
 change (/v1/plan).
 
-The decisions come from the reference pipeline (reference.lookup) run on the plan's state
+The decisions come from the reference pipeline (pipeline.lookup) run on the plan's state
 with the live connection table, so they say what the data plane does, and why.
 """
 
@@ -21,7 +21,7 @@ from rusty_rail.config import Backend, Config
 from rusty_rail.control.fingerprint import service_order
 from rusty_rail.control.plan import Plan
 from rusty_rail.dataplane.maps import BalancerMaps
-from rusty_rail.model import pipeline as reference
+from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.maglev import moved_fraction
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
@@ -236,7 +236,7 @@ def _with_conntrack(state: DataplaneState, conntrack: Mapping[Flow, CtEntry]) ->
     return replace(state, conntrack=dict(conntrack))
 
 
-def decision_json(plan: Plan, decision: reference.Decision) -> schemas.Decision:
+def decision_json(plan: Plan, decision: pipeline.Decision) -> schemas.Decision:
     """A decision with the names an operator knows: VIP key, backend address and state."""
     backend = (
         plan.state.backends.get(decision.backend_index)
@@ -246,7 +246,7 @@ def decision_json(plan: Plan, decision: reference.Decision) -> schemas.Decision:
     names = _names(plan)
     conntrack: schemas.ConntrackMatch = (
         "valid"
-        if decision.match is reference.Match.CONNTRACK
+        if decision.match is pipeline.Match.CONNTRACK
         else "stale"
         if decision.stale_entry is not None
         else "none"
@@ -275,7 +275,7 @@ def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> schemas.Decisio
     if entry is not None:
         conntrack[flow] = entry
     state = _with_conntrack(plan.state, conntrack)
-    return decision_json(plan, reference.lookup(state, flow))
+    return decision_json(plan, pipeline.lookup(state, flow))
 
 
 def flows(
@@ -292,7 +292,7 @@ def flows(
         backends = {slot for slot, entry in plan.state.backends.items() if entry.vip_index == index}
     for flow, entry in itertools.islice(maps.iter_conntrack(backends), scan):
         scanned += 1
-        decision = reference.lookup(_with_conntrack(plan.state, {flow: entry}), flow)
+        decision = pipeline.lookup(_with_conntrack(plan.state, {flow: entry}), flow)
         view = decision_json(plan, decision)
         if vip is not None and view["vip"] != vip:
             continue
@@ -305,7 +305,7 @@ def flows(
 # --- dry run ----------------------------------------------------------------------------------
 
 
-def _address_of(state: DataplaneState, decision: reference.Decision) -> bytes | None:
+def _address_of(state: DataplaneState, decision: pipeline.Decision) -> bytes | None:
     if not decision.forwards or decision.backend_index is None:
         return None
     backend = state.backends.get(decision.backend_index)
@@ -356,13 +356,13 @@ def dry_run(
         if deadline is not None and counted % 1024 == 0 and time.monotonic() > deadline:
             complete = False
             break
-        then = reference.lookup(state_before, flow)
+        then = pipeline.lookup(state_before, flow)
         if not then.forwards or then.vip_index is None:
             continue  # a stale entry of a flow that would be re-decided anyway
         service = names_before.get(then.vip_index)
         if service is None or service not in result:
             continue
-        now = reference.lookup(state_after, flow)
+        now = pipeline.lookup(state_after, flow)
         moved_flow = _address_of(state_after, now) != _address_of(state_before, then)
         if now.vip_index is not None and names_after.get(now.vip_index) != service:
             moved_flow = True
