@@ -400,6 +400,35 @@ def test_metrics_expose_counters_states_and_change_durations(node: Node) -> None
     assert "rusty_rail_conntrack_entries 7.0" in text
 
 
+def test_metrics_count_backends_per_vip_and_drop_per_backend_series_beyond_the_limit(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def scrape() -> str:
+        text = node.call("GET", "/metrics").body
+        assert isinstance(text, str)
+        return text
+
+    node.call("PATCH", f"{VIP_PATH}/backends/198.18.64.3", {"state": "drain"})
+    counts = [
+        f'rusty_rail_vip_backends{{kind="admin",state="up",vip="{VIP}"}} 2.0',
+        f'rusty_rail_vip_backends{{kind="admin",state="drain",vip="{VIP}"}} 1.0',
+        f'rusty_rail_vip_backends{{kind="dataplane",state="drain",vip="{VIP}"}} 1.0',
+        f'rusty_rail_vip_backends_unresolved{{vip="{VIP}"}} 0.0',
+    ]
+    within = scrape()
+    assert all(line in within for line in counts)
+    assert "rusty_rail_metrics_backends_omitted 0.0" in within
+    assert "rusty_rail_backend_packets_total{" in within
+    # The base configuration holds 4 backends (3 + 1): a limit of 3 leaves per-VIP counts.
+    monkeypatch.setattr(node.daemon.options, "metrics_backend_limit", 3)
+    beyond = scrape()
+    assert all(line in beyond for line in counts)
+    assert "rusty_rail_metrics_backends_omitted 4.0" in beyond
+    for name in ("backend_packets_total", "backend_state", "backend_weight", "backend_health"):
+        assert f"rusty_rail_{name}{{" not in beyond, name
+    assert len(beyond) < len(within)
+
+
 # --- tokens -----------------------------------------------------------------------------------
 
 

@@ -4,13 +4,13 @@ floor per VIP, the reports the control plane read, and the data plane's ICMP cou
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rusty_rail.control.health import Status
+from rusty_rail.control.health import BackendHealth, Status
 from rusty_rail.model.icmp import code_name
 
 if TYPE_CHECKING:
@@ -18,16 +18,14 @@ if TYPE_CHECKING:
 
 
 class HealthCollector(Collector):
-    """Read at scrape time from the daemon's health monitor and the ICMP counters."""
+    """Read at scrape time from the daemon's health monitor and the ICMP counters. Series per
+    backend only up to the daemon's metrics_backend_limit, like api/metrics.py."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def collect(self) -> Iterable[Metric]:
-        monitor = self.daemon.monitor
-        if monitor is None:
-            return
-        book = monitor.book
+    @staticmethod
+    def _per_backend(backends: Sequence[BackendHealth]) -> Iterable[Metric]:
         status = GaugeMetricFamily(
             "rusty_rail_backend_health",
             "1 for the backend's health status (healthy, suspect, unhealthy) in the VIP",
@@ -38,7 +36,7 @@ class HealthCollector(Collector):
             "Active checks of the backend by result (ok, failed)",
             labels=["vip", "backend", "result"],
         )
-        for backend in book.ordered():
+        for backend in backends:
             labels = [backend.service, str(backend.address)]
             for value in Status:
                 status.add_metric([*labels, value.value], backend.status is value)
@@ -46,6 +44,28 @@ class HealthCollector(Collector):
             checks.add_metric([*labels, "failed"], backend.checks[False])
         yield status
         yield checks
+
+    def collect(self) -> Iterable[Metric]:
+        monitor = self.daemon.monitor
+        if monitor is None:
+            return
+        book = monitor.book
+        backends = book.ordered()
+        by_status = GaugeMetricFamily(
+            "rusty_rail_vip_backend_health",
+            "The VIP's backends by health status (healthy, suspect, unhealthy)",
+            labels=["vip", "status"],
+        )
+        counts: dict[str, dict[Status, int]] = {}
+        for backend in backends:
+            per_vip = counts.setdefault(backend.service, dict.fromkeys(Status, 0))
+            per_vip[backend.status] += 1
+        for name, per_status in counts.items():
+            for value, count in per_status.items():
+                by_status.add_metric([name, value.value], count)
+        yield by_status
+        if len(backends) <= self.daemon.options.metrics_backend_limit:
+            yield from self._per_backend(backends)
 
         fail_open = GaugeMetricFamily(
             "rusty_rail_vip_fail_open",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rusty_rail import __version__
+from rusty_rail.config import AdminState, Backend
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS
 from rusty_rail.model import pipeline
 from rusty_rail.model.state import BackendState, Stat
@@ -103,50 +104,20 @@ class _MapsCollector(Collector):
         yield vip_packets
         yield vip_bytes
 
-        backend_packets = CounterMetricFamily(
-            "rusty_rail_backend_packets", "Packets sent per backend", labels=["vip", "backend"]
-        )
-        backend_bytes = CounterMetricFamily(
-            "rusty_rail_backend_bytes", "Bytes sent per backend", labels=["vip", "backend"]
-        )
-        state = GaugeMetricFamily(
-            "rusty_rail_backend_state",
-            "1 for the backend's admin state (configured) and its data-plane state",
-            labels=["vip", "backend", "kind", "state"],
-        )
-        weight = GaugeMetricFamily(
-            "rusty_rail_backend_weight",
-            "The backend's configured weight",
-            labels=["vip", "backend"],
-        )
-        next_hop = GaugeMetricFamily(
-            "rusty_rail_backend_next_hop_resolved",
-            "1 when the backend's next hop is known (else its packets are dropped)",
-            labels=["vip", "backend"],
-        )
-        slots = plan.allocation.slots
-        backend_counters = maps.read_backend_stats(sorted(set(slots.values())))
         services = [("default", config.default_backends)] + [
             (str(vip.key), vip.backends) for vip in config.vips
         ]
-        for name, backends in services:
-            for backend in backends:
-                labels = [name, str(backend.address)]
-                slot = plan.allocation.slot_of(name, backend.address)
-                count, octets = backend_counters.get(slot, (0, 0)) if slot is not None else (0, 0)
-                backend_packets.add_metric(labels, count)
-                backend_bytes.add_metric(labels, octets)
-                state.add_metric([*labels, "admin", backend.state.value], 1)
-                entry = plan.state.backends.get(slot) if slot is not None else None
-                live = entry.state if entry is not None else BackendState.UNUSED
-                state.add_metric([*labels, "dataplane", live.name.lower()], 1)
-                weight.add_metric(labels, backend.weight)
-                next_hop.add_metric(labels, daemon.next_hops(backend.address) is not None)
-        yield backend_packets
-        yield backend_bytes
-        yield state
-        yield weight
-        yield next_hop
+        pairs = sum(len(backends) for _, backends in services)
+        per_backend = pairs <= daemon.options.metrics_backend_limit
+        yield from _vip_backend_counts(daemon, services)
+        if per_backend:
+            yield from _backend_series(daemon, services)
+        yield GaugeMetricFamily(
+            "rusty_rail_metrics_backends_omitted",
+            "Backends (per VIP) without series of their own: more than --metrics-backend-limit "
+            "in all; rusty_rail_vip_backends counts them",
+            0 if per_backend else pairs,
+        )
 
         yield GaugeMetricFamily(
             "rusty_rail_conntrack_entries",
@@ -166,6 +137,91 @@ class _MapsCollector(Collector):
         for name, generation in sorted(daemon.table_generations.items()):
             generations.add_metric([name], generation)
         yield generations
+
+
+#: (VIP key text, its backends), the default set first.
+Services = Sequence[tuple[str, Sequence[Backend]]]
+
+
+def _vip_backend_counts(daemon: Daemon, services: Services) -> Iterable[Metric]:
+    """Per VIP: its backends by admin and data-plane state, and those without a next hop."""
+    plan = daemon.plan
+    if plan is None:
+        return
+    states = GaugeMetricFamily(
+        "rusty_rail_vip_backends",
+        "The VIP's backends by admin state (configured) and data-plane state",
+        labels=["vip", "kind", "state"],
+    )
+    unresolved = GaugeMetricFamily(
+        "rusty_rail_vip_backends_unresolved",
+        "The VIP's backends whose next hop is not known (their packets are dropped)",
+        labels=["vip"],
+    )
+    for name, backends in services:
+        admin = dict.fromkeys((state.value for state in AdminState), 0)
+        live = dict.fromkeys((state.name.lower() for state in BackendState), 0)
+        missing = 0
+        for backend in backends:
+            admin[backend.state.value] += 1
+            slot = plan.allocation.slot_of(name, backend.address)
+            entry = plan.state.backends.get(slot) if slot is not None else None
+            live[(entry.state if entry is not None else BackendState.UNUSED).name.lower()] += 1
+            missing += daemon.next_hops(backend.address) is None
+        for kind, counts in (("admin", admin), ("dataplane", live)):
+            for state_name, count in counts.items():
+                states.add_metric([name, kind, state_name], count)
+        unresolved.add_metric([name], missing)
+    yield states
+    yield unresolved
+
+
+def _backend_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
+    """Per VIP and backend: packets, bytes, states, weight, next hop."""
+    plan, balancer = daemon.plan, daemon.balancer
+    if plan is None or balancer is None:
+        return
+    backend_packets = CounterMetricFamily(
+        "rusty_rail_backend_packets", "Packets sent per backend", labels=["vip", "backend"]
+    )
+    backend_bytes = CounterMetricFamily(
+        "rusty_rail_backend_bytes", "Bytes sent per backend", labels=["vip", "backend"]
+    )
+    state = GaugeMetricFamily(
+        "rusty_rail_backend_state",
+        "1 for the backend's admin state (configured) and its data-plane state",
+        labels=["vip", "backend", "kind", "state"],
+    )
+    weight = GaugeMetricFamily(
+        "rusty_rail_backend_weight",
+        "The backend's configured weight",
+        labels=["vip", "backend"],
+    )
+    next_hop = GaugeMetricFamily(
+        "rusty_rail_backend_next_hop_resolved",
+        "1 when the backend's next hop is known (else its packets are dropped)",
+        labels=["vip", "backend"],
+    )
+    slots = plan.allocation.slots
+    backend_counters = balancer.maps.read_backend_stats(sorted(set(slots.values())))
+    for name, backends in services:
+        for backend in backends:
+            labels = [name, str(backend.address)]
+            slot = plan.allocation.slot_of(name, backend.address)
+            count, octets = backend_counters.get(slot, (0, 0)) if slot is not None else (0, 0)
+            backend_packets.add_metric(labels, count)
+            backend_bytes.add_metric(labels, octets)
+            state.add_metric([*labels, "admin", backend.state.value], 1)
+            entry = plan.state.backends.get(slot) if slot is not None else None
+            live = entry.state if entry is not None else BackendState.UNUSED
+            state.add_metric([*labels, "dataplane", live.name.lower()], 1)
+            weight.add_metric(labels, backend.weight)
+            next_hop.add_metric(labels, daemon.next_hops(backend.address) is not None)
+    yield backend_packets
+    yield backend_bytes
+    yield state
+    yield weight
+    yield next_hop
 
 
 class Metrics:

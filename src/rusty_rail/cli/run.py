@@ -9,6 +9,14 @@ from pathlib import Path
 
 from rusty_rail.api.client import TOKEN_VARIABLE, URL_VARIABLE
 from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Subparsers, add_pin_root_option
+from rusty_rail.control.options import METRICS_BACKEND_LIMIT
+
+
+def _count(text: str) -> int:
+    """A whole number of 0 or more, for argparse."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 999999999")
+    return int(text)
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -79,6 +87,14 @@ def add_parser(commands: Subparsers) -> None:
         "--reset-state",
         action="store_true",
         help="remove the saved API state and start from the configuration file / environment",
+    )
+    run.add_argument(
+        "--metrics-backend-limit",
+        type=_count,
+        default=METRICS_BACKEND_LIMIT,
+        metavar="N",
+        help="/metrics has series per backend while the VIPs hold at most N backends in all "
+        f"(default {METRICS_BACKEND_LIMIT}); beyond, per-VIP counts only (docs/api.md)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=cmd_run)
@@ -156,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         api=api,
         state_file=state_path,
         reset_state=args.reset_state,
+        metrics_backend_limit=args.metrics_backend_limit,
     )
     try:
         run(environ, options, app_factory=create_app)

@@ -71,6 +71,11 @@ def parse_api_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+#: Backends (one per VIP and backend) up to which /metrics has series per backend: about 10
+#: series each, so the default keeps a scrape to about 1 MB.
+METRICS_BACKEND_LIMIT: Final = 1024
+
+
 @dataclass
 class DaemonOptions:
     config_path: Path | None = None
@@ -88,6 +93,9 @@ class DaemonOptions:
     reset_state: bool = False
     #: Attach the program (tests of the API alone may leave it loaded but not attached).
     attach: bool = True
+    #: /metrics has series per backend while the VIPs hold at most this many backends in all
+    #: (one per VIP and backend); beyond it, per-VIP counts only (docs/api.md).
+    metrics_backend_limit: int = METRICS_BACKEND_LIMIT
 
 
 def raise_file_limit(connections: int) -> None:
