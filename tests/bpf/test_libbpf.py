@@ -29,6 +29,7 @@ from rusty_rail.dataplane.libbpf import (
     bpf_object_path,
     create_map,
     ensure_bpffs,
+    lock_pin_dir,
     num_possible_cpus,
     pin_dir,
     remove_pin_dir,
@@ -484,6 +485,42 @@ def test_pin_directories_are_checked_created_and_removed(bpffs_dir: Path) -> Non
         scratch.pin(directory / "scratch")
     remove_pin_dir(directory)
     assert not directory.exists()
+
+
+def test_a_pin_directory_is_held_by_one_process_until_it_closes_or_dies(
+    bpffs_dir: Path,
+) -> None:
+    directory = bpffs_dir / "veth0"
+    first = lock_pin_dir(directory)
+    assert first is not None and directory.is_dir()
+    try:
+        assert lock_pin_dir(directory) is None  # held, also against this same process
+    finally:
+        os.close(first)
+    again = lock_pin_dir(directory)
+    assert again is not None
+    os.close(again)
+    # A holder that dies holds nothing: the kernel drops its lock with its descriptors.
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert lock_pin_dir(directory) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    last = lock_pin_dir(directory)
+    assert last is not None
+    os.close(last)
 
 
 def test_remove_pin_dir_refuses_what_is_not_on_a_bpffs(tmp_path: Path) -> None:

@@ -261,9 +261,11 @@ def test_bad_environment_exits_2_and_attaches_nothing(bed: Bed) -> None:
 
 def test_a_refused_start_leaves_the_running_balancer_as_it_was(bed: Bed, tmp_path: Path) -> None:
     """Issue 16, defect 1: a start refused for its XDP mode used to write its backends into
-    the live maps before the mode check, then say that nothing was changed."""
+    the live maps before the mode check, then say that nothing was changed. The balancer runs
+    from its pins here, its daemon gone, as between the two halves of a restart."""
     daemon = Daemon(bed, BACKENDS, tmp_path / "run.log")
     daemon.wait_for("attached in native mode")
+    assert daemon.stop() == 0
     try:
         refused = subprocess.run(
             [*bed.rusty_rail("run", "--no-api", "--xdp-mode", "generic")],
@@ -278,4 +280,38 @@ def test_a_refused_start_leaves_the_running_balancer_as_it_was(bed: Bed, tmp_pat
         sent = flows(300)
         check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
     finally:
+        detach = subprocess.run(
+            bed.rusty_rail("detach", "--device", "eth0"), capture_output=True, text=True
+        )
+        assert detach.returncode == 0, detach.stderr
+
+
+def test_a_second_daemon_on_the_same_device_is_refused_before_it_touches_anything(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue 16: two daemons on one device would each write the other's maps."""
+    daemon = Daemon(bed, BACKENDS, tmp_path / "run.log")
+    daemon.wait_for("serving the REST API")
+    try:
+        second = subprocess.run(
+            [*bed.rusty_rail("run", "--no-api")],
+            env=bed.env(BACKENDS[:1]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "another rusty-rail run drives eth0" in second.stderr
+        assert "nothing was attached or changed" in second.stderr
+        sent = flows(300)
+        check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+        assert daemon.process.poll() is None
+    finally:
         assert daemon.stop() == 0
+    # Its holder gone (the kernel drops the lock with the process), the next start adopts.
+    restarted = Daemon(bed, BACKENDS, tmp_path / "run2.log")
+    try:
+        restarted.wait_for("adopted the pinned state")
+    finally:
+        assert restarted.stop() == 0
+        subprocess.run(bed.rusty_rail("detach", "--device", "eth0"), capture_output=True)

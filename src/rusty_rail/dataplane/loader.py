@@ -10,6 +10,8 @@ connection table, and what to tell the operator.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from rusty_rail.dataplane.libbpf import (
     Program,
     XdpMode,
     ensure_bpffs,
+    lock_pin_dir,
 )
 from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps, prepare_object
 from rusty_rail.dataplane.pinned import (
@@ -51,6 +54,8 @@ class Balancer:
     ifindex: int
     xdp: PinnedXdpProgram
     maps: BalancerMaps
+    #: The flock on the pin directory: one daemon per interface and pin root.
+    lock: int | None = None
 
     @property
     def obj(self) -> BpfObject:
@@ -71,9 +76,17 @@ class Balancer:
         return self.xdp.link
 
     def close(self) -> None:
-        """Release this process's descriptors. The pins keep the data plane running."""
+        """Release this process's descriptors and its hold on the pin directory. The pins keep
+        the data plane running; a pin directory left empty (a start that failed before
+        attaching) is removed."""
         self.maps.close()
         self.xdp.close()
+        if self.lock is not None:
+            if self.xdp.directory is not None:
+                with contextlib.suppress(OSError):  # not empty: it holds the running balancer
+                    self.xdp.directory.rmdir()
+            os.close(self.lock)
+            self.lock = None
 
 
 def load_balancer(
@@ -84,6 +97,24 @@ def load_balancer(
     set of pins is refused: it means an interrupted detach, and guessing would lose state."""
     ensure_bpffs()
     directory = pin_root / ifname
+    lock = lock_pin_dir(directory)
+    if lock is None:
+        raise LoaderError(
+            f"another rusty-rail run drives {ifname} (it holds {directory}): stop it first (the "
+            "next start adopts what it leaves running), or give this one its own --pin-root"
+        )
+    try:
+        return _load_locked(ifname, ifindex, directory, lock, conntrack_size)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty: nothing was pinned
+        os.close(lock)
+        raise
+
+
+def _load_locked(
+    ifname: str, ifindex: int, directory: Path, lock: int, conntrack_size: int
+) -> Balancer:
     try:
         adopted = BALANCER.adoptable(directory)
     except PartialPins as error:
@@ -116,7 +147,7 @@ def load_balancer(
                 f"by another version: run `rusty-rail detach --device {ifname}` to start clean"
             ) from error
         raise
-    return Balancer(ifname, ifindex, xdp, maps)
+    return Balancer(ifname, ifindex, xdp, maps, lock)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from rusty_rail.dataplane.libbpf.pins import (
     BPFFS,
     PIN_ROOT,
     ensure_bpffs,
+    lock_pin_dir,
     pin_dir,
     remove_pin_dir,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "detach_tc",
     "detach_xdp",
     "ensure_bpffs",
+    "lock_pin_dir",
     "num_possible_cpus",
     "pin_dir",
     "query_tc",

@@ -123,3 +123,22 @@ def remove_pin_dir(directory: Path) -> None:
         else:
             entry.unlink()
     directory.rmdir()
+
+
+def lock_pin_dir(directory: Path) -> int | None:
+    """Take the pin directory (created, as by pin_dir) for this process: an exclusive flock on
+    it, held until the returned descriptor is closed. None when another process holds it (the
+    kernel drops a lock when its holder exits, however it exits)."""
+    import fcntl
+
+    pin_dir(directory.name, root=directory.parent)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
