@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from rusty_rail.dataplane.fib import BATCH
 from rusty_rail.dataplane.libbpf import (
     BpfObject,
     LibbpfError,
@@ -147,6 +148,37 @@ def test_one_resolver_serves_a_round_of_addresses(veth_pair: VethPair) -> None:
             resolver.resolve(veth_pair.NEAR4)
     ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
     assert next_hops == [NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)] * 4
+
+
+def test_a_round_asks_the_fib_in_batches_and_answers_as_one_lookup_at_a_time(
+    veth_pair: VethPair,
+) -> None:
+    veth_pair.near_ip("route", "add", "blackhole", "198.19.8.0/24")
+    veth_pair.near_ip("route", "add", "unreachable", "198.19.7.0/24")
+    wait_next_hop(veth_pair.FAR4, timeout=5, netns=veth_pair.near)
+    wait_next_hop(veth_pair.FAR6, timeout=5, netns=veth_pair.near)
+    odd = ["198.19.8.1", "198.19.7.1", "198.20.0.1", veth_pair.NEAR4, veth_pair.FAR6]
+    # More than one batch of requests (fib.BATCH) behind the one gateway.
+    routed = [f"198.19.0.{host}" for host in range(1, 255)] + [
+        f"2001:2:0:1::{host:x}" for host in range(1, 400)
+    ]
+    addresses = [ip_address(a) for a in odd + routed]
+    assert len(addresses) > 2 * BATCH
+    with NextHopResolver(netns=veth_pair.near) as resolver:
+        found, problems = resolver.resolve_many(addresses)
+    assert set(found) == set(addresses)
+    for address in addresses:
+        try:
+            alone: NextHop | str | None = resolve_next_hop(address, netns=veth_pair.near)
+        except NextHopError as error:
+            alone = str(error)
+        assert (problems[address] if address in problems else found[address]) == alone, address
+    assert set(problems) == {ip_address(a) for a in odd[:4]}
+    assert "no route to 198.19.8.1" in problems[ip_address("198.19.8.1")]
+    assert "is local" in problems[ip_address(veth_pair.NEAR4)]
+    ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
+    hop = NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)
+    assert all(found[ip_address(a)] == hop for a in routed)
 
 
 def test_silent_gateway_times_out_naming_it(veth_pair: VethPair) -> None:

@@ -55,13 +55,13 @@ class NextHops:
         deadline = time.monotonic() + wait
         while pending:
             with netlink.NextHopResolver() as resolver:
-                for address in sorted(pending, key=str):
-                    try:
-                        found[address] = resolver.resolve(address)
-                        problems.pop(address, None)
-                    except netlink.NextHopError as error:
-                        found[address] = None
-                        problems[address] = str(error)
+                round_found, round_problems = resolver.resolve_many(sorted(pending, key=str))
+            found.update(round_found)
+            for address in round_found:
+                if address in round_problems:
+                    problems[address] = round_problems[address]
+                else:
+                    problems.pop(address, None)
             pending = {a for a in pending if found[a] is None and a not in problems}
             if not pending or time.monotonic() >= deadline:
                 break

@@ -9,7 +9,7 @@ import ctypes.util
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from ipaddress import ip_address
 from typing import Any, Self
@@ -18,6 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from rusty_rail._types import IPAddress
+from rusty_rail.dataplane.fib import Route, lookup_routes
 from rusty_rail.model.state import NextHop
 
 __all__ = [
@@ -165,32 +166,21 @@ def _mac_bytes(text: str | None) -> bytes | None:
 # -- next hops ------------------------------------------------------------------------------
 
 
-def _route(ipr: Any, address: IPAddress) -> tuple[int, IPAddress]:
-    """The egress interface and the on-link neighbour (gateway or the address) for address."""
-    try:
-        routes = ipr.route("get", dst=str(address))
-    except NetlinkError as error:
+def _egress(address: IPAddress, answer: Route | OSError) -> tuple[int, IPAddress]:
+    """The egress interface and the on-link neighbour (gateway or the address) for address,
+    from the FIB's answer (fib.lookup_routes)."""
+    if isinstance(answer, OSError):
+        code = answer.errno or 0
         # A blackhole route answers EINVAL, unreachable EHOSTUNREACH, prohibit EACCES.
         raise NextHopError(
-            f"no route to {address}: {os.strerror(error.code)} "
-            f"({errno.errorcode.get(error.code, error.code)})"
-        ) from error
-    route = routes[0]
-    if route["type"] != _RTN_UNICAST:
-        kind = _RTN_NAMES.get(route["type"], f"type {route['type']}")
+            f"no route to {address}: {os.strerror(code)} ({errno.errorcode.get(code, code)})"
+        )
+    if answer.type != _RTN_UNICAST:
+        kind = _RTN_NAMES.get(answer.type, f"type {answer.type}")
         raise NextHopError(f"the route to {address} is {kind}, not a unicast next hop")
-    ifindex = route.get("RTA_OIF")
-    if not ifindex:
+    if not answer.ifindex:
         raise NextHopError(f"the route to {address} names no egress interface")
-    gateway = route.get("RTA_GATEWAY")
-    via = route.get("RTA_VIA")  # an IPv4 route through an IPv6 gateway
-    if gateway:
-        neighbour = ip_address(gateway)
-    elif via:
-        neighbour = ip_address(via["addr"])
-    else:
-        neighbour = address
-    return int(ifindex), neighbour
+    return answer.ifindex, address if answer.gateway is None else answer.gateway
 
 
 def _neighbour(ipr: Any, neighbour: IPAddress, ifindex: int) -> tuple[int, bytes | None]:
@@ -213,14 +203,17 @@ def _solicit(ipr: Any, neighbour: IPAddress, ifindex: int) -> None:
 
 class NextHopResolver:
     """Resolves next hops over one rtnetlink socket, for a round over many addresses
-    (resolve_next_hop opens a socket per call). Interface addresses are read once per
-    resolver: use a fresh one for each round."""
+    (resolve_next_hop opens a socket per call). Interface addresses and each neighbour's
+    state are read once per resolver (a round's snapshot): use a fresh one for each round."""
 
     def __init__(self, *, netns: str | None = None) -> None:
         if netns is not None:
             _netns_path(netns)
         self._ipr: Any = IPRoute(netns=netns)
+        self._netns = netns
         self._src_macs: dict[int, bytes | None] = {}
+        #: Neighbours asked about in this round: many backends share one gateway.
+        self._neighbours: dict[tuple[IPAddress, int], tuple[int, bytes | None]] = {}
 
     def close(self) -> None:
         self._ipr.close()
@@ -235,21 +228,48 @@ class NextHopResolver:
         """As resolve_next_hop."""
         return self.resolve_with_neighbour(ip_address(address))[0]
 
+    def resolve_many(
+        self, addresses: Iterable[IPAddress]
+    ) -> tuple[dict[IPAddress, NextHop | None], dict[IPAddress, str]]:
+        """resolve() for each address, the routes asked for in batches: the next hops (None:
+        resolution started), and for the addresses without a usable one, why."""
+        found: dict[IPAddress, NextHop | None] = {}
+        problems: dict[IPAddress, str] = {}
+        for address, answer in self._routes(addresses).items():
+            try:
+                found[address] = self._next_hop(address, *_egress(address, answer))[0]
+            except NextHopError as error:
+                found[address] = None
+                problems[address] = str(error)
+        return found, problems
+
     def resolve_with_neighbour(self, address: IPAddress) -> tuple[NextHop | None, IPAddress]:
         """The next hop (or None, resolution started) and the neighbour it depends on."""
+        return self._next_hop(address, *_egress(address, self._routes([address])[address]))
+
+    def _routes(self, addresses: Iterable[IPAddress]) -> dict[IPAddress, Route | OSError]:
+        with in_netns(self._netns):
+            return lookup_routes(addresses)
+
+    def _next_hop(
+        self, address: IPAddress, ifindex: int, neighbour: IPAddress
+    ) -> tuple[NextHop | None, IPAddress]:
         ipr = self._ipr
-        ifindex, neighbour = _route(ipr, address)
         src_mac = self._src_mac(ifindex)
         if src_mac is None:
             raise NextHopError(
                 f"{address} is reached through ifindex {ifindex}, which has no Ethernet address"
             )
-        state, dst_mac = _neighbour(ipr, neighbour, ifindex)
+        known = self._neighbours.get((neighbour, ifindex))
+        if known is None:
+            known = _neighbour(ipr, neighbour, ifindex)
+            self._neighbours[(neighbour, ifindex)] = known
+            state, dst_mac = known
+            if dst_mac is None or not state & _NUD_USABLE or state & _NUD_STALE:
+                _solicit(ipr, neighbour, ifindex)  # once per round and neighbour
+        state, dst_mac = known
         if dst_mac is None or not state & _NUD_USABLE:
-            _solicit(ipr, neighbour, ifindex)
             return None, neighbour
-        if state & _NUD_STALE:
-            _solicit(ipr, neighbour, ifindex)
         return NextHop(ifindex=ifindex, src_mac=src_mac, dst_mac=dst_mac), neighbour
 
     def _src_mac(self, ifindex: int) -> bytes | None:
@@ -280,15 +300,15 @@ def wait_next_hop(
     """resolve_next_hop until it succeeds; TimeoutError naming the neighbour after ``timeout``."""
     address = ip_address(address)
     deadline = time.monotonic() + timeout
-    with NextHopResolver(netns=netns) as resolver:
-        while True:
+    while True:
+        with NextHopResolver(netns=netns) as resolver:  # a fresh round: the neighbour again
             next_hop, neighbour = resolver.resolve_with_neighbour(address)
-            if next_hop is not None:
-                return next_hop
-            if time.monotonic() >= deadline:
-                what = "it" if neighbour == address else f"its gateway {neighbour}"
-                raise TimeoutError(
-                    f"no next hop for {address}: {what} did not answer ARP / neighbour "
-                    f"solicitation within {timeout:g} s"
-                )
-            time.sleep(interval)
+        if next_hop is not None:
+            return next_hop
+        if time.monotonic() >= deadline:
+            what = "it" if neighbour == address else f"its gateway {neighbour}"
+            raise TimeoutError(
+                f"no next hop for {address}: {what} did not answer ARP / neighbour "
+                f"solicitation within {timeout:g} s"
+            )
+        time.sleep(interval)
