@@ -80,6 +80,7 @@ def test_an_ipv6_vip_key_is_read_in_every_path_spelling_and_named_canonically(
         (f"{VIP_PATH}/backends/fe80::21", "address", "link-local"),
         (f"{VIP_PATH}/backends/fe80::21%25eth0", "address", "zone index"),
         (f"{VIP_PATH}/backends/::ffff:198.18.64.9", "address", 'write "198.18.64.9"'),
+        (f"{VIP_PATH}/backends/[2001:2::21]", "address", 'write "2001:2::21"'),
         ("/v1/vips/[2001:2::10]:80/tcp/backends/ff02::1", "address", "multicast"),
     ],
 )

@@ -250,6 +250,7 @@ BAD_IPV6 = [
     ("ff0e::10", "multicast"),
     ("2001:2::/48", "prefix length"),
     ("2001:2::1::2", "not an IPv4 or IPv6 address"),
+    ("[2001:2::21]", 'is in brackets, which only a VIP key with a port needs: write "2001:2::21"'),
 ]
 
 

@@ -88,6 +88,9 @@ def check_address(value: object) -> IPAddress:
             raise ValueError("is a network or has a prefix length; write a single address")
         if "%" in value:
             raise ValueError(ZONE_INDEX)
+        if value.startswith("[") and value.endswith("]"):
+            raise ValueError(f"is in brackets, which only a VIP key with a port needs: write "
+                             f"{json.dumps(value[1:-1])}")  # fmt: skip
         try:
             address = ip_address(value)
         except ValueError:
