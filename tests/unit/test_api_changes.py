@@ -4,16 +4,18 @@ whole, with errors located in the request as the client wrote it."""
 from __future__ import annotations
 
 from http import HTTPStatus
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from rusty_rail.api import changes
 from rusty_rail.api.changes import Target
 from rusty_rail.api.errors import ApiError
-from rusty_rail.config import AdminState, Config, config_from_toml_text, parse_vip_key
+from rusty_rail.config import AdminState, Config, Vip, config_from_toml_text, parse_vip_key
+from rusty_rail.control import health, plan
 from rusty_rail.control.fingerprint import config_fingerprint
 from rusty_rail.control.startup import RESTART_KEYS
+from rusty_rail.model.state import VipKey as MatchKey
 
 VIP = "198.18.100.1:80/tcp"
 BASE = config_from_toml_text(
@@ -223,3 +225,19 @@ def test_config_fingerprint_ignores_order_and_node_keys_but_not_content() -> Non
     assert config_fingerprint(reordered) == config_fingerprint(BASE)
     heavier = changes.patch_backend(BASE, target(), IPv4Address("198.18.2.1"), {"weight": 5})
     assert config_fingerprint(heavier) != config_fingerprint(BASE)
+
+
+def test_an_ipv6_vip_has_one_name_in_paths_health_metrics_and_the_plan() -> None:
+    # The health monitor's services, the metrics' vip label and the plan's tables all use
+    # str(vip.key); the API's paths must arrive at the same text from any spelling.
+    packed = IPv6Address("2001:2::10").packed
+    for spelling, name, match in (
+        ("[2001:0002::0010]:80/tcp", "[2001:2::10]:80/tcp", MatchKey(packed, 6, 80)),
+        ("[2001:2::10]", "2001:2::10", MatchKey(packed)),
+        ("2001:2:0::10", "2001:2::10", MatchKey(packed)),
+    ):
+        key = target(spelling).key
+        assert key is not None and target(spelling).name == name
+        vip = Vip(address=key.address, protocol=key.protocol, port=key.port)
+        assert health.service_name(vip) == name
+        assert plan.service_name(match) == name

@@ -238,6 +238,87 @@ def test_a_bad_backend_address_is_named_with_its_reason(address: str, reason: st
     assert reason in problem.reason
 
 
+BAD_IPV6 = [
+    ("fe80::1", "link-local"),
+    ("FE80::a:1", "link-local"),
+    ("febf:ffff::1", "link-local"),
+    ("fe80::1%eth0", "zone index"),
+    ("2001:2::1%3", "zone index"),
+    ("::ffff:198.18.0.1", 'write "198.18.0.1"'),
+    ("::", "unspecified"),
+    ("ff02::1", "multicast"),
+    ("ff0e::10", "multicast"),
+    ("2001:2::/48", "prefix length"),
+    ("2001:2::1::2", "not an IPv4 or IPv6 address"),
+    ("[2001:2::21]", 'is in brackets, which only a VIP key with a port needs: write "2001:2::21"'),
+]
+
+
+@pytest.mark.parametrize(("address", "reason"), BAD_IPV6)
+def test_an_ipv6_mistake_is_refused_wherever_an_address_goes(address: str, reason: str) -> None:
+    for text, path in (
+        (f'lb_address = "{address}"', "lb_address"),
+        (f'default_backends = ["{address}"]', "default_backends[0].address"),
+        (vip_toml("", address), "vips[0].address"),
+        (vip_toml(f'backends = [{{address = "{address}"}}]', "2001:2::10"),
+         "vips[0].backends[0].address"),
+    ):  # fmt: skip
+        problem = only_problem(toml_error(text))
+        assert (problem.path, problem.value) == (path, address), text
+        assert reason in problem.reason, text
+
+
+@pytest.mark.parametrize(("address", "reason"), BAD_IPV6)
+def test_an_ipv6_mistake_is_refused_in_the_environment_and_api_bodies(
+    address: str, reason: str
+) -> None:
+    error = env_error({"RR_DEVICE": "eth0", "RR_TARGET_IPS": f"2001:2::5;{address}"})
+    problem = only_problem(error)
+    assert (problem.path, problem.value) == ("RR_TARGET_IPS item 2", address)
+    assert reason in problem.reason
+    problem = only_problem(env_error(SEED_ENV | {"RR_LB_ADDRESS": address}))
+    assert (problem.path, problem.value, reason in problem.reason) == (
+        "RR_LB_ADDRESS",
+        address,
+        True,
+    )
+    with pytest.raises(ConfigError) as caught:
+        validate_as(Vip, {"address": "2001:2::10", "backends": [address]}, "request body")
+    problem = only_problem(caught.value)
+    assert (problem.path, problem.value) == ("backends[0].address", address)
+    assert str(caught.value).startswith(
+        f'configuration error in request body: backends[0].address: "{address}": '
+    )
+
+
+def test_the_refusals_say_what_to_write_instead() -> None:
+    reasons = {
+        address: only_problem(toml_error(f'default_backends = ["{address}"]')).reason
+        for address in ("fe80::1", "fe80::1%eth0", "::ffff:198.18.0.1")
+    }
+    assert reasons == {
+        "fe80::1": "is an IPv6 link-local address (fe80::/10), which means something only on"
+        " one link and is not routed: write a global or unique local (fc00::/7) address",
+        "fe80::1%eth0": 'has a zone index (scope id, the "%..." part), which a backend or VIP'
+        " address cannot use: write the address without it",
+        "::ffff:198.18.0.1": 'is an IPv4-mapped IPv6 address; write "198.18.0.1"',
+    }
+
+
+def test_an_ipv6_address_object_with_a_scope_id_is_refused() -> None:
+    with pytest.raises(ConfigError, match="zone index"):
+        validate_as(Backend, {"address": IPv6Address("2001:2::1%3")}, "request body")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.1.2.3", "::1", "169.254.1.1", "fd00::1"])
+def test_loopback_ipv4_link_local_and_unique_local_addresses_are_accepted(address: str) -> None:
+    # Loopback backends are how health checks are tried on one host, in both families;
+    # IPv4 link-local is routed like any other address (only IPv6's needs its link).
+    as_backend = config_from_toml_text(f'default_backends = ["{address}"]')
+    as_vip = config_from_toml_text(vip_toml("", address))
+    assert as_backend.default_backends[0].address == as_vip.vips[0].address == ip_address(address)
+
+
 def test_address_must_be_a_string() -> None:
     problem = only_problem(toml_error("lb_address = 167772161"))
     assert (problem.path, problem.value) == ("lb_address", 167772161)
@@ -480,6 +561,22 @@ def test_vip_on_the_balancers_own_address() -> None:
     problem = only_problem(toml_error('lb_address = "198.18.0.10"\n' + vip_toml("", "198.18.0.10")))
     assert (problem.path, problem.value) == ("vips[0].address", IPv4Address("198.18.0.10"))
     assert "balancer's own address" in problem.reason
+
+
+def test_an_ipv6_vip_or_backend_on_the_balancers_own_address_is_refused() -> None:
+    error = toml_error(
+        'lb_address = "2001:2::a"\ndefault_backends = ["2001:0002::000a"]\n'
+        + vip_toml('backends = ["2001:2::A", "2001:2::10"]', "2001:2:0::a")
+    )
+    own = "is the balancer's own address (lb_address)"
+    assert [(p.path, str(p.value), p.reason) for p in error.problems] == [
+        ("vips[0].address", "2001:2::a", own),
+        ("default_backends[0].address", "2001:2::a", own),
+        ("default_backends[0].address", "2001:2::a", "is a VIP address (vips[0])"),
+        ("vips[0].backends[0].address", "2001:2::a", own),
+        ("vips[0].backends[0].address", "2001:2::a", "is a VIP address (vips[0])"),
+    ]
+    assert 'vips[0].address: "2001:2::a": is the balancer\'s own address' in str(error)
 
 
 def test_backend_on_the_balancers_own_address_or_a_vip() -> None:
@@ -727,6 +824,7 @@ def test_a_missing_rr_config_file_is_named_as_the_source(tmp_path: Path) -> None
         ("[2001:2::1]:53/udp", VipKey(IPv6Address("2001:2::1"), Protocol.UDP, 53)),
         ("2001:2::1", VipKey(IPv6Address("2001:2::1"))),
         ("[2001:2::1]", VipKey(IPv6Address("2001:2::1"))),
+        ("[2001:0002::0001]:53/udp", VipKey(IPv6Address("2001:2::1"), Protocol.UDP, 53)),
     ],
 )
 def test_every_documented_vip_key_spelling_parses(text: str, key: VipKey) -> None:
@@ -747,6 +845,10 @@ def test_every_documented_vip_key_spelling_parses(text: str, key: VipKey) -> Non
         ("[2001:2::1:80/tcp", 'missing "]"'),
         ("[2001:2::1]80/tcp", 'expected ":port"'),
         ("vip.example.com:80/tcp", "not an IPv4 or IPv6 address"),
+        ("[fe80::10]:80/tcp", "link-local"),
+        ("[2001:2::10%eth0]:80/tcp", "zone index"),
+        ("2001:2::10%3", "zone index"),
+        ("[::ffff:198.18.100.1]:80/tcp", 'write "198.18.100.1"'),
         ("", "not an IPv4 or IPv6 address"),
     ],
 )
@@ -761,7 +863,7 @@ def test_a_bad_vip_key_is_refused_with_its_reason(text: str, reason: str) -> Non
 addresses = st.one_of(
     st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)),
     st.ip_addresses(v=6).filter(
-        lambda a: not (a.is_unspecified or a.is_multicast or a.ipv4_mapped)
+        lambda a: not (a.is_unspecified or a.is_multicast or a.ipv4_mapped or a.is_link_local)
     ),
 ).filter(lambda a: str(a) != "255.255.255.255")
 

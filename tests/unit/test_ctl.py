@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -171,9 +172,83 @@ def test_the_help_lists_the_noun_verb_scheme_and_names_the_old_spellings() -> No
     assert not listed & {"add-vip", "del-vip", "add", "remove", "rm", "list", "ls", "lookup"}
     assert "old" in text and "add-vip, del-vip, add, remove, rm, drain" in " ".join(text.split())
     assert "rusty-rail ctl backend drain" in text
+    assert "rusty-rail ctl backend add '[2001:2::10]:80/tcp' 2001:2::21" in text
+    assert "[2001:2::10]:80/tcp, 2001:2::10" in " ".join(help_of("ctl", "vip", "add").split())
+    assert "[2001:2::1]:40000->[2001:2::10]:80/tcp" in help_of("ctl", "flow", "lookup")
     vip = help_of("ctl", "vip")
     assert all(verb in vip for verb in ("add", "del", "list"))
     backend = help_of("ctl", "backend")
     assert all(f"    {verb} " in backend for verb in ("add", "del", "drain", "up", "down"))
     assert "    weight" in backend
     assert "    backend" in help_of("ctl", "plan")
+
+
+VIP6 = "[2001:2::10]:80/tcp"
+VIP6_PATH = "/v1/vips/[2001:2::10]:80%2Ftcp"
+
+
+IPV6_WRITES: list[tuple[tuple[str, ...], str, str, object]] = [
+    (("vip", "add", VIP6, "--backend", "2001:2::21", "--backend", "198.18.2.1"), "PUT",
+     VIP6_PATH, {"backends": ["2001:2::21", "198.18.2.1"]}),
+    (("vip", "add", "2001:2::10"), "PUT", "/v1/vips/2001:2::10", {"backends": []}),
+    (("vip", "del", "[2001:2::10]"), "DELETE", "/v1/vips/[2001:2::10]", None),
+    (("backend", "add", VIP6, "2001:2::21", "--weight", "2"), "PUT",
+     f"{VIP6_PATH}/backends/2001:2::21", {"weight": 2, "state": "up"}),
+    (("backend", "drain", "2001:2::10", "2001:2::21"), "PATCH",
+     "/v1/vips/2001:2::10/backends/2001:2::21", {"state": "drain"}),
+    (("backend", "del", VIP, "2001:2::21"), "DELETE",
+     "/v1/vips/198.18.100.1:80%2Ftcp/backends/2001:2::21", None),
+    (("backend", "del", VIP6, "fe80::21%eth0"), "DELETE",
+     f"{VIP6_PATH}/backends/fe80::21%25eth0", None),
+]  # fmt: skip
+
+
+def test_ipv6_vips_and_backends_are_sent_in_their_paths() -> None:
+    with recording_server() as url:
+        for argv, method, path, body in IPV6_WRITES:
+            write = _write_of(ctl_arguments(*argv))
+            assert (write.method, write.path, write.body) == (method, path, body)
+            assert write.change["vip"] == argv[2]
+            Recorder.seen.clear()
+            run_ctl(ctl_arguments("--api", url, "--json", *argv), io.StringIO())
+            assert Recorder.seen == [(method, path, body)], argv
+
+
+class ReadRecorder(Recorder):
+    """Answers every GET with an empty flow list, and records it."""
+
+    def do_GET(self) -> None:
+        self.seen.append((self.command, self.path, None))
+        data = json.dumps({"flows": [], "flow": "x", "backend": None, "outcome": "no_vip",
+                           "match": "none", "explanation": "x"}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_ipv6_flows_and_vips_reach_the_query_as_written() -> None:
+    server = ThreadingHTTPServer(("::1", 0), ReadRecorder, bind_and_activate=False)
+    server.address_family = socket.AF_INET6
+    server.socket = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.server_bind()
+    server.server_activate()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    flow = "[2001:2::1]:40000->[2001:2::10]:80/tcp"
+    try:
+        url = f"http://[::1]:{server.server_address[1]}"  # ctl itself over IPv6
+        for argv, wanted in (
+            (("flow", "lookup", flow), {"flow": [flow]}),
+            (("flow", "list", "--vip", VIP6, "--limit", "5"), {"vip": [VIP6], "limit": ["5"]}),
+        ):
+            Recorder.seen.clear()
+            assert run_ctl(ctl_arguments("--api", url, *argv), io.StringIO()) == EXIT_OK
+            [(method, path, _)] = Recorder.seen
+            route, _, query = path.partition("?")
+            assert method == "GET" and parse_qs(query) == wanted, path
+            assert route == ("/v1/lookup" if argv[1] == "lookup" else "/v1/flows")
+    finally:
+        server.shutdown()
+        server.server_close()

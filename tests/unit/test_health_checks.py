@@ -10,7 +10,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -34,12 +34,13 @@ from rusty_rail.wire.constants import PROTO_GRE, PROTO_ICMP
 from rusty_rail.wire.describe import Ipv4Info, describe
 
 LOOPBACK = IPv4Address("127.0.0.1")
+LOOPBACK6 = IPv6Address("::1")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+async def serving(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, host, 0)
     async with server:
         yield int(server.sockets[0].getsockname()[1])
 
@@ -123,6 +124,45 @@ def test_run_check_runs_the_configured_kind() -> None:
         without = await run_check(tunnel, LOOPBACK, None)
         assert not without.ok and "unavailable" in without.detail
         assert (await run_check(merge_health(), LOOPBACK, None)).ok
+
+    asyncio.run(run())
+
+
+def test_tcp_check_connects_to_an_ipv6_backend_or_says_why_not() -> None:
+    async def run() -> None:
+        async with serving(silent, "::1") as port:
+            ok = await tcp_check(LOOPBACK6, port, 1.0)
+        refused = await tcp_check(LOOPBACK6, port, 1.0)
+        assert ok.ok and ok.detail == f"tcp [::1]:{port}: connected"
+        assert not refused.ok and refused.detail == f"tcp [::1]:{port}: connection refused"
+
+    asyncio.run(run())
+
+
+def test_http_check_gets_an_ipv6_backend_naming_it_in_brackets() -> None:
+    heard: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        async with serving(handler, "::1") as port:
+            config = validate_as(
+                Config,
+                {
+                    "health": {"check": "http", "port": port, "path": "/ready",
+                               "expect_status": ["5xx"]},
+                    "default_backends": ["::1"],
+                },
+                "test",
+            )  # fmt: skip
+            backend = config.default_backends[0]
+            outcome = await run_check(config.health_for(None, backend), backend.address, None)
+        assert outcome.ok and outcome.detail == f"http [::1]:{port} GET /ready: 503"
+        assert heard[0].startswith(f"GET /ready HTTP/1.1\r\nHost: [::1]:{port}\r\n".encode())
 
     asyncio.run(run())
 

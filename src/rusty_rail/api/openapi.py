@@ -120,15 +120,16 @@ VIP_PARAMETER: Final = {
     "name": "vip",
     "in": "path",
     "required": True,
-    "description": "A VIP key (198.18.100.1, 198.18.100.1:80/tcp, [2001:2::1]:53/udp; the / "
-    "may be written %2F), or default for the default backend set.",
+    "description": "A VIP key (198.18.100.1, 198.18.100.1:80/tcp, [2001:2::1]:53/udp, "
+    "2001:2::1; the / may be written %2F, the brackets %5B and %5D), or default for the "
+    "default backend set.",
     "schema": {"type": "string"},
 }
 ADDRESS_PARAMETER: Final = {
     "name": "address",
     "in": "path",
     "required": True,
-    "description": "The backend's address.",
+    "description": "The backend's address (198.18.2.1, 2001:2::21; no brackets).",
     "schema": {"type": "string"},
 }
 IF_MATCH: Final = {
@@ -344,7 +345,8 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "required": True,
                             "description": "SOURCE[:PORT]->DESTINATION[:PORT]/PROTOCOL, e.g. "
-                            "198.18.5.5:40000->198.18.100.1:80/tcp",
+                            "198.18.5.5:40000->198.18.100.1:80/tcp or "
+                            "[2001:2::1]:40000->[2001:2::10]:80/tcp",
                             "schema": {"type": "string"},
                         }
                     ],

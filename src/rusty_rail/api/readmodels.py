@@ -179,9 +179,14 @@ def parse_flow(text: str) -> Flow:
         try:
             address = ip_address(host.strip("[]"))
         except ValueError as error:
-            raise ValueError(f"{error}; write {FLOW_SYNTAX}") from None
+            raise ValueError(_unbracketed_port(host) or f"{error}; write {FLOW_SYNTAX}") from None
         if address.version == 4 and host.startswith("["):
             raise ValueError("only IPv6 addresses are written in brackets")
+        if address.version == 6 and address.scope_id is not None:
+            raise ValueError(
+                f"{host}: a zone index (%{address.scope_id}) is not part of a packet: write the"
+                " address without it"
+            )
         sides.append((address, port, unbracketed_ipv6))
     (src, sport_text, src_bare), (dst, dport_text, dst_bare) = sides
     if src.version != dst.version:
@@ -211,6 +216,19 @@ def parse_flow(text: str) -> Flow:
     if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
         raise ValueError("ports must be 0 to 65535")
     return Flow(src.packed, dst.packed, proto, sport, dport)
+
+
+def _unbracketed_port(host: str) -> str | None:
+    """What to write instead of an IPv6 address followed by ``:port`` outside brackets
+    (``2001:2::1:40000``, whose last group is too long to be one), or None."""
+    address, _, port = host.rpartition(":")
+    if not (port.isascii() and port.isdigit()) or ":" not in address:
+        return None
+    try:
+        ip_address(address)
+    except ValueError:
+        return None
+    return f"with a port, an IPv6 address is written in brackets: [{address}]:{port}"
 
 
 def flow_text(flow: Flow) -> str:

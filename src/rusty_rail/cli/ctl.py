@@ -53,7 +53,9 @@ EPILOG: Final = """Examples:
   rusty-rail ctl backend add 198.18.100.1:80/tcp 198.18.2.4 --weight 2
   rusty-rail ctl backend drain 198.18.100.1:80/tcp 198.18.2.1
   rusty-rail ctl plan backend del 198.18.100.1:80/tcp 198.18.2.1
-  rusty-rail ctl flow lookup 198.18.5.5:40000->198.18.100.1:80/tcp"""
+  rusty-rail ctl flow lookup 198.18.5.5:40000->198.18.100.1:80/tcp
+  rusty-rail ctl backend add '[2001:2::10]:80/tcp' 2001:2::21
+  rusty-rail ctl flow lookup '[2001:2::1]:40000->[2001:2::10]:80/tcp'"""
 
 
 # --- writes: each command is one change (also what `ctl plan` sends) ---------------------------
@@ -95,7 +97,11 @@ Adder = Callable[[argparse.ArgumentParser], None]
 
 
 def _vip_key(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("vip", help="VIP key (198.18.100.1:80/tcp, 198.18.100.1) or default")
+    parser.add_argument(
+        "vip",
+        help="VIP key (198.18.100.1:80/tcp, 198.18.100.1, [2001:2::10]:80/tcp, 2001:2::10)"
+        " or default",
+    )
 
 
 def _vip_add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -459,7 +465,11 @@ def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> No
         parser.set_defaults(run=_list)
 
     def lookup_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("flow", help="e.g. 198.18.5.5:40000->198.18.100.1:80/tcp")
+        parser.add_argument(
+            "flow",
+            help="e.g. 198.18.5.5:40000->198.18.100.1:80/tcp or"
+            " [2001:2::1]:40000->[2001:2::10]:80/tcp",
+        )
         parser.set_defaults(run=_lookup)
 
     def flows_arguments(parser: argparse.ArgumentParser) -> None:

@@ -69,20 +69,36 @@ def _optional(check: Callable[[object], Any]) -> Callable[[object], Any]:
     return lambda value: None if value is None else check(value)
 
 
+#: Why an address with a scope id (``fe80::1%eth0``, ``2001:2::1%3``) is refused.
+ZONE_INDEX: Final = (
+    'has a zone index (scope id, the "%..." part), which a backend or VIP address cannot use:'
+    " write the address without it"
+)
+
+
 def check_address(value: object) -> IPAddress:
+    """One unicast address that can be a VIP, a backend or the balancer's own; raises
+    ValueError with the house message. Loopback addresses are accepted in both families
+    (127.0.0.0/8, ::1: tests run backends on one host); IPv4 link-local (169.254.0.0/16) is
+    routed like any other address, IPv6 link-local is not."""
     if isinstance(value, IPv4Address | IPv6Address):
         address = value
     elif isinstance(value, str):
         if "/" in value:
             raise ValueError("is a network or has a prefix length; write a single address")
         if "%" in value:
-            raise ValueError("has a zone index (%...), which is not supported")
+            raise ValueError(ZONE_INDEX)
+        if value.startswith("[") and value.endswith("]"):
+            raise ValueError(f"is in brackets, which only a VIP key with a port needs: write "
+                             f"{json.dumps(value[1:-1])}")  # fmt: skip
         try:
             address = ip_address(value)
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
     else:
         raise ValueError("must be an IP address written as a string")
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise ValueError(ZONE_INDEX)
     if address.is_unspecified:
         raise ValueError("is the unspecified address")
     if address.is_multicast:
@@ -91,6 +107,11 @@ def check_address(value: object) -> IPAddress:
         raise ValueError("is the broadcast address")
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         raise ValueError(f'is an IPv4-mapped IPv6 address; write "{address.ipv4_mapped}"')
+    if isinstance(address, IPv6Address) and address.is_link_local:
+        raise ValueError(
+            "is an IPv6 link-local address (fe80::/10), which means something only on one link"
+            " and is not routed: write a global or unique local (fc00::/7) address"
+        )
     return address
 
 
@@ -241,7 +262,7 @@ class AlsoAccepts:
 ADDRESS_SCHEMA: Final[dict[str, Any]] = {
     "type": "string",
     "description": "One unicast IPv4 or IPv6 address (not a network, not unspecified, "
-    "multicast or broadcast, no zone index, not IPv4-mapped).",
+    "multicast or broadcast, no zone index, not IPv4-mapped, not IPv6 link-local).",
     "examples": ["198.18.1.1", "2001:2::1"],
 }
 SEED_TEXT_SCHEMA: Final[dict[str, Any]] = {
