@@ -43,6 +43,7 @@ from rusty_rail.dataplane.pinned import (
 
 __all__ = [
     "DECAP_PIN_ROOT",
+    "DECAP_V4_ONLY",
     "DecapError",
     "DecapMaps",
     "DecapStat",
