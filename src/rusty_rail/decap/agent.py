@@ -371,10 +371,11 @@ def decap_attach(
     Attaching again where rusty-rail's decap already runs replaces the program in place (same
     link, same maps and counters: no packet is missed) and sets the prefixes anew."""
     allowed_prefixes = parse_prefixes(allowed, "allowed")
+    given_local = None if local is None else parse_prefixes(local, "local")
     _check_pins_outlive_this_process(pin_root)
     with in_netns(netns):
         ifindex = _ifindex(device)
-        if local is None:
+        if given_local is None:
             addresses = [
                 address
                 for address in interface_addresses(device)
@@ -388,7 +389,7 @@ def decap_attach(
                 )
             local_prefixes = _sorted(ipaddress.ip_network(address) for address in addresses)
         else:
-            local_prefixes = parse_prefixes(local, "local")
+            local_prefixes = given_local
         directory = decap_pin_dir(device, netns=netns, root=pin_root)
         _forget_if_moved(directory, ifindex)
         _attach(device, ifindex, mode, directory, allowed_prefixes, local_prefixes)
