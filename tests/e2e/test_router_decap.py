@@ -22,10 +22,22 @@ import pytest
 
 from rusty_rail.dataplane.libbpf import XdpMode, query_xdp
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.decap.agent import DecapError, decap_allow, decap_attach, decap_detach, decap_status
+from rusty_rail.dataplane.pinned import PinnedXdpProgram
+from rusty_rail.decap.agent import (
+    DECAP_V4_ONLY,
+    DecapError,
+    DecapMaps,
+    decap_allow,
+    decap_attach,
+    decap_detach,
+    decap_pin_dir,
+    decap_status,
+    parse_prefixes,
+)
 from rusty_rail.testbed.netns import Namespace, netns
 from rusty_rail.testbed.router import Router
-from rusty_rail.wire.constants import PROTO_GRE
+from rusty_rail.wire.build import gre_in_ipv6, ipv4, ipv6, udp, udp6
+from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_UDP
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import format_ip
 
@@ -312,10 +324,19 @@ def test_decap_lives_in_its_pins_upgrades_in_place_and_detaches_clean(
     assert status["attached"] is True
     assert status["mode"] == "native"
     assert status["allowed"] == [f"{veth_pair.NEAR4}/32"]
-    assert status["local"] == [f"{veth_pair.FAR4}/32"]  # the interface's own address
+    # the interface's own addresses, its IPv6 link-local one left out
+    assert status["local"] == [f"{veth_pair.FAR4}/32", f"{veth_pair.FAR6}/128"]
     pins = Path(status["pin_dir"])
     assert pins == bpffs_dir / f"{far}:{far_if}"
-    assert sorted(path.name for path in pins.iterdir()) == ["allowed", "link", "local", "stats"]
+    assert sorted(path.name for path in pins.iterdir()) == [
+        "allowed",
+        "allowed6",
+        "link",
+        "local",
+        "local6",
+        "stats",
+    ]
+    assert status["uncounted"] == []
     with in_netns(far):
         attached = query_xdp(socket.if_nametoindex(far_if))
     assert attached is not None and attached.prog_id == status["prog_id"]
@@ -390,3 +411,145 @@ def test_decap_refuses_pins_that_would_die_with_an_ip_netns_exec_process(
     assert "nsenter --net=/run/netns/NAME" in done.stderr
     with in_netns(veth_pair.far):
         assert query_xdp(socket.if_nametoindex(veth_pair.far_if)) is None
+
+
+# -- IPv6 -----------------------------------------------------------------------------------
+
+UDP_PORT = 9053
+
+
+def send_frames(pair: VethPair, frames: list[bytes]) -> None:
+    with in_netns(pair.near):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with sock:
+        sock.bind((pair.near_if, 0))
+        for frame in frames:
+            sock.send(frame)
+
+
+def test_ipv6_gre_frames_reach_a_real_socket_as_their_inner_packets(
+    veth_pair: VethPair, bpffs_dir: Path
+) -> None:
+    """GRE over IPv6 built here, sent over the veth into the far namespace where decap runs:
+    the inner IPv6 and inner IPv4 datagrams arrive at UDP sockets there, and the counters say
+    decapsulated."""
+    far, far_if = veth_pair.far, veth_pair.far_if
+    far_ip6, far_ip4 = veth_pair.FAR6, veth_pair.FAR4
+    client6, client4 = "2001:2:100::7", "198.18.100.7"
+    subprocess.run(
+        ["ip", "netns", "exec", far, "sysctl", "-qw", f"net.ipv4.conf.{far_if}.rp_filter=0"],
+        check=True,
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", far, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"], check=True
+    )
+    status = decap_attach(far_if, [veth_pair.NEAR6], "generic", netns=far, pin_root=bpffs_dir)
+    try:
+        assert status["allowed"] == [f"{veth_pair.NEAR6}/128"]
+        assert f"{far_ip6}/128" in status["local"]
+        with in_netns(far):
+            receiver6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            receiver4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with receiver6, receiver4:
+            receiver6.bind((far_ip6, UDP_PORT))
+            receiver4.bind((far_ip4, UDP_PORT))
+            for receiver in (receiver6, receiver4):
+                receiver.settimeout(5)
+            inner6 = ipv6(
+                client6,
+                far_ip6,
+                PROTO_UDP,
+                udp6(4000, UDP_PORT, b"inner six", src=client6, dst=far_ip6),
+            )
+            inner4 = ipv4(
+                client4,
+                far_ip4,
+                PROTO_UDP,
+                udp(4000, UDP_PORT, b"inner four", src=client4, dst=far_ip4),
+            )
+            frames = [
+                gre_in_ipv6(
+                    veth_pair.far_mac,
+                    veth_pair.near_mac,
+                    veth_pair.NEAR6,
+                    far_ip6,
+                    inner6,
+                    protocol=ETH_P_IPV6,
+                ),
+                gre_in_ipv6(
+                    veth_pair.far_mac,
+                    veth_pair.near_mac,
+                    veth_pair.NEAR6,
+                    far_ip6,
+                    inner4,
+                    protocol=ETH_P_IPV4,
+                ),
+            ]
+            send_frames(veth_pair, frames)
+            data6, peer6 = receiver6.recvfrom(2048)
+            data4, peer4 = receiver4.recvfrom(2048)
+        assert (data6, peer6[0], peer6[1]) == (b"inner six", client6, 4000)
+        assert (data4, peer4) == (b"inner four", (client4, 4000))
+        counters = status_of(veth_pair, bpffs_dir)["counters"]
+        assert counters["decapsulated"]["packets"] == 2
+    finally:
+        decap_detach(far_if, netns=far, pin_root=bpffs_dir)
+
+
+def test_pins_of_a_version_before_ipv6_are_adopted_in_place(
+    veth_pair: VethPair, bpffs_dir: Path
+) -> None:
+    """An older agent pinned allowed, local and a 9-entry stats array only: the new one swaps
+    its program into the same link, keeps those maps and counters, pins the IPv6 maps beside
+    them, and says which reason the old array cannot count."""
+    far, far_if = veth_pair.far, veth_pair.far_if
+    directory = decap_pin_dir(far_if, netns=far, root=bpffs_dir)
+    with in_netns(far):
+        ifindex = socket.if_nametoindex(far_if)
+        with PinnedXdpProgram.load(
+            DECAP_V4_ONLY,
+            directory,
+            configure=lambda obj: obj.set_max_entries("decap_stats", 9),
+        ) as old:
+            DecapMaps.of_object(old.obj).set_allowed(  # type: ignore[arg-type]
+                parse_prefixes([veth_pair.NEAR4], "allowed")
+            )
+            old.attach(ifindex, "native")
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "allowed",
+        "link",
+        "local",
+        "stats",
+    ]
+    old_status = status_of(veth_pair, bpffs_dir)
+    assert old_status["attached"] is True
+    assert old_status["uncounted"] == ["pass_extension_headers"]
+    with pytest.raises(DecapError, match="run rusty-rail decap \\(attach\\) again"):
+        decap_allow(far_if, [veth_pair.NEAR6], netns=far, pin_root=bpffs_dir)
+    ping(veth_pair)
+    wait_for(
+        lambda: status_of(veth_pair, bpffs_dir)["counters"]["pass_not_gre"]["packets"] >= 2,
+        "pings counted by the old program",
+    )
+    before = status_of(veth_pair, bpffs_dir)["counters"]["pass_not_gre"]["packets"]
+
+    try:
+        status = decap_attach(
+            far_if, [veth_pair.NEAR4, veth_pair.NEAR6], netns=far, pin_root=bpffs_dir
+        )
+        assert status["attached"] is True
+        assert status["prog_id"] != old_status["prog_id"]
+        assert status["allowed"] == [f"{veth_pair.NEAR4}/32", f"{veth_pair.NEAR6}/128"]
+        assert status["counters"]["pass_not_gre"]["packets"] >= before
+        assert status["uncounted"] == ["pass_extension_headers"]
+        assert "allowed6" in {path.name for path in directory.iterdir()}
+        # and again: now the whole set is adopted
+        again = decap_attach(far_if, [veth_pair.NEAR6], netns=far, pin_root=bpffs_dir)
+        assert again["allowed"] == [f"{veth_pair.NEAR6}/128"]
+    finally:
+        assert decap_detach(far_if, netns=far, pin_root=bpffs_dir) is True
+    fresh = decap_attach(far_if, [veth_pair.NEAR6], netns=far, pin_root=bpffs_dir)
+    try:
+        assert fresh["uncounted"] == []
+    finally:
+        decap_detach(far_if, netns=far, pin_root=bpffs_dir)

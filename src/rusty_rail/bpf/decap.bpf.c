@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Server-side GRE decapsulation in XDP, for hosts without (or instead of) kernel GRE tunnels:
- * GRE from an allowed LB prefix to a local address loses its outer IPv4 + GRE headers and
- * goes on to the kernel stack as the inner packet, on the same interface. Everything else
+ * GRE from an allowed LB prefix to a local address loses its outer IPv4 or IPv6 + GRE headers
+ * and goes on to the kernel stack as the inner IPv4 or IPv6 packet, on the same interface. Everything else
  * passes untouched. docs/decap.md is the operator's page; rusty_rail/decap/agent.py loads this. */
 #include "lib/csum.h"
 #include "lib/lpm.h"
@@ -14,14 +14,15 @@
 enum decap_stat {
 	DECAP_DECAPSULATED = 0,
 	DECAP_PASS_NOT_IP = 1,	       /* not IPv4 or IPv6, or an Ethernet header cut short */
-	DECAP_PASS_NOT_GRE = 2,	       /* IP, but not protocol 47 */
+	DECAP_PASS_NOT_GRE = 2,	       /* IP, but not protocol 47 (IPv6: next header) */
 	DECAP_PASS_NOT_LOCAL = 3,      /* GRE to an address outside decap_local */
 	DECAP_PASS_SOURCE_DENIED = 4,  /* GRE from an address outside decap_allowed */
 	DECAP_PASS_OUTER_FRAGMENT = 5, /* a fragment of a GRE packet: only the stack reassembles */
-	DECAP_PASS_MALFORMED = 6,      /* outer IPv4, GRE or inner IPv4 cut short or inconsistent */
-	DECAP_PASS_UNSUPPORTED = 7,    /* GRE version != 0, payload not IPv4, outer IPv6 */
+	DECAP_PASS_MALFORMED = 6,      /* outer IP, GRE or inner IP cut short or inconsistent */
+	DECAP_PASS_UNSUPPORTED = 7,    /* GRE version != 0, payload neither IPv4 nor IPv6 */
 	DECAP_PASS_ERROR = 8,	       /* the kernel refused to move the packet start */
-	DECAP_STAT_COUNT = 9,
+	DECAP_PASS_EXTENSION_HEADERS = 9, /* outer IPv6 with an extension header: not walked */
+	DECAP_STAT_COUNT = 10,
 };
 
 #define DECAP_MAX_ALLOWED 1024
@@ -51,6 +52,26 @@ struct {
 	__type(value, __u32);
 } decap_local SEC(".maps");
 
+/* The same two sets for outer IPv6: sources the LB nodes' IPv6 prefixes, destinations this
+ * host's IPv6 tunnel endpoints (or ::/0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DECAP_MAX_ALLOWED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipv6_lpm_key);
+	__type(value, __u32);
+} decap_allowed6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DECAP_MAX_LOCAL);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipv6_lpm_key);
+	__type(value, __u32);
+} decap_local6 SEC(".maps");
+
+/* Sized DECAP_STAT_COUNT; an agent adopting the 9-entry array of a version before
+ * DECAP_PASS_EXTENSION_HEADERS keeps it, and that one reason then goes uncounted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DECAP_STAT_COUNT);
@@ -64,15 +85,22 @@ static __always_inline int pass(enum decap_stat stat, __u64 frame_len)
 	return count_verdict(&decap_stats, stat, frame_len, XDP_PASS);
 }
 
+/* The ECN field of an IPv6 header: the low two bits of the traffic class, which straddles
+ * the first two bytes (version 4 bits, traffic class 8 bits, flow label 20 bits). */
+static __always_inline __u8 ipv6_ecn(const struct ipv6hdr *ip6)
+{
+	return (ip6->flow_lbl[0] >> 4) & ECN_MASK;
+}
+
 /* RFC 6040 (normal mode): congestion marked on the outer header between the LB and here
  * must not be lost with it. Only an ECN-capable inner packet can carry the mark; a Not-ECT
  * one is left as it is (RFC 6040 would drop it; this program never drops). */
-static __always_inline void copy_congestion_mark(struct iphdr *inner, __u8 outer_tos)
+static __always_inline void copy_congestion_mark(struct iphdr *inner, __u8 outer_ecn)
 {
 	__u8 inner_ecn = inner->tos & ECN_MASK;
 	__be16 old_word, new_word;
 
-	if ((outer_tos & ECN_MASK) != ECN_CE || inner_ecn == ECN_NOT_ECT || inner_ecn == ECN_CE)
+	if (outer_ecn != ECN_CE || inner_ecn == ECN_NOT_ECT || inner_ecn == ECN_CE)
 		return;
 	old_word = *(__be16 *)inner; /* version/IHL and TOS */
 	inner->tos |= ECN_CE;
@@ -80,10 +108,22 @@ static __always_inline void copy_congestion_mark(struct iphdr *inner, __u8 outer
 	inner->check = csum_replace16(inner->check, old_word, new_word);
 }
 
+/* The same for an inner IPv6 packet, which has no header checksum to update. */
+static __always_inline void copy_congestion_mark6(struct ipv6hdr *inner, __u8 outer_ecn)
+{
+	__u8 inner_ecn = ipv6_ecn(inner);
+
+	if (outer_ecn != ECN_CE || inner_ecn == ECN_NOT_ECT || inner_ecn == ECN_CE)
+		return;
+	inner->flow_lbl[0] |= ECN_CE << 4;
+}
+
 /* Move the Ethernet header (and its VLAN tags, `l2_len` bytes) forward by `strip` bytes onto
- * the start of the inner packet, then drop what is before it. The copies have constant sizes
+ * the start of the inner packet, then drop what is before it; its last EtherType becomes
+ * `inner_ethertype` (the GRE protocol: 0x0800 or 0x86DD). The copies have constant sizes
  * because the verifier wants them so. Returns 0, or -1 when the kernel refused. */
-static __always_inline int strip_outer(struct xdp_md *ctx, __u32 l2_len, __u32 strip)
+static __always_inline int strip_outer(struct xdp_md *ctx, __u32 l2_len, __u32 strip,
+				       __be16 inner_ethertype)
 {
 	__u8 l2[ETH_HLEN + VLAN_MAX_TAGS * sizeof(struct vlan_tag)];
 	void *data = (void *)(long)ctx->data;
@@ -96,15 +136,18 @@ static __always_inline int strip_outer(struct xdp_md *ctx, __u32 l2_len, __u32 s
 		return -1;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (data + sizeof(l2) > data_end) /* the inner IPv4 header alone is 20 bytes */
+	if (data + sizeof(l2) > data_end) /* the inner IP header alone is 20 bytes or more */
 		return -1;
-	/* The EtherType stays 0x0800: inner IPv4 is all that is decapsulated so far. */
-	if (l2_len == ETH_HLEN)
+	if (l2_len == ETH_HLEN) {
 		__builtin_memcpy(data, l2, ETH_HLEN);
-	else if (l2_len == ETH_HLEN + 4)
+		*(__be16 *)(data + ETH_HLEN - 2) = inner_ethertype;
+	} else if (l2_len == ETH_HLEN + 4) {
 		__builtin_memcpy(data, l2, ETH_HLEN + 4);
-	else
+		*(__be16 *)(data + ETH_HLEN + 4 - 2) = inner_ethertype;
+	} else {
 		__builtin_memcpy(data, l2, ETH_HLEN + 8);
+		*(__be16 *)(data + ETH_HLEN + 8 - 2) = inner_ethertype;
+	}
 	return 0;
 }
 
@@ -115,52 +158,75 @@ int xdp_decap(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 frame_len = data_end - data;
 	struct cursor c = cursor_start(data, data_end);
+	struct ipv6hdr *outer6, *inner6;
 	struct iphdr *outer, *inner;
-	struct ipv6hdr *ip6;
 	struct ethhdr *eth;
 	enum parse_result result;
 	__u32 l2_len, strip;
 	__be16 gre_protocol = 0;
+	void *outer_start;
+	__u8 outer_ecn;
 	int ethertype;
 
 	ethertype = parse_ethernet(&c, &eth);
-	if (ethertype == bpf_htons(ETH_P_IPV6)) {
-		if (parse_ipv6(&c, &ip6) == PARSE_OK && ip6->nexthdr == IPPROTO_GRE)
-			return pass(DECAP_PASS_UNSUPPORTED, frame_len);
-		return pass(DECAP_PASS_NOT_GRE, frame_len);
-	}
-	if (ethertype != bpf_htons(ETH_P_IP))
-		return pass(DECAP_PASS_NOT_IP, frame_len);
 	l2_len = c.pos - data;
-
-	if (parse_ipv4(&c, &outer) != PARSE_OK)
-		return pass(DECAP_PASS_MALFORMED, frame_len);
-	if (outer->protocol != IPPROTO_GRE)
-		return pass(DECAP_PASS_NOT_GRE, frame_len);
-	if (!ipv4_lpm_contains(&decap_local, outer->daddr))
-		return pass(DECAP_PASS_NOT_LOCAL, frame_len);
-	if (!ipv4_lpm_contains(&decap_allowed, outer->saddr))
-		return pass(DECAP_PASS_SOURCE_DENIED, frame_len);
-	if (ipv4_is_fragment(outer))
-		return pass(DECAP_PASS_OUTER_FRAGMENT, frame_len);
-	ipv4_enter_payload(&c, outer);
+	if (ethertype == bpf_htons(ETH_P_IP)) {
+		if (parse_ipv4(&c, &outer) != PARSE_OK)
+			return pass(DECAP_PASS_MALFORMED, frame_len);
+		if (outer->protocol != IPPROTO_GRE)
+			return pass(DECAP_PASS_NOT_GRE, frame_len);
+		if (!ipv4_lpm_contains(&decap_local, outer->daddr))
+			return pass(DECAP_PASS_NOT_LOCAL, frame_len);
+		if (!ipv4_lpm_contains(&decap_allowed, outer->saddr))
+			return pass(DECAP_PASS_SOURCE_DENIED, frame_len);
+		if (ipv4_is_fragment(outer))
+			return pass(DECAP_PASS_OUTER_FRAGMENT, frame_len);
+		outer_start = outer;
+		outer_ecn = outer->tos & ECN_MASK;
+		ipv4_enter_payload(&c, outer);
+	} else if (ethertype == bpf_htons(ETH_P_IPV6)) {
+		if (parse_ipv6_packet(&c, &outer6) != PARSE_OK)
+			return pass(DECAP_PASS_MALFORMED, frame_len);
+		/* GRE directly after the fixed header only: extension headers (a fragment header
+		 * among them) are not walked, and whatever follows them goes to the stack. */
+		if (outer6->nexthdr != IPPROTO_GRE)
+			return pass(ipv6_nexthdr_is_extension(outer6->nexthdr)
+					    ? DECAP_PASS_EXTENSION_HEADERS
+					    : DECAP_PASS_NOT_GRE,
+				    frame_len);
+		if (!ipv6_lpm_contains(&decap_local6, &outer6->daddr))
+			return pass(DECAP_PASS_NOT_LOCAL, frame_len);
+		if (!ipv6_lpm_contains(&decap_allowed6, &outer6->saddr))
+			return pass(DECAP_PASS_SOURCE_DENIED, frame_len);
+		outer_start = outer6;
+		outer_ecn = ipv6_ecn(outer6);
+		ipv6_enter_payload(&c, outer6);
+	} else {
+		return pass(DECAP_PASS_NOT_IP, frame_len);
+	}
 
 	result = parse_gre(&c, &gre_protocol);
 	if (result == PARSE_UNSUPPORTED)
 		return pass(DECAP_PASS_UNSUPPORTED, frame_len);
 	if (result != PARSE_OK)
 		return pass(DECAP_PASS_MALFORMED, frame_len);
-	if (gre_protocol != bpf_htons(ETH_P_IP))
+	/* The inner packet must be whole within the GRE payload: the stack would otherwise
+	 * receive a packet that its outer header said was something else. Past each check the
+	 * frame is ours: nothing before it modified the frame. */
+	if (gre_protocol == bpf_htons(ETH_P_IP)) {
+		if (parse_ipv4(&c, &inner) != PARSE_OK)
+			return pass(DECAP_PASS_MALFORMED, frame_len);
+		copy_congestion_mark(inner, outer_ecn);
+	} else if (gre_protocol == bpf_htons(ETH_P_IPV6)) {
+		if (parse_ipv6_packet(&c, &inner6) != PARSE_OK)
+			return pass(DECAP_PASS_MALFORMED, frame_len);
+		copy_congestion_mark6(inner6, outer_ecn);
+	} else {
 		return pass(DECAP_PASS_UNSUPPORTED, frame_len);
-	/* The inner IPv4 packet must be whole within the GRE payload: the stack would otherwise
-	 * receive a packet that its outer header said was something else. */
-	if (parse_ipv4(&c, &inner) != PARSE_OK)
-		return pass(DECAP_PASS_MALFORMED, frame_len);
+	}
 
-	/* Past this point the frame is ours: nothing above modified it. */
-	copy_congestion_mark(inner, outer->tos);
-	strip = c.pos - (void *)outer;
-	if (strip_outer(ctx, l2_len, strip))
+	strip = c.pos - outer_start;
+	if (strip_outer(ctx, l2_len, strip, gre_protocol))
 		return pass(DECAP_PASS_ERROR, frame_len);
 	return pass(DECAP_DECAPSULATED, frame_len);
 }

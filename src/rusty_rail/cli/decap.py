@@ -12,20 +12,25 @@ def add_parser(commands: Subparsers) -> None:
     decap = commands.add_parser(
         "decap",
         help="server side: unwrap GRE from the balancers with XDP (no GRE module needed)",
-        description="Attaches an XDP program to DEVICE that strips the outer IPv4 + GRE "
-        "header of packets from the --allow prefixes (the balancers) and hands the inner "
-        "packet to the host's stack; everything else passes untouched. docs/decap.md.",
+        description="Attaches an XDP program to DEVICE that strips the outer IPv4 or IPv6 + "
+        "GRE header of packets from the --allow prefixes (the balancers) and hands the inner "
+        "IPv4 or IPv6 packet to the host's stack; everything else passes untouched. "
+        "docs/decap.md.",
         epilog="Example: rusty-rail decap --device eth0 --allow 198.18.0.0/24\n"
+        "         rusty-rail decap --device eth0 --allow 198.18.0.0/24 --allow 2001:2::/64\n"
         "         rusty-rail decap --device eth0 --status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     decap.add_argument("--device", required=True, help="the server's interface")
-    decap.add_argument("--allow", action="append", default=[], help="balancer prefix (repeatable)")
+    decap.add_argument(
+        "--allow", action="append", default=[], help="balancer prefix, IPv4 or IPv6 (repeatable)"
+    )
     decap.add_argument(
         "--local",
         action="append",
         default=None,
-        help="outer destinations that are this host (default: the device's IPv4 addresses)",
+        help="outer destinations that are this host, IPv4 or IPv6 (default: the device's "
+        "IPv4 addresses and its IPv6 addresses other than link-local)",
     )
     decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
     decap_action = decap.add_mutually_exclusive_group()

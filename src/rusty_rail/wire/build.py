@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.wire.checksum import internet_checksum, ipv4_pseudo_header
 from rusty_rail.wire.constants import (
+    ETH_P_IPV6,
     GRE_FLAG_C,
     GRE_FLAG_K,
     GRE_FLAG_S,
@@ -21,6 +22,7 @@ from rusty_rail.wire.constants import (
     IPV4_FLAG_RESERVED,
     IPV4_HEADER_LEN,
     IPV4_OFFSET_MASK,
+    PROTO_GRE,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
@@ -277,3 +279,45 @@ def l4_for(flow: Flow, payload: bytes = b"") -> bytes:
     if flow.proto == PROTO_ICMP:
         return icmp(ICMP_ECHO_REQUEST, 0, payload, rest=0x00010001)
     return payload
+
+
+# --- GRE over IPv6, and UDP over IPv6 (decap) ------------------------------------------------
+
+
+def gre_in_ipv6(
+    eth_dst: MacLike,
+    eth_src: MacLike,
+    src: Ipv6Like,
+    dst: Ipv6Like,
+    inner: bytes,
+    *,
+    protocol: int = ETH_P_IPV6,
+    vlans: Sequence[VlanTag | int] = (),
+    traffic_class: int = 0,
+    payload_length: int | None = None,
+    gre_checksum: bool | int = False,
+    gre_key: int | None = None,
+    gre_sequence: int | None = None,
+) -> bytes:
+    """An Ethernet frame of outer IPv6 (fixed header, next header 47 directly), GRE with
+    ``protocol`` (0x86DD for inner IPv6, 0x0800 for inner IPv4) and ``inner``: what an LB
+    sends a server over IPv6. ``payload_length`` overrides the outer field for malformed
+    cases."""
+    packet = gre(protocol, inner, checksum=gre_checksum, key=gre_key, sequence=gre_sequence)
+    outer = ipv6(
+        src,
+        dst,
+        PROTO_GRE,
+        packet,
+        traffic_class=traffic_class,
+        payload_length=payload_length,
+    )
+    return ethernet(eth_dst, eth_src, ETH_P_IPV6, outer, vlans=vlans)
+
+
+def udp6(sport: int, dport: int, payload: bytes, *, src: Ipv6Like, dst: Ipv6Like) -> bytes:
+    """A UDP datagram for IPv6, with the checksum IPv6 requires (RFC 8200 section 8.1)."""
+    length = 8 + len(payload)
+    pseudo = ipv6_address(src) + ipv6_address(dst) + struct.pack("!IxxxB", length, PROTO_UDP)
+    value = internet_checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload)
+    return struct.pack("!HHHH", sport, dport, length, value or 0xFFFF) + payload

@@ -23,4 +23,21 @@ static __always_inline int ipv4_lpm_contains(void *trie, __be32 addr)
 	return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
+/* An IPv6 prefix as LPM tries key it: the prefix length (host order), then the 16 address
+ * bytes in network order. Userspace writes the same 20 bytes (rusty_rail/decap/agent.py). */
+struct ipv6_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Whether some prefix of `trie` (keyed by struct ipv6_lpm_key) holds the 16-byte address at
+ * `addr` (a struct in6_addr, network order). */
+static __always_inline int ipv6_lpm_contains(void *trie, const void *addr)
+{
+	struct ipv6_lpm_key key = { .prefixlen = 128 };
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	return bpf_map_lookup_elem(trie, &key) != NULL;
+}
+
 #endif /* RUSTY_RAIL_LIB_LPM_H */

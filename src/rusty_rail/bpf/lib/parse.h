@@ -228,4 +228,55 @@ static __always_inline enum parse_result parse_udp(struct cursor *c, struct udph
 	return PARSE_OK;
 }
 
+/* An IPv6 packet whose fixed header agrees with the cursor: version 6, the 40-byte header and
+ * the payload length it declares within c->left and within the frame. For a program that
+ * takes the packet apart (decap, for the outer and the inner packet); parse_ipv6 only looks
+ * at the header. The cursor stays at the header (ipv6_enter_payload moves it on). */
+static __always_inline enum parse_result parse_ipv6_packet(struct cursor *c,
+							   struct ipv6hdr **ip6_out)
+{
+	struct ipv6hdr *ip6 = c->pos;
+	__u32 payload_len;
+
+	if (c->left < sizeof(*ip6) || (void *)(ip6 + 1) > c->end)
+		return PARSE_MALFORMED;
+	payload_len = bpf_ntohs(ip6->payload_len);
+	if (ip6->version != 6 || payload_len > c->left - sizeof(*ip6) ||
+	    (void *)(ip6 + 1) + payload_len > c->end)
+		return PARSE_MALFORMED;
+	*ip6_out = ip6;
+	return PARSE_OK;
+}
+
+/* Moves the cursor past the fixed header parse_ipv6_packet accepted; `left` becomes the
+ * payload length it declares (link padding after it is not payload). */
+static __always_inline void ipv6_enter_payload(struct cursor *c, const struct ipv6hdr *ip6)
+{
+	c->pos += sizeof(*ip6);
+	c->left = bpf_ntohs(ip6->payload_len);
+}
+
+/* Whether an IPv6 next-header value names an extension header (RFC 8200 section 4 and the
+ * IANA list: hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6,
+ * and the two experimental values) rather than an upper-layer protocol. ESP is not counted:
+ * nothing after it can be read. */
+static __always_inline int ipv6_nexthdr_is_extension(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_FRAGMENT:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_MH:
+	case 139: /* HIP; uapi has no name for it */
+	case 140: /* shim6 */
+	case 253: /* experimentation and testing (RFC 3692) */
+	case 254:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 #endif /* RUSTY_RAIL_LIB_PARSE_H */
