@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* IPv4 prefix sets in BPF_MAP_TYPE_LPM_TRIE maps (decap's allowed and local prefixes, the
- * test-bed router's VIP prefixes). */
+/* IPv4 and IPv6 prefix sets in BPF_MAP_TYPE_LPM_TRIE maps (decap's allowed and local
+ * prefixes of both families, the test-bed router's VIP prefixes). */
 #ifndef RUSTY_RAIL_LIB_LPM_H
 #define RUSTY_RAIL_LIB_LPM_H
 
