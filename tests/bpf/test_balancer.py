@@ -221,7 +221,7 @@ def test_a_half_written_entry_is_stale_and_rewritten(balancer: Balancer) -> None
     # What another CPU's unfinished write looks like: the target of one write beside the
     # check of another. The digest gives it away, and the flow is decided again.
     balancer.maps.set_conntrack(WEB_FLOW, CtEntry(pick, 1))
-    key, flow_mix = balancer.maps._locate(WEB_FLOW)
+    _, key, flow_mix = balancer.maps._locate(WEB_FLOW)
     flow_set = CFlowSet.from_buffer_copy(balancer.maps.conntrack.lookup(key) or b"")
     (way,) = [w for w in flow_set.way if w.check]
     way.target.backend_index = (pick + 1) % 3
