@@ -196,7 +196,6 @@ int xdp_balancer(struct xdp_md *ctx)
 	struct backend *backend;
 	struct flow_set *set;
 	int ethertype, has_ports;
-	__be16 protocol;
 	__u64 flow_mix;
 
 	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow (inner IPv6 goes
@@ -222,11 +221,11 @@ int xdp_balancer(struct xdp_md *ctx)
 	stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
-	stat = balanced_gre(&cur, &protocol);
+	stat = balanced_gre(&cur);
+	if (stat == STEP_INNER_IPV6)
+		return balance_inner_ipv6(ctx, &cur, &pkt, settings);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
-	if (protocol == bpf_htons(ETH_P_IPV6))
-		return balance_inner_ipv6(ctx, &cur, &pkt, settings);
 	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);

@@ -12,6 +12,8 @@
 /* A step's answer when the packet goes on to the next step; anything else is the enum stat
  * that ends the packet's journey. */
 #define STEP_OK 0xFF
+/* balanced_gre's answer for GRE carrying IPv6: go on with section 4b. */
+#define STEP_INNER_IPV6 0xFE
 
 /* Outer IPv6 is recognised, not balanced yet: section 2b. */
 static __always_inline __u32 outer_ipv6_stat(struct cursor *c)
@@ -51,11 +53,13 @@ static __always_inline __u32 outer_ipv4_to_us(struct cursor *c, const struct iph
 	return STEP_OK;
 }
 
-/* The GRE header (section 3). On STEP_OK the cursor is past the optional fields, at the
- * inner header, and *protocol is ETH_P_IP or ETH_P_IPV6 (network order). */
-static __always_inline __u32 balanced_gre(struct cursor *c, __be16 *protocol)
+/* The GRE header (section 3). On STEP_OK (inner IPv4) or STEP_INNER_IPV6 the cursor is past
+ * the optional fields, at the inner header. */
+static __always_inline __u32 balanced_gre(struct cursor *c)
 {
-	switch (parse_gre(c, protocol)) {
+	__be16 protocol;
+
+	switch (parse_gre(c, &protocol)) {
 	case PARSE_OK:
 		break;
 	case PARSE_UNSUPPORTED:
@@ -63,9 +67,11 @@ static __always_inline __u32 balanced_gre(struct cursor *c, __be16 *protocol)
 	default:
 		return STAT_GRE_MALFORMED;
 	}
-	if (*protocol != bpf_htons(ETH_P_IP) && *protocol != bpf_htons(ETH_P_IPV6))
-		return STAT_PASS_UNSUPPORTED;
-	return STEP_OK;
+	if (protocol == bpf_htons(ETH_P_IP))
+		return STEP_OK;
+	if (protocol == bpf_htons(ETH_P_IPV6))
+		return STEP_INNER_IPV6;
+	return STAT_PASS_UNSUPPORTED;
 }
 
 /* The inner IPv4 header and the flow it carries (section 4). Fragments and protocols
