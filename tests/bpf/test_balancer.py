@@ -15,6 +15,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from rusty_rail.api import readmodels
+from rusty_rail.config import config_from_toml_text
+from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.icmp_maps import decode_report, encode_report
 from rusty_rail.dataplane.libbpf import LibbpfError, Map
 from rusty_rail.dataplane.maps import conntrack_check
@@ -27,11 +30,19 @@ from rusty_rail.dataplane.structs import (
 from rusty_rail.model.flowhash import Flow, flow_hash, mix64
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.pipeline import Counters
-from rusty_rail.model.state import NONE_INDEX, Action, BackendState, CtEntry, Stat, Verdict
+from rusty_rail.model.state import (
+    NONE_INDEX,
+    Action,
+    BackendState,
+    CtEntry,
+    NextHop,
+    Stat,
+    Verdict,
+)
 from rusty_rail.wire.constants import ETH_HEADER_LEN, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import ipv4_address
-from rusty_rail.wire.frames import gre_frame
+from rusty_rail.wire.frames import OUTER_INNER_IPV6, encapsulate, gre_frame, inner_ipv6
 from tests.support.balancer_harness import Balancer, loaded_balancer
 from tests.support.cases import (
     CASES,
@@ -221,7 +232,7 @@ def test_a_half_written_entry_is_stale_and_rewritten(balancer: Balancer) -> None
     # What another CPU's unfinished write looks like: the target of one write beside the
     # check of another. The digest gives it away, and the flow is decided again.
     balancer.maps.set_conntrack(WEB_FLOW, CtEntry(pick, 1))
-    key, flow_mix = balancer.maps._locate(WEB_FLOW)
+    _, key, flow_mix = balancer.maps._locate(WEB_FLOW)
     flow_set = CFlowSet.from_buffer_copy(balancer.maps.conntrack.lookup(key) or b"")
     (way,) = [w for w in flow_set.way if w.check]
     way.target.backend_index = (pick + 1) % 3
@@ -437,3 +448,28 @@ def test_reports_round_trip_through_the_struct() -> None:
     assert decode_report(encode_report(report)) == report
     with pytest.raises(ValueError, match="too short"):
         decode_report(bytes(8))
+
+
+def test_ipv6_flows_are_dumped_listed_and_looked_up_with_their_live_entries(
+    balancer: Balancer,
+) -> None:
+    config = config_from_toml_text(
+        '[[vips]]\naddress = "2001:db8:19::10"\nprotocol = "tcp"\nport = 80\n'
+        'backends = ["198.18.10.1", "198.18.10.2"]\n'
+    )
+    hop = NextHop(0, bytes.fromhex("020000000002"), bytes.fromhex("020000001001"))
+    plan = compile_plan(
+        config, Allocation(), lb_ipv4=IPv4Address("198.18.0.2"), resolve_next_hop=lambda _: hop
+    )
+    balancer.load_state(plan.state)
+    flow = Flow.of("2001:db8:100::1", "2001:db8:19::10", PROTO_TCP, 40000, 80)
+    run = balancer.run(encapsulate(inner_ipv6(flow), OUTER_INNER_IPV6))
+    assert Verdict(run.retval) == Verdict.TX
+    recorded = balancer.maps.dump_conntrack()
+    assert list(recorded) == [flow]
+    listed = readmodels.flows(plan, balancer.maps, vip=None, limit=10, scan=100)["flows"]
+    assert [(view["flow"], view["conntrack"]) for view in listed] == [
+        ("[2001:db8:100::1]:40000->[2001:db8:19::10]:80/tcp", "valid")
+    ]
+    looked_up = readmodels.lookup(plan, balancer.maps, flow)
+    assert (looked_up["conntrack"], looked_up["outcome"]) == ("valid", "ct_hit")

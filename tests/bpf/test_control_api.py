@@ -31,6 +31,7 @@ from rusty_rail.control.nexthops import NextHops
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import MAX_BACKENDS, Allocation, compile_plan, slot_table
 from rusty_rail.control.startup import startup_config
+from rusty_rail.dataplane.structs import encode_vip_key
 from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
@@ -187,6 +188,17 @@ def test_a_new_vip_is_written_whole_and_removed_whole(node: Node) -> None:
     assert node.call("DELETE", path).status == 404
 
 
+def test_an_ipv6_vip_with_ipv4_backends_reaches_the_ipv6_vip_map(node: Node) -> None:
+    path = "/v1/vips/[2001:db8:19::10]:80%2Ftcp"
+    created = node.call("PUT", path, {"backends": ["198.18.64.7"]})
+    assert created.status == HTTPStatus.CREATED, created.body
+    (key,) = [k for k in maps_state(node).vips if len(k.addr) == 16]
+    assert (ip_address(key.addr), key.proto, key.port) == (ip_address("2001:db8:19::10"), 6, 80)
+    assert node.maps.vips_v6.lookup(encode_vip_key(key)) is not None
+    assert node.call("DELETE", path).status == 200
+    assert all(len(k.addr) == 4 for k in maps_state(node).vips)
+
+
 def test_backends_are_added_drained_weighed_and_removed(node: Node) -> None:
     path = f"{VIP_PATH}/backends/198.18.64.9"
     created = node.call("PUT", path, {"weight": 1})
@@ -248,7 +260,7 @@ def test_every_refused_write_leaves_the_state_and_the_maps_as_they_were(node: No
         ("PUT", VIP_PATH, {"backends": ["198.18.64.1", "198.18.64.1"]}, 422,
          ["backends[1].address"]),
         ("PUT", "/v1/vips/198.18.100.9/backends/198.18.64.1", {}, 404, []),
-        ("PUT", "/v1/vips/[2001:2::1]:80%2Ftcp", {"backends": []}, 422, [""]),
+        ("PUT", "/v1/vips/[2001:2::1]:80%2Ftcp", {"backends": ["2001:2::9"]}, 422, [""]),
         ("PUT", "/v1/config", {"device": "eth9"}, 409, ["device"]),
         ("PUT", "/v1/config", {"conntrack_size": 4096}, 409, ["conntrack_size"]),
         ("PUT", "/v1/config", {"table_size": 1000}, 422, ["table_size"]),

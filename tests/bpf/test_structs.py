@@ -21,7 +21,12 @@ import pytest
 
 from rusty_rail.dataplane import structs
 from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
-from rusty_rail.dataplane.maps import FLOW_SET_SIZE, conntrack_sets_for, prepare_object
+from rusty_rail.dataplane.maps import (
+    FLOW6_SET_SIZE,
+    FLOW_SET_SIZE,
+    conntrack_sets_for,
+    prepare_object,
+)
 from rusty_rail.model.icmp import IcmpStat
 from rusty_rail.model.state import Action, BackendState, Stat
 
@@ -138,9 +143,11 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
     assert shapes == {
         "settings": (4, size(structs.CSettings), 1),
         "vips": (size(structs.CVipKey), size(structs.CVipValue), structs.MAX_VIPS * 4),
+        "vips_v6": (size(structs.CVip6Key), size(structs.CVipValue), structs.MAX_VIPS * 4),
         "tables": (4, 4, structs.MAX_VIPS),
         "backends": (4, size(structs.CBackend), structs.MAX_BACKENDS),
         "conntrack": (4, FLOW_SET_SIZE, conntrack_sets_for(1000)),
+        "conntrack_v6": (4, FLOW6_SET_SIZE, conntrack_sets_for(1000)),
         "stats": (4, size(structs.CCounter), len(Stat)),
         "vip_stats": (4, size(structs.CCounter), structs.MAX_VIPS),
         "backend_stats": (4, size(structs.CCounter), structs.MAX_BACKENDS),

@@ -22,14 +22,15 @@ from rusty_rail.control.plan import (
     SetSettings,
     SetTable,
     SetVip,
+    allocation_from_state,
     compile_plan,
     diff,
     removals_only,
 )
 from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
-from rusty_rail.model.state import NONE_INDEX, BackendState, NextHop, Stat, Verdict
-from rusty_rail.wire.frames import LB_IPV4, gre_frame
+from rusty_rail.model.state import NONE_INDEX, BackendState, NextHop, Stat, Verdict, VipKey
+from rusty_rail.wire.frames import LB_IPV4, OUTER_INNER_IPV6, encapsulate, gre_frame, inner_ipv6
 
 LB = IPv4Address(LB_IPV4)
 HOP = NextHop(
@@ -139,6 +140,26 @@ def test_default_set_is_a_service_named_in_the_settings() -> None:
 def test_ipv6_backends_are_refused_until_the_data_plane_carries_them() -> None:
     with pytest.raises(PlanError, match="IPv6 backends"):
         plan(config("2001:2::1"))
+
+
+def test_ipv6_backends_of_an_ipv6_vip_are_refused_with_the_same_message() -> None:
+    with pytest.raises(PlanError, match="IPv6 backends"):
+        plan(config("198.18.1.1", "2001:2::1", vip="2001:db8:19::10"))
+
+
+def test_an_ipv6_vip_with_ipv4_backends_is_planned_and_balances_inner_ipv6() -> None:
+    p = plan(config("198.18.1.1", "198.18.1.2", vip="2001:db8:19::10"))
+    key = VipKey(ip_address("2001:db8:19::10").packed, 6, 80)
+    assert p.state.vips == {key: p.allocation.vip_index["[2001:db8:19::10]:80/tcp"]}
+    assert SetVip(key, p.state.vips[key]) in diff(None, p.state)
+    assert allocation_from_state(p.state).vip_index == p.allocation.vip_index
+    flow = Flow.of("2001:db8:100::1", "2001:db8:19::10", 6, 40000, 80)
+    frame = encapsulate(inner_ipv6(flow), OUTER_INNER_IPV6)
+    result = pipeline.process(p.state, frame)
+    assert (result.stat, result.verdict) == (Stat.CT_MISS, Verdict.TX)
+    assert result.decision is not None and result.decision.backend_index is not None
+    backend = p.state.backends[result.decision.backend_index].addr
+    assert backend in (ip_address("198.18.1.1").packed, ip_address("198.18.1.2").packed)
 
 
 def test_running_out_of_backend_slots_is_a_clear_error() -> None:

@@ -289,7 +289,7 @@ def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> schemas.Decisio
     """Which backend ``flow`` gets now, and why: its live connection-table entry (if any),
     else the VIP's table."""
     conntrack: dict[Flow, CtEntry] = {}
-    entry = maps.lookup_conntrack(flow) if maps is not None and not flow.is_ipv6 else None
+    entry = maps.lookup_conntrack(flow) if maps is not None else None
     if entry is not None:
         conntrack[flow] = entry
     state = _with_conntrack(plan.state, conntrack)

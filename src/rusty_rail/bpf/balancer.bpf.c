@@ -34,6 +34,7 @@ static __always_inline int unforwarded_verdict(__u32 stat, const struct settings
 	case STAT_GRE_MALFORMED:
 	case STAT_INNER_MALFORMED:
 	case STAT_INNER_L4_TRUNCATED:
+	case STAT_INNER_EXT_TOO_DEEP:
 		return action_verdict(settings->malformed_action);
 	case STAT_NO_VIP:
 		return action_verdict(settings->no_vip_action);
@@ -71,6 +72,29 @@ static __always_inline __u32 match_vip(const struct flow_key *flow, int has_port
 		key.proto = 0;
 	}
 	vip = bpf_map_lookup_elem(&vips, &key);
+	if (vip)
+		return vip->vip_index;
+	return settings->default_vip;
+}
+
+/* Section 6 for an inner IPv6 flow: the same order over the IPv6 VIPs. */
+static __always_inline __u32 match_vip6(const struct flow6_key *flow, int has_ports,
+					const struct settings *settings)
+{
+	struct vip6_key key = {};
+	struct vip_value *vip;
+
+	__builtin_memcpy(key.addr_be, flow->dst_be, sizeof(key.addr_be));
+	if (has_ports) {
+		key.port_be = flow->dport_be;
+		key.proto = flow->proto;
+		vip = bpf_map_lookup_elem(&vips_v6, &key);
+		if (vip)
+			return vip->vip_index;
+		key.port_be = 0;
+		key.proto = 0;
+	}
+	vip = bpf_map_lookup_elem(&vips_v6, &key);
 	if (vip)
 		return vip->vip_index;
 	return settings->default_vip;
@@ -114,6 +138,51 @@ static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct p
 	return bpf_redirect_map(&tx_ports, ifindex, XDP_DROP);
 }
 
+/* Sections 4b-8 for inner IPv6 (the cursor at the inner header): the same decisions as the
+ * IPv4 path below, over the IPv6 VIPs and connection table; the rewrite is the same outer
+ * IPv4 passthrough. */
+static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor *cur,
+					      const struct packet *pkt,
+					      const struct settings *settings)
+{
+	struct flow6_key flow __attribute__((aligned(8))) = {};
+	__u32 stat, vip_index, backend_index = 0, outcome;
+	struct flow6_entry *entry = NULL;
+	struct backend *backend;
+	struct flow6_set *set;
+	__u64 flow_mix;
+	int has_ports;
+
+	stat = parse_inner_ipv6(cur, &flow, &has_ports);
+	if (stat != STEP_OK)
+		return finish_unforwarded(stat, pkt, settings);
+
+	flow_mix = flow6_key_mix(&flow, settings->hash_seed);
+	set = conntrack6_set(flow_mix, settings);
+	if (set)
+		entry = conntrack6_find(set, &flow);
+	backend = entry ? conntrack6_backend(entry, flow_mix, &backend_index) : NULL;
+	if (backend) {
+		outcome = STAT_CT_HIT;
+		vip_index = backend->vip_index;
+	} else {
+		outcome = entry ? STAT_CT_STALE : STAT_CT_MISS;
+		vip_index = match_vip6(&flow, has_ports, settings);
+		if (vip_index == NONE_INDEX)
+			return finish_unforwarded(STAT_NO_VIP, pkt, settings);
+		backend_index = maglev_pick(vip_index, flow_hash32(flow_mix));
+		backend = backend_get(backend_index);
+		if (!backend || !backend_forwards(backend))
+			return finish_unforwarded(STAT_DROP_NO_BACKEND, pkt, settings);
+	}
+
+	if (!backend->nexthop_resolved)
+		return finish_unforwarded(STAT_DROP_NO_NEXTHOP, pkt, settings);
+	if (outcome != STAT_CT_HIT && set)
+		conntrack6_record(set, entry, &flow, flow_mix, backend_index, backend->generation);
+	return forward_to_backend(ctx, pkt, settings, backend, backend_index, vip_index, outcome);
+}
+
 SEC("xdp")
 int xdp_balancer(struct xdp_md *ctx)
 {
@@ -129,7 +198,8 @@ int xdp_balancer(struct xdp_md *ctx)
 	int ethertype, has_ports;
 	__u64 flow_mix;
 
-	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow. ICMP about
+	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow (inner IPv6 goes
+	 * its own way, balance_inner_ipv6). ICMP about
 	 * GRE this node sent is learnt from on its way to the host (section 9). */
 	ethertype = parse_ethernet(&cur, &pkt.eth);
 	if (ethertype == bpf_htons(ETH_P_IPV6)) {
@@ -152,6 +222,8 @@ int xdp_balancer(struct xdp_md *ctx)
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
 	stat = balanced_gre(&cur);
+	if (stat == STEP_INNER_IPV6)
+		return balance_inner_ipv6(ctx, &cur, &pkt, settings);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
 	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);

@@ -24,6 +24,13 @@ struct {
 	__type(value, struct vip_value);
 } vips SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VIPS * 4);
+	__type(key, struct vip6_key);
+	__type(value, struct vip_value);
+} vips_v6 SEC(".maps");
+
 /* A Maglev table: element 0 holds the table size M, elements 1..M the backend indices.
  * BPF_F_INNER_MAP lets tables of different sizes share the outer map; userspace creates
  * each one at run time, fills it through mmap (BPF_F_MMAPABLE) and swaps it in with a
@@ -60,6 +67,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct flow_set);
 } conntrack SEC(".maps");
+
+/* The IPv6 flows' connection table: the same design with 56-byte ways. The loader gives it
+ * as many sets as `conntrack`, so one mask (settings.conntrack_mask) serves both. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, DEFAULT_CONNTRACK_ENTRIES / CONNTRACK_WAYS);
+	__type(key, __u32);
+	__type(value, struct flow6_set);
+} conntrack_v6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The balancer's parsing rules, docs/packet-path.md sections 2-4 in their order, on top of the
- * parsers of lib/parse.h: which stat ends a packet that is not the balancer's, and the inner
- * IPv4 flow (and its hash) of one that is. */
+/* The balancer's parsing rules, docs/packet-path.md sections 2-4b in their order, on top of
+ * the parsers of lib/parse.h: which stat ends a packet that is not the balancer's, and the
+ * inner IPv4 or IPv6 flow (and its hash) of one that is. */
 #ifndef RUSTY_RAIL_BALANCER_PARSE_H
 #define RUSTY_RAIL_BALANCER_PARSE_H
 
@@ -12,6 +12,8 @@
 /* A step's answer when the packet goes on to the next step; anything else is the enum stat
  * that ends the packet's journey. */
 #define STEP_OK 0xFF
+/* balanced_gre's answer for GRE carrying IPv6: go on with section 4b. */
+#define STEP_INNER_IPV6 0xFE
 
 /* Outer IPv6 is recognised, not balanced yet: section 2b. */
 static __always_inline __u32 outer_ipv6_stat(struct cursor *c)
@@ -51,8 +53,8 @@ static __always_inline __u32 outer_ipv4_to_us(struct cursor *c, const struct iph
 	return STEP_OK;
 }
 
-/* The GRE header (section 3). On STEP_OK the cursor is past the optional fields, at the
- * inner IPv4 header. */
+/* The GRE header (section 3). On STEP_OK (inner IPv4) or STEP_INNER_IPV6 the cursor is past
+ * the optional fields, at the inner header. */
 static __always_inline __u32 balanced_gre(struct cursor *c)
 {
 	__be16 protocol;
@@ -65,9 +67,11 @@ static __always_inline __u32 balanced_gre(struct cursor *c)
 	default:
 		return STAT_GRE_MALFORMED;
 	}
-	if (protocol != bpf_htons(ETH_P_IP))
-		return STAT_PASS_UNSUPPORTED;
-	return STEP_OK;
+	if (protocol == bpf_htons(ETH_P_IP))
+		return STEP_OK;
+	if (protocol == bpf_htons(ETH_P_IPV6))
+		return STEP_INNER_IPV6;
+	return STAT_PASS_UNSUPPORTED;
 }
 
 /* The inner IPv4 header and the flow it carries (section 4). Fragments and protocols
@@ -99,6 +103,43 @@ static __always_inline __u32 parse_inner_ipv4(struct cursor *c, struct flow_key 
 	return STEP_OK;
 }
 
+/* The inner IPv6 header, its extension headers and the flow it carries (section 4b). As
+ * parse_inner_ipv4: `flow` arrives zeroed, `has_ports` says whether it has real ports. */
+static __always_inline __u32 parse_inner_ipv6(struct cursor *c, struct flow6_key *flow,
+					      int *has_ports)
+{
+	struct l4_ports *ports;
+	struct ipv6hdr *ip6;
+	int fragment;
+	__u8 proto;
+
+	if (parse_ipv6(c, &ip6) != PARSE_OK || ip6->version != 6 ||
+	    ipv6_enter_payload(c, ip6) != PARSE_OK)
+		return STAT_INNER_MALFORMED;
+	__builtin_memcpy(flow->src_be, &ip6->saddr, sizeof(flow->src_be));
+	__builtin_memcpy(flow->dst_be, &ip6->daddr, sizeof(flow->dst_be));
+	proto = ip6->nexthdr;
+	switch (ipv6_walk_extensions(c, &proto, &fragment)) {
+	case PARSE_OK:
+		break;
+	case PARSE_UNSUPPORTED:
+		return STAT_INNER_EXT_TOO_DEEP;
+	default:
+		return STAT_INNER_MALFORMED;
+	}
+	flow->proto = proto;
+	*has_ports = 0;
+	if (fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return STEP_OK;
+	ports = c->pos;
+	if (c->left < sizeof(*ports) || (void *)(ports + 1) > c->end)
+		return STAT_INNER_L4_TRUNCATED;
+	flow->sport_be = ports->source;
+	flow->dport_be = ports->dest;
+	*has_ports = 1;
+	return STEP_OK;
+}
+
 /* The flow hash's mix64 of a flow key (lib/flowhash.h): its ports are the 4 bytes at
  * sport_be, loaded as one word. */
 static __always_inline __u64 flow_key_mix(const struct flow_key *flow, __u64 seed)
@@ -106,6 +147,14 @@ static __always_inline __u64 flow_key_mix(const struct flow_key *flow, __u64 see
 	const __u32 *words = (const __u32 *)flow;
 
 	return flow_mix_ipv4(seed, flow->src_be, flow->dst_be, words[2], flow->proto);
+}
+
+/* The same for an IPv6 flow key: its ports are the 4 bytes at sport_be. */
+static __always_inline __u64 flow6_key_mix(const struct flow6_key *flow, __u64 seed)
+{
+	const __u32 *words = (const __u32 *)flow;
+
+	return flow_mix_ipv6(seed, flow->src_be, flow->dst_be, words[8], flow->proto);
 }
 
 #endif /* RUSTY_RAIL_BALANCER_PARSE_H */

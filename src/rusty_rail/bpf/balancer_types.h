@@ -54,7 +54,8 @@ enum stat {
 	STAT_INNER_L4_TRUNCATED = 12,
 	STAT_DROP_NO_BACKEND = 13,
 	STAT_DROP_NO_NEXTHOP = 14,
-	STAT_COUNT = 15,
+	STAT_INNER_EXT_TOO_DEEP = 15,
+	STAT_COUNT = 16,
 };
 
 /* What the balancer made of an ICMP destination unreachable addressed to it
@@ -85,10 +86,18 @@ struct settings {
 	__u8 pad;
 };
 
-/* Key of the vips hash. proto and port 0: the address-wide VIP. IPv6 VIPs will get
- * their own map with a 16-byte address, so this key stays 8 bytes. */
+/* Key of the vips hash. proto and port 0: the address-wide VIP. IPv6 VIPs have their own
+ * map (vip6_key), so this key stays 8 bytes. */
 struct vip_key {
 	__be32 addr_be;
+	__be16 port_be;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Key of the vips_v6 hash: an IPv6 VIP, matched by inner IPv6 flows. */
+struct vip6_key {
+	__be32 addr_be[4];
 	__be16 port_be;
 	__u8 proto;
 	__u8 pad;
@@ -114,7 +123,8 @@ struct backend {
 };
 
 /* The inner IPv4 flow, as it sits in the packet: the connection table's key. Ports are 0
- * for a 3-tuple flow. IPv6 flows will get their own table with a 40-byte key. */
+ * for a 3-tuple flow. IPv6 flows have their own table (flow6_key), so that this one keeps
+ * its 16-byte key and two cache lines a set. */
 struct flow_key {
 	__be32 src_be;
 	__be32 dst_be;
@@ -141,6 +151,30 @@ struct flow_entry {
 /* A set of the connection table: the ways a flow's hash can land in, two cache lines. */
 struct flow_set {
 	struct flow_entry way[CONNTRACK_WAYS];
+};
+
+/* The inner IPv6 flow: the key of the IPv6 connection table, conntrack_v6. Ports are 0 for a
+ * 3-tuple flow; proto is the upper-layer protocol after the extension headers (a fragment's:
+ * its fragment header's next header). */
+struct flow6_key {
+	__be32 src_be[4];
+	__be32 dst_be[4];
+	__be16 sport_be;
+	__be16 dport_be;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* One way of an IPv6 connection-table set: flow_entry with the 40-byte key. */
+struct flow6_entry {
+	struct flow6_key flow;
+	struct conntrack_entry target;
+	__u32 check;
+	__u32 recent;
+};
+
+struct flow6_set {
+	struct flow6_entry way[CONNTRACK_WAYS];
 };
 
 /* Value of icmp_watch, keyed by a backend's IPv4 address (network order). `armed` is cleared

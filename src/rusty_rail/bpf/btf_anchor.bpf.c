@@ -9,12 +9,16 @@
 struct mirrored_types {
 	struct settings settings;
 	struct vip_key vip_key;
+	struct vip6_key vip6_key;
 	struct vip_value vip_value;
 	struct backend backend;
 	struct flow_key flow_key;
 	struct conntrack_entry conntrack_entry;
 	struct flow_entry flow_entry;
 	struct flow_set flow_set;
+	struct flow6_key flow6_key;
+	struct flow6_entry flow6_entry;
+	struct flow6_set flow6_set;
 	struct icmp_watch icmp_watch;
 	struct icmp_report icmp_report;
 	struct counter counter;

@@ -69,21 +69,27 @@ static __always_inline struct flow_entry *conntrack_find(struct flow_set *set,
 /* The backend of a valid hit: the entry is whole (its check holds), its slot forwards and
  * still belongs to the backend the flow was recorded with. NULL for a stale hit. A hit
  * marks the entry recently used (written only when the bit changes). */
-static __always_inline struct backend *conntrack_backend(struct flow_entry *entry, __u64 flow_mix,
-							 __u32 *backend_index)
+static __always_inline struct backend *way_backend(__u32 check, struct conntrack_entry target,
+						   __u32 *recent, __u64 flow_mix,
+						   __u32 *backend_index)
 {
-	struct conntrack_entry target = entry->target;
 	struct backend *backend;
 
-	if (entry->check != conntrack_check(flow_mix, target_word(&target)))
+	if (check != conntrack_check(flow_mix, target_word(&target)))
 		return NULL;
 	*backend_index = target.backend_index;
 	backend = backend_get(target.backend_index);
 	if (!backend || !backend_forwards(backend) || backend->generation != target.generation)
 		return NULL;
-	if (!entry->recent)
-		entry->recent = 1;
+	if (!*recent)
+		*recent = 1;
 	return backend;
+}
+
+static __always_inline struct backend *conntrack_backend(struct flow_entry *entry, __u64 flow_mix,
+							 __u32 *backend_index)
+{
+	return way_backend(entry->check, entry->target, &entry->recent, flow_mix, backend_index);
 }
 
 /* The way a new flow takes: an empty one; else one not used since it was recorded or
@@ -125,6 +131,84 @@ static __always_inline void conntrack_record(struct flow_set *set, struct flow_e
 
 	if (!entry) {
 		entry = conntrack_victim(set, flow_mix);
+		entry->check = 0;
+		entry->flow = *flow;
+		entry->recent = 0;
+	}
+	*(__u64 *)&entry->target = target_word(&target);
+	entry->check = conntrack_check(flow_mix, target_word(&target));
+}
+
+/* The IPv6 flows' table, conntrack_v6: the same rules over flow6_set, the same mask. */
+
+static __always_inline struct flow6_set *conntrack6_set(__u64 flow_mix,
+							const struct settings *settings)
+{
+	__u32 index = (flow_mix >> 32) & settings->conntrack_mask;
+
+	return bpf_map_lookup_elem(&conntrack_v6, &index);
+}
+
+static __always_inline int flow6_equal(const struct flow6_key *a, const struct flow6_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+static __always_inline struct flow6_entry *conntrack6_find(struct flow6_set *set,
+							   const struct flow6_key *flow)
+{
+#pragma unroll
+	for (int i = 0; i < CONNTRACK_WAYS; i++) {
+		struct flow6_entry *entry = &set->way[i];
+
+		if (flow6_equal(&entry->flow, flow) && entry->check)
+			return entry;
+	}
+	return NULL;
+}
+
+static __always_inline struct backend *conntrack6_backend(struct flow6_entry *entry,
+							  __u64 flow_mix, __u32 *backend_index)
+{
+	return way_backend(entry->check, entry->target, &entry->recent, flow_mix, backend_index);
+}
+
+static __always_inline struct flow6_entry *conntrack6_victim(struct flow6_set *set,
+							     __u64 flow_mix)
+{
+	__u32 start = flow_mix & (CONNTRACK_WAYS - 1), i;
+
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++)
+		if (!set->way[i].check)
+			return &set->way[i];
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++) {
+		struct flow6_entry *entry = &set->way[(start + i) & (CONNTRACK_WAYS - 1)];
+
+		if (!entry->recent)
+			return entry;
+	}
+#pragma unroll
+	for (i = 0; i < CONNTRACK_WAYS; i++)
+		set->way[i].recent = 0;
+	return &set->way[start];
+}
+
+static __always_inline void conntrack6_record(struct flow6_set *set, struct flow6_entry *stale,
+					      const struct flow6_key *flow, __u64 flow_mix,
+					      __u32 backend_index, __u32 generation)
+{
+	struct conntrack_entry target = {
+		.backend_index = backend_index,
+		.generation = generation,
+	};
+	struct flow6_entry *entry = stale;
+
+	if (!entry) {
+		entry = conntrack6_victim(set, flow_mix);
 		entry->check = 0;
 		entry->flow = *flow;
 		entry->recent = 0;

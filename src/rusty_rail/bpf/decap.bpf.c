@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Server-side GRE decapsulation in XDP, for hosts without (or instead of) kernel GRE tunnels:
  * GRE from an allowed LB prefix to a local address loses its outer IPv4 or IPv6 + GRE headers
- * and goes on to the kernel stack as the inner IPv4 or IPv6 packet, on the same interface. Everything else
- * passes untouched. docs/decap.md is the operator's page; rusty_rail/decap/agent.py loads this. */
+ * and goes on to the kernel stack as the inner IPv4 or IPv6 packet, on the same interface.
+ * Everything else passes untouched. docs/decap.md is the operator's page; rusty_rail/decap/agent.py loads this. */
 #include "lib/csum.h"
 #include "lib/lpm.h"
 #include "lib/parse.h"
@@ -200,7 +200,8 @@ int xdp_decap(struct xdp_md *ctx)
 			return pass(DECAP_PASS_SOURCE_DENIED, frame_len);
 		outer_start = outer6;
 		outer_ecn = ipv6_ecn(outer6);
-		ipv6_enter_payload(&c, outer6);
+		/* parse_ipv6_packet checked the payload length: this cannot refuse. */
+		(void)ipv6_enter_payload(&c, outer6);
 	} else {
 		return pass(DECAP_PASS_NOT_IP, frame_len);
 	}

@@ -278,8 +278,6 @@ def compile_plan(
                     f"backend {backend.address} of {service.name}: IPv6 backends are not "
                     "supported by the data plane yet (GRE passthrough over IPv4)"
                 )
-        if service.match is not None and len(service.match.addr) != 4:
-            raise PlanError(f"VIP {service.name}: IPv6 VIPs are not supported yet")
     allocation = allocate(services, previous)
     default_vip = allocation.vip_index.get(DEFAULT_SET, NONE_INDEX)
     settings = Settings(

@@ -28,7 +28,7 @@ from rusty_rail.dataplane.libbpf import (
     ensure_bpffs,
     lock_pin_dir,
 )
-from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps, prepare_object
+from rusty_rail.dataplane.maps import CONNTRACK_MAPS, MAP_NAMES, BalancerMaps, prepare_object
 from rusty_rail.dataplane.pinned import (
     LinkInOtherMode,
     LinkOnOtherInterface,
@@ -129,7 +129,8 @@ def _load_locked(
             with Map.from_pinned(directory / "conntrack") as conntrack:
                 pinned_size = conntrack.max_entries
             # The connection table keeps the size it was made with: resizing would drop it.
-            obj.set_max_entries("conntrack", pinned_size)
+            for name in CONNTRACK_MAPS:
+                obj.set_max_entries(name, pinned_size)
         else:
             prepare_object(obj, conntrack_entries=conntrack_size)
 

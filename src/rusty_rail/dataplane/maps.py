@@ -13,6 +13,7 @@ import mmap
 import struct
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,11 @@ ARRAY_ELEMENT_STRIDE = 8
 MAP_NAMES = (
     "settings",
     "vips",
+    "vips_v6",
     "tables",
     "backends",
     "conntrack",
+    "conntrack_v6",
     "stats",
     "vip_stats",
     "backend_stats",
@@ -62,6 +65,9 @@ MAP_NAMES = (
 CONNTRACK_CHECK_MULTIPLIER = 0x9E3779B97F4A7C15
 FLOW_ENTRY_SIZE = ctypes.sizeof(structs.CFlowEntry)
 FLOW_SET_SIZE = ctypes.sizeof(structs.CFlowSet)
+FLOW6_SET_SIZE = ctypes.sizeof(structs.CFlow6Set)
+#: The connection tables, by family: the IPv4 flows' and the IPv6 flows' (same sets, same mask).
+CONNTRACK_MAPS = ("conntrack", "conntrack_v6")
 
 PacketsBytes = tuple[int, int]
 
@@ -76,13 +82,29 @@ def conntrack_sets_for(entries: int) -> int:
 
 def prepare_object(obj: BpfObject, *, conntrack_entries: int) -> None:
     """Size the connection table of an opened, not yet loaded balancer object."""
-    obj.set_max_entries("conntrack", conntrack_sets_for(conntrack_entries))
+    for name in CONNTRACK_MAPS:
+        obj.set_max_entries(name, conntrack_sets_for(conntrack_entries))
 
 
 def conntrack_check(flow_mix: int, entry: CtEntry) -> int:
     """The digest a connection-table way carries for ``entry`` (bpf/conntrack.h)."""
     target = entry.backend_index | (entry.generation << 32)
     return ((((flow_mix ^ target) * CONNTRACK_CHECK_MULTIPLIER) & MASK64) >> 32) | 1
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowTable:
+    """One connection table as userspace reads it: its map and the layout of its ways."""
+
+    map: Map
+    set_type: type[structs.CFlowSet] | type[structs.CFlow6Set]
+    entry_type: type[structs.CFlowEntry] | type[structs.CFlow6Entry]
+
+    @property
+    def key_words(self) -> int:
+        """32-bit words of a way's flow key; backend index, generation, check and recent
+        follow (bpf/balancer_types.h)."""
+        return ctypes.sizeof(self.entry_type) // 4 - 4
 
 
 def _u32(value: int) -> bytes:
@@ -140,9 +162,11 @@ class BalancerMaps:
             raise ValueError(f"balancer maps missing: {', '.join(missing)}")
         self.settings = maps["settings"]
         self.vips = maps["vips"]
+        self.vips_v6 = maps["vips_v6"]
         self.tables = maps["tables"]
         self.backends = maps["backends"]
         self.conntrack = maps["conntrack"]
+        self.conntrack_v6 = maps["conntrack_v6"]
         self.stats = maps["stats"]
         self.vip_stats = maps["vip_stats"]
         self.backend_stats = maps["backend_stats"]
@@ -154,7 +178,17 @@ class BalancerMaps:
                 f"the conntrack map has {sets} sets of {self.conntrack.value_size} bytes: "
                 f"expected a power of two of {FLOW_SET_SIZE}-byte sets (bpf/balancer_maps.h)"
             )
+        if self.conntrack_v6.max_entries != sets or self.conntrack_v6.value_size != FLOW6_SET_SIZE:
+            raise ValueError(
+                f"the conntrack_v6 map has {self.conntrack_v6.max_entries} sets of "
+                f"{self.conntrack_v6.value_size} bytes: expected {sets} sets (as conntrack) of "
+                f"{FLOW6_SET_SIZE} bytes (bpf/balancer_maps.h)"
+            )
         self.conntrack_mask = sets - 1
+        self._flow_tables = (
+            _FlowTable(self.conntrack, structs.CFlowSet, structs.CFlowEntry),
+            _FlowTable(self.conntrack_v6, structs.CFlow6Set, structs.CFlow6Entry),
+        )
 
     @classmethod
     def of_object(cls, obj: BpfObject) -> BalancerMaps:
@@ -184,7 +218,8 @@ class BalancerMaps:
         table slot without its backend that neither the old nor the new state had."""
         structs.encode_settings(state.settings, self.conntrack_mask)  # validates
         vips = {
-            structs.encode_vip_key(k): structs.encode_vip_value(v) for k, v in state.vips.items()
+            (self._vip_map(k), structs.encode_vip_key(k)): structs.encode_vip_value(v)
+            for k, v in state.vips.items()
         }
         for index in state.backends:
             structs.require_index(index, structs.MAX_BACKENDS, "backend index")
@@ -193,7 +228,7 @@ class BalancerMaps:
             structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
         tables = {vip_index: _table_values(slots) for vip_index, slots in state.tables.items()}
         for flow in state.conntrack:
-            structs.encode_flow_key(flow)  # IPv4 only, for now
+            structs.encode_flow_key(flow)  # validates
         ports = {b.next_hop.ifindex for b in state.backends.values() if b.next_hop is not None}
         ports.discard(0)
 
@@ -209,9 +244,9 @@ class BalancerMaps:
             installed = self._read_table_values(vip_index)
             if installed is None or not np.array_equal(installed, values):
                 self._swap_table(vip_index, values)
-        for key, value in vips.items():
-            if self.vips.lookup(key) != value:
-                self.vips.update(key, value)
+        for (vip_map, key), value in vips.items():
+            if vip_map.lookup(key) != value:
+                vip_map.update(key, value)
         self.set_settings(state.settings)
         if conntrack:
             recorded = self.dump_conntrack()
@@ -221,9 +256,10 @@ class BalancerMaps:
                 if recorded.get(flow) != entry:
                     self.set_conntrack(flow, entry)
 
-        for key in list(self.vips.keys()):
-            if key not in vips:
-                self.vips.delete(key)
+        for vip_map in (self.vips, self.vips_v6):
+            for key in list(vip_map.keys()):
+                if (vip_map, key) not in vips:
+                    vip_map.delete(key)
         for vip_index in range(structs.MAX_VIPS):
             if vip_index not in tables and self.tables.inner_id(_u32(vip_index)) is not None:
                 self.delete_table(vip_index)
@@ -239,8 +275,9 @@ class BalancerMaps:
         restart, and for tests that a sync wrote what it should. ``conntrack=False`` skips
         the connection table, which can hold a million flows."""
         state = DataplaneState(settings=self.read_settings())
-        for key, vip in self.vips.items():
-            state.vips[structs.decode_vip_key(key)] = structs.decode_vip_value(vip)
+        for vip_map in (self.vips, self.vips_v6):
+            for key, vip in vip_map.items():
+                state.vips[structs.decode_vip_key(key)] = structs.decode_vip_value(vip)
         for vip_index in range(structs.MAX_VIPS):
             values = self._read_table_values(vip_index)
             if values is not None:
@@ -275,12 +312,17 @@ class BalancerMaps:
             for flow, entry in flows.items():
                 self.set_conntrack(flow, entry)
 
+    def _vip_map(self, key: VipKey) -> Map:
+        return self.vips_v6 if structs.is_vip6_key(key) else self.vips
+
     def set_vip(self, key: VipKey, vip_index: int) -> None:
-        self.vips.update(structs.encode_vip_key(key), structs.encode_vip_value(vip_index))
+        """Add or change a VIP match (an IPv6 address goes in ``vips_v6``)."""
+        value = structs.encode_vip_value(vip_index)
+        self._vip_map(key).update(structs.encode_vip_key(key), value)
 
     def delete_vip(self, key: VipKey) -> bool:
         """Remove a VIP match; False if it was not there."""
-        return self.vips.delete(structs.encode_vip_key(key))
+        return self._vip_map(key).delete(structs.encode_vip_key(key))
 
     def set_backend(self, backend_index: int, entry: BackendEntry) -> None:
         structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
@@ -347,30 +389,31 @@ class BalancerMaps:
                 memory.close()
         return values
 
-    # --- connection table -----------------------------------------------------------------
-    # A set-associative array (bpf/conntrack.h): the high half of a flow's mix64 picks its
-    # set; a way holds the flow, its target and a check digest (0 = empty).
+    # --- connection tables ----------------------------------------------------------------
+    # Set-associative arrays (bpf/conntrack.h), one per family: the high half of a flow's mix64
+    # picks its set; a way holds the flow, its target and a check digest (0 = empty).
 
-    def _locate(self, flow: Flow) -> tuple[bytes, int]:
-        """(the key of the flow's set, the flow's mix64) under the current seed."""
-        structs.encode_flow_key(flow)  # IPv4 only
+    def _locate(self, flow: Flow) -> tuple[_FlowTable, bytes, int]:
+        """(the flow's table, the key of its set, its mix64) under the current seed."""
         flow_mix = mix64(self.read_settings().hash_seed, flow.words())
-        return _u32((flow_mix >> 32) & self.conntrack_mask), flow_mix
-
-    def _read_set(self, key: bytes) -> structs.CFlowSet:
-        value = self.conntrack.lookup(key)
-        assert value is not None  # an array always has its entries
-        return structs.CFlowSet.from_buffer_copy(value)
+        table = self._flow_tables[1 if flow.is_ipv6 else 0]
+        return table, _u32((flow_mix >> 32) & self.conntrack_mask), flow_mix
 
     @staticmethod
-    def _find_way(flow_set: structs.CFlowSet, flow_key: bytes) -> int | None:
+    def _read_set(table: _FlowTable, key: bytes) -> structs.CFlowSet | structs.CFlow6Set:
+        value = table.map.lookup(key)
+        assert value is not None  # an array always has its entries
+        return table.set_type.from_buffer_copy(value)
+
+    @staticmethod
+    def _find_way(flow_set: structs.CFlowSet | structs.CFlow6Set, flow_key: bytes) -> int | None:
         for index, way in enumerate(flow_set.way):
             if way.check and bytes(way.flow) == flow_key:
                 return index
         return None
 
     @staticmethod
-    def _victim_way(flow_set: structs.CFlowSet, flow_mix: int) -> int:
+    def _victim_way(flow_set: structs.CFlowSet | structs.CFlow6Set, flow_mix: int) -> int:
         """The way a new flow takes; the program's rule (conntrack_victim)."""
         ways = list(flow_set.way)
         for index, way in enumerate(ways):
@@ -387,24 +430,24 @@ class BalancerMaps:
 
     def set_conntrack(self, flow: Flow, entry: CtEntry) -> None:
         """Record ``flow`` -> ``entry`` as the program would (it may evict a way of a full set)."""
-        key, flow_mix = self._locate(flow)
         flow_key = structs.encode_flow_key(flow)
-        flow_set = self._read_set(key)
+        table, key, flow_mix = self._locate(flow)
+        flow_set = self._read_set(table, key)
         index = self._find_way(flow_set, flow_key)
         if index is None:
             index = self._victim_way(flow_set, flow_mix)
-            flow_set.way[index] = structs.CFlowEntry.from_buffer_copy(
-                flow_key + bytes(FLOW_ENTRY_SIZE - len(flow_key))
+            flow_set.way[index] = table.entry_type.from_buffer_copy(
+                flow_key + bytes(ctypes.sizeof(table.entry_type) - len(flow_key))
             )
         way = flow_set.way[index]
         way.target = structs.CConntrackEntry.from_buffer_copy(structs.encode_conntrack_entry(entry))
         way.check = conntrack_check(flow_mix, entry)
-        self.conntrack.update(key, bytes(flow_set))
+        table.map.update(key, bytes(flow_set))
 
     def lookup_conntrack(self, flow: Flow) -> CtEntry | None:
         """The flow's recorded entry, if its way is whole."""
-        key, flow_mix = self._locate(flow)
-        flow_set = self._read_set(key)
+        table, key, flow_mix = self._locate(flow)
+        flow_set = self._read_set(table, key)
         index = self._find_way(flow_set, structs.encode_flow_key(flow))
         if index is None:
             return None
@@ -414,34 +457,37 @@ class BalancerMaps:
 
     def delete_conntrack(self, flow: Flow) -> bool:
         """Forget ``flow``; False if it was not recorded."""
-        key, _ = self._locate(flow)
-        flow_set = self._read_set(key)
+        table, key, _ = self._locate(flow)
+        flow_set = self._read_set(table, key)
         index = self._find_way(flow_set, structs.encode_flow_key(flow))
         if index is None:
             return False
-        flow_set.way[index] = structs.CFlowEntry()
-        self.conntrack.update(key, bytes(flow_set))
+        flow_set.way[index] = table.entry_type()
+        table.map.update(key, bytes(flow_set))
         return True
 
+    @staticmethod
     @contextmanager
-    def _conntrack_words(self, *, write: bool) -> Iterator[npt.NDArray[np.uint32]]:
-        """The whole table as 32-bit words, one row per way (8 words: the flow's 4, backend
+    def _conntrack_words(table: _FlowTable, *, write: bool) -> Iterator[npt.NDArray[np.uint32]]:
+        """A whole table as 32-bit words, one row per way (the flow's key words, then backend
         index, generation, check, recent), straight from the map's memory."""
-        sets = self.conntrack.max_entries
-        size = sets * FLOW_SET_SIZE
+        sets = table.map.max_entries
+        size = sets * ctypes.sizeof(table.set_type)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-        memory = mmap.mmap(self.conntrack.fd, _pages(size), prot=prot)
+        memory = mmap.mmap(table.map.fd, _pages(size), prot=prot)
         try:
             words = np.frombuffer(memory, dtype=np.uint32, count=size // 4)
-            yield words.reshape(sets * structs.CONNTRACK_WAYS, FLOW_ENTRY_SIZE // 4)
+            yield words.reshape(sets * structs.CONNTRACK_WAYS, ctypes.sizeof(table.entry_type) // 4)
             del words
         finally:
             memory.close()
 
     def clear_conntrack(self) -> None:
-        with self._conntrack_words(write=True) as rows:
-            rows[:] = 0
-            del rows
+        """Forget every flow, of both families."""
+        for table in self._flow_tables:
+            with self._conntrack_words(table, write=True) as rows:
+                rows[:] = 0
+                del rows
 
     def dump_conntrack(self, limit: int | None = None) -> dict[Flow, CtEntry]:
         """Every recorded flow whose way is whole and in the set its hash names (the first
@@ -452,17 +498,24 @@ class BalancerMaps:
         self, backends: Collection[int] | None = None
     ) -> Iterator[tuple[Flow, CtEntry]]:
         """The recorded flows as dump_conntrack finds them (only those whose entry names one
-        of ``backends``' slots, when given), decoded one at a time as they are taken: the
-        table is read and checked whole with numpy, but a caller that stops after a few
-        flows decodes only those."""
+        of ``backends``' slots, when given), decoded one at a time as they are taken: IPv4
+        flows first, then IPv6. Each table is read and checked whole with numpy, but a caller
+        that stops after a few flows decodes only those."""
         seed = self.read_settings().hash_seed
-        with self._conntrack_words(write=False) as rows:
-            used = np.flatnonzero(rows[:, 6])
+        for table in self._flow_tables:
+            yield from self._iter_table(table, seed, backends)
+
+    def _iter_table(
+        self, table: _FlowTable, seed: int, backends: Collection[int] | None
+    ) -> Iterator[tuple[Flow, CtEntry]]:
+        words = table.key_words
+        with self._conntrack_words(table, write=False) as rows:
+            used = np.flatnonzero(rows[:, words + 2])
             entries = rows[used].copy()
             del rows
-        flow_mix = mix64_vectorised(seed, entries[:, :4])
-        target = entries[:, 4].astype(np.uint64) | (
-            entries[:, 5].astype(np.uint64) << np.uint64(32)
+        flow_mix = mix64_vectorised(seed, entries[:, :words])
+        target = entries[:, words].astype(np.uint64) | (
+            entries[:, words + 1].astype(np.uint64) << np.uint64(32)
         )
         with np.errstate(over="ignore"):
             check = ((flow_mix ^ target) * np.uint64(CONNTRACK_CHECK_MULTIPLIER)) >> np.uint64(32)
@@ -470,12 +523,16 @@ class BalancerMaps:
         in_place = ((flow_mix >> np.uint64(32)) & np.uint64(self.conntrack_mask)) == (
             used // structs.CONNTRACK_WAYS
         ).astype(np.uint64)
-        whole = (check == entries[:, 6]) & in_place
+        whole = (check == entries[:, words + 2]) & in_place
         if backends is not None:
-            whole &= np.isin(entries[:, 4], np.fromiter(backends, dtype=np.uint32))
+            whole &= np.isin(entries[:, words], np.fromiter(backends, dtype=np.uint32))
         for row in entries[whole]:
             raw = row.tobytes()
-            yield structs.decode_flow_key(raw[:16]), structs.decode_conntrack_entry(raw[16:24])
+            key_end = words * 4
+            yield (
+                structs.decode_flow_key(raw[:key_end]),
+                structs.decode_conntrack_entry(raw[key_end : key_end + 8]),
+            )
 
     # --- egress ports ---------------------------------------------------------------------
 

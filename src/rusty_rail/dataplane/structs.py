@@ -68,6 +68,15 @@ class CVipKey(ctypes.Structure):
     ]
 
 
+class CVip6Key(ctypes.Structure):
+    _fields_ = [
+        ("addr_be", _bytes_be(16)),
+        ("port_be", _bytes_be(2)),
+        ("proto", U8),
+        ("pad", U8),
+    ]
+
+
 class CVipValue(ctypes.Structure):
     _fields_ = [("vip_index", U32)]
 
@@ -115,6 +124,30 @@ class CFlowSet(ctypes.Structure):
     _fields_ = [("way", CFlowEntry * CONNTRACK_WAYS)]
 
 
+class CFlow6Key(ctypes.Structure):
+    _fields_ = [
+        ("src_be", _bytes_be(16)),
+        ("dst_be", _bytes_be(16)),
+        ("sport_be", _bytes_be(2)),
+        ("dport_be", _bytes_be(2)),
+        ("proto", U8),
+        ("pad", U8 * 3),
+    ]
+
+
+class CFlow6Entry(ctypes.Structure):
+    _fields_ = [
+        ("flow", CFlow6Key),
+        ("target", CConntrackEntry),
+        ("check", U32),
+        ("recent", U32),
+    ]
+
+
+class CFlow6Set(ctypes.Structure):
+    _fields_ = [("way", CFlow6Entry * CONNTRACK_WAYS)]
+
+
 class CCounter(ctypes.Structure):
     _fields_ = [("packets", U64), ("bytes", U64)]
 
@@ -138,12 +171,16 @@ class CIcmpReport(ctypes.Structure):
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "settings": CSettings,
     "vip_key": CVipKey,
+    "vip6_key": CVip6Key,
     "vip_value": CVipValue,
     "backend": CBackend,
     "flow_key": CFlowKey,
     "conntrack_entry": CConntrackEntry,
     "flow_entry": CFlowEntry,
     "flow_set": CFlowSet,
+    "flow6_key": CFlow6Key,
+    "flow6_entry": CFlow6Entry,
+    "flow6_set": CFlow6Set,
     "counter": CCounter,
     "icmp_watch": CIcmpWatch,
     "icmp_report": CIcmpReport,
@@ -200,16 +237,33 @@ def decode_settings(data: bytes) -> Settings:
 
 
 def encode_vip_key(key: VipKey) -> bytes:
+    """The key of ``vips`` (an IPv4 VIP) or ``vips_v6`` (an IPv6 VIP): the map follows from the
+    address's length (``is_vip6_key``)."""
     if not 0 <= key.proto <= 255 or not 0 <= key.port <= 0xFFFF:
         raise ValueError(f"VIP key protocol {key.proto} / port {key.port} out of range")
-    value = CVipKey(proto=key.proto)
-    value.addr_be[:] = _require_ipv4(key.addr, "a VIP address")
+    value: CVipKey | CVip6Key
+    if len(key.addr) == 16:
+        value = CVip6Key(proto=key.proto)
+    else:
+        value = CVipKey(proto=key.proto)
+        _require_ipv4(key.addr, "a VIP address")
+    value.addr_be[:] = key.addr
     value.port_be[:] = struct.pack("!H", key.port)
     return bytes(value)
 
 
+def is_vip6_key(key: VipKey) -> bool:
+    """Whether ``key`` lives in ``vips_v6`` rather than ``vips``."""
+    return len(key.addr) == 16
+
+
 def decode_vip_key(data: bytes) -> VipKey:
-    value = CVipKey.from_buffer_copy(data)
+    """A key of either VIP map (told apart by its size)."""
+    value: CVipKey | CVip6Key
+    if len(data) == ctypes.sizeof(CVip6Key):
+        value = CVip6Key.from_buffer_copy(data)
+    else:
+        value = CVipKey.from_buffer_copy(data)
     return VipKey(bytes(value.addr_be), value.proto, struct.unpack("!H", bytes(value.port_be))[0])
 
 
@@ -257,9 +311,11 @@ def decode_backend(data: bytes) -> BackendEntry | None:
 
 
 def encode_flow_key(flow: Flow) -> bytes:
-    if flow.is_ipv6:
-        raise ValueError(f"IPv6 flows are not balanced yet: {flow}")
-    value = CFlowKey(proto=flow.proto)
+    """The key of an IPv4 flow in ``conntrack`` (16 bytes) or of an IPv6 flow in
+    ``conntrack_v6`` (40 bytes)."""
+    value: CFlowKey | CFlow6Key = (
+        CFlow6Key(proto=flow.proto) if flow.is_ipv6 else CFlowKey(proto=flow.proto)
+    )
     value.src_be[:] = flow.src
     value.dst_be[:] = flow.dst
     value.sport_be[:] = struct.pack("!H", flow.sport)
@@ -268,7 +324,12 @@ def encode_flow_key(flow: Flow) -> bytes:
 
 
 def decode_flow_key(data: bytes) -> Flow:
-    value = CFlowKey.from_buffer_copy(data)
+    """A key of either connection table (told apart by its size)."""
+    value: CFlowKey | CFlow6Key
+    if len(data) == ctypes.sizeof(CFlow6Key):
+        value = CFlow6Key.from_buffer_copy(data)
+    else:
+        value = CFlowKey.from_buffer_copy(data)
     return Flow(
         bytes(value.src_be),
         bytes(value.dst_be),

@@ -1,5 +1,6 @@
-"""Sections 1-4 of docs/packet-path.md: from the Ethernet header, through the outer IPv4
-header and GRE, to the inner flow; or the ``Stat`` of the early exit that ends the packet path.
+"""Sections 1-4b of docs/packet-path.md: from the Ethernet header, through the outer IPv4
+header and GRE, to the inner IPv4 or IPv6 flow; or the ``Stat`` of the early exit that ends the
+packet path.
 
 The reference pipeline (``pipeline.process``) runs this first; plain values, no kernel.
 """
@@ -26,6 +27,13 @@ from rusty_rail.wire.constants import (
     IPV4_FLAG_MF,
     IPV4_HEADER_LEN,
     IPV4_OFFSET_MASK,
+    IPV6_EXT_DEST_OPTIONS,
+    IPV6_EXT_FRAGMENT,
+    IPV6_EXT_HEADER_MIN,
+    IPV6_EXT_HOP_BY_HOP,
+    IPV6_EXT_ROUTING,
+    IPV6_FRAGMENT_MF,
+    IPV6_FRAGMENT_OFFSET_MASK,
     IPV6_HEADER_LEN,
     PROTO_GRE,
     PROTO_TCP,
@@ -38,6 +46,13 @@ MAX_VLAN_TAGS = 2
 IPV4_FRAGMENT_MASK = IPV4_FLAG_MF | IPV4_OFFSET_MASK  # 0x3FFF: a fragment if any bit is set
 GRE_BASE_HEADER_LEN = 4
 GRE_MUST_BE_ZERO = GRE_FLAG_R | GRE_FLAG_STRICT | GRE_RECURSION_MASK  # RFC 2784: discard if set
+#: Section 4b: the extension headers walked, and how many at most (bpf/lib/parse.h,
+#: IPV6_EXT_MAX, must agree).
+IPV6_WALKED_EXTENSIONS = frozenset(
+    {IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTIONS, IPV6_EXT_FRAGMENT}
+)
+IPV6_EXT_MAX = 4
+IPV6_FRAGMENT_MASK = IPV6_FRAGMENT_OFFSET_MASK | IPV6_FRAGMENT_MF  # a fragment if any bit is set
 
 
 class Stop(Exception):
@@ -112,8 +127,8 @@ def _parse_outer_ipv6(frame: bytes, l3: int) -> NoReturn:
     raise Stop(Stat.PASS_UNSUPPORTED)
 
 
-def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
-    """Section 3. Returns the offset of the inner packet."""
+def _parse_gre(frame: bytes, gre: int, gre_end: int) -> tuple[int, int]:
+    """Section 3. Returns (the GRE protocol, the offset of the inner packet)."""
     if gre_end - gre < GRE_BASE_HEADER_LEN:
         raise Stop(Stat.GRE_MALFORMED)
     flags = u16(frame, gre)
@@ -127,9 +142,10 @@ def _parse_gre(frame: bytes, gre: int, gre_end: int) -> int:
             header_len += 4
     if header_len > gre_end - gre:
         raise Stop(Stat.GRE_MALFORMED)
-    if u16(frame, gre + 2) != ETH_P_IPV4:
+    protocol = u16(frame, gre + 2)
+    if protocol not in (ETH_P_IPV4, ETH_P_IPV6):
         raise Stop(Stat.PASS_UNSUPPORTED)
-    return gre + header_len
+    return protocol, gre + header_len
 
 
 def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
@@ -155,14 +171,63 @@ def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, boo
     return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False
 
 
+def _walk_ipv6_extensions(
+    frame: bytes, offset: int, end: int, next_header: int
+) -> tuple[int, int, bool]:
+    """Section 4b's walk from the first header after the fixed one, at ``offset``, to the
+    upper-layer header, within ``end`` (the payload length's end). Returns (its protocol, its
+    offset, whether the packet is a fragment); a fragment ends the walk, its protocol the
+    fragment header's next header."""
+    for _ in range(IPV6_EXT_MAX):
+        if next_header not in IPV6_WALKED_EXTENSIONS:
+            return next_header, offset, False
+        if offset + IPV6_EXT_HEADER_MIN > end:
+            raise Stop(Stat.INNER_MALFORMED)
+        if next_header == IPV6_EXT_FRAGMENT:
+            length = IPV6_EXT_HEADER_MIN  # byte 1 is reserved, not a length
+            if u16(frame, offset + 2) & IPV6_FRAGMENT_MASK:
+                return frame[offset], offset + length, True
+        else:
+            length = (frame[offset + 1] + 1) * 8
+            if offset + length > end:
+                raise Stop(Stat.INNER_MALFORMED)
+        next_header = frame[offset]
+        offset += length
+    if next_header in IPV6_WALKED_EXTENSIONS:
+        raise Stop(Stat.INNER_EXT_TOO_DEEP)
+    return next_header, offset, False
+
+
+def _parse_inner_ipv6(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
+    """Section 4b. Returns (the flow, whether the inner packet is a fragment)."""
+    avail = gre_end - inner
+    if avail < IPV6_HEADER_LEN or frame[inner] >> 4 != 6:
+        raise Stop(Stat.INNER_MALFORMED)
+    end = inner + IPV6_HEADER_LEN + u16(frame, inner + 4)
+    if end > gre_end:
+        raise Stop(Stat.INNER_MALFORMED)
+    src, dst = frame[inner + 8 : inner + 24], frame[inner + 24 : inner + 40]
+    proto, l4, fragment = _walk_ipv6_extensions(
+        frame, inner + IPV6_HEADER_LEN, end, frame[inner + 6]
+    )
+    if fragment or proto not in (PROTO_TCP, PROTO_UDP):
+        return Flow(src, dst, proto), fragment
+    if l4 + 4 > end:
+        raise Stop(Stat.INNER_L4_TRUNCATED)
+    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False
+
+
 def parse(settings: Settings, frame: bytes) -> Parsed:
-    """Sections 1-4: from the Ethernet header to the inner flow, or a Stop."""
+    """Sections 1-4b: from the Ethernet header to the inner flow, or a Stop."""
     ethertype, l3 = parse_ethernet(frame)
     if ethertype == ETH_P_IPV6:
         _parse_outer_ipv6(frame, l3)
     if ethertype != ETH_P_IPV4:
         raise Stop(Stat.PASS_NOT_IP)
     gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
-    inner = _parse_gre(frame, gre, gre_end)
-    flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
+    protocol, inner = _parse_gre(frame, gre, gre_end)
+    if protocol == ETH_P_IPV6:
+        flow, fragment = _parse_inner_ipv6(frame, inner, gre_end)
+    else:
+        flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
     return Parsed(l3, flow, fragment)

@@ -49,7 +49,14 @@ ICMP_HEADER_LEN = 8
 QUOTED_PAYLOAD_MIN = 8  # RFC 792: the quoted header and at least 8 bytes after it (here: GRE)
 
 FORWARD_STATS = frozenset({Stat.CT_HIT, Stat.CT_MISS, Stat.CT_STALE})
-MALFORMED_STATS = frozenset({Stat.GRE_MALFORMED, Stat.INNER_MALFORMED, Stat.INNER_L4_TRUNCATED})
+MALFORMED_STATS = frozenset(
+    {
+        Stat.GRE_MALFORMED,
+        Stat.INNER_MALFORMED,
+        Stat.INNER_L4_TRUNCATED,
+        Stat.INNER_EXT_TOO_DEEP,
+    }
+)
 PASS_STATS = frozenset(
     {
         Stat.PASS_NOT_IP,

@@ -37,6 +37,7 @@ class Stat(IntEnum):
     INNER_L4_TRUNCATED = 12
     DROP_NO_BACKEND = 13
     DROP_NO_NEXTHOP = 14
+    INNER_EXT_TOO_DEEP = 15
 
 
 STAT_COUNT = len(Stat)
@@ -89,7 +90,8 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class VipKey:
-    """A VIP match key: proto and port are 0 for an address-wide VIP."""
+    """A VIP match key: proto and port are 0 for an address-wide VIP. ``addr`` is 4 bytes
+    (an IPv4 VIP) or 16 (an IPv6 VIP, matched by inner IPv6 flows only)."""
 
     addr: bytes
     proto: int = 0

@@ -321,3 +321,33 @@ def udp6(sport: int, dport: int, payload: bytes, *, src: Ipv6Like, dst: Ipv6Like
     pseudo = ipv6_address(src) + ipv6_address(dst) + struct.pack("!IxxxB", length, PROTO_UDP)
     value = internet_checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload)
     return struct.pack("!HHHH", sport, dport, length, value or 0xFFFF) + payload
+
+
+# --- IPv6 extension headers (appended for inner IPv6, docs/packet-path.md section 4b) --------
+
+
+def ipv6_option_header(next_header: int, length_units: int = 0, fill: int = 0) -> bytes:
+    """A hop-by-hop, routing or destination-options header (RFC 8200): next header, the length
+    in 8-byte units after the first 8, then ``fill`` bytes (the balancer never reads them)."""
+    return bytes([next_header, length_units]) + bytes([fill]) * (6 + 8 * length_units)
+
+
+def ipv6_fragment_header(
+    next_header: int, *, offset: int = 0, more: bool = False, ident: int = 0
+) -> bytes:
+    """An IPv6 fragment header: ``offset`` in 8-byte units, ``more`` the M flag."""
+    return struct.pack("!BBHI", next_header, 0, (offset << 3) | int(more), ident)
+
+
+def ipv6_chain(kinds: Sequence[int], upper: int) -> bytes:
+    """Extension headers of ``kinds`` in order (protocol numbers 0, 43, 60 or 44), each naming
+    the next, the last naming ``upper``. A fragment header here is an atomic fragment (offset
+    0, M clear), which ends no walk."""
+    headers = b""
+    for index, kind in enumerate(kinds):
+        following = kinds[index + 1] if index + 1 < len(kinds) else upper
+        if kind == 44:
+            headers += ipv6_fragment_header(following)
+        else:
+            headers += ipv6_option_header(following)
+    return headers

@@ -54,3 +54,13 @@ ICMP_ECHO_REQUEST = 8
 ICMP_CODE_FRAGMENTATION_NEEDED = 4
 ICMPV6_DEST_UNREACHABLE = 1
 ICMPV6_PACKET_TOO_BIG = 2
+
+#: IPv6 extension headers the balancer walks (RFC 8200, section 4), and the fragment header's
+#: offset and more-fragments bits (the 16-bit word at its byte 2; 0x0006 is reserved).
+IPV6_EXT_HOP_BY_HOP = 0
+IPV6_EXT_ROUTING = 43
+IPV6_EXT_FRAGMENT = 44
+IPV6_EXT_DEST_OPTIONS = 60
+IPV6_FRAGMENT_OFFSET_MASK = 0xFFF8
+IPV6_FRAGMENT_MF = 0x0001
+IPV6_EXT_HEADER_MIN = 8  # every walked header is a multiple of 8 bytes, at least 8

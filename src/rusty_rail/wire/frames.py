@@ -1,13 +1,14 @@
-"""The balancer's input frames in one call: Ethernet / outer IPv4 / GRE / inner IPv4 / L4 of a
-flow, with the example addresses of the docs, tests, self-check and benchmarks."""
+"""The balancer's input frames in one call: Ethernet / outer IPv4 / GRE / inner IPv4 (or IPv6)
+/ L4 of a flow, with the example addresses of the docs, tests, self-check and benchmarks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rusty_rail.model.flowhash import Flow
-from rusty_rail.wire.build import ethernet, gre, ipv4, l4_for
-from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE
+from rusty_rail.wire.build import ethernet, gre, ipv4, ipv6, ipv6_chain, l4_for, tcp, udp
+from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.fields import Ipv4Like, MacLike, VlanTag
 
 #: Addresses of the examples and tests (RFC 2544 benchmarking range, never routed).
@@ -101,3 +102,28 @@ def gre_frame(
 ) -> bytes:
     """A whole balancer input frame in one call: Ethernet / IPv4 / GRE / IPv4 / L4 of ``flow``."""
     return encapsulate(inner_ipv4(flow, payload, options=inner_options), outer)
+
+
+def inner_ipv6(
+    flow: Flow,
+    payload: bytes = b"",
+    *,
+    extensions: Sequence[int] = (),
+    hop_limit: int = 64,
+) -> bytes:
+    """The inner IPv6 packet of ``flow``: the fixed header, extension headers of the kinds
+    ``extensions`` names (``ipv6_chain``), and the transport header (TCP or UDP with its ports,
+    checksum 0: the balancer reads the ports only; the bare payload for anything else)."""
+    if flow.proto == PROTO_TCP:
+        upper = tcp(flow.sport, flow.dport, payload)
+    elif flow.proto == PROTO_UDP:
+        upper = udp(flow.sport, flow.dport, payload)
+    else:
+        upper = payload
+    first = extensions[0] if extensions else flow.proto
+    packet = ipv6_chain(extensions, flow.proto) + upper
+    return ipv6(flow.src, flow.dst, first, packet, hop_limit=hop_limit)
+
+
+#: An outer header around inner IPv6: GRE protocol 0x86DD.
+OUTER_INNER_IPV6 = Outer(gre_protocol=ETH_P_IPV6)

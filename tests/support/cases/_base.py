@@ -27,7 +27,7 @@ from rusty_rail.model.state import (
 )
 from rusty_rail.wire.build import ethernet, gre, ipv4
 from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from rusty_rail.wire.fields import VlanTag, ipv4_address, mac
+from rusty_rail.wire.fields import VlanTag, ipv4_address, ipv6_address, mac
 from rusty_rail.wire.frames import (
     LB_IPV4,
     LB_MAC,
@@ -60,6 +60,16 @@ WEB_ICMP_FLOW = Flow.of(CLIENT, VIP_WEB, PROTO_ICMP)
 DNS_FLOW = Flow.of(CLIENT, VIP_DNS, PROTO_UDP, 5353, 53)
 DNS_TCP_FLOW = Flow.of(CLIENT, VIP_DNS, PROTO_TCP, 5353, 53)
 NO_VIP_FLOW = Flow.of(CLIENT, NOT_A_VIP, PROTO_TCP, 40000, 80)
+
+# Inner IPv6 (section 4b): the web service's IPv6 VIPs, with the same VIP indices and so the
+# same IPv4 backends as its IPv4 ones.
+CLIENT6 = "2001:db8:100::1"
+VIP6_WEB = "2001:db8:19::10"  # TCP/80 port VIP (index 0) and an address VIP (index 1)
+NOT_A_VIP6 = "2001:db8:19::99"
+WEB6_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_TCP, 40000, 80)
+WEB6_OTHER_PORT_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_TCP, 40000, 443)
+WEB6_UDP_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_UDP, 40000, 80)
+NO_VIP6_FLOW = Flow.of(CLIENT6, NOT_A_VIP6, PROTO_TCP, 40000, 80)
 
 
 def _next_hop(ifindex: int, backend_mac: str) -> NextHop:
@@ -106,6 +116,8 @@ def standard_state(
             VipKey(ipv4_address(VIP_WEB), PROTO_TCP, 80): WEB_PORT_VIP,
             VipKey(ipv4_address(VIP_WEB)): WEB_ADDRESS_VIP,
             VipKey(ipv4_address(VIP_DNS), PROTO_UDP, 53): DNS_PORT_VIP,
+            VipKey(ipv6_address(VIP6_WEB), PROTO_TCP, 80): WEB_PORT_VIP,
+            VipKey(ipv6_address(VIP6_WEB)): WEB_ADDRESS_VIP,
         },
         tables={
             WEB_PORT_VIP: [0, 1, 2, 0, 1, 2, 0],

@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rusty_rail.model.state import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
-from rusty_rail.wire.frames import encapsulate, inner_ipv4
+from rusty_rail.wire.frames import OUTER_INNER_IPV6, encapsulate, inner_ipv4, inner_ipv6
 from tests.support.cases._base import (
     _STANDARD,
     _WEB_PICK,
     DNS_PORT_VIP,
+    NO_VIP6_FLOW,
     NO_VIP_FLOW,
     TABLE_SIZE,
+    WEB6_FLOW,
     WEB_ADDRESS_VIP,
     WEB_FLOW,
     WEB_FRAME,
     WEB_PORT_VIP,
     Section,
+    table_pick,
     variant,
     with_state,
 )
@@ -129,6 +132,56 @@ kept(
     ),
     flow=WEB_FLOW,
     conntrack_after=CtEntry(_WEB_OTHER, 1),
+)
+
+# The IPv6 flows' table (conntrack_v6): the same rules, its own entries.
+_WEB6_PICK = table_pick(_STANDARD, WEB_PORT_VIP, WEB6_FLOW)
+_WEB6_OTHER = next(index for index in (0, 1, 2) if index != _WEB6_PICK)
+forwarded(
+    "ct6-hit",
+    "inner IPv6: a valid entry of the IPv6 table wins over the table",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=OUTER_INNER_IPV6,
+    inner=inner_ipv6(WEB6_FLOW),
+    state=variant(conntrack={WEB6_FLOW: CtEntry(_WEB6_OTHER, 1)}),
+    stat=Stat.CT_HIT,
+    backend_index=_WEB6_OTHER,
+)
+forwarded(
+    "ct6-stale-generation",
+    "inner IPv6: an entry whose slot changed generation is decided again",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=OUTER_INNER_IPV6,
+    inner=inner_ipv6(WEB6_FLOW),
+    state=variant(
+        conntrack={WEB6_FLOW: CtEntry(_WEB6_OTHER, 2)},
+        tables={WEB_PORT_VIP: [_WEB6_PICK] * TABLE_SIZE},
+    ),
+    stat=Stat.CT_STALE,
+    backend_index=_WEB6_PICK,
+)
+forwarded(
+    "ct6-hit-vip-gone",
+    "inner IPv6: a valid entry wins even when the flow has no VIP",
+    NO_VIP6_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=OUTER_INNER_IPV6,
+    inner=inner_ipv6(NO_VIP6_FLOW),
+    state=variant(conntrack={NO_VIP6_FLOW: CtEntry(3, 1)}),
+    stat=Stat.CT_HIT,
+    backend_index=3,
+)
+kept(
+    "ct6-stale-no-vip",
+    "inner IPv6: a stale entry and no VIP: NO_VIP, the entry is left",
+    encapsulate(inner_ipv6(NO_VIP6_FLOW), OUTER_INNER_IPV6),
+    Stat.NO_VIP,
+    Verdict.PASS,
+    state=variant(conntrack={NO_VIP6_FLOW: CtEntry(3, 9)}),
+    flow=NO_VIP6_FLOW,
+    conntrack_after=CtEntry(3, 9),
 )
 
 CASES = SECTION.cases

@@ -13,8 +13,16 @@ from rusty_rail.wire.constants import (
     GRE_FLAG_STRICT,
     GRE_RESERVED0_MASK,
 )
-from rusty_rail.wire.frames import Outer, encapsulate, inner_ipv4
-from tests.support.cases._base import GRE_WEB, WEB_FLOW, WEB_PORT_VIP, Section, _frame, _outer_ipv4
+from rusty_rail.wire.frames import OUTER_INNER_IPV6, Outer, encapsulate, inner_ipv4, inner_ipv6
+from tests.support.cases._base import (
+    GRE_WEB,
+    WEB6_FLOW,
+    WEB_FLOW,
+    WEB_PORT_VIP,
+    Section,
+    _frame,
+    _outer_ipv4,
+)
 
 SECTION = Section()
 kept, forwarded = SECTION.kept, SECTION.forwarded
@@ -108,7 +116,15 @@ kept(
     Stat.GRE_MALFORMED,
     Verdict.DROP,
 )
-for _proto_name, _proto in (("ipv6", ETH_P_IPV6), ("teb", ETH_P_TEB), ("zero", 0)):
+forwarded(
+    "gre-protocol-ipv6",
+    "GRE protocol 0x86dd: inner IPv6, balanced (section 4b)",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=OUTER_INNER_IPV6,
+    inner=inner_ipv6(WEB6_FLOW),
+)
+for _proto_name, _proto in (("teb", ETH_P_TEB), ("zero", 0), ("arp", 0x0806)):
     kept(
         f"gre-protocol-{_proto_name}",
         f"GRE protocol 0x{_proto:04x} is not balanced",

@@ -1,18 +1,45 @@
-"""Section 4 of docs/packet-path.md, the inner IPv4 packet: its header, its protocol and ports,
-and fragments."""
+"""Sections 4 and 4b of docs/packet-path.md, the inner IPv4 and IPv6 packets: their headers
+(IPv6's extension headers), their protocol and ports, and fragments."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import Stat, Verdict
-from rusty_rail.wire.build import ipv4, ipv4_fragments, ipv6, tcp, udp
-from rusty_rail.wire.constants import PROTO_GRE, PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from rusty_rail.wire.frames import Outer, encapsulate, inner_ipv4
+from rusty_rail.wire.build import (
+    ipv4,
+    ipv4_fragments,
+    ipv6,
+    ipv6_chain,
+    ipv6_fragment_header,
+    ipv6_option_header,
+    tcp,
+    udp,
+)
+from rusty_rail.wire.constants import (
+    IPV6_EXT_DEST_OPTIONS,
+    IPV6_EXT_FRAGMENT,
+    IPV6_EXT_HOP_BY_HOP,
+    IPV6_EXT_ROUTING,
+    PROTO_GRE,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+)
+from rusty_rail.wire.frames import OUTER_INNER_IPV6, Outer, encapsulate, inner_ipv4, inner_ipv6
 from tests.support.cases._base import (
     CLIENT,
+    CLIENT6,
+    NO_VIP6_FLOW,
     NOT_A_VIP,
+    VIP6_WEB,
     VIP_DNS,
     VIP_WEB,
+    WEB6_FLOW,
+    WEB6_OTHER_PORT_FLOW,
+    WEB6_UDP_FLOW,
     WEB_ADDRESS_VIP,
     WEB_FLOW,
     WEB_ICMP_FLOW,
@@ -178,6 +205,258 @@ kept(
     encapsulate(ipv4_fragments(ipv4(CLIENT, VIP_DNS, PROTO_UDP, udp(5353, 53, bytes(64))), 32)[0]),
     Stat.NO_VIP,
     Verdict.PASS,
+)
+
+# 4b. Inner IPv6 (in outer IPv4 GRE, protocol 0x86DD)
+
+HBH, ROUTING, DEST, FRAG = (
+    IPV6_EXT_HOP_BY_HOP,
+    IPV6_EXT_ROUTING,
+    IPV6_EXT_DEST_OPTIONS,
+    IPV6_EXT_FRAGMENT,
+)
+V6 = OUTER_INNER_IPV6
+
+
+def _encap6(inner: bytes, outer: Outer = V6) -> bytes:
+    return encapsulate(inner, outer)
+
+
+_INNER6_WEB = inner_ipv6(WEB6_FLOW)
+_malformed_both_ways(
+    "inner6-39-bytes",
+    "39 bytes after a GRE header of protocol 0x86dd",
+    _encap6(_INNER6_WEB[:39]),
+    Stat.INNER_MALFORMED,
+)
+_malformed_both_ways(
+    "inner6-0-bytes", "nothing after the GRE header (0x86dd)", _encap6(b""), Stat.INNER_MALFORMED
+)
+_malformed_both_ways(
+    "inner6-version-4",
+    "an IPv4 packet labelled 0x86dd",
+    _encap6(inner_ipv4(WEB_FLOW) + bytes(20)),
+    Stat.INNER_MALFORMED,
+)
+_malformed_both_ways(
+    "inner6-payload-length-beyond-gre-end",
+    "payload length one more than the GRE packet holds",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, PROTO_TCP, tcp(40000, 80), payload_length=21)),
+    Stat.INNER_MALFORMED,
+)
+kept(
+    "inner6-checked-against-gre-end",
+    "the payload length runs into Ethernet padding: bounds are the GRE end, not the frame end",
+    _encap6(
+        ipv6(CLIENT6, VIP6_WEB, PROTO_TCP, tcp(40000, 80), payload_length=40),
+        replace(V6, pad_to=200),
+    ),
+    Stat.INNER_MALFORMED,
+    Verdict.DROP,
+)
+kept(
+    "inner6-payload-length-0-tcp",
+    "payload length 0 (no jumbograms in GRE over IPv4): TCP's ports lie beyond it",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, PROTO_TCP, tcp(40000, 80), payload_length=0)),
+    Stat.INNER_L4_TRUNCATED,
+    Verdict.DROP,
+)
+kept(
+    "inner6-payload-length-0-hop-by-hop",
+    "payload length 0 with a hop-by-hop header (a jumbogram's shape): the header lies beyond it",
+    _encap6(
+        ipv6(CLIENT6, VIP6_WEB, HBH, ipv6_option_header(PROTO_TCP) + tcp(1, 80), payload_length=0)
+    ),
+    Stat.INNER_MALFORMED,
+    Verdict.DROP,
+)
+forwarded(
+    "inner6-tcp",
+    "inner IPv6 TCP/80: the IPv6 port VIP, an IPv4 backend, the inner packet untouched",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=V6,
+    inner=_INNER6_WEB,
+)
+forwarded(
+    "inner6-address-vip",
+    "inner IPv6 TCP/443: the IPv6 address VIP",
+    WEB6_OTHER_PORT_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=inner_ipv6(WEB6_OTHER_PORT_FLOW),
+)
+forwarded(
+    "inner6-udp-to-tcp-port",
+    "inner IPv6 UDP to the TCP port VIP's port: the address VIP",
+    WEB6_UDP_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=inner_ipv6(WEB6_UDP_FLOW),
+)
+forwarded(
+    "inner6-padding",
+    "bytes after the payload length inside the GRE packet are carried through",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=V6,
+    inner=_INNER6_WEB + b"\xff" * 6,
+)
+forwarded(
+    "inner6-ports-only",
+    "TCP with exactly the 4 port bytes after the fixed header",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=V6,
+    inner=ipv6(CLIENT6, VIP6_WEB, PROTO_TCP, tcp(40000, 80)[:4]),
+)
+_malformed_both_ways(
+    "inner6-tcp-3-bytes",
+    "inner IPv6 TCP with 3 bytes after the headers",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, PROTO_TCP, tcp(40000, 80)[:3])),
+    Stat.INNER_L4_TRUNCATED,
+)
+kept(
+    "inner6-truncation-before-vip",
+    "a truncated UDP header to no VIP is truncated, not NO_VIP",
+    _encap6(ipv6(CLIENT6, NO_VIP6_FLOW.dst, PROTO_UDP, b"\x00")),
+    Stat.INNER_L4_TRUNCATED,
+    Verdict.DROP,
+)
+for _proto in (PROTO_ICMPV6, 51, 59, PROTO_GRE):  # ICMPv6, AH (not walked), no next header
+    _flow = Flow.of(CLIENT6, VIP6_WEB, _proto)
+    forwarded(
+        f"inner6-proto-{_proto}",
+        f"inner IPv6 protocol {_proto} is a 3-tuple flow: the address VIP",
+        _flow,
+        WEB_ADDRESS_VIP,
+        outer=V6,
+        inner=ipv6(CLIENT6, VIP6_WEB, _proto, b"\x12\x34\x56\x78"),
+    )
+
+# Extension headers: walked up to four, each within the payload length.
+for _name, _kinds in (
+    ("hop-by-hop", (HBH,)),
+    ("routing", (ROUTING,)),
+    ("destination-options", (DEST,)),
+    ("atomic-fragment", (FRAG,)),
+    ("four", (HBH, DEST, ROUTING, FRAG)),
+):
+    forwarded(
+        f"inner6-ext-{_name}",
+        f"extension headers {_kinds} are walked to TCP's ports: the port VIP",
+        WEB6_FLOW,
+        WEB_PORT_VIP,
+        outer=V6,
+        inner=inner_ipv6(WEB6_FLOW, extensions=_kinds),
+    )
+forwarded(
+    "inner6-ext-long",
+    "a 24-byte hop-by-hop header (length 2): its length is honoured",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=V6,
+    inner=ipv6(CLIENT6, VIP6_WEB, HBH, ipv6_option_header(PROTO_TCP, 2) + tcp(40000, 80)),
+)
+forwarded(
+    "inner6-ext-fragment-reserved-byte",
+    "an atomic fragment whose reserved length byte is set is still 8 bytes long",
+    WEB6_FLOW,
+    WEB_PORT_VIP,
+    outer=V6,
+    inner=ipv6(CLIENT6, VIP6_WEB, FRAG, bytes([PROTO_TCP, 9]) + bytes(6) + tcp(40000, 80)),
+)
+_malformed_both_ways(
+    "inner6-ext-five",
+    "five extension headers: more than the walk's four",
+    _encap6(inner_ipv6(WEB6_FLOW, extensions=(HBH, DEST, ROUTING, FRAG, DEST))),
+    Stat.INNER_EXT_TOO_DEEP,
+)
+kept(
+    "inner6-ext-fifth-is-a-fragment",
+    "four headers then a fragment header: too deep, even for a fragment",
+    _encap6(
+        ipv6(
+            CLIENT6,
+            VIP6_WEB,
+            HBH,
+            ipv6_chain((HBH, DEST, ROUTING, DEST), FRAG)
+            + ipv6_fragment_header(PROTO_TCP, offset=3),
+        )
+    ),
+    Stat.INNER_EXT_TOO_DEEP,
+    Verdict.DROP,
+)
+_malformed_both_ways(
+    "inner6-ext-cut-short",
+    "a hop-by-hop header with 4 of its 8 bytes inside the payload length",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, HBH, ipv6_option_header(PROTO_TCP)[:4])),
+    Stat.INNER_MALFORMED,
+)
+_malformed_both_ways(
+    "inner6-ext-length-beyond-payload",
+    "a routing header of length 1 (16 bytes) with 12 inside the payload length",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, ROUTING, ipv6_option_header(PROTO_TCP, 1)[:12])),
+    Stat.INNER_MALFORMED,
+)
+kept(
+    "inner6-ext-fragment-cut-short",
+    "a fragment header with 7 bytes",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, FRAG, ipv6_fragment_header(PROTO_TCP, offset=1)[:7])),
+    Stat.INNER_MALFORMED,
+    Verdict.DROP,
+)
+kept(
+    "inner6-ext-then-tcp-3-bytes",
+    "TCP cut to 3 bytes after a destination-options header",
+    _encap6(ipv6(CLIENT6, VIP6_WEB, DEST, ipv6_option_header(PROTO_TCP) + tcp(1, 80)[:3])),
+    Stat.INNER_L4_TRUNCATED,
+    Verdict.DROP,
+)
+
+# Inner IPv6 fragments: 3-tuples whose protocol is the fragment header's next header.
+WEB6_TCP_FRAGMENT_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_TCP)
+forwarded(
+    "inner6-fragment-first",
+    "the first fragment of a TCP segment to port 80 (offset 0, M set): 3-tuple, address VIP",
+    WEB6_TCP_FRAGMENT_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=ipv6(
+        CLIENT6,
+        VIP6_WEB,
+        FRAG,
+        ipv6_fragment_header(PROTO_TCP, more=True, ident=7) + tcp(40000, 80),
+    ),
+)
+forwarded(
+    "inner6-fragment-later",
+    "a later fragment of 0 bytes (offset 3): the same 3-tuple, not L4-truncated",
+    WEB6_TCP_FRAGMENT_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=ipv6(CLIENT6, VIP6_WEB, FRAG, ipv6_fragment_header(PROTO_TCP, offset=3, ident=7)),
+)
+forwarded(
+    "inner6-fragment-after-hop-by-hop",
+    "a last fragment after a hop-by-hop header: the same 3-tuple",
+    WEB6_TCP_FRAGMENT_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=ipv6(
+        CLIENT6,
+        VIP6_WEB,
+        HBH,
+        ipv6_option_header(FRAG) + ipv6_fragment_header(PROTO_TCP, offset=5, ident=7) + bytes(16),
+    ),
+)
+forwarded(
+    "inner6-fragment-of-destination-options",
+    "a fragment whose fragmentable part starts with destination options: protocol 60",
+    Flow.of(CLIENT6, VIP6_WEB, DEST),
+    WEB_ADDRESS_VIP,
+    outer=V6,
+    inner=ipv6(CLIENT6, VIP6_WEB, FRAG, ipv6_fragment_header(DEST, offset=2) + bytes(8)),
 )
 
 CASES = SECTION.cases

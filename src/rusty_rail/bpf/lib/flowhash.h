@@ -45,6 +45,24 @@ static __always_inline __u64 flow_mix_ipv4(__u64 seed, __be32 src, __be32 dst, _
 	return mix_finish(state);
 }
 
+/* mix64 of an IPv6 flow's words: the source's four words, the destination's four, the ports
+ * and the protocol, as flow_mix_ipv4 takes them. */
+static __always_inline __u64 flow_mix_ipv6(__u64 seed, const __be32 *src, const __be32 *dst,
+					   __u32 ports, __u8 proto)
+{
+	__u64 state = seed;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		state = mix_word(state, src[i]);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		state = mix_word(state, dst[i]);
+	state = mix_word(state, ports);
+	state = mix_word(state, proto);
+	return mix_finish(state);
+}
+
 /* The flow hash of docs/flow-hash.md: Maglev slot = flow_hash32 % M. */
 static __always_inline __u32 flow_hash32(__u64 mix)
 {

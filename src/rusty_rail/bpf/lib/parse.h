@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Cursor-style header parsers for every program: Ethernet with VLAN tags, IPv4, IPv6, GRE,
- * UDP. Each checks its header's bounds once, says whether the header is sound, and leaves the
- * program's own rules (which counter, which verdict) to the program. */
+/* Cursor-style header parsers for every program: Ethernet with VLAN tags, IPv4, IPv6 (and its
+ * extension headers), GRE, UDP. Each checks its header's bounds once, says whether the header
+ * is sound, and leaves the program's own rules (which counter, which verdict) to the program. */
 #ifndef RUSTY_RAIL_LIB_PARSE_H
 #define RUSTY_RAIL_LIB_PARSE_H
 
@@ -161,12 +161,7 @@ static __always_inline enum parse_result ipv4_l4_ports(const struct iphdr *ip, v
 }
 
 /* The fixed IPv6 header, present within the frame and the cursor; the cursor stays at it. The
- * caller reads nexthdr, version and payload_len as its rules need.
- *
- * EXTENSION HEADERS go here when a program needs what follows them: a bounded walk (a
- * constant number of rounds, #pragma unroll) over hop-by-hop, routing, fragment and
- * destination options headers, returning the upper-layer protocol and its offset. Nothing
- * walks them yet: the balancer only recognises outer IPv6, and decap passes it on. */
+ * caller reads nexthdr, version and payload_len as its rules need. */
 static __always_inline enum parse_result parse_ipv6(struct cursor *c, struct ipv6hdr **ip6_out)
 {
 	struct ipv6hdr *ip6 = c->pos;
@@ -174,6 +169,91 @@ static __always_inline enum parse_result parse_ipv6(struct cursor *c, struct ipv
 	if (c->left < sizeof(*ip6) || (void *)(ip6 + 1) > c->end)
 		return PARSE_MALFORMED;
 	*ip6_out = ip6;
+	return PARSE_OK;
+}
+
+/* Moves the cursor past a header parse_ipv6 accepted; `left` becomes the payload length.
+ * PARSE_MALFORMED when the payload length says more than the cursor allows. A payload length
+ * of 0 is taken as it reads, no payload: a jumbogram (RFC 2675) needs more than 65535 bytes,
+ * which no enclosing IPv4 packet carries. */
+static __always_inline enum parse_result ipv6_enter_payload(struct cursor *c,
+							    const struct ipv6hdr *ip6)
+{
+	__u32 payload_len = bpf_ntohs(ip6->payload_len);
+
+	if (sizeof(*ip6) + payload_len > c->left)
+		return PARSE_MALFORMED;
+	c->pos += sizeof(*ip6);
+	c->left = payload_len;
+	return PARSE_OK;
+}
+
+/* The extension headers walked (RFC 8200 section 4): hop-by-hop, destination options,
+ * routing and fragment, at most IPV6_EXT_MAX of them: the order RFC 8200 recommends puts
+ * all four before the upper layer, and each round is verifier work on every path.
+ * model/parse.py IPV6_EXT_MAX must agree. */
+#define IPV6_EXT_MAX 4
+
+/* The first 8 bytes every walked header has: next header, then its length in 8-byte units
+ * beyond the first (the fragment header's byte 1 is reserved: it is always 8 bytes), then
+ * for a fragment header the offset and more-fragments bits. uapi's struct frag_hdr is
+ * kernel-internal (net/ipv6.h). */
+struct ipv6_ext_header {
+	__u8 nexthdr;
+	__u8 hdrlen;
+	__be16 frag_off;
+	__be32 rest;
+};
+
+/* The offset (0xFFF8) and more-fragments (0x0001) bits of a fragment header, network order. */
+#define IPV6_FRAGMENT_BE bpf_htons(0xFFF9)
+
+static __always_inline int ipv6_is_walked_ext(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+}
+
+/* From the cursor (after ipv6_enter_payload) through the extension headers to the upper
+ * layer. *proto comes in as the fixed header's next header and goes out as the upper-layer
+ * protocol; *fragment says a fragment header with an offset or more-fragments ended the walk
+ * (then *proto is that header's next header, the same in every fragment of a datagram). On
+ * PARSE_OK the cursor is at the upper-layer header. PARSE_MALFORMED: a header cut short by
+ * `left`; PARSE_UNSUPPORTED: more than IPV6_EXT_MAX headers. */
+static __always_inline enum parse_result ipv6_walk_extensions(struct cursor *c, __u8 *proto,
+							      int *fragment)
+{
+	__u8 nexthdr = *proto;
+	__u32 len;
+
+	*fragment = 0;
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		struct ipv6_ext_header *ext = c->pos;
+
+		if (!ipv6_is_walked_ext(nexthdr))
+			break;
+		if (c->left < sizeof(*ext) || (void *)(ext + 1) > c->end)
+			return PARSE_MALFORMED;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			len = sizeof(*ext);
+			if (ext->frag_off & IPV6_FRAGMENT_BE) {
+				*fragment = 1;
+				*proto = ext->nexthdr;
+				cursor_advance(c, len);
+				return PARSE_OK;
+			}
+		} else {
+			len = (ext->hdrlen + 1) * 8;
+			if (len > c->left)
+				return PARSE_MALFORMED;
+		}
+		nexthdr = ext->nexthdr;
+		cursor_advance(c, len);
+	}
+	if (ipv6_is_walked_ext(nexthdr))
+		return PARSE_UNSUPPORTED;
+	*proto = nexthdr;
 	return PARSE_OK;
 }
 
@@ -231,7 +311,8 @@ static __always_inline enum parse_result parse_udp(struct cursor *c, struct udph
 /* An IPv6 packet whose fixed header agrees with the cursor: version 6, the 40-byte header and
  * the payload length it declares within c->left and within the frame. For a program that
  * takes the packet apart (decap, for the outer and the inner packet); parse_ipv6 only looks
- * at the header. The cursor stays at the header (ipv6_enter_payload moves it on). */
+ * at the header. The cursor stays at the header (ipv6_enter_payload moves it on; after this
+ * check it cannot refuse). */
 static __always_inline enum parse_result parse_ipv6_packet(struct cursor *c,
 							   struct ipv6hdr **ip6_out)
 {
@@ -248,18 +329,11 @@ static __always_inline enum parse_result parse_ipv6_packet(struct cursor *c,
 	return PARSE_OK;
 }
 
-/* Moves the cursor past the fixed header parse_ipv6_packet accepted; `left` becomes the
- * payload length it declares (link padding after it is not payload). */
-static __always_inline void ipv6_enter_payload(struct cursor *c, const struct ipv6hdr *ip6)
-{
-	c->pos += sizeof(*ip6);
-	c->left = bpf_ntohs(ip6->payload_len);
-}
-
-/* Whether an IPv6 next-header value names an extension header (RFC 8200 section 4 and the
- * IANA list: hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6,
- * and the two experimental values) rather than an upper-layer protocol. ESP is not counted:
- * nothing after it can be read. */
+/* Whether an IPv6 next-header value names an extension header of any kind (RFC 8200
+ * section 4 and the IANA list: hop-by-hop, routing, fragment, destination options, AH,
+ * mobility, HIP, shim6, and the two experimental values) rather than an upper-layer protocol;
+ * ipv6_is_walked_ext names the four the walk takes. ESP is not counted: nothing after it can
+ * be read. */
 static __always_inline int ipv6_nexthdr_is_extension(__u8 nexthdr)
 {
 	switch (nexthdr) {

@@ -1,0 +1,24 @@
+"""`rusty-rail bench dataplane` measures what it says: every case on its path (the bench checks
+each call's verdict), the inner IPv6 cases beside their IPv4 twins."""
+
+from __future__ import annotations
+
+import pytest
+
+from rusty_rail.bench.dataplane import V6_TWINS, render_dataplane_bench, run_dataplane_bench
+
+pytestmark = pytest.mark.bpf
+
+
+def test_the_inner_ipv6_cases_are_measured_beside_their_ipv4_twins(require_root: None) -> None:
+    result = run_dataplane_bench(calls=40, rounds=2)
+    cases = result["cases"]
+    assert list(cases) == ["established", "new_flow", "pass", *V6_TWINS]
+    assert cases["established_v6"]["verdict"] == "XDP_TX"
+    assert cases["pass_v6"]["verdict"] == "XDP_PASS"
+    for name, twin in V6_TWINS.items():
+        assert cases[name]["ratio_to_ipv4"] == pytest.approx(cases[name]["ns"] / cases[twin]["ns"])
+        assert "within_budget" not in cases[name]
+    text = render_dataplane_bench(result)
+    assert "x established" in text and "x new_flow" in text and "x pass" in text
+    assert result["memory"]["conntrack_v6_bytes_per_flow"] >= 56
