@@ -1,8 +1,8 @@
 """IPv6 through the REST API and `ctl`, against a real daemon on a real loaded balancer: VIP keys
 in paths in every spelling, answered by their canonical text; IPv6 configuration mistakes
-refused naming the field; IPv6 flows looked up and listed. The data plane balances no IPv6
-VIP yet: a write that reaches the plan with one is refused (422) and its message is not
-asserted here, only that nothing changed.
+refused naming the field; IPv6 flows looked up and listed. The data plane balances IPv6 VIPs
+of IPv4 backends; a write with an IPv6 backend reaches the plan and is refused (422), and its
+message is not asserted here, only that nothing changed.
 """
 
 from __future__ import annotations
@@ -121,16 +121,21 @@ def test_ipv6_mistakes_in_bodies_are_422_naming_the_field_and_change_nothing(nod
     assert node.call("GET", "/v1/config").body == before
 
 
-def test_a_write_of_an_ipv6_vip_reaches_the_plan_and_changes_nothing_today(node: Node) -> None:
-    # The balancer slice of issue 10 makes these succeed; until then the plan refuses them.
+def test_an_ipv6_vip_of_ipv4_backends_is_written_and_ipv6_backends_are_refused(
+    node: Node,
+) -> None:
     before = node.call("GET", "/v1/config").body
     for method, path, body in (
         ("PUT", "/v1/vips/[2001:2::10]:80/tcp", {"backends": ["2001:2::21"]}),
-        ("PUT", "/v1/vips/2001:2::10", {"backends": ["198.18.64.1"]}),
         ("PUT", f"{VIP_PATH}/backends/2001:2::21", {}),
     ):
         assert node.call(method, path, body).status == 422, path
     assert node.call("GET", "/v1/config").body == before
+    created = node.call("PUT", "/v1/vips/2001:0002::10", {"backends": ["198.18.64.1"]})
+    assert created.status == 201, created.body
+    view = node.call("GET", "/v1/vips/2001:2::10")
+    assert view.status == 200 and view.body["vip"] == "2001:2::10", view.body
+    assert [b["address"] for b in view.body["backends"]] == ["198.18.64.1"]
 
 
 def lookup(node: Node, flow: str) -> Any:
@@ -204,5 +209,5 @@ def test_ctl_sends_ipv6_vips_and_flows_the_daemon_reads(node: Node) -> None:
     assert status == EXIT_REFUSED and "link-local" in err
     before = node.call("GET", "/v1/config").body
     status, _, _ = ctl(node, "vip", "add", VIP6, "--backend", "2001:2::21")
-    assert status == EXIT_REFUSED  # by the plan, until the data plane balances IPv6
+    assert status == EXIT_REFUSED  # by the plan: IPv6 backends are not balanced yet
     assert node.call("GET", "/v1/config").body == before

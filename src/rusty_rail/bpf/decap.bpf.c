@@ -2,7 +2,8 @@
 /* Server-side GRE decapsulation in XDP, for hosts without (or instead of) kernel GRE tunnels:
  * GRE from an allowed LB prefix to a local address loses its outer IPv4 or IPv6 + GRE headers
  * and goes on to the kernel stack as the inner IPv4 or IPv6 packet, on the same interface.
- * Everything else passes untouched. docs/decap.md is the operator's page; rusty_rail/decap/agent.py loads this. */
+ * Everything else passes untouched. docs/decap.md is the operator's page;
+ * rusty_rail/decap/agent.py loads this. */
 #include "lib/csum.h"
 #include "lib/lpm.h"
 #include "lib/parse.h"
