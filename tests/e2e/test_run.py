@@ -25,8 +25,11 @@ from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.libbpf import (
     BpfObject,
     Link,
+    Map,
+    MapType,
     attach_xdp,
     bpf_object_path,
+    create_map,
     query_xdp,
 )
 from rusty_rail.dataplane.netlink import in_netns
@@ -238,6 +241,47 @@ def test_run_forwards_and_a_restarted_daemon_adopts_then_detaches_the_balancer(
         assert query_xdp(bed.lb.ifindex("eth0")) is None
     assert not (bed.pin_root / "eth0").exists()
     assert send_and_capture(bed, sent[:10], wait=0.3) == {}
+
+
+def test_a_balancer_pinned_by_the_version_before_ipv6_is_adopted_with_its_flows(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue 10 added two maps (vips_v6, conntrack_v6) and a counter: a restart onto the new
+    version adopts the earlier pin set, keeps its connection table and counters, pins the new
+    maps beside them, and says which reason goes uncounted."""
+    daemon = Daemon(bed, BACKENDS, tmp_path / "run1.log")
+    daemon.wait_for("attached in native mode")
+    sent = flows(200)
+    check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+    assert daemon.stop() == 0
+    pins = bed.pin_root / "eth0"
+    # The earlier version's pin set: no IPv6 maps, one counter fewer.
+    for name in ("vips_v6", "conntrack_v6"):
+        (pins / name).unlink()
+    with Map.from_pinned(pins / "stats") as stats:
+        key_size, value_size, entries = stats.key_size, stats.value_size, stats.max_entries
+    (pins / "stats").unlink()
+    with create_map(MapType.PERCPU_ARRAY, key_size, value_size, entries - 1, name="stats") as older:
+        older.pin(pins / "stats")
+    with Map.from_pinned(pins / "conntrack") as conntrack:
+        conntrack_id = conntrack.id
+    try:
+        again = Daemon(bed, BACKENDS, tmp_path / "run2.log")
+        log = again.wait_for("swapped the new program into the pinned native XDP link")
+        assert "adopted the pinned state; 0 map updates" in log
+        assert "INNER_EXT_TOO_DEEP is not counted" in log
+        assert (pins / "vips_v6").exists() and (pins / "conntrack_v6").exists()
+        with Map.from_pinned(pins / "conntrack") as conntrack:
+            assert conntrack.id == conntrack_id  # the same table, its flows with it
+        with Map.from_pinned(pins / "stats") as stats:
+            assert stats.max_entries == entries - 1
+        check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
+        assert again.stop() == 0
+    finally:
+        detach = subprocess.run(
+            bed.rusty_rail("detach", "--device", "eth0"), capture_output=True, text=True
+        )
+        assert detach.returncode == 0, detach.stderr
 
 
 def test_bad_environment_exits_2_and_attaches_nothing(bed: Bed) -> None:

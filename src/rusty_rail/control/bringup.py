@@ -40,7 +40,7 @@ from rusty_rail.dataplane.loader import (
 )
 from rusty_rail.dataplane.maps import conntrack_sets_for
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
-from rusty_rail.model.state import DataplaneState
+from rusty_rail.model.state import DataplaneState, Stat
 
 log = logging.getLogger("rusty_rail.daemon")
 
@@ -171,6 +171,14 @@ def load_write_attach(
             f"holds {pinned_sets * CONNTRACK_WAYS} flows (it keeps the size it was made "
             f"with); `rusty-rail detach --device {device}` and start again to resize it "
             "(tracked flows are then lost)"
+        )
+        log.warning("%s", warnings[-1])
+    uncounted = [stat.name for stat in Stat if stat >= balancer.maps.stats.max_entries]
+    if uncounted:
+        warnings.append(
+            f"the adopted counters were made by an earlier version: {', '.join(uncounted)} "
+            f"{'is' if len(uncounted) == 1 else 'are'} not counted; `rusty-rail detach "
+            f"--device {device}` and start again to count them (tracked flows are then lost)"
         )
         log.warning("%s", warnings[-1])
     log.info(

@@ -37,9 +37,15 @@ from rusty_rail.dataplane.pinned import (
     PinnedXdpSpec,
     detach_pinned,
 )
+from rusty_rail.model.state import Stat
 
 PROGRAM_NAME = "xdp_balancer"
-BALANCER = PinnedXdpSpec("balancer", PROGRAM_NAME, {name: name for name in MAP_NAMES})
+#: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
+#: adopted without them, and they are pinned beside its maps when the new program goes in.
+ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6"})
+BALANCER = PinnedXdpSpec(
+    "balancer", PROGRAM_NAME, {name: name for name in MAP_NAMES}, added_maps=ADDED_MAPS
+)
 
 
 class LoaderError(RuntimeError):
@@ -131,6 +137,10 @@ def _load_locked(
             # The connection table keeps the size it was made with: resizing would drop it.
             for name in CONNTRACK_MAPS:
                 obj.set_max_entries(name, pinned_size)
+            # An earlier version's counters have fewer reasons: kept (they hold its counts);
+            # the reasons past their end are not counted until the maps are made anew.
+            with Map.from_pinned(directory / "stats") as stats:
+                obj.set_max_entries("stats", min(stats.max_entries, len(Stat)))
         else:
             prepare_object(obj, conntrack_entries=conntrack_size)
 

@@ -81,15 +81,23 @@ class PinnedXdpSpec:
     object_name: str
     program_name: str
     map_pins: Mapping[str, str]
+    #: Maps a later version added. A pin set that lacks only (some of) these was made by an
+    #: earlier version: it is adopted, and the added maps are pinned beside it at attach.
+    added_maps: frozenset[str] = frozenset()
 
     def adoptable(self, directory: Path) -> bool:
-        """True when every map is pinned in ``directory`` (load reuses them), False when none
-        is; PartialPins in between."""
+        """True when the maps are pinned in ``directory`` (load reuses them; an earlier
+        version's set, without some added_maps, included), False when none is; PartialPins
+        in between."""
         present = [name for name, pin in self.map_pins.items() if (directory / pin).exists()]
-        if present and len(present) != len(self.map_pins):
-            missing = sorted(set(self.map_pins) - set(present))
+        missing = sorted(set(self.map_pins) - set(present))
+        if present and missing and not set(missing) <= self.added_maps:
             raise PartialPins(directory, missing)
         return bool(present)
+
+    def unpinned(self, directory: Path) -> list[str]:
+        """The maps not pinned in ``directory``."""
+        return [name for name, pin in self.map_pins.items() if not (directory / pin).exists()]
 
 
 def open_pinned_link(directory: Path) -> Link | None:
@@ -142,6 +150,8 @@ class PinnedXdpProgram(Closeable):
         #: The maps came from pins (they hold the state of an earlier process).
         self.adopted = adopted
         self._maps_pinned = adopted
+        #: Adopted from an earlier version's pins: the maps it did not have, pinned at attach.
+        self.added_unpinned: list[str] = []
 
     @classmethod
     def load(
@@ -161,16 +171,20 @@ class PinnedXdpProgram(Closeable):
         try:
             if configure is not None:
                 configure(obj)
+            unpinned = spec.unpinned(reused) if reused is not None else []
             if reused is not None:
                 for name, pin in spec.map_pins.items():
-                    obj.reuse_pinned_map(name, reused / pin)
+                    if name not in unpinned:
+                        obj.reuse_pinned_map(name, reused / pin)
             obj.load()
             program = obj.program(spec.program_name)
             maps = {name: obj.map(name) for name in spec.map_pins}
         except BaseException:
             obj.close()
             raise
-        return cls(spec, directory, maps=maps, obj=obj, program=program, adopted=adopt)
+        xdp = cls(spec, directory, maps=maps, obj=obj, program=program, adopted=adopt)
+        xdp.added_unpinned = unpinned
+        return xdp
 
     @classmethod
     def from_pins(cls, spec: PinnedXdpSpec, directory: Path) -> PinnedXdpProgram:
@@ -230,13 +244,18 @@ class PinnedXdpProgram(Closeable):
         pin_dir(self.directory.name, root=self.directory.parent)  # on a bpffs, 0700
         link = self.pinned_link(ifindex, mode)
         if link is not None:
+            added = self._pin_added(self.directory)
             try:
                 link.update_program(self.program)
             except BaseException:
                 link.close()
+                for name in added:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.directory / self.spec.map_pins[name]).unlink()
                 raise
             self.link = link
             return f"swapped the new program into the pinned {mode} XDP link"
+        self._pin_added(self.directory)
         pinning_maps = not self._maps_pinned
         try:
             if pinning_maps:
@@ -263,6 +282,13 @@ class PinnedXdpProgram(Closeable):
             self.link.pin(directory / LINK_PIN)
         self.directory = directory
         self._maps_pinned = True
+
+    def _pin_added(self, directory: Path) -> list[str]:
+        """Pin the maps an earlier version's pin set lacked (adopted ones only); returns them."""
+        added, self.added_unpinned = self.added_unpinned, []
+        for name in added:
+            self.maps[name].pin(directory / self.spec.map_pins[name])
+        return added
 
     def _pin_maps(self, directory: Path) -> None:
         for name, pin in self.spec.map_pins.items():
