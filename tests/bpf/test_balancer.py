@@ -454,7 +454,7 @@ def test_ipv6_flows_are_dumped_listed_and_looked_up_with_their_live_entries(
     balancer: Balancer,
 ) -> None:
     config = config_from_toml_text(
-        '[[vips]]\naddress = "2001:db8:19::10"\nprotocol = "tcp"\nport = 80\n'
+        '[[vips]]\naddress = "2001:2:0:19::10"\nprotocol = "tcp"\nport = 80\n'
         'backends = ["198.18.10.1", "198.18.10.2"]\n'
     )
     hop = NextHop(0, bytes.fromhex("020000000002"), bytes.fromhex("020000001001"))
@@ -462,14 +462,14 @@ def test_ipv6_flows_are_dumped_listed_and_looked_up_with_their_live_entries(
         config, Allocation(), lb_ipv4=IPv4Address("198.18.0.2"), resolve_next_hop=lambda _: hop
     )
     balancer.load_state(plan.state)
-    flow = Flow.of("2001:db8:100::1", "2001:db8:19::10", PROTO_TCP, 40000, 80)
+    flow = Flow.of("2001:2:0:100::1", "2001:2:0:19::10", PROTO_TCP, 40000, 80)
     run = balancer.run(encapsulate(inner_ipv6(flow), OUTER_INNER_IPV6))
     assert Verdict(run.retval) == Verdict.TX
     recorded = balancer.maps.dump_conntrack()
     assert list(recorded) == [flow]
     listed = readmodels.flows(plan, balancer.maps, vip=None, limit=10, scan=100)["flows"]
     assert [(view["flow"], view["conntrack"]) for view in listed] == [
-        ("[2001:db8:100::1]:40000->[2001:db8:19::10]:80/tcp", "valid")
+        ("[2001:2:0:100::1]:40000->[2001:2:0:19::10]:80/tcp", "valid")
     ]
     looked_up = readmodels.lookup(plan, balancer.maps, flow)
     assert (looked_up["conntrack"], looked_up["outcome"]) == ("valid", "ct_hit")

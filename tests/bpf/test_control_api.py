@@ -189,11 +189,11 @@ def test_a_new_vip_is_written_whole_and_removed_whole(node: Node) -> None:
 
 
 def test_an_ipv6_vip_with_ipv4_backends_reaches_the_ipv6_vip_map(node: Node) -> None:
-    path = "/v1/vips/[2001:db8:19::10]:80%2Ftcp"
+    path = "/v1/vips/[2001:2:0:19::10]:80%2Ftcp"
     created = node.call("PUT", path, {"backends": ["198.18.64.7"]})
     assert created.status == HTTPStatus.CREATED, created.body
     (key,) = [k for k in maps_state(node).vips if len(k.addr) == 16]
-    assert (ip_address(key.addr), key.proto, key.port) == (ip_address("2001:db8:19::10"), 6, 80)
+    assert (ip_address(key.addr), key.proto, key.port) == (ip_address("2001:2:0:19::10"), 6, 80)
     assert node.maps.vips_v6.lookup(encode_vip_key(key)) is not None
     assert node.call("DELETE", path).status == 200
     assert all(len(k.addr) == 4 for k in maps_state(node).vips)

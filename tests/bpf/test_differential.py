@@ -224,8 +224,8 @@ def test_hand_written_case_agrees_with_the_reference(balancer: Balancer, case: P
 
 VIP_ADDRESSES = [f"198.19.0.{n}" for n in range(1, 5)]
 NOT_VIPS = ["198.19.0.99", "198.18.0.2", "0.0.0.0"]
-VIP6_ADDRESSES = [f"2001:db8:19::{n}" for n in range(1, 4)]
-NOT_VIPS6 = ["2001:db8:19::99", "::ffff:198.19.0.1", "::"]
+VIP6_ADDRESSES = [f"2001:2:0:19::{n}" for n in range(1, 4)]
+NOT_VIPS6 = ["2001:2:0:19::99", "::ffff:198.19.0.1", "::"]
 EXTENSIONS = (IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING, IPV6_EXT_DEST_OPTIONS, IPV6_EXT_FRAGMENT)
 MACS = [mac(f"02:00:00:00:10:{n:02x}") for n in range(8)]
 TABLE_SIZES = (1, 2, 3, 7, 13, 31, 251)
@@ -417,7 +417,7 @@ class Generator:
     def flow6(self) -> Flow:
         roll = self.rng.random()
         dst = self.choice(VIP6_ADDRESSES) if roll < 0.85 else self.choice(NOT_VIPS6)
-        src = f"2001:db8:100::{self.rng.randrange(1, 1 << 16):x}"
+        src = f"2001:2:0:100::{self.rng.randrange(1, 1 << 16):x}"
         kind = self.rng.random()
         if kind < 0.45:
             return Flow.of(

@@ -144,16 +144,16 @@ def test_ipv6_backends_are_refused_until_the_data_plane_carries_them() -> None:
 
 def test_ipv6_backends_of_an_ipv6_vip_are_refused_with_the_same_message() -> None:
     with pytest.raises(PlanError, match="IPv6 backends"):
-        plan(config("198.18.1.1", "2001:2::1", vip="2001:db8:19::10"))
+        plan(config("198.18.1.1", "2001:2::1", vip="2001:2:0:19::10"))
 
 
 def test_an_ipv6_vip_with_ipv4_backends_is_planned_and_balances_inner_ipv6() -> None:
-    p = plan(config("198.18.1.1", "198.18.1.2", vip="2001:db8:19::10"))
-    key = VipKey(ip_address("2001:db8:19::10").packed, 6, 80)
-    assert p.state.vips == {key: p.allocation.vip_index["[2001:db8:19::10]:80/tcp"]}
+    p = plan(config("198.18.1.1", "198.18.1.2", vip="2001:2:0:19::10"))
+    key = VipKey(ip_address("2001:2:0:19::10").packed, 6, 80)
+    assert p.state.vips == {key: p.allocation.vip_index["[2001:2:0:19::10]:80/tcp"]}
     assert SetVip(key, p.state.vips[key]) in diff(None, p.state)
     assert allocation_from_state(p.state).vip_index == p.allocation.vip_index
-    flow = Flow.of("2001:db8:100::1", "2001:db8:19::10", 6, 40000, 80)
+    flow = Flow.of("2001:2:0:100::1", "2001:2:0:19::10", 6, 40000, 80)
     frame = encapsulate(inner_ipv6(flow), OUTER_INNER_IPV6)
     result = pipeline.process(p.state, frame)
     assert (result.stat, result.verdict) == (Stat.CT_MISS, Verdict.TX)

@@ -63,9 +63,9 @@ NO_VIP_FLOW = Flow.of(CLIENT, NOT_A_VIP, PROTO_TCP, 40000, 80)
 
 # Inner IPv6 (section 4b): the web service's IPv6 VIPs, with the same VIP indices and so the
 # same IPv4 backends as its IPv4 ones.
-CLIENT6 = "2001:db8:100::1"
-VIP6_WEB = "2001:db8:19::10"  # TCP/80 port VIP (index 0) and an address VIP (index 1)
-NOT_A_VIP6 = "2001:db8:19::99"
+CLIENT6 = "2001:2:0:100::1"
+VIP6_WEB = "2001:2:0:19::10"  # TCP/80 port VIP (index 0) and an address VIP (index 1)
+NOT_A_VIP6 = "2001:2:0:19::99"
 WEB6_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_TCP, 40000, 80)
 WEB6_OTHER_PORT_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_TCP, 40000, 443)
 WEB6_UDP_FLOW = Flow.of(CLIENT6, VIP6_WEB, PROTO_UDP, 40000, 80)
