@@ -6,6 +6,7 @@ agree whatever the order of their changes; the desired state across a restart.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import resource
 import socket
@@ -25,6 +26,7 @@ import pytest
 from rusty_rail.api import readmodels
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
+from rusty_rail.control.apply import apply_operations
 from rusty_rail.control.daemon import start_daemon
 from rusty_rail.control.errors import StartupError
 from rusty_rail.control.nexthops import NextHops
@@ -803,6 +805,45 @@ def test_a_change_that_fits_only_in_the_slots_it_frees_is_applied_removals_first
         live = node.daemon.plan
         assert live is not None
         live.allocation.max_backends = MAX_BACKENDS
+
+
+def test_a_two_step_change_that_cannot_be_saved_is_undone_in_two_steps(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: a change applied removals first (it fits only in the slots it frees) and
+    then not saved is put back the same way round: its new backends leave their slots before
+    the old ones come back, so no slot changes owner within one round of map writes."""
+    from rusty_rail.control import controller
+
+    plan = node.daemon.plan
+    assert plan is not None
+    used = set(plan.allocation.slots.values())
+    plan.allocation.max_backends = max(used) + 1  # only the gaps below the highest are free
+    new = [f"198.18.64.{51 + i}" for i in range(max(used) + 1 - len(used) + 1)]
+    before_maps = maps_state(node)
+    owners = [{slot: entry.addr for slot, entry in before_maps.backends.items()}]
+
+    def apply_and_look(maps: Any, operations: Any) -> int:
+        applied = apply_operations(maps, operations)
+        owners.append({slot: entry.addr for slot, entry in maps_state(node).backends.items()})
+        return applied
+
+    monkeypatch.setattr(controller, "apply_operations", apply_and_look)
+    saved_to = node.daemon.options.state_file
+    node.daemon.options.state_file = Path("/proc/version/cannot-be-a-directory/state.json")
+    try:
+        answer = node.call("PUT", VIP_PATH, {"backends": new})
+    finally:
+        node.daemon.options.state_file = saved_to
+        live = node.daemon.plan
+        assert live is not None
+        live.allocation.max_backends = MAX_BACKENDS
+    assert answer.status == 503, answer.body
+    assert maps_state(node) == before_maps
+    for earlier, later in itertools.pairwise(owners):
+        changed = {s for s in earlier.keys() & later.keys() if earlier[s] != later[s]}
+        assert not changed, f"slots {sorted(changed)} changed owner in one step"
+    assert len(owners) == 5  # the bridge, the change, then the undo's two steps
 
 
 def test_idle_and_unfinished_connections_cannot_lock_the_api_out(node: Node) -> None:

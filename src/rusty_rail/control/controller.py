@@ -286,7 +286,14 @@ class Controller:
             except OSError as error:
                 self.config, self.generation = previous_config, previous_generation
                 try:
-                    apply_operations(self.balancer.maps, diff(plan.state, self.plan.state))
+                    # Back the way it came: a two-step change's new backends leave the slots
+                    # it freed before the old ones return to them (no slot changes owner in
+                    # one round of writes).
+                    back = plan.state
+                    if bridge is not None:
+                        apply_operations(self.balancer.maps, diff(back, bridge.state))
+                        back = bridge.state
+                    apply_operations(self.balancer.maps, diff(back, self.plan.state))
                 except (LibbpfError, OSError, ValueError) as undo_error:
                     self.apply_error = (
                         f"generation {generation} could not be saved and putting the maps "
