@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.environment import skip_or_fail
+
+# Property tests assert behaviour, never speed: no per-example deadline and no "generation is
+# slow" health check (both fail on a loaded 2-core machine, not on a defect). Speed budgets
+# live in `rusty-rail bench`.
+settings.register_profile("rusty-rail", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("rusty-rail")
 
 if TYPE_CHECKING:
     from rusty_rail.dataplane.libbpf import Program
