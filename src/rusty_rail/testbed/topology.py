@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +117,11 @@ class TestbedSpec:
             raise ValueError(f"xdp_mode must be native or generic, got {self.xdp_mode!r}")
 
 
-def balancer_config(spec: TestbedSpec, servers: list[int] | None = None) -> str:
-    """The one configuration every balancer runs: the IPv4 VIP and the IPv6 VIP, both with the
-    servers given (default all) as their IPv4 backends."""
+def balancer_config(
+    spec: TestbedSpec, servers: list[int] | None = None, vips: Sequence[str] = (VIP, VIP6)
+) -> str:
+    """The one configuration every balancer runs: the VIPs (default the IPv4 VIP and the IPv6
+    VIP), each with the servers given (default all) as its IPv4 backends."""
     chosen = range(spec.servers) if servers is None else servers
     backends = ", ".join(f'"{server_address(i)}"' for i in chosen)
     return (
@@ -127,7 +129,7 @@ def balancer_config(spec: TestbedSpec, servers: list[int] | None = None) -> str:
         'device = "eth0"\n'
         f'xdp_mode = "{spec.xdp_mode}"\n'
         "conntrack_size = 65536\n"
-        + "".join(f'[[vips]]\naddress = "{vip}"\nbackends = [{backends}]\n' for vip in (VIP, VIP6))
+        + "".join(f'[[vips]]\naddress = "{vip}"\nbackends = [{backends}]\n' for vip in vips)
     )
 
 
