@@ -1,6 +1,7 @@
-"""bpf/testbed_router.bpf.c in the kernel (BPF_PROG_TEST_RUN): VIP traffic comes out wrapped in GRE
-towards the LB that the Python twin (choose_lb) names, byte for byte; the choice is per flow,
-spread, and moves only a removed LB's flows; everything else passes untouched or is counted.
+"""bpf/testbed_router.bpf.c in the kernel (BPF_PROG_TEST_RUN): VIP traffic, IPv4 and IPv6, comes
+out wrapped in outer IPv4 GRE towards the LB that the Python twin (choose_lb) names, byte for
+byte; the choice is per flow, spread, and moves only a removed LB's flows; everything else
+passes untouched or is counted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from rusty_rail.testbed.router import (
     RouterStat,
     choose_lb,
 )
-from rusty_rail.wire.build import ethernet, gre, ipv4, ipv4_fragments, ipv6, l4_for, udp
+from rusty_rail.wire.build import (
+    ethernet,
+    gre,
+    ipv4,
+    ipv4_fragments,
+    ipv6,
+    ipv6_fragment_header,
+    l4_for,
+    udp,
+)
 from rusty_rail.wire.constants import (
     ETH_P_ARP,
     ETH_P_IPV4,
@@ -35,7 +45,7 @@ from rusty_rail.wire.constants import (
 )
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import mac
-from rusty_rail.wire.frames import inner_ipv4
+from rusty_rail.wire.frames import inner_ipv4, inner_ipv6
 
 pytestmark = pytest.mark.bpf
 
@@ -43,9 +53,12 @@ CLIENT_MAC = "02:00:00:00:02:01"
 ROUTER_CLIENT_MAC = "02:00:00:00:02:02"
 ROUTER_LB_MAC = "02:00:00:00:03:01"
 SOURCE = "198.18.3.1"  # the router's LB-side address
-VIPS = ["198.19.0.0/24", "198.19.9.9"]
+VIPS = ["198.19.0.0/24", "198.19.9.9", "2001:2:0:100::/64", "2001:2:0:200::9"]
 VIP = "198.19.0.1"
 CLIENT = "198.18.2.7"
+VIP6 = "2001:2:0:100::1"
+CLIENT6 = "2001:2:0:1::7"
+PROTO_IPV6_FRAGMENT = 44
 LB_IFINDEX = 7  # any interface but the ingress one (loopback in a test run): a redirect
 LOOPBACK = 1
 LBS = [f"198.18.3.{n}" for n in (11, 12, 13, 14)]
@@ -83,10 +96,16 @@ def client_frame(packet: bytes) -> bytes:
     return ethernet(ROUTER_CLIENT_MAC, CLIENT_MAC, ETH_P_IPV4, packet)
 
 
-def expected_gre(lb: IPv4Address | str, forwarded: bytes, *, tos: int = 0) -> bytes:
+def client_frame6(packet: bytes) -> bytes:
+    return ethernet(ROUTER_CLIENT_MAC, CLIENT_MAC, ETH_P_IPV6, packet)
+
+
+def expected_gre(
+    lb: IPv4Address | str, forwarded: bytes, *, tos: int = 0, protocol: int = ETH_P_IPV4
+) -> bytes:
     """What leaves towards ``lb``: Ethernet to the LB, outer IPv4 (DF, ID 0, TTL 64) + GRE."""
     outer = ipv4(
-        SOURCE, lb, PROTO_GRE, gre(ETH_P_IPV4, forwarded), tos=tos, ident=0, dont_fragment=True
+        SOURCE, lb, PROTO_GRE, gre(protocol, forwarded), tos=tos, ident=0, dont_fragment=True
     )
     return ethernet(lb_mac(lb), ROUTER_LB_MAC, ETH_P_IPV4, outer)
 
@@ -185,6 +204,118 @@ def test_no_live_lb_drops_and_says_so(router: Router) -> None:
     assert (verdict, counts) == (Verdict.DROP, {"drop_no_lb": 1})
 
 
+@pytest.mark.parametrize(
+    "flow",
+    [
+        Flow.of(CLIENT6, VIP6, PROTO_TCP, 40000, 443),
+        Flow.of(CLIENT6, "2001:2:0:200::9", PROTO_UDP, 5353, 53),
+        Flow.of(CLIENT6, VIP6, 58),  # ICMPv6: no ports taken
+    ],
+    ids=["tcp", "udp", "icmpv6"],
+)
+def test_ipv6_vip_traffic_is_wrapped_in_ipv4_gre_towards_the_chosen_lb(
+    router: Router, flow: Flow
+) -> None:
+    lb = choose_lb(flow, LBS)
+    assert lb is not None
+    verdict, out, counts = send(router, client_frame6(inner_ipv6(flow, b"hello", hop_limit=64)))
+    assert verdict == Verdict.REDIRECT
+    assert counts == {"encapsulated": 1}
+    forwarded = inner_ipv6(flow, b"hello", hop_limit=63)
+    assert out == expected_gre(lb, forwarded, protocol=ETH_P_IPV6)
+
+
+def test_ipv6_traffic_class_is_carried_in_the_outer_tos(router: Router) -> None:
+    flow = Flow.of(CLIENT6, VIP6, PROTO_UDP, 1000, 2000)
+    inner = ipv6(CLIENT6, VIP6, PROTO_UDP, udp(1000, 2000, b"x"),
+                 traffic_class=0xB9, flow_label=0x12345)  # fmt: skip
+    verdict, out, _ = send(router, client_frame6(inner))
+    assert verdict == Verdict.REDIRECT
+    forwarded = inner[:7] + bytes([63]) + inner[8:]
+    lb = choose_lb(flow, LBS)
+    assert lb is not None
+    assert out == expected_gre(lb, forwarded, tos=0xB9, protocol=ETH_P_IPV6)
+
+
+def test_ipv6_link_padding_is_carried_behind_the_outer_packet(router: Router) -> None:
+    flow = Flow.of(CLIENT6, VIP6, PROTO_TCP, 7, 8)
+    padded = client_frame6(inner_ipv6(flow)) + bytes(6)
+    verdict, out, _ = send(router, padded)
+    assert verdict == Verdict.REDIRECT
+    lb = choose_lb(flow, LBS)
+    assert lb is not None
+    assert out == expected_gre(lb, inner_ipv6(flow, hop_limit=63), protocol=ETH_P_IPV6) + bytes(6)
+
+
+def test_ipv6_mtu_of_the_lb_link_is_respected(router: Router) -> None:
+    flow = Flow.of(CLIENT6, VIP6, PROTO_UDP, 1, 2)
+    packet = inner_ipv6(flow, bytes(100))
+    router.set_lb_targets(targets(LBS, mtu=len(packet) + 24))
+    assert send(router, client_frame6(packet))[0] == Verdict.REDIRECT
+    router.set_lb_targets(targets(LBS, mtu=len(packet) + 23))
+    assert send(router, client_frame6(packet))[2] == {"drop_too_big": 1}
+
+
+def test_ipv6_fragments_and_extension_headers_go_by_address_pair(router: Router) -> None:
+    """Without TCP or UDP right behind the fixed header, the flow is (source, destination,
+    next header): every fragment of a datagram goes to one LB."""
+    fragments = [
+        ipv6(CLIENT6, VIP6, PROTO_IPV6_FRAGMENT,
+             ipv6_fragment_header(PROTO_UDP, offset=offset, more=more, ident=7) + bytes(16))
+        for offset, more in ((0, True), (2, True), (4, False))
+    ]  # fmt: skip
+    chosen = {chosen_lb(router, client_frame6(fragment)) for fragment in fragments}
+    assert chosen == {choose_lb(Flow.of(CLIENT6, VIP6, PROTO_IPV6_FRAGMENT), LBS)}
+
+
+def test_ipv6_ports_cut_off_by_the_payload_length_make_a_three_tuple(router: Router) -> None:
+    tcp = inner_ipv6(Flow.of(CLIENT6, VIP6, PROTO_TCP, 1234, 80))
+    three_tuple = Flow.of(CLIENT6, VIP6, PROTO_TCP)
+    for payload_length in range(4):
+        header = ipv6(CLIENT6, VIP6, PROTO_TCP, tcp[40 : 40 + payload_length])
+        frame = client_frame6(header + tcp[40 + payload_length :])  # the rest is link padding
+        assert chosen_lb(router, frame) == choose_lb(three_tuple, LBS)
+
+
+def random_flows6(count: int, seed: int = 1) -> list[Flow]:
+    rng = random.Random(seed)
+    return [
+        Flow.of(
+            f"2001:2:0:1::{rng.randrange(1, 0xFFFF):x}",
+            f"2001:2:0:100::{rng.randrange(1, 0xFFFF):x}",
+            rng.choice([PROTO_TCP, PROTO_UDP]),
+            rng.randrange(1024, 65536),
+            rng.choice([80, 443, 53]),
+        )
+        for _ in range(count)
+    ]
+
+
+def test_the_kernel_chooses_ipv6_flows_as_the_python_twin_does(router: Router) -> None:
+    flows = random_flows6(500, seed=4)
+    chosen = [chosen_lb(router, client_frame6(inner_ipv6(flow))) for flow in flows]
+    assert chosen == [choose_lb(flow, LBS) for flow in flows]
+    shares = Counter(chosen)
+    assert set(shares) == {IPv4Address(lb) for lb in LBS}
+
+
+def test_ipv6_vip_prefixes_change_at_run_time_beside_the_ipv4_ones(router: Router) -> None:
+    frame = client_frame6(inner_ipv6(Flow.of(CLIENT6, "2001:2:0:300::5", PROTO_TCP, 1, 2)))
+    assert send(router, frame)[0] == Verdict.PASS
+    router.set_vips([*VIPS, "2001:2:0:300::/64"])
+    assert send(router, frame)[0] == Verdict.REDIRECT
+    router.set_vips(["198.19.0.0/24", "2001:2:0:100::/64"])
+    assert [str(vip) for vip in router.vips()] == ["198.19.0.0/24", "2001:2:0:100::/64"]
+    assert send(router, frame)[0] == Verdict.PASS
+
+
+def test_a_bad_vip_prefix_changes_neither_family(router: Router) -> None:
+    with pytest.raises(ValueError, match="2001:2::1/64"):
+        router.set_vips(["198.19.7.0/24", "2001:2::1/64"])
+    expected = ["198.19.0.0/24", "198.19.9.9/32", "2001:2:0:100::/64", "2001:2:0:200::9/128"]
+    assert [str(vip) for vip in router.vips()] == expected
+
+
 # -- what is not the router's ----------------------------------------------------------------
 
 
@@ -204,22 +335,42 @@ def pass_cases() -> list[tuple[str, bytes, RouterStat]]:
         (
             "ARP",
             ethernet("ff:ff:ff:ff:ff:ff", CLIENT_MAC, ETH_P_ARP, bytes(28)),
-            RouterStat.PASS_NOT_IPV4,
+            RouterStat.PASS_NOT_IP,
         ),
         (
-            "IPv6",
-            ethernet(
-                ROUTER_CLIENT_MAC,
-                CLIENT_MAC,
-                ETH_P_IPV6,
-                ipv6("2001:2::1", "2001:2::2", PROTO_UDP, b""),
-            ),
-            RouterStat.PASS_NOT_IPV4,
+            "IPv6 not to a VIP",
+            client_frame6(ipv6("2001:2::1", "2001:2::2", PROTO_UDP, b"")),
+            RouterStat.PASS_NOT_VIP,
+        ),
+        (
+            "IPv6 reply from a VIP to a client",
+            client_frame6(inner_ipv6(Flow.of(VIP6, CLIENT6, PROTO_TCP, 2, 1))),
+            RouterStat.PASS_NOT_VIP,
+        ),
+        (
+            "IPv6 hop limit 1",
+            client_frame6(inner_ipv6(Flow.of(CLIENT6, VIP6, PROTO_UDP, 1, 2), hop_limit=1)),
+            RouterStat.PASS_TTL_EXPIRED,
+        ),
+        (
+            "IPv6 version 4 under EtherType IPv6",
+            client_frame6(b"\x46" + inner_ipv6(Flow.of(CLIENT6, VIP6, PROTO_UDP, 1, 2))[1:]),
+            RouterStat.PASS_MALFORMED,
+        ),
+        (
+            "IPv6 payload length past the frame",
+            client_frame6(ipv6(CLIENT6, VIP6, PROTO_UDP, bytes(8), payload_length=9)),
+            RouterStat.PASS_MALFORMED,
+        ),
+        (
+            "IPv6 header cut short",
+            client_frame6(inner_ipv6(Flow.of(CLIENT6, VIP6, PROTO_UDP, 1, 2))[:39]),
+            RouterStat.PASS_MALFORMED,
         ),
         (
             "VLAN-tagged",
             ethernet(ROUTER_CLIENT_MAC, CLIENT_MAC, ETH_P_IPV4, tcp_to_vip, vlans=(5,)),
-            RouterStat.PASS_NOT_IPV4,
+            RouterStat.PASS_NOT_IP,
         ),
         (
             "TTL 1",
@@ -437,4 +588,5 @@ def test_a_pinned_router_is_adopted_whole_by_another_router_object(bpffs_dir: Pa
             "lb_stats",
             "stats",
             "vips",
+            "vips_v6",
         ]

@@ -1,5 +1,6 @@
 """The product's promises end to end, in the test bed: clients -> router (GRE, ECMP) ->
-balancers (`rusty-rail run`) -> servers (`rusty-rail decap`, DSR).
+balancers (`rusty-rail run`) -> servers (`rusty-rail decap`, DSR), for the IPv4 VIP and the
+IPv6 VIP (inner IPv6 in outer IPv4 GRE, IPv4 backends), each alone and both at once.
 
 One test bed serves the module; tests that change it (an LB out, a backend out) put it back.
 """
@@ -16,10 +17,11 @@ import pytest
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.demo import FORWARD_STATS
 from rusty_rail.testbed.netns import leftover_namespaces
+from rusty_rail.testbed.router import choose_lb
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
     HTTP_PORT,
-    VIP,
+    VIPS,
     Testbed,
     TestbedSpec,
     lb_address,
@@ -27,6 +29,12 @@ from rusty_rail.testbed.topology import (
 from rusty_rail.testbed.traffic import LongLived, http_requests
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=sorted(VIPS))
+def vip(request: pytest.FixtureRequest) -> str:
+    """The VIP of each address family in turn."""
+    return VIPS[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +46,20 @@ def bed(require_root: None) -> Iterator[Testbed]:
         assert testbed.down() == []
 
 
-def test_new_connections_spread_evenly_over_the_backends(bed: Testbed) -> None:
-    result = http_requests(bed.clients, VIP, HTTP_PORT, 3000)
+def test_new_connections_spread_evenly_over_the_backends(bed: Testbed, vip: str) -> None:
+    result = http_requests(bed.clients, vip, HTTP_PORT, 3000)
     assert result.errors == []
     assert set(result.per_backend) == {"s1", "s2", "s3"}
     for name, count in result.per_backend.items():
         assert abs(count - 1000) <= 150, f"{name} got {count} of 3000"
 
 
-def test_replies_bypass_the_balancers(bed: Testbed) -> None:
+def test_replies_bypass_the_balancers(bed: Testbed, vip: str) -> None:
     assert bed.router is not None
     before_fwd = bed.lb_packets(FORWARD_STATS)
     before_not_gre = sum(bed.lb_packets(["PASS_NOT_GRE"]))
     before_router = bed.router.lb_counters()
-    result = http_requests(bed.clients, VIP, HTTP_PORT, 300)
+    result = http_requests(bed.clients, vip, HTTP_PORT, 300)
     assert result.errors == [] and result.ok == 300
     after_router = bed.router.lb_counters()
     sent_by_router = sum(
@@ -65,13 +73,13 @@ def test_replies_bypass_the_balancers(bed: Testbed) -> None:
     assert sum(bed.lb_packets(["PASS_NOT_GRE"])) - before_not_gre == 0
 
 
-def test_balancer_failure_keeps_every_established_connection(bed: Testbed) -> None:
-    echo = LongLived(bed.clients, VIP, ECHO_PORT, 24)
+def test_balancer_failure_keeps_every_established_connection(bed: Testbed, vip: str) -> None:
+    echo = LongLived(bed.clients, vip, ECHO_PORT, 24)
     try:
         assert echo.check() == []
         bed.set_lbs([1])  # lb1 dies: the router moves its flows to lb2
         assert echo.check() == []
-        after = http_requests(bed.clients, VIP, HTTP_PORT, 100)
+        after = http_requests(bed.clients, vip, HTTP_PORT, 100)
         assert after.errors == []
         bed.set_lbs([0, 1])  # and comes back
         assert echo.check() == []
@@ -80,20 +88,52 @@ def test_balancer_failure_keeps_every_established_connection(bed: Testbed) -> No
         echo.close()
 
 
-def test_backend_removal_keeps_connections_to_the_survivors(bed: Testbed) -> None:
-    echo = LongLived(bed.clients, VIP, ECHO_PORT, 30)
+def test_backend_removal_keeps_connections_to_the_survivors(bed: Testbed, vip: str) -> None:
+    echo = LongLived(bed.clients, vip, ECHO_PORT, 30)
     try:
         assert set(echo.per_backend()) == {"s1", "s2", "s3"}
         bed.set_backends([0, 1])
         echo.check()
         survivors = [c for c in echo.connections if c.backend != "s3"]
         assert all(c.alive for c in survivors)
-        after = http_requests(bed.clients, VIP, HTTP_PORT, 300)
+        after = http_requests(bed.clients, vip, HTTP_PORT, 300)
         assert after.errors == []
         assert set(after.per_backend) == {"s1", "s2"}
     finally:
         bed.set_backends([0, 1, 2])
         echo.close()
+
+
+def test_both_families_at_once_through_a_failover_and_a_removal(bed: Testbed) -> None:
+    """IPv4 and IPv6 connections on the same balancers at the same time: lb1 dies while both
+    carry traffic, then a backend leaves both VIPs; every connection that may survive does."""
+    families = {family: LongLived(bed.clients, vip, ECHO_PORT, 20) for family, vip in VIPS.items()}
+    try:
+        lbs = [lb_address(i) for i in range(bed.spec.lbs)]
+        for family, echo in families.items():
+            expected = socket.AF_INET if family == "ipv4" else socket.AF_INET6
+            assert {c.sock.family for c in echo.connections} == {expected}
+            assert set(echo.per_backend()) == {"s1", "s2", "s3"}
+            # lb1 carries connections of both families when it dies.
+            assert {str(choose_lb(c.flow, lbs)) for c in echo.connections} == set(lbs), family
+        bed.set_lbs([1])
+        for family, echo in families.items():
+            assert echo.check() == [], family
+        for family, vip in VIPS.items():
+            assert http_requests(bed.clients, vip, HTTP_PORT, 60).errors == [], family
+        bed.set_lbs([0, 1])
+        bed.set_backends([0, 1])
+        for family, echo in families.items():
+            echo.check()
+            survivors = [c for c in echo.connections if c.backend != "s3"]
+            assert survivors and all(c.alive for c in survivors), family
+            after = http_requests(bed.clients, VIPS[family], HTTP_PORT, 100)
+            assert after.errors == [] and set(after.per_backend) == {"s1", "s2"}, family
+    finally:
+        bed.set_lbs(list(range(bed.spec.lbs)))
+        bed.set_backends([0, 1, 2])
+        for echo in families.values():
+            echo.close()
 
 
 def test_host_traffic_to_the_balancer_still_works(bed: Testbed) -> None:

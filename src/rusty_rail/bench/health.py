@@ -69,7 +69,9 @@ class HealthBedSettings:
 
 
 def health_config(spec: TestbedSpec, settings: HealthBedSettings) -> str:
-    return balancer_config(spec) + settings.toml()
+    """The IPv4 VIP alone: the scenarios follow one VIP's backends (each backend of a second
+    VIP has its own health entry and state changes)."""
+    return balancer_config(spec, vips=[VIP]) + settings.toml()
 
 
 def reload_balancers(bed: Testbed, text: str, timeout: float = 15) -> None:

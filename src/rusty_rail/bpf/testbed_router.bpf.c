@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The test bed's router (not part of the product), the GRE + ECMP half of the deployment in
- * README.md, in XDP: IPv4 to a VIP prefix is wrapped in outer IPv4 + GRE towards one live LB,
- * chosen per flow by rendezvous hashing, and sent out of the LB-side interface. Everything
+ * README.md, in XDP: IPv4 or IPv6 to a VIP prefix is wrapped in outer IPv4 + GRE (protocol
+ * 0x0800 or 0x86DD) towards one live LB, chosen per flow by rendezvous hashing, and sent out
+ * of the LB-side interface. Everything
  * else goes to the router's own stack, which routes the servers' direct replies back to the
  * clients. Loaded and fed by rusty_rail/testbed/router.py. */
 
@@ -18,10 +19,10 @@
 /* Per-reason outcomes, the index into router_stats (rusty_rail.testbed.router.RouterStat). */
 enum router_stat {
 	ROUTER_ENCAPSULATED = 0,
-	ROUTER_PASS_NOT_IPV4 = 1,   /* not untagged IPv4 (ARP, IPv6, VLAN-tagged, short frames) */
-	ROUTER_PASS_MALFORMED = 2,  /* an IPv4 header the stack may judge */
-	ROUTER_PASS_NOT_VIP = 3,    /* destination outside router_vips */
-	ROUTER_PASS_TTL_EXPIRED = 4, /* TTL <= 1: the stack sends the ICMP time exceeded */
+	ROUTER_PASS_NOT_IP = 1,	    /* not untagged IPv4 or IPv6 (ARP, VLAN-tagged, short) */
+	ROUTER_PASS_MALFORMED = 2,  /* an IPv4 or IPv6 header the stack may judge */
+	ROUTER_PASS_NOT_VIP = 3,    /* destination outside router_vips / router_vips_v6 */
+	ROUTER_PASS_TTL_EXPIRED = 4, /* TTL or hop limit <= 1: the stack sends the ICMP error */
 	ROUTER_DROP_NO_LB = 5,	    /* the live LB set is empty */
 	ROUTER_DROP_TOO_BIG = 6,    /* the GRE packet would exceed the LB link's MTU */
 	ROUTER_DROP_ERROR = 7,	    /* the kernel refused to grow the frame's head */
@@ -59,6 +60,14 @@ struct {
 	__type(key, struct ipv4_lpm_key);
 	__type(value, __u32);
 } router_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ROUTER_MAX_VIPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipv6_lpm_key);
+	__type(value, __u32);
+} router_vips_v6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -110,6 +119,23 @@ static __always_inline __u64 flow_state(const struct iphdr *ip, void *end, __u64
 	return flow_mix_ipv4(seed, ip->saddr, ip->daddr, ports, ip->protocol);
 }
 
+/* The IPv6 twin: the ports are taken when TCP or UDP follows the fixed header directly and
+ * its ports lie within the payload; otherwise the flow is (source, destination, next header)
+ * with ports 0, so every fragment of a datagram (next header 44) and every packet behind an
+ * extension header goes to one LB per address pair. The router only spreads; the balancer
+ * walks extension headers itself. */
+static __always_inline __u64 flow_state_v6(const struct ipv6hdr *ip6, void *end, __u64 seed)
+{
+	const struct l4_ports *l4 = (const void *)(ip6 + 1);
+	__u32 ports = 0;
+
+	if ((ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) &&
+	    bpf_ntohs(ip6->payload_len) >= sizeof(*l4) && (void *)(l4 + 1) <= end)
+		__builtin_memcpy(&ports, l4, sizeof(ports));
+	return flow_mix_ipv6(seed, ip6->saddr.in6_u.u6_addr32, ip6->daddr.in6_u.u6_addr32, ports,
+			     ip6->nexthdr);
+}
+
 /* Rendezvous (highest random weight) hashing: every live LB gets the score
  * mix64(flow state, [its address]) and the highest wins, ties to the higher address. The
  * choice depends only on the set, not its order, and losing an LB moves only its flows. */
@@ -157,13 +183,16 @@ static __always_inline void decrement_ttl(struct iphdr *ip)
 }
 
 /* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
- * the inner packet. Returns 0, or -1 when the kernel refused. */
+ * the inner packet (`inner_proto` ETH_P_IP or ETH_P_IPV6, in host order), whose TTL or hop
+ * limit it then lowers. Returns 0, or -1 when the kernel refused. */
 static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_lb_set *set,
-				       const struct router_lb *lb, __u16 inner_len, __u8 inner_tos)
+				       const struct router_lb *lb, __u16 inner_len, __u8 inner_tos,
+				       __u16 inner_proto)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *outer, *inner;
+	struct ipv6hdr *inner6;
 	struct gre_header *gre;
 	struct iphdr header = {
 		.version = 4,
@@ -197,9 +226,65 @@ static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_l
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	__builtin_memcpy(outer, &header, sizeof(header));
 	gre->flags_version = 0;
-	gre->protocol = bpf_htons(ETH_P_IP);
-	decrement_ttl(inner);
+	gre->protocol = bpf_htons(inner_proto);
+	if (inner_proto == ETH_P_IP) {
+		decrement_ttl(inner);
+		return 0;
+	}
+	inner6 = (void *)(gre + 1);
+	if ((void *)(inner6 + 1) > data_end)
+		return -1;
+	inner6->hop_limit--; /* no header checksum in IPv6 */
 	return 0;
+}
+
+/* The IPv6 traffic class (DSCP and ECN), which the outer IPv4 TOS carries. */
+static __always_inline __u8 ipv6_traffic_class(const struct ipv6hdr *ip6)
+{
+	return (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+}
+
+/* Wrap the inner packet towards the LB its flow state picks, or end it with a counted drop. */
+static __always_inline int forward(struct xdp_md *ctx, __u64 frame_len, __u64 flow,
+				   const struct router_lb_set *set, __u16 inner_len, __u8 inner_tos,
+				   __u16 inner_proto)
+{
+	const struct router_lb *lb = choose_lb(set, flow);
+
+	if (!lb)
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	if (lb->mtu && inner_len + GRE_OVERHEAD > lb->mtu)
+		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
+	if (encapsulate(ctx, set, lb, inner_len, inner_tos, inner_proto))
+		return finish(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
+
+	/* Userspace creates an LB's entry with the set; one without is simply not counted. */
+	count_stat(&router_lb_stats, lb->addr_be, frame_len);
+	count_stat(&router_stats, ROUTER_ENCAPSULATED, frame_len);
+	if (lb->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(lb->ifindex, 0);
+}
+
+/* IPv6 to an IPv6 VIP prefix: the same journey as IPv4, its own flow state. */
+static __always_inline int route_ipv6(struct xdp_md *ctx, struct cursor *c, __u64 frame_len)
+{
+	const struct router_lb_set *set;
+	struct ipv6hdr *ip6;
+
+	if (parse_ipv6_packet(c, &ip6) != PARSE_OK)
+		return finish(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
+	if (!ipv6_lpm_contains(&router_vips_v6, &ip6->daddr))
+		return finish(ROUTER_PASS_NOT_VIP, frame_len, XDP_PASS);
+	if (ip6->hop_limit <= 1)
+		return finish(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
+
+	set = active_set();
+	if (!set || set->count == 0)
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	return forward(ctx, frame_len, flow_state_v6(ip6, c->end, set->seed), set,
+		       sizeof(*ip6) + bpf_ntohs(ip6->payload_len), ipv6_traffic_class(ip6),
+		       ETH_P_IPV6);
 }
 
 SEC("xdp")
@@ -210,13 +295,15 @@ int xdp_router(struct xdp_md *ctx)
 	__u64 frame_len = data_end - data;
 	struct cursor c = cursor_start(data, data_end);
 	const struct router_lb_set *set;
-	const struct router_lb *lb;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u16 inner_len;
+	int ethertype;
 
-	if (parse_ethernet(&c, &eth) != bpf_htons(ETH_P_IP))
-		return finish(ROUTER_PASS_NOT_IPV4, frame_len, XDP_PASS);
+	ethertype = parse_ethernet(&c, &eth);
+	if (ethertype == bpf_htons(ETH_P_IPV6))
+		return route_ipv6(ctx, &c, frame_len);
+	if (ethertype != bpf_htons(ETH_P_IP))
+		return finish(ROUTER_PASS_NOT_IP, frame_len, XDP_PASS);
 	if (parse_ipv4(&c, &ip) != PARSE_OK)
 		return finish(ROUTER_PASS_MALFORMED, frame_len, XDP_PASS);
 
@@ -228,22 +315,8 @@ int xdp_router(struct xdp_md *ctx)
 	set = active_set();
 	if (!set || set->count == 0)
 		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
-	lb = choose_lb(set, flow_state(ip, c.end, set->seed));
-	if (!lb)
-		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
-
-	inner_len = bpf_ntohs(ip->tot_len);
-	if (lb->mtu && inner_len + GRE_OVERHEAD > lb->mtu)
-		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
-	if (encapsulate(ctx, set, lb, inner_len, ip->tos))
-		return finish(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
-
-	/* Userspace creates an LB's entry with the set; one without is simply not counted. */
-	count_stat(&router_lb_stats, lb->addr_be, frame_len);
-	count_stat(&router_stats, ROUTER_ENCAPSULATED, frame_len);
-	if (lb->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(lb->ifindex, 0);
+	return forward(ctx, frame_len, flow_state(ip, c.end, set->seed), set,
+		       bpf_ntohs(ip->tot_len), ip->tos, ETH_P_IP);
 }
 
 char LICENSE[] SEC("license") = "GPL";

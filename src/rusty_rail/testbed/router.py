@@ -1,6 +1,6 @@
-"""The test bed's router: bpf/testbed_router.bpf.c on the client-facing interface wraps IPv4 to the
-VIPs in GRE towards one live LB per flow; the LB set changes at run time (an LB dies, one comes
-back).
+"""The test bed's router: bpf/testbed_router.bpf.c on the client-facing interface wraps IPv4 and
+IPv6 to the VIPs in outer IPv4 GRE (protocol 0x0800 or 0x86DD) towards one live LB per flow; the
+LB set changes at run time (an LB dies, one comes back).
 
 LB choice is rendezvous hashing over the live set (``choose_lb`` is its Python twin): stateless,
 independent of the order LBs are listed in, and removing an LB moves only the flows it had
@@ -9,8 +9,11 @@ LB's Ethernet next hop is resolved by the kernel when the set is given and store
 not looked up per packet (bpf_fib_lookup): XDP traffic never refreshes a neighbour entry, so
 a per-packet lookup would start failing once the kernel expired the entry.
 
-The wrapped packet is what a Linux GRE tunnel would send: inner TTL - 1 (TTL <= 1 goes to
-the stack, which answers with ICMP), outer TOS copied from the inner, DF set, ID 0. Too big
+The wrapped packet is what a Linux GRE tunnel would send: inner TTL or hop limit - 1 (<= 1 goes
+to the stack, which answers with ICMP), outer TOS copied from the inner TOS or traffic class, DF
+set, ID 0. An IPv6 flow is hashed with its ports when TCP or UDP follows the fixed header, else
+as (source, destination, next header): fragments and packets behind extension headers keep to
+one LB per address pair. Too big
 for the LB link's MTU is dropped and counted; give that link the client MTU + 24. A sender
 on a veth must not offload its checksums (ethtool -K DEV tx off): the router turns its packet
 into a bare frame, and the checksum the veth left for "hardware" is never completed.
@@ -22,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from socket import if_nametoindex
 from typing import Any
@@ -69,6 +72,7 @@ _SET_HEADER = struct.Struct("=I4sQB7x")
 _LB = struct.Struct("=4sI6s6sI")
 _SET_SIZE = _SET_HEADER.size + MAX_LBS * _LB.size
 _PREFIX = struct.Struct("=I4s")
+_PREFIX_V6 = struct.Struct("=I16s")
 _COUNTER = struct.Struct("=QQ")
 _U32 = struct.Struct("=I")
 
@@ -77,7 +81,7 @@ class RouterStat(IntEnum):
     """Per-reason outcomes, the index into router_stats (enum router_stat)."""
 
     ENCAPSULATED = 0
-    PASS_NOT_IPV4 = 1
+    PASS_NOT_IP = 1
     PASS_MALFORMED = 2
     PASS_NOT_VIP = 3
     PASS_TTL_EXPIRED = 4
@@ -130,7 +134,10 @@ def choose_lb(
     return max(scored, key=lambda pair: (pair[0], int(pair[1])))[1]
 
 
-def _network_of_key(key: bytes) -> IPv4Network:
+def _network_of_key(key: bytes) -> IPv4Network | IPv6Network:
+    if len(key) == _PREFIX_V6.size:
+        prefixlen, address = _PREFIX_V6.unpack(key)
+        return IPv6Network((address, prefixlen))
     prefixlen, address = _PREFIX.unpack(key)
     return IPv4Network((address, prefixlen))
 
@@ -146,6 +153,7 @@ def _interface_mtu(ifindex: int, netns: str | None) -> int:
 #: Map name in the object -> pin name in a pinned router's directory.
 _MAP_PINS = {
     "router_vips": "vips",
+    "router_vips_v6": "vips_v6",
     "router_lb_sets": "lb_sets",
     "router_active": "active",
     "router_stats": "stats",
@@ -175,6 +183,7 @@ class Router(Closeable):
         self._xdp = xdp
         maps = xdp.maps
         self._vips = maps["router_vips"]
+        self._vips_v6 = maps["router_vips_v6"]
         self._sets = maps["router_lb_sets"]
         self._active = maps["router_active"]
         self._stats = maps["router_stats"]
@@ -270,21 +279,35 @@ class Router(Closeable):
     # configuration
 
     def set_vips(self, prefixes: Sequence[str]) -> None:
-        """The destinations that are wrapped in GRE (IPv4 prefixes, or addresses as /32)."""
+        """The destinations that are wrapped in GRE: IPv4 and IPv6 prefixes, or addresses as /32
+        and /128. Both families are checked before either table changes."""
+        networks = parse_prefixes(prefixes, "vips")
         wanted = {
-            _PREFIX.pack(network.prefixlen, network.network_address.packed)
-            for network in parse_prefixes(prefixes, "vips")
+            table: {
+                layout.pack(network.prefixlen, network.network_address.packed)
+                for network in networks
+                if network.version == version
+            }
+            for table, layout, version in ((self._vips, _PREFIX, 4), (self._vips_v6, _PREFIX_V6, 6))
         }
-        if len(wanted) > self._vips.max_entries:
-            raise ValueError(f"vips: {len(wanted)} prefixes, at most {self._vips.max_entries}")
-        current = set(self._vips.keys())
-        for key in wanted - current:
-            self._vips.update(key, _U32.pack(1))
-        for key in current - wanted:
-            self._vips.delete(key)
+        for table, keys in wanted.items():
+            if len(keys) > table.max_entries:
+                family = "IPv4" if table is self._vips else "IPv6"
+                raise ValueError(
+                    f"vips: {len(keys)} {family} prefixes, at most {table.max_entries}"
+                )
+        for table, keys in wanted.items():
+            current = set(table.keys())
+            for key in keys - current:
+                table.update(key, _U32.pack(1))
+            for key in current - keys:
+                table.delete(key)
 
-    def vips(self) -> list[IPv4Network]:
-        return sorted(map(_network_of_key, self._vips.keys()))
+    def vips(self) -> list[IPv4Network | IPv6Network]:
+        """The VIP prefixes, IPv4 first."""
+        v4 = sorted(map(_network_of_key, self._vips.keys()))
+        v6 = sorted(map(_network_of_key, self._vips_v6.keys()))
+        return [*v4, *v6]
 
     @property
     def lbs(self) -> tuple[LbTarget, ...]:

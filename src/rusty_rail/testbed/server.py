@@ -54,14 +54,16 @@ async def _echo(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def serve(name: str, host: str, http_port: int, echo_port: int) -> None:
+async def serve(name: str, host: str | None, http_port: int, echo_port: int) -> None:
+    """Both services on ``host``, or (None) on every address of both families."""
     http = await asyncio.start_server(lambda r, w: _http(name, r, w), host, http_port)
     echo = await asyncio.start_server(lambda r, w: _echo(name, r, w), host, echo_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"server {name}: http on {host}:{http_port}, echo on {host}:{echo_port}", flush=True)
+    where = host or "*"
+    print(f"server {name}: http on {where}:{http_port}, echo on {where}:{echo_port}", flush=True)
     async with http, echo:
         await stop.wait()
 
@@ -69,7 +71,9 @@ async def serve(name: str, host: str, http_port: int, echo_port: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rusty-rail test-bed server (HTTP + echo)")
     parser.add_argument("--name", required=True, help="the name every answer carries")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default all)")
+    parser.add_argument(
+        "--host", default=None, help="address to bind (default every IPv4 and IPv6 address)"
+    )
     parser.add_argument("--http-port", type=int, default=80)
     parser.add_argument("--echo-port", type=int, default=7)
     args = parser.parse_args(argv)

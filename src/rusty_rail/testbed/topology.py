@@ -5,10 +5,20 @@ shared configuration, and servers that unwrap GRE and answer the clients directl
 ```
  c1..cN ──┐                      ┌── lb1..lbL   (rusty-rail run, XDP balancer)
           ├─ br1 ── router ── br2 ┤
- clients  ┘  198.18.1.0/24   198.18.0.0/24   └── s1..sS  (rusty-rail decap, VIP on lo, HTTP + echo)
+ clients  ┘  198.18.1.0/24   198.18.0.0/24   └── s1..sS  (rusty-rail decap, VIPs on lo, HTTP + echo)
+             2001:2:0:1::/64      │                 │
+                                  └──── br3 ────────┘  2001:2:0:2::/64, the servers' IPv6 replies
 ```
 
-Both bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
+Dual stack: the clients reach the IPv4 VIP (VIP, in VIP_PREFIX) and the IPv6 VIP (VIP6, in
+VIP6_PREFIX); the router wraps both in outer IPv4 GRE (0x0800 or 0x86DD) towards the
+balancers, whose backends are the servers' IPv4 addresses. The balancer segment (br2) stays
+IPv4 only: the servers answer IPv6 over br3, so no neighbour discovery or MLD reaches a
+balancer (the DSR checks count every packet a balancer sees). A server's eth0 takes IPv6 (the
+decapsulated inner packets arrive there) but has no IPv6 address, not even a link-local one,
+so it says nothing.
+
+All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
 with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
 """
@@ -22,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +61,14 @@ ROUTER_CLIENT_SIDE = f"{CLIENT_NET}.1"
 ROUTER_LB_SIDE = f"{LB_NET}.1"
 VIP = "198.19.0.10"
 VIP_PREFIX = "198.19.0.0/24"
+CLIENT_NET6 = "2001:2:0:1"
+RETURN_NET6 = "2001:2:0:2"
+ROUTER_CLIENT_SIDE6 = f"{CLIENT_NET6}::1"
+ROUTER_RETURN_SIDE6 = f"{RETURN_NET6}::1"
+VIP6 = "2001:2:0:100::10"
+VIP6_PREFIX = "2001:2:0:100::/64"
+#: Address family -> the test bed's VIP of that family.
+VIPS = {"ipv4": VIP, "ipv6": VIP6}
 HTTP_PORT = 80
 ECHO_PORT = 7
 
@@ -65,6 +83,14 @@ def lb_address(i: int) -> str:
 
 def server_address(i: int) -> str:
     return f"{LB_NET}.{21 + i}"
+
+
+def client_address6(i: int) -> str:
+    return f"{CLIENT_NET6}::{11 + i}"
+
+
+def server_return_address6(i: int) -> str:
+    return f"{RETURN_NET6}::{21 + i}"
 
 
 @dataclass(frozen=True)
@@ -91,8 +117,11 @@ class TestbedSpec:
             raise ValueError(f"xdp_mode must be native or generic, got {self.xdp_mode!r}")
 
 
-def balancer_config(spec: TestbedSpec, servers: list[int] | None = None) -> str:
-    """The one configuration every balancer runs (the servers given, default all)."""
+def balancer_config(
+    spec: TestbedSpec, servers: list[int] | None = None, vips: Sequence[str] = (VIP, VIP6)
+) -> str:
+    """The one configuration every balancer runs: the VIPs (default the IPv4 VIP and the IPv6
+    VIP), each with the servers given (default all) as its IPv4 backends."""
     chosen = range(spec.servers) if servers is None else servers
     backends = ", ".join(f'"{server_address(i)}"' for i in chosen)
     return (
@@ -100,7 +129,7 @@ def balancer_config(spec: TestbedSpec, servers: list[int] | None = None) -> str:
         'device = "eth0"\n'
         f'xdp_mode = "{spec.xdp_mode}"\n'
         "conntrack_size = 65536\n"
-        f'[[vips]]\naddress = "{VIP}"\nbackends = [{backends}]\n'
+        + "".join(f'[[vips]]\naddress = "{vip}"\nbackends = [{backends}]\n' for vip in vips)
     )
 
 
@@ -171,11 +200,23 @@ class Testbed:
     def _namespace(self, net: Netns, role: str) -> Namespace:
         namespace = net.namespace(role)
         self.namespaces.append(namespace.name)
-        # The test bed is IPv4 for now; IPv6 would only add neighbour discovery and MLD
-        # chatter to the balancers' counters, which the DSR checks read.
+        # IPv6 is off unless an interface is given it (_ipv6): anywhere else it would only
+        # add neighbour discovery and MLD chatter, to the balancers' counters among others,
+        # which the DSR checks read.
         for key in ("all", "default"):
             namespace.sysctl(f"net.ipv6.conf.{key}.disable_ipv6", "1")
         return namespace
+
+    @staticmethod
+    def _ipv6(namespace: Namespace, ifname: str, address: str | None) -> None:
+        """IPv6 on ``ifname``: with ``address`` (a /64, no duplicate address detection), or
+        with no address at all, not even a link-local one (it receives, and says nothing)."""
+        if address is None:
+            namespace.ip("link", "set", ifname, "addrgenmode", "none")
+        namespace.sysctl(f"net.ipv6.conf.{ifname}.accept_ra", "0")
+        namespace.sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "0")
+        if address is not None:
+            namespace.ip("-6", "addr", "add", f"{address}/64", "dev", ifname, "nodad")
 
     def _build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +225,7 @@ class Testbed:
         net = Netns(run_tag=self.tag)
         switch = self._namespace(net, "sw")
         router = self._namespace(net, "rt")
-        for bridge in ("br1", "br2"):
+        for bridge in ("br1", "br2", "br3"):
             switch.ip("link", "add", bridge, "type", "bridge")
             switch.ip("link", "set", bridge, "up")
         ports: list[str] = []
@@ -196,9 +237,13 @@ class Testbed:
 
         plug(router, "eth1", "p-rt1", "br1")
         plug(router, "eth0", "p-rt0", "br2")
+        plug(router, "eth2", "p-rt2", "br3")
         router.ip("addr", "add", f"{ROUTER_CLIENT_SIDE}/24", "dev", "eth1")
         router.ip("addr", "add", f"{ROUTER_LB_SIDE}/24", "dev", "eth0")
+        self._ipv6(router, "eth1", ROUTER_CLIENT_SIDE6)
+        self._ipv6(router, "eth2", ROUTER_RETURN_SIDE6)
         router.sysctl("net.ipv4.ip_forward", "1")
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")
         for key in ("all", "default", "eth0", "eth1"):
             router.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
 
@@ -207,6 +252,8 @@ class Testbed:
             plug(client, "eth0", f"p-c{i + 1}", "br1")
             client.ip("addr", "add", f"{client_address(i)}/24", "dev", "eth0")
             client.ip("route", "add", "default", "via", ROUTER_CLIENT_SIDE)
+            self._ipv6(client, "eth0", client_address6(i))
+            client.ip("-6", "route", "add", "default", "via", ROUTER_CLIENT_SIDE6)
             # A veth hands its peer packets whose TCP/UDP checksum is left for "hardware" to
             # fill in; the router's XDP program wraps them in GRE as they are, and nothing
             # downstream would ever fill it in. The seed README turned offloads off for the same
@@ -226,6 +273,13 @@ class Testbed:
             server.ip("addr", "add", f"{server_address(i)}/24", "dev", "eth0")
             server.ip("addr", "add", f"{VIP}/32", "dev", "lo")
             server.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
+            # IPv6: the VIP on lo, the decapsulated packets in on eth0, the replies out of eth1.
+            plug(server, "eth1", f"p-s{i + 1}v6", "br3")
+            server.sysctl("net.ipv6.conf.lo.disable_ipv6", "0")
+            server.ip("-6", "addr", "add", f"{VIP6}/128", "dev", "lo")
+            self._ipv6(server, "eth0", None)
+            self._ipv6(server, "eth1", server_return_address6(i))
+            server.ip("-6", "route", "add", "default", "via", ROUTER_RETURN_SIDE6)
             for key in ("all", "default", "eth0", "lo"):
                 server.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
             server.sysctl("net.ipv4.conf.all.arp_ignore", "1")
@@ -281,7 +335,9 @@ class Testbed:
         for i in range(self.spec.lbs):
             self.wait_log(f"lb{i + 1}", "balancer xdp_balancer on eth0")
 
-        self.router = Router.load(source=ROUTER_LB_SIDE, vips=[VIP_PREFIX], netns=router.name)
+        self.router = Router.load(
+            source=ROUTER_LB_SIDE, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name
+        )
         self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
         self.set_lbs(list(range(self.spec.lbs)))
         self.save()
@@ -382,6 +438,7 @@ class Testbed:
                 name: {"pid": pid, "alive": _alive(pid)} for name, pid in self.pids.items()
             },
             "vip": VIP,
+            "vip6": VIP6,
             "workdir": str(self.workdir),
             "pins": str(self.pin_root),
         }

@@ -30,7 +30,8 @@ class HttpResult:
 def http_get(vip: str, port: int, timeout: float = 5.0) -> str:
     """One request on a new connection; returns the backend's name (the response body)."""
     with socket.create_connection((vip, port), timeout=timeout) as connection:
-        connection.sendall(f"GET / HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n".encode())
+        host = f"[{vip}]" if ":" in vip else vip
+        connection.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         response = b""
         while chunk := connection.recv(4096):
             response += chunk
