@@ -327,7 +327,7 @@ def rewrite(
         return bytes(out[:l3] + header + out[l3 + header_len :])
     # Outer IPv6 to an IPv4 backend: a new IPv4 header instead of the IPv6 one.
     traffic_class = (frame[l3] & 0x0F) << 4 | frame[l3 + 1] >> 4
-    header = bytearray(
+    header4 = bytearray(
         struct.pack(
             "!BBHHHBBH4s4s",
             0x45,
@@ -342,9 +342,9 @@ def rewrite(
             backend.addr,
         )
     )
-    header[10:12] = struct.pack("!H", internet_checksum(bytes(header)))
+    header4[10:12] = struct.pack("!H", internet_checksum(bytes(header4)))
     out[l3 - 2 : l3] = struct.pack("!H", ETH_P_IPV4)
-    return bytes(out[:l3] + header + out[l3 + IPV6_HEADER_LEN :])
+    return bytes(out[:l3] + header4 + out[l3 + IPV6_HEADER_LEN :])
 
 
 def _rewrite_ipv4(settings: Settings, frame: bytes, l3: int, addr: bytes) -> bytes:
