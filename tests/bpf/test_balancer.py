@@ -379,7 +379,7 @@ def test_a_backend_reads_back_as_written_and_an_unfit_address_is_refused(
     balancer.maps.clear_backend(0)
     assert balancer.maps.read_backend(0) is None
     assert balancer.maps.delete_vip(next(iter(state.vips)))
-    ipv6_backend = replace(drained, addr=ipv6_address("2001:db8:10::1"))
+    ipv6_backend = replace(drained, addr=ipv6_address("2001:2:0:10::1"))
     balancer.maps.set_backend(1, ipv6_backend)  # all four words of addr_be, family 6
     assert balancer.maps.read_backend(1) == ipv6_backend
     with pytest.raises(ValueError, match="4-byte IPv4"):

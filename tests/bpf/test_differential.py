@@ -268,7 +268,7 @@ class Generator:
         host = self.rng.randrange(1, 250)
         ipv6_backend = self.rng.random() < 0.35  # section 8: the outer header of its family
         return BackendEntry(
-            addr=ipv6_address(f"2001:db8:{10 + vip_index}::{host}")
+            addr=ipv6_address(f"2001:2:0:{10 + vip_index}::{host}")
             if ipv6_backend
             else ipv4_address(f"198.18.{10 + vip_index}.{host}"),
             vip_index=vip_index,

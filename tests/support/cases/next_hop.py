@@ -80,7 +80,7 @@ forwarded(
 def _ipv6_backends(**settings: object) -> StateBuilder:
     backends: dict[int, BackendEntry | None] = {
         index: BackendEntry(
-            ipv6_address(f"2001:db8:10::{index + 1}"),
+            ipv6_address(f"2001:2:0:10::{index + 1}"),
             WEB_PORT_VIP,
             1,
             BackendState.UP,
