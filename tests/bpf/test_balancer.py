@@ -41,7 +41,7 @@ from rusty_rail.model.state import (
 )
 from rusty_rail.wire.constants import ETH_HEADER_LEN, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.describe import describe
-from rusty_rail.wire.fields import ipv4_address
+from rusty_rail.wire.fields import ipv4_address, ipv6_address
 from rusty_rail.wire.frames import OUTER_INNER_IPV6, encapsulate, gre_frame, inner_ipv6
 from tests.support.balancer_harness import Balancer, loaded_balancer
 from tests.support.cases import (
@@ -379,8 +379,11 @@ def test_a_backend_reads_back_as_written_and_an_unfit_address_is_refused(
     balancer.maps.clear_backend(0)
     assert balancer.maps.read_backend(0) is None
     assert balancer.maps.delete_vip(next(iter(state.vips)))
+    ipv6_backend = replace(drained, addr=ipv6_address("2001:2:0:10::1"))
+    balancer.maps.set_backend(1, ipv6_backend)  # all four words of addr_be, family 6
+    assert balancer.maps.read_backend(1) == ipv6_backend
     with pytest.raises(ValueError, match="4-byte IPv4"):
-        balancer.maps.set_backend(1, replace(drained, addr=ipv4_address("198.18.0.1") * 4))
+        balancer.maps.set_backend(1, replace(drained, addr=ipv4_address("198.18.0.1") * 2))
 
 
 # --- ICMP learning: what the cases cannot show ----------------------------------------------

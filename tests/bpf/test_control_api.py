@@ -603,8 +603,8 @@ def test_a_saved_state_the_data_plane_refuses_at_start_names_the_way_out(
     config_path = tmp_path / "lb.toml"
     config_path.write_text(f'device = "eth2"\nlb_address = "198.18.20.2"\n{BASE_TOML}')
     path = tmp_path / "state.json"
-    # Valid configuration, but the data plane takes no IPv6 backend yet: as a state saved by
-    # a version that did would be.
+    # Valid configuration, but this node has no IPv6 address (none configured, none on eth2)
+    # for the outer header to an IPv6 backend: as a state saved on another node would be.
     refused = config_from_toml_text(
         config_path.read_text() + '[[vips]]\naddress = "198.18.100.3"\nbackends = ["2001:2::5"]\n'
     )
@@ -616,7 +616,7 @@ def test_a_saved_state_the_data_plane_refuses_at_start_names_the_way_out(
         start_daemon({}, options)
     message = str(raised.value)
     assert "\n" not in message
-    assert "IPv6 backends are not supported" in message
+    assert "an IPv6 backend needs the node's IPv6 address" in message
     assert f"saved by the API in {path}" in message and "--reset-state" in message
     assert path.exists()
     assert not (bed.pin_root / "eth2").exists()

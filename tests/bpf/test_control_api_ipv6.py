@@ -1,8 +1,8 @@
 """IPv6 through the REST API and `ctl`, against a real daemon on a real loaded balancer: VIP keys
 in paths in every spelling, answered by their canonical text; IPv6 configuration mistakes
 refused naming the field; IPv6 flows looked up and listed. The data plane balances IPv6 VIPs
-of IPv4 backends; a write with an IPv6 backend reaches the plan and is refused (422), and its
-message is not asserted here, only that nothing changed.
+and IPv4 or IPv6 backends; a write with an IPv6 backend on a node without an IPv6 address is
+refused by the plan (422) and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import io
 import json
 import urllib.parse
 from collections.abc import Iterator
+from ipaddress import IPv6Address
 from typing import Any
 
 import pytest
 
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_REFUSED, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
+from rusty_rail.wire.fields import mac
 from tests.support.control_bed import VIP_PATH, Bed, Node, base_config, control_bed
 
 pytestmark = pytest.mark.bpf
@@ -208,6 +210,38 @@ def test_ctl_sends_ipv6_vips_and_flows_the_daemon_reads(node: Node) -> None:
     status, _, err = ctl(node, "backend", "add", "198.18.100.1:80/tcp", "fe80::21")
     assert status == EXIT_REFUSED and "link-local" in err
     before = node.call("GET", "/v1/config").body
-    status, _, _ = ctl(node, "vip", "add", VIP6, "--backend", "2001:2::21")
-    assert status == EXIT_REFUSED  # by the plan: IPv6 backends are not balanced yet
+    status, _, err = ctl(node, "vip", "add", VIP6, "--backend", "2001:2::21")
+    assert status == EXIT_REFUSED  # by the plan: the node has no IPv6 address to send from
+    assert "an IPv6 backend needs the node's IPv6 address" in err
     assert node.call("GET", "/v1/config").body == before
+
+
+def test_an_ipv6_backend_is_balanced_from_the_devices_or_the_configured_ipv6_address(
+    bed: Bed, node: Node
+) -> None:
+    """Issue 10: the node's IPv6 address, discovered from the device (its one address of global
+    scope) or configured (lb_address_ipv6), fills settings.lb_ipv6; the IPv6 backend's slot
+    holds its 16 bytes and the next hop the kernel's neighbour table gives."""
+    neighbour_mac = "02:00:00:00:ff:21"
+    bed.namespace.ip("-6", "addr", "add", "2001:2:ff::2/64", "dev", "eth0", "nodad")
+    bed.namespace.ip("-6", "neigh", "replace", "2001:2:ff::21", "lladdr", neighbour_mac,
+                     "dev", "eth0", "nud", "permanent")  # fmt: skip
+    try:
+        status, _, err = ctl(node, "vip", "add", VIP6, "--backend", "2001:2:ff::21")
+        assert status == EXIT_OK, err
+        assert node.maps.read_settings().lb_ipv6 == IPv6Address("2001:2:ff::2").packed
+        state = node.maps.read_state(conntrack=False)
+        (entry,) = [b for b in state.backends.values() if len(b.addr) == 16]
+        assert entry.addr == IPv6Address("2001:2:ff::21").packed
+        assert entry.next_hop is not None and entry.next_hop.dst_mac == mac(neighbour_mac)
+
+        body = node.call("GET", "/v1/config").body
+        answer = node.call("PUT", "/v1/config", body | {"lb_address_ipv6": "2001:2:ff::3"})
+        assert answer.status == 200, answer.body
+        assert node.maps.read_settings().lb_ipv6 == IPv6Address("2001:2:ff::3").packed
+        assert node.call("GET", "/v1/config").body["lb_address_ipv6"] == "2001:2:ff::3"
+    finally:
+        bed.namespace.ip("-6", "neigh", "del", "2001:2:ff::21", "dev", "eth0", check=False)
+        bed.namespace.ip("-6", "addr", "del", "2001:2:ff::2/64", "dev", "eth0", check=False)
+        node.reset()
+    assert node.maps.read_settings().lb_ipv6 == bytes(16)

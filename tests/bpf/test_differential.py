@@ -27,6 +27,7 @@ from rusty_rail.dataplane.libbpf import BpfObject, Program
 from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow, flow_hash, mix64
 from rusty_rail.model.icmp import IcmpStat, IcmpWatch
+from rusty_rail.model.parse import parse_ethernet
 from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
@@ -72,8 +73,11 @@ from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import VlanTag, ipv4_address, ipv6_address, mac
 from rusty_rail.wire.frames import (
     LB_IPV4,
+    LB_IPV6,
     LB_MAC,
+    OUTER_IPV6,
     ROUTER_IPV4,
+    ROUTER_IPV6,
     ROUTER_MAC,
     Outer,
     encapsulate,
@@ -261,8 +265,12 @@ class Generator:
         state = self.choice(
             (BackendState.UP,) * 6 + (BackendState.DRAIN, BackendState.DOWN, BackendState.UNUSED)
         )
+        host = self.rng.randrange(1, 250)
+        ipv6_backend = self.rng.random() < 0.35  # section 8: the outer header of its family
         return BackendEntry(
-            addr=ipv4_address(f"198.18.{10 + vip_index}.{self.rng.randrange(1, 250)}"),
+            addr=ipv6_address(f"2001:2:0:{10 + vip_index}::{host}")
+            if ipv6_backend
+            else ipv4_address(f"198.18.{10 + vip_index}.{host}"),
             vip_index=vip_index,
             generation=self.rng.randrange(1, 4),
             state=state,
@@ -286,6 +294,7 @@ class Generator:
     def settings(self) -> Settings:
         return Settings(
             lb_ipv4=ipv4_address(LB_IPV4),
+            lb_ipv6=ipv6_address(LB_IPV6),
             outer_ttl=self.rng.randrange(256),
             no_vip_action=self.choice((Action.PASS, Action.DROP)),
             malformed_action=self.choice((Action.PASS, Action.DROP)),
@@ -327,7 +336,10 @@ class Generator:
         )
         for flow in self.rng.sample(self.flows, 40) + self.rng.sample(self.flows6, 20):
             state.conntrack[flow] = CtEntry(self.rng.randrange(index + 2), self.rng.randrange(4))
-        self.addresses = sorted({backend.addr for backend in state.backends.values()})
+        # The ICMP watch holds IPv4 backends only (section 9).
+        self.addresses = sorted(
+            {backend.addr for backend in state.backends.values() if len(backend.addr) == 4}
+        )
         watched = [a for a in self.addresses if self.rng.random() < 0.7] + [
             ipv4_address(f"198.18.50.{n}") for n in range(1, 4)
         ]
@@ -493,6 +505,12 @@ class Generator:
         )
 
     def outer(self) -> Outer:
+        """An outer header, IPv6 (section 2b) one time in three."""
+        if self.rng.random() < 1 / 3:
+            return self.outer_ipv6()
+        return self.outer4()
+
+    def outer4(self) -> Outer:
         rng = self.rng
         return Outer(
             vlans=self.vlans(),
@@ -506,6 +524,50 @@ class Generator:
             gre_extra_flags=self.choice((0,) * 8 + (0x0008, 0x0080)),  # ignored bits
             pad_to=self.choice((0, 0, 0, 60, 128)),
         )
+
+    def outer_ipv6(self) -> Outer:
+        rng = self.rng
+        return replace(
+            OUTER_IPV6,
+            vlans=self.vlans(),
+            ttl=rng.randrange(1, 256),
+            tos=rng.randrange(256),
+            flow_label=self.choice((0, rng.randrange(1 << 20))),
+            gre_checksum=rng.random() < 0.2,
+            gre_key=rng.getrandbits(32) if rng.random() < 0.3 else None,
+            gre_sequence=rng.getrandbits(32) if rng.random() < 0.2 else None,
+            pad_to=self.choice((0, 0, 0, 60, 128)),
+        )
+
+    def broken_outer6_frame(self) -> bytes:
+        """Outer IPv6 that section 2b judges: lying payload lengths, bent versions, other
+        destinations, extension headers before the GRE, truncations."""
+        rng = self.rng
+        flow = self.choice(self.flows)
+        inner = self.inner(flow)
+        roll = rng.randrange(5)
+        if roll == 0:
+            frame = encapsulate(inner, self.outer_ipv6())
+            length = rng.randrange(0, len(frame))
+            return encapsulate(inner, replace(self.outer_ipv6(), payload_length=length))
+        if roll == 1:
+            outer = self.outer_ipv6()
+            frame = bytearray(encapsulate(inner, outer))
+            l3 = ETH_HEADER_LEN + 4 * len(outer.vlans)
+            frame[l3] = (self.choice((4, 5, 7, 0, 15)) << 4) | (frame[l3] & 0x0F)
+            return bytes(frame)
+        if roll == 2:
+            dst = self.choice(("2001:2::99", "::", "2001:2::3", "198.18.0.2"))
+            if dst == "198.18.0.2":
+                dst = "::ffff:198.18.0.2"
+            return encapsulate(inner, replace(self.outer_ipv6(), dst=dst))
+        if roll == 3:
+            header = self.choice((0, 43, 44, 60, 59, 17))
+            payload = bytes([PROTO_GRE, 0]) + bytes(6) + gre(ETH_P_IPV4, inner)
+            packet = ipv6(ROUTER_IPV6, LB_IPV6, header, payload)
+            return ethernet(LB_MAC, ROUTER_MAC, ETH_P_IPV6, packet, vlans=self.vlans())
+        frame = encapsulate(inner, self.outer_ipv6())
+        return frame[: rng.randrange(ETH_HEADER_LEN, len(frame) + 1)]
 
     def inner(self, flow: Flow) -> bytes:
         rng = self.rng
@@ -531,22 +593,22 @@ class Generator:
         if roll == 0:  # GRE version, R, s, recursion and reserved bits
             bits = self.choice((0x4000, 0x0800, 0x0100, 0x0700, 0x0001, 0x0007, 0x00F8))
             extra = rng.getrandbits(16) & 0x4FFF if rng.random() < 0.3 else bits
-            outer = replace(self.outer(), gre_extra_flags=extra & ~0xB000)
+            outer = replace(self.outer4(), gre_extra_flags=extra & ~0xB000)
             return encapsulate(self.inner(flow), outer)
         if roll == 1:  # GRE protocol
             proto = self.choice((ETH_P_IPV6, 0x6558, 0x0000, 0x0806))
-            return encapsulate(self.inner(flow), replace(self.outer(), gre_protocol=proto))
+            return encapsulate(self.inner(flow), replace(self.outer4(), gre_protocol=proto))
         if roll == 2:  # outer fragments and fields
             outer = replace(
-                self.outer(),
+                self.outer4(),
                 more_fragments=rng.random() < 0.5,
                 frag_offset=rng.randrange(3),
                 reserved_flag=rng.random() < 0.5,
             )
             return encapsulate(self.inner(flow), outer)
         if roll == 3:  # outer total length lies
-            packet = encapsulate(self.inner(flow), self.outer())
-            outer = replace(self.outer(), total_length=rng.randrange(0, len(packet) + 20))
+            packet = encapsulate(self.inner(flow), self.outer4())
+            outer = replace(self.outer4(), total_length=rng.randrange(0, len(packet) + 20))
             return encapsulate(self.inner(flow), outer)
         if roll == 4:  # inner header fields lie
             inner = bytearray(self.inner(flow))
@@ -556,7 +618,7 @@ class Generator:
                 struct.pack_into("!H", inner, 2, header_len + rng.randrange(4))
             else:
                 inner[self.choice((0, 2, 3, 6, 9))] = rng.randrange(256)
-            return encapsulate(bytes(inner), self.outer())
+            return encapsulate(bytes(inner), self.outer4())
         if roll == 5:  # not for the balancer: other protocols, other destinations, IPv6, ARP
             kind = rng.randrange(5)
             if kind == 0:
@@ -565,7 +627,7 @@ class Generator:
                     LB_MAC, ROUTER_MAC, ETH_P_IPV4, ipv4(ROUTER_IPV4, LB_IPV4, 6, payload)
                 )
             if kind == 1:
-                return encapsulate(self.inner(flow), replace(self.outer(), dst="198.18.0.77"))
+                return encapsulate(self.inner(flow), replace(self.outer4(), dst="198.18.0.77"))
             if kind == 2:
                 nh = self.choice((PROTO_GRE, PROTO_UDP))
                 body = ipv6("2001:2::1", "2001:2::2", nh, udp(1, 2, rng.randbytes(30)))
@@ -574,7 +636,7 @@ class Generator:
                 )
             if kind == 3:
                 return ethernet(LB_MAC, ROUTER_MAC, ETH_P_ARP, rng.randbytes(28))
-            return encapsulate(self.inner(flow), replace(self.outer(), vlans=(1, 2, 3)))
+            return encapsulate(self.inner(flow), replace(self.outer4(), vlans=(1, 2, 3)))
         if roll == 6:  # a few bytes flipped anywhere
             flipped = bytearray(self.valid_frame())
             for _ in range(rng.randrange(1, 4)):
@@ -584,7 +646,7 @@ class Generator:
             whole = self.valid_frame()
             return whole[: rng.randrange(ETH_HEADER_LEN, len(whole) + 1)]
         if roll == 8:  # an Ethernet + IPv4 + GRE prefix, then garbage
-            header = encapsulate(b"", self.outer())
+            header = encapsulate(b"", self.outer4())
             return header + rng.randbytes(rng.randrange(0, 80))
         return rng.randbytes(rng.randrange(ETH_HEADER_LEN, 200))
 
@@ -670,6 +732,8 @@ class Generator:
             return "inner IPv6 fragment", self.fragment6_frame()
         if roll < 0.75:
             return "broken inner IPv6", self.broken6_frame()
+        if roll < 0.80:
+            return "broken outer IPv6", self.broken_outer6_frame()
         return "broken", self.broken_frame()
 
 
@@ -695,6 +759,7 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
     seen: dict[Stat, int] = {}
     seen6: dict[Stat, int] = {}  # the outcomes of the inner IPv6 frames
     seen_icmp: dict[IcmpStat, int] = {}
+    families: dict[tuple[int, int, int], int] = {}  # forwarded by (outer, inner, backend)
     changes = []
     start = time.monotonic()
     for number, (kind, frame) in enumerate(stream):
@@ -712,6 +777,9 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
         seen[result.stat] = seen.get(result.stat, 0) + 1
         if "IPv6" in kind or (result.flow is not None and result.flow.is_ipv6):
             seen6[result.stat] = seen6.get(result.stat, 0) + 1
+        if result.decision is not None and result.decision.forwards:
+            key = _families(state, frame, result)
+            families[key] = families.get(key, 0) + 1
         for icmp_stat in result.counters.icmp:
             seen_icmp[icmp_stat] = seen_icmp.get(icmp_stat, 0) + 1
     assert balancer.maps.dump_conntrack() == state.conntrack
@@ -724,13 +792,31 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
     inner6 = {Stat.CT_HIT, Stat.CT_MISS, Stat.NO_VIP, Stat.INNER_MALFORMED,
               Stat.INNER_L4_TRUNCATED, Stat.INNER_EXT_TOO_DEEP}  # fmt: skip
     assert inner6 <= set(seen6), f"inner IPv6 outcomes never produced: {inner6 - set(seen6)}"
+    every = {(outer, inner, backend) for outer in (4, 6) for inner in (4, 6) for backend in (4, 6)}
+    assert set(families) == every, (
+        f"(outer, inner, backend) never forwarded: {every - set(families)}"
+    )
     never = set(IcmpStat) - {IcmpStat.LOST} - set(seen_icmp)
     assert not never, f"ICMP outcomes never produced: {never}"
     assert len(stream) >= GENERATED_PACKETS
     print(
         f"{len(stream)} packets in {elapsed:.1f} s; outcomes {seen}; of them inner IPv6 "
-        f"{sum(seen6.values())}: {seen6}; ICMP {seen_icmp}; "
+        f"{sum(seen6.values())}: {seen6}; forwarded by (outer, inner, backend) family "
+        f"{dict(sorted(families.items()))}; ICMP {seen_icmp}; "
         f"changes {changes}"
+    )
+
+
+def _families(state: DataplaneState, frame: bytes, result: pipeline.Result) -> tuple[int, int, int]:
+    """A forwarded packet's (outer, inner, backend) address families."""
+    assert result.flow is not None and result.decision is not None
+    assert result.decision.backend_index is not None
+    ethertype, _ = parse_ethernet(frame)
+    backend = state.backends[result.decision.backend_index]
+    return (
+        6 if ethertype == ETH_P_IPV6 else 4,
+        6 if result.flow.is_ipv6 else 4,
+        6 if len(backend.addr) == 16 else 4,
     )
 
 

@@ -3,6 +3,8 @@ whole, with errors located in the request as the client wrote it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from http import HTTPStatus
 from ipaddress import IPv4Address, IPv6Address
 
@@ -13,7 +15,7 @@ from rusty_rail.api.changes import Target
 from rusty_rail.api.errors import ApiError
 from rusty_rail.config import AdminState, Config, Vip, config_from_toml_text, parse_vip_key
 from rusty_rail.control import health, plan
-from rusty_rail.control.fingerprint import config_fingerprint
+from rusty_rail.control.fingerprint import config_etag, config_fingerprint
 from rusty_rail.control.startup import RESTART_KEYS
 from rusty_rail.model.state import VipKey as MatchKey
 
@@ -219,12 +221,25 @@ def test_config_fingerprint_ignores_order_and_node_keys_but_not_content() -> Non
             ],
             "device": "eth7",
             "lb_address": "198.18.0.3",
+            "lb_address_ipv6": "2001:2::3",
             "conntrack_size": 4096,
         }
     )
     assert config_fingerprint(reordered) == config_fingerprint(BASE)
     heavier = changes.patch_backend(BASE, target(), IPv4Address("198.18.2.1"), {"weight": 5})
     assert config_fingerprint(heavier) != config_fingerprint(BASE)
+
+
+def test_an_unset_lb_address_ipv6_leaves_the_etag_as_before_and_a_set_one_changes_it() -> None:
+    # The ETag of a configuration without the key is what the version before it answered: the
+    # node keys it knew, sorted, after the fingerprint.
+    known = ("device", "xdp_mode", "lb_address", "conntrack_size")
+    node = json.dumps(BASE.model_dump(mode="json", include=set(known)), sort_keys=True)
+    before = hashlib.sha256(f"{config_fingerprint(BASE)}\n{node}".encode()).hexdigest()
+    assert config_etag(BASE) == before
+    with_ipv6 = BASE.model_copy(update={"lb_address_ipv6": IPv6Address("2001:2::3")})
+    assert config_etag(with_ipv6) != before
+    assert config_fingerprint(with_ipv6) == config_fingerprint(BASE)
 
 
 def test_an_ipv6_vip_has_one_name_in_paths_health_metrics_and_the_plan() -> None:

@@ -563,6 +563,37 @@ def test_vip_on_the_balancers_own_address() -> None:
     assert "balancer's own address" in problem.reason
 
 
+def test_lb_address_ipv6_is_read_from_a_file_and_the_environment() -> None:
+    config = config_from_toml_text('lb_address_ipv6 = "2001:2::a"\n')
+    assert config.lb_address_ipv6 == IPv6Address("2001:2::a")
+    assert config_from_toml_text("").lb_address_ipv6 is None
+    config = config_from_env(SEED_ENV | {"RR_LB_ADDRESS_IPV6": "2001:2::b"})
+    assert config.lb_address_ipv6 == IPv6Address("2001:2::b")
+
+
+def test_lb_address_ipv6_refuses_ipv4_and_what_every_address_refuses() -> None:
+    problem = only_problem(toml_error('lb_address_ipv6 = "198.18.0.10"\n'))
+    assert (problem.path, problem.value) == ("lb_address_ipv6", IPv4Address("198.18.0.10"))
+    assert "must be an IPv6 address" in problem.reason
+    problem = only_problem(toml_error('lb_address_ipv6 = "fe80::1"\n'))
+    assert problem.path == "lb_address_ipv6" and "link-local" in problem.reason
+    problem = only_problem(env_error(SEED_ENV | {"RR_LB_ADDRESS_IPV6": "2001:2::/64"}))
+    assert problem.path == "RR_LB_ADDRESS_IPV6"
+
+
+def test_a_vip_or_backend_on_the_balancers_own_ipv6_address_is_refused() -> None:
+    error = toml_error(
+        'lb_address_ipv6 = "2001:2::a"\n'
+        + vip_toml('backends = ["2001:2::A", "2001:2::10"]', "2001:2:0::a")
+    )
+    own = "is the balancer's own address (lb_address_ipv6)"
+    assert [(p.path, str(p.value), p.reason) for p in error.problems] == [
+        ("vips[0].address", "2001:2::a", own),
+        ("vips[0].backends[0].address", "2001:2::a", own),
+        ("vips[0].backends[0].address", "2001:2::a", "is a VIP address (vips[0])"),
+    ]
+
+
 def test_an_ipv6_vip_or_backend_on_the_balancers_own_address_is_refused() -> None:
     error = toml_error(
         'lb_address = "2001:2::a"\ndefault_backends = ["2001:0002::000a"]\n'

@@ -4,7 +4,7 @@ product's promise checked through the reference pipeline (two nodes, same backen
 from __future__ import annotations
 
 import random
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
@@ -137,14 +137,36 @@ def test_default_set_is_a_service_named_in_the_settings() -> None:
     assert plan(config("198.18.1.1")).state.settings.default_vip == NONE_INDEX
 
 
-def test_ipv6_backends_are_refused_until_the_data_plane_carries_them() -> None:
-    with pytest.raises(PlanError, match="IPv6 backends"):
+def test_an_ipv6_backend_without_the_nodes_ipv6_address_is_refused() -> None:
+    needs = "2001:2::1 of 198.19.0.10:80/tcp: an IPv6 backend needs the node's IPv6 address"
+    with pytest.raises(PlanError, match=needs):
         plan(config("2001:2::1"))
-
-
-def test_ipv6_backends_of_an_ipv6_vip_are_refused_with_the_same_message() -> None:
-    with pytest.raises(PlanError, match="IPv6 backends"):
+    with pytest.raises(PlanError, match="set lb_address_ipv6 \\(or RR_LB_ADDRESS_IPV6\\)"):
         plan(config("198.18.1.1", "2001:2::1", vip="2001:2:0:19::10"))
+
+
+def test_ipv6_backends_are_planned_beside_ipv4_ones_with_the_nodes_ipv6_address() -> None:
+    lb6 = IPv6Address("2001:2::2")
+    p = compile_plan(
+        config("198.18.1.1", "2001:2::1", vip="2001:2:0:19::10"),
+        Allocation(),
+        lb_ipv4=LB,
+        lb_ipv6=lb6,
+        resolve_next_hop=resolved,
+    )
+    assert p.state.settings.lb_ipv6 == lb6.packed
+    assert p.state.backends[slot_of(p, "2001:2::1", "[2001:2:0:19::10]:80/tcp")].addr == (
+        IPv6Address("2001:2::1").packed
+    )
+    assert p.state.backends[slot_of(p, "198.18.1.1", "[2001:2:0:19::10]:80/tcp")].addr == (
+        IPv4Address("198.18.1.1").packed
+    )
+    (table,) = p.state.tables.values()
+    assert len({int(s) for s in table}) == 2  # both families share the VIP's table
+
+
+def test_without_the_nodes_ipv6_address_the_settings_hold_zeroes() -> None:
+    assert plan(config("198.18.1.1")).state.settings.lb_ipv6 == bytes(16)
 
 
 def test_an_ipv6_vip_with_ipv4_backends_is_planned_and_balances_inner_ipv6() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
-from scapy.layers.l2 import Ether
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
 
 from rusty_rail.model.flowhash import Flow, flow_hash
 from rusty_rail.model.icmp import IcmpStat, IcmpWatch
@@ -123,18 +126,42 @@ def test_forwarded_frames_read_right_in_scapy(case: PacketCase) -> None:
         _mac_text(backend.next_hop.dst_mac),
         _mac_text(backend.next_hop.src_mac),
     )
-    outer = out[IP]
-    assert outer.dst == _ip_text(backend.addr) and outer.src == _ip_text(state.settings.lb_ipv4)
-    assert outer.ttl == state.settings.outer_ttl
-    recomputed = outer.copy()
-    del recomputed.chksum
-    assert IP(bytes(recomputed)).chksum == outer.chksum
+    if len(backend.addr) == 16:  # section 8: the outer header of the backend's family
+        outer6 = out[IPv6]
+        assert outer6.dst == _ip6_text(backend.addr)
+        assert outer6.src == _ip6_text(state.settings.lb_ipv6)
+        assert outer6.hlim == state.settings.outer_ttl
+    else:
+        outer = out[IP]
+        assert outer.dst == _ip_text(backend.addr)
+        assert outer.src == _ip_text(state.settings.lb_ipv4)
+        assert outer.ttl == state.settings.outer_ttl
+        recomputed = outer.copy()
+        del recomputed.chksum
+        assert IP(bytes(recomputed)).chksum == outer.chksum
     assert bytes(out[GRE]) == bytes(before[GRE])  # GRE and everything inside carried through
-    assert len(result.frame) == len(case.frame)
+    old_outer, new_outer = _outer_of(before), _outer_of(out)
+    assert isinstance(new_outer, IPv6 if len(backend.addr) == 16 else IP)
+    old_len = 40 if isinstance(old_outer, IPv6) else old_outer.ihl * 4
+    new_len = 40 if isinstance(new_outer, IPv6) else new_outer.ihl * 4
+    assert len(result.frame) == len(case.frame) - old_len + new_len
+    assert len(bytes(new_outer)) - new_len == len(bytes(old_outer)) - old_len
 
 
 def _mac_text(value: bytes) -> str:
     return ":".join(f"{byte:02x}" for byte in value)
+
+
+def _outer_of(frame: Ether) -> Any:
+    """The first layer after Ethernet and its VLAN tags: the outer IP header."""
+    layer = frame.payload
+    while isinstance(layer, Dot1Q):
+        layer = layer.payload
+    return layer
+
+
+def _ip6_text(value: bytes) -> str:
+    return str(ipaddress.IPv6Address(value))
 
 
 def _ip_text(value: bytes) -> str:
@@ -224,7 +251,7 @@ def _assert_only_rewritable_bytes_changed(before: bytes, after: bytes) -> None:
 
 def test_rewrite_refuses_a_backend_it_cannot_write() -> None:
     state = standard_state()
-    backend = replace(state.backends[0], addr=bytes(16))
+    backend = replace(state.backends[0], addr=bytes(8))
     with pytest.raises(ValueError):
         rewrite(state.settings, WEB_FRAME, 14, backend)
     with pytest.raises(ValueError):

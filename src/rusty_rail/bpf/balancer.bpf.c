@@ -16,7 +16,9 @@
 /* What the rest of the path needs from the parsers. */
 struct packet {
 	struct ethhdr *eth;
-	struct iphdr *outer;
+	struct iphdr *outer;    /* the outer IPv4 header, when !outer_v6 */
+	struct ipv6hdr *outer6; /* the outer IPv6 header, when outer_v6 */
+	int outer_v6;           /* a flag, not the pointers' nullness: the verifier follows it */
 	struct flow_key flow;
 	__u32 len; /* the frame's length as received, for the byte counters */
 };
@@ -120,6 +122,29 @@ static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
 	return *slot;
 }
 
+/* Section 8's rewrite by the backend's family. Returns 0, or -1 when the kernel refused the
+ * headroom of a family change. */
+static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet *pkt,
+					 const struct settings *settings,
+					 const struct backend *backend)
+{
+	if (backend->family != BACKEND_FAMILY_IPV6) {
+		if (!pkt->outer_v6) {
+			rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
+			return 0;
+		}
+		return rewrite_ipv6_to_ipv4(ctx, pkt->outer6,
+					    (void *)pkt->outer6 - (void *)pkt->eth, backend,
+					    settings);
+	}
+	if (pkt->outer_v6) {
+		rewrite_ipv6_passthrough(pkt->eth, pkt->outer6, backend, settings);
+		return 0;
+	}
+	return rewrite_ipv4_to_ipv6(ctx, pkt->outer, (void *)pkt->outer - (void *)pkt->eth,
+				    backend, settings);
+}
+
 /* Section 8: readdress the frame to the backend's next hop, count it, send it. */
 static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct packet *pkt,
 					      const struct settings *settings,
@@ -128,7 +153,8 @@ static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct p
 {
 	__u32 ifindex = backend->nexthop_ifindex;
 
-	rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
+	if (rewrite_outer(ctx, pkt, settings, backend))
+		return XDP_ABORTED;
 	count_stat(&stats, outcome, pkt->len);
 	count_stat(&vip_stats, vip_index, pkt->len);
 	count_stat(&backend_stats, backend_index, pkt->len);
@@ -139,8 +165,7 @@ static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct p
 }
 
 /* Sections 4b-8 for inner IPv6 (the cursor at the inner header): the same decisions as the
- * IPv4 path below, over the IPv6 VIPs and connection table; the rewrite is the same outer
- * IPv4 passthrough. */
+ * IPv4 path below, over the IPv6 VIPs and connection table; the same rewrite. */
 static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor *cur,
 					      const struct packet *pkt,
 					      const struct settings *settings)
@@ -198,27 +223,31 @@ int xdp_balancer(struct xdp_md *ctx)
 	int ethertype, has_ports;
 	__u64 flow_mix;
 
-	/* Parse: Ethernet, the outer IPv4 header to this node, GRE, the inner flow (inner IPv6 goes
-	 * its own way, balance_inner_ipv6). ICMP about
-	 * GRE this node sent is learnt from on its way to the host (section 9). */
+	/* Parse: Ethernet, the outer IPv4 or IPv6 header to this node, GRE, the inner flow (inner
+	 * IPv6 goes its own way, balance_inner_ipv6). ICMP about GRE this node sent is learnt
+	 * from on its way to the host (section 9). */
 	ethertype = parse_ethernet(&cur, &pkt.eth);
-	if (ethertype == bpf_htons(ETH_P_IPV6)) {
-		stat = outer_ipv6_stat(&cur);
+	if (ethertype == bpf_htons(ETH_P_IP)) {
+		stat = parse_outer_ipv4(&cur, &pkt.outer);
+		if (stat == STAT_PASS_NOT_GRE)
+			icmp_count(icmp_ipv4_stat(pkt.outer, data_end), pkt.len);
+	} else if (ethertype == bpf_htons(ETH_P_IPV6)) {
+		pkt.outer_v6 = 1;
+		stat = parse_outer_ipv6(&cur, &pkt.outer6);
 		if (stat == STAT_PASS_NOT_GRE)
 			icmp_count(icmp_ipv6_stat(cur.pos, data_end), pkt.len);
-		return finish_unforwarded(stat, &pkt, NULL);
+	} else {
+		stat = STAT_PASS_NOT_IP;
 	}
-	if (ethertype != bpf_htons(ETH_P_IP))
-		return finish_unforwarded(STAT_PASS_NOT_IP, &pkt, NULL);
-	stat = parse_outer_ipv4(&cur, &pkt.outer);
-	if (stat == STAT_PASS_NOT_GRE)
-		icmp_count(icmp_ipv4_stat(pkt.outer, data_end), pkt.len);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, NULL);
 	settings = settings_get();
 	if (!settings)
 		return XDP_PASS; /* cannot happen: an array always has its entry 0 */
-	stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
+	if (!pkt.outer_v6)
+		stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
+	else
+		stat = outer_ipv6_to_us(&cur, pkt.outer6, settings);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
 	stat = balanced_gre(&cur);

@@ -15,16 +15,33 @@
 /* balanced_gre's answer for GRE carrying IPv6: go on with section 4b. */
 #define STEP_INNER_IPV6 0xFE
 
-/* Outer IPv6 is recognised, not balanced yet: section 2b. */
-static __always_inline __u32 outer_ipv6_stat(struct cursor *c)
+/* The outer IPv6 header (section 2b): sane, whole and carrying GRE (extension headers are not
+ * walked). The cursor stays at the header: the ICMP learning of section 9b reads the others. */
+static __always_inline __u32 parse_outer_ipv6(struct cursor *c, struct ipv6hdr **ip6_out)
 {
 	struct ipv6hdr *ip6;
 
-	if (parse_ipv6(c, &ip6) != PARSE_OK)
+	if (parse_ipv6(c, &ip6) != PARSE_OK || ip6->version != 6 ||
+	    sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > (__u32)(c->end - c->pos))
 		return STAT_PASS_OUTER_MALFORMED;
+	*ip6_out = ip6;
 	if (ip6->nexthdr != IPPROTO_GRE)
 		return STAT_PASS_NOT_GRE;
-	return STAT_PASS_UNSUPPORTED;
+	return STEP_OK;
+}
+
+/* The rest of section 2b, once the packet is GRE: addressed to this node (an all-zero lb_ipv6
+ * is nobody's). On STEP_OK the cursor is at the GRE header and `left` ends at the GRE end. */
+static __always_inline __u32 outer_ipv6_to_us(struct cursor *c, const struct ipv6hdr *ip6,
+					      const struct settings *settings)
+{
+	const __u64 *dst = (const __u64 *)&ip6->daddr, *lb = (const __u64 *)settings->lb_ipv6;
+
+	if (dst[0] != lb[0] || dst[1] != lb[1] || (lb[0] | lb[1]) == 0)
+		return STAT_PASS_NOT_LOCAL;
+	if (ipv6_enter_payload(c, ip6) != PARSE_OK)
+		return STAT_PASS_OUTER_MALFORMED; /* cannot happen: checked by parse_outer_ipv6 */
+	return STEP_OK;
 }
 
 /* The outer IPv4 header (section 2a): sane and carrying GRE. The cursor's bound is the frame

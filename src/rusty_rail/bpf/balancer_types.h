@@ -29,6 +29,10 @@ enum action {
 	ACTION_DROP = 1,
 };
 
+/* struct backend's family (dataplane/structs.py FAMILY_IPV4, FAMILY_IPV6). */
+#define BACKEND_FAMILY_IPV4 4
+#define BACKEND_FAMILY_IPV6 6
+
 /* A backend slot's state (model.state.BackendState). */
 enum backend_state {
 	BACKEND_UNUSED = 0,
@@ -76,7 +80,7 @@ enum icmp_stat {
 /* The one entry of the settings array. */
 struct settings {
 	__be32 lb_ipv4_be;     /* the outer destination this node balances for */
-	__u8 lb_ipv6[16];      /* reserved for outer IPv6; zero until it is balanced */
+	__u8 lb_ipv6[16];      /* the outer IPv6 destination; all zero: none */
 	__u32 default_vip;     /* VIP index for GRE that matches no VIP, or NONE_INDEX */
 	__u64 hash_seed;       /* the cluster-wide flow-hash seed */
 	__u32 conntrack_mask;  /* conntrack sets - 1; written by the loader, not the state */
@@ -110,11 +114,11 @@ struct vip_value {
 /* One backend slot, indexed by backend index. The next hop's two MAC addresses sit in
  * Ethernet header order (destination, then source) so the rewrite copies 12 bytes. */
 struct backend {
-	__be32 addr_be[4];        /* IPv4 in addr_be[0]; all four words once IPv6 backends exist */
+	__be32 addr_be[4];        /* IPv4 in addr_be[0]; IPv6 in all four words */
 	__u32 generation;         /* changes when the slot is given to another backend */
 	__u32 vip_index;          /* the VIP this slot serves; counted on conntrack hits */
 	__u8 state;               /* enum backend_state */
-	__u8 family;              /* 4 (IPv4); 6 is reserved */
+	__u8 family;              /* 4 (IPv4) or 6 (IPv6): the outer header sent to it */
 	__u8 nexthop_resolved;    /* 0 until the control plane resolved the next hop */
 	__u8 pad;
 	__u32 nexthop_ifindex;    /* egress interface; 0 = the ingress interface */

@@ -156,6 +156,10 @@ class Config(_OmitsNoHealth):
     xdp_mode: XdpModeField = XdpMode.NATIVE
     #: The node's own outer address (the GRE destination); None: discovered from the device.
     lb_address: OptionalAddress = None
+    #: The node's own outer IPv6 address (outer IPv6 GRE ends here; the source of the outer
+    #: IPv6 headers sent to IPv6 backends); None: discovered from the device when it has one
+    #: global IPv6 address.
+    lb_address_ipv6: OptionalAddress = None
     hash_seed: Seed = DEFAULT_SEED
     table_size: TableSize = DEFAULT_TABLE_SIZE
     outer_ttl: Ttl = 64
@@ -186,6 +190,9 @@ class Config(_OmitsNoHealth):
     @model_validator(mode="after")
     def _check_config(self) -> Self:
         problems = _duplicate_backends(self.default_backends, ("default_backends",))
+        if self.lb_address_ipv6 is not None and self.lb_address_ipv6.version != 6:
+            reason = "must be an IPv6 address (the IPv4 one is lb_address)"
+            problems.append(Problem(("lb_address_ipv6",), reason, self.lb_address_ipv6))
         problems += _table_fits(
             self.table_size, self.default_backends, ("default_backends",), "table_size"
         )
@@ -204,12 +211,18 @@ class Config(_OmitsNoHealth):
             if vip.address == self.lb_address:
                 reason = "is the balancer's own address (lb_address)"
                 problems.append(Problem(("vips", index, "address"), reason, vip.address))
+            if vip.address == self.lb_address_ipv6:
+                reason = "is the balancer's own address (lb_address_ipv6)"
+                problems.append(Problem(("vips", index, "address"), reason, vip.address))
 
         def check_backends(backends: Sequence[Backend], loc: Loc) -> None:
             for position, backend in enumerate(backends):
                 where = (*loc, position, "address")
                 if backend.address == self.lb_address:
                     reason = "is the balancer's own address (lb_address)"
+                    problems.append(Problem(where, reason, backend.address))
+                if backend.address == self.lb_address_ipv6:
+                    reason = "is the balancer's own address (lb_address_ipv6)"
                     problems.append(Problem(where, reason, backend.address))
                 if backend.address in vip_addresses:
                     reason = f"is a VIP address (vips[{vip_addresses[backend.address]}])"

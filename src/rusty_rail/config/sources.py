@@ -79,6 +79,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     ENV_DEVICE: "device",
     "RR_XDP_MODE": "xdp_mode",
     "RR_LB_ADDRESS": "lb_address",
+    "RR_LB_ADDRESS_IPV6": "lb_address_ipv6",
     "RR_HASH_SEED": "hash_seed",
 }
 ENV_VARIABLES: Final = frozenset({*ENV_OVERRIDES, ENV_TARGET_IPS, ENV_CONFIG})

@@ -19,7 +19,7 @@ from rusty_rail.control.apply import apply_operations
 from rusty_rail.control.errors import StartupError
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.monitor import HealthMonitor
-from rusty_rail.control.nexthops import NextHops, backend_addresses, lb_address_of
+from rusty_rail.control.nexthops import NextHops, backend_addresses, lb_address_of, lb_ipv6_of
 from rusty_rail.control.options import MIN_TOKEN_LENGTH, ApiOptions, DaemonOptions
 from rusty_rail.control.plan import (
     Allocation,
@@ -96,7 +96,13 @@ def check_before_loading(
     fresh = Allocation(max_vips=MAX_VIPS, max_backends=MAX_BACKENDS)
     clock = time.perf_counter()
     try:
-        plan = compile_plan(config, fresh, lb_ipv4=lb_ipv4, resolve_next_hop=next_hops)
+        plan = compile_plan(
+            config,
+            fresh,
+            lb_ipv4=lb_ipv4,
+            lb_ipv6=lb_ipv6_of(config, device),
+            resolve_next_hop=next_hops,
+        )
     except (PlanError, ValueError) as error:
         raise StartupError(str(error)) from error
     return Checked(ifindex, lb_ipv4, plan, time.perf_counter() - clock)

@@ -33,7 +33,12 @@ from rusty_rail.control.fingerprint import (
     service_order,
 )
 from rusty_rail.control.monitor import HealthMonitor
-from rusty_rail.control.nexthops import NextHops, backend_addresses, lb_address_of
+from rusty_rail.control.nexthops import (
+    NextHops,
+    backend_addresses,
+    lb_address_of,
+    lb_ipv6_of,
+)
 from rusty_rail.control.options import DaemonOptions
 from rusty_rail.control.plan import (
     NoFreeIndex,
@@ -212,6 +217,7 @@ class Controller:
             config,
             base.allocation,
             lb_ipv4=lb_address_of(config, self.device),
+            lb_ipv6=lb_ipv6_of(config, self.device),
             resolve_next_hop=self.next_hops,
             healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
             previous_tables=base.tables,

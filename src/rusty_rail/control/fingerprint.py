@@ -43,13 +43,17 @@ def address_order(text: str) -> tuple[int, int]:
 def config_etag(config: Config) -> str:
     """SHA-256 of the whole desired state (the cluster-wide part and the node's own keys);
     the order of VIPs and backends does not count, as it changes nothing."""
-    node = json.dumps(config.model_dump(mode="json", include=set(NODE_KEYS)), sort_keys=True)
+    node_keys = config.model_dump(mode="json", include=set(NODE_KEYS))
+    if node_keys.get("lb_address_ipv6") is None:  # unset: the ETag of the version before it
+        node_keys.pop("lb_address_ipv6", None)
+    node = json.dumps(node_keys, sort_keys=True)
     return hashlib.sha256(f"{config_fingerprint(config)}\n{node}".encode()).hexdigest()
 
 
 def config_fingerprint(config: Config) -> str:
     """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
-    backends by address): every key but device, xdp_mode, lb_address and conntrack_size.
+    backends by address): every key but device, xdp_mode, lb_address, lb_address_ipv6 and
+    conntrack_size.
     Equal on every node given the same changes, in whatever order they came."""
     settings = config.model_dump(mode="json", exclude={"vips", "default_backends", *NODE_KEYS})
     digest = hashlib.sha256(b"rusty-rail config v1\n")
@@ -79,4 +83,4 @@ def _vip_order(vip: Vip) -> tuple[int, int, str, int]:
 
 
 #: Keys that differ between the nodes of one cluster by design.
-NODE_KEYS: Final = ("device", "xdp_mode", "lb_address", "conntrack_size")
+NODE_KEYS: Final = ("device", "xdp_mode", "lb_address", "lb_address_ipv6", "conntrack_size")

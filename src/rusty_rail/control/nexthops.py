@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Config
@@ -33,6 +33,24 @@ def lb_address_of(config: Config, device: str) -> IPv4Address:
             f"addresses ({found}); set lb_address (or RR_LB_ADDRESS)"
         )
     return candidates[0]
+
+
+def lb_ipv6_of(config: Config, device: str) -> IPv6Address | None:
+    """The balancer's outer IPv6 address: configured (lb_address_ipv6), or the device's only
+    IPv6 address of global scope (as the kernel says it: not link-local, loopback or multicast;
+    unique local fd00::/8 counts); None when it has none or several (outer IPv6 GRE is then
+    never local, and the plan refuses IPv6 backends)."""
+    if config.lb_address_ipv6 is not None:
+        if not isinstance(config.lb_address_ipv6, IPv6Address):
+            raise PlanError(f"lb_address_ipv6 {config.lb_address_ipv6}: not an IPv6 address")
+        return config.lb_address_ipv6
+    candidates = [
+        a
+        for a in netlink.interface_addresses(device)
+        if isinstance(a, IPv6Address)
+        and not (a.is_link_local or a.is_loopback or a.is_multicast or a.is_unspecified)
+    ]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import numpy as np
 import numpy.typing as npt
@@ -255,6 +255,7 @@ def compile_plan(
     previous: Allocation,
     *,
     lb_ipv4: IPv4Address,
+    lb_ipv6: IPv6Address | None = None,
     resolve_next_hop: NextHopResolver,
     healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
     previous_tables: Mapping[str, MaglevTable] | None = None,
@@ -273,10 +274,12 @@ def compile_plan(
     services = services_of(config)
     for service in services:
         for backend in service.backends:
-            if backend.address.version != 4:
+            if backend.address.version == 6 and lb_ipv6 is None:
                 raise PlanError(
-                    f"backend {backend.address} of {service.name}: IPv6 backends are not "
-                    "supported by the data plane yet (GRE passthrough over IPv4)"
+                    f"backend {backend.address} of {service.name}: an IPv6 backend needs the "
+                    "node's IPv6 address (the source of the outer IPv6 header): set "
+                    "lb_address_ipv6 (or RR_LB_ADDRESS_IPV6), or give the device exactly one "
+                    "global IPv6 address"
                 )
     allocation = allocate(services, previous)
     default_vip = allocation.vip_index.get(DEFAULT_SET, NONE_INDEX)
@@ -287,6 +290,7 @@ def compile_plan(
         malformed_action=model_state.Action[config.malformed_action.name],
         default_vip=default_vip,
         hash_seed=config.hash_seed,
+        lb_ipv6=lb_ipv6.packed if lb_ipv6 is not None else bytes(16),
     )
     state = DataplaneState(settings=settings)
     tables: dict[str, MaglevTable] = {}

@@ -32,6 +32,7 @@ ICMP_REPORT_RING_BYTES = 1 << 20
 
 #: Values of ``struct backend.family``.
 FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
 
 ETH_ALEN = 6
 
@@ -221,6 +222,9 @@ def encode_settings(settings: Settings, conntrack_mask: int = 0) -> bytes:
         malformed_action=int(settings.malformed_action),
     )
     value.lb_ipv4_be[:] = _require_ipv4(settings.lb_ipv4, "the LB's IPv4 address")
+    if len(settings.lb_ipv6) != 16:
+        raise ValueError(f"the LB's IPv6 address must be 16 bytes, got {len(settings.lb_ipv6)}")
+    value.lb_ipv6[:] = settings.lb_ipv6
     return bytes(value)
 
 
@@ -233,6 +237,7 @@ def decode_settings(data: bytes) -> Settings:
         malformed_action=Action(value.malformed_action),
         default_vip=value.default_vip,
         hash_seed=value.hash_seed,
+        lb_ipv6=bytes(value.lb_ipv6),
     )
 
 
@@ -280,9 +285,12 @@ def encode_backend(entry: BackendEntry) -> bytes:
         generation=entry.generation & 0xFFFFFFFF,
         vip_index=require_index(entry.vip_index, MAX_VIPS, "backend's VIP index"),
         state=int(entry.state),
-        family=FAMILY_IPV4,
+        family=FAMILY_IPV6 if len(entry.addr) == 16 else FAMILY_IPV4,
     )
-    value.addr_be[:4] = _require_ipv4(entry.addr, "a backend address")
+    if len(entry.addr) == 16:
+        value.addr_be[:] = entry.addr
+    else:
+        value.addr_be[:4] = _require_ipv4(entry.addr, "a backend address")
     if entry.next_hop is not None:
         value.nexthop_resolved = 1
         value.nexthop_ifindex = entry.next_hop.ifindex
@@ -302,7 +310,7 @@ def decode_backend(data: bytes) -> BackendEntry | None:
             value.nexthop_ifindex, bytes(value.nexthop_src_mac), bytes(value.nexthop_dst_mac)
         )
     return BackendEntry(
-        addr=bytes(value.addr_be[:4]),
+        addr=bytes(value.addr_be) if value.family == FAMILY_IPV6 else bytes(value.addr_be[:4]),
         vip_index=value.vip_index,
         generation=value.generation,
         state=BackendState(value.state),

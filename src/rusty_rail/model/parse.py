@@ -1,5 +1,5 @@
-"""Sections 1-4b of docs/packet-path.md: from the Ethernet header, through the outer IPv4
-header and GRE, to the inner IPv4 or IPv6 flow; or the ``Stat`` of the early exit that ends the
+"""Sections 1-4b of docs/packet-path.md: from the Ethernet header, through the outer IPv4 or
+IPv6 header and GRE, to the inner IPv4 or IPv6 flow; or the ``Stat`` of the early exit that ends the
 packet path.
 
 The reference pipeline (``pipeline.process``) runs this first; plain values, no kernel.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import NoReturn
 
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import Settings, Stat
@@ -70,11 +69,13 @@ def u16(frame: bytes, offset: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """What the parse hands to the decision: where the outer IPv4 header is, and the flow."""
+    """What the parse hands to the decision: where the outer header is and its family (4 or 6),
+    and the flow."""
 
     l3: int
     flow: Flow
     fragment: bool
+    outer_family: int = 4
 
 
 def parse_ethernet(frame: bytes) -> tuple[int, int]:
@@ -118,13 +119,20 @@ def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, i
     return l3 + header_len, l3 + total_length
 
 
-def _parse_outer_ipv6(frame: bytes, l3: int) -> NoReturn:
-    """Section 2b: recognised, never balanced yet."""
-    if len(frame) - l3 < IPV6_HEADER_LEN:
+def _parse_outer_ipv6(settings: Settings, frame: bytes, l3: int) -> tuple[int, int]:
+    """Section 2b. Returns (offset of the GRE header, the GRE end). Extension headers are not
+    walked: GRE behind one is PASS_NOT_GRE."""
+    l3_len = len(frame) - l3
+    if l3_len < IPV6_HEADER_LEN or frame[l3] >> 4 != 6:
+        raise Stop(Stat.PASS_OUTER_MALFORMED)
+    gre_end = l3 + IPV6_HEADER_LEN + u16(frame, l3 + 4)
+    if gre_end > len(frame):
         raise Stop(Stat.PASS_OUTER_MALFORMED)
     if frame[l3 + 6] != PROTO_GRE:
         raise Stop(Stat.PASS_NOT_GRE)
-    raise Stop(Stat.PASS_UNSUPPORTED)
+    if frame[l3 + 24 : l3 + 40] != settings.lb_ipv6 or not any(settings.lb_ipv6):
+        raise Stop(Stat.PASS_NOT_LOCAL)
+    return l3 + IPV6_HEADER_LEN, gre_end
 
 
 def _parse_gre(frame: bytes, gre: int, gre_end: int) -> tuple[int, int]:
@@ -221,13 +229,16 @@ def parse(settings: Settings, frame: bytes) -> Parsed:
     """Sections 1-4b: from the Ethernet header to the inner flow, or a Stop."""
     ethertype, l3 = parse_ethernet(frame)
     if ethertype == ETH_P_IPV6:
-        _parse_outer_ipv6(frame, l3)
-    if ethertype != ETH_P_IPV4:
+        outer_family = 6
+        gre, gre_end = _parse_outer_ipv6(settings, frame, l3)
+    elif ethertype == ETH_P_IPV4:
+        outer_family = 4
+        gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
+    else:
         raise Stop(Stat.PASS_NOT_IP)
-    gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
     protocol, inner = _parse_gre(frame, gre, gre_end)
     if protocol == ETH_P_IPV6:
         flow, fragment = _parse_inner_ipv6(frame, inner, gre_end)
     else:
         flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
-    return Parsed(l3, flow, fragment)
+    return Parsed(l3, flow, fragment, outer_family)

@@ -29,13 +29,15 @@ from rusty_rail.model.state import (
     Verdict,
     VipKey,
 )
-from rusty_rail.wire.checksum import checksum_update_bytes
+from rusty_rail.wire.checksum import checksum_update_bytes, internet_checksum
 from rusty_rail.wire.constants import (
+    ETH_P_IPV4,
     ETH_P_IPV6,
     ICMP_CODE_FRAGMENTATION_NEEDED,
     ICMP_DEST_UNREACHABLE,
     ICMPV6_DEST_UNREACHABLE,
     ICMPV6_PACKET_TOO_BIG,
+    IPV4_FLAG_DF,
     IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
     PROTO_GRE,
@@ -288,22 +290,73 @@ def _check_next_hop(decision: Decision, backend: BackendEntry) -> Decision:
 # --- Rewriting and sending (section 8) -------------------------------------------------------
 
 
-def rewrite(settings: Settings, frame: bytes, l3: int, backend: BackendEntry) -> bytes:
-    """GRE passthrough: new Ethernet addresses, outer source, destination and TTL, and the
-    outer header checksum updated incrementally over those 16-bit words."""
+def rewrite(
+    settings: Settings, frame: bytes, l3: int, backend: BackendEntry, outer_family: int = 4
+) -> bytes:
+    """GRE passthrough (section 8): new Ethernet addresses and an outer header of the backend's
+    family addressed to it; the GRE header and everything after it unchanged."""
     next_hop = backend.next_hop
     if next_hop is None or len(next_hop.dst_mac) != 6 or len(next_hop.src_mac) != 6:
         raise ValueError(f"backend {backend} has no usable next hop")
-    if len(backend.addr) != 4 or len(settings.lb_ipv4) != 4:
-        raise ValueError("GRE passthrough over outer IPv4 needs IPv4 LB and backend addresses")
+    if len(backend.addr) not in (4, 16):
+        raise ValueError(f"backend address of {len(backend.addr)} bytes")
     out = bytearray(frame)
     out[0:6] = next_hop.dst_mac
     out[6:12] = next_hop.src_mac
+    backend_family = 4 if len(backend.addr) == 4 else 6
+    if outer_family == 4 and backend_family == 4:
+        return _rewrite_ipv4(settings, bytes(out), l3, backend.addr)
+    if outer_family == 6 and backend_family == 6:
+        out[l3 + 7] = settings.outer_ttl
+        out[l3 + 8 : l3 + 24] = settings.lb_ipv6
+        out[l3 + 24 : l3 + 40] = backend.addr
+        return bytes(out)
+    if outer_family == 4:  # to an IPv6 backend: a new IPv6 header instead of the IPv4 one
+        header_len = (frame[l3] & 0x0F) * 4
+        payload_length = u16(frame, l3 + 2) - header_len
+        header = struct.pack(
+            "!IHBB16s16s",
+            6 << 28 | frame[l3 + 1] << 20,  # version, traffic class = TOS, flow label 0
+            payload_length,
+            PROTO_GRE,
+            settings.outer_ttl,
+            settings.lb_ipv6,
+            backend.addr,
+        )
+        out[l3 - 2 : l3] = struct.pack("!H", ETH_P_IPV6)
+        return bytes(out[:l3] + header + out[l3 + header_len :])
+    # Outer IPv6 to an IPv4 backend: a new IPv4 header instead of the IPv6 one.
+    traffic_class = (frame[l3] & 0x0F) << 4 | frame[l3 + 1] >> 4
+    header4 = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            traffic_class,
+            IPV4_HEADER_LEN + u16(frame, l3 + 4),
+            0,  # ID 0 ...
+            IPV4_FLAG_DF,  # ... in an atomic datagram (RFC 6864)
+            settings.outer_ttl,
+            PROTO_GRE,
+            0,
+            settings.lb_ipv4,
+            backend.addr,
+        )
+    )
+    header4[10:12] = struct.pack("!H", internet_checksum(bytes(header4)))
+    out[l3 - 2 : l3] = struct.pack("!H", ETH_P_IPV4)
+    return bytes(out[:l3] + header4 + out[l3 + IPV6_HEADER_LEN :])
 
+
+def _rewrite_ipv4(settings: Settings, frame: bytes, l3: int, addr: bytes) -> bytes:
+    """Outer IPv4 to an IPv4 backend: outer source, destination and TTL, and the outer header
+    checksum updated incrementally over those 16-bit words."""
+    if len(settings.lb_ipv4) != 4:
+        raise ValueError("GRE passthrough over outer IPv4 needs the LB's IPv4 address")
+    out = bytearray(frame)
     # The changed words: source (2), destination (2), and TTL with the protocol beside it.
     old_words = bytes(out[l3 + 12 : l3 + 20] + out[l3 + 8 : l3 + 10])
     out[l3 + 12 : l3 + 16] = settings.lb_ipv4
-    out[l3 + 16 : l3 + 20] = backend.addr
+    out[l3 + 16 : l3 + 20] = addr
     out[l3 + 8] = settings.outer_ttl
     new_words = bytes(out[l3 + 12 : l3 + 20] + out[l3 + 8 : l3 + 10])
 
@@ -438,7 +491,7 @@ def process(
     )
     return Result(
         verdict=verdict,
-        frame=rewrite(settings, frame, parsed.l3, backend),
+        frame=rewrite(settings, frame, parsed.l3, backend, parsed.outer_family),
         stat=decision.stat,
         redirect_ifindex=redirect_ifindex,
         counters=counters,

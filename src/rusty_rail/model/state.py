@@ -86,6 +86,9 @@ class Settings:
     malformed_action: Action = Action.DROP
     default_vip: int = NONE_INDEX
     hash_seed: int = DEFAULT_SEED
+    #: The outer IPv6 destination this node balances for and the source of the IPv6 outer
+    #: headers it sends; all zero: none (outer IPv6 GRE is then never local).
+    lb_ipv6: bytes = bytes(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,9 @@ class NextHop:
 @dataclass(frozen=True, slots=True)
 class BackendEntry:
     """One backend slot. Slots are per (VIP, backend address); ``generation`` changes when a
-    slot is given to another backend, so stale connection-table entries are recognised."""
+    slot is given to another backend, so stale connection-table entries are recognised.
+    ``addr`` is 4 bytes (an IPv4 backend) or 16 (IPv6): the outer header sent to it is of that
+    family (docs/packet-path.md section 8)."""
 
     addr: bytes
     vip_index: int

@@ -16,13 +16,18 @@ ROUTER_MAC = "02:00:00:00:00:01"
 LB_MAC = "02:00:00:00:00:02"
 ROUTER_IPV4 = "198.18.0.1"
 LB_IPV4 = "198.18.0.2"
+ROUTER_IPV6 = "2001:2::1"
+LB_IPV6 = "2001:2::2"
 
 
 @dataclass(frozen=True, slots=True)
 class Outer:
-    """Everything around the inner packet of a GRE frame: Ethernet, outer IPv4 and GRE.
+    """Everything around the inner packet of a GRE frame: Ethernet, outer IPv4 (or IPv6, with
+    ``ipv6``: then ``ttl`` is the hop limit, ``tos`` the traffic class, and the IPv4-only fields
+    are not used) and GRE.
 
-    Defaults describe a router sending to the LB; ``dataclasses.replace`` makes variants.
+    Defaults describe a router sending to the LB; ``dataclasses.replace`` makes variants
+    (``OUTER_IPV6`` is the outer IPv6 one).
     """
 
     eth_dst: MacLike = LB_MAC
@@ -31,6 +36,10 @@ class Outer:
     src: Ipv4Like = ROUTER_IPV4
     dst: Ipv4Like = LB_IPV4
     ttl: int = 64
+    tos: int = 0
+    ipv6: bool = False
+    flow_label: int = 0
+    payload_length: int | None = None
     ident: int = 0x1234
     dont_fragment: bool = True
     more_fragments: bool = False
@@ -59,12 +68,32 @@ def encapsulate(inner: bytes, outer: Outer = Outer()) -> bytes:
         version=outer.gre_version,
         extra_flags=outer.gre_extra_flags,
     )
+    if outer.ipv6:
+        ip_packet = ipv6(
+            outer.src,
+            outer.dst,
+            PROTO_GRE,
+            gre_packet,
+            hop_limit=outer.ttl,
+            traffic_class=outer.tos,
+            flow_label=outer.flow_label,
+            payload_length=outer.payload_length,
+        )
+        return ethernet(
+            outer.eth_dst,
+            outer.eth_src,
+            ETH_P_IPV6,
+            ip_packet,
+            vlans=outer.vlans,
+            pad_to=outer.pad_to,
+        )
     ip_packet = ipv4(
         outer.src,
         outer.dst,
         PROTO_GRE,
         gre_packet,
         ttl=outer.ttl,
+        tos=outer.tos,
         ident=outer.ident,
         dont_fragment=outer.dont_fragment,
         more_fragments=outer.more_fragments,
@@ -124,6 +153,9 @@ def inner_ipv6(
     packet = ipv6_chain(extensions, flow.proto) + upper
     return ipv6(flow.src, flow.dst, first, packet, hop_limit=hop_limit)
 
+
+#: Outer IPv6 from the router to the LB's IPv6 address (docs/packet-path.md section 2b).
+OUTER_IPV6 = Outer(ipv6=True, src=ROUTER_IPV6, dst=LB_IPV6)
 
 #: An outer header around inner IPv6: GRE protocol 0x86DD.
 OUTER_INNER_IPV6 = Outer(gre_protocol=ETH_P_IPV6)

@@ -30,6 +30,7 @@ from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP, PROTO_T
 from rusty_rail.wire.fields import VlanTag, ipv4_address, ipv6_address, mac
 from rusty_rail.wire.frames import (
     LB_IPV4,
+    LB_IPV6,
     LB_MAC,
     ROUTER_IPV4,
     ROUTER_MAC,
@@ -111,7 +112,10 @@ def standard_state(
     """The state every case starts from, with changes: a None in ``backends`` or ``tables``
     removes that entry."""
     state = DataplaneState(
-        settings=replace(Settings(lb_ipv4=ipv4_address(LB_IPV4)), **dict(settings or {})),
+        settings=replace(
+            Settings(lb_ipv4=ipv4_address(LB_IPV4), lb_ipv6=ipv6_address(LB_IPV6)),
+            **dict(settings or {}),
+        ),
         vips={
             VipKey(ipv4_address(VIP_WEB), PROTO_TCP, 80): WEB_PORT_VIP,
             VipKey(ipv4_address(VIP_WEB)): WEB_ADDRESS_VIP,
@@ -229,6 +233,38 @@ class PacketCase:
 DEFAULT_OUTER = Outer()
 
 
+def _rewritten_outer(outer: Outer, settings: Settings, backend: BackendEntry) -> Outer:
+    """The outer header section 8 sends to ``backend``: of the backend's family, the arriving
+    one readdressed, or a new one when the family changes (traffic class and TOS carried over,
+    IPv4 options dropped, flow label 0, ID 0 with DF)."""
+    assert backend.next_hop is not None
+    to_ipv6 = len(backend.addr) == 16
+    readdressed = replace(
+        outer,
+        eth_dst=backend.next_hop.dst_mac,
+        eth_src=backend.next_hop.src_mac,
+        ipv6=to_ipv6,
+        src=settings.lb_ipv6 if to_ipv6 else settings.lb_ipv4,
+        dst=backend.addr,
+        ttl=settings.outer_ttl,
+    )
+    if to_ipv6 == outer.ipv6:
+        return readdressed
+    old_len = 40 if outer.ipv6 else 20 + len(outer.options)
+    new_len = 40 if to_ipv6 else 20
+    return replace(
+        readdressed,
+        options=b"",
+        flow_label=0,
+        ident=0,
+        dont_fragment=True,
+        more_fragments=False,
+        frag_offset=0,
+        reserved_flag=False,
+        pad_to=outer.pad_to + new_len - old_len if outer.pad_to else 0,
+    )
+
+
 class Section:
     """The cases of one section of docs/packet-path.md, in the order its builders are called."""
 
@@ -289,14 +325,7 @@ class Section:
         backend = table_pick(sample, vip_index, flow) if backend_index is None else backend_index
         entry = sample.backends[backend]
         assert entry.next_hop is not None
-        rewritten = replace(
-            outer,
-            eth_dst=entry.next_hop.dst_mac,
-            eth_src=entry.next_hop.src_mac,
-            src=sample.settings.lb_ipv4,
-            dst=entry.addr,
-            ttl=sample.settings.outer_ttl,
-        )
+        rewritten = _rewritten_outer(outer, sample.settings, entry)
         redirect = entry.next_hop.ifindex not in (0, ingress_ifindex)
         case = PacketCase(
             name,

@@ -272,11 +272,6 @@ for _name, _description, _frame_bytes in (
     ),
     ("icmp6-quote-cut", "a quote shorter than an IPv6 header", _icmp6_frame(1, SENT_GRE6[:39])),
     ("icmp6-echo", "an ICMPv6 echo request", _icmp6_frame(128, SENT_GRE6)),
-    (
-        "icmp6-length-lies",
-        "a payload length beyond the frame",
-        _icmp6_frame(1, SENT_GRE6, payload_length=len(SENT_GRE6) + 9),
-    ),
 ):
     learnt(_name, _description, _frame_bytes, None)  # fmt: skip
 

@@ -1,7 +1,10 @@
-"""Sections 2b and 2a of docs/packet-path.md, the outer header: IPv6 handed to the host, then
-IPv4 checked, addressed to this node, and cut at its total length (Ethernet padding)."""
+"""Sections 2b and 2a of docs/packet-path.md, the outer header: IPv6 checked, addressed to
+this node and cut at its payload length, then IPv4 checked, addressed to this node, and cut at
+its total length (Ethernet padding)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from rusty_rail.model.state import Stat, Verdict
 from rusty_rail.wire.build import gre, ipv4, ipv6, tcp, udp
@@ -10,10 +13,20 @@ from rusty_rail.wire.constants import (
     ETH_P_IPV6,
     PROTO_GRE,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
 )
-from rusty_rail.wire.frames import LB_IPV4, ROUTER_IPV4, Outer, encapsulate, inner_ipv4
+from rusty_rail.wire.frames import (
+    LB_IPV4,
+    LB_IPV6,
+    OUTER_IPV6,
+    ROUTER_IPV4,
+    ROUTER_IPV6,
+    Outer,
+    encapsulate,
+    inner_ipv4,
+)
 from tests.support.cases._base import (
     CLIENT,
     GRE_WEB,
@@ -34,20 +47,49 @@ kept, forwarded = SECTION.kept, SECTION.forwarded
 
 # 2b. Outer IPv6
 
-_V6_GRE = ipv6("2001:2::1", "2001:2::2", PROTO_GRE, GRE_WEB)
-kept(
+forwarded(
     "ipv6-gre",
-    "GRE over IPv6 is not balanced yet",
-    _frame(_V6_GRE, ethertype=ETH_P_IPV6),
-    Stat.PASS_UNSUPPORTED,
+    "GRE over IPv6 to this node's IPv6 address is balanced (to an IPv4 backend here)",
+    WEB_FLOW,
+    WEB_PORT_VIP,
+    outer=OUTER_IPV6,
+)
+forwarded(
+    "ipv6-gre-vlan",
+    "GRE over IPv6 in a VLAN",
+    WEB_FLOW,
+    WEB_PORT_VIP,
+    outer=replace(OUTER_IPV6, vlans=(7,)),
+)
+forwarded(
+    "ipv6-gre-padding",
+    "outer IPv6 cut at its payload length: the Ethernet padding after it is carried",
+    WEB_ICMP_FLOW,
+    WEB_ADDRESS_VIP,
+    outer=replace(OUTER_IPV6, pad_to=200),
+)
+kept(
+    "ipv6-gre-not-local",
+    "GRE over IPv6 to another address is the host's",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, dst="2001:2::99")),
+    Stat.PASS_NOT_LOCAL,
     Verdict.PASS,
 )
 kept(
-    "ipv6-gre-vlan",
-    "GRE over IPv6 in a VLAN",
-    _frame(_V6_GRE, ethertype=ETH_P_IPV6, vlans=(7,)),
-    Stat.PASS_UNSUPPORTED,
+    "ipv6-gre-no-lb-ipv6",
+    "no IPv6 address configured: GRE to the address it would have had is not local",
+    encapsulate(inner_ipv4(WEB_FLOW), OUTER_IPV6),
+    Stat.PASS_NOT_LOCAL,
     Verdict.PASS,
+    state=variant(settings={"lb_ipv6": bytes(16)}),
+)
+kept(
+    "ipv6-gre-to-unspecified",
+    "no IPv6 address configured: GRE to :: is not local either",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, dst="::")),
+    Stat.PASS_NOT_LOCAL,
+    Verdict.PASS,
+    state=variant(settings={"lb_ipv6": bytes(16)}),
 )
 kept(
     "ipv6-udp",
@@ -56,6 +98,7 @@ kept(
     Stat.PASS_NOT_GRE,
     Verdict.PASS,
 )
+_V6_GRE = ipv6(ROUTER_IPV6, LB_IPV6, PROTO_GRE, GRE_WEB)
 kept(
     "ipv6-39-bytes",
     "an IPv6 header one byte short",
@@ -63,6 +106,74 @@ kept(
     Stat.PASS_OUTER_MALFORMED,
     Verdict.PASS,
 )
+kept(
+    "ipv6-version-4",
+    "EtherType IPv6, version 4 in the header",
+    _frame(ipv6(ROUTER_IPV6, LB_IPV6, PROTO_GRE, GRE_WEB, version=4), ethertype=ETH_P_IPV6),
+    Stat.PASS_OUTER_MALFORMED,
+    Verdict.PASS,
+)
+kept(
+    "ipv6-payload-beyond-frame",
+    "a payload length one byte more than the frame holds",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, payload_length=len(GRE_WEB) + 1)),
+    Stat.PASS_OUTER_MALFORMED,
+    Verdict.PASS,
+)
+kept(
+    "ipv6-udp-payload-beyond-frame",
+    "not GRE, and a payload length beyond the frame: malformed comes first, as for IPv4",
+    _frame(
+        ipv6(ROUTER_IPV6, LB_IPV6, PROTO_UDP, udp(1, 2), payload_length=9), ethertype=ETH_P_IPV6
+    ),
+    Stat.PASS_OUTER_MALFORMED,
+    Verdict.PASS,
+)
+kept(
+    "ipv6-icmp6-payload-beyond-frame",
+    "ICMPv6 quoting GRE with a payload length beyond the frame: malformed, nothing learnt",
+    _frame(
+        ipv6(
+            "2001:2::10:1",
+            LB_IPV6,
+            PROTO_ICMPV6,
+            bytes([1]) + bytes(7) + ipv6(LB_IPV6, "2001:2::10:1", PROTO_GRE, GRE_WEB),
+            payload_length=8 + 40 + len(GRE_WEB) + 9,
+        ),
+        ethertype=ETH_P_IPV6,
+    ),
+    Stat.PASS_OUTER_MALFORMED,
+    Verdict.PASS,
+)
+SECTION.malformed_both_ways(
+    "ipv6-payload-cuts-gre",
+    "a payload length of 3 leaves no whole GRE header before the GRE end",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, payload_length=3)),
+    Stat.GRE_MALFORMED,
+)
+SECTION.malformed_both_ways(
+    "ipv6-payload-zero",
+    "a payload length of 0 is taken as it reads: no GRE header",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, payload_length=0)),
+    Stat.GRE_MALFORMED,
+)
+SECTION.malformed_both_ways(
+    "ipv6-payload-cuts-inner",
+    "the payload length ends inside the inner IPv4 header",
+    encapsulate(inner_ipv4(WEB_FLOW), replace(OUTER_IPV6, payload_length=4 + 19)),
+    Stat.INNER_MALFORMED,
+)
+for _name, _header in (("hop-by-hop", 0), ("routing", 43), ("fragment", 44), ("dest-opts", 60)):
+    kept(
+        f"ipv6-{_name}-then-gre",
+        f"GRE behind an outer {_name} header: extension headers are not walked, not GRE",
+        _frame(
+            ipv6(ROUTER_IPV6, LB_IPV6, _header, bytes([PROTO_GRE, 0]) + bytes(6) + GRE_WEB),
+            ethertype=ETH_P_IPV6,
+        ),
+        Stat.PASS_NOT_GRE,
+        Verdict.PASS,
+    )
 
 # 2a. Outer IPv4
 
