@@ -257,13 +257,23 @@ class Config(_OmitsNoHealth):
             shared: HealthSettings | None = None
             for position, backend in enumerate(backends):
                 where = service_loc
+                first_shared = False
                 if backend.health is not None:
                     where = (*vip_loc, backends_key, position, "health")
                     settings = self.health_for(vip, backend)
-                elif shared is not None:
-                    continue
-                else:
+                elif shared is None:
                     settings = shared = self.health_for(vip, backend)
+                    first_shared = True
+                else:
+                    settings = shared
+                if backend.address.version == 6 and settings.check is CheckType.TUNNEL:
+                    reason = (
+                        "the tunnel check does not probe IPv6 backends yet: use tcp or http "
+                        "for them (a health table of their own), or no check"
+                    )
+                    problems.append(Problem((*where, "check"), reason, "tunnel"))
+                if backend.health is None and not first_shared:
+                    continue
                 if settings.check in (CheckType.TCP, CheckType.HTTP) and settings.port is None:
                     reason = (
                         f"the {settings.check.value} check needs a port, and "
