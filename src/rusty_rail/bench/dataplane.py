@@ -9,7 +9,9 @@ a noisy neighbour slows all of them alike.
 The inner IPv6 cases (``*_v6``: inner IPv6 in outer IPv4 GRE, docs/packet-path.md section 4b)
 have no budget of their own; they are printed beside their IPv4 twins, with the ratio to them.
 ``pass_v6`` is IPv6 that is not GRE (PASS_NOT_GRE), the twin of ``pass``; ``no_vip_v6`` is
-inner IPv6 to no VIP (NO_VIP, passed): the whole IPv6 parse and lookup, then the host.
+inner IPv6 to no VIP (NO_VIP, passed): the whole IPv6 parse and lookup, then the host;
+``outer_v6_to_v4`` is an established flow arriving in outer IPv6 for an IPv4 backend (the
+outer header rebuilt, bpf_xdp_adjust_head): no budget, beside the floor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import statistics
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,10 @@ from rusty_rail.wire.build import ethernet, ipv4, ipv6, tcp
 from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_TCP
 from rusty_rail.wire.frames import (
     LB_IPV4,
+    LB_IPV6,
     LB_MAC,
     OUTER_INNER_IPV6,
+    OUTER_IPV6,
     ROUTER_MAC,
     encapsulate,
     gre_frame,
@@ -119,10 +123,16 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
     config = config_from_toml_text(_bench_config(), "bench")
     hop = NextHop(0, bytes.fromhex("020000000010"), bytes.fromhex("020000000020"))
     plan = compile_plan(
-        config, Allocation(), lb_ipv4=IPv4Address(LB_IPV4), resolve_next_hop=lambda a: hop
+        config,
+        Allocation(),
+        lb_ipv4=IPv4Address(LB_IPV4),
+        lb_ipv6=IPv6Address(LB_IPV6),
+        resolve_next_hop=lambda a: hop,
     )
     flow = Flow.of("198.18.200.1", VIP, PROTO_TCP, 40000, 80)
     established = gre_frame(flow)
+    # The same flow arriving in outer IPv6: the outer header is rebuilt as IPv4 (section 8).
+    outer6 = gre_frame(flow, outer=OUTER_IPV6)
     flow6 = Flow.of("2001:2:0:200::1", VIP6, PROTO_TCP, 40000, 80)
     established6 = encapsulate(inner_ipv6(flow6), OUTER_INNER_IPV6)
     no_vip6 = encapsulate(
@@ -165,6 +175,7 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
             Case("new_flow_v6", balancer, new_flows6, Verdict.TX),
             Case("pass_v6", balancer, lambda i: not_gre6, Verdict.PASS),
             Case("no_vip_v6", balancer, lambda i: no_vip6, Verdict.PASS),
+            Case("outer_v6_to_v4", balancer, lambda i: outer6, Verdict.TX),
         ]
         per_round = max(1, calls // rounds)
         durations: dict[str, list[int]] = {case.name: [] for case in cases}
