@@ -105,11 +105,19 @@ def test_ipv6_backends_are_watched() -> None:
     assert maps.watched == {ip_address(BACKEND4).packed, ip_address(BACKEND6).packed}
 
 
-def test_an_icmpv6_report_makes_the_backend_suspect_without_a_loop() -> None:
+def test_an_icmpv6_report_makes_the_backend_suspect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_module, "run_check", Checks(True))
     monitor, _, verdicts = _monitor({"check": "tcp"})
-    monitor.handle_report(report6())
-    assert status6(monitor) == "suspect"
-    assert monitor.book.to_confirm(ip_address(BACKEND6))
+
+    async def scenario() -> None:
+        monitor._loop = asyncio.get_running_loop()
+        monitor.handle_report(report6())
+        # Before the confirming check has had a chance to run:
+        assert status6(monitor) == "suspect"
+        assert monitor.book.to_confirm(ip_address(BACKEND6))
+        monitor.stop()
+
+    asyncio.run(scenario())
     assert monitor.book.reports == {(ip_address(BACKEND6), 3): 1}
     assert monitor.book.of_address(ip_address(BACKEND6))[0].last_report == (
         f"ICMPv6 type 1 code 3 (address unreachable) about {BACKEND6} from {BACKEND6}"
