@@ -111,8 +111,9 @@ static __always_inline int icmp_is_lb_ipv6(const struct in6_addr *addr,
 
 /* What an ICMPv6 destination unreachable or packet too big to this node says (section 9b), or
  * ICMP_STAT_COUNT for a message that is none of the balancer's business. `ip6` is a whole
- * IPv6 header that passed parse_outer_ipv6. */
-static __always_inline __u32 icmp_ipv6_stat(const struct ipv6hdr *ip6, void *end)
+ * IPv6 header that passed parse_outer_ipv6. A function of its own (not inlined), so that its
+ * lookup and report do not weigh on the register allocation of the balancing path. */
+static __noinline __u32 icmp_ipv6_stat(const struct ipv6hdr *ip6, void *end)
 {
 	__u32 payload_len = bpf_ntohs(ip6->payload_len), quote_len;
 	const struct settings *settings;
