@@ -110,8 +110,8 @@ struct {
 /* ICMP learning (icmp.h): the backend addresses watched, what was made of each ICMP
  * destination unreachable, and the reports for the control plane. The ring holds a report
  * for every watched backend at once (36 bytes + an 8-byte header each; the backends of both
- * families are at most MAX_BACKENDS), so with reports
- * disarming their backend it cannot overflow unless the control plane stops reading. */
+ * families are at most MAX_BACKENDS), so with reports disarming their backend it cannot
+ * overflow unless the control plane stops reading. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_BACKENDS);
