@@ -336,13 +336,13 @@ class Generator:
         )
         for flow in self.rng.sample(self.flows, 40) + self.rng.sample(self.flows6, 20):
             state.conntrack[flow] = CtEntry(self.rng.randrange(index + 2), self.rng.randrange(4))
-        # The ICMP watch holds IPv4 backends only (section 9).
-        self.addresses = sorted(
-            {backend.addr for backend in state.backends.values() if len(backend.addr) == 4}
+        # The ICMP watch holds backends of both families (section 9a, 9b).
+        self.addresses = sorted({backend.addr for backend in state.backends.values()})
+        watched = (
+            [a for a in self.addresses if self.rng.random() < 0.7]
+            + [ipv4_address(f"198.18.50.{n}") for n in range(1, 4)]
+            + [ipv6_address(f"2001:2::50:{n}") for n in range(1, 4)]
         )
-        watched = [a for a in self.addresses if self.rng.random() < 0.7] + [
-            ipv4_address(f"198.18.50.{n}") for n in range(1, 4)
-        ]
         self.watch = IcmpWatch({a: self.rng.random() < 0.8 for a in watched})
         return state
 
@@ -659,16 +659,7 @@ class Generator:
         """An ICMP destination unreachable (mostly) quoting GRE (mostly) this node sent to a
         backend (mostly watched), cut and bent in the ways section 9 tells apart."""
         rng = self.rng
-        if rng.random() < 0.1:
-            return self.unreachable6_frame()
-        watched = sorted(self.watch.armed)
-        roll = rng.random()
-        if roll < 0.6 and watched:
-            backend = self.choice(watched)
-        elif roll < 0.8:
-            backend = self.choice(self.addresses)
-        else:
-            backend = ipv4_address(f"198.18.{rng.randrange(256)}.{rng.randrange(256)}")
+        backend = self.unreachable_backend(4)
         source = LB_IPV4 if rng.random() < 0.85 else ROUTER_IPV4
         proto = PROTO_GRE if rng.random() < 0.85 else self.choice((6, 17, 1, 41))
         sent = ipv4(
@@ -704,17 +695,49 @@ class Generator:
             frame = frame[: rng.randrange(ETH_HEADER_LEN, len(frame) + 1)]
         return frame
 
-    def unreachable6_frame(self) -> bytes:
+    def unreachable_backend(self, size: int) -> bytes:
+        """The quoted destination of an unreachable: mostly a watched backend of the family."""
         rng = self.rng
-        sent = ipv6("2001:2::2", "2001:2::10:1", self.choice((PROTO_GRE, PROTO_GRE, 17)),
-                    rng.randbytes(rng.randrange(0, 60)))  # fmt: skip
-        quoted = sent[: self.choice((len(sent), 40, 39, rng.randrange(len(sent) + 1)))]
-        message = bytes([self.choice((1, 2, 1, 128, 3)), rng.randrange(8), 0, 0, 0, 0, 0, 0])
-        packet = ipv6("2001:2::10:1", "2001:2::2", self.choice((PROTO_ICMPV6,) * 5 + (17,)),
-                      message + quoted)  # fmt: skip
+        watched = sorted(a for a in self.watch.armed if len(a) == size)
+        roll = rng.random()
+        if roll < 0.6 and watched:
+            return self.choice(watched)
+        known = [a for a in self.addresses if len(a) == size]
+        if roll < 0.8 and known:
+            return self.choice(known)
+        if size == 4:
+            return ipv4_address(f"198.18.{rng.randrange(256)}.{rng.randrange(256)}")
+        return ipv6_address(f"2001:2::99:{rng.randrange(65536):x}")
+
+    def unreachable6_frame(self) -> bytes:
+        """An ICMPv6 message to this node quoting IPv6 (mostly GRE from this node to a
+        watched backend), cut and bent in the ways section 9b tells apart."""
+        rng = self.rng
+        backend = self.unreachable_backend(16)
+        source = LB_IPV6 if rng.random() < 0.85 else "2001:2::fe"
+        proto = PROTO_GRE if rng.random() < 0.85 else self.choice((6, 17, 58))
+        sent = bytearray(ipv6(source, backend, proto,
+                              gre(ETH_P_IPV4, self.inner(self.choice(self.flows)))))  # fmt: skip
+        if rng.random() < 0.08:
+            sent[0] = self.choice((0x45, 0x60, 0x00, rng.randrange(256)))
+        cut = self.choice((len(sent), len(sent), 48, 47, 40, 39, 8, 0, rng.randrange(len(sent))))
+        quoted = bytes(sent[:cut])
+        type_ = self.choice((1, 1, 1, 1, 2, 2, 3, 128, 4))
+        code = self.choice((0, 1, 3, 3, 4, 5, rng.randrange(256)))
+        message = bytes([type_, code]) + rng.randbytes(6)
+        reporter = backend if rng.random() < 0.7 else "2001:2::fe"
+        destination = LB_IPV6 if rng.random() < 0.9 else "2001:2::77"
+        next_header = PROTO_ICMPV6 if rng.random() < 0.95 else 17
+        packet = ipv6(reporter, destination, next_header, message + quoted)
         if rng.random() < 0.1:
             packet = packet[:4] + struct.pack("!H", rng.randrange(65536)) + packet[6:]
-        return ethernet(LB_MAC, ROUTER_MAC, ETH_P_IPV6, packet, vlans=self.vlans())
+        frame = ethernet(
+            LB_MAC, ROUTER_MAC, ETH_P_IPV6, packet, vlans=self.vlans(),
+            pad_to=self.choice((0, 0, 60, 128)),
+        )  # fmt: skip
+        if rng.random() < 0.05:
+            frame = frame[: rng.randrange(ETH_HEADER_LEN, len(frame) + 1)]
+        return frame
 
     def frame(self) -> tuple[str, bytes]:
         roll = self.rng.random()
@@ -725,6 +748,8 @@ class Generator:
         if roll < 0.47:
             return "icmp", self.icmp_frame()
         if roll < 0.53:
+            if self.rng.random() < 0.4:
+                return "ICMPv6 unreachable", self.unreachable6_frame()
             return "unreachable", self.unreachable_frame()
         if roll < 0.63:
             return "valid inner IPv6", self.valid6_frame()
@@ -759,6 +784,7 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
     seen: dict[Stat, int] = {}
     seen6: dict[Stat, int] = {}  # the outcomes of the inner IPv6 frames
     seen_icmp: dict[IcmpStat, int] = {}
+    seen_icmp6: set[IcmpStat] = set()  # the outcomes of the ICMPv6 frames
     families: dict[tuple[int, int, int], int] = {}  # forwarded by (outer, inner, backend)
     changes = []
     start = time.monotonic()
@@ -782,6 +808,8 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
             families[key] = families.get(key, 0) + 1
         for icmp_stat in result.counters.icmp:
             seen_icmp[icmp_stat] = seen_icmp.get(icmp_stat, 0) + 1
+            if kind == "ICMPv6 unreachable":
+                seen_icmp6.add(icmp_stat)
     assert balancer.maps.dump_conntrack() == state.conntrack
     assert balancer.icmp.read_watch() == generator.watch
     elapsed = time.monotonic() - start
@@ -798,6 +826,8 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
     )
     never = set(IcmpStat) - {IcmpStat.LOST} - set(seen_icmp)
     assert not never, f"ICMP outcomes never produced: {never}"
+    never6 = set(IcmpStat) - {IcmpStat.LOST, IcmpStat.FRAG_NEEDED} - seen_icmp6
+    assert not never6, f"ICMPv6 outcomes never produced: {never6}"
     assert len(stream) >= GENERATED_PACKETS
     print(
         f"{len(stream)} packets in {elapsed:.1f} s; outcomes {seen}; of them inner IPv6 "

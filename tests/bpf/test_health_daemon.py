@@ -1,22 +1,23 @@
 """The health monitor inside a real daemon (the loaded balancer, its API on a thread): an ICMP
 unreachable run through the program becomes a report on the ring, the daemon makes the backend
 suspect, its tunnel probe gets no echo, and only that VIP's table changes; trusted reports stop
-at the floor; reports about unwatched addresses change nothing.
+at the floor; reports about unwatched addresses change nothing; an ICMPv6 unreachable about an
+IPv6 backend is reported through the same ring and makes it suspect.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import pytest
 
 from rusty_rail.config import Config, config_from_toml_text
 from rusty_rail.model.state import BackendState, Verdict
-from rusty_rail.wire.build import ethernet, gre, icmp, ipv4
-from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_GRE, PROTO_ICMP
+from rusty_rail.wire.build import ethernet, gre, icmp, ipv4, ipv6
+from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6
 from tests.support.control_bed import BASE_TOML, Bed, Node, control_bed
 
 pytestmark = pytest.mark.bpf
@@ -154,3 +155,56 @@ def test_reports_about_addresses_no_vip_watches_change_nothing(node: Node) -> No
     time.sleep(0.5)
     assert node.call("GET", "/v1/events").body["events"] == []
     assert all(dataplane_state(node, b) is BackendState.UP for b in BACKENDS)
+
+
+LB6 = "2001:2:ff::2"
+BACKEND6 = "2001:2:ff::21"
+VIP6 = "198.18.100.3:80/tcp"
+
+
+def unreachable6(backend: str, code: int = 4, type_: int = 1) -> bytes:
+    """An ICMPv6 destination unreachable (or packet too big) about the GRE over IPv6 the
+    balancer sent ``backend``. Its checksum is not checked by the balancer."""
+    sent = ipv6(LB6, backend, PROTO_GRE, gre(ETH_P_IPV4, ipv4("198.18.5.5", "198.18.100.3",
+                                                              6, bytes(20))))  # fmt: skip
+    packet = ipv6(backend, LB6, PROTO_ICMPV6, bytes([type_, code, 0, 0, 0, 0, 0, 0]) + sent)
+    return ethernet("02:00:00:00:00:02", "02:00:00:00:00:01", ETH_P_IPV6, packet)
+
+
+def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Bed) -> None:
+    """Without a tcp or http check nothing confirms the report (docs/health.md, IPv6): the
+    backend is suspect, then healthy again, and its report is re-armed."""
+    bed.namespace.ip("-6", "addr", "add", f"{LB6}/64", "dev", "eth0", "nodad")
+    bed.namespace.ip("-6", "neigh", "replace", BACKEND6, "lladdr", "02:00:00:00:ff:21",
+                     "dev", "eth0", "nud", "permanent")  # fmt: skip
+    toml = (
+        f'device = "eth0"\nlb_address = "{LB}"\nlb_address_ipv6 = "{LB6}"\n{BASE_TOML}\n'
+        f'[[vips]]\naddress = "198.18.100.3"\nprotocol = "tcp"\nport = 80\n'
+        f'backends = ["{BACKEND6}"]\n[health]\nicmp_hold = 0.2\n'
+    )
+    node = bed.start("eth0", config_from_toml_text(toml, "test"))
+    try:
+        assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+        maps = node.daemon.monitor.icmp_maps
+        key = IPv6Address(BACKEND6).packed
+        wait(lambda: key in maps.read_watch().armed, "the IPv6 backend watched")
+        assert maps.read_watch().armed[key]
+
+        inject(node, unreachable6(BACKEND6, type_=2))  # packet too big: counted, no report
+        inject(node, unreachable6(BACKEND6))
+        wait(lambda: len(node.call("GET", "/v1/events").body["events"]) >= 2, "two events")
+        events = node.call("GET", "/v1/events").body["events"]
+        assert [(e["backend"], e["from"], e["to"], e["cause"]) for e in events] == [
+            (BACKEND6, "healthy", "suspect", "icmp"),
+            (BACKEND6, "suspect", "healthy", "probe"),
+        ]
+        assert "ICMPv6 type 1 code 4 (port unreachable)" in events[0]["detail"]
+        assert "no tcp or http check confirms" in events[1]["detail"]
+        assert health_of(node, BACKEND6, VIP6)["status"] == "healthy"
+        stats = {s.name: p for s, (p, _) in maps.read_stats().items()}
+        assert stats["REPORTED"] == 1 and stats["PACKET_TOO_BIG"] == 1
+        wait(lambda: maps.read_watch().armed[key], "re-armed", 5)
+    finally:
+        bed.stop("eth0")
+        bed.namespace.ip("-6", "neigh", "del", BACKEND6, "dev", "eth0", check=False)
+        bed.namespace.ip("-6", "addr", "del", f"{LB6}/64", "dev", "eth0", check=False)

@@ -153,6 +153,7 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "backend_stats": (4, size(structs.CCounter), structs.MAX_BACKENDS),
         "tx_ports": (4, 4, structs.MAX_TX_PORTS),
         "icmp_watch": (4, size(structs.CIcmpWatch), structs.MAX_BACKENDS),
+        "icmp_watch_v6": (16, size(structs.CIcmpWatch), structs.MAX_BACKENDS),
         "icmp_stats": (4, size(structs.CCounter), len(IcmpStat)),
         "icmp_reports": (0, 0, structs.ICMP_REPORT_RING_BYTES),
     }

@@ -109,14 +109,23 @@ struct {
 
 /* ICMP learning (icmp.h): the backend addresses watched, what was made of each ICMP
  * destination unreachable, and the reports for the control plane. The ring holds a report
- * for every watched backend at once (36 bytes + an 8-byte header each), so with reports
- * disarming their backend it cannot overflow unless the control plane stops reading. */
+ * for every watched backend at once (36 bytes + an 8-byte header each; the backends of both
+ * families are at most MAX_BACKENDS), so with reports disarming their backend it cannot
+ * overflow unless the control plane stops reading. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, __be32);
 	__type(value, struct icmp_watch);
 } icmp_watch SEC(".maps");
+
+/* The IPv6 backends watched (section 9b), keyed by the 16-byte address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, struct in6_addr);
+	__type(value, struct icmp_watch);
+} icmp_watch_v6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -73,7 +73,7 @@ enum icmp_stat {
 	ICMP_STAT_UNKNOWN_BACKEND = 4,
 	ICMP_STAT_NOT_OUR_GRE = 5,
 	ICMP_STAT_MALFORMED = 6,
-	ICMP_STAT_V6_GRE = 7,
+	ICMP_STAT_PACKET_TOO_BIG = 7,
 	ICMP_STAT_COUNT = 8,
 };
 
@@ -181,7 +181,8 @@ struct flow6_set {
 	struct flow6_entry way[CONNTRACK_WAYS];
 };
 
-/* Value of icmp_watch, keyed by a backend's IPv4 address (network order). `armed` is cleared
+/* Value of icmp_watch and icmp_watch_v6, keyed by a backend's IPv4 or IPv6 address (network
+ * order). `armed` is cleared
  * by the report it allows and set again by the control plane: at most one report per backend
  * is outstanding, however many ICMP messages arrive (two CPUs racing may both report). */
 struct icmp_watch {
@@ -193,7 +194,7 @@ struct icmp_watch {
 struct icmp_report {
 	__be32 backend_be[4];  /* IPv4 in backend_be[0] */
 	__be32 reporter_be[4]; /* IPv4 in reporter_be[0] */
-	__u8 family;           /* 4; 6 is reserved */
+	__u8 family;           /* 4 or 6 */
 	__u8 type;
 	__u8 code;
 	__u8 pad;

@@ -233,7 +233,8 @@ class HealthBook:
         return [b for b in self.backends.values() if b.address == address]
 
     def to_confirm(self, address: IPAddress) -> bool:
-        """Whether a tunnel probe is waited for to confirm or clear a report."""
+        """Whether a probe (for IPv6, a round of the check) is waited for to confirm or clear
+        a report."""
         return any(b.icmp is IcmpState.SUSPECT for b in self.of_address(address))
 
     def to_recover(self) -> dict[IPAddress, list[BackendHealth]]:

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import Config, HealthSettings
+from rusty_rail.config import CheckType, Config, HealthSettings
 from rusty_rail.control.checks import Outcome, TunnelProber, run_check
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.health import HealthBook, Pair
@@ -32,6 +33,8 @@ log = logging.getLogger("rusty_rail.health")
 MAX_PARALLEL: Final = 64
 #: Each wait between two checks of a backend is its interval times 1 +- this.
 JITTER: Final = 0.1
+#: The checks that confirm an ICMPv6 report in place of the (IPv4-only) tunnel probe.
+CHECKS_IN_PLACE: Final = frozenset({CheckType.TCP, CheckType.HTTP})
 
 
 class HealthMonitor:
@@ -61,12 +64,10 @@ class HealthMonitor:
     # --- life ----------------------------------------------------------------------------------
 
     def sync_watch(self) -> None:
-        """Watch exactly the addresses some VIP wants ICMP reports about (IPv4 only: the
-        data plane sends no GRE over IPv6 yet)."""
+        """Watch exactly the addresses (IPv4 and IPv6) some VIP wants ICMP reports about."""
         if self.icmp_maps is None:
             return
-        watched = [a for a in self.book.watched() if isinstance(a, IPv4Address)]
-        added, removed = self.icmp_maps.sync_watch(watched)
+        added, removed = self.icmp_maps.sync_watch(self.book.watched())
         if added or removed:
             log.debug("ICMP watch: %d addresses added, %d removed", added, removed)
 
@@ -168,13 +169,13 @@ class HealthMonitor:
         self._schedule_recovery()
         holds = [b.settings.icmp_hold for b in backends]
         hold = min(holds) if holds else 0.0
-        if self._loop is not None and isinstance(address, IPv4Address):
+        if self._loop is not None:
             previous = self._rearm.pop(address, None)
             if previous is not None:
                 previous.cancel()
             self._rearm[address] = self._loop.call_later(hold, self._arm, address)
 
-    def _arm(self, address: IPv4Address) -> None:
+    def _arm(self, address: IPAddress) -> None:
         self._rearm.pop(address, None)
         if self.icmp_maps is not None:
             try:
@@ -218,6 +219,10 @@ class HealthMonitor:
                 del self._probing[address]
 
     async def _probe(self, address: IPAddress, timeout: float) -> Outcome:
+        """What confirms or clears a report about ``address``: a tunnel probe for IPv4, the
+        backend's own check for IPv6 (docs/health.md, "ICMP learning")."""
+        if isinstance(address, IPv6Address):
+            return await self._check_in_place(address, timeout)
         if self.prober is None:
             await asyncio.sleep(timeout)
             return Outcome(True, "tunnel probes are unavailable: the report is not confirmed")
@@ -225,3 +230,16 @@ class HealthMonitor:
             outcome = await self.prober.probe(address, timeout)
         self.probe_results[outcome.ok] += 1
         return outcome
+
+    async def _check_in_place(self, address: IPv6Address, timeout: float) -> Outcome:
+        """The tunnel probe speaks no IPv6: a round of the first tcp or http check some VIP
+        gives ``address`` stands in for it. Without one a report cannot be confirmed."""
+        checked = sorted(
+            (b for b in self.book.of_address(address) if b.settings.check in CHECKS_IN_PLACE),
+            key=lambda b: b.service,
+        )
+        if not checked:
+            return Outcome(True, f"{address}: no tcp or http check confirms an ICMPv6 report")
+        settings = replace(checked[0].settings, timeout=timeout)
+        async with self._limit:
+            return await run_check(settings, address, None)

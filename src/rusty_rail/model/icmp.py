@@ -33,14 +33,26 @@ UNREACHABLE_CODES: Final[dict[int, str]] = {
 }
 
 
-def code_name(code: int) -> str:
-    return UNREACHABLE_CODES.get(code, f"code {code}")
+#: RFC 4443 names of the ICMPv6 destination-unreachable codes.
+UNREACHABLE_CODES_V6: Final[dict[int, str]] = {
+    0: "no route to destination",
+    1: "administratively prohibited",
+    2: "beyond scope of source address",
+    3: "address unreachable",
+    4: "port unreachable",
+    5: "source address failed policy",
+    6: "reject route",
+}
+
+
+def code_name(code: int, *, ipv6: bool = False) -> str:
+    return (UNREACHABLE_CODES_V6 if ipv6 else UNREACHABLE_CODES).get(code, f"code {code}")
 
 
 class IcmpStat(IntEnum):
-    """What the balancer made of an ICMP destination unreachable addressed to it; the index in
-    the BPF icmp_stats array. Such a packet also counts PASS_NOT_GRE like any other host traffic.
-    """
+    """What the balancer made of an ICMP or ICMPv6 destination unreachable (or ICMPv6 packet too
+    big) addressed to it; the index in the BPF icmp_stats array. Such a packet also counts
+    PASS_NOT_GRE like any other host traffic."""
 
     REPORTED = 0  # about a watched backend: reported to the control plane
     HELD = 1  # about a watched backend whose previous report is not re-armed yet
@@ -48,8 +60,8 @@ class IcmpStat(IntEnum):
     FRAG_NEEDED = 3  # code 4 about a watched backend: path MTU, counted, never reported
     UNKNOWN_BACKEND = 4  # quotes GRE from this node to an address it does not watch
     NOT_OUR_GRE = 5  # quotes something else: not GRE, or GRE from another source
-    MALFORMED = 6  # the quoted IPv4 header is cut short or invalid
-    V6_GRE = 7  # ICMPv6 unreachable / too big quoting IPv6 GRE: not acted on (no IPv6 GRE sent)
+    MALFORMED = 6  # the quoted IPv4 or IPv6 header is cut short or invalid
+    PACKET_TOO_BIG = 7  # ICMPv6 type 2 about a watched backend: path MTU, never reported
 
 
 ICMP_STAT_COUNT: Final = len(IcmpStat)
@@ -73,17 +85,23 @@ class IcmpReport:
     def reporter_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(self.reporter)
 
+    @property
+    def protocol(self) -> str:
+        return "ICMPv6" if len(self.backend) == 16 else "ICMP"
+
     def __str__(self) -> str:
         return (
-            f"ICMP type {self.type} code {self.code} ({code_name(self.code)}) about "
+            f"{self.protocol} type {self.type} code {self.code} "
+            f"({code_name(self.code, ipv6=len(self.backend) == 16)}) about "
             f"{self.backend_address} from {self.reporter_address}"
         )
 
 
 @dataclass
 class IcmpWatch:
-    """The watched backend addresses (4 bytes each) and whether each may report: a report
-    disarms its address until the control plane arms it again (the per-backend rate limit)."""
+    """The watched backend addresses (4 bytes for IPv4, 16 for IPv6) and whether each may
+    report: a report disarms its address until the control plane arms it again (the
+    per-backend rate limit)."""
 
     armed: dict[bytes, bool] = field(default_factory=dict)
     #: How many more reports the ring buffer takes (None: as many as come); a report that

@@ -406,6 +406,44 @@ def _icmp_ipv4(
     code = frame[icmp + 1]
     if code == ICMP_CODE_FRAGMENTATION_NEEDED:
         return IcmpStat.FRAG_NEEDED, None
+    return _icmp_report(watch, backend, frame[l3 + 12 : l3 + 16], ICMP_DEST_UNREACHABLE, code)
+
+
+def _icmp_ipv6(
+    settings: Settings, frame: bytes, l3: int, watch: IcmpWatch
+) -> tuple[IcmpStat | None, IcmpReport | None]:
+    """Section 9b, for a whole outer IPv6 header that is not GRE. (None, None): not an ICMPv6
+    destination unreachable or packet too big to this node, nothing counted."""
+    lb_ipv6 = settings.lb_ipv6
+    if frame[l3 + 6] != PROTO_ICMPV6 or frame[l3 + 24 : l3 + 40] != lb_ipv6 or not any(lb_ipv6):
+        return None, None
+    icmp = l3 + IPV6_HEADER_LEN
+    payload_length = u16(frame, l3 + 4)
+    if payload_length < ICMP_HEADER_LEN or icmp + payload_length > len(frame):
+        return None, None
+    icmp_type = frame[icmp]
+    if icmp_type not in (ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG):
+        return None, None
+
+    quoted = icmp + ICMP_HEADER_LEN
+    if payload_length - ICMP_HEADER_LEN < IPV6_HEADER_LEN + QUOTED_PAYLOAD_MIN:
+        return IcmpStat.MALFORMED, None
+    if frame[quoted] >> 4 != 6:
+        return IcmpStat.MALFORMED, None
+    if frame[quoted + 6] != PROTO_GRE or frame[quoted + 8 : quoted + 24] != lb_ipv6:
+        return IcmpStat.NOT_OUR_GRE, None
+    backend = frame[quoted + 24 : quoted + 40]
+    if backend not in watch.armed:
+        return IcmpStat.UNKNOWN_BACKEND, None
+    if icmp_type == ICMPV6_PACKET_TOO_BIG:
+        return IcmpStat.PACKET_TOO_BIG, None
+    return _icmp_report(watch, backend, frame[l3 + 8 : l3 + 24], icmp_type, frame[icmp + 1])
+
+
+def _icmp_report(
+    watch: IcmpWatch, backend: bytes, reporter: bytes, icmp_type: int, code: int
+) -> tuple[IcmpStat, IcmpReport | None]:
+    """Steps 5 to 7 of 9a and 9b: a watched backend reports once while armed."""
     if not watch.armed[backend]:
         return IcmpStat.HELD, None
     if watch.ring_free == 0:
@@ -413,24 +451,7 @@ def _icmp_ipv4(
     watch.armed[backend] = False
     if watch.ring_free is not None:
         watch.ring_free -= 1
-    report = IcmpReport(backend, frame[l3 + 12 : l3 + 16], ICMP_DEST_UNREACHABLE, code)
-    return IcmpStat.REPORTED, report
-
-
-def _icmp_ipv6(frame: bytes, l3: int) -> IcmpStat | None:
-    """Section 9b, for an outer IPv6 header that is not GRE: counted, never reported."""
-    if frame[l3 + 6] != PROTO_ICMPV6:
-        return None
-    icmp = l3 + IPV6_HEADER_LEN
-    payload_length = u16(frame, l3 + 4)
-    if payload_length < ICMP_HEADER_LEN + IPV6_HEADER_LEN or icmp + payload_length > len(frame):
-        return None
-    if frame[icmp] not in (ICMPV6_DEST_UNREACHABLE, ICMPV6_PACKET_TOO_BIG):
-        return None
-    quoted = icmp + ICMP_HEADER_LEN
-    if frame[quoted] >> 4 != 6 or frame[quoted + 6] != PROTO_GRE:
-        return None
-    return IcmpStat.V6_GRE
+    return IcmpStat.REPORTED, IcmpReport(backend, reporter, icmp_type, code)
 
 
 def learn_from_icmp(
@@ -440,7 +461,7 @@ def learn_from_icmp(
     counts (None: none) and the report it sends. Disarms a reported backend in ``watch``."""
     ethertype, l3 = parse_ethernet(frame)
     if ethertype == ETH_P_IPV6:
-        return _icmp_ipv6(frame, l3), None
+        return _icmp_ipv6(settings, frame, l3, watch)
     return _icmp_ipv4(settings, frame, l3, watch)
 
 

@@ -1,5 +1,5 @@
 """Section 9 of docs/packet-path.md, learning from ICMP: 9a ICMPv4 unreachables about GRE this
-node sent, 9b ICMPv6 recognised and counted."""
+node sent, 9b the same in ICMPv6 about GRE over IPv6."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.state import Stat, Verdict
 from rusty_rail.wire.build import ethernet, icmp, ipv4, ipv6, tcp, udp
 from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6
-from rusty_rail.wire.fields import VlanTag, ipv4_address
-from rusty_rail.wire.frames import LB_IPV4, LB_MAC, ROUTER_IPV4, ROUTER_MAC
+from rusty_rail.wire.fields import VlanTag, ipv4_address, ipv6_address
+from rusty_rail.wire.frames import LB_IPV4, LB_IPV6, LB_MAC, ROUTER_IPV4, ROUTER_MAC
 from tests.support.cases._base import (
     GRE_WEB,
     PacketCase,
@@ -240,39 +240,136 @@ for _name, _description, _frame_bytes in (
 ):
     learnt(_name, _description, _frame_bytes, None)  # fmt: skip
 
-LB_IPV6 = "2001:2::2"
-BACKEND_IPV6 = "2001:2::10:1"
-SENT_GRE6 = ipv6(LB_IPV6, BACKEND_IPV6, PROTO_GRE, GRE_WEB)
+BACKEND_IPV6 = "2001:2::10:1"  # watched in the cases below
+UNKNOWN_BACKEND_IPV6 = "2001:2::99:1"
+ROUTER_IPV6_REPORTER = "2001:2::fe"
+SENT_GRE6 = ipv6(LB_IPV6, BACKEND_IPV6, PROTO_GRE, GRE_WEB)  # what the LB sent the backend
 
 
-def _icmp6_frame(type_: int, quoted: bytes, **fields: Any) -> bytes:
+def watch6(armed: bool = True, *, ring_free: int | None = None) -> WatchBuilder:
+    """The standard watch and the IPv6 backend, armed or not."""
+
+    def build() -> IcmpWatch:
+        watch = standard_watch()
+        watch.armed[ipv6_address(BACKEND_IPV6)] = armed
+        watch.ring_free = ring_free
+        return watch
+
+    return build
+
+
+def _icmp6_frame(
+    type_: int,
+    quoted: bytes,
+    code: int = 0,
+    *,
+    reporter: str = BACKEND_IPV6,
+    dst: str = LB_IPV6,
+    next_header: int = PROTO_ICMPV6,
+) -> bytes:
     # The ICMPv6 checksum is not verified by the balancer; zero is as good as any.
-    message = bytes([type_, 0, 0, 0, 0, 0, 0, 0]) + quoted
-    return _frame(ipv6(BACKEND_IPV6, LB_IPV6, PROTO_ICMPV6, message, **fields),
-                  ethertype=ETH_P_IPV6)  # fmt: skip
+    message = bytes([type_, code, 0, 0, 0, 0, 0, 0]) + quoted
+    return _frame(ipv6(reporter, dst, next_header, message), ethertype=ETH_P_IPV6)
 
 
+def _report6(code: int, reporter: str = BACKEND_IPV6) -> IcmpReport:
+    return IcmpReport(ipv6_address(BACKEND_IPV6), ipv6_address(reporter), 1, code)
+
+
+for _code in (0, 1, 3, 4, 5, 6, 200):
+    learnt(
+        f"icmp6-unreachable-code-{_code}",
+        f"ICMPv6 unreachable code {_code} quoting IPv6 GRE to a watched backend: reported",
+        _icmp6_frame(1, SENT_GRE6, _code),
+        IcmpStat.REPORTED,
+        report=_report6(_code),
+        watch=watch6(),
+    )
 learnt(
-    "icmp6-unreachable-gre",
-    "ICMPv6 unreachable quoting IPv6 GRE: counted, not acted on (no IPv6 GRE is sent yet)",
-    _icmp6_frame(1, SENT_GRE6),
-    IcmpStat.V6_GRE,
+    "icmp6-unreachable-from-router",
+    "a router on the way reports the backend: the reporter is the router",
+    _icmp6_frame(1, SENT_GRE6, 3, reporter=ROUTER_IPV6_REPORTER),
+    IcmpStat.REPORTED,
+    report=_report6(3, ROUTER_IPV6_REPORTER),
+    watch=watch6(),
 )
 learnt(
-    "icmp6-too-big-gre",
-    "ICMPv6 packet too big quoting IPv6 GRE: counted",
+    "icmp6-unreachable-minimal-quote",
+    "the quote is the IPv6 header and 8 bytes: enough",
+    _icmp6_frame(1, SENT_GRE6[:48], 3),
+    IcmpStat.REPORTED,
+    report=_report6(3),
+    watch=watch6(),
+)
+learnt(
+    "icmp6-too-big",
+    "packet too big quoting IPv6 GRE to a watched backend: path MTU, counted, not reported",
     _icmp6_frame(2, SENT_GRE6[:48]),
-    IcmpStat.V6_GRE,
+    IcmpStat.PACKET_TOO_BIG,
+    watch=watch6(),
 )
-for _name, _description, _frame_bytes in (
+learnt(
+    "icmp6-held",
+    "the IPv6 backend's report is out and not re-armed: held",
+    _icmp6_frame(1, SENT_GRE6, 3),
+    IcmpStat.HELD,
+    watch=watch6(False),
+)
+learnt(
+    "icmp6-ring-full",
+    "no room in the ring: lost, and the IPv6 backend stays armed",
+    _icmp6_frame(1, SENT_GRE6, 3),
+    IcmpStat.LOST,
+    watch=watch6(ring_free=0),
+)
+learnt(
+    "icmp6-unknown-backend",
+    "quotes GRE from this node to an IPv6 address it does not watch",
+    _icmp6_frame(1, ipv6(LB_IPV6, UNKNOWN_BACKEND_IPV6, PROTO_GRE, GRE_WEB), 3),
+    IcmpStat.UNKNOWN_BACKEND,
+    watch=watch6(),
+)
+for _name, _description, _quoted in (
     (
         "icmp6-quotes-udp",
-        "ICMPv6 unreachable quoting UDP",
-        _icmp6_frame(1, ipv6(LB_IPV6, BACKEND_IPV6, 17, udp(1, 2, bytes(8)))),
+        "quotes UDP, not GRE",
+        ipv6(LB_IPV6, BACKEND_IPV6, 17, udp(1, 2, bytes(8))),
     ),
-    ("icmp6-quote-cut", "a quote shorter than an IPv6 header", _icmp6_frame(1, SENT_GRE6[:39])),
-    ("icmp6-echo", "an ICMPv6 echo request", _icmp6_frame(128, SENT_GRE6)),
+    (
+        "icmp6-quotes-other-source",
+        "quotes GRE from another source",
+        ipv6(ROUTER_IPV6_REPORTER, BACKEND_IPV6, PROTO_GRE, GRE_WEB),
+    ),
 ):
-    learnt(_name, _description, _frame_bytes, None)  # fmt: skip
+    learnt(_name, _description, _icmp6_frame(1, _quoted, 3), IcmpStat.NOT_OUR_GRE, watch=watch6())
+for _name, _description, _quoted in (
+    ("icmp6-quote-cut", "a quote shorter than an IPv6 header", SENT_GRE6[:39]),
+    ("icmp6-quote-no-gre", "the IPv6 header quoted without 8 bytes after it", SENT_GRE6[:47]),
+    ("icmp6-quote-empty", "an ICMPv6 header and no quote", b""),
+    ("icmp6-quote-version-4", "the quoted header says version 4", bytes([0x45]) + SENT_GRE6[1:]),
+):
+    learnt(_name, _description, _icmp6_frame(1, _quoted, 3), IcmpStat.MALFORMED, watch=watch6())
+for _name, _description, _frame_bytes in (
+    ("icmp6-echo", "an ICMPv6 echo request", _icmp6_frame(128, SENT_GRE6)),
+    ("icmp6-time-exceeded", "time exceeded is no liveness signal", _icmp6_frame(3, SENT_GRE6)),
+    (
+        "icmp6-not-to-us",
+        "an unreachable to another address",
+        _icmp6_frame(1, SENT_GRE6, 3, dst=ROUTER_IPV6_REPORTER),
+    ),
+    (
+        "icmp6-not-icmp",
+        "UDP to this node carrying the same bytes",
+        _icmp6_frame(1, SENT_GRE6, 3, next_header=17),
+    ),
+    (
+        "icmp6-header-cut",
+        "fewer than 8 bytes of ICMPv6 header",
+        _frame(
+            ipv6(BACKEND_IPV6, LB_IPV6, PROTO_ICMPV6, bytes([1, 3, 0, 0])), ethertype=ETH_P_IPV6
+        ),
+    ),
+):
+    learnt(_name, _description, _frame_bytes, None, watch=watch6())  # fmt: skip
 
 CASES = SECTION.cases
