@@ -92,52 +92,58 @@ static __always_inline struct backend *conntrack_backend(struct flow_entry *entr
 	return way_backend(entry->check, entry->target, &entry->recent, flow_mix, backend_index);
 }
 
-/* The way a new flow takes: an empty one; else one not used since it was recorded or
- * since the last sweep, searched from a way the flow's hash names (so that no way is
- * always the first to go); else, every way being in use, the sweep: clear every bit and
- * take the hash's way. A not-recently-used policy, the CLOCK family's cheapest member. */
-static __always_inline struct flow_entry *conntrack_victim(struct flow_set *set, __u64 flow_mix)
-{
-	__u32 start = flow_mix & (CONNTRACK_WAYS - 1), i;
-
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++)
-		if (!set->way[i].check)
-			return &set->way[i];
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++) {
-		struct flow_entry *entry = &set->way[(start + i) & (CONNTRACK_WAYS - 1)];
-
-		if (!entry->recent)
-			return entry;
+/* The two steps that write a way are the same for both tables (flow_set of flow_key, and
+ * flow6_set of flow6_key): CONNTRACK_WRITERS makes them for one table, as PREFIX_victim and
+ * PREFIX_record.
+ *
+ * PREFIX_victim: the way a new flow takes: an empty one; else one not used since it was
+ * recorded or since the last sweep, searched from a way the flow's hash names (so that no way
+ * is always the first to go); else, every way being in use, the sweep: clear every bit and
+ * take the hash's way. A not-recently-used policy, the CLOCK family's cheapest member.
+ *
+ * PREFIX_record: records the flow's backend: in place over a stale entry, else in a victim
+ * way. The check goes last, so until it lands readers see a mismatch, never a wrong target. */
+#define CONNTRACK_WRITERS(PREFIX, SET, ENTRY, KEY)                                             \
+	static __always_inline ENTRY *PREFIX##_victim(SET *set, __u64 flow_mix)                \
+	{                                                                                      \
+		__u32 start = flow_mix & (CONNTRACK_WAYS - 1), i;                              \
+                                                                                               \
+		_Pragma("unroll") for (i = 0; i < CONNTRACK_WAYS; i++)                         \
+			if (!set->way[i].check)                                                \
+				return &set->way[i];                                           \
+		_Pragma("unroll") for (i = 0; i < CONNTRACK_WAYS; i++)                         \
+		{                                                                              \
+			ENTRY *entry = &set->way[(start + i) & (CONNTRACK_WAYS - 1)];          \
+                                                                                               \
+			if (!entry->recent)                                                    \
+				return entry;                                                  \
+		}                                                                              \
+		_Pragma("unroll") for (i = 0; i < CONNTRACK_WAYS; i++)                         \
+			set->way[i].recent = 0;                                                \
+		return &set->way[start];                                                       \
+	}                                                                                      \
+                                                                                               \
+	static __always_inline void PREFIX##_record(SET *set, ENTRY *stale, const KEY *flow,   \
+						    __u64 flow_mix, __u32 backend_index,       \
+						    __u32 generation)                          \
+	{                                                                                      \
+		struct conntrack_entry target = {                                              \
+			.backend_index = backend_index,                                        \
+			.generation = generation,                                              \
+		};                                                                             \
+		ENTRY *entry = stale;                                                          \
+                                                                                               \
+		if (!entry) {                                                                  \
+			entry = PREFIX##_victim(set, flow_mix);                                \
+			entry->check = 0;                                                      \
+			entry->flow = *flow;                                                   \
+			entry->recent = 0;                                                     \
+		}                                                                              \
+		*(__u64 *)&entry->target = target_word(&target);                               \
+		entry->check = conntrack_check(flow_mix, target_word(&target));                \
 	}
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++)
-		set->way[i].recent = 0;
-	return &set->way[start];
-}
 
-/* Records the flow's backend: in place over a stale entry, else in a victim way. The
- * check goes last, so until it lands readers see a mismatch, never a wrong target. */
-static __always_inline void conntrack_record(struct flow_set *set, struct flow_entry *stale,
-					     const struct flow_key *flow, __u64 flow_mix,
-					     __u32 backend_index, __u32 generation)
-{
-	struct conntrack_entry target = {
-		.backend_index = backend_index,
-		.generation = generation,
-	};
-	struct flow_entry *entry = stale;
-
-	if (!entry) {
-		entry = conntrack_victim(set, flow_mix);
-		entry->check = 0;
-		entry->flow = *flow;
-		entry->recent = 0;
-	}
-	*(__u64 *)&entry->target = target_word(&target);
-	entry->check = conntrack_check(flow_mix, target_word(&target));
-}
+CONNTRACK_WRITERS(conntrack, struct flow_set, struct flow_entry, struct flow_key)
 
 /* The IPv6 flows' table, conntrack_v6: the same rules over flow6_set, the same mask. */
 
@@ -175,46 +181,6 @@ static __always_inline struct backend *conntrack6_backend(struct flow6_entry *en
 	return way_backend(entry->check, entry->target, &entry->recent, flow_mix, backend_index);
 }
 
-static __always_inline struct flow6_entry *conntrack6_victim(struct flow6_set *set,
-							     __u64 flow_mix)
-{
-	__u32 start = flow_mix & (CONNTRACK_WAYS - 1), i;
-
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++)
-		if (!set->way[i].check)
-			return &set->way[i];
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++) {
-		struct flow6_entry *entry = &set->way[(start + i) & (CONNTRACK_WAYS - 1)];
-
-		if (!entry->recent)
-			return entry;
-	}
-#pragma unroll
-	for (i = 0; i < CONNTRACK_WAYS; i++)
-		set->way[i].recent = 0;
-	return &set->way[start];
-}
-
-static __always_inline void conntrack6_record(struct flow6_set *set, struct flow6_entry *stale,
-					      const struct flow6_key *flow, __u64 flow_mix,
-					      __u32 backend_index, __u32 generation)
-{
-	struct conntrack_entry target = {
-		.backend_index = backend_index,
-		.generation = generation,
-	};
-	struct flow6_entry *entry = stale;
-
-	if (!entry) {
-		entry = conntrack6_victim(set, flow_mix);
-		entry->check = 0;
-		entry->flow = *flow;
-		entry->recent = 0;
-	}
-	*(__u64 *)&entry->target = target_word(&target);
-	entry->check = conntrack_check(flow_mix, target_word(&target));
-}
+CONNTRACK_WRITERS(conntrack6, struct flow6_set, struct flow6_entry, struct flow6_key)
 
 #endif /* RUSTY_RAIL_CONNTRACK_H */
