@@ -132,20 +132,22 @@ def test_c_mix_matches_the_vectors(hash_probe: Program, case: dict[str, object])
     assert result & 0xFFFFFFFF == case["hash32"]
 
 
-IPV4_FLOW_VECTORS = [case for case in VECTORS["flows"] if ":" not in case["src"]]
+def _flow_key_words(flow: Flow) -> tuple[list[int], int]:
+    """The probe's words for ``flow``'s key (struct flow_key, or flow6_key for IPv6) and the
+    mode that hashes it."""
+    key = flow.src + flow.dst + struct.pack("!HH", flow.sport, flow.dport)
+    key += bytes([flow.proto, 0, 0, 0])
+    return list(struct.unpack(f"<{len(key) // 4}I", key)), 2 if flow.is_ipv6 else 1
 
 
-@pytest.mark.parametrize("case", IPV4_FLOW_VECTORS, ids=lambda c: f"{c['src']}-{c['proto']}")
+@pytest.mark.parametrize("case", VECTORS["flows"], ids=lambda c: f"{c['src']}-{c['proto']}")
 def test_c_flow_hash_matches_the_vectors(hash_probe: Program, case: dict[str, object]) -> None:
-    # The probe hashes IPv4 flow keys; IPv6 flows' C hash (flow_mix_ipv6) is checked through
-    # the balancer, whose IPv6 Maglev picks and connection-table sets depend on every bit.
     flow = Flow.of(
         str(case["src"]), str(case["dst"]), int(str(case["proto"])),
         int(str(case["sport"])), int(str(case["dport"])),
     )  # fmt: skip
-    key = struct.unpack("<4I", flow.src + flow.dst + struct.pack("!HH", flow.sport, flow.dport)
-                        + bytes([flow.proto, 0, 0, 0]))  # fmt: skip
-    result = _probe(hash_probe, int(str(case["seed"])), list(key), mode=1)
+    words, mode = _flow_key_words(flow)
+    result = _probe(hash_probe, int(str(case["seed"])), words, mode=mode)
     assert result & 0xFFFFFFFF == case["hash32"]
 
 
@@ -161,9 +163,17 @@ def test_c_hash_matches_python_on_random_input(hash_probe: Program) -> None:
             rng.randbytes(4), rng.randbytes(4), rng.randrange(256),
             rng.randrange(65536), rng.randrange(65536),
         )  # fmt: skip
-        key = struct.unpack("<4I", flow.src + flow.dst + struct.pack("!HH", flow.sport, flow.dport)
-                            + bytes([flow.proto, 0, 0, 0]))  # fmt: skip
-        assert _probe(hash_probe, seed, list(key), mode=1) == mix64(seed, flow.words())
+        words, mode = _flow_key_words(flow)
+        assert _probe(hash_probe, seed, words, mode=mode) == mix64(seed, flow.words())
+    for _ in range(2000):
+        seed = rng.getrandbits(64)
+        flow = Flow(
+            rng.randbytes(16), rng.randbytes(16), rng.randrange(256),
+            rng.randrange(65536), rng.randrange(65536),
+        )  # fmt: skip
+        words, mode = _flow_key_words(flow)
+        assert mode == 2
+        assert _probe(hash_probe, seed, words, mode=mode) == mix64(seed, flow.words())
 
 
 # --- Comparing one packet ---------------------------------------------------------------------

@@ -5,7 +5,8 @@
  *
  * Frame in: u64 seed, u32 word count (up to MAX_WORDS), u32 mode, MAX_WORDS u32 words.
  * Mode 0 hashes the words with mix_word/mix_finish; mode 1 reads the first 16 bytes of the
- * words as a struct flow_key and runs the balancer's flow_key_mix. The u64 result replaces the seed. */
+ * words as a struct flow_key and runs the balancer's flow_key_mix; mode 2 reads the first 40
+ * bytes as a struct flow6_key and runs flow6_key_mix. The u64 result replaces the seed. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -26,6 +27,7 @@ int hash_probe(struct xdp_md *ctx)
 {
 	struct probe *probe = (void *)(long)ctx->data;
 	struct flow_key flow;
+	struct flow6_key flow6;
 	__u64 state;
 
 	if ((void *)(probe + 1) > (void *)(long)ctx->data_end)
@@ -33,6 +35,11 @@ int hash_probe(struct xdp_md *ctx)
 	if (probe->mode == 1) {
 		__builtin_memcpy(&flow, probe->words, sizeof(flow));
 		probe->seed = flow_key_mix(&flow, probe->seed);
+		return XDP_PASS;
+	}
+	if (probe->mode == 2) {
+		__builtin_memcpy(&flow6, probe->words, sizeof(flow6));
+		probe->seed = flow6_key_mix(&flow6, probe->seed);
 		return XDP_PASS;
 	}
 	state = probe->seed;
