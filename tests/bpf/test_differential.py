@@ -427,19 +427,16 @@ class Generator:
         roll = self.rng.random()
         dst = self.choice(VIP_ADDRESSES) if roll < 0.85 else self.choice(NOT_VIPS)
         src = f"198.18.{self.rng.randrange(100, 104)}.{self.rng.randrange(256)}"
-        kind = self.rng.random()
-        if kind < 0.45:
-            return Flow.of(
-                src, dst, PROTO_TCP, self.rng.randrange(65536), self.choice((80, 443, 0))
-            )
-        if kind < 0.8:
-            return Flow.of(src, dst, PROTO_UDP, self.rng.randrange(65536), self.choice((53, 80)))
-        return Flow.of(src, dst, self.choice(OTHER_PROTOCOLS))
+        return self.flow_between(src, dst, OTHER_PROTOCOLS)
 
     def flow6(self) -> Flow:
         roll = self.rng.random()
         dst = self.choice(VIP6_ADDRESSES) if roll < 0.85 else self.choice(NOT_VIPS6)
         src = f"2001:2:0:100::{self.rng.randrange(1, 1 << 16):x}"
+        return self.flow_between(src, dst, (PROTO_ICMPV6, 51, 59, 0, PROTO_GRE))
+
+    def flow_between(self, src: str, dst: str, others: list[int] | tuple[int, ...]) -> Flow:
+        """TCP, UDP or one of ``others`` (a 3-tuple) from ``src`` to ``dst``."""
         kind = self.rng.random()
         if kind < 0.45:
             return Flow.of(
@@ -447,7 +444,7 @@ class Generator:
             )
         if kind < 0.8:
             return Flow.of(src, dst, PROTO_UDP, self.rng.randrange(65536), self.choice((53, 80)))
-        return Flow.of(src, dst, self.choice((PROTO_ICMPV6, 51, 59, 0, PROTO_GRE)))
+        return Flow.of(src, dst, self.choice(others))
 
     def extensions(self) -> tuple[int, ...]:
         """A chain of walked extension headers: mostly none, sometimes up to the limit and one

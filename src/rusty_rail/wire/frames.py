@@ -79,32 +79,27 @@ def encapsulate(inner: bytes, outer: Outer = Outer()) -> bytes:
             flow_label=outer.flow_label,
             payload_length=outer.payload_length,
         )
-        return ethernet(
-            outer.eth_dst,
-            outer.eth_src,
-            ETH_P_IPV6,
-            ip_packet,
-            vlans=outer.vlans,
-            pad_to=outer.pad_to,
+        ethertype = ETH_P_IPV6
+    else:
+        ip_packet = ipv4(
+            outer.src,
+            outer.dst,
+            PROTO_GRE,
+            gre_packet,
+            ttl=outer.ttl,
+            tos=outer.tos,
+            ident=outer.ident,
+            dont_fragment=outer.dont_fragment,
+            more_fragments=outer.more_fragments,
+            frag_offset=outer.frag_offset,
+            reserved_flag=outer.reserved_flag,
+            options=outer.options,
+            checksum=outer.ip_checksum,
+            total_length=outer.total_length,
         )
-    ip_packet = ipv4(
-        outer.src,
-        outer.dst,
-        PROTO_GRE,
-        gre_packet,
-        ttl=outer.ttl,
-        tos=outer.tos,
-        ident=outer.ident,
-        dont_fragment=outer.dont_fragment,
-        more_fragments=outer.more_fragments,
-        frag_offset=outer.frag_offset,
-        reserved_flag=outer.reserved_flag,
-        options=outer.options,
-        checksum=outer.ip_checksum,
-        total_length=outer.total_length,
-    )
+        ethertype = ETH_P_IPV4
     return ethernet(
-        outer.eth_dst, outer.eth_src, ETH_P_IPV4, ip_packet, vlans=outer.vlans, pad_to=outer.pad_to
+        outer.eth_dst, outer.eth_src, ethertype, ip_packet, vlans=outer.vlans, pad_to=outer.pad_to
     )
 
 
