@@ -28,7 +28,7 @@ from rusty_rail.dataplane.maps import (
     prepare_object,
 )
 from rusty_rail.model.icmp import IcmpStat
-from rusty_rail.model.state import Action, BackendState, Stat
+from rusty_rail.model.state import Action, BackendState, Egress, Stat
 
 pytestmark = pytest.mark.bpf
 
@@ -109,6 +109,7 @@ def test_enums_agree_with_model_state() -> None:
     assert _c_enum("BACKEND") == {state.name: state.value for state in BackendState}
     assert _c_enum("ACTION") == {action.name: action.value for action in Action}
     assert _c_enum("ICMP_STAT") == {stat.name: stat.value for stat in IcmpStat}
+    assert _c_enum("EGRESS") == {egress.name: egress.value for egress in Egress}
 
 
 def _c_define(name: str) -> str:
@@ -146,6 +147,7 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "vips_v6": (size(structs.CVip6Key), size(structs.CVipValue), structs.MAX_VIPS * 4),
         "tables": (4, 4, structs.MAX_VIPS),
         "backends": (4, size(structs.CBackend), structs.MAX_BACKENDS),
+        "backend_tunnels": (4, size(structs.CBackendTunnel), structs.MAX_BACKENDS),
         "conntrack": (4, FLOW_SET_SIZE, conntrack_sets_for(1000)),
         "conntrack_v6": (4, FLOW6_SET_SIZE, conntrack_sets_for(1000)),
         "stats": (4, size(structs.CCounter), len(Stat)),

@@ -504,9 +504,9 @@ def test_a_port_must_be_between_1_and_65535(port: int) -> None:
 
 
 def test_bad_encap_lists_the_supported_ones() -> None:
-    problem = only_problem(toml_error(vip_toml('encap = "vxlan"')))
-    assert (problem.path, problem.value) == ("vips[0].encap", "vxlan")
-    assert problem.reason == "unsupported encapsulation; supported: gre"
+    problem = only_problem(toml_error(vip_toml('encap = "gue"')))
+    assert (problem.path, problem.value) == ("vips[0].encap", "gue")
+    assert problem.reason == "unsupported encapsulation; supported: gre, ipip, vxlan, geneve, route"
 
 
 @pytest.mark.parametrize(
@@ -767,7 +767,7 @@ def test_an_unknown_rr_variable_is_refused_with_a_suggestion() -> None:
     problem = only_problem(env_error(SEED_ENV | {"RR_TARGET_IP": "10.1.0.3"}))
     assert (problem.path, problem.value) == ("RR_TARGET_IP", "10.1.0.3")
     assert "unknown variable (did you mean RR_TARGET_IPS?)" in problem.reason
-    assert "known: RR_CONFIG, RR_DEVICE, RR_HASH_SEED, RR_LB_ADDRESS" in problem.reason
+    assert "known: RR_CONFIG, RR_DEVICE, RR_HASH_SEED, RR_INGRESS, RR_LB_ADDRESS" in problem.reason
 
 
 def test_other_variables_are_ignored() -> None:

@@ -57,6 +57,14 @@ struct {
 	__type(value, struct backend);
 } backends SEC(".maps");
 
+/* The VNI of each backend slot whose egress is VXLAN or GENEVE (struct backend_tunnel). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_tunnel);
+} backend_tunnels SEC(".maps");
+
 /* The connection table: a set-associative array of flow_set, indexed by the flow hash
  * (docs/dataplane.md says why not an LRU hash). The loader sizes it (a power of two) and
  * writes the matching mask into the settings; userspace reads it through mmap. */

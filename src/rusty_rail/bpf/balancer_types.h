@@ -87,8 +87,12 @@ struct settings {
 	__u8 outer_ttl;        /* TTL of the rewritten outer header */
 	__u8 no_vip_action;    /* enum action */
 	__u8 malformed_action; /* enum action */
-	__u8 pad;
+	__u8 ingress_flags;    /* INGRESS_*; 0: GRE ingress only (docs/packet-path.md 2c) */
 };
+
+/* struct settings' ingress_flags. Zero means what the settings meant before the field. */
+#define INGRESS_ROUTED 0x1 /* plain packets to a VIP are balanced */
+#define INGRESS_NO_GRE 0x2 /* GRE to this node is not balanced */
 
 /* Key of the vips hash. proto and port 0: the address-wide VIP. IPv6 VIPs have their own
  * map (vip6_key), so this key stays 8 bytes. */
@@ -120,10 +124,27 @@ struct backend {
 	__u8 state;               /* enum backend_state */
 	__u8 family;              /* 4 (IPv4) or 6 (IPv6): the outer header sent to it */
 	__u8 nexthop_resolved;    /* 0 until the control plane resolved the next hop */
-	__u8 pad;
+	__u8 egress;              /* enum egress: how packets leave (section 8b) */
 	__u32 nexthop_ifindex;    /* egress interface; 0 = the ingress interface */
 	__u8 nexthop_dst_mac[6];
 	__u8 nexthop_src_mac[6];
+};
+
+/* A backend slot's egress method (model.state.Egress); 0, GRE, is what a slot meant before
+ * the field. */
+enum egress {
+	EGRESS_GRE = 0,
+	EGRESS_IPIP = 1,
+	EGRESS_VXLAN = 2,
+	EGRESS_GENEVE = 3,
+	EGRESS_ROUTE = 4,
+};
+
+/* The value of backend_tunnels, indexed like backends: the slot's VNI as the second word of
+ * its VXLAN or GENEVE header (VNI << 8, network order). A map of its own, so that struct
+ * backend, and a pinned backends map, keep their layout. */
+struct backend_tunnel {
+	__be32 vni_be;
 };
 
 /* The inner IPv4 flow, as it sits in the packet: the connection table's key. Ports are 0

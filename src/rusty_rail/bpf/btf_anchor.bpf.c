@@ -12,6 +12,7 @@ struct mirrored_types {
 	struct vip6_key vip6_key;
 	struct vip_value vip_value;
 	struct backend backend;
+	struct backend_tunnel backend_tunnel;
 	struct flow_key flow_key;
 	struct conntrack_entry conntrack_entry;
 	struct flow_entry flow_entry;

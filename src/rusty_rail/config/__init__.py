@@ -6,7 +6,17 @@ pydantic's errors), fields (the field types and their checks), health (the [heal
 model (Backend, Vip, Config) and sources (TOML files and the RR_ environment variables).
 """
 
-from .enums import Action, AdminState, AllUnhealthy, CheckType, Encap, IcmpPolicy, Protocol, XdpMode
+from .enums import (
+    Action,
+    AdminState,
+    AllUnhealthy,
+    CheckType,
+    Encap,
+    IcmpPolicy,
+    Ingress,
+    Protocol,
+    XdpMode,
+)
 from .errors import NO_VALUE, ConfigError, Loc, Problem, show_value, validate_as
 from .fields import (
     DEFAULT_CONNTRACK_SIZE,
@@ -15,6 +25,7 @@ from .fields import (
     MAX_IFNAME_BYTES,
     MAX_SEED,
     MAX_TABLE_SIZE,
+    MAX_VNI,
     MAX_WEIGHT,
     MIN_CONNTRACK_SIZE,
     MIN_TABLE_SIZE,
@@ -57,6 +68,7 @@ __all__ = [
     "MAX_IFNAME_BYTES",
     "MAX_SEED",
     "MAX_TABLE_SIZE",
+    "MAX_VNI",
     "MAX_WEIGHT",
     "MIN_CONNTRACK_SIZE",
     "MIN_TABLE_SIZE",
@@ -73,6 +85,7 @@ __all__ = [
     "Health",
     "HealthSettings",
     "IcmpPolicy",
+    "Ingress",
     "Loc",
     "Problem",
     "Protocol",

@@ -42,9 +42,27 @@ class Protocol(StrEnum):
 
 
 class Encap(StrEnum):
-    """How packets are carried from the balancer to a VIP's backends."""
+    """How packets are carried from the balancer to a VIP's backends (the egress method,
+    docs/packet-path.md section 8b)."""
 
     GRE = "gre"
+    IPIP = "ipip"
+    VXLAN = "vxlan"
+    GENEVE = "geneve"
+    ROUTE = "route"
+
+    @property
+    def has_vni(self) -> bool:
+        """Whether the method carries a VNI (VXLAN and GENEVE)."""
+        return self in (Encap.VXLAN, Encap.GENEVE)
+
+
+class Ingress(StrEnum):
+    """How packets reach the node (docs/packet-path.md section 2c): GRE addressed to it, or
+    plain IP packets routed to a VIP."""
+
+    GRE = "gre"
+    ROUTED = "routed"
 
 
 class CheckType(StrEnum):

@@ -25,7 +25,17 @@ from pydantic_core import CoreSchema
 
 from rusty_rail._types import IPAddress
 
-from .enums import Action, AdminState, AllUnhealthy, CheckType, Encap, IcmpPolicy, Protocol, XdpMode
+from .enums import (
+    Action,
+    AdminState,
+    AllUnhealthy,
+    CheckType,
+    Encap,
+    IcmpPolicy,
+    Ingress,
+    Protocol,
+    XdpMode,
+)
 from .errors import show_value
 
 MAX_SEED: Final = (1 << 64) - 1
@@ -36,6 +46,7 @@ DEFAULT_CONNTRACK_SIZE: Final = 1 << 20
 MIN_CONNTRACK_SIZE: Final = 1024
 MAX_CONNTRACK_SIZE: Final = 1 << 27
 MAX_WEIGHT: Final = 65535
+MAX_VNI: Final = (1 << 24) - 1
 #: Linux's IFNAMSIZ is 16 bytes including the terminating NUL.
 MAX_IFNAME_BYTES: Final = 15
 
@@ -182,6 +193,22 @@ def _choice(kind: type[E], lead: str = "must be one of") -> Callable[[object], E
     return check
 
 
+def _ingress(value: object) -> tuple[Ingress, ...]:
+    """One or both ingress modes: a list, or one string with the items separated by ","."""
+    items: object = value
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    if not isinstance(items, list | tuple):
+        raise ValueError('must be a list such as ["gre", "routed"], or a string "gre,routed"')
+    if not items:
+        raise ValueError('must name at least one ingress: "gre", "routed" or both')
+    check = _choice(Ingress)
+    modes = tuple(check(item) for item in items)
+    if len(set(modes)) != len(modes):
+        raise ValueError("names an ingress twice")
+    return modes
+
+
 def _seconds(low: float, high: float) -> Callable[[object], float]:
     def check(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -311,6 +338,14 @@ OptionalProtocol = Annotated[Protocol | None, BeforeValidator(_optional(_choice(
 EncapField = Annotated[
     Encap, BeforeValidator(_choice(Encap, "unsupported encapsulation; supported"))
 ]
+OptionalEncapField = Annotated[
+    Encap | None,
+    BeforeValidator(_optional(_choice(Encap, "unsupported encapsulation; supported"))),
+]
+_Vni = Annotated[int, Field(ge=0, le=MAX_VNI)]
+OptionalVni = Annotated[_Vni | None, BeforeValidator(_optional(_integer_between(0, MAX_VNI)))]
+_Ingresses = Annotated[tuple[Ingress, ...], Field(min_length=1, max_length=len(Ingress))]
+IngressField = Annotated[_Ingresses, BeforeValidator(_ingress)]
 OptionalCheckType = Annotated[CheckType | None, BeforeValidator(_optional(_choice(CheckType)))]
 OptionalIcmpPolicy = Annotated[IcmpPolicy | None, BeforeValidator(_optional(_choice(IcmpPolicy)))]
 OptionalAllUnhealthy = Annotated[

@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     SerializationInfo,
@@ -20,7 +20,7 @@ from pydantic import (
 from rusty_rail._types import IPAddress
 from rusty_rail.model.flowhash import DEFAULT_SEED
 
-from .enums import Action, AdminState, CheckType, Encap, Protocol, XdpMode
+from .enums import Action, AdminState, CheckType, Encap, Ingress, Protocol, XdpMode
 from .errors import ConfigError, Invalid, Loc, Problem
 from .fields import (
     ADDRESS_SCHEMA,
@@ -34,10 +34,13 @@ from .fields import (
     DeviceName,
     EncapField,
     FrozenModel,
+    IngressField,
     OptionalAddress,
+    OptionalEncapField,
     OptionalPort,
     OptionalProtocol,
     OptionalTableSize,
+    OptionalVni,
     Seed,
     TableSize,
     Ttl,
@@ -47,18 +50,30 @@ from .fields import (
 )
 from .health import BackendHealth, Health, HealthSettings, merge_health
 
+#: Keys left out of dumps while they hold these values (the defaults of keys added later), so
+#: that configurations without them read and hash exactly as they did before the keys existed.
+_OMITTED_AT: Final[Mapping[str, object]] = {
+    "health": None,
+    "vni": None,
+    "encap": None,
+    "ingress": ("gre",),
+}
+
 
 class _OmitsNoHealth(FrozenModel):
-    """A model whose ``health`` key is left out of dumps while it is None, so configurations
-    without health settings read and hash exactly as they did before there were any."""
+    """A model whose later keys (``health``, ``vni``, a backend's ``encap``, ``ingress``) are
+    left out of dumps while unset (see ``_OMITTED_AT``)."""
 
     @model_serializer(mode="wrap")
-    def _without_unset_health(
+    def _without_unset_keys(
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
     ) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("health", ...) is None:
-            del data["health"]
+        if isinstance(data, dict):
+            for key, unset in _OMITTED_AT.items():
+                value = data.get(key, ...)
+                if value == unset or (isinstance(value, list) and tuple(value) == unset):
+                    del data[key]
         return data
 
 
@@ -68,6 +83,10 @@ class Backend(_OmitsNoHealth):
     address: Address
     weight: Weight = 1
     state: AdminStateField = AdminState.UP
+    #: This backend's own egress method, over its VIP's (None: the VIP's).
+    encap: OptionalEncapField = None
+    #: This backend's own VXLAN / GENEVE network identifier, over its VIP's.
+    vni: OptionalVni = None
     #: This backend's own health settings, over the VIP's.
     health: BackendHealth | None = None
 
@@ -113,6 +132,8 @@ class Vip(_OmitsNoHealth):
     protocol: OptionalProtocol = None
     port: OptionalPort = None
     encap: EncapField = Encap.GRE
+    #: The VXLAN / GENEVE network identifier of the backends (each may set its own).
+    vni: OptionalVni = None
     #: Maglev table size for this VIP; None means the configuration's ``table_size``.
     table_size: OptionalTableSize = None
     backends: tuple[BackendEntry, ...] = ()
@@ -123,9 +144,25 @@ class Vip(_OmitsNoHealth):
     def key(self) -> VipKey:
         return VipKey(self.address, self.protocol, self.port)
 
+    def encap_of(self, backend: Backend) -> Encap:
+        """The egress method of ``backend``: its own, or this VIP's."""
+        return backend.encap if backend.encap is not None else self.encap
+
+    def vni_of(self, backend: Backend) -> int | None:
+        """The VNI of ``backend``: its own, or this VIP's."""
+        return backend.vni if backend.vni is not None else self.vni
+
     @model_validator(mode="after")
     def _check_vip(self) -> Self:
         problems: list[Problem] = []
+        if self.vni is not None and not self.encap.has_vni:
+            reason = f'a VNI means nothing to encap "{self.encap.value}": only vxlan and geneve'
+            problems.append(Problem(("vni",), reason, self.vni))
+        inheriting = [b for b in self.backends if b.vni is None and self.encap_of(b).has_vni]
+        if self.encap.has_vni and self.vni is None and (inheriting or not self.backends):
+            reason = f'encap "{self.encap.value}" needs a VNI: set vni = 0..16777215'
+            problems.append(Problem(("vni",), reason))
+        problems += _egress_problems(self.backends, self.encap, self.vni, ("backends",))
         if self.port is not None and self.protocol is None:
             problems.append(
                 Problem(
@@ -151,6 +188,8 @@ class Vip(_OmitsNoHealth):
 class Config(_OmitsNoHealth):
     """The whole configuration of one balancer node."""
 
+    #: How packets reach this node: GRE to it, plain packets routed to a VIP, or both.
+    ingress: IngressField = (Ingress.GRE,)
     #: The interface that receives and sends the GRE traffic; None: not chosen here.
     device: DeviceName = None
     xdp_mode: XdpModeField = XdpMode.NATIVE
@@ -190,6 +229,7 @@ class Config(_OmitsNoHealth):
     @model_validator(mode="after")
     def _check_config(self) -> Self:
         problems = _duplicate_backends(self.default_backends, ("default_backends",))
+        problems += _egress_problems(self.default_backends, Encap.GRE, None, ("default_backends",))
         if self.lb_address_ipv6 is not None and self.lb_address_ipv6.version != 6:
             reason = "must be an IPv6 address (the IPv4 one is lb_address)"
             problems.append(Problem(("lb_address_ipv6",), reason, self.lb_address_ipv6))
@@ -303,6 +343,23 @@ def _duplicate_backends(backends: Sequence[Backend], loc: Loc) -> list[Problem]:
             reason = f"duplicate backend, same as {loc[-1]}[{first[backend.address]}]"
             problems.append(Problem((*loc, position, "address"), reason, backend.address))
         first.setdefault(backend.address, position)
+    return problems
+
+
+def _egress_problems(
+    backends: Sequence[Backend], encap: Encap, vni: int | None, loc: Loc
+) -> list[Problem]:
+    """A backend's own VNI where its method has none, and a VXLAN or GENEVE backend (by its
+    own encap) with no VNI of its own or from its VIP."""
+    problems = []
+    for position, backend in enumerate(backends):
+        method = backend.encap if backend.encap is not None else encap
+        if backend.vni is not None and not method.has_vni:
+            reason = f'a VNI means nothing to encap "{method.value}": only vxlan and geneve'
+            problems.append(Problem((*loc, position, "vni"), reason, backend.vni))
+        if backend.encap is not None and method.has_vni and backend.vni is None and vni is None:
+            reason = f'encap "{method.value}" needs a VNI: set vni here or on the VIP'
+            problems.append(Problem((*loc, position, "vni"), reason))
     return problems
 
 

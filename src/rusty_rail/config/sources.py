@@ -81,6 +81,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "RR_LB_ADDRESS": "lb_address",
     "RR_LB_ADDRESS_IPV6": "lb_address_ipv6",
     "RR_HASH_SEED": "hash_seed",
+    "RR_INGRESS": "ingress",
 }
 ENV_VARIABLES: Final = frozenset({*ENV_OVERRIDES, ENV_TARGET_IPS, ENV_CONFIG})
 ENVIRONMENT: Final = "environment"

@@ -46,14 +46,16 @@ def config_etag(config: Config) -> str:
     node_keys = config.model_dump(mode="json", include=set(NODE_KEYS))
     if node_keys.get("lb_address_ipv6") is None:  # unset: the ETag of the version before it
         node_keys.pop("lb_address_ipv6", None)
+    if node_keys.get("ingress", ["gre"]) == ["gre"]:  # the default: as before ingress existed
+        node_keys.pop("ingress", None)
     node = json.dumps(node_keys, sort_keys=True)
     return hashlib.sha256(f"{config_fingerprint(config)}\n{node}".encode()).hexdigest()
 
 
 def config_fingerprint(config: Config) -> str:
     """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
-    backends by address): every key but device, xdp_mode, lb_address, lb_address_ipv6 and
-    conntrack_size.
+    backends by address): every key but device, xdp_mode, lb_address, lb_address_ipv6,
+    conntrack_size and ingress.
     Equal on every node given the same changes, in whatever order they came."""
     settings = config.model_dump(mode="json", exclude={"vips", "default_backends", *NODE_KEYS})
     digest = hashlib.sha256(b"rusty-rail config v1\n")
@@ -66,15 +68,25 @@ def config_fingerprint(config: Config) -> str:
             + b.address.packed
             + b.weight.to_bytes(2, "big")
             + b.state.value.encode()
+            + _egress_record(b)
             for b in backends
         )
         digest.update(len(records).to_bytes(4, "big") + b"".join(records))
 
     add(config.default_backends)
     for vip in sorted(config.vips, key=_vip_order):
-        digest.update(f"\nvip {vip.key} {vip.encap.value} {vip.table_size}\n".encode())
+        vni = "" if vip.vni is None else f" vni {vip.vni}"
+        digest.update(f"\nvip {vip.key} {vip.encap.value} {vip.table_size}{vni}\n".encode())
         add(vip.backends)
     return digest.hexdigest()
+
+
+def _egress_record(backend: Backend) -> bytes:
+    """A backend's own encap and VNI, empty when it sets neither (the record of before)."""
+    if backend.encap is None and backend.vni is None:
+        return b""
+    encap = backend.encap.value if backend.encap is not None else ""
+    return f" {encap}/{'' if backend.vni is None else backend.vni}".encode()
 
 
 def _vip_order(vip: Vip) -> tuple[int, int, str, int]:
@@ -83,4 +95,11 @@ def _vip_order(vip: Vip) -> tuple[int, int, str, int]:
 
 
 #: Keys that differ between the nodes of one cluster by design.
-NODE_KEYS: Final = ("device", "xdp_mode", "lb_address", "lb_address_ipv6", "conntrack_size")
+NODE_KEYS: Final = (
+    "device",
+    "xdp_mode",
+    "lb_address",
+    "lb_address_ipv6",
+    "conntrack_size",
+    "ingress",
+)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import AdminState, Backend, Config, Protocol, VipKey
+from rusty_rail.config import AdminState, Backend, Config, Encap, Ingress, Protocol, VipKey
 from rusty_rail.model import state as model_state
 from rusty_rail.model.maglev import MaglevTable, build_table
 from rusty_rail.model.state import (
@@ -23,6 +23,7 @@ from rusty_rail.model.state import (
     BackendEntry,
     BackendState,
     DataplaneState,
+    Egress,
     NextHop,
     Settings,
 )
@@ -64,6 +65,9 @@ class Service:
     backends: tuple[Backend, ...]
     #: address_key of each backend, in the same order.
     keys: tuple[int, ...] = ()
+    #: The egress method and VNI of the backends that set none of their own.
+    encap: Encap = Encap.GRE
+    vni: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.backends):
@@ -83,8 +87,24 @@ def services_of(config: Config) -> list[Service]:
             key.protocol.number if key.protocol is not None else 0,
             key.port or 0,
         )
-        services.append(Service(str(key), match, config.table_size_for(vip), vip.backends))
+        services.append(
+            Service(
+                str(key),
+                match,
+                config.table_size_for(vip),
+                vip.backends,
+                encap=vip.encap,
+                vni=vip.vni,
+            )
+        )
     return services
+
+
+def egress_of(service: Service, backend: Backend) -> tuple[Egress, int]:
+    """The data plane's egress method and VNI (0 when none) of ``backend`` of ``service``."""
+    encap = backend.encap if backend.encap is not None else service.encap
+    vni = backend.vni if backend.vni is not None else service.vni
+    return Egress[encap.name], vni if vni is not None and encap.has_vni else 0
 
 
 def data_plane_state(admin: AdminState, weight: int, healthy: bool) -> BackendState:
@@ -291,6 +311,8 @@ def compile_plan(
         default_vip=default_vip,
         hash_seed=config.hash_seed,
         lb_ipv6=lb_ipv6.packed if lb_ipv6 is not None else bytes(16),
+        gre_ingress=Ingress.GRE in config.ingress,
+        routed_ingress=Ingress.ROUTED in config.ingress,
     )
     state = DataplaneState(settings=settings)
     tables: dict[str, MaglevTable] = {}
@@ -314,6 +336,13 @@ def compile_plan(
                 next_hop = next_hops[address_id] = resolve_next_hop(backend.address)
                 if next_hop is None:
                     unresolved.append(backend.address)
+            egress, vni = egress_of(service, backend)
+            if egress is Egress.ROUTE and next_hop is not None and not next_hop.on_link:
+                raise PlanError(
+                    f"backend {backend.address} of {service.name}: encap route needs a backend on "
+                    "a directly connected network, and its next hop is a gateway: use ipip, "
+                    "gre, vxlan or geneve for it"
+                )
             generation = allocation.generations[slot]
             entry = earlier.get(slot)
             # Same slot and generation means the same address (the allocation says so).
@@ -323,6 +352,7 @@ def compile_plan(
                 or entry.vip_index != vip_index
                 or entry.state is not backend_state
                 or entry.next_hop != next_hop
+                or (entry.egress, entry.vni) != (egress, vni)
             ):
                 entry = BackendEntry(
                     addr=backend.address.packed,
@@ -330,6 +360,8 @@ def compile_plan(
                     generation=generation,
                     state=backend_state,
                     next_hop=next_hop,
+                    egress=egress,
+                    vni=vni,
                 )
             state.backends[slot] = entry
             if backend_state is BackendState.UP:

@@ -42,7 +42,7 @@ from rusty_rail.model.state import Stat
 PROGRAM_NAME = "xdp_balancer"
 #: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
 #: adopted without them, and they are pinned beside its maps when the new program goes in.
-ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6"})
+ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6", "backend_tunnels"})
 BALANCER = PinnedXdpSpec(
     "balancer", PROGRAM_NAME, {name: name for name in MAP_NAMES}, added_maps=ADDED_MAPS
 )

@@ -53,6 +53,7 @@ MAP_NAMES = (
     "vips_v6",
     "tables",
     "backends",
+    "backend_tunnels",
     "conntrack",
     "conntrack_v6",
     "stats",
@@ -165,6 +166,7 @@ class BalancerMaps:
         self.vips_v6 = maps["vips_v6"]
         self.tables = maps["tables"]
         self.backends = maps["backends"]
+        self.backend_tunnels = maps["backend_tunnels"]
         self.conntrack = maps["conntrack"]
         self.conntrack_v6 = maps["conntrack_v6"]
         self.stats = maps["stats"]
@@ -224,6 +226,7 @@ class BalancerMaps:
         for index in state.backends:
             structs.require_index(index, structs.MAX_BACKENDS, "backend index")
         backends = {_u32(i): structs.encode_backend(b) for i, b in state.backends.items()}
+        tunnels = {_u32(i): structs.encode_backend_tunnel(b) for i, b in state.backends.items()}
         for vip_index in state.tables:
             structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
         tables = {vip_index: _table_values(slots) for vip_index, slots in state.tables.items()}
@@ -237,7 +240,9 @@ class BalancerMaps:
         current_backends = {
             key: value for key, value in self._array_items(self.backends) if value != EMPTY_BACKEND
         }
-        for key, value in backends.items():
+        for key, value in backends.items():  # a slot's VNI before the method that uses it
+            if self.backend_tunnels.lookup(key) != tunnels[key]:
+                self.backend_tunnels.update(key, tunnels[key])
             if current_backends.get(key) != value:
                 self.backends.update(key, value)
         for vip_index, values in tables.items():
@@ -283,7 +288,7 @@ class BalancerMaps:
             if values is not None:
                 state.tables[vip_index] = values[1:]
         for key, raw in self._array_items(self.backends):
-            backend = structs.decode_backend(raw)
+            backend = structs.decode_backend(raw, self.backend_tunnels.lookup(key))
             if backend is not None:
                 state.backends[struct.unpack("=I", key)[0]] = backend
         if conntrack:
@@ -326,7 +331,9 @@ class BalancerMaps:
 
     def set_backend(self, backend_index: int, entry: BackendEntry) -> None:
         structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
-        self.backends.update(_u32(backend_index), structs.encode_backend(entry))
+        key = _u32(backend_index)
+        self.backend_tunnels.update(key, structs.encode_backend_tunnel(entry))
+        self.backends.update(key, structs.encode_backend(entry))
 
     def clear_backend(self, backend_index: int) -> None:
         """Zero the slot: state UNUSED, no next hop; its flows become stale."""
@@ -335,8 +342,11 @@ class BalancerMaps:
 
     def read_backend(self, backend_index: int) -> BackendEntry | None:
         structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
-        raw = self.backends.lookup(_u32(backend_index))
-        return None if raw is None else structs.decode_backend(raw)
+        key = _u32(backend_index)
+        raw = self.backends.lookup(key)
+        return (
+            None if raw is None else structs.decode_backend(raw, self.backend_tunnels.lookup(key))
+        )
 
     # --- Maglev tables --------------------------------------------------------------------
 

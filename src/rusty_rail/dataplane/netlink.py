@@ -270,7 +270,8 @@ class NextHopResolver:
         state, dst_mac = known
         if dst_mac is None or not state & _NUD_USABLE:
             return None, neighbour
-        return NextHop(ifindex=ifindex, src_mac=src_mac, dst_mac=dst_mac), neighbour
+        hop = NextHop(ifindex, src_mac, dst_mac, on_link=neighbour == address)
+        return hop, neighbour
 
     def _src_mac(self, ifindex: int) -> bytes | None:
         if ifindex not in self._src_macs:

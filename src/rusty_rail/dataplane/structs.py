@@ -17,6 +17,7 @@ from rusty_rail.model.state import (
     BackendEntry,
     BackendState,
     CtEntry,
+    Egress,
     NextHop,
     Settings,
     VipKey,
@@ -29,6 +30,12 @@ DEFAULT_CONNTRACK_ENTRIES = 1 << 20
 CONNTRACK_WAYS = 4
 MAX_TX_PORTS = 64
 ICMP_REPORT_RING_BYTES = 1 << 20
+
+#: Bits of ``struct settings.ingress_flags`` (zero: GRE ingress only, as before the field).
+INGRESS_ROUTED = 0x1
+INGRESS_NO_GRE = 0x2
+#: The largest VNI (24 bits).
+MAX_VNI = 0xFFFFFF
 
 #: Values of ``struct backend.family``.
 FAMILY_IPV4 = 4
@@ -56,7 +63,7 @@ class CSettings(ctypes.Structure):
         ("outer_ttl", U8),
         ("no_vip_action", U8),
         ("malformed_action", U8),
-        ("pad", U8),
+        ("ingress_flags", U8),
     ]
 
 
@@ -90,11 +97,15 @@ class CBackend(ctypes.Structure):
         ("state", U8),
         ("family", U8),
         ("nexthop_resolved", U8),
-        ("pad", U8),
+        ("egress", U8),
         ("nexthop_ifindex", U32),
         ("nexthop_dst_mac", U8 * ETH_ALEN),
         ("nexthop_src_mac", U8 * ETH_ALEN),
     ]
+
+
+class CBackendTunnel(ctypes.Structure):
+    _fields_ = [("vni_be", _bytes_be(4))]
 
 
 class CFlowKey(ctypes.Structure):
@@ -175,6 +186,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "vip6_key": CVip6Key,
     "vip_value": CVipValue,
     "backend": CBackend,
+    "backend_tunnel": CBackendTunnel,
     "flow_key": CFlowKey,
     "conntrack_entry": CConntrackEntry,
     "flow_entry": CFlowEntry,
@@ -220,6 +232,8 @@ def encode_settings(settings: Settings, conntrack_mask: int = 0) -> bytes:
         outer_ttl=settings.outer_ttl,
         no_vip_action=int(settings.no_vip_action),
         malformed_action=int(settings.malformed_action),
+        ingress_flags=(INGRESS_ROUTED if settings.routed_ingress else 0)
+        | (0 if settings.gre_ingress else INGRESS_NO_GRE),
     )
     value.lb_ipv4_be[:] = _require_ipv4(settings.lb_ipv4, "the LB's IPv4 address")
     if len(settings.lb_ipv6) != 16:
@@ -238,6 +252,8 @@ def decode_settings(data: bytes) -> Settings:
         default_vip=value.default_vip,
         hash_seed=value.hash_seed,
         lb_ipv6=bytes(value.lb_ipv6),
+        gre_ingress=not value.ingress_flags & INGRESS_NO_GRE,
+        routed_ingress=bool(value.ingress_flags & INGRESS_ROUTED),
     )
 
 
@@ -286,6 +302,7 @@ def encode_backend(entry: BackendEntry) -> bytes:
         vip_index=require_index(entry.vip_index, MAX_VIPS, "backend's VIP index"),
         state=int(entry.state),
         family=FAMILY_IPV6 if len(entry.addr) == 16 else FAMILY_IPV4,
+        egress=int(entry.egress),
     )
     if len(entry.addr) == 16:
         value.addr_be[:] = entry.addr
@@ -299,8 +316,17 @@ def encode_backend(entry: BackendEntry) -> bytes:
     return bytes(value)
 
 
-def decode_backend(data: bytes) -> BackendEntry | None:
-    """The slot's entry, or None for an all-zero (never written or cleared) slot."""
+def encode_backend_tunnel(entry: BackendEntry) -> bytes:
+    """The slot's ``backend_tunnels`` value: the VNI as the second word of a VXLAN or GENEVE
+    header (VNI << 8, network order); zero for the other methods."""
+    if not 0 <= entry.vni <= MAX_VNI:
+        raise ValueError(f"VNI {entry.vni} is out of range 0..{MAX_VNI}")
+    return struct.pack("!I", entry.vni << 8)
+
+
+def decode_backend(data: bytes, tunnel: bytes | None = None) -> BackendEntry | None:
+    """The slot's entry (with its ``backend_tunnels`` value, when given), or None for an
+    all-zero (never written or cleared) slot."""
     if not any(data):
         return None
     value = CBackend.from_buffer_copy(data)
@@ -315,6 +341,8 @@ def decode_backend(data: bytes) -> BackendEntry | None:
         generation=value.generation,
         state=BackendState(value.state),
         next_hop=next_hop,
+        egress=Egress(value.egress),
+        vni=struct.unpack("!I", tunnel)[0] >> 8 if tunnel else 0,
     )
 
 

@@ -70,6 +70,16 @@ class BackendState(IntEnum):
     DOWN = 3
 
 
+class Egress(IntEnum):
+    """How a backend slot's packets leave (docs/packet-path.md section 8b): ``backend.egress``."""
+
+    GRE = 0
+    IPIP = 1
+    VXLAN = 2
+    GENEVE = 3
+    ROUTE = 4
+
+
 #: A Maglev table in data-plane terms: one backend slot index per table slot.
 Table = Sequence[int] | npt.NDArray[np.uint32]
 
@@ -89,6 +99,9 @@ class Settings:
     #: The outer IPv6 destination this node balances for and the source of the IPv6 outer
     #: headers it sends; all zero: none (outer IPv6 GRE is then never local).
     lb_ipv6: bytes = bytes(16)
+    #: Ingress (section 2c): GRE to this node balanced, plain packets to a VIP balanced.
+    gre_ingress: bool = True
+    routed_ingress: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +121,9 @@ class NextHop:
     ifindex: int
     src_mac: bytes
     dst_mac: bytes
+    #: Whether the neighbour is the address itself (a directly connected network), not a
+    #: gateway: what the `route` egress needs. The control plane's knowledge, not the map's.
+    on_link: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,9 @@ class BackendEntry:
     generation: int
     state: BackendState
     next_hop: NextHop | None
+    #: The egress method and, for VXLAN and GENEVE, the 24-bit VNI (section 8b).
+    egress: Egress = Egress.GRE
+    vni: int = 0
 
 
 @dataclass(frozen=True, slots=True)
