@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-/* The balancer: GRE traffic for a VIP goes on to one backend, chosen by the flow's
- * connection-table entry or the VIP's Maglev table; everything else goes to the host.
+/* The balancer: GRE traffic for a VIP, and (routed ingress) plain packets to a VIP, go on to one
+ * backend, chosen by the flow's connection-table entry or the VIP's Maglev table, by the
+ * backend's egress method; everything else goes to the host.
  * docs/packet-path.md is the contract, rusty_rail/model/pipeline.py its executable twin. */
 #include "balancer_maps.h"
 #include "balancer_parse.h"
 #include "balancer_types.h"
 #include "conntrack.h"
+#include "egress.h"
 #include "encap.h"
 #include "icmp.h"
 #include "lib/flowhash.h"
@@ -19,6 +21,9 @@ struct packet {
 	struct iphdr *outer;    /* the outer IPv4 header, when !outer_v6 */
 	struct ipv6hdr *outer6; /* the outer IPv6 header, when outer_v6 */
 	int outer_v6;           /* a flag, not the pointers' nullness: the verifier follows it */
+	void *inner;            /* the inner IP header (the outer one for routed ingress) */
+	int inner_v6;
+	int routed; /* routed ingress (section 2c): `inner` is the packet itself */
 	struct flow_key flow;
 	__u32 len; /* the frame's length as received, for the byte counters */
 };
@@ -79,6 +84,15 @@ static __always_inline __u32 match_vip(const struct flow_key *flow, int has_port
 	return settings->default_vip;
 }
 
+/* Section 2c: the VIP of a routed packet, steps 1 and 2 of section 6 (never the default set),
+ * or NONE_INDEX. */
+static __always_inline __u32 match_routed_vip(const struct flow_key *flow, int has_ports)
+{
+	struct settings none = { .default_vip = NONE_INDEX };
+
+	return match_vip(flow, has_ports, &none);
+}
+
 /* Section 6 for an inner IPv6 flow: the same order over the IPv6 VIPs. */
 static __always_inline __u32 match_vip6(const struct flow6_key *flow, int has_ports,
 					const struct settings *settings)
@@ -122,12 +136,18 @@ static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
 	return *slot;
 }
 
-/* Section 8's rewrite by the backend's family. Returns 0, or -1 when the kernel refused the
- * headroom of a family change. */
+/* Section 8's rewrite: GRE passthrough by the backend's family for GRE that came in, section
+ * 8b's egress methods otherwise. Returns 0, or -1 when the kernel refused the headroom. */
 static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet *pkt,
 					 const struct settings *settings,
-					 const struct backend *backend)
+					 const struct backend *backend, __u32 backend_index,
+					 __u64 flow_mix)
 {
+	if (backend->egress != EGRESS_GRE || pkt->routed)
+		return egress_send(ctx, pkt->eth,
+				   pkt->outer_v6 ? (void *)pkt->outer6 : (void *)pkt->outer,
+				   pkt->inner, pkt->inner_v6, backend, backend_index, settings,
+				   flow_mix);
 	if (backend->family != BACKEND_FAMILY_IPV6) {
 		if (!pkt->outer_v6) {
 			rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
@@ -149,11 +169,11 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct packet *pkt,
 					      const struct settings *settings,
 					      const struct backend *backend, __u32 backend_index,
-					      __u32 vip_index, __u32 outcome)
+					      __u32 vip_index, __u32 outcome, __u64 flow_mix)
 {
 	__u32 ifindex = backend->nexthop_ifindex;
 
-	if (rewrite_outer(ctx, pkt, settings, backend))
+	if (rewrite_outer(ctx, pkt, settings, backend, backend_index, flow_mix))
 		return XDP_ABORTED;
 	count_stat(&stats, outcome, pkt->len);
 	count_stat(&vip_stats, vip_index, pkt->len);
@@ -165,10 +185,11 @@ static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct p
 }
 
 /* Sections 4b-8 for inner IPv6 (the cursor at the inner header): the same decisions as the
- * IPv4 path below, over the IPv6 VIPs and connection table; the same rewrite. */
+ * IPv4 path below, over the IPv6 VIPs and connection table; the same rewrite. For a routed
+ * packet (section 2c) a stop or no VIP ends it with `routed_stat`, the stat of section 2. */
 static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor *cur,
-					      const struct packet *pkt,
-					      const struct settings *settings)
+					      struct packet *pkt, const struct settings *settings,
+					      __u32 routed_stat)
 {
 	struct flow6_key flow __attribute__((aligned(8))) = {};
 	__u32 stat, vip_index, backend_index = 0, outcome;
@@ -178,7 +199,15 @@ static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor 
 	__u64 flow_mix;
 	int has_ports;
 
+	pkt->inner = cur->pos;
+	pkt->inner_v6 = 1;
 	stat = parse_inner_ipv6(cur, &flow, &has_ports);
+	if (pkt->routed) {
+		struct settings none = { .default_vip = NONE_INDEX };
+
+		if (stat != STEP_OK || match_vip6(&flow, has_ports, &none) == NONE_INDEX)
+			return finish_unforwarded(routed_stat, pkt, settings);
+	}
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, pkt, settings);
 
@@ -205,7 +234,8 @@ static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor 
 		return finish_unforwarded(STAT_DROP_NO_NEXTHOP, pkt, settings);
 	if (outcome != STAT_CT_HIT && set)
 		conntrack6_record(set, entry, &flow, flow_mix, backend_index, backend->generation);
-	return forward_to_backend(ctx, pkt, settings, backend, backend_index, vip_index, outcome);
+	return forward_to_backend(ctx, pkt, settings, backend, backend_index, vip_index, outcome,
+				  flow_mix);
 }
 
 SEC("xdp")
@@ -215,7 +245,7 @@ int xdp_balancer(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor cur = cursor_start(data, data_end);
 	struct packet pkt = { .len = data_end - data };
-	__u32 stat, vip_index, backend_index = 0, outcome;
+	__u32 stat, vip_index, backend_index = 0, outcome, routed_stat = 0;
 	const struct settings *settings;
 	struct flow_entry *entry = NULL;
 	struct backend *backend;
@@ -225,7 +255,8 @@ int xdp_balancer(struct xdp_md *ctx)
 
 	/* Parse: Ethernet, the outer IPv4 or IPv6 header to this node, GRE, the inner flow (inner
 	 * IPv6 goes its own way, balance_inner_ipv6). ICMP about GRE this node sent is learnt
-	 * from on its way to the host (section 9). */
+	 * from on its way to the host (section 9). A packet that is not GRE to this node may be
+	 * routed to a VIP (section 2c). */
 	ethertype = parse_ethernet(&cur, &pkt.eth);
 	if (ethertype == bpf_htons(ETH_P_IP)) {
 		stat = parse_outer_ipv4(&cur, &pkt.outer);
@@ -239,23 +270,44 @@ int xdp_balancer(struct xdp_md *ctx)
 	} else {
 		stat = STAT_PASS_NOT_IP;
 	}
-	if (stat != STEP_OK)
+	if (stat != STEP_OK && stat != STAT_PASS_NOT_GRE)
 		return finish_unforwarded(stat, &pkt, NULL);
 	settings = settings_get();
 	if (!settings)
 		return XDP_PASS; /* cannot happen: an array always has its entry 0 */
-	if (!pkt.outer_v6)
-		stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
-	else
-		stat = outer_ipv6_to_us(&cur, pkt.outer6, settings);
-	if (stat != STEP_OK)
-		return finish_unforwarded(stat, &pkt, settings);
-	stat = balanced_gre(&cur);
-	if (stat == STEP_INNER_IPV6)
-		return balance_inner_ipv6(ctx, &cur, &pkt, settings);
-	if (stat != STEP_OK)
-		return finish_unforwarded(stat, &pkt, settings);
+	if (stat == STEP_OK) {
+		if (!pkt.outer_v6)
+			stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
+		else
+			stat = outer_ipv6_to_us(&cur, pkt.outer6, settings);
+		if (stat == STEP_OK && (settings->ingress_flags & INGRESS_NO_GRE))
+			stat = STEP_GRE_OFF;
+	}
+	if (stat != STEP_OK) {
+		if (stat == STEP_GRE_OFF)
+			stat = STAT_PASS_UNSUPPORTED;
+		else if (stat != STAT_PASS_NOT_GRE && stat != STAT_PASS_NOT_LOCAL)
+			return finish_unforwarded(stat, &pkt, settings);
+		if (!(settings->ingress_flags & INGRESS_ROUTED))
+			return finish_unforwarded(stat, &pkt, settings);
+		/* Section 2c: the packet itself is the inner packet, bounded by the frame. */
+		pkt.routed = 1;
+		cur.pos = pkt.outer_v6 ? (void *)pkt.outer6 : (void *)pkt.outer;
+		cur.left = CURSOR_UNLIMITED;
+		if (pkt.outer_v6)
+			return balance_inner_ipv6(ctx, &cur, &pkt, settings, stat);
+		routed_stat = stat;
+	} else {
+		stat = balanced_gre(&cur);
+		if (stat == STEP_INNER_IPV6)
+			return balance_inner_ipv6(ctx, &cur, &pkt, settings, 0);
+		if (stat != STEP_OK)
+			return finish_unforwarded(stat, &pkt, settings);
+	}
+	pkt.inner = cur.pos;
 	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
+	if (pkt.routed && (stat != STEP_OK || match_routed_vip(&pkt.flow, has_ports) == NONE_INDEX))
+		return finish_unforwarded(routed_stat, &pkt, settings);
 	if (stat != STEP_OK)
 		return finish_unforwarded(stat, &pkt, settings);
 
@@ -286,7 +338,8 @@ int xdp_balancer(struct xdp_md *ctx)
 	if (outcome != STAT_CT_HIT && set)
 		conntrack_record(set, entry, &pkt.flow, flow_mix, backend_index,
 				 backend->generation);
-	return forward_to_backend(ctx, &pkt, settings, backend, backend_index, vip_index, outcome);
+	return forward_to_backend(ctx, &pkt, settings, backend, backend_index, vip_index, outcome,
+				  flow_mix);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,6 +1,7 @@
 """Sections 1-4b of docs/packet-path.md: from the Ethernet header, through the outer IPv4 or
 IPv6 header and GRE, to the inner IPv4 or IPv6 flow; or the ``Stat`` of the early exit that ends the
-packet path.
+packet path. Section 2c's routed ingress reads a packet that is not GRE to this node as an inner
+one (``parse_routed``).
 
 The reference pipeline (``pipeline.process``) runs this first; plain values, no kernel.
 """
@@ -55,11 +56,14 @@ IPV6_FRAGMENT_MASK = IPV6_FRAGMENT_OFFSET_MASK | IPV6_FRAGMENT_MF  # a fragment 
 
 
 class Stop(Exception):
-    """An early exit of the packet path: the packet is counted under ``stat`` and not forwarded."""
+    """An early exit of the packet path: the packet is counted under ``stat`` and not forwarded.
+    ``routable``: its outer header was sane and it was not balanced as GRE, so routed ingress
+    may still take it (section 2c)."""
 
-    def __init__(self, stat: Stat) -> None:
+    def __init__(self, stat: Stat, *, routable: bool = False) -> None:
         super().__init__(stat.name)
         self.stat = stat
+        self.routable = routable
 
 
 def u16(frame: bytes, offset: int) -> int:
@@ -76,6 +80,12 @@ class Parsed:
     flow: Flow
     fragment: bool
     outer_family: int = 4
+    #: The inner packet: its offset, its end (its own length) and family (section 8b).
+    inner: int = 0
+    inner_end: int = 0
+    inner_family: int = 4
+    #: Routed ingress (section 2c): the inner packet is the packet itself, at ``l3``.
+    routed: bool = False
 
 
 def parse_ethernet(frame: bytes) -> tuple[int, int]:
@@ -111,9 +121,9 @@ def _parse_outer_ipv4(settings: Settings, frame: bytes, l3: int) -> tuple[int, i
     if total_length < header_len or total_length > l3_len:
         raise Stop(Stat.PASS_OUTER_MALFORMED)
     if frame[l3 + 9] != PROTO_GRE:
-        raise Stop(Stat.PASS_NOT_GRE)
+        raise Stop(Stat.PASS_NOT_GRE, routable=True)
     if frame[l3 + 16 : l3 + 20] != settings.lb_ipv4:
-        raise Stop(Stat.PASS_NOT_LOCAL)
+        raise Stop(Stat.PASS_NOT_LOCAL, routable=True)
     if u16(frame, l3 + 6) & IPV4_FRAGMENT_MASK:
         raise Stop(Stat.PASS_OUTER_FRAGMENT)
     return l3 + header_len, l3 + total_length
@@ -129,9 +139,9 @@ def _parse_outer_ipv6(settings: Settings, frame: bytes, l3: int) -> tuple[int, i
     if gre_end > len(frame):
         raise Stop(Stat.PASS_OUTER_MALFORMED)
     if frame[l3 + 6] != PROTO_GRE:
-        raise Stop(Stat.PASS_NOT_GRE)
+        raise Stop(Stat.PASS_NOT_GRE, routable=True)
     if frame[l3 + 24 : l3 + 40] != settings.lb_ipv6 or not any(settings.lb_ipv6):
-        raise Stop(Stat.PASS_NOT_LOCAL)
+        raise Stop(Stat.PASS_NOT_LOCAL, routable=True)
     return l3 + IPV6_HEADER_LEN, gre_end
 
 
@@ -156,8 +166,8 @@ def _parse_gre(frame: bytes, gre: int, gre_end: int) -> tuple[int, int]:
     return protocol, gre + header_len
 
 
-def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
-    """Section 4. Returns (the flow, whether the inner packet is a fragment)."""
+def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool, int]:
+    """Section 4. Returns (the flow, whether the inner packet is a fragment, its end)."""
     avail = gre_end - inner
     if avail < IPV4_HEADER_LEN:
         raise Stop(Stat.INNER_MALFORMED)
@@ -171,12 +181,13 @@ def _parse_inner_ipv4(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, boo
     proto = frame[inner + 9]
     src, dst = frame[inner + 12 : inner + 16], frame[inner + 16 : inner + 20]
     fragment = (u16(frame, inner + 6) & IPV4_FRAGMENT_MASK) != 0
+    end = inner + total_length
     if fragment or proto not in (PROTO_TCP, PROTO_UDP):
-        return Flow(src, dst, proto), fragment
+        return Flow(src, dst, proto), fragment, end
     if header_len + 4 > total_length:
         raise Stop(Stat.INNER_L4_TRUNCATED)
     l4 = inner + header_len
-    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False
+    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False, end
 
 
 def _walk_ipv6_extensions(
@@ -206,8 +217,8 @@ def _walk_ipv6_extensions(
     return next_header, offset, False
 
 
-def _parse_inner_ipv6(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool]:
-    """Section 4b. Returns (the flow, whether the inner packet is a fragment)."""
+def _parse_inner_ipv6(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, bool, int]:
+    """Section 4b. Returns (the flow, whether the inner packet is a fragment, its end)."""
     avail = gre_end - inner
     if avail < IPV6_HEADER_LEN or frame[inner] >> 4 != 6:
         raise Stop(Stat.INNER_MALFORMED)
@@ -219,10 +230,10 @@ def _parse_inner_ipv6(frame: bytes, inner: int, gre_end: int) -> tuple[Flow, boo
         frame, inner + IPV6_HEADER_LEN, end, frame[inner + 6]
     )
     if fragment or proto not in (PROTO_TCP, PROTO_UDP):
-        return Flow(src, dst, proto), fragment
+        return Flow(src, dst, proto), fragment, end
     if l4 + 4 > end:
         raise Stop(Stat.INNER_L4_TRUNCATED)
-    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False
+    return Flow(src, dst, proto, u16(frame, l4), u16(frame, l4 + 2)), False, end
 
 
 def parse(settings: Settings, frame: bytes) -> Parsed:
@@ -236,9 +247,25 @@ def parse(settings: Settings, frame: bytes) -> Parsed:
         gre, gre_end = _parse_outer_ipv4(settings, frame, l3)
     else:
         raise Stop(Stat.PASS_NOT_IP)
+    if not settings.gre_ingress:
+        raise Stop(Stat.PASS_UNSUPPORTED, routable=True)  # section 2c: GRE ingress off
     protocol, inner = _parse_gre(frame, gre, gre_end)
     if protocol == ETH_P_IPV6:
-        flow, fragment = _parse_inner_ipv6(frame, inner, gre_end)
+        flow, fragment, end = _parse_inner_ipv6(frame, inner, gre_end)
     else:
-        flow, fragment = _parse_inner_ipv4(frame, inner, gre_end)
-    return Parsed(l3, flow, fragment, outer_family)
+        flow, fragment, end = _parse_inner_ipv4(frame, inner, gre_end)
+    inner_family = 6 if protocol == ETH_P_IPV6 else 4
+    return Parsed(l3, flow, fragment, outer_family, inner, end, inner_family)
+
+
+def parse_routed(frame: bytes) -> Parsed | None:
+    """Section 2c: a routable packet (its outer header sane) read as an inner packet, from
+    ``l3`` to the frame's end; None when section 4 or 4b would stop it (the host judges it)."""
+    ethertype, l3 = parse_ethernet(frame)
+    family = 6 if ethertype == ETH_P_IPV6 else 4
+    parser = _parse_inner_ipv6 if family == 6 else _parse_inner_ipv4
+    try:
+        flow, fragment, end = parser(frame, l3, len(frame))
+    except Stop:
+        return None
+    return Parsed(l3, flow, fragment, family, l3, end, family, routed=True)

@@ -13,9 +13,18 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeVar
 
+from rusty_rail.model.egress import encapsulate
 from rusty_rail.model.flowhash import Flow, flow_hash
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
-from rusty_rail.model.parse import IPV4_FRAGMENT_MASK, Stop, parse, parse_ethernet, u16
+from rusty_rail.model.parse import (
+    IPV4_FRAGMENT_MASK,
+    Parsed,
+    Stop,
+    parse,
+    parse_ethernet,
+    parse_routed,
+    u16,
+)
 from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
@@ -23,6 +32,7 @@ from rusty_rail.model.state import (
     BackendEntry,
     CtEntry,
     DataplaneState,
+    Egress,
     NextHop,
     Settings,
     Stat,
@@ -212,11 +222,13 @@ def _is_valid_hit(entry: CtEntry, backend: BackendEntry) -> bool:
     return backend.state in FORWARDING_STATES and backend.generation == entry.generation
 
 
-def match_vip(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> tuple[Match, int]:
+def match_vip(
+    state: DataplaneState, flow: Flow, *, fragment: bool = False, default_set: bool = True
+) -> tuple[Match, int]:
     """Section 6: the VIP a flow belongs to, as (how it matched, VIP index); NONE_INDEX if none.
 
     The port match is only tried for TCP and UDP that is not a fragment, the only flows that
-    carry real ports.
+    carry real ports. ``default_set=False``: steps 1 and 2 only (a routed packet, section 2c).
     """
     if flow.proto in (PROTO_TCP, PROTO_UDP) and not fragment:
         vip_index = state.vips.get(VipKey(flow.dst, flow.proto, flow.dport))
@@ -225,7 +237,7 @@ def match_vip(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> t
     vip_index = state.vips.get(VipKey(flow.dst, 0, 0))
     if vip_index is not None:
         return Match.ADDRESS_VIP, vip_index
-    if state.settings.default_vip != NONE_INDEX:
+    if default_set and state.settings.default_vip != NONE_INDEX:
         return Match.DEFAULT_VIP, state.settings.default_vip
     return Match.NONE, NONE_INDEX
 
@@ -482,21 +494,29 @@ def process(
     size = len(frame)
     settings = state.settings
 
+    icmp_stat: IcmpStat | None = None
+    report: IcmpReport | None = None
     try:
         parsed = parse(settings, frame)
     except Stop as stop:
-        if stop.stat != Stat.PASS_NOT_GRE:
-            return _not_forwarded(settings, frame, stop.stat)
-        icmp_stat, report = learn_from_icmp(settings, frame, icmp or IcmpWatch())
-        result = _not_forwarded(settings, frame, stop.stat)
+        if stop.stat == Stat.PASS_NOT_GRE:
+            icmp_stat, report = learn_from_icmp(settings, frame, icmp or IcmpWatch())
+        routed = _routed(state, frame) if stop.routable and settings.routed_ingress else None
+        if routed is None:
+            result = _not_forwarded(settings, frame, stop.stat)
+            if icmp_stat is None:
+                return result
+            counters = replace(result.counters, icmp={icmp_stat: (1, size)})
+            return replace(result, counters=counters, report=report)
+        parsed = routed
+
+    decision = lookup(state, parsed.flow, fragment=parsed.fragment)
+    if not decision.forwards:
+        result = _not_forwarded(settings, frame, decision.stat, parsed.flow, decision)
         if icmp_stat is None:
             return result
         counters = replace(result.counters, icmp={icmp_stat: (1, size)})
         return replace(result, counters=counters, report=report)
-
-    decision = lookup(state, parsed.flow, fragment=parsed.fragment)
-    if not decision.forwards:
-        return _not_forwarded(settings, frame, decision.stat, parsed.flow, decision)
 
     assert decision.backend_index is not None and decision.vip_index is not None
     backend = state.backends[decision.backend_index]
@@ -509,16 +529,32 @@ def process(
         stats={decision.stat: (1, size)},
         vips={decision.vip_index: (1, size)},
         backends={decision.backend_index: (1, size)},
+        icmp={} if icmp_stat is None else {icmp_stat: (1, size)},
     )
+    if backend.egress == Egress.GRE and not parsed.routed:
+        out = rewrite(settings, frame, parsed.l3, backend, parsed.outer_family)
+    else:
+        out = encapsulate(settings, frame, parsed, backend, decision.flow_hash)
     return Result(
         verdict=verdict,
-        frame=rewrite(settings, frame, parsed.l3, backend, parsed.outer_family),
+        frame=out,
         stat=decision.stat,
         redirect_ifindex=redirect_ifindex,
         counters=counters,
         flow=parsed.flow,
         decision=decision,
+        report=report,
     )
+
+
+def _routed(state: DataplaneState, frame: bytes) -> Parsed | None:
+    """Section 2c: a routable packet taken by routed ingress (its flow parsed, a VIP of steps 1
+    and 2 of section 6 matched), or None: it goes to the host as it would have."""
+    parsed = parse_routed(frame)
+    if parsed is None:
+        return None
+    match, _ = match_vip(state, parsed.flow, fragment=parsed.fragment, default_set=False)
+    return None if match == Match.NONE else parsed
 
 
 def _not_forwarded(
