@@ -11,6 +11,7 @@ from rusty_rail.bench.dataplane import (
     render_dataplane_bench,
     run_dataplane_bench,
 )
+from rusty_rail.config import Encap, Ingress
 
 pytestmark = pytest.mark.bpf
 
@@ -35,3 +36,17 @@ def test_the_ipv6_cases_are_measured_and_judged_beside_their_ipv4_twins(
     assert "x established" in text and "x new_flow" in text and "x pass" in text
     assert f"(budget {V6_BUDGET}x)" in text
     assert result["memory"]["conntrack_v6_bytes_per_flow"] >= 56
+
+
+@pytest.mark.parametrize("egress", list(Encap), ids=lambda e: e.value)
+@pytest.mark.parametrize("ingress", list(Ingress), ids=lambda i: i.value)
+def test_every_forwarding_method_is_measured_on_its_path(
+    require_root: None, ingress: Ingress, egress: Encap
+) -> None:
+    # The bench checks every call's verdict: a routed frame forwarded (TX) was taken by routed
+    # ingress, which passes it to the host otherwise.
+    result = run_dataplane_bench(calls=10, rounds=1, ingress=ingress, egress=egress)
+    assert (result["ingress"], result["egress"]) == (ingress.value, egress.value)
+    assert result["cases"]["established"]["verdict"] == "XDP_TX"
+    assert result["cases"]["new_flow_v6"]["verdict"] == "XDP_TX"
+    assert f"ingress {ingress.value}, egress {egress.value}" in render_dataplane_bench(result)

@@ -12,6 +12,12 @@ have no budget of their own; they are printed beside their IPv4 twins, with the 
 inner IPv6 to no VIP (NO_VIP, passed): the whole IPv6 parse and lookup, then the host;
 ``outer_v6_to_v4`` is an established flow arriving in outer IPv6 for an IPv4 backend (the
 outer header rebuilt, bpf_xdp_adjust_head): no budget, beside the floor.
+
+``ingress`` and ``egress`` choose the forwarding methods (docs/packet-path.md sections 2c and
+8b): with ``routed`` ingress the established, new-flow and ``*_v6`` frames are plain packets to
+the VIP (the node takes GRE too, so ``outer_v6_to_v4`` stays a GRE frame), and every backend
+has the ``egress`` method (VNI 100 for vxlan and geneve). The defaults, gre and gre, measure
+what this bench always measured.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from rusty_rail.config import config_from_toml_text
+from rusty_rail.config import Encap, Ingress, config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
 from rusty_rail.dataplane.libbpf import BpfObject, Map, Program, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
@@ -41,6 +47,7 @@ from rusty_rail.wire.frames import (
     ROUTER_MAC,
     encapsulate,
     gre_frame,
+    inner_ipv4,
     inner_ipv6,
 )
 
@@ -73,10 +80,13 @@ class Case:
     verdict: Verdict
 
 
-def _bench_config() -> str:
+def _bench_config(ingress: Ingress = Ingress.GRE, egress: Encap = Encap.GRE) -> str:
     backends = ", ".join(f'"198.18.{1 + i // 250}.{1 + i % 250}"' for i in range(BACKENDS))
-    return f"table_size = {TABLE_SIZE}\n" + "".join(
-        f'[[vips]]\naddress = "{vip}"\nprotocol = "tcp"\nport = 80\nbackends = [{backends}]\n'
+    ingresses = '["gre"]' if ingress is Ingress.GRE else '["gre", "routed"]'
+    method = f'encap = "{egress.value}"\n' + ("vni = 100\n" if egress.has_vni else "")
+    return f"table_size = {TABLE_SIZE}\ningress = {ingresses}\n" + "".join(
+        f'[[vips]]\naddress = "{vip}"\nprotocol = "tcp"\nport = 80\n{method}'
+        f"backends = [{backends}]\n"
         for vip in (VIP, VIP6)
     )
 
@@ -118,9 +128,16 @@ def _measure(case: Case, start: int, calls: int) -> list[int]:
     return durations
 
 
-def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any]:
-    """Measure every case ``calls`` times (spread over ``rounds`` interleaved rounds)."""
-    config = config_from_toml_text(_bench_config(), "bench")
+def run_dataplane_bench(
+    calls: int = 200_000,
+    rounds: int = 20,
+    *,
+    ingress: Ingress = Ingress.GRE,
+    egress: Encap = Encap.GRE,
+) -> dict[str, Any]:
+    """Measure every case ``calls`` times (spread over ``rounds`` interleaved rounds), for the
+    ``ingress`` and ``egress`` methods."""
+    config = config_from_toml_text(_bench_config(ingress, egress), "bench")
     hop = NextHop(0, bytes.fromhex("020000000010"), bytes.fromhex("020000000020"))
     plan = compile_plan(
         config,
@@ -135,6 +152,13 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
     outer6 = gre_frame(flow, outer=OUTER_IPV6)
     flow6 = Flow.of("2001:2:0:200::1", VIP6, PROTO_TCP, 40000, 80)
     established6 = encapsulate(inner_ipv6(flow6), OUTER_INNER_IPV6)
+    new_flows = _new_flow_frames(established)
+    new_flows6 = _new_flow_frames(established6, INNER6_SRC_LOW, INNER6_SPORT)
+    if ingress is Ingress.ROUTED:  # the inner packets alone, routed to the VIP
+        established = ethernet(LB_MAC, ROUTER_MAC, ETH_P_IPV4, inner_ipv4(flow))
+        established6 = ethernet(LB_MAC, ROUTER_MAC, ETH_P_IPV6, inner_ipv6(flow6))
+        new_flows = _new_flow_frames(established, 14 + 12 + 2, 14 + 20)
+        new_flows6 = _new_flow_frames(established6, 14 + 8 + 14, 14 + 40)
     no_vip6 = encapsulate(
         inner_ipv6(Flow.of("2001:2:0:200::1", "2001:2:0:19::99", PROTO_TCP, 40000, 80)),
         OUTER_INNER_IPV6,
@@ -165,11 +189,10 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
         for frame in (established, established6):  # records the flows
             if balancer.test_run(frame).retval != Verdict.TX:
                 raise RuntimeError("the balancer did not forward an established-flow packet")
-        new_flows6 = _new_flow_frames(established6, INNER6_SRC_LOW, INNER6_SPORT)
         cases = [
             Case("floor", floor, lambda i: established, Verdict.TX),
             Case("established", balancer, lambda i: established, Verdict.TX),
-            Case("new_flow", balancer, _new_flow_frames(established), Verdict.TX),
+            Case("new_flow", balancer, new_flows, Verdict.TX),
             Case("pass", balancer, lambda i: not_gre, Verdict.PASS),
             Case("established_v6", balancer, lambda i: established6, Verdict.TX),
             Case("new_flow_v6", balancer, new_flows6, Verdict.TX),
@@ -193,6 +216,8 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
     floor_ns = statistics.median(durations["floor"])
     result: dict[str, Any] = {
         "mode": "per-call",
+        "ingress": ingress.value,
+        "egress": egress.value,
         "floor_ns": floor_ns,
         "calls_per_case": per_round * rounds,
         "statistic": "median of the kernel-reported per-call durations",
@@ -231,7 +256,7 @@ def run_dataplane_bench(calls: int = 200_000, rounds: int = 20) -> dict[str, Any
 def render_dataplane_bench(result: dict[str, Any]) -> str:
     lines = [
         f"dataplane, {result['mode']} BPF_PROG_TEST_RUN, {result['calls_per_case']} calls per "
-        f"case, {result['statistic']}",
+        f"case, {result['statistic']}; ingress {result['ingress']}, egress {result['egress']}",
         f"  {'case':14} {'ns':>8} {'x floor':>8} {'budget':>7}  verdict",
         f"  {'floor':14} {result['floor_ns']:8.1f} {1.0:8.2f} {'':>7}  XDP_TX (return XDP_TX)",
     ]

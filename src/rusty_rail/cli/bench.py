@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, Handler, Subparsers, add_json_option, print_result
+from rusty_rail.config.enums import Encap, Ingress
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -49,6 +50,18 @@ def add_parser(commands: Subparsers) -> None:
     )
     dataplane.add_argument(
         "--calls", type=int, default=200_000, help="calls per case (default 200000)"
+    )
+    dataplane.add_argument(
+        "--ingress",
+        choices=[ingress.value for ingress in Ingress],
+        default=Ingress.GRE.value,
+        help="how the packets arrive: GRE to the node, or routed plain packets (default gre)",
+    )
+    dataplane.add_argument(
+        "--egress",
+        choices=[encap.value for encap in Encap],
+        default=Encap.GRE.value,
+        help="how they leave for the backends (docs/packet-path.md 8b; default gre)",
     )
     control = add_bench(
         "control",
@@ -95,7 +108,9 @@ def cmd_bench_maglev(args: argparse.Namespace) -> int:
 def cmd_bench_dataplane(args: argparse.Namespace) -> int:
     from rusty_rail.bench.dataplane import render_dataplane_bench, run_dataplane_bench
 
-    result = run_dataplane_bench(calls=args.calls)
+    result = run_dataplane_bench(
+        calls=args.calls, ingress=Ingress(args.ingress), egress=Encap(args.egress)
+    )
     print_result(result, args.json, render_dataplane_bench)
     return EXIT_OK
 

@@ -8,7 +8,18 @@ BPF differential tests both run them, in the order of ``CASES``.
 
 from __future__ import annotations
 
-from tests.support.cases import conntrack, ethernet, gre, icmp, inner, maglev, next_hop, outer, vip
+from tests.support.cases import (
+    conntrack,
+    egress,
+    ethernet,
+    gre,
+    icmp,
+    inner,
+    maglev,
+    next_hop,
+    outer,
+    vip,
+)
 from tests.support.cases._base import (
     CLIENT,
     DEFAULT_VIP_INDEX,
@@ -61,6 +72,7 @@ CASES: list[PacketCase] = [
     *maglev.CASES,
     *next_hop.CASES,
     *icmp.CASES,
+    *egress.CASES,
 ]
 
 
