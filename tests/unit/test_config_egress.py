@@ -185,3 +185,17 @@ def test_route_to_a_backend_behind_a_gateway_is_refused_when_the_plan_is_made() 
         plan(text, GATEWAY_HOP)
     # Another method to the same backend behind a gateway is fine.
     assert plan(vip('encap = "ipip"'), GATEWAY_HOP)
+
+
+def test_a_tunnel_check_is_refused_for_a_backend_that_is_not_sent_gre() -> None:
+    health = '[health]\ncheck = "tunnel"\n'
+    assert problems(health + vip('encap = "ipip"')) == [
+        (
+            "health.check",
+            'the tunnel check probes through GRE, and this backend\'s encap is "ipip": use tcp '
+            "or http for it, or no check",
+        )
+    ]
+    own = '[{address = "198.18.2.1", encap = "route", health = {check = "tunnel"}}]'
+    assert [path for path, _ in problems(vip("", own))] == ["vips[0].backends[0].health.check"]
+    assert config_from_toml_text(health + vip(""))  # GRE: the probe takes the traffic's path

@@ -312,6 +312,13 @@ class Config(_OmitsNoHealth):
                         "for them (a health table of their own), or no check"
                     )
                     problems.append(Problem((*where, "check"), reason, "tunnel"))
+                method = vip.encap_of(backend) if vip else (backend.encap or Encap.GRE)
+                if method is not Encap.GRE and settings.check is CheckType.TUNNEL:
+                    reason = (
+                        f"the tunnel check probes through GRE, and this backend's encap is "
+                        f'"{method.value}": use tcp or http for it, or no check'
+                    )
+                    problems.append(Problem((*where, "check"), reason, "tunnel"))
                 if backend.health is None and not first_shared:
                     continue
                 if settings.check in (CheckType.TCP, CheckType.HTTP) and settings.port is None:
