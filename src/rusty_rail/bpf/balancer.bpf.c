@@ -143,11 +143,18 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 					 const struct backend *backend, __u32 backend_index,
 					 __u64 flow_mix)
 {
-	if (backend->egress != EGRESS_GRE || pkt->routed)
-		return egress_send(ctx, pkt->eth,
-				   pkt->outer_v6 ? (void *)pkt->outer6 : (void *)pkt->outer,
-				   pkt->inner, pkt->inner_v6, backend, backend_index, settings,
-				   flow_mix);
+	if (backend->egress != EGRESS_GRE || pkt->routed) {
+		struct egress_args args = {
+			.eth = pkt->eth,
+			.l3 = pkt->outer_v6 ? (void *)pkt->outer6 : (void *)pkt->outer,
+			.inner = pkt->inner,
+			.inner_v6 = pkt->inner_v6,
+			.flow_hash = flow_hash32(flow_mix),
+			.backend_index = backend_index,
+		};
+
+		return egress_send(ctx, &args, backend, settings);
+	}
 	if (backend->family != BACKEND_FAMILY_IPV6) {
 		if (!pkt->outer_v6) {
 			rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
@@ -245,7 +252,8 @@ int xdp_balancer(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor cur = cursor_start(data, data_end);
 	struct packet pkt = { .len = data_end - data };
-	__u32 stat, vip_index, backend_index = 0, outcome, routed_stat = 0;
+	__u32 stat, vip_index, backend_index = 0, outcome;
+	__u32 routed_stat = 0; /* a routed packet's stat if not taken (never 0, CT_HIT) */
 	const struct settings *settings;
 	struct flow_entry *entry = NULL;
 	struct backend *backend;
@@ -270,33 +278,38 @@ int xdp_balancer(struct xdp_md *ctx)
 	} else {
 		stat = STAT_PASS_NOT_IP;
 	}
-	if (stat != STEP_OK && stat != STAT_PASS_NOT_GRE)
-		return finish_unforwarded(stat, &pkt, NULL);
-	settings = settings_get();
-	if (!settings)
-		return XDP_PASS; /* cannot happen: an array always has its entry 0 */
-	if (stat == STEP_OK) {
+	if (stat == STAT_PASS_NOT_GRE) {
+		/* Host traffic unless routed ingress takes it: one flag read on the way. */
+		settings = settings_get();
+		if (!settings || !(settings->ingress_flags & INGRESS_ROUTED))
+			return finish_unforwarded(STAT_PASS_NOT_GRE, &pkt, NULL);
+		routed_stat = STAT_PASS_NOT_GRE;
+	} else {
+		if (stat != STEP_OK)
+			return finish_unforwarded(stat, &pkt, NULL);
+		settings = settings_get();
+		if (!settings)
+			return XDP_PASS; /* cannot happen: an array always has its entry 0 */
 		if (!pkt.outer_v6)
 			stat = outer_ipv4_to_us(&cur, pkt.outer, settings);
 		else
 			stat = outer_ipv6_to_us(&cur, pkt.outer6, settings);
 		if (stat == STEP_OK && (settings->ingress_flags & INGRESS_NO_GRE))
-			stat = STEP_GRE_OFF;
+			routed_stat = STAT_PASS_UNSUPPORTED; /* GRE ingress off */
+		else if (stat == STAT_PASS_NOT_LOCAL)
+			routed_stat = STAT_PASS_NOT_LOCAL;
+		else if (stat != STEP_OK)
+			return finish_unforwarded(stat, &pkt, settings);
+		if (routed_stat && !(settings->ingress_flags & INGRESS_ROUTED))
+			return finish_unforwarded(routed_stat, &pkt, settings);
 	}
-	if (stat != STEP_OK) {
-		if (stat == STEP_GRE_OFF)
-			stat = STAT_PASS_UNSUPPORTED;
-		else if (stat != STAT_PASS_NOT_GRE && stat != STAT_PASS_NOT_LOCAL)
-			return finish_unforwarded(stat, &pkt, settings);
-		if (!(settings->ingress_flags & INGRESS_ROUTED))
-			return finish_unforwarded(stat, &pkt, settings);
+	if (routed_stat) {
 		/* Section 2c: the packet itself is the inner packet, bounded by the frame. */
 		pkt.routed = 1;
 		cur.pos = pkt.outer_v6 ? (void *)pkt.outer6 : (void *)pkt.outer;
 		cur.left = CURSOR_UNLIMITED;
 		if (pkt.outer_v6)
-			return balance_inner_ipv6(ctx, &cur, &pkt, settings, stat);
-		routed_stat = stat;
+			return balance_inner_ipv6(ctx, &cur, &pkt, settings, routed_stat);
 	} else {
 		stat = balanced_gre(&cur);
 		if (stat == STEP_INNER_IPV6)

@@ -14,8 +14,6 @@
 #define STEP_OK 0xFF
 /* balanced_gre's answer for GRE carrying IPv6: go on with section 4b. */
 #define STEP_INNER_IPV6 0xFE
-/* GRE to this node with GRE ingress off (section 2c): PASS_UNSUPPORTED unless routed. */
-#define STEP_GRE_OFF 0xFD
 
 /* The outer IPv6 header (section 2b): sane, whole and carrying GRE (extension headers are not
  * walked). The cursor stays at the header: the ICMP learning of section 9b reads the others. */

@@ -144,16 +144,25 @@ static __always_inline void write_udp_tunnel(__u8 *p, __u8 egress, __be32 vni_be
 	*(__be16 *)(eth + 12) = info->ethertype;
 }
 
-/* Section 8b: send the inner packet at `inner` (of the frame whose Ethernet header is `eth`
- * and whose IP header after the link layer is `l3`) by the backend's method. `flow_mix` is the
- * flow's hash state (the UDP source port comes from flow_hash32 of it). 0, or -1 when the
- * kernel refused the room (the caller aborts). */
-static __always_inline int egress_send(struct xdp_md *ctx, void *eth, void *l3, void *inner,
-				       int inner_v6, const struct backend *backend,
-				       __u32 backend_index, const struct settings *settings,
-				       __u64 flow_mix)
+/* Where the frame's parts are and what egress_send needs beside the backend and settings (a
+ * BPF call takes five arguments at most). */
+struct egress_args {
+	void *eth;   /* the Ethernet header */
+	void *l3;    /* the IP header after the link layer */
+	void *inner; /* the inner IP header (l3 itself for routed ingress) */
+	__u32 inner_v6;
+	__u32 flow_hash;     /* the UDP source port comes from it */
+	__u32 backend_index; /* for its VNI */
+};
+
+/* Section 8b: send the inner packet by the backend's method. 0, or -1 when the kernel refused
+ * the room (the caller aborts). A function of its own (noinline), so that the GRE passthrough
+ * path, the established flow's, keeps its code as it was. */
+static __noinline int egress_send(struct xdp_md *ctx, const struct egress_args *args,
+				  const struct backend *backend, const struct settings *settings)
 {
-	__u32 l2_len = l3 - eth, strip_len = inner - l3, outer_len, extra, index = backend_index;
+	__u32 l2_len = args->l3 - args->eth, strip_len = args->inner - args->l3, outer_len, extra;
+	__u32 index = args->backend_index;
 	__u8 egress = backend->egress;
 	int outer_v6 = backend->family == BACKEND_FAMILY_IPV6;
 	struct backend_tunnel *tunnel;
@@ -162,7 +171,7 @@ static __always_inline int egress_send(struct xdp_md *ctx, void *eth, void *l3, 
 	void *data_end;
 	__u8 *out;
 
-	if (inner_info_of(inner, inner_v6, (void *)(long)ctx->data_end, &info))
+	if (inner_info_of(args->inner, args->inner_v6, (void *)(long)ctx->data_end, &info))
 		return -1;
 	outer_len = outer_v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
 	switch (egress) {
@@ -222,7 +231,7 @@ static __always_inline int egress_send(struct xdp_md *ctx, void *eth, void *l3, 
 	} else if (egress != EGRESS_IPIP) {
 		if (out + UDP_TUNNEL_LEN > (__u8 *)data_end)
 			return -1;
-		write_udp_tunnel(out, egress, vni_be, flow_hash32(flow_mix), &info);
+		write_udp_tunnel(out, egress, vni_be, args->flow_hash, &info);
 	}
 	return 0;
 }
