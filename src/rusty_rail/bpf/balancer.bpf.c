@@ -84,13 +84,12 @@ static __always_inline __u32 match_vip(const struct flow_key *flow, int has_port
 	return settings->default_vip;
 }
 
-/* Section 2c: the VIP of a routed packet, steps 1 and 2 of section 6 (never the default set),
- * or NONE_INDEX. */
-static __always_inline __u32 match_routed_vip(const struct flow_key *flow, int has_ports)
+/* Section 2c: a routed packet's valid connection-table hit on a VIP's slot (not the default
+ * set's) takes it without a VIP lookup. */
+static __always_inline int routed_hit(const struct backend *backend,
+				      const struct settings *settings)
 {
-	struct settings none = { .default_vip = NONE_INDEX };
-
-	return match_vip(flow, has_ports, &none);
+	return backend && backend->vip_index != settings->default_vip;
 }
 
 /* Section 6 for an inner IPv6 flow: the same order over the IPv6 VIPs. */
@@ -209,20 +208,20 @@ static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor 
 	pkt->inner = cur->pos;
 	pkt->inner_v6 = 1;
 	stat = parse_inner_ipv6(cur, &flow, &has_ports);
-	if (pkt->routed) {
-		struct settings none = { .default_vip = NONE_INDEX };
-
-		if (stat != STEP_OK || match_vip6(&flow, has_ports, &none) == NONE_INDEX)
-			return finish_unforwarded(routed_stat, pkt, settings);
-	}
 	if (stat != STEP_OK)
-		return finish_unforwarded(stat, pkt, settings);
+		return finish_unforwarded(pkt->routed ? routed_stat : stat, pkt, settings);
 
 	flow_mix = flow6_key_mix(&flow, settings->hash_seed);
 	set = conntrack6_set(flow_mix, settings);
 	if (set)
 		entry = conntrack6_find(set, &flow);
 	backend = entry ? conntrack6_backend(entry, flow_mix, &backend_index) : NULL;
+	if (pkt->routed && !routed_hit(backend, settings)) {
+		struct settings none = { .default_vip = NONE_INDEX };
+
+		if (match_vip6(&flow, has_ports, &none) == NONE_INDEX)
+			return finish_unforwarded(routed_stat, pkt, settings);
+	}
 	if (backend) {
 		outcome = STAT_CT_HIT;
 		vip_index = backend->vip_index;
@@ -319,10 +318,8 @@ int xdp_balancer(struct xdp_md *ctx)
 	}
 	pkt.inner = cur.pos;
 	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
-	if (pkt.routed && (stat != STEP_OK || match_routed_vip(&pkt.flow, has_ports) == NONE_INDEX))
-		return finish_unforwarded(routed_stat, &pkt, settings);
 	if (stat != STEP_OK)
-		return finish_unforwarded(stat, &pkt, settings);
+		return finish_unforwarded(pkt.routed ? routed_stat : stat, &pkt, settings);
 
 	/* Find the flow: a valid connection-table hit goes straight to its backend. */
 	flow_mix = flow_key_mix(&pkt.flow, settings->hash_seed);
@@ -330,6 +327,12 @@ int xdp_balancer(struct xdp_md *ctx)
 	if (set)
 		entry = conntrack_find(set, &pkt.flow);
 	backend = entry ? conntrack_backend(entry, flow_mix, &backend_index) : NULL;
+	if (pkt.routed && !routed_hit(backend, settings)) {
+		struct settings none = { .default_vip = NONE_INDEX };
+
+		if (match_vip(&pkt.flow, has_ports, &none) == NONE_INDEX)
+			return finish_unforwarded(routed_stat, &pkt, settings);
+	}
 	if (backend) {
 		outcome = STAT_CT_HIT;
 		vip_index = backend->vip_index;

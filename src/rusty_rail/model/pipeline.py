@@ -548,11 +548,21 @@ def process(
 
 
 def _routed(state: DataplaneState, frame: bytes) -> Parsed | None:
-    """Section 2c: a routable packet taken by routed ingress (its flow parsed, a VIP of steps 1
-    and 2 of section 6 matched), or None: it goes to the host as it would have."""
+    """Section 2c: a routable packet taken by routed ingress (its flow parsed, and a valid
+    connection-table hit on a VIP's slot or a VIP of steps 1 and 2 of section 6), or None: it
+    goes to the host as it would have."""
     parsed = parse_routed(frame)
     if parsed is None:
         return None
+    entry = state.conntrack.get(parsed.flow)
+    backend = None if entry is None else state.backends.get(entry.backend_index)
+    if (
+        entry is not None
+        and backend is not None
+        and _is_valid_hit(entry, backend)
+        and backend.vip_index != state.settings.default_vip
+    ):
+        return parsed
     match, _ = match_vip(state, parsed.flow, fragment=parsed.fragment, default_set=False)
     return None if match == Match.NONE else parsed
 

@@ -191,6 +191,18 @@ kept(
     _plain(inner_ipv4(NO_VIP_FLOW)), Stat.PASS_NOT_GRE, Verdict.PASS,
     state=variant(settings={**ROUTED, "default_vip": DEFAULT_VIP_INDEX}),
 )  # fmt: skip
+_DEFAULT_PICK = table_pick(_STANDARD, DEFAULT_VIP_INDEX, NO_VIP_FLOW)
+kept(
+    "routed-default-set-hit-passes",
+    "routed ingress on: a plain packet to no VIP whose flow went to the default set (in GRE)"
+    " before still passes: only a hit on a VIP's slot takes a routed packet",
+    _plain(inner_ipv4(NO_VIP_FLOW)), Stat.PASS_NOT_GRE, Verdict.PASS,
+    state=variant(
+        settings={**ROUTED, "default_vip": DEFAULT_VIP_INDEX},
+        conntrack={NO_VIP_FLOW: CtEntry(_DEFAULT_PICK, 1)},
+    ),
+    flow=NO_VIP_FLOW, conntrack_after=CtEntry(_DEFAULT_PICK, 1),
+)  # fmt: skip
 kept(
     "routed-ports-cut-short-passes",
     "routed ingress on: TCP to the VIP whose ports are cut short is the host's to judge",
