@@ -317,7 +317,10 @@ int xdp_balancer(struct xdp_md *ctx)
 			return finish_unforwarded(stat, &pkt, settings);
 	}
 	pkt.inner = cur.pos;
-	stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
+	if (pkt.routed) /* the outer parse accepted this header under the same bounds */
+		stat = ipv4_flow(pkt.outer, data_end, &pkt.flow, &has_ports);
+	else
+		stat = parse_inner_ipv4(&cur, &pkt.flow, &has_ports);
 	if (stat != STEP_OK)
 		return finish_unforwarded(pkt.routed ? routed_stat : stat, &pkt, settings);
 

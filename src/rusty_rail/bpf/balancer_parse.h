@@ -91,22 +91,20 @@ static __always_inline __u32 balanced_gre(struct cursor *c)
 	return STAT_PASS_UNSUPPORTED;
 }
 
-/* The inner IPv4 header and the flow it carries (section 4). Fragments and protocols
- * without ports are 3-tuple flows: `flow` arrives zeroed and the ports stay 0;
- * `has_ports` says which kind the flow is (the VIP match needs to know). */
-static __always_inline __u32 parse_inner_ipv4(struct cursor *c, struct flow_key *flow,
-					      int *has_ports)
+/* The flow of an IPv4 header parse_ipv4 accepted (section 4): GRE's inner packet, or a routed
+ * packet, whose header parse_ipv4 accepted as the outer one under the same bounds (the frame).
+ * Fragments and protocols without ports are 3-tuple flows: `flow` arrives zeroed and the ports
+ * stay 0; `has_ports` says which kind the flow is (the VIP match needs to know). */
+static __always_inline __u32 ipv4_flow(const struct iphdr *ip, void *end, struct flow_key *flow,
+				       int *has_ports)
 {
 	struct l4_ports *ports;
-	struct iphdr *ip;
 
-	if (parse_ipv4(c, &ip) != PARSE_OK)
-		return STAT_INNER_MALFORMED;
 	flow->src_be = ip->saddr;
 	flow->dst_be = ip->daddr;
 	flow->proto = ip->protocol;
 	*has_ports = 0;
-	switch (ipv4_l4_ports(ip, c->end, &ports)) {
+	switch (ipv4_l4_ports(ip, end, &ports)) {
 	case PARSE_OK:
 		break;
 	case PARSE_UNSUPPORTED:
@@ -118,6 +116,17 @@ static __always_inline __u32 parse_inner_ipv4(struct cursor *c, struct flow_key 
 	flow->dport_be = ports->dest;
 	*has_ports = 1;
 	return STEP_OK;
+}
+
+/* The inner IPv4 header and the flow it carries (section 4). */
+static __always_inline __u32 parse_inner_ipv4(struct cursor *c, struct flow_key *flow,
+					      int *has_ports)
+{
+	struct iphdr *ip;
+
+	if (parse_ipv4(c, &ip) != PARSE_OK)
+		return STAT_INNER_MALFORMED;
+	return ipv4_flow(ip, c->end, flow, has_ports);
 }
 
 /* The inner IPv6 header, its extension headers and the flow it carries (section 4b). As
