@@ -185,6 +185,8 @@ def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Be
     node = bed.start("eth0", config_from_toml_text(toml, "test"))
     try:
         assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+        prober = node.daemon.monitor.prober  # IPv6 tunnel probes go out from lb_address_ipv6
+        assert prober is not None and prober.lb_ipv6 == IPv6Address(LB6)
         maps = node.daemon.monitor.icmp_maps
         key = IPv6Address(BACKEND6).packed
         wait(lambda: key in maps.read_watch().armed, "the IPv6 backend watched")

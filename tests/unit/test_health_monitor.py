@@ -1,6 +1,7 @@
 """The health monitor's ICMP side without the data plane: IPv6 backends are watched, an ICMPv6
 report makes one suspect like an ICMP report, its own tcp or http check stands in for the
-IPv4-only tunnel probe (docs/health.md, "IPv6"), and its report is re-armed after icmp_hold.
+tunnel probe (docs/health.md, "IPv6"), and its report is re-armed after icmp_hold; the prober
+follows the balancer's addresses.
 """
 
 from __future__ import annotations
@@ -197,3 +198,29 @@ def test_an_ipv4_report_still_goes_to_the_tunnel_probe(monkeypatch: pytest.Monke
     assert probed == [BACKEND4] and checks.calls == []
     (backend,) = monitor.book.of_address(ip_address(BACKEND4))
     assert backend.status.value == "unhealthy"
+
+
+def test_the_prober_follows_the_balancers_addresses() -> None:
+    """Each applied configuration gives the prober the balancer's addresses, IPv6 included (a
+    tunnel check on an IPv6 backend is probed from lb_ipv6); None when the node has none."""
+    monitor, _, _ = _monitor({"check": "tunnel"})
+
+    class Prober:
+        lb_address = IPv4Address("198.18.0.1")
+        lb_ipv6: IPv6Address | None = None
+
+    prober = Prober()
+    monitor.prober = prober  # type: ignore[assignment]
+    tunnel = config({"check": "tunnel"})
+    monitor.configure(tunnel, IPv4Address("198.18.0.2"), IPv6Address("2001:2::2"))
+    assert (prober.lb_address, prober.lb_ipv6) == (
+        IPv4Address("198.18.0.2"),
+        IPv6Address("2001:2::2"),
+    )
+    monitor.configure(tunnel, IPv4Address("198.18.0.2"), None)
+    assert prober.lb_ipv6 is None
+    # Without addresses (the configuration only), the prober keeps what it has.
+    monitor.configure(tunnel)
+    assert prober.lb_address == IPv4Address("198.18.0.2")
+    monitor.prober = None
+    monitor.stop()

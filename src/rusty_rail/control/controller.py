@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Final
 
 from rusty_rail import config as config_module
@@ -150,6 +150,7 @@ class Controller:
         #: Health checks and ICMP learning; made when the program is loaded.
         self.monitor: HealthMonitor | None = None
         self.lb_ipv4: IPv4Address | None = None
+        self.lb_ipv6: IPv6Address | None = None
         self._health_config: Config | None = None
 
     # --- start ---------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class Controller:
             self.config, self.device, self.next_hops, self.options.next_hop_timeout
         )
         self.lb_ipv4 = checked.lb_ipv4
+        self.lb_ipv6 = lb_ipv6_of(self.config, self.device)
         return checked
 
     def bring_up(self, checked: Checked) -> None:
@@ -353,14 +355,18 @@ class Controller:
             return
         self._health_config = config
         lb_ipv4 = lb_address_of(config, self.device)
-        self.lb_ipv4 = lb_ipv4
-        self._configure_monitor(monitor, config, lb_ipv4)
+        self.lb_ipv4, self.lb_ipv6 = lb_ipv4, lb_ipv6_of(config, self.device)
+        self._configure_monitor(monitor, config, lb_ipv4, self.lb_ipv6)
 
     def _configure_monitor(
-        self, monitor: HealthMonitor, config: Config, lb_ipv4: IPv4Address
+        self,
+        monitor: HealthMonitor,
+        config: Config,
+        lb_ipv4: IPv4Address,
+        lb_ipv6: IPv6Address | None,
     ) -> None:
         """Give the monitor a new configuration (the Daemon does it on the loop's thread)."""
-        monitor.configure(config, lb_ipv4)
+        monitor.configure(config, lb_ipv4, lb_ipv6)
 
     def _health_changed(self) -> None:
         """The health verdict changed. Nothing to do without a loop to apply it on: the

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from rusty_rail.config import Config
@@ -123,13 +123,17 @@ class Daemon(Controller):
     # --- health ----------------------------------------------------------------------------
 
     def _configure_monitor(
-        self, monitor: HealthMonitor, config: Config, lb_ipv4: IPv4Address
+        self,
+        monitor: HealthMonitor,
+        config: Config,
+        lb_ipv4: IPv4Address,
+        lb_ipv6: IPv6Address | None,
     ) -> None:
         loop = self._loop
         if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(monitor.configure, config, lb_ipv4)
+            loop.call_soon_threadsafe(monitor.configure, config, lb_ipv4, lb_ipv6)
         else:
-            monitor.configure(config, lb_ipv4)
+            monitor.configure(config, lb_ipv4, lb_ipv6)
 
     def _health_changed(self) -> None:
         """The verdict changed (called on the loop's thread): apply it, once for a burst."""
@@ -196,7 +200,7 @@ class Daemon(Controller):
                 if self._health_config is not self.config:
                     self._health_config = self.config
                     self.monitor.configure(self.config)
-                self.monitor.start(loop, self.lb_ipv4)
+                self.monitor.start(loop, self.lb_ipv4, self.lb_ipv6)
             self._serving.set()
             self.notifier.ready(self._status_line())
             if self.notifier.watchdog_seconds is not None:

@@ -33,7 +33,7 @@ log = logging.getLogger("rusty_rail.health")
 MAX_PARALLEL: Final = 64
 #: Each wait between two checks of a backend is its interval times 1 +- this.
 JITTER: Final = 0.1
-#: The checks that confirm an ICMPv6 report in place of the (IPv4-only) tunnel probe.
+#: The checks that confirm an ICMPv6 report in place of the tunnel probe (docs/health.md, IPv6).
 CHECKS_IN_PLACE: Final = frozenset({CheckType.TCP, CheckType.HTTP})
 
 
@@ -71,11 +71,17 @@ class HealthMonitor:
         if added or removed:
             log.debug("ICMP watch: %d addresses added, %d removed", added, removed)
 
-    def start(self, loop: asyncio.AbstractEventLoop, lb_address: IPv4Address) -> None:
-        """Open the prober and the report reader, and start the checks (on ``loop``)."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        lb_address: IPv4Address,
+        lb_ipv6: IPv6Address | None = None,
+    ) -> None:
+        """Open the prober (probing from the balancer's addresses) and the report reader, and
+        start the checks (on ``loop``)."""
         self._loop = loop
         try:
-            self.prober = TunnelProber(lb_address)
+            self.prober = TunnelProber(lb_address, lb_ipv6)
             self.prober.start(loop)
         except OSError as error:
             self.prober = None
@@ -109,11 +115,17 @@ class HealthMonitor:
             self.prober.close()
             self.prober = None
 
-    def configure(self, config: Config, lb_address: IPv4Address | None = None) -> None:
-        """Follow a configuration that is now applied (and the balancer's address, which
-        tunnel probes come from)."""
+    def configure(
+        self,
+        config: Config,
+        lb_address: IPv4Address | None = None,
+        lb_ipv6: IPv6Address | None = None,
+    ) -> None:
+        """Follow a configuration that is now applied (and the balancer's addresses, which
+        tunnel probes come from; given together, ``lb_ipv6`` None when the node has none)."""
         if lb_address is not None and self.prober is not None:
             self.prober.lb_address = lb_address
+            self.prober.lb_ipv6 = lb_ipv6
         changed = self.book.configure(config)
         self.sync_watch()
         if self._loop is not None:
@@ -232,8 +244,9 @@ class HealthMonitor:
         return outcome
 
     async def _check_in_place(self, address: IPv6Address, timeout: float) -> Outcome:
-        """The tunnel probe speaks no IPv6: a round of the first tcp or http check some VIP
-        gives ``address`` stands in for it. Without one a report cannot be confirmed."""
+        """ICMPv6 reports are not confirmed by the tunnel probe (yet): a round of the first tcp
+        or http check some VIP gives ``address`` stands in for it. Without one a report cannot
+        be confirmed."""
         checked = sorted(
             (b for b in self.book.of_address(address) if b.settings.check in CHECKS_IN_PLACE),
             key=lambda b: b.service,
