@@ -14,12 +14,11 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import CheckType, Config, HealthSettings
+from rusty_rail.config import Config, HealthSettings
 from rusty_rail.control.checks import Outcome, TunnelProber, run_check
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.health import HealthBook, Pair
@@ -33,8 +32,6 @@ log = logging.getLogger("rusty_rail.health")
 MAX_PARALLEL: Final = 64
 #: Each wait between two checks of a backend is its interval times 1 +- this.
 JITTER: Final = 0.1
-#: The checks that confirm an ICMPv6 report in place of the tunnel probe (docs/health.md, IPv6).
-CHECKS_IN_PLACE: Final = frozenset({CheckType.TCP, CheckType.HTTP})
 
 
 class HealthMonitor:
@@ -231,10 +228,8 @@ class HealthMonitor:
                 del self._probing[address]
 
     async def _probe(self, address: IPAddress, timeout: float) -> Outcome:
-        """What confirms or clears a report about ``address``: a tunnel probe for IPv4, the
-        backend's own check for IPv6 (docs/health.md, "ICMP learning")."""
-        if isinstance(address, IPv6Address):
-            return await self._check_in_place(address, timeout)
+        """What confirms or clears a report about ``address``: a tunnel probe, over GRE of the
+        address's family (docs/health.md, "ICMP learning")."""
         if self.prober is None:
             await asyncio.sleep(timeout)
             return Outcome(True, "tunnel probes are unavailable: the report is not confirmed")
@@ -242,17 +237,3 @@ class HealthMonitor:
             outcome = await self.prober.probe(address, timeout)
         self.probe_results[outcome.ok] += 1
         return outcome
-
-    async def _check_in_place(self, address: IPv6Address, timeout: float) -> Outcome:
-        """ICMPv6 reports are not confirmed by the tunnel probe (yet): a round of the first tcp
-        or http check some VIP gives ``address`` stands in for it. Without one a report cannot
-        be confirmed."""
-        checked = sorted(
-            (b for b in self.book.of_address(address) if b.settings.check in CHECKS_IN_PLACE),
-            key=lambda b: b.service,
-        )
-        if not checked:
-            return Outcome(True, f"{address}: no tcp or http check confirms an ICMPv6 report")
-        settings = replace(checked[0].settings, timeout=timeout)
-        async with self._limit:
-            return await run_check(settings, address, None)
