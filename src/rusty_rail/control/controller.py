@@ -32,6 +32,7 @@ from rusty_rail.control.fingerprint import (
     config_fingerprint,
     service_order,
 )
+from rusty_rail.control.health import Serving
 from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.nexthops import (
     NextHops,
@@ -224,7 +225,9 @@ class Controller:
             lb_ipv4=lb_address_of(config, self.device),
             lb_ipv6=lb_ipv6_of(config, self.device),
             resolve_next_hop=self.next_hops,
-            healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
+            serving=(lambda service, address: Serving.SERVE)
+            if verdict is None
+            else verdict.serving,
             previous_tables=base.tables,
             previous_state=base.state,
             max_build_slots=max_build_slots,
