@@ -93,17 +93,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
-    from rusty_rail.testbed.topology import Testbed, down_all, running_testbeds
+    from rusty_rail.testbed.topology import VIP, VIP6, Testbed, down_all, running_testbeds
 
     if args.action == "up":
         bed = Testbed.up(_spec(args))
         bed.keep_running()
         print_json(bed.status())
+        client = bed.clients[0].name
+        fetch = [
+            f'  ip netns exec {client} python3 -c "import urllib.request; '
+            f"print(urllib.request.urlopen('http://{host}/').read())\""
+            for host in (VIP, f"[{VIP6}]")
+        ]
         print(
-            f"test bed {bed.tag} is up. Try:\n"
-            f'  ip netns exec {bed.clients[0].name} python3 -c "import urllib.request; '
-            f"print(urllib.request.urlopen('http://198.19.0.10/').read())\"\n"
-            f"  rusty-rail testbed status\n  rusty-rail testbed down",
+            f"test bed {bed.tag} is up. Try (IPv4 and IPv6 VIP):\n" + "\n".join(fetch) + "\n"
+            "  rusty-rail testbed status\n  rusty-rail testbed down",
             file=sys.stderr,
         )
         return EXIT_OK
