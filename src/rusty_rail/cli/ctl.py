@@ -18,6 +18,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -35,6 +36,7 @@ from rusty_rail.api.client import (
     backend_path,
     vip_path,
 )
+from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
 
 EXIT_REFUSED: Final = 1
@@ -525,7 +527,11 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
         help=f"the daemon's API (default ${URL_VARIABLE} or {DEFAULT_URL})",
     )
     ctl.add_argument(
-        "--token-file", type=Path, metavar="FILE", help=f"bearer token (else ${TOKEN_VARIABLE})"
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"bearer token for writes (else ${TOKEN_VARIABLE}, else {DEFAULT_TOKEN_FILE} "
+        "when readable)",
     )
     ctl.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
@@ -557,14 +563,21 @@ def add_parser(commands: Subparsers) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed `ctl` command; returns the exit status."""
     token = None
-    if args.token_file is not None:
-        token = args.token_file.read_text(encoding="utf-8").strip()
-    token = token or os.environ.get(TOKEN_VARIABLE) or None
     stream = out or sys.stdout
     # Piped output is read by programs and people alike: wide enough for whole addresses.
     width = None if stream.isatty() else 200
     console = Console(file=stream, soft_wrap=True, width=width)
     errors = Console(file=err or sys.stderr, soft_wrap=True)
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            errors.print(
+                f"rusty-rail ctl: --token-file: cannot read {args.token_file}: {error.strerror}",
+                markup=False,
+            )
+            return EXIT_USAGE
+    token = token or os.environ.get(TOKEN_VARIABLE) or local_token()
     ctx = Context(ApiClient(args.api, token), console, args.json)
     if getattr(args, "ctl_command", None) == "config" and args.action == "put" and not args.file:
         errors.print("rusty-rail ctl config put: give the configuration FILE", markup=False)
@@ -576,6 +589,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return EXIT_UNREACHABLE
     except ApiFailed as error:
         errors.print(f"rusty-rail ctl: refused: {error}", markup=False)
+        if error.status == HTTPStatus.UNAUTHORIZED:
+            errors.print(
+                f"rusty-rail ctl: writes need the API's token: run as root (ctl then reads "
+                f"{DEFAULT_TOKEN_FILE}), or give --token-file FILE or ${TOKEN_VARIABLE}",
+                markup=False,
+            )
         body = error.body if isinstance(error.body, dict) else {}
         for problem in body.get("problems", []):
             where = problem.get("path") or "(request)"

@@ -259,10 +259,15 @@ class Daemon(Controller):
         server = await asyncio.get_running_loop().create_server(guard.protocol, sock=sock)
         self.api_guard, self._api_server = guard, server
         token = self.options.api.token if self.options.api else None
+        source = self.options.api.token_source if self.options.api else None
         log.info(
             "serving the REST API on %s (writes %s)",
             self.api_url,
-            "need the bearer token" if token else "need no token: loopback only",
+            "need no token: loopback only"
+            if not token
+            else f"need the bearer token in {source}"
+            if source
+            else "need the bearer token",
         )
         return runner
 
