@@ -114,6 +114,13 @@ class ChangeCounts(TypedDict):
     build_ms: Milliseconds
     apply_ms: Milliseconds
     total_ms: Milliseconds
+    unresolved_next_hops: Annotated[
+        list[str],
+        Field(
+            description="The configuration's backends without a next hop after this change: "
+            "they take no new flows until it resolves (the daemon keeps asking)."
+        ),
+    ]
 
 
 @with_config(_CLOSED)
@@ -274,7 +281,7 @@ class HealthList(TypedDict):
 
 
 #: What an Event is about (control.events.Event's kind).
-EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor"]
+EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor", "next-hop"]
 
 # Functional syntax: "from" is a Python keyword.
 Event = TypedDict(

@@ -247,11 +247,18 @@ def _change_line(result: Mapping[str, Any]) -> str:
     if not result["changed"]:
         return f"no change (generation {result['generation']})"
     rebuilt = ", ".join(result["tables_rebuilt"]) or "none"
-    return (
+    line = (
         f"applied: generation {result['generation']}, {result['map_updates']} map updates, "
         f"tables rebuilt: {rebuilt} (build {result['build_ms']:.1f} ms, apply "
         f"{result['apply_ms']:.1f} ms)"
     )
+    unresolved = result.get("unresolved_next_hops")
+    if unresolved:
+        line += (
+            f"\nno next hop yet for {', '.join(unresolved)}: no new flows until it resolves "
+            "(`ctl health`, `ctl events`)"
+        )
+    return line
 
 
 def plan_table(plan: Mapping[str, Any]) -> Table:
@@ -346,6 +353,12 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
     def render(h: Mapping[str, Any]) -> str:
         lines = [f"{h['status']} (generation {h['generation']}, attached: {h['attached']})"]
         lines += [f"  reason: {reason}" for reason in h["reasons"]]
+        lines += [f"  warning: {warning}" for warning in h.get("warnings", [])]
+        if h.get("unresolved_next_hops"):
+            lines.append(
+                "  no next hop (no new flows until it resolves): "
+                + ", ".join(h["unresolved_next_hops"])
+            )
         backend_health = h.get("backend_health", {})
         for name, vip in h["vips"].items():
             lines.append(f"  {name}: fingerprint {vip['fingerprint']} gen {vip['generation']}")

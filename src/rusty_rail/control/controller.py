@@ -63,7 +63,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("rusty_rail.daemon")
 
 #: How long a change waits for the neighbours of backends it adds to answer ARP.
-CHANGE_NEXT_HOP_WAIT: Final = 1.0
+#: How long a change waits for new backends' next hops: not at all (one round of asking the
+#: kernel, which starts ARP / neighbour solicitation). A backend without one stays out of its
+#: table and the daemon brings it in as soon as it resolves (Daemon, "chase").
+CHANGE_NEXT_HOP_WAIT: Final = 0.0
 #: Sources of changes, as /healthz, the log and the metrics name them.
 SOURCE_START: Final = "start"
 SOURCE_API: Final = "api"
@@ -85,9 +88,13 @@ class ChangeResult:
     build_seconds: float
     apply_seconds: float
     seconds: float
+    #: The configuration's backends without a next hop after the change: they take no new
+    #: flows until it resolves (the daemon keeps asking).
+    unresolved: tuple[str, ...] = ()
 
     def as_json(self) -> schemas.ChangeCounts:
         return {
+            "unresolved_next_hops": list(self.unresolved),
             "generation": self.generation,
             "changed": self.changed,
             "map_updates": self.map_updates,
@@ -268,6 +275,7 @@ class Controller:
         # data plane. The change is acknowledged only once both are done; if saving fails the
         # maps are put back, so a change is either saved and applied or neither.
         previous_config, previous_generation = self.config, self.generation
+        previous_plan = self.plan
         self.config, self.generation = config, generation
         apply_started = time.perf_counter()
         try:
@@ -338,7 +346,9 @@ class Controller:
             build_seconds,
             apply_seconds,
             time.perf_counter() - started,
+            tuple(sorted({str(a) for a in plan.unresolved}, key=address_order)),
         )
+        self._next_hop_events(previous_plan, plan, backend_addresses(previous_config))
         self.last_change = {
             "generation": generation,
             "source": source,
@@ -398,6 +408,33 @@ class Controller:
         ):
             if count > limit:
                 raise PlanError(f"too many {what}: {count}; the data plane holds at most {limit}")
+
+    def _next_hop_events(self, before: Plan | None, after: Plan, known: set[IPAddress]) -> None:
+        """An event per VIP for each backend whose next hop went missing or came back
+        (``known``: the addresses configured before the change)."""
+        was = set(before.unresolved) if before is not None else set()
+        now = set(after.unresolved)
+        if was == now:
+            return
+        for service in services_of(self.config):
+            for backend in service.backends:
+                address = backend.address
+                if address in now and address not in was:
+                    problem = self.next_hops.problems.get(address)
+                    self.events.add(
+                        "next-hop", service.name, str(address),
+                        "resolved" if address in known else None,
+                        "unresolved", "neighbour",
+                        f"{problem or 'no answer to ARP / neighbour solicitation yet'}: no new "
+                        "flows until it resolves",
+                    )  # fmt: skip
+                elif address in was and address not in now:
+                    hop = self.next_hops(address)
+                    where = f" {hop.dst_mac.hex(':')} (ifindex {hop.ifindex})" if hop else ""
+                    self.events.add(
+                        "next-hop", service.name, str(address), "unresolved", "resolved",
+                        "neighbour", f"next hop{where}: takes new flows",
+                    )  # fmt: skip
 
     def resolve_ahead(self, config: Config, wait: float = CHANGE_NEXT_HOP_WAIT) -> None:
         """Resolve the next hops ``config`` would add, before its change takes the change

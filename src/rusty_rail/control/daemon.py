@@ -24,7 +24,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail.config import Config
 from rusty_rail.control import state_file
@@ -73,6 +73,9 @@ __all__ = [
 log = logging.getLogger("rusty_rail.daemon")
 
 AppFactory = Callable[["Daemon"], "web.Application"]
+#: After a change that left backends without a next hop: when they are asked for again
+#: (seconds between tries); then the regular refresh_interval tick.
+CHASE_DELAYS: Final = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 class Daemon(Controller):
@@ -98,6 +101,8 @@ class Daemon(Controller):
         self._serving = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_pending = False
+        self._chasing: asyncio.Task[None] | None = None
+        self.observers.append(self._after_change)
         #: systemd's notification socket (does nothing when not run by systemd).
         self.notifier = Notifier({})
 
@@ -299,6 +304,32 @@ class Daemon(Controller):
                 )
             if found:
                 await asyncio.to_thread(self.take_next_hops, found, problems)
+
+    def _after_change(self, source: str, result: ChangeResult | None) -> None:
+        """A change left backends without a next hop: ask for them again soon (called on the
+        thread that made the change)."""
+        loop = self._loop
+        if result is None or not result.unresolved or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._start_chase)
+
+    def _start_chase(self) -> None:
+        if self._chasing is None or self._chasing.done():
+            self._chasing = self._loop.create_task(self._chase()) if self._loop else None
+
+    async def _chase(self) -> None:
+        """Ask for the missing next hops again after 20, 50, 100, 200 and 400 ms (then the
+        regular tick takes over), applying each as it resolves: a new backend joins its
+        table as soon as its neighbour answers, not at the next tick."""
+        for delay in CHASE_DELAYS:
+            await asyncio.sleep(delay)
+            found, problems = await asyncio.to_thread(self.probe_next_hops)
+            if any(hop is not None for hop in found.values()):
+                async with self._serving_lock():
+                    await asyncio.to_thread(self.take_next_hops, found, problems)
+            if not found or all(hop is not None for hop in found.values()):
+                return
 
     def _serving_lock(self) -> asyncio.Lock:
         """The change lock (made when serve() starts)."""

@@ -177,6 +177,8 @@ class Plan:
     state: DataplaneState
     tables: dict[str, MaglevTable]
     allocation: Allocation
+    #: Backends (addresses) without a next hop: out of their tables unless that would leave
+    #: a table empty.
     unresolved: tuple[IPAddress, ...]
 
 
@@ -305,6 +307,10 @@ def compile_plan(
             state.vips[service.match] = vip_index
         eligible = []
         eligible_keys = []
+        # UP, but no next hop yet: out of the table like an unhealthy backend (its new flows
+        # would be dropped), unless none would be left (fail-open, as for health).
+        held = []
+        held_keys = []
         for backend, address_id in zip(service.backends, service.keys, strict=True):
             slot = allocation.slots[(service.name, address_id)]
             backend_state = data_plane_state(
@@ -334,9 +340,14 @@ def compile_plan(
                     next_hop=next_hop,
                 )
             state.backends[slot] = entry
-            if backend_state is BackendState.UP:
+            if backend_state is BackendState.UP and next_hop is None:
+                held.append(backend)
+                held_keys.append((address_id, backend.weight))
+            elif backend_state is BackendState.UP:
                 eligible.append(backend)
                 eligible_keys.append((address_id, backend.weight))
+        if not eligible:
+            eligible, eligible_keys = held, held_keys
         reuse = (previous_tables or {}).get(service.name)
         wanted = (service.table_size, config.hash_seed, frozenset(eligible_keys))
         if reuse is not None and wanted == table_inputs(reuse):
