@@ -11,22 +11,28 @@ connection table, and what to tell the operator.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rusty_rail.dataplane.adoption import NotOurProgram, find_attached, repin
 from rusty_rail.dataplane.libbpf import (
     PIN_ROOT,
+    AttachedProgram,
     BpfObject,
     LibbpfError,
     Link,
     Map,
     Program,
     XdpMode,
+    detach_xdp,
     ensure_bpffs,
     lock_pin_dir,
+    pins_outlive_process,
 )
 from rusty_rail.dataplane.maps import CONNTRACK_MAPS, MAP_NAMES, BalancerMaps, prepare_object
 from rusty_rail.dataplane.pinned import (
@@ -38,6 +44,8 @@ from rusty_rail.dataplane.pinned import (
     detach_pinned,
 )
 from rusty_rail.model.state import Stat
+
+log = logging.getLogger("rusty_rail.daemon")
 
 PROGRAM_NAME = "xdp_balancer"
 #: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
@@ -62,6 +70,9 @@ class Balancer:
     maps: BalancerMaps
     #: The flock on the pin directory: one daemon per interface and pin root.
     lock: int | None = None
+    #: The pins are on a bpffs of this process's mount namespace only: they go when it exits
+    #: (the program stays attached: through netlink, or a bpf_link pinned elsewhere).
+    pins_private: bool = False
 
     @property
     def obj(self) -> BpfObject:
@@ -118,7 +129,53 @@ def load_balancer(
         raise
 
 
+def _found_through_the_kernel(ifname: str, ifindex: int, directory: Path) -> AttachedProgram | None:
+    """Pin in ``directory`` the balancer the kernel has attached to ``ifindex``, whoever
+    pinned it wherever (pins in another mount namespace, or gone with it): the adoption then
+    reads it from there. Returns the program when it is attached through netlink (no
+    bpf_link): the swap must name it."""
+    try:
+        attached = find_attached(BALANCER, ifindex)
+    except NotOurProgram as error:
+        raise LoaderError(
+            f"{ifname} runs another XDP program, {error}; rusty-rail adopts only its own "
+            f"balancer: detach that program first (`ip link set dev {ifname} xdp off`, or the "
+            "tool that attached it) or use another --device"
+        ) from None
+    if attached is None:
+        return None
+    with attached:
+        repinned = repin(attached, BALANCER, directory)
+        if repinned:
+            log.info(
+                "found the balancer on %s through the kernel: %s; pinned %s in %s",
+                ifname,
+                attached.describe(),
+                ", ".join(repinned),
+                directory,
+            )
+        if attached.link is not None:
+            return None
+        return AttachedProgram.from_id(attached.program.id)
+
+
 def _load_locked(
+    ifname: str, ifindex: int, directory: Path, lock: int, conntrack_size: int
+) -> Balancer:
+    replacing = _found_through_the_kernel(ifname, ifindex, directory)
+    try:
+        balancer = _load_pinned(ifname, ifindex, directory, lock, conntrack_size)
+    except BaseException:
+        if replacing is not None:
+            replacing.close()
+        raise
+    balancer.xdp.replacing = replacing
+    balancer.pins_private = pins_outlive_process(directory) is False
+    balancer.xdp.linkless = balancer.pins_private
+    return balancer
+
+
+def _load_pinned(
     ifname: str, ifindex: int, directory: Path, lock: int, conntrack_size: int
 ) -> Balancer:
     try:
@@ -180,6 +237,24 @@ def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
         ) from None
 
 
+def private_pins_warning(balancer: Balancer) -> str:
+    """What a balancer pinned on a private bpffs tells the operator (the log, /healthz)."""
+    directory = balancer.xdp.directory
+    held = (
+        "through netlink, not a bpf_link that would go with the pins"
+        if balancer.xdp.link is None
+        else "while its bpf_link stays pinned outside this namespace"
+    )
+    return (
+        f"the pins in {directory} are on a bpffs private to this process's mount namespace "
+        f"(ip netns exec, PrivateMounts=?) and go when it exits: the balancer stays attached "
+        f"{held}, and the next start finds it through the kernel, but nothing outside sees "
+        "its pins; to keep them, give the daemon the host's "
+        "/sys/fs/bpf (nsenter --net=/run/netns/NAME instead of ip netns exec, or bind-mount "
+        "/sys/fs/bpf)"
+    )
+
+
 def check_attachable(balancer: Balancer, mode: XdpMode) -> None:
     """Raise LoaderError when attach_balancer would refuse: call it before writing adopted
     maps, which the running program already reads."""
@@ -197,9 +272,22 @@ def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
 
 def detach_balancer(ifname: str, pin_root: Path = PIN_ROOT) -> bool:
     """Detach the balancer from ``ifname`` and remove its pins (state, connection table and
-    counters go with them). False when nothing was pinned."""
+    counters go with them); a balancer the kernel has attached to ``ifname`` (in this network
+    namespace) without pins here is detached too. False when there was neither."""
     directory = pin_root / ifname
-    if not directory.exists():
-        return False
-    detach_pinned(directory)
-    return True
+    found = directory.exists()
+    if found:
+        detach_pinned(directory)
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError:
+        return found  # no such interface here: nothing attached to it
+    try:
+        attached = find_attached(BALANCER, ifindex)
+    except NotOurProgram:
+        return found  # not ours to detach
+    if attached is None:
+        return found
+    with attached:
+        mode = attached.mode
+    return detach_xdp(ifindex, mode) or found  # type: ignore[arg-type]

@@ -7,6 +7,11 @@ private ``_ffi`` is the C surface, ``_messages`` routes libbpf's messages, ``_fd
 handle every class is. Import from here: the split is this package's own business.
 """
 
+from rusty_rail.dataplane.libbpf.attached import (
+    AttachedProgram,
+    attach_xdp_netlink,
+    xdp_link_holding,
+)
 from rusty_rail.dataplane.libbpf.bpfmap import (
     BPF_ANY,
     BPF_EXIST,
@@ -36,6 +41,7 @@ from rusty_rail.dataplane.libbpf.pins import (
     ensure_bpffs,
     lock_pin_dir,
     pin_dir,
+    pins_outlive_process,
     remove_pin_dir,
 )
 from rusty_rail.dataplane.libbpf.ringbuf import RingBuffer
@@ -50,6 +56,7 @@ __all__ = [
     "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
     "PIN_ROOT",
+    "AttachedProgram",
     "BpfObject",
     "LibbpfError",
     "Link",
@@ -64,6 +71,7 @@ __all__ = [
     "XdpMode",
     "attach_tc",
     "attach_xdp",
+    "attach_xdp_netlink",
     "bpf_object_path",
     "bpf_unavailable_reason",
     "create_map",
@@ -73,7 +81,9 @@ __all__ = [
     "lock_pin_dir",
     "num_possible_cpus",
     "pin_dir",
+    "pins_outlive_process",
     "query_tc",
     "query_xdp",
     "remove_pin_dir",
+    "xdp_link_holding",
 ]
