@@ -226,3 +226,27 @@ def test_another_program_on_the_interface_is_refused_in_one_line(bed: Bed) -> No
             with in_netns(bed.lb.name):
                 attached = query_xdp(bed.lb.ifindex("eth0"))
             assert attached is not None and attached.prog_id == obj.program("xdp_pass").id
+
+
+def test_a_second_daemon_from_another_mount_namespace_is_refused(bed: Bed, tmp_path: Path) -> None:
+    """Its pin directory is another (a private bpffs), so the directory's flock cannot see the
+    first daemon: the hold on the interface in its network namespace does."""
+    private = PrivateDaemon(bed, tmp_path / "private.log")
+    try:
+        private.wait_for("serving the REST API")
+        second = subprocess.run(
+            bed.rusty_rail("run", "--no-api"),
+            env=bed.env(BACKENDS[:1]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "another rusty-rail run drives eth0 in this network namespace" in second.stderr
+        assert "nothing was attached or changed" in second.stderr
+        assert not (bed.pin_root / "eth0").exists()
+        sent = flows(200)
+        test_run.check_forwarded(bed, sent, test_run.send_and_capture(bed, sent), BACKENDS)
+    finally:
+        assert private.stop() == 0
+    detach(bed)

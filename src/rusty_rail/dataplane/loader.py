@@ -11,6 +11,7 @@ connection table, and what to tell the operator.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -70,6 +71,9 @@ class Balancer:
     maps: BalancerMaps
     #: The flock on the pin directory: one daemon per interface and pin root.
     lock: int | None = None
+    #: The hold on the interface in its network namespace, whatever the pin root and the
+    #: mount namespace (hold_interface).
+    interface_hold: socket.socket | None = None
     #: The pins are on a bpffs of this process's mount namespace only: they go when it exits
     #: (the program stays attached: through netlink, or a bpf_link pinned elsewhere).
     pins_private: bool = False
@@ -104,6 +108,25 @@ class Balancer:
                     self.xdp.directory.rmdir()
             os.close(self.lock)
             self.lock = None
+        if self.interface_hold is not None:
+            self.interface_hold.close()
+            self.interface_hold = None
+
+
+def hold_interface(ifname: str) -> socket.socket | None:
+    """Hold ``ifname`` for this process: an abstract Unix socket bound to a name made of it.
+    Abstract names belong to the network namespace, as interfaces do, and are no files: a
+    daemon in any mount namespace sees them. None when another process holds the name; the
+    kernel frees it when its holder exits, however it exits."""
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        holder.bind(b"\0rusty_rail/run/" + os.fsencode(ifname))
+    except OSError as error:
+        holder.close()
+        if error.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return holder
 
 
 def load_balancer(
@@ -114,19 +137,35 @@ def load_balancer(
     set of pins is refused: it means an interrupted detach, and guessing would lose state."""
     ensure_bpffs()
     directory = pin_root / ifname
-    lock = lock_pin_dir(directory)
+    # The pin directory may be private to a mount namespace: the interface is held too.
+    hold = hold_interface(ifname)
+    if hold is None:
+        raise LoaderError(
+            f"another rusty-rail run drives {ifname} in this network namespace (from this or "
+            "another mount namespace): stop it first (the next start adopts what it leaves "
+            "running)"
+        )
+    try:
+        lock = lock_pin_dir(directory)
+    except BaseException:
+        hold.close()
+        raise
     if lock is None:
+        hold.close()
         raise LoaderError(
             f"another rusty-rail run drives {ifname} (it holds {directory}): stop it first (the "
             "next start adopts what it leaves running), or give this one its own --pin-root"
         )
     try:
-        return _load_locked(ifname, ifindex, directory, lock, conntrack_size)
+        balancer = _load_locked(ifname, ifindex, directory, lock, conntrack_size)
     except BaseException:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty: nothing was pinned
         os.close(lock)
+        hold.close()
         raise
+    balancer.interface_hold = hold
+    return balancer
 
 
 def _found_through_the_kernel(ifname: str, ifindex: int, directory: Path) -> AttachedProgram | None:
