@@ -286,7 +286,7 @@ def private_pins_warning(balancer: Balancer) -> str:
     )
     return (
         f"the pins in {directory} are on a bpffs private to this process's mount namespace "
-        f"(ip netns exec, PrivateMounts=?) and go when it exits: the balancer stays attached "
+        f"(ip netns exec, a container?) and go when it exits: the balancer stays attached "
         f"{held}, and the next start finds it through the kernel, but nothing outside sees "
         "its pins; to keep them, give the daemon the host's "
         "/sys/fs/bpf (nsenter --net=/run/netns/NAME instead of ip netns exec, or bind-mount "

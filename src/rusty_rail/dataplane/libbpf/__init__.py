@@ -2,9 +2,10 @@
 buffers, XDP links, tc filters and pins. Everything above it passes bytes and names.
 
 One module per concern: ``objects`` (BpfObject, Program), ``bpfmap`` (Map, create_map),
-``ringbuf``, ``links`` (XDP), ``tc``, ``pins`` (bpffs); ``errors`` holds LibbpfError. The
-private ``_ffi`` is the C surface, ``_messages`` routes libbpf's messages, ``_fd`` is the
-handle every class is. Import from here: the split is this package's own business.
+``ringbuf``, ``links`` (XDP), ``attached`` (what the kernel has attached, by id), ``tc``,
+``pins`` (bpffs); ``errors`` holds LibbpfError. The private ``_ffi`` is the C surface,
+``_messages`` routes libbpf's messages, ``_fd`` is the handle every class is. Import from
+here: the split is this package's own business.
 """
 
 from rusty_rail.dataplane.libbpf.attached import (
