@@ -143,6 +143,7 @@ def test_a_private_bpffs_start_warns_and_a_restart_from_the_host_adopts_with_zer
         assert len(warnings) == 1 and "WARNING" in warnings[0], log
         assert "nsenter --net=/run/netns/NAME" in warnings[0]
         health = healthz(bed)
+        assert health["attached"] is True and health["status"] == "ok", health
         listed = health["warnings"]
         assert isinstance(listed, list) and any(PRIVATE_WARNING in w for w in listed), health
         # The host's bpffs has none of it: its pins are in the daemon's own.
@@ -155,6 +156,8 @@ def test_a_private_bpffs_start_warns_and_a_restart_from_the_host_adopts_with_zer
                 assert query_xdp(bed.lb.ifindex("eth0")) is not None
             host = Daemon(bed, BACKENDS, tmp_path / "host.log")
             log = host.wait_for("serving the REST API")
+            health = healthz(bed)
+            assert health["attached"] is True and health["status"] == "ok", health
             time.sleep(0.5)
         assert stream.lost() == 0, f"{stream.lost()} of {len(stream.sent)} packets lost"
         assert len(stream.sent) > 1000, len(stream.sent)

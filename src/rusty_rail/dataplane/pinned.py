@@ -319,6 +319,16 @@ class PinnedXdpProgram(Closeable):
         self.replacing = None
         return f"swapped the new program in through netlink in {mode} mode (no bpf_link)"
 
+    def runs_on(self, ifindex: int) -> bool:
+        """Whether this program runs on ``ifindex`` now: through its link, or through netlink
+        where this process attached it (asked of the calling thread's network namespace)."""
+        if self.link is not None:
+            return self.link.prog_id == self.program.id and self.link.ifindex == ifindex
+        if self._netlink_ifindex != ifindex:
+            return False
+        attached = query_xdp(ifindex)
+        return attached is not None and attached.prog_id == self.program.id
+
     def pin(self, directory: Path) -> None:
         """Pin the maps, and the link if attached, in ``directory`` (created on a bpffs)."""
         pin_dir(directory.name, root=directory.parent)
