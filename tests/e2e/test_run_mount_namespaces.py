@@ -253,3 +253,22 @@ def test_a_second_daemon_from_another_mount_namespace_is_refused(bed: Bed, tmp_p
     finally:
         assert private.stop() == 0
     detach(bed)
+
+
+def test_an_attach_the_kernel_refuses_is_one_line_not_a_traceback(bed: Bed) -> None:
+    bed.lb.ip("link", "set", "lo", "up")
+    result = subprocess.run(
+        bed.rusty_rail("run", "--no-api", "--next-hop-timeout", "1"),
+        env=bed.env(BACKENDS) | {"RR_DEVICE": "lo"},  # the loopback driver has no native XDP
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot attach the balancer to lo" in result.stderr, result.stderr
+    assert "no native XDP support" in result.stderr
+    assert "nothing was attached or changed" in result.stderr
+    with in_netns(bed.lb.name):
+        assert query_xdp(socket.if_nametoindex("lo")) is None
+    assert not (bed.pin_root / "lo").exists()

@@ -259,7 +259,7 @@ def _load_pinned(
 
 @contextmanager
 def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
-    """The pinned link's refusals, as the operator reads them."""
+    """The pinned link's refusals and the kernel's, as the operator reads them."""
     ifname = balancer.ifname
     try:
         yield
@@ -274,6 +274,10 @@ def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
             f"the balancer on {ifname} runs in {error.mode} mode, not {mode}: "
             f"run `rusty-rail detach --device {ifname}` to change the mode"
         ) from None
+    except LibbpfError as error:
+        # The kernel's refusal (no native XDP, another program attached meanwhile, ...): the
+        # error names the operation, the errno and what to do.
+        raise LoaderError(f"cannot attach the balancer to {ifname}: {error}") from error
 
 
 def private_pins_warning(balancer: Balancer) -> str:
