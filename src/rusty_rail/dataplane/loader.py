@@ -3,7 +3,11 @@ it once its maps hold a complete state, keep it pinned, detach it on request.
 
 Pins live in <pin root>/<ifname>/: one per map and ``link``. The pinned link keeps the
 program attached while no control plane runs; a new control plane loads the same maps and
-swaps its program in through the link, so packets keep flowing across a restart. The
+swaps its program in through the link, so packets keep flowing across a restart. A balancer
+the kernel has attached to the interface is found through the kernel first and pinned again
+here (dataplane/adoption.py): pins made in another mount namespace, or gone with it, are not
+needed. Where the pins would not outlive this process (a bpffs private to its mount
+namespace), the program is attached through netlink instead, which needs no pin to stay. The
 mechanics are dataplane/pinned.py's; this module adds the balancer's maps, the sizing of its
 connection table, and what to tell the operator.
 """
