@@ -185,10 +185,18 @@ def _found_through_the_kernel(ifname: str, ifindex: int, directory: Path) -> Att
             f"balancer: detach that program first (`ip link set dev {ifname} xdp off`, or the "
             "tool that attached it) or use another --device"
         ) from None
+    except LibbpfError as error:
+        raise LoaderError(f"cannot read the XDP program attached to {ifname}: {error}") from error
     if attached is None:
         return None
     with attached:
-        repinned = repin(attached, BALANCER, directory)
+        try:
+            repinned = repin(attached, BALANCER, directory)
+        except LibbpfError as error:
+            raise LoaderError(
+                f"cannot pin the balancer running on {ifname} ({attached.describe()}) in "
+                f"{directory}: {error}"
+            ) from error
         if repinned:
             log.info(
                 "found the balancer on %s through the kernel: %s; pinned %s in %s",
