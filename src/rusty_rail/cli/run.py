@@ -112,7 +112,8 @@ def add_parser(commands: Subparsers) -> None:
         "detach",
         help="detach the balancer from a device and remove its pinned state",
         description="Detaches the XDP balancer from DEVICE and removes its pins (maps, "
-        "connection table, counters).",
+        "connection table, counters); a balancer attached to DEVICE without pins under the pin "
+        "root (pinned in another mount namespace, or in one that is gone) is detached too.",
         epilog="Example: rusty-rail detach --device eth0",
     )
     detach.add_argument("--device", required=True, help="the interface")
@@ -195,7 +196,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
         print(f"detached the balancer from {args.device} and removed its pins")
         return EXIT_OK
     print(
-        f"rusty-rail detach: no balancer is pinned for {args.device} under {args.pin_root}",
+        f"rusty-rail detach: no balancer is pinned for {args.device} under {args.pin_root} "
+        "or attached to it in this network namespace",
         file=sys.stderr,
     )
     return EXIT_FAILURE

@@ -503,15 +503,13 @@ class Controller:
     # --- what the API shows --------------------------------------------------------------
 
     def attached(self) -> bool:
-        """Whether this daemon's program runs on the device through its link."""
+        """Whether this daemon's program runs on the device (through its link, or through
+        netlink where its pins would not outlive it)."""
         balancer = self.balancer
-        if balancer is None or balancer.link is None:
+        if balancer is None:
             return False
         try:
-            return (
-                balancer.link.prog_id == balancer.program.id
-                and balancer.link.ifindex == balancer.ifindex
-            )
+            return balancer.xdp.runs_on(balancer.ifindex)
         except (LibbpfError, ValueError):
             return False
 
