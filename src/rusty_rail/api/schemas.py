@@ -181,6 +181,31 @@ class VipHealth(TypedDict):
     icmp_floor_held: Count
 
 
+class FailedReload(TypedDict):
+    file: Annotated[str | None, Field(description="The configuration file (null: none).")]
+    error: Annotated[str, Field(description="The first problem found.")]
+    errors: Annotated[Count, Field(description="How many problems were found.")]
+    at: Annotated[float, Field(description="When the reload was refused (Unix time).")]
+
+
+class ConfigReload(TypedDict):
+    failed: Annotated[
+        FailedReload | None,
+        Field(
+            description="The last SIGHUP reload, when it was refused (the running "
+            "configuration stays); null once a reload succeeds."
+        ),
+    ]
+    failures_total: Annotated[Count, Field(description="Refused reloads since start.")]
+    last_success_at: Annotated[
+        float,
+        Field(
+            description="When the configuration was last read into the running state: the "
+            "start, or the last good reload (Unix time)."
+        ),
+    ]
+
+
 class NodeHealth(TypedDict):
     status: Literal["ok", "unavailable"]
     reasons: list[str]
@@ -204,6 +229,7 @@ class NodeHealth(TypedDict):
         ),
     ]
     unresolved_next_hops: list[str]
+    config_reload: ConfigReload
     backend_health: Annotated[
         dict[str, VipHealth],
         Field(description="Per VIP key (and default): its backends' health."),

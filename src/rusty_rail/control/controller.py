@@ -49,6 +49,7 @@ from rusty_rail.control.plan import (
     removals_only,
     services_of,
 )
+from rusty_rail.control.reloads import ReloadRecord
 from rusty_rail.control.startup import RESTART_KEYS
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import Balancer, detach_balancer
@@ -132,6 +133,8 @@ class Controller:
         self.observers: list[ChangeObserver] = []
         self.started_at = time.time()
         self.last_change: schemas.LastChange | None = None
+        #: SIGHUP outcomes: the last refused reload, refusals, the last good read.
+        self.reloads = ReloadRecord()
         #: Set when the desired state is not (fully) in the maps: why.
         self.apply_error: str | None = None
         #: What runs differs from what is configured, without making the node unhealthy.
@@ -438,8 +441,10 @@ class Controller:
             ]
             result = self.change(config, SOURCE_RELOAD, persist=False)
         except (ConfigError, PlanError, StartupError, ValueError, ApplyError) as error:
+            self.reloads.refused(self.options.config_path, error)
             log.error("reload refused, the running state is unchanged: %s", error)
             return
+        self.reloads.succeeded()
         for name in restart_only:
             log.warning("reload: %s changed; it takes effect at the next restart", name)
         if self.options.state_file is not None and state_file.remove(self.options.state_file):
@@ -480,6 +485,12 @@ class Controller:
         table = None if plan is None else plan.tables.get(name)
         return None if table is None else self._fingerprints.of(name, table)
 
+    def current_warnings(self) -> list[str]:
+        """What runs differs from what is configured: the start's warnings, and a refused
+        reload while it stands."""
+        refused = self.reloads.warning()
+        return [*self.warnings, refused] if refused is not None else list(self.warnings)
+
     def health(self) -> tuple[bool, schemas.NodeHealth]:
         """Whether the node is healthy (attached, the last change applied), and the body."""
         plan = self.plan
@@ -509,7 +520,7 @@ class Controller:
         body: schemas.NodeHealth = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
-            "warnings": list(self.warnings),
+            "warnings": self.current_warnings(),
             "device": self.device,
             "attached": attached,
             "generation": self.generation,
@@ -517,6 +528,7 @@ class Controller:
             "last_change": self.last_change,
             "vips": vips,
             "unresolved_next_hops": unresolved,
+            "config_reload": self.reloads.as_json(),
             "backend_health": backend_health,
         }
         return not reasons, body

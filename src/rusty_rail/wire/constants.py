@@ -24,6 +24,8 @@ PROTO_TCP = socket.IPPROTO_TCP
 PROTO_UDP = socket.IPPROTO_UDP
 PROTO_GRE = socket.IPPROTO_GRE
 PROTO_ICMPV6 = socket.IPPROTO_ICMPV6
+PROTO_IPIP = socket.IPPROTO_IPIP  # 4: IPv4 in IP (RFC 2003)
+PROTO_IPV6 = socket.IPPROTO_IPV6  # 41: IPv6 in IP (RFC 2473, RFC 4213)
 
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40
@@ -64,3 +66,21 @@ IPV6_EXT_DEST_OPTIONS = 60
 IPV6_FRAGMENT_OFFSET_MASK = 0xFFF8
 IPV6_FRAGMENT_MF = 0x0001
 IPV6_EXT_HEADER_MIN = 8  # every walked header is a multiple of 8 bytes, at least 8
+
+#: The UDP tunnels the balancer sends (docs/packet-path.md section 8c): their IANA ports, the
+#: VXLAN flags word (I: a valid VNI, RFC 7348) and the GENEVE header (RFC 8926) without options.
+VXLAN_PORT = 4789
+GENEVE_PORT = 6081
+VXLAN_FLAG_I = 0x08000000
+VXLAN_HEADER_LEN = 8
+GENEVE_HEADER_LEN = 8
+UDP_HEADER_LEN = 8
+VNI_MAX = 0xFFFFFF  # 24 bits
+#: The outer UDP source port of a tunnel: 49152 + (flow hash mod 16384), the dynamic range.
+TUNNEL_SPORT_BASE = 49152
+TUNNEL_SPORT_SPAN = 16384
+#: The inner Ethernet addresses of a VXLAN or GENEVE frame the balancer sends (locally
+#: administered, "rr"): a server's tunnel device takes the destination as its own address, or
+#: its stack drops the frames as addressed to another host.
+TUNNEL_INNER_DST_MAC = bytes.fromhex("027272000001")
+TUNNEL_INNER_SRC_MAC = bytes.fromhex("027272000002")
