@@ -9,6 +9,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rusty_rail.wire.constants import VNI_MAX
+
 __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
@@ -23,7 +25,6 @@ METHODS = ("gre", "ipip", "vxlan", "geneve")
 DEFAULT_METHODS = ("gre", "ipip")
 #: The methods whose header carries a VNI.
 VNI_METHODS = frozenset({"vxlan", "geneve"})
-VNI_MAX = (1 << 24) - 1
 
 # The bits of decap_config.methods (DECAP_GRE_OFF, DECAP_IPIP, ...). GRE's bit says "off", so
 # that a map never written (zeros) means GRE alone, what versions before the methods took.
