@@ -450,17 +450,18 @@ def _server(outer: int) -> str:
     return SERVER if outer == 4 else SERVER6
 
 
-@pytest.mark.parametrize("outer", [4, 6])
+BAD_HEADER_CASES = [(outer, *case) for outer in (4, 6) for case in bad_header_cases(outer)]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [case[2:] for case in BAD_HEADER_CASES],
+    ids=[f"{case[1]}, outer IPv{case[0]}" for case in BAD_HEADER_CASES],
+)
 def test_bad_tunnel_headers_pass_untouched_by_reason(
-    program: Program, maps: DecapMaps, outer: int
+    program: Program, maps: DecapMaps, frame: bytes, reason: DecapStat
 ) -> None:
-    for name, frame, reason in bad_header_cases(outer):
-        verdict, out, counted = run(program, maps, frame)
-        assert (verdict, counted, out == frame) == (
-            Verdict.PASS,
-            {reason.name.lower(): 1},
-            True,
-        ), name
+    passed_untouched(program, maps, frame, reason)
 
 
 def test_a_udp_header_cut_by_the_outer_length_is_malformed(
