@@ -166,26 +166,57 @@ static __always_inline void copy_congestion_mark6(struct ipv6hdr *inner, __u8 ou
 }
 
 /* The method an outer packet is of, from its IPv4 protocol or IPv6 next header and, for UDP,
- * its destination port, among the methods that are on; the cursor is at the outer payload and
- * stays there. `later_fragment`: an IPv4 fragment past the first, which has no UDP header. */
+ * its destination port, whether that method is on or not (method_taken says); the cursor is
+ * at the outer payload and stays there. `later_fragment`: an IPv4 fragment past the first,
+ * which has no UDP header. The settings are looked up only after this, so that the host's own
+ * traffic pays nothing for them. */
 static __always_inline enum decap_method method_of(const struct cursor *c, __u8 protocol,
-						   __u32 methods, int later_fragment)
+						   int later_fragment)
 {
 	struct udphdr *udp = c->pos;
 
 	if (protocol == IPPROTO_GRE)
-		return methods & DECAP_GRE_OFF ? METHOD_NONE : METHOD_GRE;
+		return METHOD_GRE;
 	if (protocol == IPPROTO_IPIP || protocol == IPPROTO_IPV6)
-		return methods & DECAP_IPIP ? METHOD_IPIP : METHOD_NONE;
-	if (protocol != IPPROTO_UDP || !(methods & (DECAP_VXLAN | DECAP_GENEVE)) || later_fragment)
+		return METHOD_IPIP;
+	if (protocol != IPPROTO_UDP || later_fragment)
 		return METHOD_NONE;
 	if (c->left < sizeof(*udp) || (void *)(udp + 1) > c->end)
 		return METHOD_MALFORMED;
-	if (udp->dest == bpf_htons(VXLAN_PORT) && (methods & DECAP_VXLAN))
+	if (udp->dest == bpf_htons(VXLAN_PORT))
 		return METHOD_VXLAN;
-	if (udp->dest == bpf_htons(GENEVE_PORT) && (methods & DECAP_GENEVE))
+	if (udp->dest == bpf_htons(GENEVE_PORT))
 		return METHOD_GENEVE;
 	return METHOD_NONE;
+}
+
+/* Whether decap_config.methods takes `method`: DECAP_DECAPSULATED to go on, or the reason to
+ * pass. A UDP header cut short is malformed only when a UDP method is on; otherwise it is
+ * host traffic like any other, not decap's business. */
+static __always_inline enum decap_stat method_taken(enum decap_method method, __u32 methods)
+{
+	int on;
+
+	switch (method) {
+	case METHOD_GRE:
+		on = !(methods & DECAP_GRE_OFF);
+		break;
+	case METHOD_IPIP:
+		on = methods & DECAP_IPIP;
+		break;
+	case METHOD_VXLAN:
+		on = methods & DECAP_VXLAN;
+		break;
+	case METHOD_GENEVE:
+		on = methods & DECAP_GENEVE;
+		break;
+	case METHOD_MALFORMED:
+		return methods & (DECAP_VXLAN | DECAP_GENEVE) ? DECAP_PASS_MALFORMED
+							   : DECAP_PASS_NOT_GRE;
+	default:
+		on = 0;
+	}
+	return on ? DECAP_DECAPSULATED : DECAP_PASS_NOT_GRE;
 }
 
 static __always_inline enum decap_stat stat_of(enum parse_result result)
@@ -292,20 +323,20 @@ int xdp_decap(struct xdp_md *ctx)
 
 	ethertype = parse_ethernet(&c, &eth);
 	l2_len = c.pos - data;
-	config = bpf_map_lookup_elem(&decap_config, &zero);
-	if (!config) /* an array's entry 0 is always there */
-		return pass(DECAP_PASS_ERROR, frame_len);
 	if (ethertype == bpf_htons(ETH_P_IP)) {
 		if (parse_ipv4(&c, &outer) != PARSE_OK)
 			return pass(DECAP_PASS_MALFORMED, frame_len);
 		protocol = outer->protocol;
 		ipv4_enter_payload(&c, outer);
-		method = method_of(&c, protocol, config->methods,
-				   (outer->frag_off & IPV4_OFFSET_BE) != 0);
+		method = method_of(&c, protocol, (outer->frag_off & IPV4_OFFSET_BE) != 0);
 		if (method == METHOD_NONE)
 			return pass(DECAP_PASS_NOT_GRE, frame_len);
-		if (method == METHOD_MALFORMED)
-			return pass(DECAP_PASS_MALFORMED, frame_len);
+		config = bpf_map_lookup_elem(&decap_config, &zero);
+		if (!config) /* an array's entry 0 is always there */
+			return pass(DECAP_PASS_ERROR, frame_len);
+		stat = method_taken(method, config->methods);
+		if (stat != DECAP_DECAPSULATED)
+			return pass(stat, frame_len);
 		if (!ipv4_lpm_contains(&decap_local, outer->daddr))
 			return pass(DECAP_PASS_NOT_LOCAL, frame_len);
 		if (!ipv4_lpm_contains(&decap_allowed, outer->saddr))
@@ -322,13 +353,17 @@ int xdp_decap(struct xdp_md *ctx)
 		protocol = outer6->nexthdr;
 		/* The tunnel directly after the fixed header only: extension headers (a fragment
 		 * header among them) are not walked, and whatever follows them goes to the stack. */
-		method = method_of(&c, protocol, config->methods, 0);
+		method = method_of(&c, protocol, 0);
 		if (method == METHOD_NONE)
 			return pass(ipv6_nexthdr_is_extension(protocol) ? DECAP_PASS_EXTENSION_HEADERS
 									: DECAP_PASS_NOT_GRE,
 				    frame_len);
-		if (method == METHOD_MALFORMED)
-			return pass(DECAP_PASS_MALFORMED, frame_len);
+		config = bpf_map_lookup_elem(&decap_config, &zero);
+		if (!config) /* an array's entry 0 is always there */
+			return pass(DECAP_PASS_ERROR, frame_len);
+		stat = method_taken(method, config->methods);
+		if (stat != DECAP_DECAPSULATED)
+			return pass(stat, frame_len);
 		if (!ipv6_lpm_contains(&decap_local6, &outer6->daddr))
 			return pass(DECAP_PASS_NOT_LOCAL, frame_len);
 		if (!ipv6_lpm_contains(&decap_allowed6, &outer6->saddr))
