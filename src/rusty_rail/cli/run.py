@@ -66,6 +66,13 @@ def add_parser(commands: Subparsers) -> None:
     )
     run.add_argument("--no-api", action="store_true", help="serve no REST API")
     run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text (default) or as one JSON object per line "
+        "(docs/deploy.md)",
+    )
+    run.add_argument(
         "--api-token-file",
         type=Path,
         metavar="FILE",
@@ -139,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rusty_rail.control.plan import PlanError
     from rusty_rail.dataplane.loader import LoaderError
 
-    logsetup.configure(args.verbose)
+    logsetup.configure(args.verbose, args.log_format)
     environ = dict(os.environ)
     environ.pop(TOKEN_VARIABLE, None)
     environ.pop(URL_VARIABLE, None)

@@ -266,12 +266,6 @@ class Config(_OmitsNoHealth):
                     first_shared = True
                 else:
                     settings = shared
-                if backend.address.version == 6 and settings.check is CheckType.TUNNEL:
-                    reason = (
-                        "the tunnel check does not probe IPv6 backends yet: use tcp or http "
-                        "for them (a health table of their own), or no check"
-                    )
-                    problems.append(Problem((*where, "check"), reason, "tunnel"))
                 if backend.health is None and not first_shared:
                     continue
                 if settings.check in (CheckType.TCP, CheckType.HTTP) and settings.port is None:

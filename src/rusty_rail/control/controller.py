@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Final
 
 from rusty_rail import config as config_module
@@ -32,6 +32,7 @@ from rusty_rail.control.fingerprint import (
     config_fingerprint,
     service_order,
 )
+from rusty_rail.control.health import Serving
 from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.nexthops import (
     NextHops,
@@ -150,6 +151,7 @@ class Controller:
         #: Health checks and ICMP learning; made when the program is loaded.
         self.monitor: HealthMonitor | None = None
         self.lb_ipv4: IPv4Address | None = None
+        self.lb_ipv6: IPv6Address | None = None
         self._health_config: Config | None = None
 
     # --- start ---------------------------------------------------------------------------
@@ -165,6 +167,7 @@ class Controller:
             self.config, self.device, self.next_hops, self.options.next_hop_timeout
         )
         self.lb_ipv4 = checked.lb_ipv4
+        self.lb_ipv6 = lb_ipv6_of(self.config, self.device)
         return checked
 
     def bring_up(self, checked: Checked) -> None:
@@ -222,7 +225,9 @@ class Controller:
             lb_ipv4=lb_address_of(config, self.device),
             lb_ipv6=lb_ipv6_of(config, self.device),
             resolve_next_hop=self.next_hops,
-            healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
+            serving=(lambda service, address: Serving.SERVE)
+            if verdict is None
+            else verdict.serving,
             previous_tables=base.tables,
             previous_state=base.state,
             max_build_slots=max_build_slots,
@@ -353,14 +358,18 @@ class Controller:
             return
         self._health_config = config
         lb_ipv4 = lb_address_of(config, self.device)
-        self.lb_ipv4 = lb_ipv4
-        self._configure_monitor(monitor, config, lb_ipv4)
+        self.lb_ipv4, self.lb_ipv6 = lb_ipv4, lb_ipv6_of(config, self.device)
+        self._configure_monitor(monitor, config, lb_ipv4, self.lb_ipv6)
 
     def _configure_monitor(
-        self, monitor: HealthMonitor, config: Config, lb_ipv4: IPv4Address
+        self,
+        monitor: HealthMonitor,
+        config: Config,
+        lb_ipv4: IPv4Address,
+        lb_ipv6: IPv6Address | None,
     ) -> None:
         """Give the monitor a new configuration (the Daemon does it on the loop's thread)."""
-        monitor.configure(config, lb_ipv4)
+        monitor.configure(config, lb_ipv4, lb_ipv6)
 
     def _health_changed(self) -> None:
         """The health verdict changed. Nothing to do without a loop to apply it on: the

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import AdminState, Backend, Config, Protocol, VipKey
+from rusty_rail.control.health import Serving
 from rusty_rail.model import state as model_state
 from rusty_rail.model.maglev import MaglevTable, build_table
 from rusty_rail.model.state import (
@@ -87,15 +88,16 @@ def services_of(config: Config) -> list[Service]:
     return services
 
 
-def data_plane_state(admin: AdminState, weight: int, healthy: bool) -> BackendState:
+def data_plane_state(admin: AdminState, weight: int, serving: Serving) -> BackendState:
     """What a backend's admin state, weight and health mean to packets.
 
     UP takes new flows; DRAIN keeps its flows and takes no new ones (weight 0 counts as
-    drain); DOWN loses its flows to re-decision.
+    drain, and so does a backend a trusted ICMP report alone took out); DOWN loses its flows
+    to re-decision.
     """
-    if admin is AdminState.DOWN or not healthy:
+    if admin is AdminState.DOWN or serving is Serving.OUT:
         return BackendState.DOWN
-    if admin is AdminState.DRAIN or weight == 0:
+    if admin is AdminState.DRAIN or weight == 0 or serving is Serving.DRAIN:
         return BackendState.DRAIN
     return BackendState.UP
 
@@ -257,7 +259,7 @@ def compile_plan(
     lb_ipv4: IPv4Address,
     lb_ipv6: IPv6Address | None = None,
     resolve_next_hop: NextHopResolver,
-    healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
+    serving: Callable[[str, IPAddress], Serving] = lambda service, address: Serving.SERVE,
     previous_tables: Mapping[str, MaglevTable] | None = None,
     previous_state: DataplaneState | None = None,
     max_tx_ports: int = MAX_TX_PORTS,
@@ -306,7 +308,7 @@ def compile_plan(
         for backend, address_id in zip(service.backends, service.keys, strict=True):
             slot = allocation.slots[(service.name, address_id)]
             backend_state = data_plane_state(
-                backend.state, backend.weight, healthy(service.name, backend.address)
+                backend.state, backend.weight, serving(service.name, backend.address)
             )
             if address_id in next_hops:
                 next_hop = next_hops[address_id]
