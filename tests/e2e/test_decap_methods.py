@@ -7,8 +7,10 @@ the socket that owns port 4789 untouched; pins of a version before the methods a
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -224,3 +226,35 @@ def test_pins_of_a_version_before_the_methods_are_adopted_in_place(
         assert {"config", "vnis"} <= {path.name for path in directory.iterdir()}
     finally:
         assert decap_detach(far_if, netns=far, pin_root=bpffs_dir) is True
+
+
+def test_the_cli_attaches_with_methods_and_vnis_and_shows_them(veth_pair: VethPair) -> None:
+    """`rusty-rail decap --methods ... --vni ...` entered into the far namespace with nsenter
+    (the pins under the default root, named after the namespace-unique interface), then
+    --status and --detach."""
+    cli = [str(Path(sys.executable).parent / "rusty-rail")]
+    enter = ["nsenter", f"--net=/run/netns/{veth_pair.far}"]
+    device = ["--device", veth_pair.far_if]
+    attach = [
+        *enter, *cli, "decap", *device, "--allow", veth_pair.NEAR4, "--xdp-mode", "generic",
+        "--methods", "ipip,geneve", "--methods", "vxlan", "--vni", "9", "--vni", "3,4",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(attach, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        status = json.loads(done.stdout)
+        assert (status["methods"], status["vnis"]) == (["ipip", "vxlan", "geneve"], [3, 4, 9])
+        shown = subprocess.run(
+            [*enter, *cli, "decap", *device, "--status"], capture_output=True, text=True, check=True
+        )
+        again = json.loads(shown.stdout)
+        assert (again["attached"], again["methods"], again["vnis"]) == (
+            True,
+            ["ipip", "vxlan", "geneve"],
+            [3, 4, 9],
+        )
+        assert "pass_vni_denied" in again["counters"]
+    finally:
+        subprocess.run(
+            [*enter, *cli, "decap", *device, "--detach"], check=True, capture_output=True
+        )
