@@ -51,7 +51,9 @@ def add_parser(commands: Subparsers) -> None:
     )
     decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
     decap_action = decap.add_mutually_exclusive_group()
-    decap_action.add_argument("--status", action="store_true", help="show counters and prefixes")
+    decap_action.add_argument(
+        "--status", action="store_true", help="show prefixes, methods and counters"
+    )
     decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
     decap.set_defaults(handler=cmd_decap)
 
