@@ -130,7 +130,8 @@ def test_trusted_reports_stop_at_the_floor_and_the_rest_wait_for_probes(node: No
     wait(trusting_now, "trust applied")
     for backend in BACKENDS:
         inject(node, unreachable(backend, code=1))
-    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DOWN, "the first out")
+    # Out by a trusted report alone: drained (issue 14, item 5), its connections stay.
+    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DRAIN, "the first out")
     summary = node.call("GET", "/healthz").body["backend_health"][WEB]
     assert summary["icmp_floor_held"] == 2
     kinds = [e["kind"] for e in node.call("GET", "/v1/events").body["events"]]
