@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rusty_rail.api.server import create_app
-from rusty_rail.cli.ctl import event_line
+from rusty_rail.cli.ctl_render import event_line
 from rusty_rail.config import Config, merge_health, validate_as
 from rusty_rail.control.checks import (
     echo6_reply_of,

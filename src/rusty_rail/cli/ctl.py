@@ -16,7 +16,7 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -38,6 +38,13 @@ from rusty_rail.api.client import (
 )
 from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
+from rusty_rail.cli.ctl_render import (
+    change_line,
+    event_line,
+    plan_table,
+    rate_table,
+    vip_table,
+)
 
 EXIT_REFUSED: Final = 1
 EXIT_UNREACHABLE: Final = 3
@@ -181,106 +188,6 @@ def _add_change_commands(
     return verbs
 
 
-# --- rendering --------------------------------------------------------------------------------
-
-
-def _size(count: float, unit: str = "") -> str:
-    for suffix in ("", "k", "M", "G", "T"):
-        if abs(count) < 1000:
-            return f"{count:.0f}{suffix}{unit}" if suffix == "" else f"{count:.1f}{suffix}{unit}"
-        count /= 1000
-    return f"{count:.1f}P{unit}"
-
-
-def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
-    """VIPs and backends, ipvsadm -Ln style."""
-    table = Table(box=box.SIMPLE, show_edge=False)
-    for column, justify in (
-        ("VIP / backend", "left"),
-        ("weight", "right"),
-        ("admin", "left"),
-        ("data plane", "left"),
-        ("slots", "right"),
-        ("next hop", "left"),
-        ("packets", "right"),
-        ("bytes", "right"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for vip in vips:
-        live = vip["table"]
-        summary = "no table" if live is None else f"M={live['size']} fp {live['fingerprint'][:12]}"
-        table.add_row(
-            f"[bold]{vip['vip']}[/bold]",
-            "",
-            "",
-            summary,
-            "",
-            "",
-            _size(vip["stats"]["packets"]),
-            _size(vip["stats"]["bytes"], "B"),
-        )
-        for backend in vip["backends"]:
-            hop = backend["next_hop"]
-            table.add_row(
-                f"  -> {backend['address']}",
-                str(backend["weight"]),
-                backend["state"],
-                backend["dataplane_state"],
-                f"{backend['slot_share']:.1%}",
-                hop["dst_mac"] if hop else f"[red]{backend['next_hop_problem'] or 'unresolved'}",
-                _size(backend["stats"]["packets"]),
-                _size(backend["stats"]["bytes"], "B"),
-            )
-    return table
-
-
-def rate_table(rates: Sequence[tuple[str, str, float, float]], interval: float) -> Table:
-    table = Table(title=f"rates over {interval:g} s", box=box.SIMPLE, show_edge=False)
-    for column in ("VIP", "backend", "packets/s", "bits/s"):
-        table.add_column(column, justify="left" if column in ("VIP", "backend") else "right")
-    for vip, backend, pps, bps in rates:
-        table.add_row(vip, backend, _size(pps), _size(bps, "b"))
-    return table
-
-
-def _change_line(result: Mapping[str, Any]) -> str:
-    if not result["changed"]:
-        return f"no change (generation {result['generation']})"
-    rebuilt = ", ".join(result["tables_rebuilt"]) or "none"
-    line = (
-        f"applied: generation {result['generation']}, {result['map_updates']} map updates, "
-        f"tables rebuilt: {rebuilt} (build {result['build_ms']:.1f} ms, apply "
-        f"{result['apply_ms']:.1f} ms)"
-    )
-    unresolved = result.get("unresolved_next_hops")
-    if unresolved:
-        line += (
-            f"\nno next hop yet for {', '.join(unresolved)}: no new flows until it resolves "
-            "(`ctl health`, `ctl events`)"
-        )
-    return line
-
-
-def plan_table(plan: Mapping[str, Any]) -> Table:
-    table = Table(
-        title=f"dry run over {plan['flows_examined']} tracked flows: nothing was applied",
-        box=box.SIMPLE,
-        show_edge=False,
-    )
-    for column in ("VIP", "change", "table slots moved", "flows tracked", "flows moved"):
-        table.add_column(column, justify="left" if column in ("VIP", "change") else "right")
-    for name, view in plan["vips"].items():
-        moved = view["table_slots_moved"]
-        table.add_row(
-            name,
-            view["change"],
-            "n/a" if moved is None else f"{moved:.2%}",
-            str(view["flows_tracked"]),
-            f"{view['flows_moved']} ({view['flows_moved_share']:.1%})",
-        )
-    return table
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -309,7 +216,7 @@ def _write(ctx: Context, args: argparse.Namespace) -> None:
         if existing.status == 200:
             raise ApiFailed(409, {"message": f"VIP {args.vip} exists; add backends with `add`"})
     result = ctx.client.request(write.method, write.path, write.body).body
-    ctx.emit(result, _change_line)
+    ctx.emit(result, change_line)
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> None:
@@ -378,17 +285,6 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK if response.status == 200 else EXIT_REFUSED
 
 
-def event_line(event: Mapping[str, Any]) -> str:
-    """One event as a line: when, what, and why."""
-    when = (
-        time.strftime("%H:%M:%S", time.localtime(event["at"]))
-        + f".{int(event['at'] * 1000) % 1000:03d}"
-    )
-    who = event["vip"] + (f" {event['backend']}" if event["backend"] else "")
-    change = f"{event['from']} -> {event['to']}" if event["from"] or event["to"] else event["kind"]
-    return f"{when} #{event['id']} {who}: {change} ({event['cause']}: {event['detail']})"
-
-
 def _events(ctx: Context, args: argparse.Namespace) -> None:
     since = args.since
     while True:
@@ -414,7 +310,7 @@ def _config(ctx: Context, args: argparse.Namespace) -> None:
     path = Path(args.file)
     text = path.read_text(encoding="utf-8")
     body = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    ctx.emit(ctx.client.put("/v1/config", body), _change_line)
+    ctx.emit(ctx.client.put("/v1/config", body), change_line)
 
 
 def _rates(
