@@ -22,12 +22,15 @@ def test_the_ipv6_cases_are_measured_and_judged_beside_their_ipv4_twins(
     result = run_dataplane_bench(calls=40, rounds=2)
     cases = result["cases"]
     assert list(cases) == [
-        "established", "new_flow", "pass", *V6_TWINS, "no_vip_v6", "outer_v6_to_v4"
+        "established", "new_flow", "pass", *V6_TWINS, "no_vip_v6", "outer_v6_to_v4",
+        "outer_v4_to_v6",
     ]  # fmt: skip
     assert cases["established_v6"]["verdict"] == "XDP_TX"
     assert cases["pass_v6"]["verdict"] == "XDP_PASS"
     assert cases["no_vip_v6"]["verdict"] == "XDP_PASS"
     assert cases["outer_v6_to_v4"]["verdict"] == "XDP_TX"
+    assert cases["outer_v4_to_v6"]["verdict"] == "XDP_TX"
+    assert "outer_v4_to_v6" in render_dataplane_bench(result)
     for name, twin in V6_TWINS.items():
         to_ipv4 = cases[name]["ns"] / cases[twin]["ns"]
         assert cases[name]["ratio_to_ipv4"] == pytest.approx(to_ipv4)

@@ -897,3 +897,66 @@ def test_listing_one_vips_flows_looks_only_at_entries_of_its_backends(node: Node
         for flow, address in chosen.items()
     }
     assert answer.body["scanned"] == 5 and answer.body["complete"]
+
+
+def _live_slots(node: Node, name: str) -> set[int]:
+    plan = node.daemon.plan
+    assert plan is not None
+    live = node.maps.read_table(plan.allocation.vip_index[name])
+    assert live is not None
+    return {int(slot) for slot in live}
+
+
+def test_a_backend_without_a_next_hop_takes_no_new_flows_until_it_resolves(
+    bed: Bed, node: Node
+) -> None:
+    """Issue 14, item 2: a backend whose neighbour does not answer used to get its share of
+    the table (its flows dropped, DROP_NO_NEXTHOP) after the API had waited a second for it.
+    Now the answer names it, it stays out of the table, and it joins once it resolves."""
+    address = "198.18.0.77"  # on eth0's link, where nothing answers ARP
+    path = f"{VIP_PATH}/backends/{address}"
+    answer = node.call("PUT", path, {})
+    assert answer.status == 201, answer.body
+    assert answer.body["unresolved_next_hops"] == [address]
+    slot = slot_of(node, VIP, address)
+    assert slot not in _live_slots(node, VIP) and live_table_is_planned(node, VIP)
+    assert node.maps.read_state().backends[slot].state is BackendState.UP  # admin up, healthy
+    health = node.call("GET", "/healthz").body
+    assert health["unresolved_next_hops"] == [address]
+    assert not any(address in reason for reason in health["reasons"])  # not a node failure
+    events = node.call("GET", "/v1/events").body["events"]
+    assert [(e["kind"], e["backend"], e["from"], e["to"]) for e in events][-1:] == [
+        ("next-hop", address, None, "unresolved")
+    ]
+    metrics = node.call("GET", "/metrics").body
+    assert f'rusty_rail_vip_backends_unresolved{{vip="{VIP}"}} 1.0' in metrics
+
+    # Its neighbour answers now: the daemon asks again on its own and brings it in.
+    bed.namespace.ip("neigh", "replace", address, "lladdr", "02:00:00:00:00:77", "dev", "eth0",
+                     "nud", "permanent")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        # (the maps are written before the daemon's plan is replaced: wait for both)
+        while slot not in _live_slots(node, VIP) or not live_table_is_planned(node, VIP):
+            assert time.monotonic() < deadline, "the resolved backend never joined its table"
+            time.sleep(0.02)
+        assert node.call("GET", "/healthz").body["unresolved_next_hops"] == []
+        events = node.call("GET", "/v1/events").body["events"]
+        assert [(e["kind"], e["backend"], e["from"], e["to"]) for e in events][-1:] == [
+            ("next-hop", address, "unresolved", "resolved")
+        ]
+    finally:
+        assert node.call("DELETE", path).status == 200
+        bed.namespace.ip("neigh", "del", address, "dev", "eth0", check=False)
+
+
+def test_when_no_backend_of_a_vip_has_a_next_hop_they_all_stay_in_its_table(node: Node) -> None:
+    """Fail-open, as for health: a table of unresolved backends beats an empty one."""
+    body = {"backends": ["198.18.0.78", "198.18.0.79"]}
+    answer = node.call("PUT", "/v1/vips/198.18.100.7:80%2Ftcp", body)
+    assert answer.status == 201, answer.body
+    assert answer.body["unresolved_next_hops"] == ["198.18.0.78", "198.18.0.79"]
+    name = "198.18.100.7:80/tcp"
+    slots = {slot_of(node, name, a) for a in body["backends"]}
+    assert _live_slots(node, name) == slots
+    assert node.call("DELETE", "/v1/vips/198.18.100.7:80%2Ftcp").status == 200

@@ -130,7 +130,8 @@ def test_trusted_reports_stop_at_the_floor_and_the_rest_wait_for_probes(node: No
     wait(trusting_now, "trust applied")
     for backend in BACKENDS:
         inject(node, unreachable(backend, code=1))
-    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DOWN, "the first out")
+    # Out by a trusted report alone: drained (issue 14, item 5), its connections stay.
+    wait(lambda: dataplane_state(node, BACKENDS[0]) is BackendState.DRAIN, "the first out")
     summary = node.call("GET", "/healthz").body["backend_health"][WEB]
     assert summary["icmp_floor_held"] == 2
     kinds = [e["kind"] for e in node.call("GET", "/v1/events").body["events"]]
@@ -172,8 +173,9 @@ def unreachable6(backend: str, code: int = 4, type_: int = 1) -> bytes:
 
 
 def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Bed) -> None:
-    """Without a tcp or http check nothing confirms the report (docs/health.md, IPv6): the
-    backend is suspect, then healthy again, and its report is re-armed."""
+    """The report makes the IPv6 backend suspect, and the IPv6 tunnel probe confirms it (the
+    backend's neighbour answers nothing, so no echo comes back): unhealthy; its report is
+    re-armed after icmp_hold (docs/health.md, IPv6)."""
     bed.namespace.ip("-6", "addr", "add", f"{LB6}/64", "dev", "eth0", "nodad")
     bed.namespace.ip("-6", "neigh", "replace", BACKEND6, "lladdr", "02:00:00:00:ff:21",
                      "dev", "eth0", "nud", "permanent")  # fmt: skip
@@ -185,6 +187,8 @@ def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Be
     node = bed.start("eth0", config_from_toml_text(toml, "test"))
     try:
         assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+        prober = node.daemon.monitor.prober  # IPv6 tunnel probes go out from lb_address_ipv6
+        assert prober is not None and prober.lb_ipv6 == IPv6Address(LB6)
         maps = node.daemon.monitor.icmp_maps
         key = IPv6Address(BACKEND6).packed
         wait(lambda: key in maps.read_watch().armed, "the IPv6 backend watched")
@@ -193,14 +197,15 @@ def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Be
         inject(node, unreachable6(BACKEND6, type_=2))  # packet too big: counted, no report
         inject(node, unreachable6(BACKEND6))
         wait(lambda: len(node.call("GET", "/v1/events").body["events"]) >= 2, "two events")
-        events = node.call("GET", "/v1/events").body["events"]
+        events = [e for e in node.call("GET", "/v1/events").body["events"] if e["kind"] == "health"]
         assert [(e["backend"], e["from"], e["to"], e["cause"]) for e in events] == [
             (BACKEND6, "healthy", "suspect", "icmp"),
-            (BACKEND6, "suspect", "healthy", "probe"),
+            (BACKEND6, "suspect", "unhealthy", "probe"),
         ]
         assert "ICMPv6 type 1 code 4 (port unreachable)" in events[0]["detail"]
-        assert "no tcp or http check confirms" in events[1]["detail"]
-        assert health_of(node, BACKEND6, VIP6)["status"] == "healthy"
+        assert "no echo reply through GRE" in events[1]["detail"]
+        assert health_of(node, BACKEND6, VIP6)["status"] == "unhealthy"
+        assert node.daemon.monitor.probe_results[False] >= 1
         stats = {s.name: p for s, (p, _) in maps.read_stats().items()}
         assert stats["REPORTED"] == 1 and stats["PACKET_TOO_BIG"] == 1
         wait(lambda: maps.read_watch().armed[key], "re-armed", 5)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rusty_rail.api.client import ApiClient, backend_path
+from rusty_rail.api.credentials import local_token
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
@@ -59,7 +60,7 @@ def on_every_lb(bed: Testbed, *args: str) -> None:
 def api(bed: Testbed, lb: int, method: str, path: str, body: object = None) -> Any:
     """One API call to balancer ``lb`` (its API listens on its namespace's loopback)."""
     with in_netns(bed.lbs[lb].name):
-        return ApiClient(API).request(method, path, body).body
+        return ApiClient(API, local_token()).request(method, path, body).body
 
 
 def health(bed: Testbed, lb: int) -> dict[str, Any]:

@@ -50,3 +50,25 @@ def test_a_lost_connection_in_either_family_fails_the_demo() -> None:
             broken["families"][family][key] = 0.9
             assert demo_failed(broken), (family, key)
     assert demo_failed({**summary, "errors": ["x"]})
+
+
+def test_the_demo_over_the_ipv6_underlay_with_mixed_backends() -> None:
+    """`rusty-rail demo --underlay ipv6 --backends mixed`: outer IPv6 GRE from the router, s2
+    an IPv6 backend behind both VIPs; every connection that should survive survives."""
+    command = [sys.executable, "-m", "rusty_rail", "demo", "--json", "--requests", "300",
+               "--long-lived", "12", "--underlay", "ipv6", "--backends", "mixed"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["errors"] == []
+    assert summary["underlay"] == "ipv6"
+    assert summary["backends"] == {
+        "s1": "198.18.0.21",
+        "s2": "2001:2:0:3::22",
+        "s3": "198.18.0.23",
+    }
+    for family, report in summary["families"].items():
+        assert set(report["requests_per_backend"]) == {"s1", "s2", "s3"}, family
+        assert all(report[key] == 1.0 for key in SURVIVAL_KEYS), (family, report)
+        assert set(report["router_packets_per_lb"]) == {"2001:2:0:3::11", "2001:2:0:3::12"}
+        assert report["non_gre_packets_seen_by_lbs"] == 0, family

@@ -252,8 +252,9 @@ def test_a_forged_icmp_flood_takes_out_at_most_the_floor(healthy_bed: Testbed) -
             assert api(bed, lb, "/healthz")["backend_health"][VIP]["icmp_floor_held"] > 0
             assert metric(bed, lb, "rusty_rail_icmp_floor_held_total", vip=VIP) > 0
             assert metric(bed, lb, "rusty_rail_icmp_packets_total", outcome="held") > 0
-        never_out = [f"s{i + 1}" for i, a in enumerate(SERVERS) if a not in seen]
-        assert never_out and broken_among(connections, never_out) == 0
+        # A trusted report alone drains (issue 14, item 5): the backends it took out kept
+        # their connections until the probes, which get through, brought them back.
+        assert seen and broken_among(connections, ["s1", "s2", "s3"]) == 0
     finally:
         connections.close()
 

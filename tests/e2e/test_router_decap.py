@@ -331,10 +331,12 @@ def test_decap_lives_in_its_pins_upgrades_in_place_and_detaches_clean(
     assert sorted(path.name for path in pins.iterdir()) == [
         "allowed",
         "allowed6",
+        "config",
         "link",
         "local",
         "local6",
         "stats",
+        "vnis",
     ]
     assert status["uncounted"] == []
     with in_netns(far):
@@ -500,8 +502,8 @@ def test_pins_of_a_version_before_ipv6_are_adopted_in_place(
     veth_pair: VethPair, bpffs_dir: Path
 ) -> None:
     """An older agent pinned allowed, local and a 9-entry stats array only: the new one swaps
-    its program into the same link, keeps those maps and counters, pins the IPv6 maps beside
-    them, and says which reason the old array cannot count."""
+    its program into the same link, keeps those maps and counters, pins the IPv6 maps (and the
+    methods') beside them, and says which reasons the old array cannot count."""
     far, far_if = veth_pair.far, veth_pair.far_if
     directory = decap_pin_dir(far_if, netns=far, root=bpffs_dir)
     with in_netns(far):
@@ -523,7 +525,7 @@ def test_pins_of_a_version_before_ipv6_are_adopted_in_place(
     ]
     old_status = status_of(veth_pair, bpffs_dir)
     assert old_status["attached"] is True
-    assert old_status["uncounted"] == ["pass_extension_headers"]
+    assert old_status["uncounted"] == ["pass_extension_headers", "pass_vni_denied"]
     with pytest.raises(DecapError, match="run rusty-rail decap \\(attach\\) again"):
         decap_allow(far_if, [veth_pair.NEAR6], netns=far, pin_root=bpffs_dir)
     ping(veth_pair)
@@ -541,7 +543,7 @@ def test_pins_of_a_version_before_ipv6_are_adopted_in_place(
         assert status["prog_id"] != old_status["prog_id"]
         assert status["allowed"] == [f"{veth_pair.NEAR4}/32", f"{veth_pair.NEAR6}/128"]
         assert status["counters"]["pass_not_gre"]["packets"] >= before
-        assert status["uncounted"] == ["pass_extension_headers"]
+        assert status["uncounted"] == ["pass_extension_headers", "pass_vni_denied"]
         assert "allowed6" in {path.name for path in directory.iterdir()}
         # and again: now the whole set is adopted
         again = decap_attach(far_if, [veth_pair.NEAR6], netns=far, pin_root=bpffs_dir)

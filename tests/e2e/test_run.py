@@ -7,13 +7,14 @@ neighbour is r's interface) <-veth-> namespace "lb" (198.18.0.2) running the dae
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -102,12 +103,15 @@ def bed(bpffs_dir: Path) -> Iterator[Bed]:
 class Daemon:
     """`rusty-rail run` as a child process, its log in a file."""
 
-    def __init__(self, bed: Bed, targets: list[str], log: Path) -> None:
+    def __init__(self, bed: Bed, targets: list[str], log: Path, args: Sequence[str] = ()) -> None:
         self.log = log
         self.handle = log.open("w")
+        env = bed.env(targets)
+        if not targets:
+            del env["RR_TARGET_IPS"]
         self.process = subprocess.Popen(
-            bed.rusty_rail("run", "--next-hop-timeout", "5"),
-            env=bed.env(targets),
+            bed.rusty_rail("run", "--next-hop-timeout", "5", *args),
+            env=env,
             stdout=self.handle,
             stderr=subprocess.STDOUT,
         )
@@ -358,4 +362,75 @@ def test_a_second_daemon_on_the_same_device_is_refused_before_it_touches_anythin
         restarted.wait_for("adopted the pinned state")
     finally:
         assert restarted.stop() == 0
+        subprocess.run(bed.rusty_rail("detach", "--device", "eth0"), capture_output=True)
+
+
+def _get(bed: Bed, path: str) -> str:
+    """GET from the daemon's API inside the balancer's namespace."""
+    with in_netns(bed.lb.name), socket.create_connection(("127.0.0.1", 9180), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    return body
+
+
+def _metric(text: str, name: str) -> float:
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, values)
+    return float(values[0])
+
+
+def test_a_refused_reload_is_named_in_healthz_and_metrics_until_a_good_one(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue 14, item 3: after a SIGHUP with a broken file the running configuration stays,
+    and /healthz and /metrics say so until a good reload clears it."""
+    config = tmp_path / "lb.toml"
+    good = f'device = "eth0"\ndefault_backends = {BACKENDS[:2]!r}\n'.replace("'", '"')
+    config.write_text(good)
+    log = tmp_path / "run.log"
+    daemon = Daemon(bed, [], log, ("--config", str(config), "--no-state-file"))
+    try:
+        daemon.wait_for("serving the REST API")
+        health = json.loads(_get(bed, "/healthz"))
+        assert health["config_reload"]["failed"] is None
+        assert health["config_reload"]["failures_total"] == 0
+        started_at = health["config_reload"]["last_success_at"]
+
+        config.write_text(good + 'hash_seed = "not a number"\nbogus = 1\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("reload refused")
+        health = json.loads(_get(bed, "/healthz"))
+        failed = health["config_reload"]["failed"]
+        assert failed is not None and failed["file"] == str(config), health
+        assert failed["errors"] == 2 and "hash_seed" in failed["error"], failed
+        assert health["status"] == "ok"  # the data plane runs the configuration before it
+        assert any(str(config) in warning for warning in health["warnings"]), health
+        metrics = _get(bed, "/metrics")
+        assert _metric(metrics, "rusty_rail_config_reload_failures_total") == 1
+        assert _metric(metrics, "rusty_rail_config_last_reload_successful") == 0
+        sent = flows(100)
+        check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS[:2])
+
+        config.write_text(good.replace(f'"{BACKENDS[1]}"', f'"{BACKENDS[2]}"'))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("reloaded the configuration")
+        health = json.loads(_get(bed, "/healthz"))
+        assert health["config_reload"]["failed"] is None
+        assert health["config_reload"]["failures_total"] == 1
+        assert health["config_reload"]["last_success_at"] > started_at
+        assert not any(str(config) in warning for warning in health["warnings"]), health
+        metrics = _get(bed, "/metrics")
+        assert _metric(metrics, "rusty_rail_config_reload_failures_total") == 1
+        assert _metric(metrics, "rusty_rail_config_last_reload_successful") == 1
+        assert _metric(
+            metrics, "rusty_rail_config_last_reload_success_timestamp_seconds"
+        ) == pytest.approx(health["config_reload"]["last_success_at"])
+        sent = flows(100, base_port=30000)  # new flows: the table decides
+        check_forwarded(bed, sent, send_and_capture(bed, sent), [BACKENDS[0], BACKENDS[2]])
+    finally:
+        daemon.stop()
         subprocess.run(bed.rusty_rail("detach", "--device", "eth0"), capture_output=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from rusty_rail.api import changes
+from rusty_rail.api.client import TOKEN_VARIABLE
+from rusty_rail.api.credentials import TokenFileError, local_token
 from rusty_rail.cli import run as run_command
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
@@ -230,14 +232,39 @@ def test_an_api_beyond_loopback_needs_a_token_of_sixteen_characters(tmp_path: Pa
             Daemon(CONFIG.model_copy(update={"device": "nosuch0"}), options).start()
 
 
-def test_a_token_file_others_can_read_is_warned_about(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_the_api_token_comes_from_the_file_the_environment_or_the_host_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    token = tmp_path / "token"
-    token.write_text("0123456789abcdef0123\n")
-    token.chmod(0o600)
-    assert run_command.api_token(token) == "0123456789abcdef0123"
-    assert capsys.readouterr().err == ""
-    token.chmod(0o644)
-    assert run_command.api_token(token) == "0123456789abcdef0123"
-    assert "can be read by group or others (mode 644)" in capsys.readouterr().err
+    """Issue 14, item 4: with no token given, `run` makes the host's token file (0600) at its
+    first start and reads it afterwards; a file others may read is refused."""
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    host_file = tmp_path / "run" / "api-token"
+    token, source = run_command.api_token(None, host_file)
+    assert source == str(host_file) and len(token) == 64
+    assert host_file.stat().st_mode & 0o777 == 0o600
+    assert run_command.api_token(None, host_file) == (token, str(host_file))  # kept
+    assert local_token(host_file) == token
+    monkeypatch.setenv(TOKEN_VARIABLE, "from-the-environment-0123")
+    assert run_command.api_token(None, host_file) == (
+        "from-the-environment-0123",
+        f"${TOKEN_VARIABLE}",
+    )
+    given = tmp_path / "token"
+    with pytest.raises(TokenFileError, match=f"cannot read the token file {given}"):
+        run_command.api_token(given, host_file)  # a given file is never made up
+    given.write_text("0123456789abcdef0123\n")
+    given.chmod(0o600)
+    assert run_command.api_token(given, host_file) == ("0123456789abcdef0123", str(given))
+    given.chmod(0o644)
+    with pytest.raises(
+        TokenFileError, match=r"can be read or written by group or others \(mode 644\)"
+    ):
+        run_command.api_token(given, host_file)
+    given.chmod(0o600)
+    given.write_text("\n")
+    with pytest.raises(TokenFileError, match="is empty"):
+        run_command.api_token(given, host_file)
+    link = tmp_path / "link"
+    link.symlink_to(host_file)
+    with pytest.raises(TokenFileError, match="is a symbolic link"):
+        run_command.api_token(link, host_file)

@@ -992,23 +992,14 @@ def test_the_json_schema_carries_every_bound() -> None:
     assert entry[0] == {"$ref": "#/$defs/Backend"} and entry[1]["type"] == "string"
 
 
-def test_a_tunnel_check_on_an_ipv6_backend_is_refused_where_it_is_set() -> None:
-    """The tunnel probe sends ICMP echo inside IPv4 GRE only: on an IPv6 backend it would
-    mark a healthy backend unhealthy, so the configuration says so instead."""
+def test_a_tunnel_check_on_an_ipv6_backend_is_taken() -> None:
+    """The tunnel probe speaks IPv6 (an ICMPv6 echo inside IPv6 GRE): a VIP with both families
+    of backends may give all of them the tunnel check."""
     text = vip_toml(
         'port = 80\nprotocol = "tcp"\nbackends = ["198.18.2.1", "2001:2::21"]\n'
         '[vips.health]\ncheck = "tunnel"\n',
         address="2001:2::10",
     )
-    problem = only_problem(toml_error(text))
-    assert problem.path == "vips[0].health.check" and problem.value == "tunnel"
-    assert "does not probe IPv6 backends yet" in problem.reason
-    # The same VIP with a check of its own for the IPv6 backend is fine.
-    fixed = vip_toml(
-        'port = 80\nprotocol = "tcp"\nbackends = ["198.18.2.1", '
-        '{ address = "2001:2::21", health = { check = "tcp" } }]\n'
-        '[vips.health]\ncheck = "tunnel"\n',
-        address="2001:2::10",
-    )
-    config = config_from_toml_text(fixed, source="test.toml")
-    assert [str(b.address) for b in config.vips[0].backends] == ["198.18.2.1", "2001:2::21"]
+    config = config_from_toml_text(text, source="test.toml")
+    vip = config.vips[0]
+    assert [config.health_for(vip, b).check.value for b in vip.backends] == ["tunnel"] * 2

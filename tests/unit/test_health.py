@@ -279,6 +279,34 @@ def test_trust_takes_out_at_once_up_to_the_floor_then_probes_decide() -> None:
     assert book.floor_held == {SERVICE: 1}
 
 
+def serving(book: HealthBook, backend: str) -> str:
+    return book.verdict.serving(SERVICE, ip_address(backend)).value
+
+
+def test_a_trusted_report_drains_until_a_probe_or_the_check_confirms() -> None:
+    """Issue 14, item 5: a trusted report alone keeps the backend's connections (drain: no
+    new flows); a failed probe, or a failing check, confirms it down (its flows move)."""
+    book = book_for(config({"icmp": "trust", "icmp_max_removed": 0.67, "check": "tcp", "fall": 1}))
+    book.report(report(BACKENDS[0]))
+    book.report(report(BACKENDS[1]))
+    assert statuses(book) == ["unhealthy", "unhealthy", "healthy"]
+    assert [serving(book, b) for b in BACKENDS] == ["drain", "drain", "serve"]
+    assert book.probe_result(ip_address(BACKENDS[0]), False, "no echo")  # confirmed
+    assert [serving(book, b) for b in BACKENDS] == ["out", "drain", "serve"]
+    book.check_result(SERVICE, ip_address(BACKENDS[1]), False, "refused")  # its check fails
+    assert [serving(book, b) for b in BACKENDS] == ["out", "out", "serve"]
+
+
+def test_a_trusted_report_that_probes_clear_brings_the_backend_back_without_a_break() -> None:
+    book = book_for(config({"icmp": "trust", "icmp_max_removed": 0.34, "rise": 2}))
+    book.report(report(BACKENDS[0]))
+    assert serving(book, BACKENDS[0]) == "drain"
+    book.probe_result(ip_address(BACKENDS[0]), True, "echo")
+    assert serving(book, BACKENDS[0]) == "drain"  # a recovery probe, the rise counts
+    assert book.probe_result(ip_address(BACKENDS[0]), True, "echo")
+    assert serving(book, BACKENDS[0]) == "serve" and statuses(book)[0] == "healthy"
+
+
 def test_a_forged_flood_under_trust_takes_out_no_more_than_the_floor() -> None:
     book = book_for(config({"icmp": "trust", "icmp_max_removed": 0.5}))
     for _ in range(100):

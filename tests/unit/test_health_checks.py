@@ -16,22 +16,25 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rusty_rail.api.server import create_app
-from rusty_rail.cli.ctl import event_line
+from rusty_rail.cli.ctl_render import event_line
 from rusty_rail.config import Config, merge_health, validate_as
 from rusty_rail.control.checks import (
+    echo6_reply_of,
     echo_reply_of,
     http_check,
     http_request,
     parse_status,
     probe_packet,
+    probe_packet6,
     run_check,
     tcp_check,
 )
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import DaemonOptions
-from rusty_rail.wire.build import icmp, ipv4
-from rusty_rail.wire.constants import PROTO_GRE, PROTO_ICMP
-from rusty_rail.wire.describe import Ipv4Info, describe
+from rusty_rail.wire.build import icmp, icmp6, ipv4
+from rusty_rail.wire.checksum import internet_checksum
+from rusty_rail.wire.constants import ETH_P_IPV6, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6
+from rusty_rail.wire.describe import Ipv4Info, Ipv6Info, describe
 
 LOOPBACK = IPv4Address("127.0.0.1")
 LOOPBACK6 = IPv6Address("::1")
@@ -190,6 +193,29 @@ def test_a_probe_is_an_echo_inside_gre_from_the_balancer() -> None:
     assert echo_reply_of(reply) == (backend.packed, 0x1234, 7, b"token-0123456789")
     assert echo_reply_of(ipv4(backend.packed, lb.packed, PROTO_ICMP, icmp(8, 0, b"x"))) is None
     assert echo_reply_of(b"\x45") is None
+
+
+def test_an_ipv6_probe_is_an_icmpv6_echo_inside_ipv6_gre_from_the_balancer() -> None:
+    lb, backend = IPv6Address("2001:2::11"), IPv6Address("2001:2::21")
+    packet = probe_packet6(lb, backend, 0x1234, 7, b"token-0123456789")
+    info = describe(b"\x02\x00\x00\x00\x00\x01" * 2 + b"\x86\xdd" + packet)
+    assert isinstance(info.outer, Ipv6Info) and info.outer.proto == PROTO_GRE
+    assert (info.outer.src, info.outer.dst) == (lb.packed, backend.packed)
+    assert info.outer.payload_length == len(packet) - 40
+    assert info.gre is not None and info.gre.protocol == ETH_P_IPV6
+    assert isinstance(info.inner, Ipv6Info) and info.inner.proto == PROTO_ICMPV6
+    assert (info.inner.src, info.inner.dst) == (lb.packed, backend.packed)
+    echo = packet[40 + 4 + 40 :]
+    assert (
+        echo[0] == 128 and echo[4:8] == b"\x12\x34\x00\x07" and echo.endswith(b"token-0123456789")
+    )
+    # The ICMPv6 checksum covers the pseudo-header: summed with it, the message comes to 0.
+    pseudo = lb.packed + backend.packed + len(echo).to_bytes(4, "big") + bytes(3) + b"\x3a"
+    assert internet_checksum(pseudo + echo) == 0
+    # What the backend sends back, as a raw ICMPv6 socket reads it (no IPv6 header).
+    reply = icmp6(129, 0, b"token-0123456789", src=backend, dst=lb, rest=(0x1234 << 16) | 7)
+    assert echo6_reply_of(reply) == (0x1234, 7, b"token-0123456789")
+    assert echo6_reply_of(echo) is None and echo6_reply_of(reply[:7]) is None
 
 
 # --- the event routes, with a daemon that is not started ----------------------------------------

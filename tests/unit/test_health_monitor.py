@@ -1,6 +1,7 @@
 """The health monitor's ICMP side without the data plane: IPv6 backends are watched, an ICMPv6
-report makes one suspect like an ICMP report, its own tcp or http check stands in for the
-IPv4-only tunnel probe (docs/health.md, "IPv6"), and its report is re-armed after icmp_hold.
+report makes one suspect like an ICMP report, the tunnel probe (over IPv6) confirms or clears
+it (docs/health.md, "IPv6"), and its report is re-armed after icmp_hold; the prober follows
+the balancer's addresses.
 """
 
 from __future__ import annotations
@@ -125,8 +126,21 @@ def test_an_icmpv6_report_makes_the_backend_suspect(monkeypatch: pytest.MonkeyPa
     assert verdicts == []  # a suspect keeps its traffic
 
 
+class Prober:
+    """Stands in for the tunnel prober, which needs raw sockets and a decapsulating backend
+    (tests/e2e/test_tunnel_probe.py probes for real): records what it was asked."""
+
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok
+        self.probed: list[tuple[str, float]] = []
+
+    async def probe(self, address: Any, timeout: float) -> Outcome:
+        self.probed.append((str(address), timeout))
+        return Outcome(self.ok, "echo reply" if self.ok else "no echo")
+
+
 @pytest.mark.parametrize(("ok", "status"), [(False, "unhealthy"), (True, "healthy")])
-def test_the_backends_own_check_confirms_or_clears_an_icmpv6_report(
+def test_the_tunnel_probe_confirms_or_clears_an_icmpv6_report(
     monkeypatch: pytest.MonkeyPatch, ok: bool, status: str
 ) -> None:
     checks = Checks(ok)
@@ -134,55 +148,33 @@ def test_the_backends_own_check_confirms_or_clears_an_icmpv6_report(
     monitor, maps, verdicts = _monitor(
         {"check": "tcp", "port": 8080, "icmp_confirm_timeout": 0.25, "icmp_hold": 0.01}
     )
+    prober = Prober(ok)
+    monitor.prober = prober  # type: ignore[assignment]
 
     async def scenario() -> None:
         monitor._loop = asyncio.get_running_loop()
         monitor.handle_report(report6(reporter=ROUTER6))
         await _settle(monitor, BACKEND6)
         await asyncio.sleep(0.05)  # past icmp_hold: re-armed
-
+        monitor.prober = None
         monitor.stop()  # ends the recovery probes of a confirmed report
 
     asyncio.run(scenario())
-    # One round of the tcp check, at the confirmation's timeout, and no tunnel probe.
-    assert checks.calls[0] == ("tcp", BACKEND6, 0.25)
-    assert monitor.probe_results == {True: 0, False: 0}
+    # A tunnel probe at the confirmation's timeout, not a round of the tcp check.
+    assert prober.probed[0] == (BACKEND6, 0.25)
+    assert not any(call[1] == BACKEND6 and call[2] == 0.25 for call in checks.calls)
+    assert monitor.probe_results[ok] >= 1
     assert status6(monitor) == status
     assert verdicts == ([] if ok else [1])
     assert maps.armed == [ip_address(BACKEND6)]
-
-
-def test_without_a_tcp_or_http_check_an_icmpv6_report_is_not_confirmed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    checks = Checks(False)
-    monkeypatch.setattr(monitor_module, "run_check", checks)
-    monitor, _, verdicts = _monitor({"check": "none"})
-
-    async def scenario() -> None:
-        monitor._loop = asyncio.get_running_loop()
-        monitor.handle_report(report6())
-        await _settle(monitor, BACKEND6)
-
-    asyncio.run(scenario())
-    assert checks.calls == []
-    assert status6(monitor) == "healthy"
-    assert verdicts == []
-    monitor.stop()
 
 
 def test_an_ipv4_report_still_goes_to_the_tunnel_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     checks = Checks(False)
     monkeypatch.setattr(monitor_module, "run_check", checks)
     monitor, _, _ = _monitor({"check": "tcp"})
-    probed: list[str] = []
-
-    class Prober:
-        async def probe(self, address: Any, timeout: float) -> Outcome:
-            probed.append(str(address))
-            return Outcome(False, "no echo")
-
-    monitor.prober = Prober()  # type: ignore[assignment]
+    prober = Prober(False)
+    monitor.prober = prober  # type: ignore[assignment]
 
     async def scenario() -> None:
         monitor._loop = asyncio.get_running_loop()
@@ -194,6 +186,32 @@ def test_an_ipv4_report_still_goes_to_the_tunnel_probe(monkeypatch: pytest.Monke
         monitor.stop()
 
     asyncio.run(scenario())
-    assert probed == [BACKEND4] and checks.calls == []
+    assert [address for address, _ in prober.probed] == [BACKEND4] and checks.calls == []
     (backend,) = monitor.book.of_address(ip_address(BACKEND4))
     assert backend.status.value == "unhealthy"
+
+
+def test_the_prober_follows_the_balancers_addresses() -> None:
+    """Each applied configuration gives the prober the balancer's addresses, IPv6 included (a
+    tunnel check on an IPv6 backend is probed from lb_ipv6); None when the node has none."""
+    monitor, _, _ = _monitor({"check": "tunnel"})
+
+    class Prober:
+        lb_address = IPv4Address("198.18.0.1")
+        lb_ipv6: IPv6Address | None = None
+
+    prober = Prober()
+    monitor.prober = prober  # type: ignore[assignment]
+    tunnel = config({"check": "tunnel"})
+    monitor.configure(tunnel, IPv4Address("198.18.0.2"), IPv6Address("2001:2::2"))
+    assert (prober.lb_address, prober.lb_ipv6) == (
+        IPv4Address("198.18.0.2"),
+        IPv6Address("2001:2::2"),
+    )
+    monitor.configure(tunnel, IPv4Address("198.18.0.2"), None)
+    assert prober.lb_ipv6 is None
+    # Without addresses (the configuration only), the prober keeps what it has.
+    monitor.configure(tunnel)
+    assert prober.lb_address == IPv4Address("198.18.0.2")
+    monitor.prober = None
+    monitor.stop()

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 import pytest
 
 from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.control.health import Serving
 from rusty_rail.control.plan import (
     DEFAULT_SET,
     Allocation,
@@ -102,13 +103,17 @@ def test_states_follow_admin_state_weight_and_health() -> None:
         'address = "198.18.1.3", weight = 0',
         "198.18.1.4",
         "198.18.1.5",
+        "198.18.1.6",
     )
     p = compile_plan(
         cfg,
         Allocation(),
         lb_ipv4=LB,
         resolve_next_hop=resolved,
-        healthy=lambda service, address: address != ip_address("198.18.1.5"),
+        serving=lambda service, address: {
+            ip_address("198.18.1.5"): Serving.OUT,
+            ip_address("198.18.1.6"): Serving.DRAIN,
+        }.get(address, Serving.SERVE),
     )
     states = {str(ip_address(e.addr)): e.state for e in p.state.backends.values()}
     assert states == {
@@ -117,6 +122,7 @@ def test_states_follow_admin_state_weight_and_health() -> None:
         "198.18.1.3": BackendState.DRAIN,
         "198.18.1.4": BackendState.UP,
         "198.18.1.5": BackendState.DOWN,
+        "198.18.1.6": BackendState.DRAIN,  # a trusted ICMP report alone: keeps its flows
     }
     # Only the UP backend is in the table.
     (table,) = p.state.tables.values()

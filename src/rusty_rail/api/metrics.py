@@ -21,6 +21,7 @@ from rusty_rail.model.state import BackendState, Stat
 
 if TYPE_CHECKING:
     from rusty_rail.control.daemon import ChangeResult, Daemon
+    from rusty_rail.control.reloads import ReloadRecord
 
 #: Counting a connection table of a million flows takes a while: at most once per this long.
 CONNTRACK_COUNT_INTERVAL = 10.0
@@ -71,6 +72,7 @@ class _MapsCollector(Collector):
             "1 when the desired state is not fully applied (the daemon retries)",
             daemon.apply_error is not None,
         )
+        yield from reload_metrics(daemon.reloads)
         if plan is None or balancer is None:
             return
         maps = balancer.maps
@@ -283,3 +285,22 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def reload_metrics(reloads: ReloadRecord) -> Iterable[Metric]:
+    """SIGHUP reloads, named as Prometheus names its own."""
+    yield CounterMetricFamily(
+        "rusty_rail_config_reload_failures",
+        "SIGHUP reloads refused since start (the running configuration stayed)",
+        reloads.failures_total,
+    )
+    yield GaugeMetricFamily(
+        "rusty_rail_config_last_reload_successful",
+        "0 while the last reload stands refused, else 1",
+        reloads.failed is None,
+    )
+    yield GaugeMetricFamily(
+        "rusty_rail_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last read into the running state (start or reload)",
+        reloads.last_success_at,
+    )

@@ -114,6 +114,13 @@ class ChangeCounts(TypedDict):
     build_ms: Milliseconds
     apply_ms: Milliseconds
     total_ms: Milliseconds
+    unresolved_next_hops: Annotated[
+        list[str],
+        Field(
+            description="The configuration's backends without a next hop after this change: "
+            "they take no new flows until it resolves (the daemon keeps asking)."
+        ),
+    ]
 
 
 @with_config(_CLOSED)
@@ -181,6 +188,31 @@ class VipHealth(TypedDict):
     icmp_floor_held: Count
 
 
+class FailedReload(TypedDict):
+    file: Annotated[str | None, Field(description="The configuration file (null: none).")]
+    error: Annotated[str, Field(description="The first problem found.")]
+    errors: Annotated[Count, Field(description="How many problems were found.")]
+    at: Annotated[float, Field(description="When the reload was refused (Unix time).")]
+
+
+class ConfigReload(TypedDict):
+    failed: Annotated[
+        FailedReload | None,
+        Field(
+            description="The last SIGHUP reload, when it was refused (the running "
+            "configuration stays); null once a reload succeeds."
+        ),
+    ]
+    failures_total: Annotated[Count, Field(description="Refused reloads since start.")]
+    last_success_at: Annotated[
+        float,
+        Field(
+            description="When the configuration was last read into the running state: the "
+            "start, or the last good reload (Unix time)."
+        ),
+    ]
+
+
 class NodeHealth(TypedDict):
     status: Literal["ok", "unavailable"]
     reasons: list[str]
@@ -204,6 +236,7 @@ class NodeHealth(TypedDict):
         ),
     ]
     unresolved_next_hops: list[str]
+    config_reload: ConfigReload
     backend_health: Annotated[
         dict[str, VipHealth],
         Field(description="Per VIP key (and default): its backends' health."),
@@ -248,7 +281,7 @@ class HealthList(TypedDict):
 
 
 #: What an Event is about (control.events.Event's kind).
-EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor"]
+EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor", "next-hop"]
 
 # Functional syntax: "from" is a Python keyword.
 Event = TypedDict(

@@ -11,13 +11,16 @@ have no budget of their own; they are printed beside their IPv4 twins, with the 
 ``pass_v6`` is IPv6 that is not GRE (PASS_NOT_GRE), the twin of ``pass``; ``no_vip_v6`` is
 inner IPv6 to no VIP (NO_VIP, passed): the whole IPv6 parse and lookup, then the host;
 ``outer_v6_to_v4`` is an established flow arriving in outer IPv6 for an IPv4 backend (the
-outer header rebuilt, bpf_xdp_adjust_head): no budget, beside the floor.
+outer header rebuilt, bpf_xdp_adjust_head), and ``outer_v4_to_v6`` the other direction: an
+established flow arriving in outer IPv4 for an IPv6 backend (a VIP of its own whose backends
+are all IPv6; the outer header rebuilt as IPv6, 20 bytes longer): no budget, beside the floor.
 
 ``ingress`` and ``egress`` choose the forwarding methods (docs/packet-path.md sections 2c and
 8b): with ``routed`` ingress the established, new-flow and ``*_v6`` frames are plain packets to
-the VIP (the node takes GRE too, so ``outer_v6_to_v4`` stays a GRE frame), and every backend
-has the ``egress`` method (VNI 100 for vxlan and geneve). The defaults, gre and gre, measure
-what this bench always measured.
+the VIP (the node takes GRE too, so ``outer_v6_to_v4`` and ``outer_v4_to_v6`` stay GRE frames),
+and the backends of VIP and VIP6 have the ``egress`` method (VNI 100 for vxlan and geneve;
+``outer_v4_to_v6``'s VIP keeps GRE passthrough, the family change it measures). The defaults,
+gre and gre, measure what this bench always measured.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ TABLE_SIZE = 65537
 CONNTRACK_SIZE = 1 << 20
 VIP = "198.19.0.10"
 VIP6 = "2001:2:0:19::10"
+#: The VIP whose backends are IPv6 (outer_v4_to_v6), on the same port.
+VIP_TO6 = "198.19.0.11"
 
 # Offsets in the GRE frame gre_frame builds (Ethernet 14, outer IPv4 20, GRE 4, inner IPv4 20).
 INNER_SRC_LOW = 14 + 20 + 4 + 12 + 2
@@ -82,12 +87,16 @@ class Case:
 
 def _bench_config(ingress: Ingress = Ingress.GRE, egress: Encap = Encap.GRE) -> str:
     backends = ", ".join(f'"198.18.{1 + i // 250}.{1 + i % 250}"' for i in range(BACKENDS))
+    backends6 = ", ".join(f'"2001:2:0:64::{1 + i:x}"' for i in range(BACKENDS))
     ingresses = '["gre"]' if ingress is Ingress.GRE else '["gre", "routed"]'
     method = f'encap = "{egress.value}"\n' + ("vni = 100\n" if egress.has_vni else "")
     return f"table_size = {TABLE_SIZE}\ningress = {ingresses}\n" + "".join(
-        f'[[vips]]\naddress = "{vip}"\nprotocol = "tcp"\nport = 80\n{method}'
-        f"backends = [{backends}]\n"
-        for vip in (VIP, VIP6)
+        f'[[vips]]\naddress = "{vip}"\nprotocol = "tcp"\nport = 80\n{encap}backends = [{chosen}]\n'
+        for vip, chosen, encap in (
+            (VIP, backends, method),
+            (VIP6, backends, method),
+            (VIP_TO6, backends6, ""),
+        )
     )
 
 
@@ -150,6 +159,8 @@ def run_dataplane_bench(
     established = gre_frame(flow)
     # The same flow arriving in outer IPv6: the outer header is rebuilt as IPv4 (section 8).
     outer6 = gre_frame(flow, outer=OUTER_IPV6)
+    # An IPv4 flow in outer IPv4 to the VIP of IPv6 backends: the outer header becomes IPv6.
+    to_v6 = gre_frame(Flow.of("198.18.200.1", VIP_TO6, PROTO_TCP, 40000, 80))
     flow6 = Flow.of("2001:2:0:200::1", VIP6, PROTO_TCP, 40000, 80)
     established6 = encapsulate(inner_ipv6(flow6), OUTER_INNER_IPV6)
     new_flows = _new_flow_frames(established)
@@ -186,9 +197,11 @@ def run_dataplane_bench(
         maps.sync(plan.state)
         balancer = balancer_obj.program("xdp_balancer")
         floor = floor_obj.program("xdp_floor")
-        for frame in (established, established6):  # records the flows
+        for frame in (established, established6, to_v6):  # records the flows
             if balancer.test_run(frame).retval != Verdict.TX:
                 raise RuntimeError("the balancer did not forward an established-flow packet")
+        if balancer.test_run(to_v6).data[12:14] != ETH_P_IPV6.to_bytes(2, "big"):
+            raise RuntimeError("outer_v4_to_v6: the balancer did not send outer IPv6")
         cases = [
             Case("floor", floor, lambda i: established, Verdict.TX),
             Case("established", balancer, lambda i: established, Verdict.TX),
@@ -199,6 +212,7 @@ def run_dataplane_bench(
             Case("pass_v6", balancer, lambda i: not_gre6, Verdict.PASS),
             Case("no_vip_v6", balancer, lambda i: no_vip6, Verdict.PASS),
             Case("outer_v6_to_v4", balancer, lambda i: outer6, Verdict.TX),
+            Case("outer_v4_to_v6", balancer, lambda i: to_v6, Verdict.TX),
         ]
         per_round = max(1, calls // rounds)
         durations: dict[str, list[int]] = {case.name: [] for case in cases}

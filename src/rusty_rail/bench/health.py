@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from rusty_rail.api.client import ApiClient, backend_path, vip_path
+from rusty_rail.api.credentials import local_token
 from rusty_rail.config import merge_health
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.decap.agent import decap_attach, decap_detach
@@ -100,7 +101,9 @@ def set_admin_state(bed: Testbed, address: str, state: str) -> None:
     """An operator's `ctl down/up` of the VIP's backend on every balancer."""
     for lb in range(bed.spec.lbs):
         with in_netns(bed.lbs[lb].name):
-            ApiClient(API, timeout=10).patch(backend_path(VIP, address), {"state": state})
+            ApiClient(API, local_token(), timeout=10).patch(
+                backend_path(VIP, address), {"state": state}
+            )
 
 
 def dataplane_states(bed: Testbed, lb: int) -> dict[str, str]:

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The test bed's router (not part of the product), the GRE + ECMP half of the deployment in
- * README.md, in XDP: IPv4 or IPv6 to a VIP prefix is wrapped in outer IPv4 + GRE (protocol
- * 0x0800 or 0x86DD) towards one live LB, chosen per flow by rendezvous hashing, and sent out
- * of the LB-side interface. Everything
- * else goes to the router's own stack, which routes the servers' direct replies back to the
- * clients. Loaded and fed by rusty_rail/testbed/router.py. */
+ * README.md, in XDP: IPv4 or IPv6 to a VIP prefix is wrapped in outer IPv4 or outer IPv6 + GRE
+ * (protocol 0x0800 or 0x86DD; the outer family is the LB set's) towards one live LB, chosen
+ * per flow by rendezvous hashing, and sent out of the LB-side interface. Everything else goes
+ * to the router's own stack, which routes the servers' direct replies back to the clients.
+ * Loaded and fed by rusty_rail/testbed/router.py. */
 
 /* The router takes untagged frames only: a VLAN tag makes a frame the stack's. */
 #define VLAN_MAX_TAGS 0
@@ -32,10 +32,19 @@ enum router_stat {
 #define ROUTER_MAX_LBS 32
 #define ROUTER_MAX_VIPS 1024
 #define GRE_OVERHEAD (sizeof(struct iphdr) + sizeof(struct gre_header))
+#define GRE6_OVERHEAD (sizeof(struct ipv6hdr) + sizeof(struct gre_header))
+#define OUTER_IPV4 4
+#define OUTER_IPV6 6
+
+/* An LB's or the router's address as 16 bytes in network order: an IPv6 address, or an IPv4
+ * one mapped (::ffff:a.b.c.d, the IPv4 address in word 3). */
+struct router_addr {
+	__be32 words[4];
+};
 
 /* One LB: the outer destination and how frames reach it. */
 struct router_lb {
-	__be32 addr_be;
+	struct router_addr addr;
 	__u32 ifindex;	   /* egress interface; the ingress one means XDP_TX */
 	__u8 dst_mac[ETH_ALEN];
 	__u8 src_mac[ETH_ALEN];
@@ -46,10 +55,11 @@ struct router_lb {
  * router_active at it, so a packet sees the old set or the new one, never a mix. */
 struct router_lb_set {
 	__u32 count;
-	__be32 source_be; /* outer source: the router's LB-side address */
-	__u64 seed;	  /* of the flow hash */
-	__u8 outer_ttl;
-	__u8 pad[7];
+	__u8 family;	  /* of the outer header and of every address here: OUTER_IPV4 or _IPV6 */
+	__u8 outer_ttl;	  /* the outer TTL or hop limit */
+	__u8 pad[2];
+	struct router_addr source; /* outer source: the router's LB-side address */
+	__u64 seed;		   /* of the flow hash */
 	struct router_lb lbs[ROUTER_MAX_LBS];
 };
 
@@ -91,12 +101,12 @@ struct {
 	__type(value, struct counter);
 } router_stats SEC(".maps");
 
-/* Packets sent to each LB, keyed by its address. Userspace creates the entries with the set;
+/* Packets sent to each LB, keyed by its 16-byte address. Userspace creates the entries with the set;
  * the program only adds to them (an LB without an entry is simply not counted). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4 * ROUTER_MAX_LBS);
-	__type(key, __be32);
+	__type(key, struct router_addr);
 	__type(value, struct counter);
 } router_lb_stats SEC(".maps");
 
@@ -136,9 +146,35 @@ static __always_inline __u64 flow_state_v6(const struct ipv6hdr *ip6, void *end,
 			     ip6->nexthdr);
 }
 
-/* Rendezvous (highest random weight) hashing: every live LB gets the score
- * mix64(flow state, [its address]) and the highest wins, ties to the higher address. The
- * choice depends only on the set, not its order, and losing an LB moves only its flows. */
+/* An LB's rendezvous score: mix64(flow state, its address words), the IPv4 address's one word
+ * in an IPv4 set, the IPv6 address's four in an IPv6 set. */
+static __always_inline __u64 lb_score(const struct router_addr *addr, __u8 family, __u64 flow)
+{
+	if (family == OUTER_IPV4)
+		return mix_finish(mix_word(flow, addr->words[3]));
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		flow = mix_word(flow, addr->words[i]);
+	return mix_finish(flow);
+}
+
+/* Whether address a is above b, as unsigned 128-bit numbers (a mapped IPv4 address compares
+ * as its IPv4 address, its first 12 bytes being every mapped address's). */
+static __always_inline int addr_above(const struct router_addr *a, const struct router_addr *b)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 x = bpf_ntohl(a->words[i]), y = bpf_ntohl(b->words[i]);
+
+		if (x != y)
+			return x > y;
+	}
+	return 0;
+}
+
+/* Rendezvous (highest random weight) hashing: every live LB gets its score and the highest
+ * wins, ties to the higher address. The choice depends only on the set, not its order, and
+ * losing an LB moves only its flows. */
 static __always_inline const struct router_lb *choose_lb(const struct router_lb_set *set,
 							  __u64 flow)
 {
@@ -151,9 +187,9 @@ static __always_inline const struct router_lb *choose_lb(const struct router_lb_
 
 		if (i >= set->count)
 			break;
-		score = mix_finish(mix_word(flow, lb->addr_be));
+		score = lb_score(&lb->addr, set->family, flow);
 		if (!best || score > best_score ||
-		    (score == best_score && bpf_ntohl(lb->addr_be) > bpf_ntohl(best->addr_be))) {
+		    (score == best_score && addr_above(&lb->addr, &best->addr))) {
 			best = lb;
 			best_score = score;
 		}
@@ -182,18 +218,49 @@ static __always_inline void decrement_ttl(struct iphdr *ip)
 	ip->check = csum_replace16(ip->check, old_word, *ttl_protocol);
 }
 
-/* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
- * the inner packet (`inner_proto` ETH_P_IP or ETH_P_IPV6, in host order), whose TTL or hop
- * limit it then lowers. Returns 0, or -1 when the kernel refused. */
-static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_lb_set *set,
-				       const struct router_lb *lb, __u16 inner_len, __u8 inner_tos,
-				       __u16 inner_proto)
+/* Write the Ethernet header towards the LB and GRE in front of the inner packet, which begins
+ * `outer_len` bytes behind the Ethernet header, and lower the inner TTL or hop limit
+ * (`inner_proto` ETH_P_IP or ETH_P_IPV6, in host order). Returns a pointer to the outer
+ * header, or NULL when the frame is too short (it never is: the caller grew it). */
+static __always_inline void *write_frame(struct xdp_md *ctx, const struct router_lb *lb,
+					 __u16 outer_proto, __u32 outer_len, __u16 inner_proto)
 {
-	void *data, *data_end;
-	struct ethhdr *eth;
-	struct iphdr *outer, *inner;
-	struct ipv6hdr *inner6;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
 	struct gre_header *gre;
+	struct ipv6hdr *inner6;
+	struct iphdr *inner;
+
+	if (outer_len != sizeof(struct iphdr) && outer_len != sizeof(struct ipv6hdr))
+		return NULL;
+	gre = (void *)(eth + 1) + outer_len;
+	inner = (void *)(gre + 1);
+	inner6 = (void *)(gre + 1);
+	if ((void *)(inner + 1) > data_end)
+		return NULL;
+	__builtin_memcpy(eth->h_dest, lb->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, lb->src_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(outer_proto);
+	gre->flags_version = 0;
+	gre->protocol = bpf_htons(inner_proto);
+	if (inner_proto == ETH_P_IP) {
+		decrement_ttl(inner);
+		return eth + 1;
+	}
+	if ((void *)(inner6 + 1) > data_end)
+		return NULL;
+	inner6->hop_limit--; /* no header checksum in IPv6 */
+	return eth + 1;
+}
+
+/* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
+ * the inner packet. Returns 0, or -1 when the kernel refused. */
+static __always_inline int encapsulate_ipv4(struct xdp_md *ctx, const struct router_lb_set *set,
+					    const struct router_lb *lb, __u16 inner_len,
+					    __u8 inner_tos, __u16 inner_proto)
+{
+	struct iphdr *outer;
 	struct iphdr header = {
 		.version = 4,
 		.ihl = 5,
@@ -206,35 +273,44 @@ static __always_inline int encapsulate(struct xdp_md *ctx, const struct router_l
 		.ttl = set->outer_ttl,
 		.protocol = IPPROTO_GRE,
 		.check = 0,
-		.saddr = set->source_be,
-		.daddr = lb->addr_be,
+		.saddr = set->source.words[3],
+		.daddr = lb->addr.words[3],
 	};
 
 	header.check = ipv4_header_checksum(&header);
 	if (bpf_xdp_adjust_head(ctx, -(int)GRE_OVERHEAD))
 		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	outer = (void *)(eth + 1);
-	gre = (void *)(outer + 1);
-	inner = (void *)(gre + 1);
-	if ((void *)(inner + 1) > data_end)
+	outer = write_frame(ctx, lb, ETH_P_IP, sizeof(*outer), inner_proto);
+	if (!outer)
 		return -1;
-	__builtin_memcpy(eth->h_dest, lb->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, lb->src_mac, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IP);
 	__builtin_memcpy(outer, &header, sizeof(header));
-	gre->flags_version = 0;
-	gre->protocol = bpf_htons(inner_proto);
-	if (inner_proto == ETH_P_IP) {
-		decrement_ttl(inner);
-		return 0;
-	}
-	inner6 = (void *)(gre + 1);
-	if ((void *)(inner6 + 1) > data_end)
+	return 0;
+}
+
+/* The IPv6 twin: Ethernet / IPv6 / GRE, the traffic class carried as the IPv4 TOS is, flow
+ * label 0 (a Linux ip6gre tunnel's default), hop limit the set's; no DF to set (IPv6 routers
+ * never fragment). */
+static __always_inline int encapsulate_ipv6(struct xdp_md *ctx, const struct router_lb_set *set,
+					    const struct router_lb *lb, __u16 inner_len,
+					    __u8 inner_tos, __u16 inner_proto)
+{
+	struct ipv6hdr *outer;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)GRE6_OVERHEAD))
 		return -1;
-	inner6->hop_limit--; /* no header checksum in IPv6 */
+	outer = write_frame(ctx, lb, ETH_P_IPV6, sizeof(*outer), inner_proto);
+	if (!outer)
+		return -1;
+	outer->version = 6;
+	outer->priority = inner_tos >> 4;
+	outer->flow_lbl[0] = (inner_tos & 0x0F) << 4;
+	outer->flow_lbl[1] = 0;
+	outer->flow_lbl[2] = 0;
+	outer->payload_len = bpf_htons(inner_len + sizeof(struct gre_header));
+	outer->nexthdr = IPPROTO_GRE;
+	outer->hop_limit = set->outer_ttl;
+	__builtin_memcpy(&outer->saddr, &set->source, sizeof(outer->saddr));
+	__builtin_memcpy(&outer->daddr, &lb->addr, sizeof(outer->daddr));
 	return 0;
 }
 
@@ -250,16 +326,30 @@ static __always_inline int forward(struct xdp_md *ctx, __u64 frame_len, __u64 fl
 				   __u16 inner_proto)
 {
 	const struct router_lb *lb = choose_lb(set, flow);
+	int ipv6 = set->family == OUTER_IPV6;
+	__u32 overhead = ipv6 ? GRE6_OVERHEAD : GRE_OVERHEAD;
+	struct counter *counter;
+	struct router_addr key;
+	int refused;
 
 	if (!lb)
 		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
-	if (lb->mtu && inner_len + GRE_OVERHEAD > lb->mtu)
+	if (lb->mtu && inner_len + overhead > lb->mtu)
 		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
-	if (encapsulate(ctx, set, lb, inner_len, inner_tos, inner_proto))
+	key = lb->addr; /* the set may change under us; the key is this packet's LB */
+	if (ipv6)
+		refused = encapsulate_ipv6(ctx, set, lb, inner_len, inner_tos, inner_proto);
+	else
+		refused = encapsulate_ipv4(ctx, set, lb, inner_len, inner_tos, inner_proto);
+	if (refused)
 		return finish(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
 
 	/* Userspace creates an LB's entry with the set; one without is simply not counted. */
-	count_stat(&router_lb_stats, lb->addr_be, frame_len);
+	counter = bpf_map_lookup_elem(&router_lb_stats, &key);
+	if (counter) {
+		counter->packets += 1;
+		counter->bytes += frame_len;
+	}
 	count_stat(&router_stats, ROUTER_ENCAPSULATED, frame_len);
 	if (lb->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;

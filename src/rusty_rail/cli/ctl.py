@@ -16,8 +16,9 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -35,7 +36,15 @@ from rusty_rail.api.client import (
     backend_path,
     vip_path,
 )
+from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
+from rusty_rail.cli.ctl_render import (
+    change_line,
+    event_line,
+    plan_table,
+    rate_table,
+    vip_table,
+)
 
 EXIT_REFUSED: Final = 1
 EXIT_UNREACHABLE: Final = 3
@@ -179,99 +188,6 @@ def _add_change_commands(
     return verbs
 
 
-# --- rendering --------------------------------------------------------------------------------
-
-
-def _size(count: float, unit: str = "") -> str:
-    for suffix in ("", "k", "M", "G", "T"):
-        if abs(count) < 1000:
-            return f"{count:.0f}{suffix}{unit}" if suffix == "" else f"{count:.1f}{suffix}{unit}"
-        count /= 1000
-    return f"{count:.1f}P{unit}"
-
-
-def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
-    """VIPs and backends, ipvsadm -Ln style."""
-    table = Table(box=box.SIMPLE, show_edge=False)
-    for column, justify in (
-        ("VIP / backend", "left"),
-        ("weight", "right"),
-        ("admin", "left"),
-        ("data plane", "left"),
-        ("slots", "right"),
-        ("next hop", "left"),
-        ("packets", "right"),
-        ("bytes", "right"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for vip in vips:
-        live = vip["table"]
-        summary = "no table" if live is None else f"M={live['size']} fp {live['fingerprint'][:12]}"
-        table.add_row(
-            f"[bold]{vip['vip']}[/bold]",
-            "",
-            "",
-            summary,
-            "",
-            "",
-            _size(vip["stats"]["packets"]),
-            _size(vip["stats"]["bytes"], "B"),
-        )
-        for backend in vip["backends"]:
-            hop = backend["next_hop"]
-            table.add_row(
-                f"  -> {backend['address']}",
-                str(backend["weight"]),
-                backend["state"],
-                backend["dataplane_state"],
-                f"{backend['slot_share']:.1%}",
-                hop["dst_mac"] if hop else f"[red]{backend['next_hop_problem'] or 'unresolved'}",
-                _size(backend["stats"]["packets"]),
-                _size(backend["stats"]["bytes"], "B"),
-            )
-    return table
-
-
-def rate_table(rates: Sequence[tuple[str, str, float, float]], interval: float) -> Table:
-    table = Table(title=f"rates over {interval:g} s", box=box.SIMPLE, show_edge=False)
-    for column in ("VIP", "backend", "packets/s", "bits/s"):
-        table.add_column(column, justify="left" if column in ("VIP", "backend") else "right")
-    for vip, backend, pps, bps in rates:
-        table.add_row(vip, backend, _size(pps), _size(bps, "b"))
-    return table
-
-
-def _change_line(result: Mapping[str, Any]) -> str:
-    if not result["changed"]:
-        return f"no change (generation {result['generation']})"
-    rebuilt = ", ".join(result["tables_rebuilt"]) or "none"
-    return (
-        f"applied: generation {result['generation']}, {result['map_updates']} map updates, "
-        f"tables rebuilt: {rebuilt} (build {result['build_ms']:.1f} ms, apply "
-        f"{result['apply_ms']:.1f} ms)"
-    )
-
-
-def plan_table(plan: Mapping[str, Any]) -> Table:
-    table = Table(
-        title=f"dry run over {plan['flows_examined']} tracked flows: nothing was applied",
-        box=box.SIMPLE,
-        show_edge=False,
-    )
-    for column in ("VIP", "change", "table slots moved", "flows tracked", "flows moved"):
-        table.add_column(column, justify="left" if column in ("VIP", "change") else "right")
-    for name, view in plan["vips"].items():
-        moved = view["table_slots_moved"]
-        table.add_row(
-            name,
-            view["change"],
-            "n/a" if moved is None else f"{moved:.2%}",
-            str(view["flows_tracked"]),
-            f"{view['flows_moved']} ({view['flows_moved_share']:.1%})",
-        )
-    return table
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -300,7 +216,7 @@ def _write(ctx: Context, args: argparse.Namespace) -> None:
         if existing.status == 200:
             raise ApiFailed(409, {"message": f"VIP {args.vip} exists; add backends with `add`"})
     result = ctx.client.request(write.method, write.path, write.body).body
-    ctx.emit(result, _change_line)
+    ctx.emit(result, change_line)
 
 
 def _plan(ctx: Context, args: argparse.Namespace) -> None:
@@ -344,6 +260,12 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
     def render(h: Mapping[str, Any]) -> str:
         lines = [f"{h['status']} (generation {h['generation']}, attached: {h['attached']})"]
         lines += [f"  reason: {reason}" for reason in h["reasons"]]
+        lines += [f"  warning: {warning}" for warning in h.get("warnings", [])]
+        if h.get("unresolved_next_hops"):
+            lines.append(
+                "  no next hop (no new flows until it resolves): "
+                + ", ".join(h["unresolved_next_hops"])
+            )
         backend_health = h.get("backend_health", {})
         for name, vip in h["vips"].items():
             lines.append(f"  {name}: fingerprint {vip['fingerprint']} gen {vip['generation']}")
@@ -361,17 +283,6 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
 
     ctx.emit(health, render)
     return EXIT_OK if response.status == 200 else EXIT_REFUSED
-
-
-def event_line(event: Mapping[str, Any]) -> str:
-    """One event as a line: when, what, and why."""
-    when = (
-        time.strftime("%H:%M:%S", time.localtime(event["at"]))
-        + f".{int(event['at'] * 1000) % 1000:03d}"
-    )
-    who = event["vip"] + (f" {event['backend']}" if event["backend"] else "")
-    change = f"{event['from']} -> {event['to']}" if event["from"] or event["to"] else event["kind"]
-    return f"{when} #{event['id']} {who}: {change} ({event['cause']}: {event['detail']})"
 
 
 def _events(ctx: Context, args: argparse.Namespace) -> None:
@@ -399,7 +310,7 @@ def _config(ctx: Context, args: argparse.Namespace) -> None:
     path = Path(args.file)
     text = path.read_text(encoding="utf-8")
     body = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    ctx.emit(ctx.client.put("/v1/config", body), _change_line)
+    ctx.emit(ctx.client.put("/v1/config", body), change_line)
 
 
 def _rates(
@@ -525,7 +436,11 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
         help=f"the daemon's API (default ${URL_VARIABLE} or {DEFAULT_URL})",
     )
     ctl.add_argument(
-        "--token-file", type=Path, metavar="FILE", help=f"bearer token (else ${TOKEN_VARIABLE})"
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"bearer token for writes (else ${TOKEN_VARIABLE}, else {DEFAULT_TOKEN_FILE} "
+        "when readable)",
     )
     ctl.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
@@ -557,14 +472,21 @@ def add_parser(commands: Subparsers) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run a parsed `ctl` command; returns the exit status."""
     token = None
-    if args.token_file is not None:
-        token = args.token_file.read_text(encoding="utf-8").strip()
-    token = token or os.environ.get(TOKEN_VARIABLE) or None
     stream = out or sys.stdout
     # Piped output is read by programs and people alike: wide enough for whole addresses.
     width = None if stream.isatty() else 200
     console = Console(file=stream, soft_wrap=True, width=width)
     errors = Console(file=err or sys.stderr, soft_wrap=True)
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            errors.print(
+                f"rusty-rail ctl: --token-file: cannot read {args.token_file}: {error.strerror}",
+                markup=False,
+            )
+            return EXIT_USAGE
+    token = token or os.environ.get(TOKEN_VARIABLE) or local_token()
     ctx = Context(ApiClient(args.api, token), console, args.json)
     if getattr(args, "ctl_command", None) == "config" and args.action == "put" and not args.file:
         errors.print("rusty-rail ctl config put: give the configuration FILE", markup=False)
@@ -576,6 +498,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return EXIT_UNREACHABLE
     except ApiFailed as error:
         errors.print(f"rusty-rail ctl: refused: {error}", markup=False)
+        if error.status == HTTPStatus.UNAUTHORIZED:
+            errors.print(
+                f"rusty-rail ctl: writes need the API's token: run as root (ctl then reads "
+                f"{DEFAULT_TOKEN_FILE}), or give --token-file FILE or ${TOKEN_VARIABLE}",
+                markup=False,
+            )
         body = error.body if isinstance(error.body, dict) else {}
         for problem in body.get("problems", []):
             where = problem.get("path") or "(request)"

@@ -1,4 +1,5 @@
-"""`rusty-rail decap`: the server side, GRE from the balancers unwrapped with XDP."""
+"""`rusty-rail decap`: the server side, GRE, IPIP, VXLAN and GENEVE from the balancers unwrapped
+with XDP."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers, print_json
 def add_parser(commands: Subparsers) -> None:
     decap = commands.add_parser(
         "decap",
-        help="server side: unwrap GRE from the balancers with XDP (no GRE module needed)",
-        description="Attaches an XDP program to DEVICE that strips the outer IPv4 or IPv6 + "
-        "GRE header of packets from the --allow prefixes (the balancers) and hands the inner "
-        "IPv4 or IPv6 packet to the host's stack; everything else passes untouched. "
-        "docs/decap.md.",
+        help="server side: unwrap GRE, IPIP, VXLAN, GENEVE from the balancers with XDP "
+        "(no tunnel module needed)",
+        description="Attaches an XDP program to DEVICE that strips the outer IPv4 or IPv6 and "
+        "tunnel headers (GRE, IPIP, VXLAN, GENEVE: --methods) of packets from the --allow "
+        "prefixes (the balancers) and hands the inner IPv4 or IPv6 packet to the host's stack; "
+        "everything else passes untouched. docs/decap.md.",
         epilog="Example: rusty-rail decap --device eth0 --allow 198.18.0.0/24\n"
         "         rusty-rail decap --device eth0 --allow 198.18.0.0/24 --allow 2001:2::/64\n"
+        "         rusty-rail decap --device eth0 --allow 198.18.0.0/24 "
+        "--methods gre,ipip,vxlan --vni 100\n"
         "         rusty-rail decap --device eth0 --status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,9 +36,24 @@ def add_parser(commands: Subparsers) -> None:
         help="outer destinations that are this host, IPv4 or IPv6 (default: the device's "
         "IPv4 addresses and its IPv6 addresses other than link-local)",
     )
+    decap.add_argument(
+        "--methods",
+        action="append",
+        default=None,
+        help="the encapsulations taken, comma-separated or repeated: gre, ipip, vxlan (UDP "
+        "4789), geneve (UDP 6081) (default: gre,ipip; the UDP ones only when named)",
+    )
+    decap.add_argument(
+        "--vni",
+        action="append",
+        default=None,
+        help="a VXLAN/GENEVE VNI taken, 0-16777215 (repeatable; default: any)",
+    )
     decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
     decap_action = decap.add_mutually_exclusive_group()
-    decap_action.add_argument("--status", action="store_true", help="show counters and prefixes")
+    decap_action.add_argument(
+        "--status", action="store_true", help="show prefixes, methods and counters"
+    )
     decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
     decap.set_defaults(handler=cmd_decap)
 
@@ -53,7 +72,14 @@ def cmd_decap(args: argparse.Namespace) -> int:
         if not args.allow:
             print("rusty-rail decap: name the balancers' prefixes with --allow", file=sys.stderr)
             return EXIT_USAGE
-        status = decap_attach(args.device, args.allow, args.xdp_mode, local=args.local)
+        status = decap_attach(
+            args.device,
+            args.allow,
+            args.xdp_mode,
+            local=args.local,
+            methods=args.methods,
+            vnis=args.vni,
+        )
     except (DecapError, ValueError) as error:
         print(f"rusty-rail decap: {error}", file=sys.stderr)
         return EXIT_USAGE

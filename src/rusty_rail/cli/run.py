@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rusty_rail.api.client import TOKEN_VARIABLE, URL_VARIABLE
+from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, token_file
 from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Subparsers, add_pin_root_option
 from rusty_rail.control.options import METRICS_BACKEND_LIMIT
 
@@ -66,10 +67,18 @@ def add_parser(commands: Subparsers) -> None:
     )
     run.add_argument("--no-api", action="store_true", help="serve no REST API")
     run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text (default) or as one JSON object per line "
+        "(docs/deploy.md)",
+    )
+    run.add_argument(
         "--api-token-file",
         type=Path,
         metavar="FILE",
-        help=f"the bearer token API writes need (else ${TOKEN_VARIABLE}, if set)",
+        help=f"the bearer token API writes need (else ${TOKEN_VARIABLE}, else "
+        f"{DEFAULT_TOKEN_FILE}, made at the first start; docs/api.md)",
     )
     run.add_argument(
         "--state-file",
@@ -103,7 +112,8 @@ def add_parser(commands: Subparsers) -> None:
         "detach",
         help="detach the balancer from a device and remove its pinned state",
         description="Detaches the XDP balancer from DEVICE and removes its pins (maps, "
-        "connection table, counters).",
+        "connection table, counters); a balancer attached to DEVICE without pins under the pin "
+        "root (pinned in another mount namespace, or in one that is gone) is detached too.",
         epilog="Example: rusty-rail detach --device eth0",
     )
     detach.add_argument("--device", required=True, help="the interface")
@@ -111,21 +121,16 @@ def add_parser(commands: Subparsers) -> None:
     detach.set_defaults(handler=cmd_detach)
 
 
-def api_token(path: Path | None) -> str | None:
-    """The API's bearer token: from a file (first line), else RUSTY_RAIL_API_TOKEN."""
+def api_token(path: Path | None, default: Path = DEFAULT_TOKEN_FILE) -> tuple[str, str]:
+    """The bearer token API writes need, and where it came from: ``path`` (which must exist),
+    else $RUSTY_RAIL_API_TOKEN, else the host's token file ``default`` (made at the first
+    start). Raises TokenFileError."""
     if path is not None:
-        token = path.read_text(encoding="utf-8").strip()
-        if not token:
-            raise ValueError(f"the token file {path} is empty")
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o044:
-            print(
-                f"rusty-rail run: warning: the token file {path} can be read by group or "
-                f"others (mode {mode:o}); chmod 600 it",
-                file=sys.stderr,
-            )
-        return token
-    return os.environ.get(TOKEN_VARIABLE) or None
+        return token_file(path, create=False), str(path)
+    from_environment = os.environ.get(TOKEN_VARIABLE)
+    if from_environment:
+        return from_environment, f"${TOKEN_VARIABLE}"
+    return token_file(default, create=True), str(default)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -139,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rusty_rail.control.plan import PlanError
     from rusty_rail.dataplane.loader import LoaderError
 
-    logsetup.configure(args.verbose)
+    logsetup.configure(args.verbose, args.log_format)
     environ = dict(os.environ)
     environ.pop(TOKEN_VARIABLE, None)
     environ.pop(URL_VARIABLE, None)
@@ -151,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         api = None
         if not args.no_api:
             host, port = parse_api_address(args.api)
-            api = ApiOptions(host, port, api_token(args.api_token_file))
+            token, token_source = api_token(args.api_token_file)
+            api = ApiOptions(host, port, token, token_source=token_source)
     except (ValueError, OSError) as error:
         print(f"rusty-rail run: --api / --api-token-file: {error}", file=sys.stderr)
         print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
@@ -190,7 +196,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
         print(f"detached the balancer from {args.device} and removed its pins")
         return EXIT_OK
     print(
-        f"rusty-rail detach: no balancer is pinned for {args.device} under {args.pin_root}",
+        f"rusty-rail detach: no balancer is pinned for {args.device} under {args.pin_root} "
+        "or attached to it in this network namespace",
         file=sys.stderr,
     )
     return EXIT_FAILURE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from rusty_rail.cli import (
     EXIT_FAILURE,
@@ -15,6 +16,9 @@ from rusty_rail.cli import (
     print_result,
 )
 
+if TYPE_CHECKING:
+    from rusty_rail.testbed.topology import TestbedSpec
+
 
 def _add_size_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--clients", type=int, default=2, help="client namespaces (2)")
@@ -22,6 +26,28 @@ def _add_size_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--servers", type=int, default=3, help="servers (3)")
     command.add_argument(
         "--xdp-mode", choices=["native", "generic"], default="native", help="XDP mode"
+    )
+    command.add_argument(
+        "--underlay",
+        choices=["ipv4", "ipv6"],
+        default="ipv4",
+        help="the outer family from the router to the balancers: GRE over IPv4 (default) or "
+        "over IPv6 (2001:2:0:3::/64 on the balancer segment)",
+    )
+    command.add_argument(
+        "--backends",
+        choices=["ipv4", "mixed"],
+        default="ipv4",
+        help="the servers as backends: all by IPv4 (default), or mixed: s2, s4, ... by their "
+        "IPv6 address, behind both VIPs",
+    )
+
+
+def _spec(args: argparse.Namespace) -> TestbedSpec:
+    from rusty_rail.testbed.topology import TestbedSpec
+
+    return TestbedSpec(
+        args.clients, args.lbs, args.servers, args.xdp_mode, args.underlay, args.backends
     )
 
 
@@ -35,7 +61,7 @@ def add_parser(commands: Subparsers) -> None:
         "HTTP requests over new connections and keeps long-lived TCP connections open, takes "
         "a balancer out of the router's ECMP set, removes a backend, reports what survived, "
         "and tears everything down. Exit status 1 if any connection that should survive broke.",
-        epilog="Example: rusty-rail demo --json",
+        epilog="Example: rusty-rail demo --json; rusty-rail demo --underlay ipv6",
     )
     _add_size_options(demo)
     demo.add_argument("--requests", type=int, default=1500, help="HTTP requests to each VIP (1500)")
@@ -50,7 +76,7 @@ def add_parser(commands: Subparsers) -> None:
         help="build, show or remove the test bed (network namespaces)",
         description="up: build the test bed and leave it running; status: show what runs; "
         "down: stop and remove every test bed (namespaces, processes, pins).",
-        epilog="Example: rusty-rail testbed up --lbs 3 && rusty-rail testbed down",
+        epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6 && rusty-rail testbed down",
     )
     testbed.add_argument("action", choices=["up", "down", "status"])
     _add_size_options(testbed)
@@ -59,27 +85,29 @@ def add_parser(commands: Subparsers) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rusty_rail.testbed.demo import demo_failed, render_demo, run_demo
-    from rusty_rail.testbed.topology import TestbedSpec
 
-    spec = TestbedSpec(args.clients, args.lbs, args.servers, args.xdp_mode)
+    spec = _spec(args)
     summary = run_demo(spec, requests=args.requests, long_lived=args.long_lived)
     print_result(summary, args.json, render_demo)
     return EXIT_FAILURE if demo_failed(summary) else EXIT_OK
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
-    from rusty_rail.testbed.topology import Testbed, TestbedSpec, down_all, running_testbeds
+    from rusty_rail.testbed.topology import VIP, VIP6, Testbed, down_all, running_testbeds
 
     if args.action == "up":
-        spec = TestbedSpec(args.clients, args.lbs, args.servers, args.xdp_mode)
-        bed = Testbed.up(spec)
+        bed = Testbed.up(_spec(args))
         bed.keep_running()
         print_json(bed.status())
+        client = bed.clients[0].name
+        fetch = [
+            f'  ip netns exec {client} python3 -c "import urllib.request; '
+            f"print(urllib.request.urlopen('http://{host}/').read())\""
+            for host in (VIP, f"[{VIP6}]")
+        ]
         print(
-            f"test bed {bed.tag} is up. Try:\n"
-            f'  ip netns exec {bed.clients[0].name} python3 -c "import urllib.request; '
-            f"print(urllib.request.urlopen('http://198.19.0.10/').read())\"\n"
-            f"  rusty-rail testbed status\n  rusty-rail testbed down",
+            f"test bed {bed.tag} is up. Try (IPv4 and IPv6 VIP):\n" + "\n".join(fetch) + "\n"
+            "  rusty-rail testbed status\n  rusty-rail testbed down",
             file=sys.stderr,
         )
         return EXIT_OK

@@ -306,12 +306,6 @@ class Config(_OmitsNoHealth):
                     first_shared = True
                 else:
                     settings = shared
-                if backend.address.version == 6 and settings.check is CheckType.TUNNEL:
-                    reason = (
-                        "the tunnel check does not probe IPv6 backends yet: use tcp or http "
-                        "for them (a health table of their own), or no check"
-                    )
-                    problems.append(Problem((*where, "check"), reason, "tunnel"))
                 method = vip.encap_of(backend) if vip else (backend.encap or Encap.GRE)
                 if method is not Encap.GRE and settings.check is CheckType.TUNNEL:
                     reason = (

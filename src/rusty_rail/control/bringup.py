@@ -37,6 +37,7 @@ from rusty_rail.dataplane.loader import (
     attach_balancer,
     check_attachable,
     load_balancer,
+    private_pins_warning,
 )
 from rusty_rail.dataplane.maps import conntrack_sets_for
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
@@ -178,6 +179,9 @@ def load_write_attach(
             f"with); `rusty-rail detach --device {device}` and start again to resize it "
             "(tracked flows are then lost)"
         )
+        log.warning("%s", warnings[-1])
+    if balancer.pins_private:
+        warnings.append(private_pins_warning(balancer))
         log.warning("%s", warnings[-1])
     uncounted = [stat.name for stat in Stat if stat >= balancer.maps.stats.max_entries]
     if uncounted:

@@ -1,5 +1,6 @@
 """Active health checks as coroutines: a TCP connect, an HTTP GET, and the tunnel probe, an
-ICMP echo sent inside GRE from the balancer's own address: the path the balanced traffic takes.
+ICMP (ICMPv6 for an IPv6 backend) echo sent inside GRE from the balancer's own address of the
+backend's family: the path the balanced traffic takes.
 
 The checks talk to the backend's own address; the tunnel probe is what tells a backend that
 serves but cannot take GRE (docs/health.md) from one that is fine.
@@ -15,22 +16,28 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import CheckType, HealthSettings
-from rusty_rail.wire.build import gre, icmp, ipv4
+from rusty_rail.wire.build import gre, icmp, icmp6, ipv4, ipv6
 from rusty_rail.wire.constants import (
     ETH_P_IPV4,
+    ETH_P_IPV6,
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
     PROTO_GRE,
     PROTO_ICMP,
+    PROTO_ICMPV6,
 )
 
 SOL_RAW: Final = 255
 ICMP_FILTER: Final = 1  # linux/icmp.h: a bit per type to *block* on a raw ICMP socket
+ICMP6_FILTER: Final = 1  # linux/icmpv6.h: 256 bits, one per type to *block*, level IPPROTO_ICMPV6
+IPV6_HDRINCL: Final = 36  # linux/in6.h: the IPv6 header is the caller's (not in Python's socket)
 #: How many echoes a probe sends within its timeout: one lost packet is not a dead backend.
 PROBE_ATTEMPTS: Final = 3
 MAX_STATUS_LINE: Final = 1024
@@ -131,6 +138,29 @@ def probe_packet(
     )  # fmt: skip
 
 
+def probe_packet6(
+    lb_address: IPv6Address, backend: IPv6Address, ident: int, sequence: int, token: bytes
+) -> bytes:
+    """The IPv6 probe: outer IPv6 from the balancer's IPv6 address to ``backend``, GRE
+    (protocol 0x86DD), then an ICMPv6 echo request from the balancer to the backend's own
+    address carrying ``token``. Unwrapped, the backend answers it straight back."""
+    echo = icmp6(
+        ICMPV6_ECHO_REQUEST, 0, token,
+        src=lb_address.packed, dst=backend.packed, rest=(ident << 16) | sequence,
+    )  # fmt: skip
+    inner = ipv6(lb_address.packed, backend.packed, PROTO_ICMPV6, echo)
+    return ipv6(lb_address.packed, backend.packed, PROTO_GRE, gre(ETH_P_IPV6, inner))
+
+
+def echo6_reply_of(message: bytes) -> tuple[int, int, bytes] | None:
+    """(ident, sequence, payload) of an ICMPv6 echo reply as a raw ICMPv6 socket reads it (no
+    IPv6 header: the source comes with recvfrom); None for anything else."""
+    if len(message) < 8 or message[0] != ICMPV6_ECHO_REPLY:
+        return None
+    ident, sequence = struct.unpack_from("!HH", message, 4)
+    return ident, sequence, message[8:]
+
+
 def echo_reply_of(packet: bytes) -> tuple[bytes, int, int, bytes] | None:
     """(source address, ident, sequence, payload) of an IPv4 echo reply as a raw ICMP socket
     reads it (IP header included); None for anything else."""
@@ -145,15 +175,20 @@ def echo_reply_of(packet: bytes) -> tuple[bytes, int, int, bytes] | None:
 
 
 class TunnelProber:
-    """ICMP echoes inside GRE from ``lb_address`` to backends, and their replies.
+    """ICMP echoes inside GRE from the balancer's addresses to backends, and their replies.
 
-    Sending needs a raw IP socket (the outer header is built here, so its source is the
-    balancer's address whatever the routing says); replies are read from a raw ICMP socket
-    that lets echo replies through only. Each echo carries a random token: a forged reply
-    cannot keep a dead backend in. Root (CAP_NET_RAW) is needed; the daemon has it."""
+    Sending needs a raw socket that takes the whole IP header (the outer header is built here,
+    so its source is the balancer's address whatever the routing says): AF_INET with
+    IPPROTO_RAW, and AF_INET6 with IPPROTO_RAW and IPV6_HDRINCL (an ordinary IPv6 raw socket
+    writes the header itself, from the routing's source). Replies are read from raw ICMP and
+    ICMPv6 sockets that let echo replies through only. Each echo carries a random token: a
+    forged reply cannot keep a dead backend in. Root (CAP_NET_RAW) is needed; the daemon has
+    it. IPv6 probes go out from ``lb_ipv6``; without it, or without IPv6 raw sockets, an IPv6
+    backend's probe fails and says why (IPv4 probes are unaffected)."""
 
-    def __init__(self, lb_address: IPv4Address) -> None:
+    def __init__(self, lb_address: IPv4Address, lb_ipv6: IPv6Address | None = None) -> None:
         self.lb_address = lb_address
+        self.lb_ipv6 = lb_ipv6
         self._send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
             self._receive = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -164,6 +199,14 @@ class TunnelProber:
         self._receive.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", blocked))
         self._receive.setblocking(False)
         self._send.setblocking(False)
+        self._send6: socket.socket | None = None
+        self._receive6: socket.socket | None = None
+        #: Why IPv6 probes cannot be sent on this node, or None.
+        self.ipv6_unavailable: str | None = None
+        try:
+            self._send6, self._receive6 = _ipv6_sockets()
+        except OSError as error:
+            self.ipv6_unavailable = f"no raw IPv6 sockets: {_why(error)}"
         self._ident = secrets.randbits(16)
         self._sequence = secrets.randbits(16)
         self._waiting: dict[tuple[bytes, int], tuple[bytes, asyncio.Future[float]]] = {}
@@ -171,24 +214,42 @@ class TunnelProber:
         self.sent = 0
         self.answered = 0
 
+    def _receivers(self) -> list[socket.socket]:
+        return [s for s in (self._receive, self._receive6) if s is not None]
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         loop.add_reader(self._receive.fileno(), self._on_readable)
+        if self._receive6 is not None:
+            loop.add_reader(self._receive6.fileno(), self._on_readable6)
 
     def close(self) -> None:
+        receivers = self._receivers()
         if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(ValueError, RuntimeError):
-                self._loop.remove_reader(self._receive.fileno())
-        self._send.close()
-        self._receive.close()
+            for receiver in receivers:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    self._loop.remove_reader(receiver.fileno())
+        for sock in (self._send, self._send6, *receivers):
+            if sock is not None:
+                sock.close()
         for _, waiter in self._waiting.values():
             waiter.cancel()
         self._waiting.clear()
 
+    def _packet(self, backend: IPAddress, token: bytes) -> tuple[socket.socket, bytes] | str:
+        """The socket and bytes of one echo to ``backend``, or why none can be sent."""
+        if isinstance(backend, IPv4Address):
+            packet = probe_packet(self.lb_address, backend, self._ident, self._sequence, token)
+            return self._send, packet
+        if self._send6 is None:
+            return f"cannot send: {self.ipv6_unavailable}"
+        if self.lb_ipv6 is None:
+            return "cannot send: this node has no IPv6 address to probe from (lb_address_ipv6)"
+        packet = probe_packet6(self.lb_ipv6, backend, self._ident, self._sequence, token)
+        return self._send6, packet
+
     async def probe(self, backend: IPAddress, timeout: float) -> Outcome:
         """Healthy when an echo sent through the tunnel comes back within ``timeout``."""
-        if not isinstance(backend, IPv4Address):
-            return Outcome(False, f"tunnel {backend}: IPv6 backends are not probed yet")
         assert self._loop is not None, "start() the prober first"
         started = time.monotonic()
         waiters: list[tuple[bytes, int]] = []
@@ -197,14 +258,15 @@ class TunnelProber:
             for attempt in range(PROBE_ATTEMPTS):
                 self._sequence = (self._sequence + 1) & 0xFFFF
                 token = secrets.token_bytes(16)
+                prepared = self._packet(backend, token)
+                if isinstance(prepared, str):
+                    return Outcome(False, f"tunnel {backend}: {prepared}")
                 key = (backend.packed, self._sequence)
                 self._waiting[key] = (token, done)
                 waiters.append(key)
+                sender, packet = prepared
                 try:
-                    packet = probe_packet(
-                        self.lb_address, backend, self._ident, self._sequence, token
-                    )
-                    self._send.sendto(packet, (str(backend), 0))
+                    sender.sendto(packet, (str(backend), 0))
                     self.sent += 1
                 except OSError as error:
                     return Outcome(False, f"tunnel {backend}: cannot send: {_why(error)}")
@@ -225,17 +287,27 @@ class TunnelProber:
         while True:
             try:
                 packet = self._receive.recv(2048)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # BlockingIOError (drained) included
                 return
+            reply = echo_reply_of(packet)
+            if reply is not None:
+                self._take(*reply)
+
+    def _on_readable6(self) -> None:
+        assert self._receive6 is not None
+        while True:
+            try:
+                message, peer = self._receive6.recvfrom(2048)
             except OSError:
                 return
-            self._take(packet)
+            reply = echo6_reply_of(message)
+            if reply is not None:
+                source = IPv6Address(str(peer[0]).partition("%")[0]).packed
+                self._take(source, *reply)
 
-    def _take(self, packet: bytes) -> None:
-        reply = echo_reply_of(packet)
-        if reply is None or reply[1] != self._ident:
+    def _take(self, source: bytes, ident: int, sequence: int, payload: bytes) -> None:
+        if ident != self._ident:
             return
-        source, _, sequence, payload = reply
         waiting = self._waiting.get((source, sequence))
         if waiting is None:
             return
@@ -243,6 +315,25 @@ class TunnelProber:
         if payload[: len(token)] == token and not done.done():
             self.answered += 1
             done.set_result(time.monotonic())
+
+
+def _ipv6_sockets() -> tuple[socket.socket, socket.socket]:
+    """The IPv6 prober's sockets: a raw one that takes the whole IPv6 header (IPPROTO_RAW
+    implies IPV6_HDRINCL on Linux since 4.5; set anyway, so the intent is stated), and a raw
+    ICMPv6 one that lets only echo replies through (ICMP6_FILTER: a set bit blocks a type)."""
+    send = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        send.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+        receive = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    except OSError:
+        send.close()
+        raise
+    blocked = [0xFFFFFFFF] * 8
+    blocked[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
+    receive.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
+    send.setblocking(False)
+    receive.setblocking(False)
+    return send, receive
 
 
 async def run_check(

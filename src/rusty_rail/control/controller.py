@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Final
 
 from rusty_rail import config as config_module
@@ -32,6 +32,7 @@ from rusty_rail.control.fingerprint import (
     config_fingerprint,
     service_order,
 )
+from rusty_rail.control.health import Serving
 from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.nexthops import (
     NextHops,
@@ -49,6 +50,7 @@ from rusty_rail.control.plan import (
     removals_only,
     services_of,
 )
+from rusty_rail.control.reloads import ReloadRecord
 from rusty_rail.control.startup import RESTART_KEYS
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import Balancer, detach_balancer
@@ -61,7 +63,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("rusty_rail.daemon")
 
 #: How long a change waits for the neighbours of backends it adds to answer ARP.
-CHANGE_NEXT_HOP_WAIT: Final = 1.0
+#: How long a change waits for new backends' next hops: not at all (one round of asking the
+#: kernel, which starts ARP / neighbour solicitation). A backend without one stays out of its
+#: table and the daemon brings it in as soon as it resolves (Daemon, "chase").
+CHANGE_NEXT_HOP_WAIT: Final = 0.0
 #: Sources of changes, as /healthz, the log and the metrics name them.
 SOURCE_START: Final = "start"
 SOURCE_API: Final = "api"
@@ -83,9 +88,13 @@ class ChangeResult:
     build_seconds: float
     apply_seconds: float
     seconds: float
+    #: The configuration's backends without a next hop after the change: they take no new
+    #: flows until it resolves (the daemon keeps asking).
+    unresolved: tuple[str, ...] = ()
 
     def as_json(self) -> schemas.ChangeCounts:
         return {
+            "unresolved_next_hops": list(self.unresolved),
             "generation": self.generation,
             "changed": self.changed,
             "map_updates": self.map_updates,
@@ -132,6 +141,8 @@ class Controller:
         self.observers: list[ChangeObserver] = []
         self.started_at = time.time()
         self.last_change: schemas.LastChange | None = None
+        #: SIGHUP outcomes: the last refused reload, refusals, the last good read.
+        self.reloads = ReloadRecord()
         #: Set when the desired state is not (fully) in the maps: why.
         self.apply_error: str | None = None
         #: What runs differs from what is configured, without making the node unhealthy.
@@ -147,6 +158,7 @@ class Controller:
         #: Health checks and ICMP learning; made when the program is loaded.
         self.monitor: HealthMonitor | None = None
         self.lb_ipv4: IPv4Address | None = None
+        self.lb_ipv6: IPv6Address | None = None
         self._health_config: Config | None = None
 
     # --- start ---------------------------------------------------------------------------
@@ -162,6 +174,7 @@ class Controller:
             self.config, self.device, self.next_hops, self.options.next_hop_timeout
         )
         self.lb_ipv4 = checked.lb_ipv4
+        self.lb_ipv6 = lb_ipv6_of(self.config, self.device)
         return checked
 
     def bring_up(self, checked: Checked) -> None:
@@ -219,7 +232,9 @@ class Controller:
             lb_ipv4=lb_address_of(config, self.device),
             lb_ipv6=lb_ipv6_of(config, self.device),
             resolve_next_hop=self.next_hops,
-            healthy=(lambda service, address: True) if verdict is None else verdict.healthy,
+            serving=(lambda service, address: Serving.SERVE)
+            if verdict is None
+            else verdict.serving,
             previous_tables=base.tables,
             previous_state=base.state,
             max_build_slots=max_build_slots,
@@ -260,6 +275,7 @@ class Controller:
         # data plane. The change is acknowledged only once both are done; if saving fails the
         # maps are put back, so a change is either saved and applied or neither.
         previous_config, previous_generation = self.config, self.generation
+        previous_plan = self.plan
         self.config, self.generation = config, generation
         apply_started = time.perf_counter()
         try:
@@ -330,7 +346,9 @@ class Controller:
             build_seconds,
             apply_seconds,
             time.perf_counter() - started,
+            tuple(sorted({str(a) for a in plan.unresolved}, key=address_order)),
         )
+        self._next_hop_events(previous_plan, plan, backend_addresses(previous_config))
         self.last_change = {
             "generation": generation,
             "source": source,
@@ -350,14 +368,18 @@ class Controller:
             return
         self._health_config = config
         lb_ipv4 = lb_address_of(config, self.device)
-        self.lb_ipv4 = lb_ipv4
-        self._configure_monitor(monitor, config, lb_ipv4)
+        self.lb_ipv4, self.lb_ipv6 = lb_ipv4, lb_ipv6_of(config, self.device)
+        self._configure_monitor(monitor, config, lb_ipv4, self.lb_ipv6)
 
     def _configure_monitor(
-        self, monitor: HealthMonitor, config: Config, lb_ipv4: IPv4Address
+        self,
+        monitor: HealthMonitor,
+        config: Config,
+        lb_ipv4: IPv4Address,
+        lb_ipv6: IPv6Address | None,
     ) -> None:
         """Give the monitor a new configuration (the Daemon does it on the loop's thread)."""
-        monitor.configure(config, lb_ipv4)
+        monitor.configure(config, lb_ipv4, lb_ipv6)
 
     def _health_changed(self) -> None:
         """The health verdict changed. Nothing to do without a loop to apply it on: the
@@ -386,6 +408,33 @@ class Controller:
         ):
             if count > limit:
                 raise PlanError(f"too many {what}: {count}; the data plane holds at most {limit}")
+
+    def _next_hop_events(self, before: Plan | None, after: Plan, known: set[IPAddress]) -> None:
+        """An event per VIP for each backend whose next hop went missing or came back
+        (``known``: the addresses configured before the change)."""
+        was = set(before.unresolved) if before is not None else set()
+        now = set(after.unresolved)
+        if was == now:
+            return
+        for service in services_of(self.config):
+            for backend in service.backends:
+                address = backend.address
+                if address in now and address not in was:
+                    problem = self.next_hops.problems.get(address)
+                    self.events.add(
+                        "next-hop", service.name, str(address),
+                        "resolved" if address in known else None,
+                        "unresolved", "neighbour",
+                        f"{problem or 'no answer to ARP / neighbour solicitation yet'}: no new "
+                        "flows until it resolves",
+                    )  # fmt: skip
+                elif address in was and address not in now:
+                    hop = self.next_hops(address)
+                    where = f" {hop.dst_mac.hex(':')} (ifindex {hop.ifindex})" if hop else ""
+                    self.events.add(
+                        "next-hop", service.name, str(address), "unresolved", "resolved",
+                        "neighbour", f"next hop{where}: takes new flows",
+                    )  # fmt: skip
 
     def resolve_ahead(self, config: Config, wait: float = CHANGE_NEXT_HOP_WAIT) -> None:
         """Resolve the next hops ``config`` would add, before its change takes the change
@@ -438,8 +487,10 @@ class Controller:
             ]
             result = self.change(config, SOURCE_RELOAD, persist=False)
         except (ConfigError, PlanError, StartupError, ValueError, ApplyError) as error:
+            self.reloads.refused(self.options.config_path, error)
             log.error("reload refused, the running state is unchanged: %s", error)
             return
+        self.reloads.succeeded()
         for name in restart_only:
             log.warning("reload: %s changed; it takes effect at the next restart", name)
         if self.options.state_file is not None and state_file.remove(self.options.state_file):
@@ -452,15 +503,13 @@ class Controller:
     # --- what the API shows --------------------------------------------------------------
 
     def attached(self) -> bool:
-        """Whether this daemon's program runs on the device through its link."""
+        """Whether this daemon's program runs on the device (through its link, or through
+        netlink where its pins would not outlive it)."""
         balancer = self.balancer
-        if balancer is None or balancer.link is None:
+        if balancer is None:
             return False
         try:
-            return (
-                balancer.link.prog_id == balancer.program.id
-                and balancer.link.ifindex == balancer.ifindex
-            )
+            return balancer.xdp.runs_on(balancer.ifindex)
         except (LibbpfError, ValueError):
             return False
 
@@ -479,6 +528,12 @@ class Controller:
         plan = self.plan
         table = None if plan is None else plan.tables.get(name)
         return None if table is None else self._fingerprints.of(name, table)
+
+    def current_warnings(self) -> list[str]:
+        """What runs differs from what is configured: the start's warnings, and a refused
+        reload while it stands."""
+        refused = self.reloads.warning()
+        return [*self.warnings, refused] if refused is not None else list(self.warnings)
 
     def health(self) -> tuple[bool, schemas.NodeHealth]:
         """Whether the node is healthy (attached, the last change applied), and the body."""
@@ -509,7 +564,7 @@ class Controller:
         body: schemas.NodeHealth = {
             "status": "ok" if not reasons else "unavailable",
             "reasons": reasons,
-            "warnings": list(self.warnings),
+            "warnings": self.current_warnings(),
             "device": self.device,
             "attached": attached,
             "generation": self.generation,
@@ -517,6 +572,7 @@ class Controller:
             "last_change": self.last_change,
             "vips": vips,
             "unresolved_next_hops": unresolved,
+            "config_reload": self.reloads.as_json(),
             "backend_health": backend_health,
         }
         return not reasons, body

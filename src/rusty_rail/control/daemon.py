@@ -23,8 +23,8 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Mapping
-from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail.config import Config
 from rusty_rail.control import state_file
@@ -46,6 +46,7 @@ from rusty_rail.control.errors import ApplyError, StartupError
 from rusty_rail.control.monitor import HealthMonitor
 from rusty_rail.control.options import ApiOptions, DaemonOptions, bind_api, raise_file_limit
 from rusty_rail.control.plan import PlanError
+from rusty_rail.control.sdnotify import Notifier
 from rusty_rail.control.startup import startup_config
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import LoaderError
@@ -72,6 +73,9 @@ __all__ = [
 log = logging.getLogger("rusty_rail.daemon")
 
 AppFactory = Callable[["Daemon"], "web.Application"]
+#: After a change that left backends without a next hop: when they are asked for again
+#: (seconds between tries); then the regular refresh_interval tick.
+CHASE_DELAYS: Final = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 class Daemon(Controller):
@@ -97,6 +101,10 @@ class Daemon(Controller):
         self._serving = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_pending = False
+        self._chasing: asyncio.Task[None] | None = None
+        self.observers.append(self._after_change)
+        #: systemd's notification socket (does nothing when not run by systemd).
+        self.notifier = Notifier({})
 
     def start(self) -> None:
         """Check everything (the API's exposure first, its address last), then load, write
@@ -120,13 +128,17 @@ class Daemon(Controller):
     # --- health ----------------------------------------------------------------------------
 
     def _configure_monitor(
-        self, monitor: HealthMonitor, config: Config, lb_ipv4: IPv4Address
+        self,
+        monitor: HealthMonitor,
+        config: Config,
+        lb_ipv4: IPv4Address,
+        lb_ipv6: IPv6Address | None,
     ) -> None:
         loop = self._loop
         if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(monitor.configure, config, lb_ipv4)
+            loop.call_soon_threadsafe(monitor.configure, config, lb_ipv4, lb_ipv6)
         else:
-            monitor.configure(config, lb_ipv4)
+            monitor.configure(config, lb_ipv4, lb_ipv6)
 
     def _health_changed(self) -> None:
         """The verdict changed (called on the loop's thread): apply it, once for a burst."""
@@ -178,15 +190,14 @@ class Daemon(Controller):
         current until SIGTERM/SIGINT or request_stop(); SIGHUP reloads the configuration."""
         loop = asyncio.get_running_loop()
         self._loop, self._lock, self._stopping = loop, asyncio.Lock(), asyncio.Event()
+        self.notifier = Notifier(environ)
         if self._stop_requested:
             self._stopping.set()
         runner = None
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: self._spawn(self._locked(lambda: self.reload(environ)))
-            )
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload(environ)))
         try:
             if self._api_socket is not None and app_factory is not None:
                 runner = await self._start_api(app_factory(self), self._api_socket)
@@ -194,8 +205,11 @@ class Daemon(Controller):
                 if self._health_config is not self.config:
                     self._health_config = self.config
                     self.monitor.configure(self.config)
-                self.monitor.start(loop, self.lb_ipv4)
+                self.monitor.start(loop, self.lb_ipv4, self.lb_ipv6)
             self._serving.set()
+            self.notifier.ready(self._status_line())
+            if self.notifier.watchdog_seconds is not None:
+                self._spawn(self._feed_watchdog(self.notifier.watchdog_seconds / 2))
             await self._tick_until_stopped()
         finally:
             if self.monitor is not None:
@@ -209,6 +223,32 @@ class Daemon(Controller):
                 self._api_server = None
             if runner is not None:
                 await runner.cleanup()
+
+    async def _reload(self, environ: Mapping[str, str]) -> None:
+        """SIGHUP: reload under the change lock, told to systemd as RELOADING then READY."""
+        self.notifier.reloading()
+        try:
+            await self._locked(lambda: self.reload(environ))
+        finally:
+            self.notifier.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        """One line for `systemctl status`."""
+        api = f", API {self.api_url}" if self.api_url else ""
+        reload = "; the last reload was refused" if self.reloads.failed is not None else ""
+        return f"balancing on {self.device}, generation {self.generation}{api}{reload}"
+
+    async def _feed_watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` while the loop runs and the program is attached:
+        systemd restarts a daemon whose loop hangs or whose data plane is gone."""
+        while True:
+            if await asyncio.to_thread(self.attached):
+                self.notifier.watchdog()
+            else:
+                log.error(
+                    "the data plane is not attached to %s: not feeding the watchdog", self.device
+                )
+            await asyncio.sleep(interval)
 
     async def _start_api(self, app: web.Application, sock: socket.socket) -> web.AppRunner:
         from aiohttp import web
@@ -224,10 +264,15 @@ class Daemon(Controller):
         server = await asyncio.get_running_loop().create_server(guard.protocol, sock=sock)
         self.api_guard, self._api_server = guard, server
         token = self.options.api.token if self.options.api else None
+        source = self.options.api.token_source if self.options.api else None
         log.info(
             "serving the REST API on %s (writes %s)",
             self.api_url,
-            "need the bearer token" if token else "need no token: loopback only",
+            "need no token: loopback only"
+            if not token
+            else f"need the bearer token in {source}"
+            if source
+            else "need the bearer token",
         )
         return runner
 
@@ -260,6 +305,32 @@ class Daemon(Controller):
             if found:
                 await asyncio.to_thread(self.take_next_hops, found, problems)
 
+    def _after_change(self, source: str, result: ChangeResult | None) -> None:
+        """A change left backends without a next hop: ask for them again soon (called on the
+        thread that made the change)."""
+        loop = self._loop
+        if result is None or not result.unresolved or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._start_chase)
+
+    def _start_chase(self) -> None:
+        if self._chasing is None or self._chasing.done():
+            self._chasing = self._loop.create_task(self._chase()) if self._loop else None
+
+    async def _chase(self) -> None:
+        """Ask for the missing next hops again after 20, 50, 100, 200 and 400 ms (then the
+        regular tick takes over), applying each as it resolves: a new backend joins its
+        table as soon as its neighbour answers, not at the next tick."""
+        for delay in CHASE_DELAYS:
+            await asyncio.sleep(delay)
+            found, problems = await asyncio.to_thread(self.probe_next_hops)
+            if any(hop is not None for hop in found.values()):
+                async with self._serving_lock():
+                    await asyncio.to_thread(self.take_next_hops, found, problems)
+            if not found or all(hop is not None for hop in found.values()):
+                return
+
     def _serving_lock(self) -> asyncio.Lock:
         """The change lock (made when serve() starts)."""
         if self._lock is None:
@@ -280,6 +351,8 @@ class Daemon(Controller):
 
     def request_stop(self) -> None:
         """Stop serving (from any thread, or a signal handler)."""
+        if not self._stop_requested:
+            self.notifier.stopping()
         self._stop_requested = True
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None:

@@ -84,6 +84,7 @@ class EventLog:
             logging.WARNING if current in ("unhealthy", "fail-open") else logging.INFO,
             "event %s",
             json.dumps(event.as_json(), sort_keys=True),
+            extra={"event": event.as_json()},
         )
         return event
 

@@ -2,7 +2,7 @@
 each (VIP, backend)'s verdict comes out, with the floor on ICMP removals and fail-open per VIP.
 
 Pure: no sockets, no clock of its own, no asyncio. control/monitor.py feeds it from the
-daemon's loop; the planner asks ``Verdict.healthy(service, address)``. docs/health.md is
+daemon's loop; the planner asks ``Verdict.serving(service, address)``. docs/health.md is
 the behaviour in words.
 """
 
@@ -45,6 +45,19 @@ class Status(StrEnum):
     UNHEALTHY = "unhealthy"
 
 
+class Serving(StrEnum):
+    """What health means to a backend's traffic (the planner's question).
+
+    SERVE: new flows and its own. DRAIN: its flows, no new ones (taken out by a trusted ICMP
+    report that no probe has confirmed yet: its connections are not broken on a report's
+    word alone). OUT: no traffic; its flows move to other backends.
+    """
+
+    SERVE = "serve"
+    DRAIN = "drain"
+    OUT = "out"
+
+
 class IcmpState(StrEnum):
     """What ICMP reports and tunnel probes say about a backend in one VIP."""
 
@@ -77,6 +90,12 @@ class BackendHealth:
     @property
     def up(self) -> bool:
         return self.check_ok and self.icmp is not IcmpState.DOWN
+
+    @property
+    def draining(self) -> bool:
+        """Out by a trusted ICMP report alone, its check still passing: it keeps its flows
+        until a probe (or its check) confirms it is down."""
+        return self.check_ok and self.icmp is IcmpState.DOWN and not self.icmp_confirmed
 
     @property
     def status(self) -> Status:
@@ -120,13 +139,24 @@ def _key(address: IPAddress) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Which backends the planner must treat as unhealthy, per service, after fail-open."""
+    """Which backends the planner must treat as unhealthy, per service, after fail-open; of
+    those, the ``draining`` ones keep their flows (Serving.DRAIN)."""
 
     unhealthy: dict[str, frozenset[tuple[int, int]]] = field(default_factory=dict)
+    draining: dict[str, frozenset[tuple[int, int]]] = field(default_factory=dict)
+
+    def serving(self, service: str, address: IPAddress) -> Serving:
+        out = self.unhealthy.get(service)
+        if out is None:
+            return Serving.SERVE
+        key = _key(address)
+        if key not in out:
+            return Serving.SERVE
+        return Serving.DRAIN if key in self.draining.get(service, ()) else Serving.OUT
 
     def healthy(self, service: str, address: IPAddress) -> bool:
-        out = self.unhealthy.get(service)
-        return out is None or _key(address) not in out
+        """Whether the backend takes new flows."""
+        return self.serving(service, address) is Serving.SERVE
 
 
 def service_name(vip: Vip | None) -> str:
@@ -362,6 +392,7 @@ class HealthBook:
     def _refresh(self) -> bool:
         """Recompute the verdict (fail-open included); True when it changed."""
         unhealthy: dict[str, frozenset[tuple[int, int]]] = {}
+        draining: dict[str, frozenset[tuple[int, int]]] = {}
         by_service: dict[str, list[BackendHealth]] = {}
         for backend in self.backends.values():
             by_service.setdefault(backend.service, []).append(backend)
@@ -383,10 +414,12 @@ class HealthBook:
                 )  # fmt: skip
             if out and not open_now:
                 unhealthy[service] = frozenset(_key(b.address) for b in out)
+                if any(b.draining for b in out):
+                    draining[service] = frozenset(_key(b.address) for b in out if b.draining)
         for service in list(self._floor_reached):
             if self._out_by_reports(service) < self.floor_allowance(service):
                 self._floor_reached.discard(service)
-        verdict = Verdict(unhealthy)
+        verdict = Verdict(unhealthy, draining)
         changed = verdict != self.verdict
         self.verdict = verdict
         return changed
@@ -430,5 +463,5 @@ class HealthBook:
         }
 
 
-#: What the planner asks: healthy(service name, backend address).
-HealthyCallback = Callable[[str, IPAddress], bool]
+#: What the planner asks: serving(service name, backend address).
+ServingCallback = Callable[[str, IPAddress], Serving]

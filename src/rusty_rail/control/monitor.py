@@ -14,12 +14,11 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import CheckType, Config, HealthSettings
+from rusty_rail.config import Config, HealthSettings
 from rusty_rail.control.checks import Outcome, TunnelProber, run_check
 from rusty_rail.control.events import EventLog
 from rusty_rail.control.health import HealthBook, Pair
@@ -33,8 +32,6 @@ log = logging.getLogger("rusty_rail.health")
 MAX_PARALLEL: Final = 64
 #: Each wait between two checks of a backend is its interval times 1 +- this.
 JITTER: Final = 0.1
-#: The checks that confirm an ICMPv6 report in place of the (IPv4-only) tunnel probe.
-CHECKS_IN_PLACE: Final = frozenset({CheckType.TCP, CheckType.HTTP})
 
 
 class HealthMonitor:
@@ -71,11 +68,17 @@ class HealthMonitor:
         if added or removed:
             log.debug("ICMP watch: %d addresses added, %d removed", added, removed)
 
-    def start(self, loop: asyncio.AbstractEventLoop, lb_address: IPv4Address) -> None:
-        """Open the prober and the report reader, and start the checks (on ``loop``)."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        lb_address: IPv4Address,
+        lb_ipv6: IPv6Address | None = None,
+    ) -> None:
+        """Open the prober (probing from the balancer's addresses) and the report reader, and
+        start the checks (on ``loop``)."""
         self._loop = loop
         try:
-            self.prober = TunnelProber(lb_address)
+            self.prober = TunnelProber(lb_address, lb_ipv6)
             self.prober.start(loop)
         except OSError as error:
             self.prober = None
@@ -109,11 +112,17 @@ class HealthMonitor:
             self.prober.close()
             self.prober = None
 
-    def configure(self, config: Config, lb_address: IPv4Address | None = None) -> None:
-        """Follow a configuration that is now applied (and the balancer's address, which
-        tunnel probes come from)."""
+    def configure(
+        self,
+        config: Config,
+        lb_address: IPv4Address | None = None,
+        lb_ipv6: IPv6Address | None = None,
+    ) -> None:
+        """Follow a configuration that is now applied (and the balancer's addresses, which
+        tunnel probes come from; given together, ``lb_ipv6`` None when the node has none)."""
         if lb_address is not None and self.prober is not None:
             self.prober.lb_address = lb_address
+            self.prober.lb_ipv6 = lb_ipv6
         changed = self.book.configure(config)
         self.sync_watch()
         if self._loop is not None:
@@ -219,10 +228,8 @@ class HealthMonitor:
                 del self._probing[address]
 
     async def _probe(self, address: IPAddress, timeout: float) -> Outcome:
-        """What confirms or clears a report about ``address``: a tunnel probe for IPv4, the
-        backend's own check for IPv6 (docs/health.md, "ICMP learning")."""
-        if isinstance(address, IPv6Address):
-            return await self._check_in_place(address, timeout)
+        """What confirms or clears a report about ``address``: a tunnel probe, over GRE of the
+        address's family (docs/health.md, "ICMP learning")."""
         if self.prober is None:
             await asyncio.sleep(timeout)
             return Outcome(True, "tunnel probes are unavailable: the report is not confirmed")
@@ -230,16 +237,3 @@ class HealthMonitor:
             outcome = await self.prober.probe(address, timeout)
         self.probe_results[outcome.ok] += 1
         return outcome
-
-    async def _check_in_place(self, address: IPv6Address, timeout: float) -> Outcome:
-        """The tunnel probe speaks no IPv6: a round of the first tcp or http check some VIP
-        gives ``address`` stands in for it. Without one a report cannot be confirmed."""
-        checked = sorted(
-            (b for b in self.book.of_address(address) if b.settings.check in CHECKS_IN_PLACE),
-            key=lambda b: b.service,
-        )
-        if not checked:
-            return Outcome(True, f"{address}: no tcp or http check confirms an ICMPv6 report")
-        settings = replace(checked[0].settings, timeout=timeout)
-        async with self._limit:
-            return await run_check(settings, address, None)

@@ -33,6 +33,8 @@ class ApiOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: A connection that starts no request for this long is closed.
     idle_seconds: float = DEFAULT_IDLE_SECONDS
+    #: Where the token came from (a file, the environment), for the log.
+    token_source: str | None = None
 
     @property
     def loopback(self) -> bool:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import AdminState, Backend, Config, Encap, Ingress, Protocol, VipKey
+from rusty_rail.control.health import Serving
 from rusty_rail.model import state as model_state
 from rusty_rail.model.maglev import MaglevTable, build_table
 from rusty_rail.model.state import (
@@ -107,15 +108,16 @@ def egress_of(service: Service, backend: Backend) -> tuple[Egress, int]:
     return Egress[encap.name], vni if vni is not None and encap.has_vni else 0
 
 
-def data_plane_state(admin: AdminState, weight: int, healthy: bool) -> BackendState:
+def data_plane_state(admin: AdminState, weight: int, serving: Serving) -> BackendState:
     """What a backend's admin state, weight and health mean to packets.
 
     UP takes new flows; DRAIN keeps its flows and takes no new ones (weight 0 counts as
-    drain); DOWN loses its flows to re-decision.
+    drain, and so does a backend a trusted ICMP report alone took out); DOWN loses its flows
+    to re-decision.
     """
-    if admin is AdminState.DOWN or not healthy:
+    if admin is AdminState.DOWN or serving is Serving.OUT:
         return BackendState.DOWN
-    if admin is AdminState.DRAIN or weight == 0:
+    if admin is AdminState.DRAIN or weight == 0 or serving is Serving.DRAIN:
         return BackendState.DRAIN
     return BackendState.UP
 
@@ -195,6 +197,8 @@ class Plan:
     state: DataplaneState
     tables: dict[str, MaglevTable]
     allocation: Allocation
+    #: Backends (addresses) without a next hop: out of their tables unless that would leave
+    #: a table empty.
     unresolved: tuple[IPAddress, ...]
 
 
@@ -277,7 +281,7 @@ def compile_plan(
     lb_ipv4: IPv4Address,
     lb_ipv6: IPv6Address | None = None,
     resolve_next_hop: NextHopResolver,
-    healthy: Callable[[str, IPAddress], bool] = lambda service, address: True,
+    serving: Callable[[str, IPAddress], Serving] = lambda service, address: Serving.SERVE,
     previous_tables: Mapping[str, MaglevTable] | None = None,
     previous_state: DataplaneState | None = None,
     max_tx_ports: int = MAX_TX_PORTS,
@@ -325,10 +329,14 @@ def compile_plan(
             state.vips[service.match] = vip_index
         eligible = []
         eligible_keys = []
+        # UP, but no next hop yet: out of the table like an unhealthy backend (its new flows
+        # would be dropped), unless none would be left (fail-open, as for health).
+        held = []
+        held_keys = []
         for backend, address_id in zip(service.backends, service.keys, strict=True):
             slot = allocation.slots[(service.name, address_id)]
             backend_state = data_plane_state(
-                backend.state, backend.weight, healthy(service.name, backend.address)
+                backend.state, backend.weight, serving(service.name, backend.address)
             )
             if address_id in next_hops:
                 next_hop = next_hops[address_id]
@@ -364,9 +372,14 @@ def compile_plan(
                     vni=vni,
                 )
             state.backends[slot] = entry
-            if backend_state is BackendState.UP:
+            if backend_state is BackendState.UP and next_hop is None:
+                held.append(backend)
+                held_keys.append((address_id, backend.weight))
+            elif backend_state is BackendState.UP:
                 eligible.append(backend)
                 eligible_keys.append((address_id, backend.weight))
+        if not eligible:
+            eligible, eligible_keys = held, held_keys
         reuse = (previous_tables or {}).get(service.name)
         wanted = (service.table_size, config.hash_seed, frozenset(eligible_keys))
         if reuse is not None and wanted == table_inputs(reuse):

@@ -3,7 +3,11 @@ it once its maps hold a complete state, keep it pinned, detach it on request.
 
 Pins live in <pin root>/<ifname>/: one per map and ``link``. The pinned link keeps the
 program attached while no control plane runs; a new control plane loads the same maps and
-swaps its program in through the link, so packets keep flowing across a restart. The
+swaps its program in through the link, so packets keep flowing across a restart. A balancer
+the kernel has attached to the interface is found through the kernel first and pinned again
+here (dataplane/adoption.py): pins made in another mount namespace, or gone with it, are not
+needed. Where the pins would not outlive this process (a bpffs private to its mount
+namespace), the program is attached through netlink instead, which needs no pin to stay. The
 mechanics are dataplane/pinned.py's; this module adds the balancer's maps, the sizing of its
 connection table, and what to tell the operator.
 """
@@ -11,22 +15,29 @@ connection table, and what to tell the operator.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rusty_rail.dataplane.adoption import NotOurProgram, find_attached, repin
 from rusty_rail.dataplane.libbpf import (
     PIN_ROOT,
+    AttachedProgram,
     BpfObject,
     LibbpfError,
     Link,
     Map,
     Program,
     XdpMode,
+    detach_xdp,
     ensure_bpffs,
     lock_pin_dir,
+    pins_outlive_process,
 )
 from rusty_rail.dataplane.maps import CONNTRACK_MAPS, MAP_NAMES, BalancerMaps, prepare_object
 from rusty_rail.dataplane.pinned import (
@@ -38,6 +49,8 @@ from rusty_rail.dataplane.pinned import (
     detach_pinned,
 )
 from rusty_rail.model.state import Stat
+
+log = logging.getLogger("rusty_rail.daemon")
 
 PROGRAM_NAME = "xdp_balancer"
 #: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
@@ -62,6 +75,12 @@ class Balancer:
     maps: BalancerMaps
     #: The flock on the pin directory: one daemon per interface and pin root.
     lock: int | None = None
+    #: The hold on the interface in its network namespace, whatever the pin root and the
+    #: mount namespace (hold_interface).
+    interface_hold: socket.socket | None = None
+    #: The pins are on a bpffs of this process's mount namespace only: they go when it exits
+    #: (the program stays attached: through netlink, or a bpf_link pinned elsewhere).
+    pins_private: bool = False
 
     @property
     def obj(self) -> BpfObject:
@@ -93,6 +112,25 @@ class Balancer:
                     self.xdp.directory.rmdir()
             os.close(self.lock)
             self.lock = None
+        if self.interface_hold is not None:
+            self.interface_hold.close()
+            self.interface_hold = None
+
+
+def hold_interface(ifname: str) -> socket.socket | None:
+    """Hold ``ifname`` for this process: an abstract Unix socket bound to a name made of it.
+    Abstract names belong to the network namespace, as interfaces do, and are no files: a
+    daemon in any mount namespace sees them. None when another process holds the name; the
+    kernel frees it when its holder exits, however it exits."""
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        holder.bind(b"\0rusty_rail/run/" + os.fsencode(ifname))
+    except OSError as error:
+        holder.close()
+        if error.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return holder
 
 
 def load_balancer(
@@ -103,22 +141,92 @@ def load_balancer(
     set of pins is refused: it means an interrupted detach, and guessing would lose state."""
     ensure_bpffs()
     directory = pin_root / ifname
-    lock = lock_pin_dir(directory)
+    # The pin directory may be private to a mount namespace: the interface is held too.
+    hold = hold_interface(ifname)
+    if hold is None:
+        raise LoaderError(
+            f"another rusty-rail run drives {ifname} in this network namespace (from this or "
+            "another mount namespace): stop it first (the next start adopts what it leaves "
+            "running)"
+        )
+    try:
+        lock = lock_pin_dir(directory)
+    except BaseException:
+        hold.close()
+        raise
     if lock is None:
+        hold.close()
         raise LoaderError(
             f"another rusty-rail run drives {ifname} (it holds {directory}): stop it first (the "
             "next start adopts what it leaves running), or give this one its own --pin-root"
         )
     try:
-        return _load_locked(ifname, ifindex, directory, lock, conntrack_size)
+        balancer = _load_locked(ifname, ifindex, directory, lock, conntrack_size)
     except BaseException:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty: nothing was pinned
         os.close(lock)
+        hold.close()
         raise
+    balancer.interface_hold = hold
+    return balancer
+
+
+def _found_through_the_kernel(ifname: str, ifindex: int, directory: Path) -> AttachedProgram | None:
+    """Pin in ``directory`` the balancer the kernel has attached to ``ifindex``, whoever
+    pinned it wherever (pins in another mount namespace, or gone with it): the adoption then
+    reads it from there. Returns the program when it is attached through netlink (no
+    bpf_link): the swap must name it."""
+    try:
+        attached = find_attached(BALANCER, ifindex)
+    except NotOurProgram as error:
+        raise LoaderError(
+            f"{ifname} runs another XDP program, {error}; rusty-rail adopts only its own "
+            f"balancer: detach that program first (`ip link set dev {ifname} xdp off`, or the "
+            "tool that attached it) or use another --device"
+        ) from None
+    except LibbpfError as error:
+        raise LoaderError(f"cannot read the XDP program attached to {ifname}: {error}") from error
+    if attached is None:
+        return None
+    with attached:
+        try:
+            repinned = repin(attached, BALANCER, directory)
+        except LibbpfError as error:
+            raise LoaderError(
+                f"cannot pin the balancer running on {ifname} ({attached.describe()}) in "
+                f"{directory}: {error}"
+            ) from error
+        if repinned:
+            log.info(
+                "found the balancer on %s through the kernel: %s; pinned %s in %s",
+                ifname,
+                attached.describe(),
+                ", ".join(repinned),
+                directory,
+            )
+        if attached.link is not None:
+            return None
+        return AttachedProgram.from_id(attached.program.id)
 
 
 def _load_locked(
+    ifname: str, ifindex: int, directory: Path, lock: int, conntrack_size: int
+) -> Balancer:
+    replacing = _found_through_the_kernel(ifname, ifindex, directory)
+    try:
+        balancer = _load_pinned(ifname, ifindex, directory, lock, conntrack_size)
+    except BaseException:
+        if replacing is not None:
+            replacing.close()
+        raise
+    balancer.xdp.replacing = replacing
+    balancer.pins_private = pins_outlive_process(directory) is False
+    balancer.xdp.linkless = balancer.pins_private
+    return balancer
+
+
+def _load_pinned(
     ifname: str, ifindex: int, directory: Path, lock: int, conntrack_size: int
 ) -> Balancer:
     try:
@@ -163,7 +271,7 @@ def _load_locked(
 
 @contextmanager
 def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
-    """The pinned link's refusals, as the operator reads them."""
+    """The pinned link's refusals and the kernel's, as the operator reads them."""
     ifname = balancer.ifname
     try:
         yield
@@ -178,6 +286,28 @@ def _told_what_to_do(balancer: Balancer, mode: XdpMode) -> Iterator[None]:
             f"the balancer on {ifname} runs in {error.mode} mode, not {mode}: "
             f"run `rusty-rail detach --device {ifname}` to change the mode"
         ) from None
+    except LibbpfError as error:
+        # The kernel's refusal (no native XDP, another program attached meanwhile, ...): the
+        # error names the operation, the errno and what to do.
+        raise LoaderError(f"cannot attach the balancer to {ifname}: {error}") from error
+
+
+def private_pins_warning(balancer: Balancer) -> str:
+    """What a balancer pinned on a private bpffs tells the operator (the log, /healthz)."""
+    directory = balancer.xdp.directory
+    held = (
+        "through netlink, not a bpf_link that would go with the pins"
+        if balancer.xdp.link is None
+        else "while its bpf_link stays pinned outside this namespace"
+    )
+    return (
+        f"the pins in {directory} are on a bpffs private to this process's mount namespace "
+        f"(ip netns exec, a container?) and go when it exits: the balancer stays attached "
+        f"{held}, and the next start finds it through the kernel, but nothing outside sees "
+        "its pins; to keep them, give the daemon the host's "
+        "/sys/fs/bpf (nsenter --net=/run/netns/NAME instead of ip netns exec, or bind-mount "
+        "/sys/fs/bpf)"
+    )
 
 
 def check_attachable(balancer: Balancer, mode: XdpMode) -> None:
@@ -197,9 +327,22 @@ def attach_balancer(balancer: Balancer, mode: XdpMode) -> str:
 
 def detach_balancer(ifname: str, pin_root: Path = PIN_ROOT) -> bool:
     """Detach the balancer from ``ifname`` and remove its pins (state, connection table and
-    counters go with them). False when nothing was pinned."""
+    counters go with them); a balancer the kernel has attached to ``ifname`` (in this network
+    namespace) without pins here is detached too. False when there was neither."""
     directory = pin_root / ifname
-    if not directory.exists():
-        return False
-    detach_pinned(directory)
-    return True
+    found = directory.exists()
+    if found:
+        detach_pinned(directory)
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError:
+        return found  # no such interface here: nothing attached to it
+    try:
+        attached = find_attached(BALANCER, ifindex)
+    except NotOurProgram:
+        return found  # not ours to detach
+    if attached is None:
+        return found
+    with attached:
+        mode = attached.mode
+    return detach_xdp(ifindex, mode) or found  # type: ignore[arg-type]

@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rusty_rail.dataplane.libbpf import (
+    AttachedProgram,
     BpfObject,
     Link,
     Map,
     Program,
     XdpMode,
     attach_xdp,
+    attach_xdp_netlink,
     bpf_object_path,
+    detach_xdp,
     pin_dir,
     query_xdp,
     remove_pin_dir,
@@ -152,6 +155,13 @@ class PinnedXdpProgram(Closeable):
         self._maps_pinned = adopted
         #: Adopted from an earlier version's pins: the maps it did not have, pinned at attach.
         self.added_unpinned: list[str] = []
+        #: The program attached through netlink (no bpf_link) that attach() swaps out.
+        self.replacing: AttachedProgram | None = None
+        #: A first attach goes through netlink, not a pinned bpf_link: for pins that die with
+        #: this process (a private bpffs), where a link would detach with them.
+        self.linkless = False
+        #: The interface this process attached to through netlink (detach() takes it off).
+        self._netlink_ifindex: int | None = None
 
     @classmethod
     def load(
@@ -228,11 +238,20 @@ class PinnedXdpProgram(Closeable):
         return link
 
     def check_attachable(self, ifindex: int, mode: XdpMode) -> None:
-        """Raise what attach() would raise about the pinned link, changing nothing: call it
-        before writing adopted maps, which the running program already reads."""
+        """Raise what attach() would raise about the pinned link or the program it replaces,
+        changing nothing: call it before writing adopted maps, which the running program
+        already reads."""
         link = self.pinned_link(ifindex, mode)
         if link is not None:
             link.close()
+        elif self.replacing is not None:
+            self._check_replaced_mode(ifindex, mode)
+
+    def _check_replaced_mode(self, ifindex: int, mode: XdpMode) -> None:
+        attached = query_xdp(ifindex)
+        if attached is not None and attached.mode != mode:
+            where = self.directory / LINK_PIN if self.directory is not None else Path("netlink")
+            raise LinkInOtherMode(where, attached.mode)
 
     def attach(self, ifindex: int, mode: XdpMode) -> str:
         """Attach the program, or swap it into the pinned link; returns what was done, for
@@ -255,11 +274,18 @@ class PinnedXdpProgram(Closeable):
                 raise
             self.link = link
             return f"swapped the new program into the pinned {mode} XDP link"
+        if self.replacing is not None:
+            return self._swap_through_netlink(ifindex, mode, self.replacing)
         self._pin_added(self.directory)
         pinning_maps = not self._maps_pinned
         try:
             if pinning_maps:
                 self._pin_maps(self.directory)
+            if self.linkless:
+                attach_xdp_netlink(ifindex, self.program, mode)
+                self._netlink_ifindex = ifindex
+                self._maps_pinned = True
+                return f"attached in {mode} mode through netlink (no bpf_link)"
             link = attach_xdp(ifindex, self.program, mode)
             try:
                 link.pin(self.directory / LINK_PIN)
@@ -273,6 +299,35 @@ class PinnedXdpProgram(Closeable):
         self._maps_pinned = True
         self.link = link
         return f"attached in {mode} mode"
+
+    def _swap_through_netlink(self, ifindex: int, mode: XdpMode, replacing: AttachedProgram) -> str:
+        """Replace the program attached through netlink, atomically (only while it is still
+        the one attached); the swapped-in program stays attached the same way."""
+        if self.directory is None:  # cannot happen: attach() checked it
+            raise RuntimeError("a netlink swap needs the pin directory")
+        self._check_replaced_mode(ifindex, mode)
+        added = self._pin_added(self.directory)
+        try:
+            attach_xdp_netlink(ifindex, self.program, mode, replacing=replacing)
+        except BaseException:
+            for name in added:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / self.spec.map_pins[name]).unlink()
+            raise
+        self._netlink_ifindex = ifindex
+        replacing.close()  # it is off the interface: nothing holds it any more
+        self.replacing = None
+        return f"swapped the new program in through netlink in {mode} mode (no bpf_link)"
+
+    def runs_on(self, ifindex: int) -> bool:
+        """Whether this program runs on ``ifindex`` now: through its link, or through netlink
+        where this process attached it (asked of the calling thread's network namespace)."""
+        if self.link is not None:
+            return self.link.prog_id == self.program.id and self.link.ifindex == ifindex
+        if self._netlink_ifindex != ifindex:
+            return False
+        attached = query_xdp(ifindex)
+        return attached is not None and attached.prog_id == self.program.id
 
     def pin(self, directory: Path) -> None:
         """Pin the maps, and the link if attached, in ``directory`` (created on a bpffs)."""
@@ -298,6 +353,9 @@ class PinnedXdpProgram(Closeable):
         """Take the program off its interface now, pinned or not; the link's pin goes with
         it, the maps' pins stay."""
         if self.link is None:
+            if self._netlink_ifindex is not None:
+                ifindex, self._netlink_ifindex = self._netlink_ifindex, None
+                detach_xdp(ifindex)
             return
         link, self.link = self.link, None
         try:
@@ -311,6 +369,9 @@ class PinnedXdpProgram(Closeable):
 
     def close(self) -> None:
         try:
+            if self.replacing is not None:
+                self.replacing.close()
+                self.replacing = None
             if self.link is not None:
                 self.link.close()
                 self.link = None

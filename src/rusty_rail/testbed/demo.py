@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any
 
 from rusty_rail.testbed.router import choose_lb
@@ -22,7 +22,6 @@ from rusty_rail.testbed.topology import (
     VIPS,
     Testbed,
     TestbedSpec,
-    lb_address,
 )
 from rusty_rail.testbed.traffic import LongLived, http_requests
 
@@ -58,7 +57,9 @@ def run_demo(
     with Testbed.up(spec) as bed:
         say(
             f"demo: up in {time.monotonic() - started:.1f} s: {bed.spec.clients} clients, "
-            f"{bed.spec.lbs} balancers, {bed.spec.servers} servers, VIPs {VIP} and {VIP6}"
+            f"{bed.spec.lbs} balancers, {bed.spec.servers} servers, VIPs {VIP} and {VIP6}, "
+            f"GRE over {_say_family(bed.spec.underlay)} to the balancers, "
+            f"{bed.spec.backends} backends"
         )
 
         echoes = {
@@ -81,10 +82,10 @@ def run_demo(
                 f"{family}, before any failure: {c.client} -> {c.backend} broke" for c in failed
             ]
 
-        all_lbs = [lb_address(i) for i in range(bed.spec.lbs)]
+        all_lbs = [bed.spec.lb_outer_address(i) for i in range(bed.spec.lbs)]
         for family, echo in echoes.items():
             families[family]["long_lived_through_failed_lb"] = sum(
-                choose_lb(c.flow, all_lbs) == IPv4Address(all_lbs[0]) for c in echo.connections
+                choose_lb(c.flow, all_lbs) == ip_address(all_lbs[0]) for c in echo.connections
             )
         say(
             "demo: balancer lb1 fails (the router takes it out of ECMP); long-lived connections "
@@ -161,6 +162,10 @@ def run_demo(
         )
     }
     summary["families"] = families
+    summary["underlay"] = bed.spec.underlay
+    summary["backends"] = {
+        f"s{i + 1}": bed.spec.backend_address(i) for i in range(bed.spec.servers)
+    }
     summary["errors"] = errors
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
@@ -218,7 +223,10 @@ def _requests_phase(
 
 
 def render_demo(summary: dict[str, Any]) -> str:
-    lines = ["rusty-rail demo summary"]
+    lines = [
+        "rusty-rail demo summary",
+        f"  underlay: GRE over {_say_family(summary['underlay'])}; backends {summary['backends']}",
+    ]
     for family, result in summary["families"].items():
         lines += [
             f"  {_say_family(family)} VIP {result['vip']}",

@@ -1,6 +1,7 @@
 """The test bed's router: bpf/testbed_router.bpf.c on the client-facing interface wraps IPv4 and
-IPv6 to the VIPs in outer IPv4 GRE (protocol 0x0800 or 0x86DD) towards one live LB per flow; the
-LB set changes at run time (an LB dies, one comes back).
+IPv6 to the VIPs in GRE (protocol 0x0800 or 0x86DD) towards one live LB per flow; the LB set
+changes at run time (an LB dies, one comes back). The outer header is IPv4 or IPv6, the family
+of the router's outer source address (``source``): every LB of the set has that family too.
 
 LB choice is rendezvous hashing over the live set (``choose_lb`` is its Python twin): stateless,
 independent of the order LBs are listed in, and removing an LB moves only the flows it had
@@ -10,13 +11,16 @@ not looked up per packet (bpf_fib_lookup): XDP traffic never refreshes a neighbo
 a per-packet lookup would start failing once the kernel expired the entry.
 
 The wrapped packet is what a Linux GRE tunnel would send: inner TTL or hop limit - 1 (<= 1 goes
-to the stack, which answers with ICMP), outer TOS copied from the inner TOS or traffic class, DF
-set, ID 0. An IPv6 flow is hashed with its ports when TCP or UDP follows the fixed header, else
-as (source, destination, next header): fragments and packets behind extension headers keep to
-one LB per address pair. Too big
-for the LB link's MTU is dropped and counted; give that link the client MTU + 24. A sender
-on a veth must not offload its checksums (ethtool -K DEV tx off): the router turns its packet
-into a bare frame, and the checksum the veth left for "hardware" is never completed.
+to the stack, which answers with ICMP), outer TOS (IPv4) or traffic class (IPv6) copied from the
+inner TOS or traffic class; an outer IPv4 header has DF set and ID 0, an outer IPv6 header flow
+label 0 (an ip6gre tunnel's default) and no extension header; the outer TTL or hop limit is
+``outer_ttl``. An IPv6 LB's score hashes its four address words where an IPv4 LB's hashes its
+one (``lb_scores``). An IPv6 flow is hashed with its ports when TCP or UDP follows the fixed
+header, else as (source, destination, next header): fragments and packets behind extension
+headers keep to one LB per address pair. Too big for the LB link's MTU is dropped and counted;
+give that link the client MTU + 24 (+ 44 for outer IPv6). A sender on a veth must not offload
+its checksums (ethtool -K DEV tx off): the router turns its packet into a bare frame, and the
+checksum the veth left for "hardware" is never completed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from socket import if_nametoindex
 from typing import Any
@@ -47,6 +51,8 @@ from rusty_rail.model.flowhash import Flow, mix64, words_of
 from rusty_rail.model.state import NextHop
 
 __all__ = [
+    "GRE6_OVERHEAD",
+    "GRE_OVERHEAD",
     "MAX_LBS",
     "ROUTER_SEED",
     "LbTarget",
@@ -66,10 +72,13 @@ ROUTER_SEED = int.from_bytes(b"rr-ecmp!", "big")
 MAX_LBS = 32
 #: What the router adds in front of the inner packet: outer IPv4 (20) and GRE (4).
 GRE_OVERHEAD = 24
+#: The same with an outer IPv6 header (40).
+GRE6_OVERHEAD = 44
 
-# struct router_lb_set and struct router_lb (bpf/testbed_router.bpf.c).
-_SET_HEADER = struct.Struct("=I4sQB7x")
-_LB = struct.Struct("=4sI6s6sI")
+# struct router_lb_set and struct router_lb (bpf/testbed_router.bpf.c); addresses are 16 bytes,
+# an IPv4 one mapped (::ffff:a.b.c.d).
+_SET_HEADER = struct.Struct("=IBB2x16sQ")
+_LB = struct.Struct("=16sI6s6sI")
 _SET_SIZE = _SET_HEADER.size + MAX_LBS * _LB.size
 _PREFIX = struct.Struct("=I4s")
 _PREFIX_V6 = struct.Struct("=I16s")
@@ -95,13 +104,13 @@ class LbTarget:
     """One LB as the router sends to it: the outer destination, the Ethernet next hop and the
     egress link's MTU (0: not checked)."""
 
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     next_hop: NextHop
     mtu: int = 0
 
     def encode(self) -> bytes:
         return _LB.pack(
-            self.address.packed,
+            _packed16(self.address),
             self.next_hop.ifindex,
             self.next_hop.dst_mac,
             self.next_hop.src_mac,
@@ -111,25 +120,54 @@ class LbTarget:
 
 # -- the choice, in Python -----------------------------------------------------------------
 
+Address = IPv4Address | IPv6Address
+
+
+def _packed16(address: Address) -> bytes:
+    """The 16 bytes the program keeps for an address: IPv6 as is, IPv4 mapped."""
+    if isinstance(address, IPv6Address):
+        return address.packed
+    return bytes(10) + b"\xff\xff" + address.packed
+
+
+def _unpacked16(data: bytes) -> Address:
+    address = IPv6Address(data)
+    return address.ipv4_mapped or address
+
+
+def _lb_address(value: Address | str, what: str = "LB") -> Address:
+    """An LB (or source) address of either family; an IPv4-mapped IPv6 address is refused (the
+    program keeps IPv4 addresses in that form)."""
+    address = ip_address(value)
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        raise ValueError(f"{what} {value}: an IPv4-mapped IPv6 address; give the IPv4 address")
+    return address
+
+
+def _same_family(addresses: Sequence[Address]) -> None:
+    if len({address.version for address in addresses}) > 1:
+        raise ValueError(f"LBs {', '.join(map(str, addresses))}: one set holds one address family")
+
 
 def _flow_state(flow: Flow, seed: int) -> int:
     return mix64(seed, flow.words())
 
 
-def lb_scores(flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_SEED) -> list[int]:
-    """Each LB's rendezvous score for ``flow``: mix64(mix64(seed, flow words), [address])."""
+def lb_scores(flow: Flow, lbs: Sequence[Address | str], seed: int = ROUTER_SEED) -> list[int]:
+    """Each LB's rendezvous score for ``flow``: mix64(mix64(seed, flow words), address words),
+    one word for an IPv4 LB, four for an IPv6 one."""
     state = _flow_state(flow, seed)
-    return [mix64(state, words_of(IPv4Address(lb).packed)) for lb in lbs]
+    return [mix64(state, words_of(_lb_address(lb).packed)) for lb in lbs]
 
 
-def choose_lb(
-    flow: Flow, lbs: Sequence[IPv4Address | str], seed: int = ROUTER_SEED
-) -> IPv4Address | None:
+def choose_lb(flow: Flow, lbs: Sequence[Address | str], seed: int = ROUTER_SEED) -> Address | None:
     """The LB bpf/testbed_router.bpf.c sends ``flow`` to (None for no LBs): the highest score, ties
-    to the higher address. ``flow`` has ports 0 for fragments and protocols without ports."""
+    to the higher address. ``flow`` has ports 0 for fragments and protocols without ports. The
+    LBs are of one family, as in a set the router holds."""
     if not lbs:
         return None
-    addresses = [IPv4Address(lb) for lb in lbs]
+    addresses = [_lb_address(lb) for lb in lbs]
+    _same_family(addresses)
     scored = zip(lb_scores(flow, addresses, seed), addresses, strict=True)
     return max(scored, key=lambda pair: (pair[0], int(pair[1])))[1]
 
@@ -174,7 +212,7 @@ class Router(Closeable):
         self,
         xdp: PinnedXdpProgram,
         *,
-        source: IPv4Address,
+        source: Address,
         seed: int,
         outer_ttl: int,
         netns: str | None,
@@ -210,15 +248,15 @@ class Router(Closeable):
         netns: str | None = None,
     ) -> Router:
         """Load bpf/testbed_router.bpf.o with ``source`` as the outer source address (the router's
-        LB-side address) and the VIP prefixes; no LBs yet (VIP traffic is dropped and counted
-        as DROP_NO_LB until set_lbs)."""
+        LB-side address, IPv4 or IPv6: the outer family and the LBs' family) and the VIP
+        prefixes; no LBs yet (VIP traffic is dropped and counted as DROP_NO_LB until
+        set_lbs). ``outer_ttl`` is the outer TTL or hop limit."""
         if not 1 <= outer_ttl <= 255:
             raise ValueError(f"outer_ttl must be 1..255, got {outer_ttl}")
+        address = _lb_address(source, "source")
         xdp = PinnedXdpProgram.load(ROUTER, None)
         try:
-            router = cls(
-                xdp, source=IPv4Address(source), seed=seed, outer_ttl=outer_ttl, netns=netns
-            )
+            router = cls(xdp, source=address, seed=seed, outer_ttl=outer_ttl, netns=netns)
             router.set_vips(vips)
             router.set_lb_targets(())
         except BaseException:
@@ -316,14 +354,14 @@ class Router(Closeable):
 
     def set_lbs(self, addresses: Sequence[str], *, timeout: float = 3.0) -> tuple[LbTarget, ...]:
         """Make ``addresses`` the live LB set: each LB's next hop is resolved through the
-        kernel's FIB and neighbour table of ``netns`` (ARP waited for up to ``timeout``
-        seconds) and its egress MTU read, then the set is swapped in at once. An empty list
-        means every LB is gone."""
+        kernel's FIB and neighbour table of ``netns`` (ARP or neighbour discovery waited for up
+        to ``timeout`` seconds) and its egress MTU read, then the set is swapped in at once.
+        An empty list means every LB is gone. The LBs have the family of ``source``."""
+        lbs = [_lb_address(address) for address in addresses]
+        for lb in lbs:
+            self._check_family(lb)
         targets = []
-        for address in addresses:
-            lb = ip_address(address)
-            if not isinstance(lb, IPv4Address):
-                raise ValueError(f"LB {address!r}: the router sends IPv4 GRE only")
+        for lb in lbs:
             next_hop = wait_next_hop(lb, timeout, netns=self.netns)
             targets.append(LbTarget(lb, next_hop, _interface_mtu(next_hop.ifindex, self.netns)))
         self.set_lb_targets(targets)
@@ -333,12 +371,20 @@ class Router(Closeable):
         """Make ``targets`` the live LB set as given (no resolution): the idle bank is written
         whole, then made the active one, so a packet sees the old set or the new one."""
         addresses = [target.address for target in targets]
+        for address in addresses:
+            self._check_family(_lb_address(address))
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"LB addresses repeat: {', '.join(map(str, addresses))}")
         if len(targets) > MAX_LBS:
             raise ValueError(f"{len(targets)} LBs, the router takes at most {MAX_LBS}")
         self._prepare_lb_counters(targets)
-        value = _SET_HEADER.pack(len(targets), self.source.packed, self.seed, self.outer_ttl)
+        value = _SET_HEADER.pack(
+            len(targets),
+            self.source.version,
+            self.outer_ttl,
+            _packed16(self.source),
+            self.seed,
+        )
         value += b"".join(target.encode() for target in targets)
         value += bytes(_SET_SIZE - len(value))
         idle = 1 - _active_bank(self._active)
@@ -346,8 +392,15 @@ class Router(Closeable):
         self._active.update(_U32.pack(0), _U32.pack(idle))
         self._lbs = tuple(targets)
 
+    def _check_family(self, lb: Address) -> None:
+        if lb.version != self.source.version:
+            raise ValueError(
+                f"LB {lb}: the router's outer source {self.source} is IPv{self.source.version}, "
+                f"its LBs must be IPv{self.source.version} too"
+            )
+
     def _prepare_lb_counters(self, targets: Sequence[LbTarget]) -> None:
-        keys = {target.address.packed for target in targets}
+        keys = {_packed16(target.address) for target in targets}
         present = set(self._lb_stats.keys())
         if len(present | keys) > self._lb_stats.max_entries:
             for key in present - keys:  # forget LBs that are long gone
@@ -381,7 +434,7 @@ class Router(Closeable):
     def lb_counters(self) -> dict[str, dict[str, int]]:
         """Per LB address: the packets and bytes (as received) sent to it."""
         return {
-            str(IPv4Address(key)): self._sum(values)
+            str(_unpacked16(key)): self._sum(values)
             for key, values in self._lb_stats.items_percpu()
         }
 
@@ -395,12 +448,12 @@ def _read_active_set(sets: Map, active: Map) -> tuple[dict[str, Any], list[LbTar
     value = sets.lookup(_U32.pack(_active_bank(active)))
     if value is None:
         raise RuntimeError("the pinned router has no LB set")
-    count, source, seed, outer_ttl = _SET_HEADER.unpack_from(value)
+    count, _family, outer_ttl, source, seed = _SET_HEADER.unpack_from(value)
     lbs = []
     for index in range(min(count, MAX_LBS)):
         address, ifindex, dst_mac, src_mac, mtu = _LB.unpack_from(
             value, _SET_HEADER.size + index * _LB.size
         )
-        lbs.append(LbTarget(IPv4Address(address), NextHop(ifindex, src_mac, dst_mac), mtu))
-    settings = {"source": IPv4Address(source), "seed": seed, "outer_ttl": outer_ttl}
+        lbs.append(LbTarget(_unpacked16(address), NextHop(ifindex, src_mac, dst_mac), mtu))
+    settings = {"source": _unpacked16(source), "seed": seed, "outer_ttl": outer_ttl}
     return settings, lbs

@@ -11,12 +11,31 @@ shared configuration, and servers that unwrap GRE and answer the clients directl
 ```
 
 Dual stack: the clients reach the IPv4 VIP (VIP, in VIP_PREFIX) and the IPv6 VIP (VIP6, in
-VIP6_PREFIX); the router wraps both in outer IPv4 GRE (0x0800 or 0x86DD) towards the
-balancers, whose backends are the servers' IPv4 addresses. The balancer segment (br2) stays
-IPv4 only: the servers answer IPv6 over br3, so no neighbour discovery or MLD reaches a
-balancer (the DSR checks count every packet a balancer sees). A server's eth0 takes IPv6 (the
+VIP6_PREFIX); the router wraps both in GRE (0x0800 or 0x86DD) towards the balancers.
+
+The underlay (``TestbedSpec.underlay``) is the outer family between the router and the
+balancers. ``ipv4`` (the default): outer IPv4 GRE, and the balancer segment (br2) is IPv4
+only: the servers answer IPv6 over br3, so no neighbour discovery or MLD reaches a balancer
+(the DSR checks count every packet a balancer sees). A server's eth0 then takes IPv6 (the
 decapsulated inner packets arrive there) but has no IPv6 address, not even a link-local one,
-so it says nothing.
+so it says nothing. ``ipv6``: outer IPv6 GRE from the router's 2001:2:0:3::1 to each
+balancer's lb_address_ipv6 (RR_LB_ADDRESS_IPV6) in 2001:2:0:3::/64 on br2; the servers' decap
+takes that prefix beside 198.18.0.0/24.
+
+The backends (``TestbedSpec.backends``): ``ipv4``, every server by its IPv4 address (the
+default), or ``mixed``, the odd-numbered servers (s1, s3, ...) by their IPv4 address and the
+even-numbered ones (s2, ...) by their IPv6 address on br2, behind both VIPs: an IPv4 VIP with
+IPv6 backends, an IPv6 VIP with backends of both families, the balancer's outer header by the
+backend's family. Either of ``underlay ipv6`` or ``mixed`` gives br2 its IPv6 prefix.
+
+br2 with IPv6 must still show a balancer nothing but GRE, so it is kept quiet by
+construction (lb_segment.py): every IPv6 neighbour a host on br2 sends to is a static
+(permanent) entry, so no neighbour solicitation or advertisement is ever needed; addresses
+are added without duplicate address detection and no interface there has a link-local
+address or sends router solicitations; what multicast remains (MLD reports, sent from the
+unspecified address) is not flooded to the balancers' bridge ports (br2's multicast snooping
+off, mcast_flood off on those ports). The DSR checks stay as strict as with the IPv4
+underlay: every non-GRE packet a balancer sees is counted against it.
 
 All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
@@ -32,7 +51,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,88 +68,77 @@ from rusty_rail.dataplane.libbpf import (
 from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.decap.agent import decap_attach
+from rusty_rail.testbed.lb_segment import (
+    LB_PREFIX6,
+    ROUTER_LB_SIDE6,
+    lb_address6,
+    no_multicast_to,
+    quiet_ipv6,
+    server_address6,
+    static_neighbours,
+)
 from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
 from rusty_rail.testbed.router import Router
+from rusty_rail.testbed.spec import (
+    BACKEND_FAMILIES,
+    CLIENT_NET,
+    CLIENT_NET6,
+    ECHO_PORT,
+    HTTP_PORT,
+    LB_NET,
+    RETURN_NET6,
+    ROUTER_CLIENT_SIDE,
+    ROUTER_CLIENT_SIDE6,
+    ROUTER_LB_SIDE,
+    ROUTER_RETURN_SIDE6,
+    UNDERLAYS,
+    VIP,
+    VIP6,
+    VIP6_PREFIX,
+    VIP_PREFIX,
+    VIPS,
+    TestbedSpec,
+    balancer_config,
+    client_address,
+    client_address6,
+    lb_address,
+    server_address,
+    server_return_address6,
+)
+
+__all__ = [
+    "BACKEND_FAMILIES",
+    "CLIENT_NET",
+    "CLIENT_NET6",
+    "ECHO_PORT",
+    "HTTP_PORT",
+    "LB_NET",
+    "RETURN_NET6",
+    "ROUTER_CLIENT_SIDE",
+    "ROUTER_CLIENT_SIDE6",
+    "ROUTER_LB_SIDE",
+    "ROUTER_RETURN_SIDE6",
+    "STATE_DIR",
+    "UNDERLAYS",
+    "VIP",
+    "VIP6",
+    "VIP6_PREFIX",
+    "VIPS",
+    "VIP_PREFIX",
+    "Testbed",
+    "TestbedSpec",
+    "balancer_config",
+    "client_address",
+    "client_address6",
+    "down_all",
+    "lb_address",
+    "running_testbeds",
+    "server_address",
+    "server_return_address6",
+]
 
 #: Where `rusty-rail testbed up` keeps what `status` and `down` need (one file per run).
 STATE_DIR = Path("/run/rusty-rail/testbed")
-
-CLIENT_NET = "198.18.1"
-LB_NET = "198.18.0"
-ROUTER_CLIENT_SIDE = f"{CLIENT_NET}.1"
-ROUTER_LB_SIDE = f"{LB_NET}.1"
-VIP = "198.19.0.10"
-VIP_PREFIX = "198.19.0.0/24"
-CLIENT_NET6 = "2001:2:0:1"
-RETURN_NET6 = "2001:2:0:2"
-ROUTER_CLIENT_SIDE6 = f"{CLIENT_NET6}::1"
-ROUTER_RETURN_SIDE6 = f"{RETURN_NET6}::1"
-VIP6 = "2001:2:0:100::10"
-VIP6_PREFIX = "2001:2:0:100::/64"
-#: Address family -> the test bed's VIP of that family.
-VIPS = {"ipv4": VIP, "ipv6": VIP6}
-HTTP_PORT = 80
-ECHO_PORT = 7
-
-
-def client_address(i: int) -> str:
-    return f"{CLIENT_NET}.{11 + i}"
-
-
-def lb_address(i: int) -> str:
-    return f"{LB_NET}.{11 + i}"
-
-
-def server_address(i: int) -> str:
-    return f"{LB_NET}.{21 + i}"
-
-
-def client_address6(i: int) -> str:
-    return f"{CLIENT_NET6}::{11 + i}"
-
-
-def server_return_address6(i: int) -> str:
-    return f"{RETURN_NET6}::{21 + i}"
-
-
-@dataclass(frozen=True)
-class TestbedSpec:
-    """The test bed's size. Default: the seed's "iteration 4" (2 clients, 2 balancers) with
-    3 servers."""
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    clients: int = 2
-    lbs: int = 2
-    servers: int = 3
-    xdp_mode: str = "native"
-
-    def __post_init__(self) -> None:
-        for name, value, top in (
-            ("clients", self.clients, 50),
-            ("lbs", self.lbs, 9),
-            ("servers", self.servers, 50),
-        ):
-            if not 1 <= value <= top:
-                raise ValueError(f"{name} must be 1..{top}, got {value}")
-        if self.xdp_mode not in ("native", "generic"):
-            raise ValueError(f"xdp_mode must be native or generic, got {self.xdp_mode!r}")
-
-
-def balancer_config(
-    spec: TestbedSpec, servers: list[int] | None = None, vips: Sequence[str] = (VIP, VIP6)
-) -> str:
-    """The one configuration every balancer runs: the VIPs (default the IPv4 VIP and the IPv6
-    VIP), each with the servers given (default all) as its IPv4 backends."""
-    chosen = range(spec.servers) if servers is None else servers
-    backends = ", ".join(f'"{server_address(i)}"' for i in chosen)
-    return (
-        "# rusty-rail test bed: every balancer runs this file\n"
-        'device = "eth0"\n'
-        f'xdp_mode = "{spec.xdp_mode}"\n'
-        "conntrack_size = 65536\n"
-        + "".join(f'[[vips]]\naddress = "{vip}"\nbackends = [{backends}]\n' for vip in vips)
-    )
 
 
 @dataclass
@@ -242,6 +250,8 @@ class Testbed:
         router.ip("addr", "add", f"{ROUTER_LB_SIDE}/24", "dev", "eth0")
         self._ipv6(router, "eth1", ROUTER_CLIENT_SIDE6)
         self._ipv6(router, "eth2", ROUTER_RETURN_SIDE6)
+        if self.spec.lb_segment_ipv6:
+            quiet_ipv6(router, "eth0", ROUTER_LB_SIDE6)
         router.sysctl("net.ipv4.ip_forward", "1")
         router.sysctl("net.ipv6.conf.all.forwarding", "1")
         for key in ("all", "default", "eth0", "eth1"):
@@ -266,6 +276,8 @@ class Testbed:
             plug(lb, "eth0", f"p-lb{i + 1}", "br2")
             lb.ip("addr", "add", f"{lb_address(i)}/24", "dev", "eth0")
             lb.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
+            if self.spec.lb_segment_ipv6:
+                quiet_ipv6(lb, "eth0", lb_address6(i))
 
         for i in range(self.spec.servers):
             server = self._namespace(net, f"s{i + 1}")
@@ -277,7 +289,10 @@ class Testbed:
             plug(server, "eth1", f"p-s{i + 1}v6", "br3")
             server.sysctl("net.ipv6.conf.lo.disable_ipv6", "0")
             server.ip("-6", "addr", "add", f"{VIP6}/128", "dev", "lo")
-            self._ipv6(server, "eth0", None)
+            if self.spec.lb_segment_ipv6:
+                quiet_ipv6(server, "eth0", server_address6(i))
+            else:
+                self._ipv6(server, "eth0", None)
             self._ipv6(server, "eth1", server_return_address6(i))
             server.ip("-6", "route", "add", "default", "via", ROUTER_RETURN_SIDE6)
             for key in ("all", "default", "eth0", "lo"):
@@ -285,12 +300,15 @@ class Testbed:
             server.sysctl("net.ipv4.conf.all.arp_ignore", "1")
             server.sysctl("net.ipv4.conf.all.arp_announce", "2")
         self.save()
+        if self.spec.lb_segment_ipv6:
+            self._quiet_lb_segment(switch, router)
 
         self._attach_pass(switch, ports)
+        allowed = [f"{LB_NET}.0/24", *([LB_PREFIX6] if self.spec.lb_segment_ipv6 else [])]
         for i, server in enumerate(self.servers):
             decap_attach(
                 "eth0",
-                [f"{LB_NET}.0/24"],
+                allowed,
                 self.spec.xdp_mode,  # type: ignore[arg-type]
                 netns=server.name,
                 pin_root=self.pin_root / f"s{i + 1}",
@@ -311,6 +329,7 @@ class Testbed:
                 ],
             )
         for i, lb in enumerate(self.lbs):
+            own = {"RR_LB_ADDRESS_IPV6": lb_address6(i)} if self.spec.lb_segment_ipv6 else {}
             self._start(
                 f"lb{i + 1}",
                 lb,
@@ -329,18 +348,29 @@ class Testbed:
                     "--next-hop-timeout",
                     "5",
                 ],
+                own,
             )
         for i in range(self.spec.servers):
             self.wait_log(f"s{i + 1}", "server s")
         for i in range(self.spec.lbs):
             self.wait_log(f"lb{i + 1}", "balancer xdp_balancer on eth0")
 
-        self.router = Router.load(
-            source=ROUTER_LB_SIDE, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name
-        )
+        source = ROUTER_LB_SIDE6 if self.spec.underlay == "ipv6" else ROUTER_LB_SIDE
+        self.router = Router.load(source=source, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name)
         self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
         self.set_lbs(list(range(self.spec.lbs)))
         self.save()
+
+    def _quiet_lb_segment(self, switch: Namespace, router: Namespace) -> None:
+        """br2 with IPv6, showing the balancers nothing but GRE (lb_segment.py): permanent
+        neighbours where IPv6 is sent, no multicast to the balancers' ports."""
+        static_neighbours(
+            router, "eth0", {lb_address6(i): lb.mac("eth0") for i, lb in enumerate(self.lbs)}
+        )
+        servers = {server_address6(i): s.mac("eth0") for i, s in enumerate(self.servers)}
+        for lb in self.lbs:
+            static_neighbours(lb, "eth0", servers)
+        no_multicast_to(switch, "br2", [f"p-lb{i + 1}" for i in range(self.spec.lbs)])
 
     def _attach_pass(self, switch: Namespace, ports: list[str]) -> None:
         with BpfObject.open(bpf_object_path("testbed_pass")) as obj:
@@ -353,9 +383,16 @@ class Testbed:
                     )
                     self.links[-1].pin(self.pin_root / f"pass-{port}")
 
-    def _start(self, name: str, namespace: Namespace, command: list[str]) -> None:
-        """Start a process in ``namespace``'s network (not its mounts: pins stay visible)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")}
+    def _start(
+        self,
+        name: str,
+        namespace: Namespace,
+        command: list[str],
+        env_add: dict[str, str] | None = None,
+    ) -> None:
+        """Start a process in ``namespace``'s network (not its mounts: pins stay visible), with
+        none of this process's RR_* variables but those of ``env_add``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RR_")} | (env_add or {})
         with self.log(name).open("w") as log:
             process = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{namespace.name}", *command],
@@ -392,7 +429,7 @@ class Testbed:
         """The router's live balancer set: leaving one out is that balancer dying."""
         if self.router is None:
             raise RuntimeError("the router is not running")
-        self.router.set_lbs([lb_address(i) for i in lbs])
+        self.router.set_lbs([self.spec.lb_outer_address(i) for i in lbs])
 
     def set_backends(self, servers: list[int], timeout: float = 15) -> None:
         """Give every balancer a new backend set: rewrite the shared file, SIGHUP each daemon
@@ -439,6 +476,10 @@ class Testbed:
             },
             "vip": VIP,
             "vip6": VIP6,
+            "underlay": self.spec.underlay,
+            "backends": {
+                f"s{i + 1}": self.spec.backend_address(i) for i in range(self.spec.servers)
+            },
             "workdir": str(self.workdir),
             "pins": str(self.pin_root),
         }

@@ -24,6 +24,7 @@ from rusty_rail.wire.constants import (
     IPV4_OFFSET_MASK,
     PROTO_GRE,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     TCP_SYN,
@@ -321,6 +322,18 @@ def udp6(sport: int, dport: int, payload: bytes, *, src: Ipv6Like, dst: Ipv6Like
     pseudo = ipv6_address(src) + ipv6_address(dst) + struct.pack("!IxxxB", length, PROTO_UDP)
     value = internet_checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload)
     return struct.pack("!HHHH", sport, dport, length, value or 0xFFFF) + payload
+
+
+def icmp6(
+    type_: int, code: int, payload: bytes, *, src: Ipv6Like, dst: Ipv6Like, rest: int = 0
+) -> bytes:
+    """An ICMPv6 message with the checksum over the IPv6 pseudo-header (RFC 4443 section 2.3);
+    ``rest`` is the 4-byte rest of the header (an echo's identifier and sequence)."""
+    header = bytearray(struct.pack("!BBHI", type_, code, 0, rest))
+    length = len(header) + len(payload)
+    pseudo = ipv6_address(src) + ipv6_address(dst) + struct.pack("!IxxxB", length, PROTO_ICMPV6)
+    header[2:4] = struct.pack("!H", internet_checksum(pseudo + bytes(header) + payload))
+    return bytes(header) + payload
 
 
 # --- IPv6 extension headers (appended for inner IPv6, docs/packet-path.md section 4b) --------

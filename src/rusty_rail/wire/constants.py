@@ -56,6 +56,8 @@ ICMP_ECHO_REQUEST = 8
 ICMP_CODE_FRAGMENTATION_NEEDED = 4
 ICMPV6_DEST_UNREACHABLE = 1
 ICMPV6_PACKET_TOO_BIG = 2
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
 
 #: IPv6 extension headers the balancer walks (RFC 8200, section 4), and the fragment header's
 #: offset and more-fragments bits (the 16-bit word at its byte 2; 0x0006 is reserved).

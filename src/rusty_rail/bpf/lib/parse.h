@@ -289,9 +289,9 @@ static __always_inline enum parse_result parse_gre(struct cursor *c, __be16 *pro
  * header allows (UDP always follows an IP header, which sets `left`). On PARSE_OK the cursor
  * is at the payload and `left` is the UDP payload.
  *
- * UDP-BASED ENCAPSULATIONS (GUE, FOU, VXLAN, Geneve) are recognised here when they come:
- * after parse_udp, by udp->dest, each with a parse_<name>() of its own in this file that
- * leaves the cursor at the inner packet the way parse_gre does. No program uses UDP yet. */
+ * UDP-BASED ENCAPSULATIONS are recognised after parse_udp, by udp->dest, each with a
+ * parse_<name>() that leaves the cursor at what it carries the way parse_gre does: VXLAN and
+ * GENEVE in lib/parse_tunnels.h (decap.bpf.c reads them). */
 static __always_inline enum parse_result parse_udp(struct cursor *c, struct udphdr **udp_out)
 {
 	struct udphdr *udp = c->pos;

@@ -2,11 +2,17 @@
 buffers, XDP links, tc filters and pins. Everything above it passes bytes and names.
 
 One module per concern: ``objects`` (BpfObject, Program), ``bpfmap`` (Map, create_map),
-``ringbuf``, ``links`` (XDP), ``tc``, ``pins`` (bpffs); ``errors`` holds LibbpfError. The
-private ``_ffi`` is the C surface, ``_messages`` routes libbpf's messages, ``_fd`` is the
-handle every class is. Import from here: the split is this package's own business.
+``ringbuf``, ``links`` (XDP), ``attached`` (what the kernel has attached, by id), ``tc``,
+``pins`` (bpffs); ``errors`` holds LibbpfError. The private ``_ffi`` is the C surface,
+``_messages`` routes libbpf's messages, ``_fd`` is the handle every class is. Import from
+here: the split is this package's own business.
 """
 
+from rusty_rail.dataplane.libbpf.attached import (
+    AttachedProgram,
+    attach_xdp_netlink,
+    xdp_link_holding,
+)
 from rusty_rail.dataplane.libbpf.bpfmap import (
     BPF_ANY,
     BPF_EXIST,
@@ -36,6 +42,7 @@ from rusty_rail.dataplane.libbpf.pins import (
     ensure_bpffs,
     lock_pin_dir,
     pin_dir,
+    pins_outlive_process,
     remove_pin_dir,
 )
 from rusty_rail.dataplane.libbpf.ringbuf import RingBuffer
@@ -50,6 +57,7 @@ __all__ = [
     "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
     "PIN_ROOT",
+    "AttachedProgram",
     "BpfObject",
     "LibbpfError",
     "Link",
@@ -64,6 +72,7 @@ __all__ = [
     "XdpMode",
     "attach_tc",
     "attach_xdp",
+    "attach_xdp_netlink",
     "bpf_object_path",
     "bpf_unavailable_reason",
     "create_map",
@@ -73,7 +82,9 @@ __all__ = [
     "lock_pin_dir",
     "num_possible_cpus",
     "pin_dir",
+    "pins_outlive_process",
     "query_tc",
     "query_xdp",
     "remove_pin_dir",
+    "xdp_link_holding",
 ]

@@ -248,6 +248,8 @@ _link_detach = _fn("bpf_link_detach", _c_int, _c_int)
 _link_get_next_id = _fn("bpf_link_get_next_id", _c_int, ctypes.c_uint32, _c_void_p)
 _link_get_fd_by_id = _fn("bpf_link_get_fd_by_id", _c_int, ctypes.c_uint32)
 _xdp_detach = _fn("bpf_xdp_detach", _c_int, _c_int, ctypes.c_uint32, _c_void_p)
+_xdp_attach = _fn("bpf_xdp_attach", _c_int, _c_int, _c_int, ctypes.c_uint32, _c_void_p)
+_prog_get_fd_by_id = _fn("bpf_prog_get_fd_by_id", _c_int, ctypes.c_uint32)
 
 
 class _TcHook(ctypes.Structure):

@@ -83,6 +83,43 @@ def ensure_bpffs(mountpoint: Path = BPFFS) -> None:
         raise LibbpfError(ctypes.get_errno(), f"mount bpffs at {mountpoint}")
 
 
+def _bpffs_devices(mountinfo: str) -> set[str]:
+    """The devices ("major:minor") of the bpffs mounts listed in a /proc/PID/mountinfo."""
+    devices = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+        if "-" in fields[6:]:
+            separator = fields.index("-", 6)
+            if len(fields) > separator + 1 and fields[separator + 1] == "bpf":
+                devices.add(fields[2])
+    return devices
+
+
+def pins_outlive_process(
+    path: Path, *, init_mountinfo: Path = Path("/proc/1/mountinfo")
+) -> bool | None:
+    """Whether pins under ``path`` outlive this process: True when the bpffs holding it is
+    mounted in PID 1's mount namespace too (the host's, bind-mounted or seen through a copied
+    namespace as `unshare --mount` makes), False when that bpffs is mounted only in mount
+    namespaces of this process's own (`ip netns exec` mounts a fresh one that goes with it),
+    None when it cannot be told (no bpffs there yet, PID 1's mounts unreadable).
+
+    A bpffs is one superblock, whatever its mount points: its device number is the same in
+    every namespace that mounts it, and its pins live while one of them does."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not _is_bpffs(existing):
+        return None
+    device = os.stat(existing).st_dev
+    try:
+        mountinfo = init_mountinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return f"{os.major(device)}:{os.minor(device)}" in _bpffs_devices(mountinfo)
+
+
 def _check_component(name: str, what: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\0" in name or len(name) > 255:
         raise ValueError(f"{what} {name!r} cannot name a pin directory")

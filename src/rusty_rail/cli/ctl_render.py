@@ -1,0 +1,119 @@
+"""How `rusty-rail ctl` shows the API's answers as text: tables of VIPs, rates and dry runs,
+the line a write prints, an event as a line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+
+def size(count: float, unit: str = "") -> str:
+    for suffix in ("", "k", "M", "G", "T"):
+        if abs(count) < 1000:
+            return f"{count:.0f}{suffix}{unit}" if suffix == "" else f"{count:.1f}{suffix}{unit}"
+        count /= 1000
+    return f"{count:.1f}P{unit}"
+
+
+def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
+    """VIPs and backends, ipvsadm -Ln style."""
+    table = Table(box=box.SIMPLE, show_edge=False)
+    for column, justify in (
+        ("VIP / backend", "left"),
+        ("weight", "right"),
+        ("admin", "left"),
+        ("data plane", "left"),
+        ("slots", "right"),
+        ("next hop", "left"),
+        ("packets", "right"),
+        ("bytes", "right"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for vip in vips:
+        live = vip["table"]
+        summary = "no table" if live is None else f"M={live['size']} fp {live['fingerprint'][:12]}"
+        table.add_row(
+            f"[bold]{vip['vip']}[/bold]",
+            "",
+            "",
+            summary,
+            "",
+            "",
+            size(vip["stats"]["packets"]),
+            size(vip["stats"]["bytes"], "B"),
+        )
+        for backend in vip["backends"]:
+            hop = backend["next_hop"]
+            table.add_row(
+                f"  -> {backend['address']}",
+                str(backend["weight"]),
+                backend["state"],
+                backend["dataplane_state"],
+                f"{backend['slot_share']:.1%}",
+                hop["dst_mac"] if hop else f"[red]{backend['next_hop_problem'] or 'unresolved'}",
+                size(backend["stats"]["packets"]),
+                size(backend["stats"]["bytes"], "B"),
+            )
+    return table
+
+
+def rate_table(rates: Sequence[tuple[str, str, float, float]], interval: float) -> Table:
+    table = Table(title=f"rates over {interval:g} s", box=box.SIMPLE, show_edge=False)
+    for column in ("VIP", "backend", "packets/s", "bits/s"):
+        table.add_column(column, justify="left" if column in ("VIP", "backend") else "right")
+    for vip, backend, pps, bps in rates:
+        table.add_row(vip, backend, size(pps), size(bps, "b"))
+    return table
+
+
+def change_line(result: Mapping[str, Any]) -> str:
+    if not result["changed"]:
+        return f"no change (generation {result['generation']})"
+    rebuilt = ", ".join(result["tables_rebuilt"]) or "none"
+    line = (
+        f"applied: generation {result['generation']}, {result['map_updates']} map updates, "
+        f"tables rebuilt: {rebuilt} (build {result['build_ms']:.1f} ms, apply "
+        f"{result['apply_ms']:.1f} ms)"
+    )
+    unresolved = result.get("unresolved_next_hops")
+    if unresolved:
+        line += (
+            f"\nno next hop yet for {', '.join(unresolved)}: no new flows until it resolves "
+            "(`ctl health`, `ctl events`)"
+        )
+    return line
+
+
+def plan_table(plan: Mapping[str, Any]) -> Table:
+    table = Table(
+        title=f"dry run over {plan['flows_examined']} tracked flows: nothing was applied",
+        box=box.SIMPLE,
+        show_edge=False,
+    )
+    for column in ("VIP", "change", "table slots moved", "flows tracked", "flows moved"):
+        table.add_column(column, justify="left" if column in ("VIP", "change") else "right")
+    for name, view in plan["vips"].items():
+        moved = view["table_slots_moved"]
+        table.add_row(
+            name,
+            view["change"],
+            "n/a" if moved is None else f"{moved:.2%}",
+            str(view["flows_tracked"]),
+            f"{view['flows_moved']} ({view['flows_moved_share']:.1%})",
+        )
+    return table
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    """One event as a line: when, what, and why."""
+    when = (
+        time.strftime("%H:%M:%S", time.localtime(event["at"]))
+        + f".{int(event['at'] * 1000) % 1000:03d}"
+    )
+    who = event["vip"] + (f" {event['backend']}" if event["backend"] else "")
+    change = f"{event['from']} -> {event['to']}" if event["from"] or event["to"] else event["kind"]
+    return f"{when} #{event['id']} {who}: {change} ({event['cause']}: {event['detail']})"
