@@ -960,3 +960,39 @@ def test_when_no_backend_of_a_vip_has_a_next_hop_they_all_stay_in_its_table(node
     slots = {slot_of(node, name, a) for a in body["backends"]}
     assert _live_slots(node, name) == slots
     assert node.call("DELETE", "/v1/vips/198.18.100.7:80%2Ftcp").status == 200
+
+
+def test_a_vips_backends_are_a_route_of_their_own(node: Node) -> None:
+    """Issue 15, item 2: GET /v1/vips/{vip}/backends was a 400 about a protocol "backends"."""
+    for vip, key in ((VIP_PATH, VIP), ("/v1/vips/198.18.100.2", "198.18.100.2")):
+        answer = node.call("GET", f"{vip}/backends")
+        assert answer.status == 200, answer.body
+        assert answer.body["vip"] == key
+        whole = node.call("GET", vip).body
+        assert answer.body["backends"] == whole["backends"]
+    missing = node.call("GET", "/v1/vips/198.18.100.9:80%2Ftcp/backends")
+    assert missing.status == 404
+    assert missing.body["known_vips"] == ["198.18.100.1:80/tcp", "198.18.100.2"]
+
+
+def test_errors_are_problem_details_that_name_the_known_vips(node: Node) -> None:
+    """RFC 9457: application/problem+json with type, title, status, detail and instance; the
+    API's own error, message and problems stay as extension members."""
+    answer = node.call("GET", "/v1/vips/198.18.100.9")
+    assert answer.status == 404
+    kind = next(v for k, v in answer.headers.items() if k.lower() == "content-type")
+    assert kind.startswith("application/problem+json")
+    body = answer.body
+    assert body["type"] == "about:blank" and body["title"] == "Not Found"
+    assert body["status"] == 404 and body["instance"] == "/v1/vips/198.18.100.9"
+    assert (
+        body["detail"]
+        == body["message"]
+        == ("no VIP 198.18.100.9; the VIPs are: 198.18.100.1:80/tcp, 198.18.100.2")
+    )
+    assert body["error"] == "Not Found" and body["problems"] == []
+    assert body["known_vips"] == ["198.18.100.1:80/tcp", "198.18.100.2"]
+    bad = node.call("PUT", f"{VIP_PATH}/backends/198.18.64.40", {"weight": -1})
+    assert bad.status == 422
+    assert bad.body["title"] == "Unprocessable Entity"
+    assert [p["path"] for p in bad.body["problems"]] == ["weight"]

@@ -33,6 +33,8 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
+#: The daemon's bearer token: writes need one (docs/api.md), as the document says.
+TOKEN = "fuzz-token-0123456789abcdef"
 #: Large prime table sizes are valid but cost a second and 128 MiB each: keep them small.
 MAX_FUZZ_TABLE_SIZE = 100_000
 
@@ -45,7 +47,7 @@ def fuzzed(require_root: None) -> Iterator[Node]:
 
 def start(bed: Bed) -> Node:
     # Attached, so that /healthz answers 200: a 503 there would be a (documented) fail.
-    return bed.start("eth0", base_config("eth0", "198.18.0.2"), attach=True)
+    return bed.start("eth0", base_config("eth0", "198.18.0.2"), attach=True, token=TOKEN)
 
 
 def _small_tables(value: Any) -> Any:
@@ -64,6 +66,13 @@ def _small_tables(value: Any) -> Any:
 def _bounded(case: Case) -> Case:
     if isinstance(case.body, dict | list):
         case.body = _small_tables(case.body)
+    # A generated request that carries a bearer token carries the daemon's (one without it,
+    # a negative case, must get 401).
+    headers = dict(case.headers or {})
+    if any(name.lower() == "authorization" for name in headers):
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = f"Bearer {TOKEN}"
+        case.headers = headers
     return case
 
 
@@ -91,6 +100,8 @@ def test_no_generated_request_gets_a_server_error(fuzzed: Node) -> None:
             case.validate_response(response, checks=CHECKS)
 
         call()
-    # After all that, the daemon still answers, healthy, its last change applied.
+    # The generated writes carried the token and got through (not only 401s)...
+    assert fuzzed.daemon.generation > 0
+    # ...and after all that, the daemon still answers, healthy, its last change applied.
     assert fuzzed.call("GET", "/v1/config").status == 200
     assert fuzzed.call("GET", "/healthz").status == 200

@@ -7,6 +7,8 @@ import re
 from ipaddress import IPv4Address, ip_address
 
 import pytest
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from rusty_rail.api import changes, openapi, readmodels
 from rusty_rail.api import schemas as schemas_module
@@ -186,11 +188,25 @@ def test_the_openapi_document_covers_every_route_and_every_schema_it_references(
         assert f"'#/components/schemas/{name}'" in text, name
 
 
+def _titles(value: object, in_properties: bool = False) -> list[str]:
+    """pydantic's "title" keys left in ``value`` (a property named title is not one)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "title" and not in_properties and isinstance(item, str):
+                found.append(item)
+            found += _titles(item, key == "properties" and not in_properties)
+    elif isinstance(value, list):
+        for item in value:
+            found += _titles(item)
+    return found
+
+
 def test_the_openapi_schemas_come_from_the_code() -> None:
     document = openapi.document()
     schemas = document["components"]["schemas"]
     text = str(document)
-    assert "$defs" not in text and "'title':" not in str(schemas)
+    assert "$defs" not in text and not _titles(schemas)
     for ref in re.findall(r"'\$ref': '#/components/schemas/([^']+)'", text):
         assert ref in schemas, ref
     assert schemas["AdminState"]["enum"] == [state.value for state in AdminState]
@@ -205,3 +221,35 @@ def test_the_openapi_schemas_come_from_the_code() -> None:
     assert "required" not in schemas["VipBody"]
     assert schemas["VipBody"]["properties"] == schemas["Vip"]["properties"]
     assert schemas["Config"]["additionalProperties"] is False
+
+
+def test_the_openapi_document_is_valid_openapi_3_1_with_operation_ids_and_tags() -> None:
+    """Issue 15, item 2: validated by a standard validator, not only by our own fuzzing."""
+    document = openapi.document()
+    assert document["openapi"] == "3.1.0"
+    validate(document)  # openapi-spec-validator: raises on any violation of the 3.1 schema
+    tags = {tag["name"] for tag in document["tags"]}
+    operation_ids = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation.get("operationId"), (method, path)
+            assert operation.get("tags") and set(operation["tags"]) <= tags, (method, path)
+            operation_ids.append(operation["operationId"])
+            for status, response in operation["responses"].items():
+                if (status.startswith(("4", "5")) and status != "503") or "Error" in str(response):
+                    assert set(response["content"]) == {"application/problem+json"}, (
+                        method,
+                        path,
+                        status,
+                    )
+            if method in ("put", "patch", "delete", "post"):
+                assert operation["security"] == [{"bearer": []}], (method, path)
+    assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_a_document_that_breaks_the_openapi_schema_is_caught_by_the_validator() -> None:
+    """The validator is really run: a 3.0-only construct in a 3.1 document fails it."""
+    document = openapi.document()
+    document["paths"]["/healthz"]["get"]["responses"] = {"200": {"content": {}}}  # no description
+    with pytest.raises(OpenAPIValidationError):
+        validate(document)

@@ -68,13 +68,25 @@ def parse_address(text: str, name: str = "address") -> IPAddress:
         raise ApiError.bad_parameter(name, text, error.problems[0].reason) from None
 
 
-def not_found(target: Target, address: IPAddress | None = None) -> ApiError:
+#: How many VIP keys a 404 for a VIP names in its message (all are in known_vips).
+KNOWN_VIPS_SHOWN: Final = 10
+
+
+def not_found(target: Target, config: Config, address: IPAddress | None = None) -> ApiError:
+    """404: no such VIP (the answer lists the known ones, in ``known_vips``), or no such
+    backend of it."""
     what = "the default set" if target.is_default else f"VIP {target.name}"
-    if address is None:
-        message = "there is no default set" if target.is_default else f"no VIP {target.name}"
+    if address is not None:
+        return ApiError(HTTPStatus.NOT_FOUND, f"{what} has no backend {address}")
+    known = [str(vip.key) for vip in config.vips] + (["default"] if config.default_backends else [])
+    message = "there is no default set" if target.is_default else f"no VIP {target.name}"
+    if not known:
+        message += "; there are no VIPs"
     else:
-        message = f"{what} has no backend {address}"
-    return ApiError(HTTPStatus.NOT_FOUND, message)
+        shown = ", ".join(known[:KNOWN_VIPS_SHOWN])
+        more = f" and {len(known) - KNOWN_VIPS_SHOWN} more" if len(known) > KNOWN_VIPS_SHOWN else ""
+        message += f"; the VIPs are: {shown}{more}"
+    return ApiError(HTTPStatus.NOT_FOUND, message, known_vips=known)
 
 
 def _require_object(body: object, loc: tuple[str | int, ...] = ()) -> dict[str, Any]:
@@ -187,11 +199,11 @@ def delete_vip(config: Config, target: Target) -> Config:
     """Remove a VIP (or the default set)."""
     if target.key is None:
         if not config.default_backends:
-            raise not_found(target)
+            raise not_found(target, config)
         return _validated(_fields(config) | {"default_backends": ()}, ())
     index = vip_index(config, target.key)
     if index is None:
-        raise not_found(target)
+        raise not_found(target, config)
     vips = config.vips[:index] + config.vips[index + 1 :]
     return _validated(_fields(config) | {"vips": vips}, ())
 
@@ -233,7 +245,7 @@ def put_backend(
     backend = _backend_from(dict(_require_object(body)), address)
     backends = backends_of(config, target)
     if backends is None and not target.is_default:
-        raise not_found(target)
+        raise not_found(target, config)
     backends = backends or ()
     created = all(b.address != address for b in backends)
     return _set_backend(config, target, backends, backend), created
@@ -244,10 +256,10 @@ def patch_backend(config: Config, target: Target, address: IPAddress, body: obje
     changes = _require_object(body)
     backends = backends_of(config, target)
     if backends is None:
-        raise not_found(target)
+        raise not_found(target, config)
     current = next((b for b in backends if b.address == address), None)
     if current is None:
-        raise not_found(target, address)
+        raise not_found(target, config, address)
     data = current.model_dump(mode="json") | changes
     return _set_backend(config, target, backends, _backend_from(data, address))
 
@@ -256,9 +268,9 @@ def delete_backend(config: Config, target: Target, address: IPAddress) -> Config
     """Remove a backend; its flows move to the others (docs/packet-path.md)."""
     backends = backends_of(config, target)
     if backends is None:
-        raise not_found(target)
+        raise not_found(target, config)
     if all(b.address != address for b in backends):
-        raise not_found(target, address)
+        raise not_found(target, config, address)
     fields, _ = _with_backends(config, target, [b for b in backends if b.address != address])
     return _validated(fields, ())
 

@@ -1,5 +1,8 @@
-"""The API's one error type and its JSON form: a status, a one-line message and, for bad input,
-every problem found, each naming the field (``backends[1].weight``), the value and the reason.
+"""The API's one error type and its JSON form: an RFC 9457 problem details object
+(``application/problem+json``: type, title, status, detail, instance) whose extension members
+keep the API's own keys: ``error`` (the status phrase), ``message`` (the detail) and, for bad
+input, ``problems``, every problem found, each naming the field (``backends[1].weight``),
+the value and the reason.
 """
 
 from __future__ import annotations
@@ -34,10 +37,19 @@ class ApiError(Exception):
         problem = Problem((name,), reason, value)
         return cls(HTTPStatus.BAD_REQUEST, f"bad {name}: {problem}", [problem])
 
-    def body(self) -> dict[str, Any]:
-        return {
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem details; ``instance``: the request's path, when known."""
+        phrase = HTTPStatus(self.status).phrase
+        body: dict[str, Any] = {
+            "type": "about:blank",  # the status says it all (RFC 9457, 4.2.1)
+            "title": phrase,
             "status": self.status,
-            "error": HTTPStatus(self.status).phrase,
+            "detail": self.message,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        return body | {
+            "error": phrase,
             "message": self.message,
             "problems": [problem_json(problem) for problem in self.problems],
             **self.extra,

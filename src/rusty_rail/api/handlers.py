@@ -217,8 +217,19 @@ async def get_vip(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     snapshot = _snapshot(daemon)
     if changes.backends_of(snapshot.config, target) is None:
-        raise changes.not_found(target)
+        raise changes.not_found(target, snapshot.config)
     return json_response(await asyncio.to_thread(readmodels.service_view, snapshot, target))
+
+
+async def list_backends(request: web.Request) -> web.Response:
+    """GET /v1/vips/{vip}/backends: the VIP's backends, as GET /v1/vips/{vip} shows them."""
+    target = _target(request)
+    snapshot = _snapshot(request.app[DAEMON])
+    if changes.backends_of(snapshot.config, target) is None:
+        raise changes.not_found(target, snapshot.config)
+    view = await asyncio.to_thread(readmodels.service_view, snapshot, target)
+    body: schemas.BackendList = {"vip": view["vip"], "backends": view["backends"]}
+    return json_response(body)
 
 
 async def put_vip(request: web.Request) -> web.Response:
@@ -244,10 +255,10 @@ async def get_backend(request: web.Request) -> web.Response:
     snapshot = _snapshot(request.app[DAEMON])
     backends = changes.backends_of(snapshot.config, target)
     if backends is None:
-        raise changes.not_found(target)
+        raise changes.not_found(target, snapshot.config)
     view = readmodels.backend_view(snapshot, target, address)
     if view is None:
-        raise changes.not_found(target, address)
+        raise changes.not_found(target, snapshot.config, address)
     return json_response(view)
 
 

@@ -25,12 +25,19 @@ MAX_BODY: Final = 16 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(error: ApiError) -> web.Response:
-    """``error`` as its JSON body and status (401s say how to authenticate)."""
+#: The media type of an error (RFC 9457).
+PROBLEM_JSON: Final = "application/problem+json"
+
+
+def error_response(error: ApiError, request: web.Request | None = None) -> web.Response:
+    """``error`` as its problem-details body and status (401s say how to authenticate)."""
     headers = {}
     if error.status == HTTPStatus.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="rusty-rail"'
-    return json_response(error.body(), error.status, **headers)
+    instance = request.path if request is not None else None
+    response = json_response(error.body(instance), error.status, **headers)
+    response.content_type = PROBLEM_JSON
+    return response
 
 
 @web.middleware
@@ -40,7 +47,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
-        return error_response(error)
+        return error_response(error, request)
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -51,7 +58,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = f"{request.method} is not allowed on {request.path}"
         elif error.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             message = f"the body is larger than {MAX_BODY} bytes"
-        response = error_response(ApiError(error.status, message))
+        response = error_response(ApiError(error.status, message), request)
         for name in ("Allow",):
             if name in error.headers:
                 response.headers[name] = error.headers[name]
@@ -59,7 +66,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(
-            ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the daemon's log")
+            ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the daemon's log"),
+            request,
         )
 
 

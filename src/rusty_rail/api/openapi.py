@@ -19,6 +19,8 @@ from rusty_rail.config import Backend, Config, Vip
 from . import schemas
 
 JSON: Final = "application/json"
+#: Errors are RFC 9457 problem details.
+PROBLEM_JSON: Final = "application/problem+json"
 Schema = dict[str, Any]
 REF_PREFIX: Final = "#/components/schemas/"
 
@@ -32,6 +34,7 @@ GENERATED: Final[tuple[type, ...]] = (
     schemas.VipList,
     schemas.VipView,
     schemas.BackendView,
+    schemas.BackendList,
     schemas.ChangeResult,
     schemas.Error,
     schemas.PlanResult,
@@ -109,7 +112,7 @@ def component_schemas() -> dict[str, Schema]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Error")}}}
 
 
 def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
@@ -155,6 +158,8 @@ WRITE_ERRORS: Final = {
 
 def _write(
     summary: str,
+    operation_id: str,
+    tag: str,
     *,
     body: str | None,
     ok: dict[str, Any],
@@ -162,9 +167,11 @@ def _write(
     parameters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
         "summary": summary,
         "parameters": [*(parameters or []), IF_MATCH],
-        "security": [{}, {"bearer": []}],
+        "security": [{"bearer": []}],
         "responses": {**ok, **WRITE_ERRORS},
     }
     if not_found:
@@ -177,6 +184,17 @@ def _write(
     return operation
 
 
+#: The operations' groups.
+TAGS: Final = {
+    "node": "The node itself: health, metrics, this document",
+    "vips": "VIPs and the default backend set",
+    "backends": "A VIP's backends",
+    "config": "The whole desired state, and dry runs of changes",
+    "flows": "Tracked flows and flow lookups",
+    "health": "Backend health and events",
+}
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
     vip_params = [VIP_PARAMETER]
@@ -184,18 +202,21 @@ def document() -> dict[str, Any]:
     changed = {"200": _ok("ChangeResult", "Applied (or nothing to do)")}
     created = {**changed, "201": _ok("ChangeResult", "Created and applied")}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "rusty-rail",
             "version": __version__,
             "description": "The control API of one rusty-rail balancer node (docs/api.md). "
             "Writes are validated whole before anything is applied; an error names each bad "
-            "field and leaves the running state unchanged. Writes need a bearer token when "
-            "the daemon has one (always when it listens beyond loopback).",
+            "field and leaves the running state unchanged. Writes need the bearer token "
+            "(reads need none); errors are RFC 9457 problem details.",
         },
+        "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
         "paths": {
             "/healthz": {
                 "get": {
+                    "operationId": "getHealthz",
+                    "tags": ["node"],
                     "summary": "200 when attached and the last change is applied, else 503",
                     "responses": {
                         "200": _ok("Health", "Healthy"),
@@ -205,6 +226,8 @@ def document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
+                    "operationId": "getMetrics",
+                    "tags": ["node"],
                     "summary": "Prometheus text exposition",
                     "responses": {
                         "200": {
@@ -216,6 +239,8 @@ def document() -> dict[str, Any]:
             },
             "/openapi.json": {
                 "get": {
+                    "operationId": "getOpenapi",
+                    "tags": ["node"],
                     "summary": "This document",
                     "responses": {
                         "200": {
@@ -227,12 +252,16 @@ def document() -> dict[str, Any]:
             },
             "/v1/vips": {
                 "get": {
+                    "operationId": "listVips",
+                    "tags": ["vips"],
                     "summary": "Every VIP (and the default set) with backends, table, counters",
                     "responses": {"200": _ok("VipList")},
                 }
             },
             "/v1/vips/{vip}": {
                 "get": {
+                    "operationId": "getVip",
+                    "tags": ["vips"],
                     "summary": "One VIP",
                     "parameters": vip_params,
                     "responses": {
@@ -243,19 +272,38 @@ def document() -> dict[str, Any]:
                 },
                 "put": _write(
                     "Create or replace a VIP with its backends",
+                    "putVip",
+                    "vips",
                     body="VipBody",
                     ok=created,
                     parameters=vip_params,
                 ),
                 "delete": _write(
                     "Remove a VIP; its flows are dropped (or go to the default set)",
+                    "deleteVip",
+                    "vips",
                     body=None,
                     ok=changed,
                     parameters=vip_params,
                 ),
             },
+            "/v1/vips/{vip}/backends": {
+                "get": {
+                    "operationId": "listBackends",
+                    "tags": ["backends"],
+                    "summary": "A VIP's backends (as in GET /v1/vips/{vip})",
+                    "parameters": vip_params,
+                    "responses": {
+                        "200": _ok("BackendList"),
+                        **READ_ERRORS,
+                        "404": _error("No such VIP (the answer lists the known ones)"),
+                    },
+                }
+            },
             "/v1/vips/{vip}/backends/{address}": {
                 "get": {
+                    "operationId": "getBackend",
+                    "tags": ["backends"],
                     "summary": "One backend of a VIP",
                     "parameters": backend_params,
                     "responses": {
@@ -266,18 +314,24 @@ def document() -> dict[str, Any]:
                 },
                 "put": _write(
                     "Create or replace a backend (weight, admin state up/drain/down)",
+                    "putBackend",
+                    "backends",
                     body="BackendBody",
                     ok=created,
                     parameters=backend_params,
                 ),
                 "patch": _write(
                     "Change a backend's weight or admin state",
+                    "patchBackend",
+                    "backends",
                     body="BackendPatch",
                     ok=changed,
                     parameters=backend_params,
                 ),
                 "delete": _write(
                     "Remove a backend; its flows move to the others",
+                    "deleteBackend",
+                    "backends",
                     body=None,
                     ok=changed,
                     parameters=backend_params,
@@ -285,11 +339,15 @@ def document() -> dict[str, Any]:
             },
             "/v1/config": {
                 "get": {
+                    "operationId": "getConfig",
+                    "tags": ["config"],
                     "summary": "The whole desired state (ETag: its config_fingerprint)",
                     "responses": {"200": _ok("Config")},
                 },
                 "put": _write(
                     "Replace the whole desired state, transactionally",
+                    "putConfig",
+                    "config",
                     body="Config",
                     ok=changed,
                     not_found=False,
@@ -297,13 +355,15 @@ def document() -> dict[str, Any]:
             },
             "/v1/plan": {
                 "post": {
+                    "operationId": "planChange",
+                    "tags": ["config"],
                     "summary": "Dry run: per VIP, the share of table slots and of tracked flows "
                     "a change would move; nothing is applied",
-                    "description": "Needs the bearer token when the daemon has one. One dry "
+                    "description": "Needs the bearer token. One dry "
                     "run at a time; one that would build more than 2^25 table slots is "
                     "refused (422); the tracked flows are counted for at most 10 s "
                     "(flows_complete says whether all were).",
-                    "security": [{}, {"bearer": []}],
+                    "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,
                         "content": {JSON: {"schema": _ref("PlanRequest")}},
@@ -317,6 +377,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/flows": {
                 "get": {
+                    "operationId": "listFlows",
+                    "tags": ["flows"],
                     "summary": "A sample of tracked flows and their backends",
                     "parameters": [
                         {
@@ -338,6 +400,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/lookup": {
                 "get": {
+                    "operationId": "lookupFlow",
+                    "tags": ["flows"],
                     "summary": "Which backend a flow would get now, and why",
                     "parameters": [
                         {
@@ -355,6 +419,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/events": {
                 "get": {
+                    "operationId": "listEvents",
+                    "tags": ["health"],
                     "summary": "Health events (transitions with their cause, fail-open, the ICMP "
                     "floor holding), oldest first",
                     "parameters": [
@@ -384,6 +450,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/health": {
                 "get": {
+                    "operationId": "getBackendHealth",
+                    "tags": ["health"],
                     "summary": "Every backend's health (checks, ICMP) and each VIP's fail-open",
                     "parameters": [
                         {

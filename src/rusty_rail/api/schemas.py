@@ -96,6 +96,12 @@ class VipView(TypedDict):
 
 
 @with_config(_CLOSED)
+class BackendList(TypedDict):
+    vip: Annotated[str, Field(description="The VIP key, or default.")]
+    backends: list[BackendView]
+
+
+@with_config(_CLOSED)
 class VipList(TypedDict):
     generation: Count
     vips: list[VipView]
@@ -146,11 +152,26 @@ class Problem(_ProblemRequired, total=False):
     value: Annotated[str, Field(description="The value found there, as written.")]
 
 
-class Error(TypedDict):
+class _ErrorRequired(TypedDict):
+    type: Annotated[str, Field(description="about:blank: the status says what went wrong.")]
+    title: Annotated[str, Field(description="The status phrase.")]
     status: int
-    error: str
-    message: str
-    problems: list[Problem]
+    detail: Annotated[str, Field(description="What went wrong, in one line.")]
+    error: Annotated[str, Field(description="The status phrase (as title).")]
+    message: Annotated[str, Field(description="What went wrong (as detail).")]
+    problems: Annotated[
+        list[Problem], Field(description="Bad input: each problem with its field and value.")
+    ]
+
+
+class Error(_ErrorRequired, total=False):
+    """An RFC 9457 problem details object (application/problem+json); error, message and
+    problems are this API's extension members."""
+
+    instance: Annotated[str, Field(description="The request's path.")]
+    known_vips: Annotated[
+        list[str], Field(description="With a 404 for a VIP: every VIP key there is.")
+    ]
 
 
 # --- node health (GET /healthz) ---------------------------------------------------------------

@@ -40,6 +40,8 @@ def create_app(daemon: Daemon) -> web.Application:
     router.add_put(backend_path, handlers.put_backend)
     router.add_patch(backend_path, handlers.patch_backend)
     router.add_delete(backend_path, handlers.delete_backend)
+    # Before the VIP's own path, whose key would read "backends" as a protocol.
+    router.add_get(f"/v1/vips/{VIP_SEGMENT}/backends", handlers.list_backends)
     vip_path = f"/v1/vips/{VIP_SEGMENT}"
     router.add_get(vip_path, handlers.get_vip)
     router.add_put(vip_path, handlers.put_vip)
