@@ -1,5 +1,6 @@
 """Issue 15, item 3: no traceback reaches a user. Each failure below is one clear line on
-stderr and a documented exit status (docs/operations.md, "Every command: exit status and errors")."""
+stderr and a documented exit status (docs/operations.md, "Every command: exit status and
+errors")."""
 
 from __future__ import annotations
 
