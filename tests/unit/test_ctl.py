@@ -17,8 +17,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from rusty_rail.api.client import ApiClient, ApiUnreachable
-from rusty_rail.cli import build_parser
+from rusty_rail.api.client import ApiClient, ApiUnreachable, api_url
+from rusty_rail.cli import build_parser, main
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, Write, _write_of, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
 
@@ -252,3 +252,44 @@ def test_ipv6_flows_and_vips_reach_the_query_as_written() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_api_is_given_as_run_takes_it_or_as_a_url() -> None:
+    """Issue 15, item 4: `ctl --api` takes host:port as `run --api` does (and a URL)."""
+    assert api_url("127.0.0.1:9180") == "http://127.0.0.1:9180"
+    assert api_url("[::1]:9180") == "http://[::1]:9180"
+    assert api_url("9181") == "http://127.0.0.1:9181"
+    assert api_url("http://198.18.0.2:9180/") == "http://198.18.0.2:9180"
+    for bad, why in (
+        ("::1:9180", "in brackets"),
+        ("localhost", "ADDRESS:PORT"),
+        ("ftp://x:1", "http or https"),
+        (":9180", "ADDRESS:PORT"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            api_url(bad)
+
+
+def test_json_is_taken_after_any_sub_command_and_intervals_are_bounded() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["vip", "list", "--json"]).json is True
+    assert parser.parse_args(["--json", "vip", "list"]).json is True
+    assert parser.parse_args(["vip", "list"]).json is False
+    assert parser.parse_args(
+        ["plan", "backend", "del", "198.18.100.1", "198.18.2.1", "--json"]
+    ).json
+    assert parser.parse_args(["watch", "--interval", "0.1"]).interval == 0.1
+    for bad in ("0.05", "0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["watch", "--interval", bad])
+
+
+def test_the_version_and_completion_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("rusty-rail ")
+    for shell in ("bash", "zsh"):
+        assert main(["completion", shell]) == 0
+        script = capsys.readouterr().out
+        assert "ctl" in script and "--interval" in script, shell

@@ -21,6 +21,10 @@ class ApiUnreachable(RuntimeError):
     """No daemon answers at the URL."""
 
 
+class NotRustyRail(ApiUnreachable):
+    """Something answers at the URL, but not a rusty-rail API (no JSON where JSON is due)."""
+
+
 class ApiFailed(RuntimeError):
     """The daemon answered with an error; ``body`` is its JSON error (docs/api.md)."""
 
@@ -67,9 +71,11 @@ class ApiClient:
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                return _response(answer.status, dict(answer.headers), answer.read())
+                return self._ours(
+                    path, _response(answer.status, dict(answer.headers), answer.read())
+                )
         except urllib.error.HTTPError as error:
-            response = _response(error.code, dict(error.headers), error.read())
+            response = self._ours(path, _response(error.code, dict(error.headers), error.read()))
             if check:
                 raise ApiFailed(response.status, response.body) from None
             return response
@@ -79,6 +85,18 @@ class ApiClient:
                 f"cannot reach the rusty-rail API at {self.url}: {reason}. Is `rusty-rail run` "
                 f"running here, with its API on? Point at it with --api URL or ${URL_VARIABLE}."
             ) from None
+
+    def _ours(self, path: str, response: Response) -> Response:
+        """``response``, unless it cannot come from rusty-rail: every answer but /metrics is
+        JSON (errors too). Raises NotRustyRail."""
+        if path.split("?")[0] == "/metrics" or isinstance(response.body, dict | list):
+            return response
+        kind = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
+        kind = kind.split(";")[0].strip() or "no content type"
+        raise NotRustyRail(
+            f"no rusty-rail API at {self.url} (got {response.status} {kind} for {path}): "
+            f"point at the daemon's API with --api ADDRESS:PORT or ${URL_VARIABLE}"
+        )
 
     def get(self, path: str) -> Any:
         return self.request("GET", path).body
@@ -105,6 +123,25 @@ def _response(status: int, headers: dict[str, str], raw: bytes) -> Response:
         except ValueError:
             pass
     return Response(status, headers, text)
+
+
+def api_url(text: str) -> str:
+    """The API's URL from what an operator writes: a URL, ``ADDRESS:PORT`` (as `run --api`
+    takes it: ``127.0.0.1:9180``, ``[::1]:9180``) or a bare port. Raises ValueError."""
+    text = text.strip()
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{text!r}: the API is reached over http or https")
+        return text.rstrip("/")
+    if text.isascii() and text.isdigit():
+        return f"http://127.0.0.1:{text}"
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        raise ValueError(f"{text!r}: write ADDRESS:PORT (127.0.0.1:9180, [::1]:9180) or a URL")
+    if ":" in host and not host.startswith("["):
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets: [{host}]:{port}")
+    return f"http://{host}:{port}"
 
 
 def vip_path(vip: str) -> str:

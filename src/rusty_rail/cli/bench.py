@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, Handler, Subparsers, add_json_option, print_result
+from rusty_rail.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Handler,
+    Subparsers,
+    add_json_option,
+    needs_root,
+    print_result,
+)
 from rusty_rail.config.enums import Encap, Ingress
 
 
@@ -19,7 +27,7 @@ def add_parser(commands: Subparsers) -> None:
     benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
     def add_bench(
-        name: str, help: str, description: str, handler: Handler
+        name: str, help: str, description: str, handler: Handler, root: str | None = None
     ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = benches.add_parser(
             name,
@@ -29,6 +37,8 @@ def add_parser(commands: Subparsers) -> None:
         )
         add_json_option(parser)
         parser.set_defaults(handler=handler)
+        if root is not None:
+            needs_root(parser, root)
         return parser
 
     add_bench(
@@ -47,6 +57,7 @@ def add_parser(commands: Subparsers) -> None:
         "non-GRE packet that passes; each as a ratio to a floor program (return XDP_TX) "
         "measured in the same run. Also the map memory per VIP table and per tracked flow.",
         cmd_bench_dataplane,
+        root="it runs BPF programs in the kernel (BPF_PROG_TEST_RUN)",
     )
     dataplane.add_argument(
         "--calls", type=int, default=200_000, help="calls per case (default 200000)"
@@ -73,6 +84,7 @@ def add_parser(commands: Subparsers) -> None:
         "timing is printed next to a same-run baseline: a no-op API write, and the bare "
         "Maglev builds.",
         cmd_bench_control,
+        root="it runs the daemon in a network namespace of its own",
     )
     control.add_argument("--changes", type=int, default=50, help="changes to time (default 50)")
     control.add_argument(
@@ -89,6 +101,7 @@ def add_parser(commands: Subparsers) -> None:
         "and whether any connection to a healthy backend broke (budget 0). Exits 1 when a "
         "budget is missed.",
         cmd_bench_health,
+        root="it builds a test bed of network namespaces",
     )
     health.add_argument(
         "--interval", type=float, default=0.5, help="check interval in seconds (default 0.5)"

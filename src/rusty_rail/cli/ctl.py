@@ -33,6 +33,7 @@ from rusty_rail.api.client import (
     ApiClient,
     ApiFailed,
     ApiUnreachable,
+    api_url,
     backend_path,
     vip_path,
 )
@@ -401,7 +402,13 @@ def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> No
         first, *aliases = old_names
         add_arguments(commands.add_parser(first, aliases=aliases))
     watch = commands.add_parser("watch", help="live packet and bit rates per backend")
-    watch.add_argument("--interval", type=float, default=1.0, help="seconds (default 1)")
+    watch.add_argument(
+        "--interval",
+        type=_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help=f"seconds between samples, at least {MIN_INTERVAL:g} (default 1)",
+    )
     watch.add_argument("--count", type=int, help="stop after this many updates")
     watch.set_defaults(run=_watch)
     health = commands.add_parser("health", help="/healthz: exit 0 when healthy, 1 when not")
@@ -418,7 +425,11 @@ def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> No
     events.add_argument("--since", type=int, default=0, help="only events after this id")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument(
-        "--interval", type=float, default=0.5, help="seconds between polls with --follow"
+        "--interval",
+        type=_interval,
+        default=0.5,
+        metavar="SECONDS",
+        help=f"seconds between polls with --follow, at least {MIN_INTERVAL:g} (default 0.5)",
     )
     events.set_defaults(run=_events)
     config = commands.add_parser("config", help="get or replace the whole desired state")
@@ -431,9 +442,11 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     """The `ctl` options and sub-commands, on the parser made for it."""
     ctl.add_argument(
         "--api",
+        type=_api_argument,
         default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
-        metavar="URL",
-        help=f"the daemon's API (default ${URL_VARIABLE} or {DEFAULT_URL})",
+        metavar="ADDRESS:PORT",
+        help=f"the daemon's API: ADDRESS:PORT as `run --api` takes it, or a URL (default "
+        f"${URL_VARIABLE}, else {DEFAULT_URL})",
     )
     ctl.add_argument(
         "--token-file",
@@ -454,6 +467,44 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     changes = plan.add_subparsers(dest="plan_command", metavar="CHANGE", required=True)
     _add_change_commands(changes, _plan, "VIPs: add, del (ipvsadm -A, -D)")
     _add_read_commands(commands, verbs)
+    _json_everywhere(ctl)
+
+
+#: The shortest interval between two polls of the API: faster is a load, not a view.
+MIN_INTERVAL: Final = 0.1
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= MIN_INTERVAL or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: at least {MIN_INTERVAL:g} s, and finite")
+    return value
+
+
+def _json_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--json`` after any sub-command too (`ctl vip list --json`), as gobgp and cilium take
+    -j / -o json anywhere: every sub-parser gets it, without overriding one given earlier."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--json" not in sub._option_string_actions:
+                    sub.add_argument(
+                        "--json",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="print the API's JSON",
+                    )
+                _json_everywhere(sub)
+
+
+def _api_argument(text: str) -> str:
+    try:
+        return api_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -467,6 +518,18 @@ def add_parser(commands: Subparsers) -> None:
     )
     add_arguments(ctl)
     ctl.set_defaults(handler=run)
+
+
+def failure_line(error: ApiFailed) -> str:
+    """What went wrong, worded by whose mistake it is: "not found" and "error" for the
+    request, "the daemon failed" for the daemon."""
+    body = error.body if isinstance(error.body, dict) else {}
+    message = body.get("message") or body.get("detail") or str(error.body)
+    if error.status == HTTPStatus.NOT_FOUND:
+        return f"not found: {message}"
+    if error.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        return f"the daemon failed ({error.status}): {message}"
+    return f"error: {message}"
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -497,7 +560,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         errors.print(f"rusty-rail ctl: {error}", markup=False)
         return EXIT_UNREACHABLE
     except ApiFailed as error:
-        errors.print(f"rusty-rail ctl: refused: {error}", markup=False)
+        errors.print(f"rusty-rail ctl: {failure_line(error)}", markup=False)
         if error.status == HTTPStatus.UNAUTHORIZED:
             errors.print(
                 f"rusty-rail ctl: writes need the API's token: run as root (ctl then reads "

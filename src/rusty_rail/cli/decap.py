@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers, print_json
+from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers, needs_root, print_json
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -56,6 +56,7 @@ def add_parser(commands: Subparsers) -> None:
     )
     decap_action.add_argument("--detach", action="store_true", help="detach and remove pins")
     decap.set_defaults(handler=cmd_decap)
+    needs_root(decap, "it loads and attaches an XDP program and reads its pinned maps")
 
 
 def cmd_decap(args: argparse.Namespace) -> int:

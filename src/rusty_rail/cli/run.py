@@ -9,7 +9,14 @@ from pathlib import Path
 
 from rusty_rail.api.client import TOKEN_VARIABLE, URL_VARIABLE
 from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, token_file
-from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Subparsers, add_pin_root_option
+from rusty_rail.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Subparsers,
+    add_pin_root_option,
+    needs_root,
+)
 from rusty_rail.control.options import METRICS_BACKEND_LIMIT
 
 
@@ -107,6 +114,7 @@ def add_parser(commands: Subparsers) -> None:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=cmd_run)
+    needs_root(run, "it loads the XDP balancer, pins its maps and attaches it to the device")
 
     detach = commands.add_parser(
         "detach",
@@ -119,6 +127,7 @@ def add_parser(commands: Subparsers) -> None:
     detach.add_argument("--device", required=True, help="the interface")
     add_pin_root_option(detach)
     detach.set_defaults(handler=cmd_detach)
+    needs_root(detach, "it detaches an XDP program and removes its pins")
 
 
 def api_token(path: Path | None, default: Path = DEFAULT_TOKEN_FILE) -> tuple[str, str]:

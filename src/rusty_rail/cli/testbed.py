@@ -12,6 +12,7 @@ from rusty_rail.cli import (
     EXIT_OK,
     Subparsers,
     add_json_option,
+    needs_root,
     print_json,
     print_result,
 )
@@ -70,6 +71,7 @@ def add_parser(commands: Subparsers) -> None:
     )
     add_json_option(demo, help="machine-readable summary")
     demo.set_defaults(handler=cmd_demo)
+    needs_root(demo, "it builds network namespaces and runs balancers in them")
 
     testbed = commands.add_parser(
         "testbed",
@@ -81,6 +83,7 @@ def add_parser(commands: Subparsers) -> None:
     testbed.add_argument("action", choices=["up", "down", "status"])
     _add_size_options(testbed)
     testbed.set_defaults(handler=cmd_testbed)
+    needs_root(testbed, "it builds, reads and removes network namespaces and BPF pins")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
