@@ -42,6 +42,10 @@ def node(bed: Bed) -> Node:
     return node
 
 
+#: What a 404 for a VIP adds: the VIPs there are (the base configuration's).
+KNOWN = "the VIPs are: 198.18.100.1:80/tcp, 198.18.100.2"
+
+
 def refused(node: Node, method: str, path: str, body: object = None) -> tuple[int, list[Any]]:
     answer = node.call(method, path, body)
     problems = answer.body.get("problems", []) if isinstance(answer.body, dict) else []
@@ -64,9 +68,9 @@ def test_an_ipv6_vip_key_is_read_in_every_path_spelling_and_named_canonically(
     node: Node, path: str, name: str
 ) -> None:
     for method in ("GET", "DELETE"):
-        assert refused(node, method, path) == (404, [f"no VIP {name}"]), method
+        assert refused(node, method, path) == (404, [f"no VIP {name}; {KNOWN}"]), method
     backend = f"{path}/backends/2001:2::21"
-    assert refused(node, "GET", backend) == (404, [f"no VIP {name}"])
+    assert refused(node, "GET", backend) == (404, [f"no VIP {name}; {KNOWN}"])
 
 
 @pytest.mark.parametrize(

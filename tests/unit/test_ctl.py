@@ -19,8 +19,9 @@ import pytest
 
 from rusty_rail.api.client import ApiClient, ApiUnreachable, api_url
 from rusty_rail.cli import build_parser, main
-from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, Write, _write_of, add_arguments
+from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
+from rusty_rail.cli.ctl_writes import Write, _write_of
 
 VIP = "198.18.100.1:80/tcp"
 BACKEND = "198.18.2.1"

@@ -92,6 +92,21 @@ def _check_if_match(request: web.Request, current: Config) -> None:
     )
 
 
+def _check_if_none_match(request: web.Request, created: bool) -> None:
+    """``If-None-Match: *`` makes a PUT create-only: 412 when the object exists."""
+    wanted = request.headers.get("If-None-Match")
+    if wanted is None or created:
+        return
+    if wanted.strip() != "*":
+        raise ApiError.bad_parameter("If-None-Match", wanted, 'only "*" is understood')
+    raise ApiError(
+        HTTPStatus.PRECONDITION_FAILED,
+        f"{request.path.removeprefix('/v1/vips/')} exists (If-None-Match: *): change it with "
+        "PATCH, or PUT without If-None-Match to replace it",
+        exists=True,
+    )
+
+
 def _change_error(error: Exception) -> ApiError:
     if isinstance(error, StartupError):
         return ApiError(HTTPStatus.CONFLICT, str(error), [Problem((), str(error))])
@@ -130,6 +145,7 @@ async def _write(
         current = daemon.config
         config, created = make(current)  # a bad body is reported before a stale If-Match
         _check_if_match(request, current)
+        _check_if_none_match(request, created)
         try:
             result = daemon.change(config, SOURCE_API)
         except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:

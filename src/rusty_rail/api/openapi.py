@@ -143,13 +143,23 @@ IF_MATCH: Final = {
     '/v1/config) is still this; else 412. Quoted or not; "*" matches anything.',
     "schema": {"type": "string"},
 }
+IF_NONE_MATCH: Final = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": '"*": create only; 412 when it exists already (what `ctl ... add` sends). '
+    "Any other value is a 400.",
+    "schema": {"type": "string", "enum": ["*"]},
+}
 
 READ_ERRORS: Final = {"400": _error("A parameter cannot be read")}
 WRITE_ERRORS: Final = {
     "400": _error("The body is not JSON, or a parameter cannot be read"),
     "401": _error("A bearer token is needed and was missing or wrong"),
     "409": _error("The change asks for something that cannot change while running"),
-    "412": _error("If-Match did not match the current config_fingerprint"),
+    "412": _error(
+        "If-Match did not match the current config_fingerprint, or If-None-Match: * and it exists"
+    ),
     "413": _error("The body is too large"),
     "422": _error("The body, or the configuration it would make, is invalid; nothing changed"),
     "503": _error("The change could not be saved or applied"),
@@ -165,12 +175,14 @@ def _write(
     ok: dict[str, Any],
     not_found: bool = True,
     parameters: list[dict[str, Any]] | None = None,
+    create_only: bool = False,
 ) -> dict[str, Any]:
+    headers = [IF_MATCH, IF_NONE_MATCH] if create_only else [IF_MATCH]
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [tag],
         "summary": summary,
-        "parameters": [*(parameters or []), IF_MATCH],
+        "parameters": [*(parameters or []), *headers],
         "security": [{"bearer": []}],
         "responses": {**ok, **WRITE_ERRORS},
     }
@@ -277,6 +289,7 @@ def document() -> dict[str, Any]:
                     body="VipBody",
                     ok=created,
                     parameters=vip_params,
+                    create_only=True,
                 ),
                 "delete": _write(
                     "Remove a VIP; its flows are dropped (or go to the default set)",
@@ -319,6 +332,7 @@ def document() -> dict[str, Any]:
                     body="BackendBody",
                     ok=created,
                     parameters=backend_params,
+                    create_only=True,
                 ),
                 "patch": _write(
                     "Change a backend's weight or admin state",

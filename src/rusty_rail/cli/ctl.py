@@ -16,8 +16,7 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -34,17 +33,22 @@ from rusty_rail.api.client import (
     ApiFailed,
     ApiUnreachable,
     api_url,
-    backend_path,
     vip_path,
 )
 from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
 from rusty_rail.cli.ctl_render import (
-    change_line,
     event_line,
-    plan_table,
     rate_table,
     vip_table,
+)
+from rusty_rail.cli.ctl_writes import (
+    Context,
+    _add_change_commands,
+    _config,
+    _plan,
+    _plan_config,
+    _write,
 )
 
 EXIT_REFUSED: Final = 1
@@ -68,161 +72,12 @@ EPILOG: Final = """Examples:
   rusty-rail ctl flow lookup '[2001:2::1]:40000->[2001:2::10]:80/tcp'"""
 
 
-# --- writes: each command is one change (also what `ctl plan` sends) ---------------------------
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write: the HTTP request, and the same change as a /v1/plan item."""
-
-    method: str
-    path: str
-    body: object
-    change: dict[str, Any]
-
-
-def _write_of(args: argparse.Namespace) -> Write:
-    noun, verb = args.write
-    vip: str = args.vip
-    if noun == "vip":
-        if verb == "add":
-            body: dict[str, Any] = {"backends": args.backend or []}
-            if args.table_size is not None:
-                body["table_size"] = args.table_size
-            return Write("PUT", vip_path(vip), body, {"op": "put_vip", "vip": vip, "body": body})
-        return Write("DELETE", vip_path(vip), None, {"op": "delete_vip", "vip": vip})
-    address: str = args.backend_address
-    change: dict[str, Any] = {"vip": vip, "backend": address}
-    path = backend_path(vip, address)
-    if verb == "add":
-        body = {"weight": args.weight, "state": args.state}
-        return Write("PUT", path, body, change | {"op": "put_backend", "body": body})
-    if verb == "del":
-        return Write("DELETE", path, None, change | {"op": "delete_backend"})
-    body = {"state": verb} if verb in ("drain", "down", "up") else {"weight": args.new_weight}
-    return Write("PATCH", path, body, change | {"op": "patch_backend", "body": body})
-
-
-Adder = Callable[[argparse.ArgumentParser], None]
-
-
-def _vip_key(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "vip",
-        help="VIP key (198.18.100.1:80/tcp, 198.18.100.1, [2001:2::10]:80/tcp, 2001:2::10)"
-        " or default",
-    )
-
-
-def _vip_add_arguments(parser: argparse.ArgumentParser) -> None:
-    _vip_key(parser)
-    parser.add_argument("--table-size", type=int, help="its own Maglev table size (a prime)")
-    parser.add_argument(
-        "--backend", action="append", metavar="ADDRESS", help="a backend (repeatable)"
-    )
-
-
-def _backend_key(parser: argparse.ArgumentParser) -> None:
-    _vip_key(parser)
-    parser.add_argument("backend_address", metavar="BACKEND")
-
-
-def _backend_add_arguments(parser: argparse.ArgumentParser) -> None:
-    _backend_key(parser)
-    parser.add_argument("--weight", type=int, default=1, help="share of new flows (default 1)")
-    parser.add_argument("--state", choices=["up", "drain", "down"], default="up")
-
-
-def _backend_weight_arguments(parser: argparse.ArgumentParser) -> None:
-    _backend_key(parser)
-    parser.add_argument("new_weight", type=int, metavar="WEIGHT")
-
-
-# (noun, verb): help, its arguments, and the old flat spellings that mean the same.
-CHANGES: Final[dict[tuple[str, str], tuple[str, Adder, tuple[str, ...]]]] = {
-    ("vip", "add"): ("create a VIP (ipvsadm -A)", _vip_add_arguments, ("add-vip",)),
-    ("vip", "del"): ("delete a VIP (ipvsadm -D)", _vip_key, ("del-vip",)),
-    ("backend", "add"): (
-        "add or replace a backend (ipvsadm -a / -e)",
-        _backend_add_arguments,
-        ("add",),
-    ),
-    ("backend", "del"): (
-        "delete a backend; its flows move to the others (ipvsadm -d)",
-        _backend_key,
-        ("remove", "rm"),
-    ),
-    ("backend", "drain"): (
-        "stop sending new flows to a backend; its flows continue",
-        _backend_key,
-        ("drain",),
-    ),
-    ("backend", "down"): (
-        "take a backend out: its flows move to the others",
-        _backend_key,
-        ("down",),
-    ),
-    ("backend", "up"): ("put a drained or down backend back", _backend_key, ("up",)),
-    ("backend", "weight"): ("set a backend's weight", _backend_weight_arguments, ("weight",)),
-}
-BACKEND_HELP: Final = "a VIP's backends: add, del, drain, up, down, weight (ipvsadm -a, -e, -d)"
-
-
-def _add_change_commands(
-    commands: Subparsers, action: Callable[[Context, argparse.Namespace], None], vip_help: str
-) -> dict[str, Subparsers]:
-    """`vip VERB` and `backend VERB` on ``commands``, each change running ``action``; the old flat
-    spellings too, unlisted. Returns each noun's verbs, for read commands to join."""
-    verbs: dict[str, Subparsers] = {}
-    for noun, noun_help in (("vip", vip_help), ("backend", BACKEND_HELP)):
-        parser = commands.add_parser(noun, help=noun_help, description=noun_help)
-        verbs[noun] = parser.add_subparsers(dest=f"{noun}_verb", metavar="VERB", required=True)
-    for (noun, verb), (help_text, add_arguments, old_names) in CHANGES.items():
-        parser = verbs[noun].add_parser(verb, help=help_text, description=help_text)
-        add_arguments(parser)
-        parser.set_defaults(write=(noun, verb), run=action)
-        first, *aliases = old_names
-        # No help=: argparse then leaves the old spelling out of the command list.
-        old = commands.add_parser(first, aliases=aliases)
-        add_arguments(old)
-        old.set_defaults(write=(noun, verb), run=action)
-    return verbs
-
-
 # --- commands ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    client: ApiClient
-    console: Console
-    json: bool
-
-    def emit(self, data: Any, render: Callable[[Any], Any]) -> None:
-        if self.json:
-            self.console.print_json(json.dumps(data))
-        else:
-            self.console.print(render(data))
 
 
 def _list(ctx: Context, args: argparse.Namespace) -> None:
     vips = [ctx.client.get(vip_path(args.vip))] if args.vip else ctx.client.get("/v1/vips")["vips"]
     ctx.emit(vips, vip_table)
-
-
-def _write(ctx: Context, args: argparse.Namespace) -> None:
-    write = _write_of(args)
-    if args.write == ("vip", "add"):
-        existing = ctx.client.request("GET", write.path, check=False)
-        if existing.status == 200:
-            raise ApiFailed(409, {"message": f"VIP {args.vip} exists; add backends with `add`"})
-    result = ctx.client.request(write.method, write.path, write.body).body
-    ctx.emit(result, change_line)
-
-
-def _plan(ctx: Context, args: argparse.Namespace) -> None:
-    plan = ctx.client.post("/v1/plan", {"changes": [_write_of(args).change]})
-    ctx.emit(plan, plan_table)
 
 
 def _lookup(ctx: Context, args: argparse.Namespace) -> None:
@@ -302,16 +157,6 @@ def _events(ctx: Context, args: argparse.Namespace) -> None:
         if not args.follow:
             return
         time.sleep(args.interval)
-
-
-def _config(ctx: Context, args: argparse.Namespace) -> None:
-    if args.action == "get":
-        ctx.console.print_json(json.dumps(ctx.client.get("/v1/config")))
-        return
-    path = Path(args.file)
-    text = path.read_text(encoding="utf-8")
-    body = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    ctx.emit(ctx.client.put("/v1/config", body), change_line)
 
 
 def _rates(
@@ -432,9 +277,30 @@ def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> No
         help=f"seconds between polls with --follow, at least {MIN_INTERVAL:g} (default 0.5)",
     )
     events.set_defaults(run=_events)
-    config = commands.add_parser("config", help="get or replace the whole desired state")
-    config.add_argument("action", choices=["get", "put"])
-    config.add_argument("file", nargs="?", help="for put: a TOML or JSON configuration")
+    config = commands.add_parser(
+        "config",
+        help="get or replace the whole desired state",
+        description="get prints the desired state with its ETag; put applies a file only if "
+        "the desired state is still the one it was read from (If-Match), unless --force.",
+        epilog="Example: rusty-rail ctl config get > lb.json; (edit lb.json); "
+        "rusty-rail ctl config put lb.json",
+    )
+    config.add_argument("action", choices=["get", "put"], help="get or put")
+    config.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="for put: what `config get` wrote, or a TOML (.toml) or JSON configuration",
+    )
+    config.add_argument(
+        "--force",
+        action="store_true",
+        help="put: replace the desired state even if it changed since FILE was read (or FILE "
+        "has no ETag)",
+    )
+    config.add_argument(
+        "--dry-run", action="store_true", help="put: show what would move; apply nothing"
+    )
     config.set_defaults(run=_config)
 
 
@@ -466,6 +332,16 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     )
     changes = plan.add_subparsers(dest="plan_command", metavar="CHANGE", required=True)
     _add_change_commands(changes, _plan, "VIPs: add, del (ipvsadm -A, -D)")
+    whole = changes.add_parser(
+        "config",
+        help="a whole configuration file (what `config put` would do)",
+        description="Dry run of `ctl config put FILE`: what the whole file would move.",
+        epilog="Example: rusty-rail ctl plan config lb.toml",
+    )
+    whole.add_argument(
+        "file", metavar="FILE", help="what `config get` wrote, or a TOML or JSON configuration"
+    )
+    whole.set_defaults(run=_plan_config)
     _add_read_commands(commands, verbs)
     _json_everywhere(ctl)
 
