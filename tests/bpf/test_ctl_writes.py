@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_REFUSED, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
+from rusty_rail.timestamps import from_rfc3339
 from tests.support.control_bed import VIP, VIP_PATH, Bed, Node, base_config, control_bed
 
 pytestmark = pytest.mark.bpf
@@ -119,3 +122,32 @@ def test_a_file_without_an_etag_needs_force(node: Node, tmp_path: Path) -> None:
     status, _, err = ctl(node, "config", "put", str(plain), "--force")
     assert status == EXIT_OK, err
     assert node.call("GET", "/v1/vips").body["vips"] == []
+
+
+def test_every_change_is_an_event_with_who_what_and_when(node: Node) -> None:
+    """`ctl events` is an audit log: each VIP and backend added, removed, re-weighted or
+    changed in state is an event naming the source and the client; times are RFC 3339."""
+    since = node.call("GET", "/v1/events").body["events"]
+    last = since[-1]["id"] if since else 0
+    assert ctl(node, "backend", "add", VIP, "198.18.64.7", "--weight", "2")[0] == EXIT_OK
+    assert ctl(node, "backend", "drain", VIP, "198.18.64.7")[0] == EXIT_OK
+    assert ctl(node, "backend", "del", VIP, "198.18.64.7")[0] == EXIT_OK
+    assert ctl(node, "vip", "add", "198.18.100.9:443/tcp", "--backend", "198.18.64.5")[0] == 0
+    events = node.call("GET", f"/v1/events?since={last}").body["events"]
+    changes = [(e["vip"], e["backend"], e["from"], e["to"], e["cause"]) for e in events
+               if e["kind"] == "change"]  # fmt: skip
+    assert changes == [
+        (VIP, "198.18.64.7", None, "weight 2, up", "api"),
+        (VIP, "198.18.64.7", "weight 2, up", "weight 2, drain", "api"),
+        (VIP, "198.18.64.7", "weight 2, drain", None, "api"),
+        ("198.18.100.9:443/tcp", None, None, "1 backends", "api"),
+    ]
+    detail = next(e["detail"] for e in events if e["kind"] == "change")
+    assert detail.startswith("added by api from 127.0.0.1 (generation ")
+    at = events[-1]["at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", at), at
+    assert abs(from_rfc3339(at) - time.time()) < 60
+    status, out, _ = ctl(node, "events", as_json=False)
+    assert (
+        status == EXIT_OK and "198.18.64.7: weight 2, up -> weight 2, drain (api: changed by" in out
+    )

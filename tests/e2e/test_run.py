@@ -38,6 +38,7 @@ from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import NextHop
 from rusty_rail.testbed.netns import Namespace, netns
+from rusty_rail.timestamps import from_rfc3339
 from rusty_rail.wire.build import gre
 from rusty_rail.wire.checksum import internet_checksum
 from rusty_rail.wire.constants import ETH_P_IPV4, PROTO_TCP, PROTO_UDP
@@ -428,7 +429,7 @@ def test_a_refused_reload_is_named_in_healthz_and_metrics_until_a_good_one(
         assert _metric(metrics, "rusty_rail_config_last_reload_successful") == 1
         assert _metric(
             metrics, "rusty_rail_config_last_reload_success_timestamp_seconds"
-        ) == pytest.approx(health["config_reload"]["last_success_at"])
+        ) == pytest.approx(from_rfc3339(health["config_reload"]["last_success_at"]), abs=0.002)
         sent = flows(100, base_port=30000)  # new flows: the table decides
         check_forwarded(bed, sent, send_and_capture(bed, sent), [BACKENDS[0], BACKENDS[2]])
     finally:

@@ -147,7 +147,7 @@ async def _write(
         _check_if_match(request, current)
         _check_if_none_match(request, created)
         try:
-            result = daemon.change(config, SOURCE_API)
+            result = daemon.change(config, SOURCE_API, actor=request.remote or "a local socket")
         except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:
             raise _change_error(error) from error
         # Unchanged: answer with the running object, whose fingerprints are known already.

@@ -27,6 +27,8 @@ def value_of(kind: type[StrEnum]) -> WithJsonSchema:
 
 
 Count = Annotated[int, Field(ge=0)]
+#: A time in RFC 3339, UTC, to the millisecond (rusty_rail.timestamps).
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Fingerprint = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
 Milliseconds = Annotated[float, Field(ge=0)]
 #: A backend slot's state in the maps (dpstate.BackendState, lower case), or absent.
@@ -180,7 +182,7 @@ class Error(_ErrorRequired, total=False):
 class LastChange(TypedDict):
     generation: int
     source: str
-    at: float
+    at: Timestamp
     map_updates: int
 
 
@@ -213,7 +215,7 @@ class FailedReload(TypedDict):
     file: Annotated[str | None, Field(description="The configuration file (null: none).")]
     error: Annotated[str, Field(description="The first problem found.")]
     errors: Annotated[Count, Field(description="How many problems were found.")]
-    at: Annotated[float, Field(description="When the reload was refused (Unix time).")]
+    at: Annotated[Timestamp, Field(description="When the reload was refused.")]
 
 
 class ConfigReload(TypedDict):
@@ -226,10 +228,10 @@ class ConfigReload(TypedDict):
     ]
     failures_total: Annotated[Count, Field(description="Refused reloads since start.")]
     last_success_at: Annotated[
-        float,
+        Timestamp,
         Field(
             description="When the configuration was last read into the running state: the "
-            "start, or the last good reload (Unix time)."
+            "start, or the last good reload."
         ),
     ]
 
@@ -302,14 +304,14 @@ class HealthList(TypedDict):
 
 
 #: What an Event is about (control.events.Event's kind).
-EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor", "next-hop"]
+EVENT_KINDS: Final = ["health", "admin", "fail-open", "floor", "next-hop", "change"]
 
 # Functional syntax: "from" is a Python keyword.
 Event = TypedDict(
     "Event",
     {
         "id": Annotated[int, Field(ge=1)],
-        "at": Annotated[float, Field(description="Unix time")],
+        "at": Timestamp,
         "kind": Annotated[str, WithJsonSchema({"type": "string", "enum": EVENT_KINDS})],
         "vip": str,
         "backend": str | None,

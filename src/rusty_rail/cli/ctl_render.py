@@ -10,6 +10,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from rusty_rail.timestamps import from_rfc3339
+
 
 def size(count: float, unit: str = "") -> str:
     for suffix in ("", "k", "M", "G", "T"):
@@ -109,11 +111,9 @@ def plan_table(plan: Mapping[str, Any]) -> Table:
 
 
 def event_line(event: Mapping[str, Any]) -> str:
-    """One event as a line: when, what, and why."""
-    when = (
-        time.strftime("%H:%M:%S", time.localtime(event["at"]))
-        + f".{int(event['at'] * 1000) % 1000:03d}"
-    )
+    """One event as a line: when (local time), what, and why."""
+    at = from_rfc3339(event["at"])
+    when = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
     who = event["vip"] + (f" {event['backend']}" if event["backend"] else "")
     change = f"{event['from']} -> {event['to']}" if event["from"] or event["to"] else event["kind"]
     return f"{when} #{event['id']} {who}: {change} ({event['cause']}: {event['detail']})"

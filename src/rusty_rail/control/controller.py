@@ -22,6 +22,7 @@ from rusty_rail._types import IPAddress
 from rusty_rail.config import Config, ConfigError
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
+from rusty_rail.control.audit import record_change, record_next_hops
 from rusty_rail.control.bringup import Checked, check_before_loading, load_write_attach
 from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.events import EventLog
@@ -56,6 +57,7 @@ from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import Balancer, detach_balancer
 from rusty_rail.dataplane.structs import MAX_BACKENDS, MAX_VIPS
 from rusty_rail.model.state import NextHop
+from rusty_rail.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from rusty_rail.api import schemas
@@ -190,7 +192,7 @@ class Controller:
         self.last_change = {
             "generation": self.generation,
             "source": SOURCE_START,
-            "at": time.time(),
+            "at": rfc3339(time.time()),
             "map_updates": started.map_updates,
         }
 
@@ -248,6 +250,7 @@ class Controller:
         persist: bool = True,
         force: bool = False,
         next_hop_wait: float = CHANGE_NEXT_HOP_WAIT,
+        actor: str | None = None,
     ) -> ChangeResult:
         """Move the data plane to ``config``: plan it whole (raises PlanError, StartupError or
         ValueError and changes nothing), save it when ``persist`` (raises PersistError and
@@ -348,11 +351,16 @@ class Controller:
             time.perf_counter() - started,
             tuple(sorted({str(a) for a in plan.unresolved}, key=address_order)),
         )
-        self._next_hop_events(previous_plan, plan, backend_addresses(previous_config))
+        record_next_hops(
+            self.events, config, self.next_hops, previous_plan, plan,
+            backend_addresses(previous_config),
+        )  # fmt: skip
+        if changed:
+            record_change(self.events, previous_config, config, source, actor, generation)
         self.last_change = {
             "generation": generation,
             "source": source,
-            "at": time.time(),
+            "at": rfc3339(time.time()),
             "map_updates": applied,
         }
         self._follow_config()
@@ -409,33 +417,6 @@ class Controller:
             if count > limit:
                 raise PlanError(f"too many {what}: {count}; the data plane holds at most {limit}")
 
-    def _next_hop_events(self, before: Plan | None, after: Plan, known: set[IPAddress]) -> None:
-        """An event per VIP for each backend whose next hop went missing or came back
-        (``known``: the addresses configured before the change)."""
-        was = set(before.unresolved) if before is not None else set()
-        now = set(after.unresolved)
-        if was == now:
-            return
-        for service in services_of(self.config):
-            for backend in service.backends:
-                address = backend.address
-                if address in now and address not in was:
-                    problem = self.next_hops.problems.get(address)
-                    self.events.add(
-                        "next-hop", service.name, str(address),
-                        "resolved" if address in known else None,
-                        "unresolved", "neighbour",
-                        f"{problem or 'no answer to ARP / neighbour solicitation yet'}: no new "
-                        "flows until it resolves",
-                    )  # fmt: skip
-                elif address in was and address not in now:
-                    hop = self.next_hops(address)
-                    where = f" {hop.dst_mac.hex(':')} (ifindex {hop.ifindex})" if hop else ""
-                    self.events.add(
-                        "next-hop", service.name, str(address), "unresolved", "resolved",
-                        "neighbour", f"next hop{where}: takes new flows",
-                    )  # fmt: skip
-
     def resolve_ahead(self, config: Config, wait: float = CHANGE_NEXT_HOP_WAIT) -> None:
         """Resolve the next hops ``config`` would add, before its change takes the change
         lock (so other changes need not wait for ARP). Nothing when it cannot be held."""
@@ -485,7 +466,12 @@ class Controller:
             restart_only = [
                 name for name in RESTART_KEYS if getattr(config, name) != getattr(self.config, name)
             ]
-            result = self.change(config, SOURCE_RELOAD, persist=False)
+            result = self.change(
+                config,
+                SOURCE_RELOAD,
+                persist=False,
+                actor=str(self.options.config_path or "the environment"),
+            )
         except (ConfigError, PlanError, StartupError, ValueError, ApplyError) as error:
             self.reloads.refused(self.options.config_path, error)
             log.error("reload refused, the running state is unchanged: %s", error)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from rusty_rail.timestamps import rfc3339
+
 if TYPE_CHECKING:
     from rusty_rail.api import schemas
 
@@ -44,7 +46,7 @@ class Event:
     def as_json(self) -> schemas.Event:
         return {
             "id": self.id,
-            "at": self.at,
+            "at": rfc3339(self.at),
             "kind": self.kind,
             "vip": self.vip,
             "backend": self.backend,

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rusty_rail.timestamps import rfc3339
+
 if TYPE_CHECKING:
     from rusty_rail.api import schemas
 
@@ -40,7 +42,7 @@ class ReloadRecord:
             "file": None if path is None else str(path),
             "error": first,
             "errors": len(lines) - 1 if len(lines) > 1 and lines[0].endswith(":") else 1,
-            "at": self._clock(),
+            "at": rfc3339(self._clock()),
         }
         return self.failed
 
@@ -64,5 +66,5 @@ class ReloadRecord:
         return {
             "failed": self.failed,
             "failures_total": self.failures_total,
-            "last_success_at": self.last_success_at,
+            "last_success_at": rfc3339(self.last_success_at),
         }
