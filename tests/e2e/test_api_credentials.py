@@ -68,7 +68,8 @@ def test_an_unprivileged_local_user_can_read_but_change_nothing(
         # ...but cannot write: not with ctl, not with its own request, not with the file.
         added = _ctl(bed, "vip", "add", "198.18.100.9:80/tcp", user=NOBODY)
         assert added.returncode == EXIT_REFUSED, added.stdout + added.stderr
-        assert "401" in added.stderr and "writes need the API's token" in added.stderr
+        assert "error: this write needs Authorization" in added.stderr
+        assert "writes need the API's token" in added.stderr
         assert "Traceback" not in added.stderr
         with_file = _ctl(bed, "--token-file", str(DEFAULT_TOKEN_FILE), "vip", "add",
                          "198.18.100.9:80/tcp", user=NOBODY)  # fmt: skip
