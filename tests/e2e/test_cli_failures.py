@@ -98,7 +98,7 @@ def test_ctl_with_an_api_that_is_not_an_address_is_a_usage_error() -> None:
     assert "write an IPv6 address in brackets: [2001:2::1]:9180" in result.stderr
 
 
-@pytest.mark.parametrize("args", [("completion", "bash"), ("testbed", "status"), ("--help",)])
+@pytest.mark.parametrize("args", [("completion", "bash"), ("ctl", "--help"), ("--help",)])
 def test_a_closed_pipe_ends_the_command_quietly(args: tuple[str, ...]) -> None:
     """`rusty-rail ... | head`: the reader is gone before the output is written. Exit status
     141, as a shell reports a command SIGPIPE ended, and not a word on stderr."""

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from rusty_rail.api.client import ApiClient, ApiUnreachable, api_url
 from rusty_rail.cli import build_parser, main
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
+from rusty_rail.cli.ctl_render import change_line
 from rusty_rail.cli.ctl_writes import Write, _write_of
 
 VIP = "198.18.100.1:80/tcp"
@@ -294,3 +296,46 @@ def test_the_version_and_completion_scripts(capsys: pytest.CaptureFixture[str]) 
         assert main(["completion", shell]) == 0
         script = capsys.readouterr().out
         assert "ctl" in script and "--interval" in script, shell
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_argument_has_help_one_metavar_style_and_pasteable_examples() -> None:
+    """Issue 15, item 4, kept by a test: every argument of every command has help text,
+    metavars are upper case, and an example with `->` is quoted so a shell can paste it."""
+    problems = []
+    for path, parser in _parsers(build_parser(), "rusty-rail"):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            if not action.help:
+                problems.append(f"{path} {name}: no help")
+            if isinstance(action.metavar, str) and not re.fullmatch(
+                r"[A-Z][A-Z0-9_:]*", action.metavar
+            ):
+                problems.append(f"{path} {name}: metavar {action.metavar}")
+        for text in (parser.epilog or "", parser.description or ""):
+            for example in re.findall(r"rusty-rail [^\n]*", text):
+                if "->" in example and "'" not in example:
+                    problems.append(f"{path}: unquoted example {example}")
+    assert problems == []
+
+
+def test_text_output_is_plain_words() -> None:
+    """No Python booleans or reprs in what people read; counts agree with their nouns."""
+    answer = {"changed": True, "generation": 3, "map_updates": 1, "tables_rebuilt": [],
+              "build_ms": 0.1, "apply_ms": 0.2}  # fmt: skip
+    assert "1 map update," in change_line(answer)
+    assert "2 map updates," in change_line(answer | {"map_updates": 2})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        parser.parse_args(["watch", "--interval", "soon"])
+    assert "soon: not a number of seconds" in err.getvalue() and "'soon'" not in err.getvalue()

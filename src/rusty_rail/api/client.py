@@ -132,15 +132,15 @@ def api_url(text: str) -> str:
     if "://" in text:
         scheme = text.split("://", 1)[0]
         if scheme not in ("http", "https"):
-            raise ValueError(f"{text!r}: the API is reached over http or https")
+            raise ValueError(f"{text}: the API is reached over http or https")
         return text.rstrip("/")
     if text.isascii() and text.isdigit():
         return f"http://127.0.0.1:{text}"
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit() or not host:
-        raise ValueError(f"{text!r}: write ADDRESS:PORT (127.0.0.1:9180, [::1]:9180) or a URL")
+        raise ValueError(f"{text}: write ADDRESS:PORT (127.0.0.1:9180, [::1]:9180) or a URL")
     if ":" in host and not host.startswith("["):
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets: [{host}]:{port}")
+        raise ValueError(f"{text}: write an IPv6 address in brackets: [{host}]:{port}")
     return f"http://{host}:{port}"
 
 

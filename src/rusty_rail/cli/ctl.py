@@ -67,7 +67,7 @@ EPILOG: Final = """Examples:
   rusty-rail ctl backend add 198.18.100.1:80/tcp 198.18.2.4 --weight 2
   rusty-rail ctl backend drain 198.18.100.1:80/tcp 198.18.2.1
   rusty-rail ctl plan backend del 198.18.100.1:80/tcp 198.18.2.1
-  rusty-rail ctl flow lookup 198.18.5.5:40000->198.18.100.1:80/tcp
+  rusty-rail ctl flow lookup '198.18.5.5:40000->198.18.100.1:80/tcp'
   rusty-rail ctl backend add '[2001:2::10]:80/tcp' 2001:2::21
   rusty-rail ctl flow lookup '[2001:2::1]:40000->[2001:2::10]:80/tcp'"""
 
@@ -114,7 +114,8 @@ def _health(ctx: Context, args: argparse.Namespace) -> int:
     health = response.body
 
     def render(h: Mapping[str, Any]) -> str:
-        lines = [f"{h['status']} (generation {h['generation']}, attached: {h['attached']})"]
+        where = f"attached to {h['device']}" if h["attached"] else f"not attached to {h['device']}"
+        lines = [f"{h['status']} (generation {h['generation']}, {where})"]
         lines += [f"  reason: {reason}" for reason in h["reasons"]]
         lines += [f"  warning: {warning}" for warning in h.get("warnings", [])]
         if h.get("unresolved_next_hops"):
@@ -231,7 +232,9 @@ def _add_read_commands(commands: Subparsers, verbs: dict[str, Subparsers]) -> No
 
     def flows_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--vip", help="only this VIP's flows")
-        parser.add_argument("--limit", type=int, default=50)
+        parser.add_argument(
+            "--limit", type=int, default=50, metavar="N", help="at most N flows (default 50)"
+        )
         parser.set_defaults(run=_flows)
 
     flow = commands.add_parser("flow", help="tracked flows: list, lookup")
@@ -354,7 +357,7 @@ def _interval(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text}: not a number of seconds") from None
     if not value >= MIN_INTERVAL or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text}: at least {MIN_INTERVAL:g} s, and finite")
     return value

@@ -21,6 +21,11 @@ def size(count: float, unit: str = "") -> str:
     return f"{count:.1f}P{unit}"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 map update``, ``2 map updates``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
     """VIPs and backends, ipvsadm -Ln style."""
     table = Table(box=box.SIMPLE, show_edge=False)
@@ -76,8 +81,9 @@ def change_line(result: Mapping[str, Any]) -> str:
     if not result["changed"]:
         return f"no change (generation {result['generation']})"
     rebuilt = ", ".join(result["tables_rebuilt"]) or "none"
+    updates = plural(result["map_updates"], "map update")
     line = (
-        f"applied: generation {result['generation']}, {result['map_updates']} map updates, "
+        f"applied: generation {result['generation']}, {updates}, "
         f"tables rebuilt: {rebuilt} (build {result['build_ms']:.1f} ms, apply "
         f"{result['apply_ms']:.1f} ms)"
     )

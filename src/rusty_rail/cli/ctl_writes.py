@@ -122,7 +122,9 @@ def _backend_add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _backend_weight_arguments(parser: argparse.ArgumentParser) -> None:
     _backend_key(parser)
-    parser.add_argument("new_weight", type=int, metavar="WEIGHT")
+    parser.add_argument(
+        "new_weight", type=int, metavar="WEIGHT", help="its share of new flows, 0 to 65535"
+    )
 
 
 # (noun, verb): help, its arguments, and the old flat spellings that mean the same.

@@ -49,7 +49,12 @@ def add_parser(commands: Subparsers) -> None:
         default=None,
         help="a VXLAN/GENEVE VNI taken, 0-16777215 (repeatable; default: any)",
     )
-    decap.add_argument("--xdp-mode", choices=["native", "generic"], default="native")
+    decap.add_argument(
+        "--xdp-mode",
+        choices=["native", "generic"],
+        default="native",
+        help="attach in the driver (native, the default) or the generic skb path",
+    )
     decap_action = decap.add_mutually_exclusive_group()
     decap_action.add_argument(
         "--status", action="store_true", help="show prefixes, methods and counters"

@@ -23,7 +23,7 @@ from rusty_rail.control.options import METRICS_BACKEND_LIMIT
 def _count(text: str) -> int:
     """A whole number of 0 or more, for argparse."""
     if not (text.isascii() and text.isdigit() and len(text) <= 9):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 999999999")
+        raise argparse.ArgumentTypeError(f"{text}: not a whole number from 0 to 999999999")
     return int(text)
 
 

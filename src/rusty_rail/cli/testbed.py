@@ -80,7 +80,11 @@ def add_parser(commands: Subparsers) -> None:
         "down: stop and remove every test bed (namespaces, processes, pins).",
         epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6 && rusty-rail testbed down",
     )
-    testbed.add_argument("action", choices=["up", "down", "status"])
+    testbed.add_argument(
+        "action",
+        choices=["up", "down", "status"],
+        help="up: build and start it; status: what runs; down: remove every test bed",
+    )
     _add_size_options(testbed)
     testbed.set_defaults(handler=cmd_testbed)
     needs_root(testbed, "it builds, reads and removes network namespaces and BPF pins")
