@@ -15,6 +15,15 @@ had): a flow so moved reaches a balancer that has not seen it, which is harmless
 backend set is the same (every balancer has the same Maglev tables) and is why the demo keeps
 its long-lived connections talking before it changes the backends.
 
+Which hash: with the L4 policy the kernel takes a packet's L4 hash when it carries one
+(``fib_multipath_hash``: on a real router the NIC's RSS hash of the 5-tuple, or its own hash of
+the 5-tuple when there is none). In the test bed a veth carries the skb across namespaces, and
+with it the hash the client's TCP stack gave the connection (``sk_txhash``, random per
+connection): a connection stays on one balancer, but ``choose`` (``ip route get``, which
+hashes the 5-tuple) cannot say which; the test bed asks the balancers' connection tables
+instead (Testbed.lb_of). The clients set ``net.core.txrehash=0`` so that a retransmission
+timeout does not re-roll the hash and move the connection.
+
 A balancer failure is its next hop taken out of the group (``set_lbs``); no balancer at all is
 a blackhole route. What the router sent to each balancer is counted by nftables
 (``rt ip nexthop`` / ``rt ip6 nexthop`` in the forward hook, one named counter per next hop).
@@ -113,9 +122,9 @@ class KernelRouter:
                 self.namespace.ip(flag, "route", "replace", prefix, "nhid", group)
 
     def choose(self, flow: Flow, iif: str = "eth1") -> int | None:
-        """The balancer (index) the kernel sends ``flow`` to, as a packet arriving on
-        ``iif``: ``ip route get`` with the flow's ports, which takes the forwarding path's
-        multipath choice. None when the route has no balancer."""
+        """The balancer (index) the kernel sends ``flow`` to, as a packet without an L4 hash of
+        its own arriving on ``iif``: ``ip route get`` with the flow's ports (the 5-tuple
+        hash). None when the route has no balancer."""
         family = 6 if len(flow.dst) == 16 else 4
         out = self.namespace.ip(
             f"-{family}", "-j", "route", "get", str(ip_address(flow.dst)),

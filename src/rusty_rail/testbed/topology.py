@@ -260,6 +260,9 @@ class Testbed:
             # downstream would ever fill it in. The seed README turned offloads off for the same
             # reason (netmap); real clients send complete checksums.
             client.exec("ethtool", "-K", "eth0", "tx", "off")
+            # A connection's packets carry its socket's hash, which the routed router's ECMP
+            # uses (routed.py); it must not be re-rolled after a retransmission timeout.
+            client.sysctl("net.core.txrehash", "0")
 
         self.config_path.write_text(balancer_config(self.spec))
         for i in range(self.spec.lbs):
@@ -421,14 +424,30 @@ class Testbed:
         )  # fmt: skip
 
     def lb_of(self, flow: Flow, lbs: list[int] | None = None) -> int | None:
-        """The balancer (index) the router sends ``flow`` to, among ``lbs`` (default all;
-        routed ingress: the kernel's current set, whatever ``lbs`` says)."""
+        """The balancer (index) the router sends ``flow`` to, among ``lbs`` (default all). GRE
+        ingress: the XDP router's choice (choose_lb). Routed ingress: the one balancer whose
+        connection table holds the flow (None for none or several): the kernel hashes the
+        skb's L4 hash, in the test bed the client socket's random one (routed.py), which
+        ``ip route get`` cannot know."""
         if self.spec.ingress == "routed":
-            return self.kernel_router.choose(flow)
+            holders = self.lbs_holding(flow)
+            return holders[0] if len(holders) == 1 else None
         chosen = list(range(self.spec.lbs)) if lbs is None else lbs
         addresses = [self.spec.lb_outer_address(i) for i in chosen]
         lb = choose_lb(flow, addresses)
         return None if lb is None else chosen[addresses.index(str(lb))]
+
+    def lbs_holding(self, flow: Flow) -> list[int]:
+        """The balancers (indices) whose connection tables hold ``flow``."""
+        holding = []
+        for i in range(self.spec.lbs):
+            maps = BalancerMaps.from_pinned(self.lb_pin_root(i) / "eth0")
+            try:
+                if maps.lookup_conntrack(flow) is not None:
+                    holding.append(i)
+            finally:
+                maps.close()
+        return holding
 
     def router_lb_counters(self) -> dict[str, dict[str, int]]:
         """Per balancer address: the packets and bytes the router sent to it (the XDP
