@@ -37,6 +37,14 @@ unspecified address) is not flooded to the balancers' bridge ports (br2's multic
 off, mcast_flood off on those ports). The DSR checks stay as strict as with the IPv4
 underlay: every non-GRE packet a balancer sees is counted against it.
 
+The methods (``TestbedSpec.ingress``, ``egress``): with ``ingress = "gre"`` the router is the
+XDP GRE/ECMP program above (router.py); with ``"routed"`` it is the kernel's ECMP over the
+balancers' addresses of each family (routed.py, no BPF), the balancers run with ``ingress =
+["routed"]`` and br2 carries IPv6 (the IPv6 VIP's next hops). ``egress`` is every VIP's
+``encap``; servers.py sets up what takes each method off on the servers (decap, a kernel VXLAN
+device, or nothing for ``route``). The DSR checks hold for every combination: a balancer sees
+nothing but what the router sent it.
+
 All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
 with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
