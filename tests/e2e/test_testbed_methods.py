@@ -24,6 +24,7 @@ from rusty_rail.testbed.demo import FORWARD_STATS
 from rusty_rail.testbed.lb_segment import lb_address6
 from rusty_rail.testbed.netns import netns
 from rusty_rail.testbed.routed import KernelRouter
+from rusty_rail.testbed.spec import TESTBED_VNI
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
     HTTP_PORT,
@@ -38,13 +39,25 @@ from rusty_rail.wire.constants import PROTO_TCP
 
 pytestmark = pytest.mark.e2e
 
-COMBINATIONS = [("routed", "ipip"), ("routed", "vxlan"), ("gre", "geneve"), ("routed", "route")]
+#: (ingress, egress, what unwraps VXLAN on the servers).
+COMBINATIONS = [
+    ("routed", "ipip", "kernel"),
+    ("routed", "vxlan", "kernel"),
+    ("gre", "geneve", "kernel"),
+    ("routed", "route", "kernel"),
+    ("gre", "vxlan", "decap"),
+]
 
 
-@pytest.fixture(scope="module", params=COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+@pytest.fixture(
+    scope="module", params=COMBINATIONS, ids=["-".join(c[:2]) + f"-{c[2]}" for c in COMBINATIONS]
+)
 def bed(request: pytest.FixtureRequest, require_root: None) -> Iterator[Testbed]:
-    ingress, egress = request.param
-    testbed = Testbed.up(TestbedSpec(clients=2, lbs=2, servers=3, ingress=ingress, egress=egress))
+    ingress, egress, vxlan_server = request.param
+    spec = TestbedSpec(
+        clients=2, lbs=2, servers=3, ingress=ingress, egress=egress, vxlan_server=vxlan_server
+    )
+    testbed = Testbed.up(spec)
     try:
         yield testbed
     finally:
@@ -120,20 +133,24 @@ def test_a_backend_removal_keeps_the_connections_to_the_others(bed: Testbed, vip
 
 
 def test_the_servers_take_the_method_as_documented(bed: Testbed) -> None:
-    """vxlan: the kernel's VXLAN device took the packets, no decap runs; route: nothing runs
-    on the server; ipip and geneve: decap with that method alone took them."""
+    """vxlan: the kernel's VXLAN device took the packets, no decap runs (or, with
+    vxlan_server decap, decap for vxlan and the VNI alone); route: nothing runs on the
+    server; ipip and geneve: decap with that method alone took them."""
     server = bed.servers[0]
     attached = decap_status("eth0", netns=server.name, pin_root=bed.pin_root / "s1")
-    before = _rx_packets(server.name, "vxlan0") if bed.spec.egress == "vxlan" else 0
+    kernel_vxlan = bed.spec.egress == "vxlan" and bed.spec.vxlan_server == "kernel"
+    before = _rx_packets(server.name, "vxlan0") if kernel_vxlan else 0
     result = http_requests(bed.clients, VIP, HTTP_PORT, 60)
     assert result.errors == [] and result.per_backend["s1"] > 0
-    if bed.spec.egress in ("vxlan", "route"):
+    if kernel_vxlan or bed.spec.egress == "route":
         assert not attached["attached"]
     else:
         assert attached["attached"] and attached["methods"] == [bed.spec.egress]
+        vnis = [TESTBED_VNI] if bed.spec.egress in ("vxlan", "geneve") else None
+        assert attached["vnis"] == vnis
         after = decap_status("eth0", netns=server.name, pin_root=bed.pin_root / "s1")
         assert after["counters"]["decapsulated"]["packets"] > 0
-    if bed.spec.egress == "vxlan":
+    if kernel_vxlan:
         assert _rx_packets(server.name, "vxlan0") - before >= result.per_backend["s1"] * 3
 
 
