@@ -72,3 +72,26 @@ def test_the_demo_over_the_ipv6_underlay_with_mixed_backends() -> None:
         assert all(report[key] == 1.0 for key in SURVIVAL_KEYS), (family, report)
         assert set(report["router_packets_per_lb"]) == {"2001:2:0:3::11", "2001:2:0:3::12"}
         assert report["non_gre_packets_seen_by_lbs"] == 0, family
+
+
+@pytest.mark.parametrize("egress", ["ipip", "vxlan"])
+def test_the_demo_with_routed_ingress(egress: str) -> None:
+    """`rusty-rail demo --json --ingress routed --egress ipip` (and vxlan, kernel VXLAN on the
+    servers): the router routes the VIPs to the balancers by kernel ECMP; the same keys (plus
+    ingress and egress), the router's counters per balancer address of each family, and every
+    connection that should survive survives."""
+    command = [sys.executable, "-m", "rusty_rail", "demo", "--json", "--requests", "200",
+               "--long-lived", "12", "--ingress", "routed", "--egress", egress]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["errors"] == []
+    assert (summary["ingress"], summary["egress"]) == ("routed", egress)
+    lbs = {"ipv4": ["198.18.0.11", "198.18.0.12"], "ipv6": ["2001:2:0:3::11", "2001:2:0:3::12"]}
+    for family, report in summary["families"].items():
+        assert set(report["requests_per_backend"]) == {"s1", "s2", "s3"}, family
+        assert all(report[key] == 1.0 for key in SURVIVAL_KEYS), (family, report)
+        assert report["long_lived_through_failed_lb"] > 0, family
+        sent = [report["router_packets_per_lb"][address] for address in lbs[family]]
+        assert sent == list(report["packets_per_lb"].values()), family
+        assert report["non_gre_packets_seen_by_lbs"] == 0, family

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rusty_rail.cli import (
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_USAGE,
     Subparsers,
     add_json_option,
     needs_root,
@@ -42,13 +43,53 @@ def _add_size_options(command: argparse.ArgumentParser) -> None:
         help="the servers as backends: all by IPv4 (default), or mixed: s2, s4, ... by their "
         "IPv6 address, behind both VIPs",
     )
+    command.add_argument(
+        "--ingress",
+        choices=["gre", "routed"],
+        default="gre",
+        help="how the router hands VIP traffic to the balancers: gre (default), the XDP router "
+        "wraps it in GRE; routed, plain kernel routing with ECMP over the balancers as next "
+        'hops (the balancers run with ingress = ["routed"])',
+    )
+    command.add_argument(
+        "--egress",
+        choices=["gre", "ipip", "vxlan", "geneve", "route"],
+        default="gre",
+        help="the VIPs' encap, how the balancers reach the servers: gre (default), ipip, "
+        "vxlan, geneve (rusty-rail decap on the servers; vxlan: a kernel VXLAN device, see "
+        "--vxlan-server) or route (direct routing: the VIP on lo, nothing else)",
+    )
+    command.add_argument(
+        "--vxlan-server",
+        choices=["kernel", "decap"],
+        default="kernel",
+        help="with --egress vxlan, what unwraps it on the servers: the kernel's VXLAN device "
+        "(default) or rusty-rail decap --methods vxlan",
+    )
 
 
-def _spec(args: argparse.Namespace) -> TestbedSpec:
+def _spec(args: argparse.Namespace) -> TestbedSpec | None:
+    """The spec of the options, or None after saying why they do not go together."""
     from rusty_rail.testbed.topology import TestbedSpec
 
-    return TestbedSpec(
-        args.clients, args.lbs, args.servers, args.xdp_mode, args.underlay, args.backends
+    try:
+        return _checked_spec(args, TestbedSpec)
+    except ValueError as error:
+        print(f"rusty-rail {args.command}: {error}", file=sys.stderr)
+        return None
+
+
+def _checked_spec(args: argparse.Namespace, make: type[TestbedSpec]) -> TestbedSpec:
+    return make(
+        args.clients,
+        args.lbs,
+        args.servers,
+        args.xdp_mode,
+        args.underlay,
+        args.backends,
+        args.ingress,
+        args.egress,
+        args.vxlan_server,
     )
 
 
@@ -57,12 +98,14 @@ def add_parser(commands: Subparsers) -> None:
     demo = commands.add_parser(
         "demo",
         help="the test bed with live traffic: distribution, DSR, balancer failure, backend removal",
-        description="Builds the test bed (clients, a GRE/ECMP router, balancers running "
-        "`rusty-rail run`, servers running `rusty-rail decap`) in network namespaces, sends "
+        description="Builds the test bed (clients, a router: XDP GRE/ECMP or kernel ECMP "
+        "routes, balancers running `rusty-rail run`, servers taking the egress method: "
+        "`rusty-rail decap`, kernel VXLAN or the VIP alone) in network namespaces, sends "
         "HTTP requests over new connections and keeps long-lived TCP connections open, takes "
         "a balancer out of the router's ECMP set, removes a backend, reports what survived, "
         "and tears everything down. Exit status 1 if any connection that should survive broke.",
-        epilog="Example: rusty-rail demo --json; rusty-rail demo --underlay ipv6",
+        epilog="Example: rusty-rail demo --json; rusty-rail demo --underlay ipv6; "
+        "rusty-rail demo --json --ingress routed --egress ipip",
     )
     _add_size_options(demo)
     demo.add_argument("--requests", type=int, default=1500, help="HTTP requests to each VIP (1500)")
@@ -94,6 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rusty_rail.testbed.demo import demo_failed, render_demo, run_demo
 
     spec = _spec(args)
+    if spec is None:
+        return EXIT_USAGE
     summary = run_demo(spec, requests=args.requests, long_lived=args.long_lived)
     print_result(summary, args.json, render_demo)
     return EXIT_FAILURE if demo_failed(summary) else EXIT_OK
@@ -103,7 +148,10 @@ def cmd_testbed(args: argparse.Namespace) -> int:
     from rusty_rail.testbed.topology import VIP, VIP6, Testbed, down_all, running_testbeds
 
     if args.action == "up":
-        bed = Testbed.up(_spec(args))
+        spec = _spec(args)
+        if spec is None:
+            return EXIT_USAGE
+        bed = Testbed.up(spec)
         bed.keep_running()
         print_json(bed.status())
         client = bed.clients[0].name

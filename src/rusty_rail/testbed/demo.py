@@ -1,7 +1,9 @@
 """`rusty-rail demo`: the test bed with live traffic. Brings it up, drives short HTTP requests
 and long-lived TCP connections from the clients to the IPv4 VIP and the IPv6 VIP, kills a
 balancer, removes a backend, and shows what happened to every connection of each family; then
-tears everything down.
+tears everything down. Any ingress (GRE from the XDP router, or routed by the kernel's ECMP)
+and any egress method (TestbedSpec): a balancer's failure is its removal from the router's
+set either way (the XDP router's balancer set, or the kernel's nexthop group).
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import ip_address
 from typing import Any
 
-from rusty_rail.testbed.router import choose_lb
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
     HTTP_PORT,
@@ -37,6 +37,12 @@ def _say_family(family: str) -> str:
     return "IPv4" if family == "ipv4" else "IPv6"
 
 
+def _say_ingress(spec: TestbedSpec) -> str:
+    if spec.ingress == "routed":
+        return "routed (kernel ECMP, each VIP by its family)"
+    return f"GRE over {_say_family(spec.underlay)}"
+
+
 def run_demo(
     spec: TestbedSpec | None = None,
     *,
@@ -58,7 +64,7 @@ def run_demo(
         say(
             f"demo: up in {time.monotonic() - started:.1f} s: {bed.spec.clients} clients, "
             f"{bed.spec.lbs} balancers, {bed.spec.servers} servers, VIPs {VIP} and {VIP6}, "
-            f"GRE over {_say_family(bed.spec.underlay)} to the balancers, "
+            f"{_say_ingress(bed.spec)} to the balancers, {bed.spec.egress} to the "
             f"{bed.spec.backends} backends"
         )
 
@@ -82,10 +88,9 @@ def run_demo(
                 f"{family}, before any failure: {c.client} -> {c.backend} broke" for c in failed
             ]
 
-        all_lbs = [bed.spec.lb_outer_address(i) for i in range(bed.spec.lbs)]
         for family, echo in echoes.items():
             families[family]["long_lived_through_failed_lb"] = sum(
-                choose_lb(c.flow, all_lbs) == ip_address(all_lbs[0]) for c in echo.connections
+                bed.lb_of(c.flow) == 0 for c in echo.connections
             )
         say(
             "demo: balancer lb1 fails (the router takes it out of ECMP); long-lived connections "
@@ -109,8 +114,16 @@ def run_demo(
                 f"{len(after_failover.errors)} errors"
             )
 
-        say("demo: lb1 comes back ...")
+        say("demo: lb1 comes back; the long-lived connections keep talking ...")
         bed.set_lbs(list(range(bed.spec.lbs)))
+        # Flows the router now sends to a balancer that has not seen them (routed ingress: a
+        # returning next hop takes buckets of others) are learnt there while the backend set
+        # is the one every balancer shares; real connections keep sending, so do these.
+        for family, echo in echoes.items():
+            errors += [
+                f"{family}, after lb1 came back: {c.client} -> {c.backend} broke"
+                for c in echo.check()
+            ]
 
         removed = f"s{bed.spec.servers}"
         say(
@@ -163,6 +176,8 @@ def run_demo(
     }
     summary["families"] = families
     summary["underlay"] = bed.spec.underlay
+    summary["ingress"] = bed.spec.ingress
+    summary["egress"] = bed.spec.egress
     summary["backends"] = {
         f"s{i + 1}": bed.spec.backend_address(i) for i in range(bed.spec.servers)
     }
@@ -177,17 +192,17 @@ def _requests_phase(
     """``requests`` HTTP requests to ``vip``, each on a new connection, and what the router
     and the balancers counted meanwhile."""
     forwarded_before = bed.lb_packets(FORWARD_STATS)
-    # PASS_NOT_GRE: plain IPv4/IPv6 reaching a balancer; replies that took the wrong way
-    # would show up there.
+    # PASS_NOT_GRE: plain IPv4/IPv6 reaching a balancer and not taken (with routed ingress:
+    # not to a VIP); replies that took the wrong way would show up there.
     not_gre_before = sum(bed.lb_packets(["PASS_NOT_GRE"]))
     new_flows_before = bed.lb_packets(["CT_MISS"])
-    lb_before = bed.router.lb_counters() if bed.router else {}
+    lb_before = bed.router_lb_counters()
     http = http_requests(bed.clients, vip, HTTP_PORT, requests)
     errors += [f"{vip}: {error}" for error in http.errors]
     forwarded_after = bed.lb_packets(FORWARD_STATS)
     not_gre_after = sum(bed.lb_packets(["PASS_NOT_GRE"]))
     new_flows_after = bed.lb_packets(["CT_MISS"])
-    lb_after = bed.router.lb_counters() if bed.router else {}
+    lb_after = bed.router_lb_counters()
     # Every request is a new connection, so a balancer's new flows are its requests.
     requests_per_lb = {
         f"lb{i + 1}": new_flows_after[i] - new_flows_before[i] for i in range(bed.spec.lbs)
@@ -210,7 +225,8 @@ def _requests_phase(
     )
     say(
         f"demo: {http.ok} replies reached the clients; the balancers saw "
-        f"{replies_through_lbs} non-GRE packets meanwhile (direct server return)"
+        f"{replies_through_lbs} packets not theirs (PASS_NOT_GRE) meanwhile (direct server "
+        "return)"
     )
     return {
         "requests_per_backend": dict(sorted(http.per_backend.items())),
@@ -225,7 +241,8 @@ def _requests_phase(
 def render_demo(summary: dict[str, Any]) -> str:
     lines = [
         "rusty-rail demo summary",
-        f"  underlay: GRE over {_say_family(summary['underlay'])}; backends {summary['backends']}",
+        f"  ingress: {_say_ingress_of(summary)}; egress: {summary.get('egress', 'gre')}; "
+        f"backends {summary['backends']}",
     ]
     for family, result in summary["families"].items():
         lines += [
@@ -233,7 +250,7 @@ def render_demo(summary: dict[str, Any]) -> str:
             f"    requests per backend:   {result['requests_per_backend']}",
             f"    requests per balancer:  {result['requests_per_lb']}",
             f"    replies to clients:     {result['replies']} (balancers saw "
-            f"{result['non_gre_packets_seen_by_lbs']} non-GRE packets: replies bypass them)",
+            f"{result['non_gre_packets_seen_by_lbs']} packets not theirs: replies bypass them)",
             f"    balancer failure:       {result['lb_failover_connections_survived']:.0%} of "
             f"long-lived connections survived ({result['long_lived_through_failed_lb']} of "
             "them had run through the failed balancer)",
@@ -247,6 +264,12 @@ def render_demo(summary: dict[str, Any]) -> str:
         f"  took {summary['seconds']} s",
     ]
     return "\n".join(lines)
+
+
+def _say_ingress_of(summary: dict[str, Any]) -> str:
+    if summary.get("ingress") == "routed":
+        return "routed (kernel ECMP)"
+    return f"GRE over {_say_family(summary['underlay'])}"
 
 
 def demo_failed(summary: dict[str, Any]) -> bool:

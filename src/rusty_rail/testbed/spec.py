@@ -1,5 +1,6 @@
-"""The test bed's addresses and its specification (size, underlay, backend families), and the
-one configuration every balancer runs: what topology.py builds, as plain values.
+"""The test bed's addresses and its specification (size, underlay, backend families, ingress
+and egress methods), and the one configuration every balancer runs: what topology.py builds,
+as plain values.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ ECHO_PORT = 7
 UNDERLAYS = ("ipv4", "ipv6")
 #: The backends' families (TestbedSpec.backends): all IPv4, or mixed (see backend_family).
 BACKEND_FAMILIES = ("ipv4", "mixed")
+#: How client packets reach the balancers (TestbedSpec.ingress): wrapped in GRE by the XDP
+#: router, or routed by the kernel (ECMP over the balancers as next hops).
+INGRESSES = ("gre", "routed")
+#: How the balancers reach the servers (TestbedSpec.egress): every VIP's ``encap``.
+EGRESSES = ("gre", "ipip", "vxlan", "geneve", "route")
+#: What unwraps VXLAN on a server (TestbedSpec.vxlan_server): a kernel VXLAN device, or
+#: `rusty-rail decap --methods vxlan`.
+VXLAN_SERVERS = ("kernel", "decap")
+#: The VNI of both VIPs for the vxlan and geneve egress methods.
+TESTBED_VNI = 4200
 
 
 def client_address(i: int) -> str:
@@ -53,8 +64,9 @@ def server_return_address6(i: int) -> str:
 
 @dataclass(frozen=True)
 class TestbedSpec:
-    """The test bed's size and families. Default: the seed's "iteration 4" (2 clients,
-    2 balancers) with 3 servers, the IPv4 underlay and IPv4 backends."""
+    """The test bed's size, families and methods. Default: the seed's "iteration 4" (2
+    clients, 2 balancers) with 3 servers, the IPv4 underlay, IPv4 backends, GRE ingress and
+    GRE egress (passthrough)."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -64,6 +76,9 @@ class TestbedSpec:
     xdp_mode: str = "native"
     underlay: str = "ipv4"
     backends: str = "ipv4"
+    ingress: str = "gre"
+    egress: str = "gre"
+    vxlan_server: str = "kernel"
 
     def __post_init__(self) -> None:
         for name, value, top in (
@@ -79,12 +94,25 @@ class TestbedSpec:
             raise ValueError(f"underlay must be ipv4 or ipv6, got {self.underlay!r}")
         if self.backends not in BACKEND_FAMILIES:
             raise ValueError(f"backends must be ipv4 or mixed, got {self.backends!r}")
+        for name, choice, allowed in (
+            ("ingress", self.ingress, INGRESSES),
+            ("egress", self.egress, EGRESSES),
+            ("vxlan_server", self.vxlan_server, VXLAN_SERVERS),
+        ):
+            if choice not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {choice!r}")
+        if self.ingress == "routed" and self.underlay != "ipv4":
+            raise ValueError(
+                f"underlay {self.underlay!r} is the outer family of GRE ingress: with ingress "
+                "routed each VIP is routed to the balancers' addresses of its own family"
+            )
 
     @property
     def lb_segment_ipv6(self) -> bool:
-        """Whether the balancer segment (br2) carries IPv6: for the IPv6 underlay or for
-        IPv6 backends."""
-        return self.underlay == "ipv6" or self.backends == "mixed"
+        """Whether the balancer segment (br2) carries IPv6: for the IPv6 underlay, for IPv6
+        backends, or for routed ingress (the IPv6 VIP's next hops are the balancers' IPv6
+        addresses)."""
+        return self.underlay == "ipv6" or self.backends == "mixed" or self.ingress == "routed"
 
     def backend_family(self, i: int) -> str:
         """Server i's family as a backend: ipv4, or with mixed backends ipv6 for the
@@ -106,13 +134,20 @@ def balancer_config(
     """The one configuration every balancer runs: the VIPs (default the IPv4 VIP and the IPv6
     VIP), each with the servers given (default all) as its backends, each by the address of
     its backend family (TestbedSpec.backend_address). Each balancer's lb_address_ipv6 is its
-    own, given by RR_LB_ADDRESS_IPV6."""
+    own, given by RR_LB_ADDRESS_IPV6. Routed ingress: ``ingress = ["routed"]`` (GRE to the
+    node is then not balanced); an egress other than gre: every VIP's ``encap`` (and ``vni``
+    for vxlan and geneve). GRE ingress with GRE egress writes the file it always did."""
     chosen = range(spec.servers) if servers is None else servers
     backends = ", ".join(f'"{spec.backend_address(i)}"' for i in chosen)
+    ingress = 'ingress = ["routed"]\n' if spec.ingress == "routed" else ""
+    encap = f'encap = "{spec.egress}"\n' if spec.egress != "gre" else ""
+    if spec.egress in ("vxlan", "geneve"):
+        encap += f"vni = {TESTBED_VNI}\n"
     return (
         "# rusty-rail test bed: every balancer runs this file\n"
         'device = "eth0"\n'
         f'xdp_mode = "{spec.xdp_mode}"\n'
         "conntrack_size = 65536\n"
-        + "".join(f'[[vips]]\naddress = "{vip}"\nbackends = [{backends}]\n' for vip in vips)
+        + ingress
+        + "".join(f'[[vips]]\naddress = "{vip}"\n{encap}backends = [{backends}]\n' for vip in vips)
     )

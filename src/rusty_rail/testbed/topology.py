@@ -37,6 +37,14 @@ unspecified address) is not flooded to the balancers' bridge ports (br2's multic
 off, mcast_flood off on those ports). The DSR checks stay as strict as with the IPv4
 underlay: every non-GRE packet a balancer sees is counted against it.
 
+The methods (``TestbedSpec.ingress``, ``egress``): with ``ingress = "gre"`` the router is the
+XDP GRE/ECMP program above (router.py); with ``"routed"`` it is the kernel's ECMP over the
+balancers' addresses of each family (routed.py, no BPF), the balancers run with ``ingress =
+["routed"]`` and br2 carries IPv6 (the IPv6 VIP's next hops). ``egress`` is every VIP's
+``encap``; servers.py sets up what takes each method off on the servers (decap, a kernel VXLAN
+device, or nothing for ``route``). The DSR checks hold for every combination: a balancer sees
+nothing but what the router sent it.
+
 All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
 with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
@@ -67,9 +75,8 @@ from rusty_rail.dataplane.libbpf import (
 )
 from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.dataplane.netlink import in_netns
-from rusty_rail.decap.agent import decap_attach
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.testbed.lb_segment import (
-    LB_PREFIX6,
     ROUTER_LB_SIDE6,
     lb_address6,
     no_multicast_to,
@@ -78,7 +85,10 @@ from rusty_rail.testbed.lb_segment import (
     static_neighbours,
 )
 from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
-from rusty_rail.testbed.router import Router
+from rusty_rail.testbed.processes import alive, terminate
+from rusty_rail.testbed.routed import KernelRouter
+from rusty_rail.testbed.router import Router, choose_lb
+from rusty_rail.testbed.servers import ipv6_on, plumb_server, unwrap_on_server
 from rusty_rail.testbed.spec import (
     BACKEND_FAMILIES,
     CLIENT_NET,
@@ -215,17 +225,6 @@ class Testbed:
             namespace.sysctl(f"net.ipv6.conf.{key}.disable_ipv6", "1")
         return namespace
 
-    @staticmethod
-    def _ipv6(namespace: Namespace, ifname: str, address: str | None) -> None:
-        """IPv6 on ``ifname``: with ``address`` (a /64, no duplicate address detection), or
-        with no address at all, not even a link-local one (it receives, and says nothing)."""
-        if address is None:
-            namespace.ip("link", "set", ifname, "addrgenmode", "none")
-        namespace.sysctl(f"net.ipv6.conf.{ifname}.accept_ra", "0")
-        namespace.sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "0")
-        if address is not None:
-            namespace.ip("-6", "addr", "add", f"{address}/64", "dev", ifname, "nodad")
-
     def _build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pin_root.mkdir(parents=True, exist_ok=True)
@@ -248,8 +247,8 @@ class Testbed:
         plug(router, "eth2", "p-rt2", "br3")
         router.ip("addr", "add", f"{ROUTER_CLIENT_SIDE}/24", "dev", "eth1")
         router.ip("addr", "add", f"{ROUTER_LB_SIDE}/24", "dev", "eth0")
-        self._ipv6(router, "eth1", ROUTER_CLIENT_SIDE6)
-        self._ipv6(router, "eth2", ROUTER_RETURN_SIDE6)
+        ipv6_on(router, "eth1", ROUTER_CLIENT_SIDE6)
+        ipv6_on(router, "eth2", ROUTER_RETURN_SIDE6)
         if self.spec.lb_segment_ipv6:
             quiet_ipv6(router, "eth0", ROUTER_LB_SIDE6)
         router.sysctl("net.ipv4.ip_forward", "1")
@@ -262,13 +261,16 @@ class Testbed:
             plug(client, "eth0", f"p-c{i + 1}", "br1")
             client.ip("addr", "add", f"{client_address(i)}/24", "dev", "eth0")
             client.ip("route", "add", "default", "via", ROUTER_CLIENT_SIDE)
-            self._ipv6(client, "eth0", client_address6(i))
+            ipv6_on(client, "eth0", client_address6(i))
             client.ip("-6", "route", "add", "default", "via", ROUTER_CLIENT_SIDE6)
             # A veth hands its peer packets whose TCP/UDP checksum is left for "hardware" to
             # fill in; the router's XDP program wraps them in GRE as they are, and nothing
             # downstream would ever fill it in. The seed README turned offloads off for the same
             # reason (netmap); real clients send complete checksums.
             client.exec("ethtool", "-K", "eth0", "tx", "off")
+            # A connection's packets carry its socket's hash, which the routed router's ECMP
+            # uses (routed.py); it must not be re-rolled after a retransmission timeout.
+            client.sysctl("net.core.txrehash", "0")
 
         self.config_path.write_text(balancer_config(self.spec))
         for i in range(self.spec.lbs):
@@ -282,37 +284,15 @@ class Testbed:
         for i in range(self.spec.servers):
             server = self._namespace(net, f"s{i + 1}")
             plug(server, "eth0", f"p-s{i + 1}", "br2")
-            server.ip("addr", "add", f"{server_address(i)}/24", "dev", "eth0")
-            server.ip("addr", "add", f"{VIP}/32", "dev", "lo")
-            server.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
-            # IPv6: the VIP on lo, the decapsulated packets in on eth0, the replies out of eth1.
             plug(server, "eth1", f"p-s{i + 1}v6", "br3")
-            server.sysctl("net.ipv6.conf.lo.disable_ipv6", "0")
-            server.ip("-6", "addr", "add", f"{VIP6}/128", "dev", "lo")
-            if self.spec.lb_segment_ipv6:
-                quiet_ipv6(server, "eth0", server_address6(i))
-            else:
-                self._ipv6(server, "eth0", None)
-            self._ipv6(server, "eth1", server_return_address6(i))
-            server.ip("-6", "route", "add", "default", "via", ROUTER_RETURN_SIDE6)
-            for key in ("all", "default", "eth0", "lo"):
-                server.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
-            server.sysctl("net.ipv4.conf.all.arp_ignore", "1")
-            server.sysctl("net.ipv4.conf.all.arp_announce", "2")
+            plumb_server(server, i, self.spec)
         self.save()
         if self.spec.lb_segment_ipv6:
             self._quiet_lb_segment(switch, router)
 
         self._attach_pass(switch, ports)
-        allowed = [f"{LB_NET}.0/24", *([LB_PREFIX6] if self.spec.lb_segment_ipv6 else [])]
         for i, server in enumerate(self.servers):
-            decap_attach(
-                "eth0",
-                allowed,
-                self.spec.xdp_mode,  # type: ignore[arg-type]
-                netns=server.name,
-                pin_root=self.pin_root / f"s{i + 1}",
-            )
+            unwrap_on_server(server, i, self.spec, self.pin_root / f"s{i + 1}")
             self._start(
                 f"s{i + 1}",
                 server,
@@ -355,9 +335,14 @@ class Testbed:
         for i in range(self.spec.lbs):
             self.wait_log(f"lb{i + 1}", "balancer xdp_balancer on eth0")
 
-        source = ROUTER_LB_SIDE6 if self.spec.underlay == "ipv6" else ROUTER_LB_SIDE
-        self.router = Router.load(source=source, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name)
-        self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
+        if self.spec.ingress == "routed":
+            self.kernel_router.setup()
+        else:
+            source = ROUTER_LB_SIDE6 if self.spec.underlay == "ipv6" else ROUTER_LB_SIDE
+            self.router = Router.load(
+                source=source, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name
+            )
+            self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
         self.set_lbs(list(range(self.spec.lbs)))
         self.save()
 
@@ -411,7 +396,7 @@ class Testbed:
             content = self.log(name).read_text() if self.log(name).exists() else ""
             if text in content:
                 return content
-            if not _alive(self.pids.get(name)):
+            if not alive(self.pids.get(name)):
                 raise RuntimeError(f"{name} exited before saying {text!r}:\n{content}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not say {text!r} in {timeout} s:\n{content}")
@@ -426,10 +411,58 @@ class Testbed:
     # --- changing it ----------------------------------------------------------------------
 
     def set_lbs(self, lbs: list[int]) -> None:
-        """The router's live balancer set: leaving one out is that balancer dying."""
+        """The router's live balancer set: leaving one out is that balancer dying (GRE
+        ingress: the XDP router's set; routed ingress: the balancer's next hop out of the
+        kernel's ECMP group)."""
+        if self.spec.ingress == "routed":
+            self.kernel_router.set_lbs(lbs)
+            return
         if self.router is None:
             raise RuntimeError("the router is not running")
         self.router.set_lbs([self.spec.lb_outer_address(i) for i in lbs])
+
+    @property
+    def kernel_router(self) -> KernelRouter:
+        """The router of routed ingress: kernel ECMP routes, in the router namespace."""
+        return KernelRouter(
+            self.ns("rt"),
+            {4: [lb_address(i) for i in range(self.spec.lbs)],
+             6: [lb_address6(i) for i in range(self.spec.lbs)]},
+            {4: [VIP_PREFIX], 6: [VIP6_PREFIX]},
+        )  # fmt: skip
+
+    def lb_of(self, flow: Flow, lbs: list[int] | None = None) -> int | None:
+        """The balancer (index) the router sends ``flow`` to, among ``lbs`` (default all). GRE
+        ingress: the XDP router's choice (choose_lb). Routed ingress: the one balancer whose
+        connection table holds the flow (None for none or several): the kernel hashes the
+        skb's L4 hash, in the test bed the client socket's random one (routed.py), which
+        ``ip route get`` cannot know."""
+        if self.spec.ingress == "routed":
+            holders = self.lbs_holding(flow)
+            return holders[0] if len(holders) == 1 else None
+        chosen = list(range(self.spec.lbs)) if lbs is None else lbs
+        addresses = [self.spec.lb_outer_address(i) for i in chosen]
+        lb = choose_lb(flow, addresses)
+        return None if lb is None else chosen[addresses.index(str(lb))]
+
+    def lbs_holding(self, flow: Flow) -> list[int]:
+        """The balancers (indices) whose connection tables hold ``flow``."""
+        holding = []
+        for i in range(self.spec.lbs):
+            maps = BalancerMaps.from_pinned(self.lb_pin_root(i) / "eth0")
+            try:
+                if maps.lookup_conntrack(flow) is not None:
+                    holding.append(i)
+            finally:
+                maps.close()
+        return holding
+
+    def router_lb_counters(self) -> dict[str, dict[str, int]]:
+        """Per balancer address: the packets and bytes the router sent to it (the XDP
+        router's counters, or routed ingress's nftables counters of both families)."""
+        if self.spec.ingress == "routed":
+            return self.kernel_router.lb_counters()
+        return self.router.lb_counters() if self.router is not None else {}
 
     def set_backends(self, servers: list[int], timeout: float = 15) -> None:
         """Give every balancer a new backend set: rewrite the shared file, SIGHUP each daemon
@@ -472,11 +505,13 @@ class Testbed:
             "spec": asdict(self.spec),
             "namespaces": {name: Path(f"/run/netns/{name}").exists() for name in self.namespaces},
             "processes": {
-                name: {"pid": pid, "alive": _alive(pid)} for name, pid in self.pids.items()
+                name: {"pid": pid, "alive": alive(pid)} for name, pid in self.pids.items()
             },
             "vip": VIP,
             "vip6": VIP6,
             "underlay": self.spec.underlay,
+            "ingress": self.spec.ingress,
+            "egress": self.spec.egress,
             "backends": {
                 f"s{i + 1}": self.spec.backend_address(i) for i in range(self.spec.servers)
             },
@@ -516,7 +551,7 @@ class Testbed:
         (and keep going past each one: teardown must not stop half-way)."""
         problems: list[str] = []
         for name, pid in self.pids.items():
-            _terminate(pid, name, problems)
+            terminate(pid, name, problems)
         if self.router is not None:
             try:
                 self.router.close()
@@ -537,39 +572,6 @@ class Testbed:
             problems.append(f"pins {self.pin_root}: {error}")
         shutil.rmtree(self.workdir, ignore_errors=True)
         return problems
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists"; reap it if it is ours.
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return finished == 0
-
-
-def _terminate(pid: int, name: str, problems: list[str], timeout: float = 10) -> None:
-    if not _alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            problems.append(f"{name} (pid {pid}) did not stop on SIGTERM; killed")
-            break
-        time.sleep(0.05)
 
 
 def running_testbeds() -> list[str]:

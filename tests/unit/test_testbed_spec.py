@@ -1,0 +1,46 @@
+"""The test bed's methods as plain values (issue 11, item 5): the configuration every balancer
+runs for each ingress and egress, read back by the real configuration loader, and the
+specification's refusals, each naming its field."""
+
+from __future__ import annotations
+
+import pytest
+
+from rusty_rail.config.sources import config_from_toml_text
+from rusty_rail.testbed.spec import EGRESSES, TESTBED_VNI, TestbedSpec, balancer_config
+
+
+@pytest.mark.parametrize("egress", EGRESSES)
+@pytest.mark.parametrize("ingress", ["gre", "routed"])
+def test_every_balancer_runs_the_methods_of_the_spec(ingress: str, egress: str) -> None:
+    config = config_from_toml_text(balancer_config(TestbedSpec(ingress=ingress, egress=egress)))
+    assert [str(item) for item in config.ingress] == [ingress]
+    for vip in config.vips:
+        assert str(vip.encap) == egress
+        assert vip.vni == (TESTBED_VNI if egress in ("vxlan", "geneve") else None)
+
+
+def test_gre_ingress_with_gre_egress_writes_the_file_it_always_did() -> None:
+    text = balancer_config(TestbedSpec())
+    assert "ingress" not in text and "encap" not in text and "vni" not in text
+
+
+def test_routed_ingress_puts_ipv6_on_the_balancer_segment() -> None:
+    assert not TestbedSpec().lb_segment_ipv6
+    assert TestbedSpec(ingress="routed").lb_segment_ipv6
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"ingress": "ecmp"}, "ingress must be one of gre, routed, got 'ecmp'"),
+        ({"egress": "gue"}, "egress must be one of gre, ipip, vxlan, geneve, route, got 'gue'"),
+        ({"vxlan_server": "ovs"}, "vxlan_server must be one of kernel, decap, got 'ovs'"),
+        ({"ingress": "routed", "underlay": "ipv6"}, "underlay 'ipv6' is the outer family"),
+    ],
+)
+def test_a_spec_that_cannot_be_built_is_refused_by_field(
+    fields: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named.replace("(", r"\(")):
+        TestbedSpec(**fields)  # type: ignore[arg-type]
