@@ -7,8 +7,10 @@ One test bed serves the module; tests that change it (an LB out, a backend out) 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from rusty_rail.testbed.topology import (
     Testbed,
     TestbedSpec,
     lb_address,
+    running_testbeds,
 )
 from rusty_rail.testbed.traffic import LongLived, http_requests
 
@@ -167,3 +170,30 @@ def test_down_leaves_no_namespace_process_or_pin(require_root: None) -> None:
         assert (
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
+
+
+def test_down_with_a_tag_removes_only_that_test_bed(require_root: None) -> None:
+    """Another run's test bed (or another engineer's) is left alone by `down --tag`."""
+    command = [sys.executable, "-m", "rusty_rail", "testbed"]
+    up = subprocess.run(
+        [*command, "up", "--clients", "1", "--lbs", "1", "--servers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    status = json.loads(up.stdout)
+    tag, namespaces = status["tag"], list(status["namespaces"])
+    try:
+        wrong = subprocess.run([*command, "down", "--tag", "nosuchtag"], capture_output=True,
+                               text=True)  # fmt: skip
+        assert wrong.returncode == 2 and "no test bed nosuchtag" in wrong.stderr
+        assert tag in running_testbeds()
+        assert all(Path(f"/run/netns/{name}").exists() for name in namespaces)
+        done = subprocess.run([*command, "down", "--tag", tag], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert tag not in running_testbeds()
+        assert not set(namespaces) & set(leftover_namespaces())
+    finally:
+        if tag in running_testbeds():
+            Testbed.load(tag).down()

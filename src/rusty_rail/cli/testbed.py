@@ -126,7 +126,14 @@ def add_parser(commands: Subparsers) -> None:
     testbed.add_argument(
         "action",
         choices=["up", "down", "status"],
-        help="up: build and start it; status: what runs; down: remove every test bed",
+        help="up: build and start it; status: what runs; down: remove every test bed (or the "
+        "one --tag names)",
+    )
+    testbed.add_argument(
+        "--tag",
+        metavar="TAG",
+        help="down: only this test bed (its tag as `up` and `status` show it); other runs' "
+        "beds are left alone",
     )
     _add_size_options(testbed)
     testbed.set_defaults(handler=cmd_testbed)
@@ -170,7 +177,15 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         tags = running_testbeds()
         print_json([Testbed.load(tag).status() for tag in tags])
         return EXIT_OK
-    problems = down_all()
+    if args.tag is not None:
+        if args.tag not in running_testbeds():
+            known = ", ".join(running_testbeds()) or "none runs"
+            print(f"rusty-rail testbed down: error: no test bed {args.tag} ({known})",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        problems = Testbed.load(args.tag).down()
+    else:
+        problems = down_all()
     for problem in problems:
         print(f"rusty-rail testbed down: {problem}", file=sys.stderr)
     return EXIT_FAILURE if problems else EXIT_OK
