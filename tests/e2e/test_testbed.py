@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.demo import FORWARD_STATS
 from rusty_rail.testbed.netns import leftover_namespaces
+from rusty_rail.testbed.processes import alive
 from rusty_rail.testbed.router import choose_lb
 from rusty_rail.testbed.topology import (
     ECHO_PORT,
@@ -190,6 +192,11 @@ def test_down_with_a_tag_removes_only_that_test_bed(require_root: None) -> None:
         assert wrong.returncode == 2 and "no test bed nosuchtag" in wrong.stderr
         assert tag in running_testbeds()
         assert all(Path(f"/run/netns/{name}").exists() for name in namespaces)
+        # `testbed ctl` reaches a balancer's API inside its namespace (issue 15, item 9).
+        listed = subprocess.run([*command, "ctl", "--tag", tag, "lb1", "--json", "vip", "list"],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert [vip["vip"] for vip in json.loads(listed.stdout)] == [VIPS["ipv4"], VIPS["ipv6"]]
         done = subprocess.run([*command, "down", "--tag", tag], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert tag not in running_testbeds()
@@ -197,3 +204,23 @@ def test_down_with_a_tag_removes_only_that_test_bed(require_root: None) -> None:
     finally:
         if tag in running_testbeds():
             Testbed.load(tag).down()
+
+
+def test_a_zombie_that_is_not_ours_is_not_alive() -> None:
+    """`testbed down` after `testbed up` has exited: the servers are init's children, and a
+    zombie init has not reaped yet has stopped all the same (issue 15, item 9)."""
+    parent = subprocess.Popen(
+        ["sh", "-c", "sleep 0 & echo $!; exec sleep 30"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        zombie = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while "Z" not in Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1][:3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not alive(zombie)
+        assert alive(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()

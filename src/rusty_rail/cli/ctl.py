@@ -417,8 +417,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     stream = out or sys.stdout
     # Piped output is read by programs and people alike: wide enough for whole addresses.
     width = None if stream.isatty() else 200
-    console = Console(file=stream, soft_wrap=True, width=width)
-    errors = Console(file=err or sys.stderr, soft_wrap=True)
+    console = Console(file=stream, soft_wrap=True, width=width, emoji=False)
+    errors = Console(file=err or sys.stderr, soft_wrap=True, emoji=False)
     if args.token_file is not None:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()

@@ -120,22 +120,48 @@ def add_parser(commands: Subparsers) -> None:
         "testbed",
         help="build, show or remove the test bed (network namespaces)",
         description="up: build the test bed and leave it running; status: show what runs; "
-        "down: stop and remove every test bed (namespaces, processes, pins).",
-        epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6 && rusty-rail testbed down",
+        "down: stop and remove every test bed (namespaces, processes, pins); ctl LB ARGS: "
+        "run `rusty-rail ctl ARGS` against balancer LB's API (inside its namespace).",
+        epilog="Example: rusty-rail testbed up && rusty-rail testbed ctl lb1 vip list && "
+        "rusty-rail testbed down",
     )
-    testbed.add_argument(
-        "action",
-        choices=["up", "down", "status"],
-        help="up: build and start it; status: what runs; down: remove every test bed (or the "
-        "one --tag names)",
+    actions = testbed.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = actions.add_parser(
+        "up",
+        help="build the test bed and leave it running",
+        description="Builds the test bed and leaves it running; prints its status as JSON.",
+        epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6",
     )
-    testbed.add_argument(
-        "--tag",
-        metavar="TAG",
-        help="down: only this test bed (its tag as `up` and `status` show it); other runs' "
-        "beds are left alone",
+    _add_size_options(up)
+    actions.add_parser(
+        "status",
+        help="show every running test bed",
+        description="Every running test bed's status as JSON.",
+        epilog="Example: rusty-rail testbed status",
     )
-    _add_size_options(testbed)
+    down = actions.add_parser(
+        "down",
+        help="stop and remove every test bed (or one: --tag)",
+        description="Stops and removes every test bed (namespaces, processes, pins), or only "
+        "the one --tag names.",
+        epilog="Example: rusty-rail testbed down --tag 3c11b004",
+    )
+    ctl = actions.add_parser(
+        "ctl",
+        help="`rusty-rail ctl` against one balancer of the test bed",
+        description="Runs `rusty-rail ctl ARGS` inside balancer LB's network namespace, "
+        "where its API listens.",
+        epilog="Example: rusty-rail testbed ctl lb1 vip list",
+    )
+    for parser in (down, ctl):
+        parser.add_argument(
+            "--tag",
+            metavar="TAG",
+            help="the test bed (its tag, as `up` and `status` show it); other runs' beds are "
+            "left alone (ctl: needed only when several run)",
+        )
+    ctl.add_argument("lb", metavar="LB", help="the balancer: lb1, lb2, ...")
+    ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the ctl arguments")
     testbed.set_defaults(handler=cmd_testbed)
     needs_root(testbed, "it builds, reads and removes network namespaces and BPF pins")
 
@@ -168,11 +194,19 @@ def cmd_testbed(args: argparse.Namespace) -> int:
             for host in (VIP, f"[{VIP6}]")
         ]
         print(
-            f"test bed {bed.tag} is up. Try (IPv4 and IPv6 VIP):\n" + "\n".join(fetch) + "\n"
-            "  rusty-rail testbed status\n  rusty-rail testbed down",
+            f"test bed {bed.tag} is up. Try (IPv4 and IPv6 VIP):\n"
+            + "\n".join(fetch)
+            + "\n"
+            + "\n".join(
+                f"  rusty-rail testbed ctl lb{i + 1} vip list    # ctl against balancer lb{i + 1}"
+                for i in range(len(bed.lbs))
+            )
+            + "\n  rusty-rail testbed status\n  rusty-rail testbed down",
             file=sys.stderr,
         )
         return EXIT_OK
+    if args.action == "ctl":
+        return _ctl_in_testbed(args.tag, [args.lb, *args.ctl_args])
     if args.action == "status":
         tags = running_testbeds()
         print_json([Testbed.load(tag).status() for tag in tags])
@@ -189,3 +223,24 @@ def cmd_testbed(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"rusty-rail testbed down: {problem}", file=sys.stderr)
     return EXIT_FAILURE if problems else EXIT_OK
+
+
+def _ctl_in_testbed(tag: str | None, arguments: list[str]) -> int:
+    """`rusty-rail ctl ARGS` in balancer LB's network namespace, where its API listens."""
+    from rusty_rail.cli import main
+    from rusty_rail.dataplane.netlink import in_netns
+    from rusty_rail.testbed.topology import Testbed, running_testbeds
+
+    tags = [tag] if tag is not None else running_testbeds()
+    if len(tags) != 1:
+        which = "none runs" if not tags else f"several run ({', '.join(tags)}): give --tag"
+        print(f"rusty-rail testbed ctl: error: no single test bed: {which}", file=sys.stderr)
+        return EXIT_USAGE
+    bed = Testbed.load(tags[0])
+    names = [f"lb{i + 1}" for i in range(len(bed.lbs))]
+    if not arguments or arguments[0] not in names:
+        print(f"rusty-rail testbed ctl: error: name a balancer ({', '.join(names)}) and then "
+              "the ctl arguments, e.g. lb1 vip list", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    with in_netns(bed.lbs[names.index(arguments[0])].name):
+        return main(["ctl", *arguments[1:]])

@@ -85,7 +85,7 @@ from rusty_rail.testbed.lb_segment import (
     static_neighbours,
 )
 from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
-from rusty_rail.testbed.processes import alive, terminate
+from rusty_rail.testbed.processes import alive, terminate_all
 from rusty_rail.testbed.routed import KernelRouter
 from rusty_rail.testbed.router import Router, choose_lb
 from rusty_rail.testbed.servers import ipv6_on, plumb_server, unwrap_on_server
@@ -550,8 +550,7 @@ class Testbed:
         """Stop every process, delete every namespace, remove every pin; return problems
         (and keep going past each one: teardown must not stop half-way)."""
         problems: list[str] = []
-        for name, pid in self.pids.items():
-            terminate(pid, name, problems)
+        terminate_all(self.pids, problems)
         if self.router is not None:
             try:
                 self.router.close()
