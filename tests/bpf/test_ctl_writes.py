@@ -151,3 +151,21 @@ def test_every_change_is_an_event_with_who_what_and_when(node: Node) -> None:
     assert (
         status == EXIT_OK and "198.18.64.7: weight 2, up -> weight 2, drain (api: changed by" in out
     )
+
+
+def test_config_put_names_the_file_and_position_of_each_problem(node: Node, tmp_path: Path) -> None:
+    bad = tmp_path / "lb.toml"
+    bad.write_text(
+        'device = "eth0"\nlb_address = "198.18.0.2"\n\n[[vips]]\naddress = "198.18.100.1"\n'
+        'backends = [{ address = "198.18.64.1", weight = -1 }]\n'
+    )
+    status, _, err = ctl(node, "config", "put", str(bad), "--force")
+    assert status == EXIT_REFUSED
+    assert f"  {bad}:6:49: vips[0].backends[0].weight: -1: must be between 0 and 65535" in err
+    status, out, _ = ctl(node, "config", "get")
+    got = json.loads(out)
+    got["config"]["vips"][0]["port"] = 70000
+    enveloped = tmp_path / "lb.json"
+    enveloped.write_text(json.dumps(got, indent=1))
+    status, _, err = ctl(node, "config", "put", str(enveloped))
+    assert status == EXIT_REFUSED and f"  {enveloped}:" in err and "vips[0].port: 70000" in err

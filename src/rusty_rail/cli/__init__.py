@@ -75,7 +75,7 @@ def add_pin_root_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rusty_rail import __version__
-    from rusty_rail.cli import bench, completion, ctl, decap, run, selfcheck, testbed
+    from rusty_rail.cli import bench, check, completion, ctl, decap, run, selfcheck, testbed
 
     parser = argparse.ArgumentParser(
         prog="rusty-rail",
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser(commands)
     selfcheck.add_parser(commands)
     bench.add_parser(commands)
+    check.add_parser(commands)
     completion.add_parser(commands)
     return parser
 

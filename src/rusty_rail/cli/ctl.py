@@ -450,7 +450,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         for problem in body.get("problems", []):
             where = problem.get("path") or "(request)"
             value = f": {problem['value']}" if "value" in problem else ""
-            errors.print(f"  {where}{value}: {problem.get('reason')}", markup=False)
+            at = f"{problem['at']}: " if "at" in problem else ""
+            errors.print(f"  {at}{where}{value}: {problem.get('reason')}", markup=False)
         return EXIT_REFUSED
     except (OSError, ValueError, tomllib.TOMLDecodeError) as error:
         errors.print(f"rusty-rail ctl: {error}", markup=False)

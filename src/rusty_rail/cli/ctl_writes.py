@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rich.console import Console
 from rusty_rail.api.client import ApiClient, ApiFailed, backend_path, vip_path
 from rusty_rail.cli import Subparsers
 from rusty_rail.cli.ctl_render import change_line, plan_table
+from rusty_rail.config.positions import json_positions, locate, toml_positions
 
 
 @dataclass
@@ -228,6 +230,8 @@ def _config(ctx: Context, args: argparse.Namespace) -> None:
             "is now, or --dry-run to see what would move"
         )
     answer = ctx.client.request("PUT", "/v1/config", body, headers=headers, check=False)
+    if answer.status == HTTPStatus.UNPROCESSABLE_ENTITY and isinstance(answer.body, dict):
+        raise ApiFailed(answer.status, with_positions(answer.body, path, etag is not None))
     if answer.status == HTTPStatus.PRECONDITION_FAILED:
         raise ApiFailed(
             answer.status,
@@ -239,6 +243,28 @@ def _config(ctx: Context, args: argparse.Namespace) -> None:
     if answer.status >= HTTPStatus.BAD_REQUEST:
         raise ApiFailed(answer.status, answer.body)
     ctx.emit(answer.body, change_line)
+
+
+def _loc(path: str) -> tuple[str | int, ...]:
+    """``vips[0].backends[1].weight`` as a location: ("vips", 0, "backends", 1, "weight")."""
+    loc: list[str | int] = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        loc.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(loc)
+
+
+def with_positions(body: dict[str, Any], path: Path, enveloped: bool) -> dict[str, Any]:
+    """The API's 422 ``body``, each problem given ``at``: FILE:LINE:COLUMN of its value in
+    the file the configuration came from (``enveloped``: what `config get` wrote)."""
+    text = path.read_text(encoding="utf-8")
+    positions = toml_positions(text) if path.suffix == ".toml" else json_positions(text)
+    prefix: tuple[str | int, ...] = ("config",) if enveloped else ()
+    problems = []
+    for problem in body.get("problems", []):
+        where = locate(positions, (*prefix, *_loc(str(problem.get("path", "")))))
+        at = f"{path}:{where[0]}:{where[1]}" if where else str(path)
+        problems.append({**problem, "at": at})
+    return {**body, "problems": problems}
 
 
 def read_config_file(path: Path) -> tuple[str | None, Any]:
