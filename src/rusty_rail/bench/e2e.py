@@ -40,7 +40,9 @@ QUICK_ROUNDS: Final = 1
 #: New flows of CPU k are numbered from (k + 1) << 29 on: beyond every established case's.
 _NEW_FLOW_SHIFT: Final = 29
 #: How long the frames still on their way after a run may take to reach the sink.
-_SETTLE_SECONDS: Final = 2.0
+_SETTLE_SECONDS: Final = 5.0
+#: Reads 20 ms apart that must find the same count.
+_SETTLED_READS: Final = 5
 
 
 def case_name(case: str, cpus: int) -> str:
@@ -62,14 +64,14 @@ class _Run:
 
 
 def _settle(chain: Chain) -> int:
-    """The sink's count once it stops moving (the frames still queued have arrived)."""
+    """The sink's count once it stops moving: the frames still queued have arrived (under
+    load the kernel may hand the rest of the work to ksoftirqd, which runs later)."""
     deadline = time.monotonic() + _SETTLE_SECONDS
-    last = chain.sink.packets()
-    while time.monotonic() < deadline:
+    last, unchanged = chain.sink.packets(), 0
+    while unchanged < _SETTLED_READS and time.monotonic() < deadline:
         time.sleep(0.02)
         now = chain.sink.packets()
-        if now == last:
-            return now
+        unchanged = unchanged + 1 if now == last else 0
         last = now
     return last
 

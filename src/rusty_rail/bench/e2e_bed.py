@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Final
 
@@ -59,10 +60,12 @@ BACKEND_ROUTE: Final = "198.18.64.0/18"
 BACKENDS: Final = tuple(f"198.18.64.{i}" for i in range(1, 5))
 VIP: Final = "198.18.1.1"
 VIP_PORT: Final = 80
-#: Inner source addresses are 198.19.<flow >> 15>, source ports 1024 + (flow & 0x7fff): the
+#: Inner source addresses are 198.19.0.0 + (flow >> 15), source ports 1024 + (flow & 0x7fff): the
 #: generator's numbering of flows (bpf/bench_gen.bpf.c), 2^31 of them.
 INNER_SOURCE_NET: Final = "198.19.0.0"
 FLOW_LIMIT: Final = 1 << 31
+_PORT_BITS: Final = 15
+_PORT_BASE: Final = 1024
 #: The connection table: four times the most flows a case keeps, so that no set overflows.
 CONNTRACK_SIZE: Final = 1 << 22
 #: Frames built and run per live-frames batch: the kernel's default (NAPI_POLL_WEIGHT); the
@@ -90,12 +93,29 @@ def _veth(a: Namespace, a_name: str, b: Namespace, b_name: str, queues: int) -> 
     b.ip("link", "set", b_name, "up")
 
 
+def flow_of(number: int) -> Flow:
+    """The generator's flow ``number`` (bpf/bench_gen.bpf.c numbers them the same way)."""
+    if not 0 <= number < FLOW_LIMIT:
+        raise ValueError(f"flow numbers are 0..{FLOW_LIMIT - 1}, not {number}")
+    source = int(IPv4Address(INNER_SOURCE_NET)) + (number >> _PORT_BITS)
+    return Flow(
+        IPv4Address(source).packed,
+        IPv4Address(VIP).packed,
+        PROTO_TCP,
+        _PORT_BASE + (number & ((1 << _PORT_BITS) - 1)),
+        VIP_PORT,
+    )
+
+
+def flow_frame(number: int, dst_mac: bytes, src_mac: bytes) -> bytes:
+    """The frame the generator sends for flow ``number``."""
+    outer = Outer(eth_dst=dst_mac, eth_src=src_mac, src=GEN_OUTER, dst=LB_ADDRESS)
+    return gre_frame(flow_of(number), outer=outer)
+
+
 def template_frame(dst_mac: bytes, src_mac: bytes) -> bytes:
     """The generator's template: flow 0's frame (inner source 198.19.0.0, port 1024)."""
-    flow = Flow(
-        socket.inet_aton(INNER_SOURCE_NET), socket.inet_aton(VIP), PROTO_TCP, 1024, VIP_PORT
-    )
-    frame = gre_frame(flow, outer=Outer(eth_dst=dst_mac, eth_src=src_mac, src=GEN_OUTER))
+    frame = flow_frame(0, dst_mac, src_mac)
     if len(frame) != GEN_FRAME_LEN:
         raise BenchBedError(f"the generator's frame is {len(frame)} bytes, not {GEN_FRAME_LEN}")
     return frame

@@ -5,15 +5,17 @@
  * interface. The kernel reuses the frames' pages without writing the input again, and what
  * the frame met on its way (the balancer's rewrite) is still in the page, so every run writes
  * the whole header from the template, then the flow of this packet: inner source address and
- * port from a per-CPU counter. Flow n has the inner source 198.19.<n >> 15> and the source
- * port 1024 + (n & 0x7fff) (rusty_rail.bench.e2e_bed). */
+ * port from a per-CPU counter. Flow n has the inner source 198.19.0.0 + (n >> 15) and the
+ * source port 1024 + (n & 0x7fff) (rusty_rail.bench.e2e_bed). */
 #include "lib/uapi.h"
+#include "lib/csum.h"
 
 /* Ethernet, outer IPv4, GRE (4 bytes), inner IPv4, TCP: the frame the balancer takes. */
 #define GEN_FRAME_LEN 78
 #define GEN_INNER_CHECK 48 /* the inner IPv4 header's checksum */
 #define GEN_INNER_SRC_LOW 52 /* the low 16 bits of the inner source address */
 #define GEN_SPORT 58
+#define GEN_TCP_CHECK 74
 #define GEN_PORT_BITS 15
 #define GEN_PORT_BASE 1024
 
@@ -55,8 +57,8 @@ int xdp_bench_gen(struct xdp_md *ctx)
 	__u32 zero = 0;
 	struct gen_config *config = bpf_map_lookup_elem(&gen_config, &zero);
 	struct gen_cursor *cursor = bpf_map_lookup_elem(&gen_cursor, &zero);
-	__u32 flow, sum;
-	__u16 host;
+	__u32 flow;
+	__u16 host, sport;
 
 	if (!config || !cursor || data + GEN_FRAME_LEN > data_end)
 		return XDP_ABORTED;
@@ -66,15 +68,16 @@ int xdp_bench_gen(struct xdp_md *ctx)
 	cursor->sent++;
 
 	host = bpf_htons((__u16)(flow >> GEN_PORT_BITS));
+	sport = bpf_htons(GEN_PORT_BASE + (flow & ((1 << GEN_PORT_BITS) - 1)));
 	*(__u16 *)(data + GEN_INNER_SRC_LOW) = host;
-	*(__u16 *)(data + GEN_SPORT) =
-		bpf_htons(GEN_PORT_BASE + (flow & ((1 << GEN_PORT_BITS) - 1)));
-	/* The template's checksum covers a zero word where `host` now is: add it (RFC 1624). */
-	sum = (__u16)~*(__u16 *)(data + GEN_INNER_CHECK);
-	sum += host;
-	sum = (sum & 0xFFFF) + (sum >> 16);
-	sum = (sum & 0xFFFF) + (sum >> 16);
-	*(__u16 *)(data + GEN_INNER_CHECK) = (__u16)~sum;
+	*(__u16 *)(data + GEN_SPORT) = sport;
+	/* The template's checksums cover a zero word where `host` now is (the TCP one through
+	 * its pseudo-header) and flow 0's port: update them (RFC 1624). */
+	*(__sum16 *)(data + GEN_INNER_CHECK) =
+		csum_replace16(*(__sum16 *)(data + GEN_INNER_CHECK), 0, host);
+	*(__sum16 *)(data + GEN_TCP_CHECK) = csum_replace16(
+		csum_replace16(*(__sum16 *)(data + GEN_TCP_CHECK), 0, host),
+		bpf_htons(GEN_PORT_BASE), sport);
 	return XDP_TX;
 }
 
