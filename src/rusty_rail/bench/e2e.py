@@ -170,6 +170,8 @@ def _case(
         runs_mpps=[round(run.mpps, 3) for run in balancer_runs],
         floor_runs_mpps=[round(run.mpps, 3) for run in floor_runs],
         floor_lost=sum(run.generated - run.sunk for run in floor_runs),
+        # What the balancer adds to the floor's time per packet, per CPU sending.
+        extra_ns_per_packet=round(len(cpus) * (1 / mpps - 1 / floor_mpps) * 1000, 1),
     )
     return result, detail
 
@@ -236,16 +238,24 @@ def render_e2e_bench(result: dict[str, Any]) -> str:
         f"best of {result['rounds']} runs of {result['frames_per_cpu']} frames per CPU; "
         f"{machine['cpus']} CPUs, kernel {machine['kernel']}, load average "
         f"{machine['load_average_before']} before, {machine['load_average_after']} after",
-        f"{'case':<22} {'cpus':>4} {'Mpps':>7} {'floor':>7} {'ratio':>6}  {'budget':<16} drops",
+        f"{'case':<22} {'cpus':>4} {'Mpps':>7} {'floor':>7} {'ratio':>6} {'+ns/pkt':>8} "
+        f"{'ct miss':>8}  {'budget':<16} drops",
     ]
     for name, case in result["cases"].items():
         budget = result["budgets"].get(name)
         verdict = ""
         if budget is not None:
             verdict = f">= {budget:.2f} " + ("met" if case["ratio"] >= budget else "MISSED")
+        detail = result["details"][name]
         lines.append(
             f"{name:<22} {case['cpus']:>4} {case['mpps']:>7.2f} {case['floor_mpps']:>7.2f} "
-            f"{case['ratio']:>6.2f}  {verdict:<16} {_drops_text(case['drops'])}"
+            f"{case['ratio']:>6.2f} {detail['extra_ns_per_packet']:>8.0f} "
+            f"{100 * detail['ct_miss'] / max(1, detail['generated']):>7.2f}%  {verdict:<16} "
+            f"{_drops_text(case['drops'])}"
         )
+    lines.append(
+        "+ns/pkt: the balancer's time per packet and CPU beyond the floor's; ct miss: timed "
+        "frames that found no connection (new flows; established flows evicted from a full set)"
+    )
     lines.append("budgets met" if result["budgets_met"] else "a budget was missed")
     return "\n".join(lines)
