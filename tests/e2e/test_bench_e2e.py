@@ -43,3 +43,13 @@ def test_bench_e2e_quick_sends_every_case_through_the_balancer_to_the_sink() -> 
         # Prepopulated: the timed frames found their flows in the connection table.
         assert result["details"][name]["ct_hit"] > result["details"][name]["ct_miss"]
     assert result["details"]["new_flow"]["ct_miss"] == QUICK_FRAMES_PER_CPU
+
+
+@pytest.mark.parametrize(("option", "value"), [("--frames", "0"), ("--rounds", "-1")])
+def test_a_bad_count_is_a_usage_error_naming_the_option(option: str, value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rusty_rail", "bench", "e2e", option, value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"argument {option}: must be at least 1, not {value}" in done.stderr

@@ -129,13 +129,26 @@ def add_parser(commands: Subparsers) -> None:
     )
     e2e.add_argument(
         "--frames",
-        type=int,
+        type=_at_least_one,
         default=None,
         help="frames per CPU of each timed run (default 2000000)",
     )
     e2e.add_argument(
-        "--rounds", type=int, default=None, help="timed runs of each chain per case (default 3)"
+        "--rounds",
+        type=_at_least_one,
+        default=None,
+        help="timed runs of each chain per case (default 3)",
     )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_bench_maglev(args: argparse.Namespace) -> int:
