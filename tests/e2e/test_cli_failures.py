@@ -44,6 +44,7 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
         ("bench", "dataplane"),
         ("bench", "control"),
         ("bench", "health"),
+        ("bench", "e2e"),
     ],
 )
 def test_a_command_that_needs_root_says_so_in_one_line(args: tuple[str, ...]) -> None:

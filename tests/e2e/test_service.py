@@ -156,7 +156,9 @@ def test_the_wheel_carries_the_bpf_objects_and_runs_installed(tmp_path: Path) ->
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("rusty_rail-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for program in ("balancer", "decap", "testbed_router", "testbed_pass", "bench_floor"):
+    programs = ("balancer", "decap", "testbed_router", "testbed_pass", "bench_floor", "bench_gen",
+                "bench_sink", "bench_forward")  # fmt: skip
+    for program in programs:
         assert f"rusty_rail/bpf/{program}.bpf.o" in names, sorted(names)
     assert any(n.startswith("rusty_rail/model/_maglevc.") for n in names)
     assert not any(n.startswith("tests/") for n in names)

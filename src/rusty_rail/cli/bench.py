@@ -1,4 +1,5 @@
-"""`rusty-rail bench maglev|dataplane|control|health`: numbers, each next to a same-run baseline."""
+"""`rusty-rail bench maglev|dataplane|control|health|e2e`: numbers, each next to a same-run
+baseline."""
 
 from __future__ import annotations
 
@@ -108,6 +109,46 @@ def add_parser(commands: Subparsers) -> None:
     )
     health.add_argument("--fall", type=int, default=3, help="failures to go down (default 3)")
     health.add_argument("--rise", type=int, default=2, help="successes to come back (default 2)")
+    e2e = add_bench(
+        "e2e",
+        "Mpps end to end through the balancer vs a floor forwarder (live frames, needs root)",
+        "A generator (XDP in live-frames mode) sends GRE frames into the balancer's veth, "
+        "attached natively and fed by the daemon; a sink behind a second veth counts and "
+        "drops them. Cases one_flow, established_100k, established_1m and new_flow (a new "
+        "flow per packet), on 1 CPU and on 2 (_2cpu), each as Mpps and as a ratio to a floor "
+        "forwarder (parse, rewrite the destination and MACs, redirect) measured in the same "
+        "run, with drops by reason. Budgets: established_100k >= 0.85, new_flow >= 0.40. "
+        "Exits 1 when a budget is missed. docs/benchmarks.md.",
+        cmd_bench_e2e,
+        root="it builds network namespaces and runs BPF programs",
+    )
+    e2e.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: one round of 20000 frames per CPU per case (seconds, not minutes)",
+    )
+    e2e.add_argument(
+        "--frames",
+        type=_at_least_one,
+        default=None,
+        help="frames per CPU of each timed run (default 2000000)",
+    )
+    e2e.add_argument(
+        "--rounds",
+        type=_at_least_one,
+        default=None,
+        help="timed runs of each chain per case (default 3)",
+    )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_bench_maglev(args: argparse.Namespace) -> int:
@@ -142,4 +183,17 @@ def cmd_bench_health(args: argparse.Namespace) -> int:
     settings = HealthBedSettings(interval=args.interval, fall=args.fall, rise=args.rise)
     result = run_health_bench(settings)
     print_result(result, args.json, render_health_bench)
+    return EXIT_OK if result["budgets_met"] else EXIT_FAILURE
+
+
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from rusty_rail.bench import e2e
+
+    frames = e2e.QUICK_FRAMES_PER_CPU if args.quick else e2e.FRAMES_PER_CPU
+    rounds = e2e.QUICK_ROUNDS if args.quick else e2e.ROUNDS
+    result = e2e.run_e2e_bench(
+        frames_per_cpu=args.frames if args.frames is not None else frames,
+        rounds=args.rounds if args.rounds is not None else rounds,
+    )
+    print_result(result, args.json, e2e.render_e2e_bench)
     return EXIT_OK if result["budgets_met"] else EXIT_FAILURE

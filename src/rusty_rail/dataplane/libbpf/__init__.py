@@ -35,7 +35,13 @@ from rusty_rail.dataplane.libbpf.links import (
     detach_xdp,
     query_xdp,
 )
-from rusty_rail.dataplane.libbpf.objects import BpfObject, Program, TestRun, bpf_object_path
+from rusty_rail.dataplane.libbpf.objects import (
+    LIVE_MAX_BATCH,
+    BpfObject,
+    Program,
+    TestRun,
+    bpf_object_path,
+)
 from rusty_rail.dataplane.libbpf.pins import (
     BPFFS,
     PIN_ROOT,
@@ -56,6 +62,7 @@ __all__ = [
     "BPF_F_MMAPABLE",
     "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
+    "LIVE_MAX_BATCH",
     "PIN_ROOT",
     "AttachedProgram",
     "BpfObject",
