@@ -49,7 +49,14 @@ SAMPLE_INTERVAL: Final = 2.0
 #: measured from its end (a daemon's first minute grows its heap; that is not a leak).
 WARMUP_MAX: Final = 60.0
 WARMUP_SHARE: Final = 0.2
-BUDGET_RSS_GROWTH: Final = 0.05
+#: The budget: the most each may be (RSS growth as a share of the RSS after the warm-up).
+BUDGETS: Final = {
+    "rss_growth": 0.05,
+    "fd_growth": 0,
+    "surviving_connections_broken": 0,
+    "http_5xx": 0,
+    "counters_unbalanced": 0,
+}
 #: The test bed: s1 and s2 survive (never removed, never flapped), s3 flaps, s4 is the spare
 #: backend the API churn adds and removes.
 SPEC: Final = TestbedSpec(clients=2, lbs=2, servers=4)
@@ -194,6 +201,31 @@ def packet_actions(samples: dict[str, list[tuple[dict[str, str], float]]]) -> di
     }
 
 
+class Events:
+    """Every balancer's health events, fetched as they come (GET /v1/events?since=), counted
+    by backend, kind, new state and cause: "198.18.0.23 health unhealthy (check)"."""
+
+    def __init__(self, lbs: int) -> None:
+        self.counts: dict[str, Counter[str]] = {f"lb{lb + 1}": Counter() for lb in range(lbs)}
+        self._since = dict.fromkeys(self.counts, 0)
+
+    def fetch(self, bed: Testbed) -> None:
+        for lb, name in enumerate(self.counts):
+            while True:
+                with in_netns(bed.lbs[lb].name):
+                    answer = ApiClient(API, timeout=10).get(
+                        f"/v1/events?since={self._since[name]}&limit=1000"
+                    )
+                for event in answer["events"]:
+                    subject = event["backend"] or event["vip"]
+                    self.counts[name][
+                        f"{subject} {event['kind']} {event['to']} ({event['cause']})"
+                    ] += 1
+                    self._since[name] = max(self._since[name], event["id"])
+                if len(answer["events"]) < 1000:
+                    break
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -253,6 +285,9 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
     )  # fmt: skip
     workers: list[Worker] = [requests, churn, flaps, icmp]
     timeline = Timeline({f"lb{lb + 1}": [] for lb in lbs})
+    events = Events(bed.spec.lbs)
+    events.fetch(bed)
+    events.counts = {name: Counter() for name in events.counts}  # from the start of the soak
     broken: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     start = [counter_snapshot(bed, lb) for lb in lbs]
@@ -262,6 +297,7 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
             worker.start()
         while (now := time.monotonic() - started) < settings.seconds:
             timeline.take(bed, now)
+            events.fetch(bed)
             for connection in connections.check():
                 broken[connection.backend] += 1
             time.sleep(max(0.0, SAMPLE_INTERVAL - (time.monotonic() - started - now)))
@@ -273,6 +309,7 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
         broken[connection.backend] += 1
     connections.close()
     timeline.take(bed, time.monotonic() - started)
+    events.fetch(bed)
     end = [counter_snapshot(bed, lb) for lb in lbs]
     for worker in workers:
         errors.update(worker.errors)
@@ -283,7 +320,7 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
         if "Traceback" in bed.log(name).read_text():
             errors[f"{name}: a traceback in its log"] += 1
     return _report(
-        bed, settings, timeline, broken, errors, requests, churn, flaps, icmp,
+        bed, settings, timeline, events, broken, errors, requests, churn, flaps, icmp,
         {f"lb{lb + 1}": counter_balance(start[lb], end[lb], actions) for lb in lbs},
         time.monotonic() - started,
     )  # fmt: skip
@@ -297,10 +334,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def budget_checks(**values: float) -> dict[str, dict[str, Any]]:
+    """Each measured value next to its budget (BUDGETS) and whether it is within."""
+    return {
+        name: {"value": value, "budget": BUDGETS[name], "ok": value <= BUDGETS[name]}
+        for name, value in values.items()
+    }
+
+
 def _report(
     bed: Testbed,
     settings: SoakSettings,
     timeline: Timeline,
+    events: Events,
     broken: Counter[str],
     errors: Counter[str],
     requests: Requests,
@@ -322,24 +368,24 @@ def _report(
                 "capacity": one(final, "rusty_rail_conntrack_capacity"),
             },
             "packets": balance[name],
+            "icmp_packets": {
+                labels["outcome"]: int(value)
+                for labels, value in final.get("rusty_rail_icmp_packets_total", [])
+            },
+            "events": dict(sorted(events.counts[name].items())),
             "samples": samples,
         }
     survivors_broken = sum(broken[name] for name in SURVIVORS)
     rss_growth = max(d["rss_kib"]["growth_ratio"] for d in daemons.values())
     fd_growth = max(d["fds"]["growth"] for d in daemons.values())
     server_errors = requests.server_errors + churn.server_errors
-    checks: dict[str, dict[str, Any]] = {
-        "rss_growth": {"value": rss_growth, "budget": BUDGET_RSS_GROWTH},
-        "fd_growth": {"value": fd_growth, "budget": 0},
-        "surviving_connections_broken": {"value": survivors_broken, "budget": 0},
-        "http_5xx": {"value": server_errors, "budget": 0},
-        "counters_unbalanced": {
-            "value": sum(1 for b in balance.values() if not b["balanced"]),
-            "budget": 0,
-        },
-    }
-    for check in checks.values():
-        check["ok"] = check["value"] <= check["budget"]
+    checks = budget_checks(
+        rss_growth=rss_growth,
+        fd_growth=fd_growth,
+        surviving_connections_broken=survivors_broken,
+        http_5xx=server_errors,
+        counters_unbalanced=sum(1 for b in balance.values() if not b["balanced"]),
+    )
     return {
         "minutes": settings.minutes,
         "took_s": round(took, 1),
@@ -408,6 +454,12 @@ def render_soak_bench(result: dict[str, Any]) -> str:
             f"({actions}): {'balanced' if packets['balanced'] else 'OFF BY '}"
             f"{'' if packets['balanced'] else packets['difference']}; dropped before XDP "
             f"{packets['dropped_before_xdp']}"
+        )
+        icmp = ", ".join(f"{outcome} {count}" for outcome, count in daemon["icmp_packets"].items())
+        lines.append(f"    ICMP by outcome: {icmp or 'none'}")
+        lines.append(
+            "    events: "
+            + ", ".join(f"{what} x{count}" for what, count in daemon["events"].items())
         )
         lines.append(
             "    by reason: "
