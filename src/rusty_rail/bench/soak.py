@@ -13,13 +13,13 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from rusty_rail.api.client import ApiClient
+from rusty_rail.api.client import ApiClient, ApiFailed, ApiUnreachable
 from rusty_rail.bench.health import HealthBedSettings, reload_balancers, wait_all_healthy
 from rusty_rail.bench.soak_load import (
     API,
@@ -184,7 +184,9 @@ def counter_balance(
     counted = sum(by_reason.values())
     return {
         "in": received,
+        "in_from": "rx_packets of the balancer's eth0 (the veth), in its namespace",
         "counted": counted,
+        "counted_from": "the balancer's stats map, as rusty_rail_packets_total{reason,action}",
         "difference": received - counted,
         "dropped_before_xdp": end.dropped_before_xdp - start.dropped_before_xdp,
         "by_action": dict(sorted(by_action.items())),
@@ -208,6 +210,11 @@ class Events:
     def __init__(self, lbs: int) -> None:
         self.counts: dict[str, Counter[str]] = {f"lb{lb + 1}": Counter() for lb in range(lbs)}
         self._since = dict.fromkeys(self.counts, 0)
+
+    def skip_past(self, bed: Testbed) -> None:
+        """Count from now on: forget the events so far (the bed's start, its first checks)."""
+        self.fetch(bed)
+        self.counts = {name: Counter() for name in self.counts}
 
     def fetch(self, bed: Testbed) -> None:
         for lb, name in enumerate(self.counts):
@@ -235,12 +242,18 @@ class Timeline:
     fds, connection-table entries."""
 
     samples: dict[str, list[dict[str, float]]]
+    #: Samples that could not be taken (a daemon gone, its API not answering), by kind.
+    errors: Counter[str] = field(default_factory=Counter)
 
     def take(self, bed: Testbed, at: float) -> None:
         for lb in range(bed.spec.lbs):
             name = f"lb{lb + 1}"
-            rss, fds = process_sample(bed.pids[name])
-            flows = one(metrics(bed, lb), "rusty_rail_conntrack_entries")
+            try:
+                rss, fds = process_sample(bed.pids[name])
+                flows = one(metrics(bed, lb), "rusty_rail_conntrack_entries")
+            except (OSError, ApiUnreachable, ApiFailed) as error:
+                self.errors[f"{name}: sample: {type(error).__name__}"] += 1
+                continue
             self.samples[name].append(
                 {"t_s": round(at, 1), "rss_kib": rss, "fds": fds, "conntrack_entries": flows}
             )
@@ -286,8 +299,7 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
     workers: list[Worker] = [requests, churn, flaps, icmp]
     timeline = Timeline({f"lb{lb + 1}": [] for lb in lbs})
     events = Events(bed.spec.lbs)
-    events.fetch(bed)
-    events.counts = {name: Counter() for name in events.counts}  # from the start of the soak
+    events.skip_past(bed)
     broken: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     start = [counter_snapshot(bed, lb) for lb in lbs]
@@ -311,6 +323,7 @@ def _soak(bed: Testbed, settings: SoakSettings) -> dict[str, Any]:
     timeline.take(bed, time.monotonic() - started)
     events.fetch(bed)
     end = [counter_snapshot(bed, lb) for lb in lbs]
+    errors.update(timeline.errors)
     for worker in workers:
         errors.update(worker.errors)
     for lb in lbs:
