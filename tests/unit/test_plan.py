@@ -3,6 +3,7 @@ product's promise checked through the reference pipeline (two nodes, same backen
 
 from __future__ import annotations
 
+import gc
 import random
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -368,3 +369,20 @@ def test_the_removals_of_a_change_keep_what_stays_and_add_nothing() -> None:
     bridge = removals_only(current, wanted)
     assert [str(b.address) for b in bridge.vips[0].backends] == [BACKENDS[0], BACKENDS[2]]
     assert removals_only(current, config(*BACKENDS[:4], vip="198.19.0.99")).vips == ()
+
+
+def test_the_cached_facts_of_a_table_go_with_the_table() -> None:
+    """The soak (issue 14, item 7) found dead tables kept alive by this cache: about 256 KiB
+    per API write, a gigabyte before its bound evicted any."""
+    from rusty_rail.control import plan as plan_module
+    from rusty_rail.control.plan import table_inputs
+    from rusty_rail.model.maglev import build_table
+
+    before = len(plan_module._TABLE_FACTS)
+    tables = [build_table([(ip_address(f"198.18.1.{i}"), 1)], 1021, 7) for i in range(1, 30)]
+    for table in tables:
+        table_inputs(table)
+    assert len(plan_module._TABLE_FACTS) == before + len(tables)
+    del table, tables
+    gc.collect()
+    assert len(plan_module._TABLE_FACTS) == before

@@ -1,5 +1,5 @@
-"""`rusty-rail bench maglev|dataplane|control|health|e2e`: numbers, each next to a same-run
-baseline."""
+"""`rusty-rail bench maglev|dataplane|control|health|e2e|soak`: numbers, each next to a
+same-run baseline or a budget."""
 
 from __future__ import annotations
 
@@ -140,15 +140,47 @@ def add_parser(commands: Subparsers) -> None:
         help="timed runs of each chain per case (default 3)",
     )
 
+    soak = add_bench(
+        "soak",
+        "everything at once for N minutes: leaks, losses, counters (needs root)",
+        "Builds a test bed (2 clients, 2 balancers, 4 servers) and runs, together for N "
+        "minutes: long-lived TCP connections and a steady rate of short HTTP requests, API "
+        "churn of a spare backend (added, weighted, drained, removed, a write every 0.3 s on "
+        "each balancer), health flaps of one server and bursts of forged ICMP unreachables. "
+        "Reports each balancer daemon's RSS and open fds over time, its connection table, "
+        "whether its packet counters balance the frames it received, the API latency (p50, "
+        "p99) and every error. Budget: RSS growth <= 5% after the warm-up (the first minute), "
+        "no fd growth, no broken connection to a surviving backend, no 5xx, counters "
+        "balanced. Exits 1 when a budget is missed.",
+        cmd_bench_soak,
+        root="it builds a test bed of network namespaces",
+    )
+    soak.add_argument(
+        "--minutes",
+        type=_minutes,
+        default=10.0,
+        help="how long, fractions allowed (default 10; e.g. 0.5 for a quick run)",
+    )
+
 
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _minutes(text: str) -> float:
+    from rusty_rail.bench.soak import check_minutes
+
+    try:
+        return check_minutes(float(text))
+    except ValueError as error:
+        message = str(error) if "--minutes" in str(error) else f"not a number of minutes: {text}"
+        raise argparse.ArgumentTypeError(message.removeprefix("--minutes ")) from None
 
 
 def cmd_bench_maglev(args: argparse.Namespace) -> int:
@@ -197,3 +229,11 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     )
     print_result(result, args.json, e2e.render_e2e_bench)
     return EXIT_OK if result["budgets_met"] else EXIT_FAILURE
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.soak import SoakSettings, render_soak_bench, run_soak_bench
+
+    result = run_soak_bench(SoakSettings(minutes=args.minutes))
+    print_result(result, args.json, render_soak_bench)
+    return EXIT_OK if result["ok"] else EXIT_FAILURE

@@ -7,6 +7,7 @@ resolver; the operations it returns are applied to the BPF maps by control.apply
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -251,22 +252,21 @@ def allocate(services: Sequence[Service], previous: Allocation) -> Allocation:
     return allocation
 
 
-#: id(table) -> (table, its inputs, its backends' keys); the table is held so that its id
-#: stays its own. Bounded: old entries go first.
-_TABLE_FACTS: dict[int, tuple[MaglevTable, object, list[int]]] = {}
-_TABLE_FACTS_LIMIT = 4096
+#: table -> (its inputs, its backends' keys), for as long as the table lives (a soak found the
+#: bounded cache of strong references it replaces holding a gigabyte of dead tables).
+_TABLE_FACTS: weakref.WeakKeyDictionary[MaglevTable, tuple[object, list[int]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _table_facts(table: MaglevTable) -> tuple[object, list[int]]:
     """A table's inputs (see table_inputs) and its backends' address keys, computed once."""
-    facts = _TABLE_FACTS.get(id(table))
-    if facts is None or facts[0] is not table:
+    facts = _TABLE_FACTS.get(table)
+    if facts is None:
         keys = [address_key(address) for address in table.backends]
         inputs = (table.size, table.seed, frozenset(zip(keys, table.weights, strict=True)))
-        facts = _TABLE_FACTS[id(table)] = (table, inputs, keys)
-        while len(_TABLE_FACTS) > _TABLE_FACTS_LIMIT:
-            del _TABLE_FACTS[next(iter(_TABLE_FACTS))]
-    return facts[1], facts[2]
+        facts = _TABLE_FACTS[table] = (inputs, keys)
+    return facts
 
 
 def table_inputs(table: MaglevTable) -> object:

@@ -41,7 +41,7 @@ _IPV4_MAPPED = 0xFFFF << 32
 _FINGERPRINT_HEADER = b"rusty-rail maglev v1\n"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class MaglevTable:
     """A populated table: ``slots[s]`` is an index into ``backends`` (or EMPTY_SLOT).
 
