@@ -27,7 +27,7 @@ from rusty_rail.cli import EXIT_USAGE, main
         ("1441", "got 1441"),
         ("nan", "got nan"),
         ("inf", "got inf"),
-        ("ten", "not a number of minutes: 'ten'"),
+        ("ten", "not a number of minutes: ten"),
     ],
 )
 def test_the_cli_refuses_a_length_that_is_no_soak(
