@@ -47,10 +47,14 @@ def count(targets: npt.NDArray[np.uint32]) -> FlowCount:
     """``targets``: one (backend index, generation) row per valid entry."""
     if len(targets) == 0:
         return FlowCount()
-    pairs, counts = np.unique(targets, axis=0, return_counts=True)
+    keys = targets[:, 0].astype(np.uint64) << np.uint64(32) | targets[:, 1]
+    values, counts = np.unique(keys, return_counts=True)
     return FlowCount(
         total=len(targets),
-        by_target={(int(s), int(g)): int(n) for (s, g), n in zip(pairs, counts, strict=True)},
+        by_target={
+            (int(key) >> 32, int(key) & 0xFFFFFFFF): int(n)
+            for key, n in zip(values, counts, strict=True)
+        },
     )
 
 
