@@ -13,6 +13,8 @@ from prometheus_client import (
     Counter,
     Histogram,
     Info,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -109,6 +111,7 @@ class _MapsCollector(Collector):
         yield from _flow_series(daemon, services, flow_count, per_backend=per_backend)
         if per_backend:
             yield from _backend_series(daemon, services)
+            yield from _backend_state_series(daemon, services)
         yield GaugeMetricFamily(
             "rusty_rail_metrics_backends_omitted",
             "Backends (per VIP) without series of their own: more than --metrics-backend-limit "
@@ -186,7 +189,8 @@ def _backend_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
     )
     state = GaugeMetricFamily(
         "rusty_rail_backend_state",
-        "1 for the backend's admin state (configured) and its data-plane state",
+        "1 for the backend's admin state (configured) and its data-plane state (deprecated: "
+        "rusty_rail_backend_admin_state and rusty_rail_backend_dataplane_state)",
         labels=["vip", "backend", "kind", "state"],
     )
     weight = GaugeMetricFamily(
@@ -252,13 +256,47 @@ def _flow_series(
         yield backend_flows
 
 
+def _backend_state_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
+    """Per VIP and backend, every admin state and every data-plane state as 0 or 1."""
+    plan = daemon.plan
+    if plan is None:
+        return
+    admin = GaugeMetricFamily(
+        "rusty_rail_backend_admin_state",
+        "1 for the backend's configured state (up, drain, down), 0 for the others",
+        labels=["vip", "backend", "state"],
+    )
+    dataplane = GaugeMetricFamily(
+        "rusty_rail_backend_dataplane_state",
+        "1 for the state the data plane holds for the backend (unused, up, drain, down), 0 "
+        "for the others",
+        labels=["vip", "backend", "state"],
+    )
+    for name, backends in services:
+        for backend in backends:
+            labels = [name, str(backend.address)]
+            for configured in AdminState:
+                admin.add_metric([*labels, configured.value], backend.state is configured)
+            slot = plan.allocation.slot_of(name, backend.address)
+            entry = plan.state.backends.get(slot) if slot is not None else None
+            live = entry.state if entry is not None else BackendState.UNUSED
+            for held in BackendState:
+                dataplane.add_metric([*labels, held.name.lower()], live is held)
+    yield admin
+    yield dataplane
+
+
 class Metrics:
     """The daemon's registry: map counters, change histograms and build info."""
 
     def __init__(self, daemon: Daemon) -> None:
+        # No *_created series: the flag is the library's, read at each scrape, so it holds
+        # for this registry whatever else the process registers.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.flow_counts = FlowCounts(daemon)
         self.registry.register(_MapsCollector(daemon, self.flow_counts))
+        ProcessCollector(registry=self.registry)
         self.build_seconds = Histogram(
             "rusty_rail_table_build_seconds",
             "Time to plan a change, building the Maglev tables whose backend sets changed",
