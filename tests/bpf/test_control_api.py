@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rusty_rail.api import readmodels
+from rusty_rail.api import flow_counts, readmodels
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control import state_file
 from rusty_rail.control.apply import apply_operations
@@ -61,11 +61,13 @@ def bed(require_root: None) -> Iterator[Bed]:
 
 
 @pytest.fixture
-def node(bed: Bed) -> Node:
-    """Daemon A, back at the base configuration with an empty connection table."""
+def node(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> Node:
+    """Daemon A, back at the base configuration with an empty connection table (counted at
+    each read, not every few seconds)."""
     node = bed.nodes["eth0"]
     node.reset()
     node.maps.clear_conntrack()
+    monkeypatch.setattr(flow_counts, "COUNT_INTERVAL", 0.0)
     return node
 
 

@@ -28,6 +28,7 @@ from . import changes, openapi, readmodels, schemas
 from .changes import BODY, Target
 from .context import DAEMON, METRICS, PLAN_LOCK, json_response
 from .errors import ApiError
+from .flow_counts import FlowCounts
 
 log = logging.getLogger("rusty_rail.api")
 
@@ -171,7 +172,8 @@ async def _write(
     return json_response(_result(daemon, result, config), status, **headers)
 
 
-def _snapshot(daemon: Daemon) -> readmodels.Snapshot:
+def _snapshot(daemon: Daemon, flow_counts: FlowCounts | None = None) -> readmodels.Snapshot:
+    """The daemon's state for a read; ``flow_counts`` for views that show tracked flows."""
     plan = daemon.plan
     if plan is None:
         raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the daemon is not started")
@@ -183,6 +185,7 @@ def _snapshot(daemon: Daemon) -> readmodels.Snapshot:
         maps=daemon.balancer.maps if daemon.balancer is not None else None,
         fingerprints={name: daemon.fingerprint(name) for name in plan.tables},
         table_generations=dict(daemon.table_generations),
+        flow_counts=flow_counts,
     )
 
 
@@ -214,9 +217,10 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def list_vips(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    flow_counts = request.app[METRICS].flow_counts
 
     def build() -> schemas.VipList:
-        snapshot = _snapshot(daemon)
+        snapshot = _snapshot(daemon, flow_counts)
         return {
             "generation": daemon.generation,
             "vips": [
@@ -231,7 +235,7 @@ async def list_vips(request: web.Request) -> web.Response:
 async def get_vip(request: web.Request) -> web.Response:
     target = _target(request)
     daemon = request.app[DAEMON]
-    snapshot = _snapshot(daemon)
+    snapshot = _snapshot(daemon, request.app[METRICS].flow_counts)
     if changes.backends_of(snapshot.config, target) is None:
         raise changes.not_found(target, snapshot.config)
     return json_response(await asyncio.to_thread(readmodels.service_view, snapshot, target))
@@ -240,7 +244,7 @@ async def get_vip(request: web.Request) -> web.Response:
 async def list_backends(request: web.Request) -> web.Response:
     """GET /v1/vips/{vip}/backends: the VIP's backends, as GET /v1/vips/{vip} shows them."""
     target = _target(request)
-    snapshot = _snapshot(request.app[DAEMON])
+    snapshot = _snapshot(request.app[DAEMON], request.app[METRICS].flow_counts)
     if changes.backends_of(snapshot.config, target) is None:
         raise changes.not_found(target, snapshot.config)
     view = await asyncio.to_thread(readmodels.service_view, snapshot, target)
@@ -268,11 +272,11 @@ def _backend_address(request: web.Request) -> IPAddress:
 async def get_backend(request: web.Request) -> web.Response:
     target = _target(request)
     address = _backend_address(request)
-    snapshot = _snapshot(request.app[DAEMON])
+    snapshot = _snapshot(request.app[DAEMON], request.app[METRICS].flow_counts)
     backends = changes.backends_of(snapshot.config, target)
     if backends is None:
         raise changes.not_found(target, snapshot.config)
-    view = readmodels.backend_view(snapshot, target, address)
+    view = await asyncio.to_thread(readmodels.backend_view, snapshot, target, address)
     if view is None:
         raise changes.not_found(target, snapshot.config, address)
     return json_response(view)
@@ -406,7 +410,8 @@ async def list_flows(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", DEFAULT_FLOW_LIMIT, 1, MAX_FLOW_LIMIT)
     snapshot = _snapshot(daemon)
     if snapshot.maps is None:
-        return json_response({"flows": [], "scanned": 0, "complete": True})
+        empty: schemas.FlowList = {"flows": [], "scanned": 0, "total": 0, "complete": True}
+        return json_response(empty)
     maps = snapshot.maps
     result = await asyncio.to_thread(
         readmodels.flows, snapshot.plan, maps, vip=vip, limit=limit, scan=FLOW_SCAN

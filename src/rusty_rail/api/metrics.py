@@ -5,11 +5,18 @@ scrape (summed over CPUs); change and table-build durations are histograms fed b
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,12 +26,12 @@ from rusty_rail.dataplane.structs import CONNTRACK_WAYS
 from rusty_rail.model import pipeline
 from rusty_rail.model.state import BackendState, Stat
 
+from .flow_counts import COUNT_INTERVAL, FlowCount, FlowCounts
+
 if TYPE_CHECKING:
     from rusty_rail.control.daemon import ChangeResult, Daemon
     from rusty_rail.control.reloads import ReloadRecord
 
-#: Counting a connection table of a million flows takes a while: at most once per this long.
-CONNTRACK_COUNT_INTERVAL = 10.0
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -40,21 +47,9 @@ def _action(stat: Stat, daemon: Daemon) -> str:
 class _MapsCollector(Collector):
     """Everything read from the maps and the daemon's state at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, flow_counts: FlowCounts) -> None:
         self.daemon = daemon
-        self._conntrack_count: tuple[float, int] | None = None
-
-    def _conntrack_entries(self) -> int:
-        balancer = self.daemon.balancer
-        if balancer is None:
-            return 0
-        now = time.monotonic()
-        if self._conntrack_count is None or now - self._conntrack_count[0] > (
-            CONNTRACK_COUNT_INTERVAL
-        ):
-            count = len(balancer.maps.dump_conntrack())
-            self._conntrack_count = (now, count)
-        return self._conntrack_count[1]
+        self.flow_counts = flow_counts
 
     def collect(self) -> Iterable[Metric]:
         daemon = self.daemon
@@ -111,9 +106,12 @@ class _MapsCollector(Collector):
         ]
         pairs = sum(len(backends) for _, backends in services)
         per_backend = pairs <= daemon.options.metrics_backend_limit
+        flow_count = self.flow_counts.read()
         yield from _vip_backend_counts(daemon, services)
+        yield from _flow_series(daemon, services, flow_count, per_backend=per_backend)
         if per_backend:
             yield from _backend_series(daemon, services)
+            yield from _backend_state_series(daemon, services)
         yield GaugeMetricFamily(
             "rusty_rail_metrics_backends_omitted",
             "Backends (per VIP) without series of their own: more than --metrics-backend-limit "
@@ -123,8 +121,8 @@ class _MapsCollector(Collector):
 
         yield GaugeMetricFamily(
             "rusty_rail_conntrack_entries",
-            f"Flows in the connection table (counted at most every {CONNTRACK_COUNT_INTERVAL:g} s)",
-            self._conntrack_entries(),
+            f"Flows in the connection table (counted at most every {COUNT_INTERVAL:g} s)",
+            flow_count.total,
         )
         yield GaugeMetricFamily(
             "rusty_rail_conntrack_capacity",
@@ -191,7 +189,8 @@ def _backend_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
     )
     state = GaugeMetricFamily(
         "rusty_rail_backend_state",
-        "1 for the backend's admin state (configured) and its data-plane state",
+        "1 for the backend's admin state (configured) and its data-plane state (deprecated: "
+        "rusty_rail_backend_admin_state and rusty_rail_backend_dataplane_state)",
         labels=["vip", "backend", "kind", "state"],
     )
     weight = GaugeMetricFamily(
@@ -226,12 +225,78 @@ def _backend_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
     yield next_hop
 
 
+def _flow_series(
+    daemon: Daemon, services: Services, flow_count: FlowCount, *, per_backend: bool
+) -> Iterable[Metric]:
+    """Tracked flows per VIP and, within the per-backend limit, per backend (flow_counts.py
+    says what is counted)."""
+    plan = daemon.plan
+    if plan is None:
+        return
+    help_tail = f"valid connection-table entries, counted at most every {COUNT_INTERVAL:g} s"
+    per_vip = GaugeMetricFamily(
+        "rusty_rail_vip_flows_tracked",
+        f"Flows the VIP's backends hold: {help_tail}",
+        labels=["vip"],
+    )
+    backend_flows = GaugeMetricFamily(
+        "rusty_rail_backend_flows_tracked",
+        f"Flows the backend holds in the VIP: {help_tail}",
+        labels=["vip", "backend"],
+    )
+    for name, backends in services:
+        total = 0
+        for backend in backends:
+            flows = flow_count.of_slot(plan, plan.allocation.slot_of(name, backend.address))
+            total += flows
+            backend_flows.add_metric([name, str(backend.address)], flows)
+        per_vip.add_metric([name], total)
+    yield per_vip
+    if per_backend:
+        yield backend_flows
+
+
+def _backend_state_series(daemon: Daemon, services: Services) -> Iterable[Metric]:
+    """Per VIP and backend, every admin state and every data-plane state as 0 or 1."""
+    plan = daemon.plan
+    if plan is None:
+        return
+    admin = GaugeMetricFamily(
+        "rusty_rail_backend_admin_state",
+        "1 for the backend's configured state (up, drain, down), 0 for the others",
+        labels=["vip", "backend", "state"],
+    )
+    dataplane = GaugeMetricFamily(
+        "rusty_rail_backend_dataplane_state",
+        "1 for the state the data plane holds for the backend (unused, up, drain, down), 0 "
+        "for the others",
+        labels=["vip", "backend", "state"],
+    )
+    for name, backends in services:
+        for backend in backends:
+            labels = [name, str(backend.address)]
+            for configured in AdminState:
+                admin.add_metric([*labels, configured.value], backend.state is configured)
+            slot = plan.allocation.slot_of(name, backend.address)
+            entry = plan.state.backends.get(slot) if slot is not None else None
+            live = entry.state if entry is not None else BackendState.UNUSED
+            for held in BackendState:
+                dataplane.add_metric([*labels, held.name.lower()], live is held)
+    yield admin
+    yield dataplane
+
+
 class Metrics:
     """The daemon's registry: map counters, change histograms and build info."""
 
     def __init__(self, daemon: Daemon) -> None:
+        # No *_created series: the flag is the library's, read at each scrape, so it holds
+        # for this registry whatever else the process registers.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_MapsCollector(daemon))
+        self.flow_counts = FlowCounts(daemon)
+        self.registry.register(_MapsCollector(daemon, self.flow_counts))
+        ProcessCollector(registry=self.registry)
         self.build_seconds = Histogram(
             "rusty_rail_table_build_seconds",
             "Time to plan a change, building the Maglev tables whose backend sets changed",

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Final
 
+import numpy as np
+
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Backend, Config
 from rusty_rail.control.fingerprint import service_order
@@ -30,6 +32,7 @@ from rusty_rail.wire.fields import format_mac
 
 from . import schemas
 from .changes import Target
+from .flow_counts import FlowCount, FlowCounts
 
 PROTOCOL_NUMBERS: Final = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
 PROTOCOL_NAMES: Final = {
@@ -67,6 +70,8 @@ class Snapshot:
     maps: BalancerMaps | None
     fingerprints: Mapping[str, str | None]
     table_generations: Mapping[str, int]
+    #: The shared count of tracked flows per backend (None: none counted, as without maps).
+    flow_counts: FlowCounts | None = None
 
 
 def targets(config: Config) -> list[tuple[Target, tuple[Backend, ...]]]:
@@ -90,7 +95,10 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
     }
     vip_stats: dict[int, tuple[int, int]] = {}
     backend_stats: dict[int, tuple[int, int]] = {}
+    flow_count = FlowCount()
     if with_stats and snapshot.maps is not None:
+        if snapshot.flow_counts is not None:
+            flow_count = snapshot.flow_counts.read()
         if vip_index is not None:
             vip_stats = snapshot.maps.read_vip_stats([vip_index])
         backend_stats = snapshot.maps.read_backend_stats(
@@ -120,6 +128,7 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
                 "slots": held,
                 "slot_share": held / table.size if table is not None else 0.0,
                 "stats": _stats(backend_stats.get(slot) if slot is not None else None),
+                "flows_tracked": flow_count.of_slot(plan, slot),
             }
         )
     return {
@@ -138,6 +147,7 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             "backends_in_table": len(table.backends),
         },
         "stats": _stats(vip_stats.get(vip_index) if vip_index is not None else None),
+        "flows_tracked": sum(view["flows_tracked"] for view in backend_views),
         "backends": backend_views,
     }
 
@@ -299,8 +309,9 @@ def lookup(plan: Plan, maps: BalancerMaps | None, flow: Flow) -> schemas.Decisio
 def flows(
     plan: Plan, maps: BalancerMaps, *, vip: str | None, limit: int, scan: int
 ) -> schemas.FlowList:
-    """A sample of tracked flows (of one VIP, or all), each with its backend: at most
-    ``limit`` flows from at most ``scan`` connection-table entries."""
+    """A sample of tracked flows (of one VIP: the entries naming one of its backend slots; or
+    all), each with its backend: at most ``limit`` flows from at most ``scan`` entries, and
+    how many entries there are to sample from (``total``, counted over the whole table)."""
     result = []
     scanned = 0
     backends = None
@@ -308,16 +319,16 @@ def flows(
         # Only entries that name one of the VIP's backend slots are decoded and looked at.
         index = plan.allocation.vip_index.get(vip)
         backends = {slot for slot, entry in plan.state.backends.items() if entry.vip_index == index}
-    for flow, entry in itertools.islice(maps.iter_conntrack(backends), scan):
+    for flow, entry in itertools.islice(maps.iter_conntrack(backends), min(limit, scan)):
         scanned += 1
         decision = pipeline.lookup(_with_conntrack(plan.state, {flow: entry}), flow)
-        view = decision_json(plan, decision)
-        if vip is not None and view["vip"] != vip:
-            continue
-        result.append(view)
-        if len(result) >= limit:
-            break
-    return {"flows": result, "scanned": scanned, "complete": scanned < scan}
+        result.append(decision_json(plan, decision))
+    slots = maps.conntrack_targets()[:, 0]
+    if backends is not None:
+        slots = slots[np.isin(slots, np.fromiter(backends, dtype=np.uint32))]
+    # Counted a moment after the sample was taken: never fewer than it shows.
+    total = max(len(slots), len(result))
+    return {"flows": result, "scanned": scanned, "total": total, "complete": len(result) == total}
 
 
 # --- dry run ----------------------------------------------------------------------------------

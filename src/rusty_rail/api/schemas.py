@@ -74,6 +74,15 @@ class BackendView(TypedDict):
     slots: Count
     slot_share: Annotated[float, Field(ge=0, le=1)]
     stats: Stats
+    flows_tracked: Annotated[
+        Count,
+        Field(
+            description="Valid connection-table entries naming this backend with its current "
+            "generation: the flows the data plane keeps sending to it (counted at most every "
+            "5 s; the data plane keeps no TCP state, so a closed connection stays counted "
+            "until its entry is reused). A drained backend at 0 holds no flow."
+        ),
+    ]
 
 
 @with_config(_CLOSED)
@@ -94,6 +103,7 @@ class VipView(TypedDict):
     table_size: int | None
     table: TableView | None
     stats: Stats
+    flows_tracked: Annotated[Count, Field(description="The sum of the backends' flows_tracked.")]
     backends: list[BackendView]
 
 
@@ -398,4 +408,11 @@ class Decision(TypedDict):
 class FlowList(TypedDict):
     flows: list[Decision]
     scanned: Count
-    complete: bool
+    total: Annotated[
+        Count,
+        Field(
+            description="The entries the sample was taken from: every valid one, or those "
+            "naming one of the VIP's backend slots, counted over the whole table."
+        ),
+    ]
+    complete: Annotated[bool, Field(description="Every one of the total is in flows.")]

@@ -39,6 +39,7 @@ from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
 from rusty_rail.cli.ctl_render import (
     event_line,
+    flows_title,
     rate_table,
     vip_table,
 )
@@ -98,7 +99,7 @@ def _flows(ctx: Context, args: argparse.Namespace) -> None:
     answer = ctx.client.get(f"/v1/flows?{urllib.parse.urlencode(query)}")
 
     def render(data: Mapping[str, Any]) -> Table:
-        table = Table(box=box.SIMPLE, show_edge=False, title=f"{len(data['flows'])} flows")
+        table = Table(box=box.SIMPLE, show_edge=False, title=flows_title(data))
         for column in ("flow", "VIP", "backend", "state", "entry"):
             table.add_column(column)
         for flow in data["flows"]:

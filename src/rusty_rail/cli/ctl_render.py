@@ -35,6 +35,7 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
         ("admin", "left"),
         ("data plane", "left"),
         ("slots", "right"),
+        ("flows", "right"),
         ("next hop", "left"),
         ("packets", "right"),
         ("bytes", "right"),
@@ -49,6 +50,7 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
             "",
             summary,
             "",
+            _flows_tracked(vip),
             "",
             size(vip["stats"]["packets"]),
             size(vip["stats"]["bytes"], "B"),
@@ -61,11 +63,30 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
                 backend["state"],
                 backend["dataplane_state"],
                 f"{backend['slot_share']:.1%}",
+                _flows_tracked(backend),
                 hop["dst_mac"] if hop else f"[red]{backend['next_hop_problem'] or 'unresolved'}",
                 size(backend["stats"]["packets"]),
                 size(backend["stats"]["bytes"], "B"),
             )
     return table
+
+
+def _flows_tracked(view: Mapping[str, Any]) -> str:
+    """The view's tracked flows, exact (a drained backend is empty at 0); "-" from a daemon
+    that does not count them."""
+    flows = view.get("flows_tracked")
+    return "-" if flows is None else str(flows)
+
+
+def flows_title(answer: Mapping[str, Any]) -> str:
+    """``17 flows`` when the sample is all of them, else ``3 of 17 flows shown``."""
+    shown = len(answer["flows"])
+    total = answer.get("total")
+    if total is None:  # a daemon that does not count them
+        return plural(shown, "flow") + ("" if answer.get("complete") else " (a sample)")
+    if shown >= total:
+        return plural(total, "flow")
+    return f"{shown} of {plural(total, 'flow')} shown"
 
 
 def rate_table(rates: Sequence[tuple[str, str, float, float]], interval: float) -> Table:

@@ -515,13 +515,35 @@ class BalancerMaps:
         for table in self._flow_tables:
             yield from self._iter_table(table, seed, backends)
 
+    def conntrack_targets(self) -> npt.NDArray[np.uint32]:
+        """The (backend index, generation) of every entry dump_conntrack would find, both
+        families, one row each: counted with numpy, nothing decoded."""
+        seed = self.read_settings().hash_seed
+        parts = [
+            self._whole_rows(t, seed, None)[:, t.key_words :][:, :2] for t in self._flow_tables
+        ]
+        return np.concatenate(parts)
+
     def _iter_table(
         self, table: _FlowTable, seed: int, backends: Collection[int] | None
     ) -> Iterator[tuple[Flow, CtEntry]]:
         words = table.key_words
+        for row in self._whole_rows(table, seed, backends):
+            raw = row.tobytes()
+            key_end = words * 4
+            yield (
+                structs.decode_flow_key(raw[:key_end]),
+                structs.decode_conntrack_entry(raw[key_end : key_end + 8]),
+            )
+
+    def _whole_rows(
+        self, table: _FlowTable, seed: int, backends: Collection[int] | None
+    ) -> npt.NDArray[np.uint32]:
+        """The table's ways that hold a whole entry in its set (of ``backends``, if given)."""
+        words = table.key_words
         with self._conntrack_words(table, write=False) as rows:
             used = np.flatnonzero(rows[:, words + 2])
-            entries = rows[used].copy()
+            entries: npt.NDArray[np.uint32] = rows[used].copy()
             del rows
         flow_mix = mix64_vectorised(seed, entries[:, :words])
         target = entries[:, words].astype(np.uint64) | (
@@ -536,13 +558,8 @@ class BalancerMaps:
         whole = (check == entries[:, words + 2]) & in_place
         if backends is not None:
             whole &= np.isin(entries[:, words], np.fromiter(backends, dtype=np.uint32))
-        for row in entries[whole]:
-            raw = row.tobytes()
-            key_end = words * 4
-            yield (
-                structs.decode_flow_key(raw[:key_end]),
-                structs.decode_conntrack_entry(raw[key_end : key_end + 8]),
-            )
+        whole_rows: npt.NDArray[np.uint32] = entries[whole]
+        return whole_rows
 
     # --- egress ports ---------------------------------------------------------------------
 
