@@ -89,6 +89,7 @@ from rusty_rail.wire.frames import (
 )
 from tests.support.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
 from tests.support.cases import CASES, PacketCase
+from tests.support.cases._base import BUCKET_STAMP_FUTURE
 
 pytestmark = pytest.mark.bpf
 
@@ -234,7 +235,11 @@ def compare_packet(
 def test_hand_written_case_agrees_with_the_reference(balancer: Balancer, case: PacketCase) -> None:
     state, watch = case.state(), case.watch()
     balancer.load_state(state, watch)
-    compare_packet(balancer, state, case.frame, case.name, case.ingress_ifindex, watch)
+    for vip_index, tokens in case.buckets:
+        balancer.too_big.set_bucket(vip_index, Bucket(BUCKET_STAMP_FUTURE, tokens))
+    compare_packet(
+        balancer, state, case.frame, case.name, case.ingress_ifindex, watch, case.limiter()
+    )
     assert balancer.maps.dump_conntrack() == state.conntrack
     assert balancer.icmp.read_watch() == watch
 

@@ -166,7 +166,7 @@ __noinline int too_big_answer(struct xdp_md *ctx, __u32 layout, __u32 vip_index,
 		addrs = (__u32 *)&ip6->saddr;
 		sum = (__u64)addrs[0] + addrs[1] + addrs[2] + addrs[3] + addrs[4] + addrs[5] +
 		      addrs[6] + addrs[7];
-		sum += bpf_htonl(ICMP_ERROR_HLEN + quote_len) + bpf_htonl(IPPROTO_ICMPV6);
+		sum += (__u64)bpf_htonl(ICMP_ERROR_HLEN + quote_len) + bpf_htonl(IPPROTO_ICMPV6);
 		sum += too_big_sum(ctx, l2_len + sizeof(*ip6), (ICMP_ERROR_HLEN + quote_len) / 4);
 		icmp6->icmp6_cksum = csum_finish64(sum);
 		return STAT_TOO_BIG_ICMP;

@@ -74,14 +74,15 @@ class Bucket:
 @dataclass
 class TooBigLimiter:
     """The VIPs' buckets on the CPU a packet runs on, and the time it runs at. The reference
-    has no clock: ``now_ns`` is what bpf_ktime_get_ns would say. A bucket never used is full."""
+    has no clock: ``now_ns`` is what bpf_ktime_get_ns would say. A VIP without a bucket here
+    has a full one (the program's all-zero bucket is full at first use)."""
 
     buckets: dict[int, Bucket] = field(default_factory=dict)
     now_ns: int = 1 << 62
 
     def take(self, vip_index: int) -> bool:
         """Refill the VIP's bucket, then take a token if one is left."""
-        bucket = self.buckets.setdefault(vip_index, Bucket())
+        bucket = self.buckets.setdefault(vip_index, Bucket(self.now_ns, TOO_BIG_BURST))
         if self.now_ns > bucket.stamp_ns:
             added = (self.now_ns - bucket.stamp_ns) >> TOO_BIG_REFILL_SHIFT
             if added:
