@@ -5,12 +5,22 @@ per-VIP counters, and the next hop's MTU written and read back through the maps.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from rusty_rail.model.pmtu import TOO_BIG_BURST, Bucket, TooBig
+from rusty_rail.model import pmtu
+from rusty_rail.model.pmtu import (
+    ICMP_ERROR_TOS,
+    ICMP_ERROR_TTL,
+    TOO_BIG_BURST,
+    TOO_BIG_REFILL_SHIFT,
+    Bucket,
+    TooBig,
+)
 from rusty_rail.model.state import Stat, Verdict
 from tests.support.balancer_harness import Balancer, loaded_balancer
 from tests.support.cases import WEB_PORT_VIP, case_by_name
@@ -104,3 +114,12 @@ def test_the_next_hop_mtu_is_written_and_read_back(balancer: Balancer) -> None:
         (i, b) for i, b in state.backends.items() if b.next_hop is not None and b.next_hop.mtu
     )
     assert balancer.maps.read_backend(index) == entry
+
+
+def test_the_constants_agree_with_pmtu_h() -> None:
+    source = (Path(pmtu.__file__).parent.parent / "bpf" / "pmtu.h").read_text()
+    defines = dict(re.findall(r"^#define (\w+) (\S+)", source, re.MULTILINE))
+    assert int(defines["TOO_BIG_BURST"]) == TOO_BIG_BURST
+    assert int(defines["TOO_BIG_REFILL_SHIFT"]) == TOO_BIG_REFILL_SHIFT
+    assert int(defines["ICMP_ERROR_TOS"], 16) == ICMP_ERROR_TOS
+    assert int(defines["ICMP_ERROR_TTL"]) == ICMP_ERROR_TTL

@@ -164,8 +164,9 @@ struct egress_args {
 
 /* Section 8b: send the inner packet by the backend's method. 0, or -1 when the kernel refused
  * the room (the caller aborts), or EGRESS_TOO_BIG when it would not fit the next hop's MTU
- * (section 8c; the frame is unchanged and args->client_mtu says what would fit). A function of its own (noinline), so that the GRE passthrough
- * path, the established flow's, keeps its code as it was. */
+ * (section 8c; the frame is unchanged and args->client_mtu says what would fit). A function
+ * of its own (noinline), so that the GRE passthrough path, the established flow's, keeps its
+ * code as it was. */
 static __noinline int egress_send(struct xdp_md *ctx, struct egress_args *args,
 				  const struct backend *backend, const struct settings *settings)
 {
