@@ -269,6 +269,9 @@ class Generator:
         self.flows6 = [self.flow6() for _ in range(200)]
         self.watch = IcmpWatch()
         self.limiter = TooBigLimiter(now_ns=0)  # no clock: the buckets are stamped later
+        #: Section 8c's draws (MTUs, methods, DF, buckets) from a generator of their own, so
+        #: that the stream of the rest stays what it was.
+        self.pmtu_rng = random.Random(0x8C)
         self.addresses: list[bytes] = []  # backend addresses of the current state
 
     def choice(self, items: list[T] | tuple[T, ...]) -> T:
@@ -280,8 +283,8 @@ class Generator:
         if self.rng.random() < 0.1:
             return None
         ifindex = self.choice((0, 1, 1, *REDIRECT_IFINDEXES))
-        mtu = self.choice((0, 0, 0, 0, 1500, 160, 120, 90))  # small ones: section 8c
-        return NextHop(ifindex, self.choice(MACS), self.choice(MACS), mtu=mtu)
+        hop = NextHop(ifindex, self.choice(MACS), self.choice(MACS))
+        return replace(hop, mtu=self.pmtu_rng.choice((0, 0, 1500, 160, 120, 90)))
 
     def backend(self, vip_index: int) -> BackendEntry:
         state = self.choice(
@@ -289,8 +292,8 @@ class Generator:
         )
         host = self.rng.randrange(1, 250)
         ipv6_backend = self.rng.random() < 0.35  # section 8: the outer header of its family
-        egress = self.choice((Egress.GRE,) * 4 + (Egress.IPIP, Egress.VXLAN, Egress.GENEVE,
-                                                  Egress.ROUTE))  # fmt: skip
+        methods = (Egress.GRE,) * 4 + (Egress.IPIP, Egress.VXLAN, Egress.GENEVE, Egress.ROUTE)
+        egress = self.pmtu_rng.choice(methods)
         return BackendEntry(
             addr=ipv6_address(f"2001:2:0:{10 + vip_index}::{host}")
             if ipv6_backend
@@ -300,13 +303,14 @@ class Generator:
             state=state,
             next_hop=self.next_hop(),
             egress=egress,
-            vni=self.rng.randrange(1 << 24) if egress in (Egress.VXLAN, Egress.GENEVE) else 0,
+            vni=self.pmtu_rng.randrange(1 << 24) if egress in (Egress.VXLAN, Egress.GENEVE) else 0,
         )
 
     def buckets(self, balancer: Balancer) -> str:
         """Section 8c: the VIPs' token buckets, the same on both sides and on every CPU; stamped
         in the future, so that neither side adds tokens while the stream runs."""
-        tokens = {vip_index: self.choice((0, 1, 3, TOO_BIG_BURST)) for vip_index in range(8)}
+        counts = (0, 1, 3, TOO_BIG_BURST)
+        tokens = {vip_index: self.pmtu_rng.choice(counts) for vip_index in range(8)}
         for vip_index, count in tokens.items():
             bucket = Bucket(stamp_ns=FUTURE_NS, tokens=count)
             self.limiter.buckets[vip_index] = replace(bucket)
@@ -402,9 +406,8 @@ class Generator:
     def change(self, state: DataplaneState, balancer: Balancer) -> str:
         """One state change, written to both sides with the fine-grained map writers."""
         maps = balancer.maps
-        roll = self.rng.randrange(9)
-        if roll == 8:
-            return self.buckets(balancer)
+        self.buckets(balancer)  # section 8c: fresh buckets at every change
+        roll = self.rng.randrange(8)
         if roll >= 6:
             return self.change_watch(balancer)
         if roll == 0:
@@ -608,7 +611,7 @@ class Generator:
         rng = self.rng
         options = rng.randbytes(self.choice((0, 0, 0, 4, 12, 40)))
         payload = l4_for(flow, rng.randbytes(rng.randrange(0, 120)))
-        dont_fragment = rng.random() < 0.5  # section 8c: DF asks for an ICMP error if too big
+        dont_fragment = self.pmtu_rng.random() < 0.5  # section 8c: DF asks for an ICMP error
         return ipv4(flow.src, flow.dst, flow.proto, payload, options=options,
                     ident=0x4321, dont_fragment=dont_fragment)  # fmt: skip
 
