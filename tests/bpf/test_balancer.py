@@ -30,6 +30,7 @@ from rusty_rail.dataplane.structs import (
 from rusty_rail.model.flowhash import Flow, flow_hash, mix64
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.pipeline import Counters
+from rusty_rail.model.pmtu import Bucket
 from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
@@ -55,6 +56,7 @@ from tests.support.cases import (
     standard_state,
     table_pick,
 )
+from tests.support.cases._base import BUCKET_STAMP_FUTURE
 
 pytestmark = pytest.mark.bpf
 
@@ -85,6 +87,7 @@ def _expected_counters(case: PacketCase) -> Counters:
         vips=plain["vips"],
         backends=plain["backends"],
         icmp={IcmpStat(k): v for k, v in plain["icmp"].items()},
+        too_big=case.expected_too_big(),
     )
 
 
@@ -103,6 +106,8 @@ def test_the_balancer_meets_every_packet_case(balancer: Balancer, case: PacketCa
     state = case.state()
     watch = case.watch()
     balancer.load_state(state, watch)
+    for vip_index, tokens in case.buckets:
+        balancer.too_big.set_bucket(vip_index, Bucket(BUCKET_STAMP_FUTURE, tokens))
     before = balancer.counters()
 
     run = balancer.run(case.frame, case.ingress_ifindex)

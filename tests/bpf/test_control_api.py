@@ -403,6 +403,7 @@ def test_metrics_expose_counters_states_and_change_durations(node: Node) -> None
     text = node.call("GET", "/metrics").body
     assert isinstance(text, str)
     assert f'rusty_rail_vip_packets_total{{vip="{VIP}"}}' in text
+    assert f'rusty_rail_vip_too_big_packets_total{{reason="icmp",vip="{VIP}"}} 0.0' in text
     assert f'rusty_rail_backend_packets_total{{backend="198.18.64.1",vip="{VIP}"}}' in text
     assert (
         f'rusty_rail_backend_state{{backend="198.18.64.3",kind="admin",state="drain",vip="{VIP}"}}'

@@ -28,6 +28,7 @@ from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow, flow_hash, mix64
 from rusty_rail.model.icmp import IcmpStat, IcmpWatch
 from rusty_rail.model.parse import parse_ethernet
+from rusty_rail.model.pmtu import TOO_BIG_BURST, Bucket, TooBigLimiter
 from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
@@ -35,6 +36,7 @@ from rusty_rail.model.state import (
     BackendState,
     CtEntry,
     DataplaneState,
+    Egress,
     NextHop,
     Settings,
     Stat,
@@ -50,6 +52,7 @@ from rusty_rail.wire.build import (
     ipv6,
     ipv6_chain,
     ipv6_fragment_header,
+    l4_for,
     tcp,
     udp,
 )
@@ -86,6 +89,7 @@ from rusty_rail.wire.frames import (
 )
 from tests.support.balancer_harness import REDIRECT_IFINDEXES, Balancer, loaded_balancer
 from tests.support.cases import CASES, PacketCase
+from tests.support.cases._base import BUCKET_STAMP_FUTURE
 
 pytestmark = pytest.mark.bpf
 
@@ -93,6 +97,7 @@ VECTORS = json.loads((Path(__file__).parent.parent / "unit" / "flowhash_vectors.
 SEED = int(os.environ.get("RUSTY_RAIL_DIFFERENTIAL_SEED", "20240601"))
 GENERATED_PACKETS = 20_000
 CHUNK = 500  # packets between state changes and whole-table comparisons
+FUTURE_NS = 1 << 63  # a too-big bucket's stamp no clock reaches: never refilled (section 8c)
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +198,14 @@ def compare_packet(
     what: str,
     ingress: int = 1,
     watch: IcmpWatch | None = None,
+    limiter: TooBigLimiter | None = None,
 ) -> pipeline.Result:
     """Run ``frame`` through both; fail with the whole story on any difference."""
     before = balancer.counters()
     run = balancer.run(frame, ingress)
     got_counters = balancer.counters().delta_since(before)
     got_reports = balancer.reports()
-    expected = pipeline.process(state, frame, ingress, icmp=watch)
+    expected = pipeline.process(state, frame, ingress, icmp=watch, too_big_limiter=limiter)
 
     def story(problem: str) -> str:
         return (
@@ -229,7 +235,11 @@ def compare_packet(
 def test_hand_written_case_agrees_with_the_reference(balancer: Balancer, case: PacketCase) -> None:
     state, watch = case.state(), case.watch()
     balancer.load_state(state, watch)
-    compare_packet(balancer, state, case.frame, case.name, case.ingress_ifindex, watch)
+    for vip_index, tokens in case.buckets:
+        balancer.too_big.set_bucket(vip_index, Bucket(BUCKET_STAMP_FUTURE, tokens))
+    compare_packet(
+        balancer, state, case.frame, case.name, case.ingress_ifindex, watch, case.limiter()
+    )
     assert balancer.maps.dump_conntrack() == state.conntrack
     assert balancer.icmp.read_watch() == watch
 
@@ -258,6 +268,10 @@ class Generator:
         self.flows = [self.flow() for _ in range(400)]
         self.flows6 = [self.flow6() for _ in range(200)]
         self.watch = IcmpWatch()
+        self.limiter = TooBigLimiter(now_ns=0)  # no clock: the buckets are stamped later
+        #: Section 8c's draws (MTUs, methods, DF, buckets) from a generator of their own, so
+        #: that the stream of the rest stays what it was.
+        self.pmtu_rng = random.Random(0x8C)
         self.addresses: list[bytes] = []  # backend addresses of the current state
 
     def choice(self, items: list[T] | tuple[T, ...]) -> T:
@@ -269,7 +283,8 @@ class Generator:
         if self.rng.random() < 0.1:
             return None
         ifindex = self.choice((0, 1, 1, *REDIRECT_IFINDEXES))
-        return NextHop(ifindex, self.choice(MACS), self.choice(MACS))
+        hop = NextHop(ifindex, self.choice(MACS), self.choice(MACS))
+        return replace(hop, mtu=self.pmtu_rng.choice((0, 0, 1500, 160, 120, 90)))
 
     def backend(self, vip_index: int) -> BackendEntry:
         state = self.choice(
@@ -277,6 +292,8 @@ class Generator:
         )
         host = self.rng.randrange(1, 250)
         ipv6_backend = self.rng.random() < 0.35  # section 8: the outer header of its family
+        methods = (Egress.GRE,) * 4 + (Egress.IPIP, Egress.VXLAN, Egress.GENEVE, Egress.ROUTE)
+        egress = self.pmtu_rng.choice(methods)
         return BackendEntry(
             addr=ipv6_address(f"2001:2:0:{10 + vip_index}::{host}")
             if ipv6_backend
@@ -285,7 +302,20 @@ class Generator:
             generation=self.rng.randrange(1, 4),
             state=state,
             next_hop=self.next_hop(),
+            egress=egress,
+            vni=self.pmtu_rng.randrange(1 << 24) if egress in (Egress.VXLAN, Egress.GENEVE) else 0,
         )
+
+    def buckets(self, balancer: Balancer) -> str:
+        """Section 8c: the VIPs' token buckets, the same on both sides and on every CPU; stamped
+        in the future, so that neither side adds tokens while the stream runs."""
+        counts = (0, 1, 3, TOO_BIG_BURST)
+        tokens = {vip_index: self.pmtu_rng.choice(counts) for vip_index in range(8)}
+        for vip_index, count in tokens.items():
+            bucket = Bucket(stamp_ns=FUTURE_NS, tokens=count)
+            self.limiter.buckets[vip_index] = replace(bucket)
+            balancer.too_big.set_bucket(vip_index, bucket)
+        return f"too-big buckets {tokens}"
 
     def table(self, state: DataplaneState, vip_index: int) -> list[int]:
         own = [i for i, b in state.backends.items() if b.vip_index == vip_index] or [0]
@@ -376,6 +406,7 @@ class Generator:
     def change(self, state: DataplaneState, balancer: Balancer) -> str:
         """One state change, written to both sides with the fine-grained map writers."""
         maps = balancer.maps
+        self.buckets(balancer)  # section 8c: fresh buckets at every change
         roll = self.rng.randrange(8)
         if roll >= 6:
             return self.change_watch(balancer)
@@ -579,7 +610,10 @@ class Generator:
     def inner(self, flow: Flow) -> bytes:
         rng = self.rng
         options = rng.randbytes(self.choice((0, 0, 0, 4, 12, 40)))
-        return inner_ipv4(flow, rng.randbytes(rng.randrange(0, 120)), options=options)
+        payload = l4_for(flow, rng.randbytes(rng.randrange(0, 120)))
+        dont_fragment = self.pmtu_rng.random() < 0.5  # section 8c: DF asks for an ICMP error
+        return ipv4(flow.src, flow.dst, flow.proto, payload, options=options,
+                    ident=0x4321, dont_fragment=dont_fragment)  # fmt: skip
 
     def valid_frame(self) -> bytes:
         flow = self.choice(self.flows) if self.rng.random() < 0.8 else self.flow()
@@ -769,10 +803,23 @@ class Generator:
         return "broken", self.broken_frame()
 
 
-def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None:
+@pytest.fixture
+def one_cpu() -> Iterator[None]:
+    """This thread on one CPU throughout: the too-big buckets are per CPU (section 8c), and the
+    reference follows one of them."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def test_generated_traffic_agrees_with_the_reference(balancer: Balancer, one_cpu: None) -> None:
     generator = Generator(random.Random(SEED))
     state = generator.state()
     balancer.load_state(state, generator.watch)
+    generator.buckets(balancer)
     # Every truncation of a few valid frames of different shapes, then the random stream.
     truncated = (
         [generator.valid_frame() for _ in range(12)]
@@ -805,8 +852,9 @@ def test_generated_traffic_agrees_with_the_reference(balancer: Balancer) -> None
             balancer.backend_indexes = list(range(48))
         ingress = 1 if generator.rng.random() < 0.9 else 2
         result = compare_packet(
-            balancer, state, frame, f"packet {number} ({kind})", ingress, generator.watch
-        )
+            balancer, state, frame, f"packet {number} ({kind})", ingress, generator.watch,
+            generator.limiter,
+        )  # fmt: skip
         seen[result.stat] = seen.get(result.stat, 0) + 1
         if "IPv6" in kind or (result.flow is not None and result.flow.is_ipv6):
             seen6[result.stat] = seen6.get(result.stat, 0) + 1

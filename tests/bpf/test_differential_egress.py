@@ -16,15 +16,29 @@ import pytest
 
 from rusty_rail.model import pipeline
 from rusty_rail.model.parse import parse_ethernet
-from rusty_rail.model.state import BackendEntry, DataplaneState, Egress, Settings, Stat
+from rusty_rail.model.state import (
+    BackendEntry,
+    DataplaneState,
+    Egress,
+    NextHop,
+    Settings,
+    Stat,
+)
 from rusty_rail.wire.build import ethernet, ipv4, ipv4_fragments
 from rusty_rail.wire.constants import ETH_HEADER_LEN, ETH_P_IPV4, ETH_P_IPV6
 from rusty_rail.wire.frames import LB_MAC, ROUTER_MAC
-from tests.bpf.test_differential import CHUNK, SEED, Generator, balancer, compare_packet
+from tests.bpf.test_differential import (
+    CHUNK,
+    SEED,
+    Generator,
+    balancer,
+    compare_packet,
+    one_cpu,
+)
 from tests.support.balancer_harness import Balancer
 
 pytestmark = pytest.mark.bpf
-__all__ = ["balancer"]  # the module-scoped fixture, shared
+__all__ = ["balancer", "one_cpu"]  # the fixtures, shared
 
 EGRESS_PACKETS = 12_000
 ROUNDS = 12
@@ -41,6 +55,13 @@ class EgressGenerator(Generator):
             gre_ingress=self.rng.random() < 0.85,
             routed_ingress=self.rng.random() < 0.75,
         )
+
+    def next_hop(self) -> NextHop | None:
+        """Generator's next hops, a small MTU (section 8c) rarer: most packets are sent."""
+        hop = super().next_hop()
+        if hop is not None and self.pmtu_rng.random() < 0.6:
+            hop = replace(hop, mtu=0)
+        return hop
 
     def backend(self, vip_index: int) -> BackendEntry:
         return replace(
@@ -131,7 +152,9 @@ def _combination(
     return ("routed" if routed else "gre", outer, backend.egress, family, inner)
 
 
-def test_routed_ingress_and_every_egress_agree_with_the_reference(balancer: Balancer) -> None:
+def test_routed_ingress_and_every_egress_agree_with_the_reference(
+    balancer: Balancer, one_cpu: None
+) -> None:
     generator = EgressGenerator(random.Random(SEED + 11))
     seen: set[tuple[str, int, Egress, int, int]] = set()
     outcomes: dict[Stat, int] = {}
@@ -139,6 +162,7 @@ def test_routed_ingress_and_every_egress_agree_with_the_reference(balancer: Bala
     for round_ in range(ROUNDS):  # fresh states: each gives its slots other methods
         state = generator.state()
         balancer.load_state(state, generator.watch)
+        generator.buckets(balancer)  # section 8c: the same buckets on both sides
         stream: list[tuple[str, bytes]] = []
         for _ in range(2):  # every truncation of a few routed frames
             frame = generator.routed_frame()
@@ -153,9 +177,11 @@ def test_routed_ingress_and_every_egress_agree_with_the_reference(balancer: Bala
                 balancer.backend_indexes = list(range(48))
             ingress = 1 if generator.rng.random() < 0.9 else 2
             what = f"round {round_} packet {number} ({kind})"
-            result = compare_packet(balancer, state, frame, what, ingress, generator.watch)
+            result = compare_packet(
+                balancer, state, frame, what, ingress, generator.watch, generator.limiter
+            )
             outcomes[result.stat] = outcomes.get(result.stat, 0) + 1
-            if result.decision is not None and result.decision.forwards:
+            if result.decision is not None and result.decision.forwards:  # sent, or too big
                 seen.add(_combination(state, frame, result))
         assert balancer.maps.dump_conntrack() == state.conntrack
 

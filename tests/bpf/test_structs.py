@@ -28,6 +28,7 @@ from rusty_rail.dataplane.maps import (
     prepare_object,
 )
 from rusty_rail.model.icmp import IcmpStat
+from rusty_rail.model.pmtu import TOO_BIG_COUNT, TooBig
 from rusty_rail.model.state import Action, BackendState, Egress, Stat
 
 pytestmark = pytest.mark.bpf
@@ -110,6 +111,8 @@ def test_enums_agree_with_model_state() -> None:
     assert _c_enum("ACTION") == {action.name: action.value for action in Action}
     assert _c_enum("ICMP_STAT") == {stat.name: stat.value for stat in IcmpStat}
     assert _c_enum("EGRESS") == {egress.name: egress.value for egress in Egress}
+    assert _c_enum("TOO_BIG") == {reason.name: reason.value for reason in TooBig}
+    assert int(re.findall(r"TOO_BIG_COUNT = (\d+)", TYPES_H.read_text())[0]) == TOO_BIG_COUNT
 
 
 def _c_define(name: str) -> str:
@@ -148,6 +151,7 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "tables": (4, 4, structs.MAX_VIPS),
         "backends": (4, size(structs.CBackend), structs.MAX_BACKENDS),
         "backend_tunnels": (4, size(structs.CBackendTunnel), structs.MAX_BACKENDS),
+        "backend_mtu": (4, size(structs.CBackendMtu), structs.MAX_BACKENDS),
         "conntrack": (4, FLOW_SET_SIZE, conntrack_sets_for(1000)),
         "conntrack_v6": (4, FLOW6_SET_SIZE, conntrack_sets_for(1000)),
         "stats": (4, size(structs.CCounter), len(Stat)),
@@ -158,5 +162,7 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "icmp_watch_v6": (16, size(structs.CIcmpWatch), structs.MAX_BACKENDS),
         "icmp_stats": (4, size(structs.CCounter), len(IcmpStat)),
         "icmp_reports": (0, 0, structs.ICMP_REPORT_RING_BYTES),
+        "vip_too_big": (4, size(structs.CCounter), structs.MAX_VIPS * TOO_BIG_COUNT),
+        "too_big_buckets": (4, size(structs.CTooBigBucket), structs.MAX_VIPS),
     }
     assert conntrack_sets_for(1000) == 256  # 250 sets, rounded up to a power of two

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from tests.support.veth import VethPair
 
 pytestmark = pytest.mark.e2e
+
+#: A veth's MTU unless set: a next hop carries its interface's (docs/packet-path.md 8c).
+VETH_MTU = 1500
 
 
 def neighbour_state(pair: VethPair, address: str) -> str | None:
@@ -95,7 +99,7 @@ def test_on_link_next_hop_is_triggered_then_resolved(veth_pair: VethPair, far: s
 
     next_hop = wait_next_hop(far, timeout=5, netns=veth_pair.near)
     ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
-    assert next_hop == NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)
+    assert next_hop == NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac, mtu=VETH_MTU)
     assert resolve_next_hop(far, netns=veth_pair.near) == next_hop
 
 
@@ -147,7 +151,7 @@ def test_one_resolver_serves_a_round_of_addresses(veth_pair: VethPair) -> None:
         with pytest.raises(NextHopError):
             resolver.resolve(veth_pair.NEAR4)
     ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
-    assert next_hops == [NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)] * 4
+    assert next_hops == [NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac, mtu=VETH_MTU)] * 4
 
 
 def test_a_round_asks_the_fib_in_batches_and_answers_as_one_lookup_at_a_time(
@@ -177,8 +181,16 @@ def test_a_round_asks_the_fib_in_batches_and_answers_as_one_lookup_at_a_time(
     assert "no route to 198.19.8.1" in problems[ip_address("198.19.8.1")]
     assert "is local" in problems[ip_address(veth_pair.NEAR4)]
     ifindex = interface_index(veth_pair.near_if, netns=veth_pair.near)
-    hop = NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac)
+    hop = NextHop(ifindex, veth_pair.near_mac, veth_pair.far_mac, mtu=VETH_MTU)
     assert all(found[ip_address(a)] == hop for a in routed)
+
+
+def test_a_next_hop_carries_its_interface_mtu(veth_pair: VethPair) -> None:
+    veth_pair.near_ip("link", "set", veth_pair.near_if, "mtu", "1400")
+    next_hop = wait_next_hop(veth_pair.FAR4, timeout=5, netns=veth_pair.near)
+    assert next_hop.mtu == 1400
+    veth_pair.near_ip("link", "set", veth_pair.near_if, "mtu", str(VETH_MTU))
+    assert resolve_next_hop(veth_pair.FAR4, netns=veth_pair.near) == replace(next_hop, mtu=VETH_MTU)
 
 
 def test_silent_gateway_times_out_naming_it(veth_pair: VethPair) -> None:

@@ -16,9 +16,11 @@ from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import BpfObject, Program, RingBuffer, TestRun, bpf_object_path
 from rusty_rail.dataplane.maps import BalancerMaps, prepare_object
 from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.dataplane.too_big_maps import TooBigMaps
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.pipeline import Counters
+from rusty_rail.model.pmtu import Bucket, TooBig
 from rusty_rail.model.state import CtEntry, DataplaneState, Stat
 
 #: Small enough to load fast, big enough that the tests' flows never fill a set.
@@ -60,6 +62,7 @@ class CounterSnapshot:
     vips: dict[int, PacketsBytes]
     backends: dict[int, PacketsBytes]
     icmp: dict[IcmpStat, PacketsBytes]
+    too_big: dict[tuple[int, TooBig], PacketsBytes]
 
     def delta_since(self, before: CounterSnapshot) -> Counters:
         """What changed since ``before``, as the reference reports it (non-zero entries)."""
@@ -80,11 +83,20 @@ class CounterSnapshot:
         icmp = delta(
             {int(k): v for k, v in self.icmp.items()}, {int(k): v for k, v in before.icmp.items()}
         )
+        too_big = {
+            key: (
+                packets - before.too_big.get(key, (0, 0))[0],
+                size - before.too_big.get(key, (0, 0))[1],
+            )
+            for key, (packets, size) in self.too_big.items()
+            if (packets, size) != before.too_big.get(key, (0, 0))
+        }
         return Counters(
             stats={Stat(k): v for k, v in stats.items()},
             vips=delta(self.vips, before.vips),
             backends=delta(self.backends, before.backends),
             icmp={IcmpStat(k): v for k, v in icmp.items()},
+            too_big=too_big,
         )
 
 
@@ -98,6 +110,7 @@ class Balancer:
     icmp: IcmpMaps
     ring: RingBuffer
     netns: str
+    too_big: TooBigMaps
     vip_indexes: list[int] = field(default_factory=list)
     backend_indexes: list[int] = field(default_factory=list)
     received: list[IcmpReport] = field(default_factory=list)
@@ -115,6 +128,8 @@ class Balancer:
         for table in state.tables.values():
             backends |= {index for index in table if index < 1 << 20}
         self.vip_indexes = sorted(vips | {max(vips) + 1})
+        for vip_index in self.vip_indexes:  # section 8c: every bucket full at first use
+            self.too_big.set_bucket(vip_index, Bucket())
         self.backend_indexes = sorted(backends | {max(backends) + 1})
 
     def run(self, frame: bytes, ingress_ifindex: int = 1) -> TestRun:
@@ -126,6 +141,7 @@ class Balancer:
             self.maps.read_vip_stats(self.vip_indexes),
             self.maps.read_backend_stats(self.backend_indexes),
             self.icmp.read_stats(),
+            self.too_big.read_counts(self.vip_indexes),
         )
 
     def reports(self) -> list[IcmpReport]:
@@ -162,5 +178,6 @@ def loaded_balancer(conntrack_entries: int = TEST_CONNTRACK_ENTRIES) -> Iterator
                 icmp,
                 ring,
                 netns,
+                TooBigMaps.of_object(obj),
                 received=received,
             )

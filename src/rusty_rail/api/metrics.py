@@ -23,7 +23,9 @@ from prometheus_client.registry import Collector
 from rusty_rail import __version__
 from rusty_rail.config import AdminState, Backend
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS
+from rusty_rail.dataplane.too_big_maps import TooBigMaps
 from rusty_rail.model import pipeline
+from rusty_rail.model.pmtu import TooBig
 from rusty_rail.model.state import BackendState, Stat
 
 from .flow_counts import COUNT_INTERVAL, FlowCount, FlowCounts
@@ -100,6 +102,18 @@ class _MapsCollector(Collector):
             vip_bytes.add_metric([name], octets)
         yield vip_packets
         yield vip_bytes
+        too_big = CounterMetricFamily(
+            "rusty_rail_vip_too_big_packets",
+            "Packets per VIP too big for the next hop once encapsulated (docs/packet-path.md 8c):"
+            " answered with an ICMP error (icmp), or dropped (limited, no_df)",
+            labels=["vip", "reason"],
+        )
+        too_big_counts = TooBigMaps.of_object(balancer.obj).read_counts(names)
+        for index, name in sorted(names.items(), key=lambda item: item[1]):
+            for reason in TooBig:
+                count = too_big_counts.get((index, reason), (0, 0))[0]
+                too_big.add_metric([name, reason.name.lower()], count)
+        yield too_big
 
         services = [("default", config.default_backends)] + [
             (str(vip.key), vip.backends) for vip in config.vips

@@ -10,6 +10,7 @@
 #include "egress.h"
 #include "encap.h"
 #include "icmp.h"
+#include "pmtu.h"
 #include "lib/flowhash.h"
 #include "lib/parse.h"
 #include "lib/stats.h"
@@ -136,11 +137,12 @@ static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
 }
 
 /* Section 8's rewrite: GRE passthrough by the backend's family for GRE that came in, section
- * 8b's egress methods otherwise. Returns 0, or -1 when the kernel refused the headroom. */
+ * 8b's egress methods otherwise. Returns 0, or -1 when the kernel refused the headroom, or a
+ * STAT_TOO_BIG_* (section 8c, egress_send). */
 static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet *pkt,
 					 const struct settings *settings,
 					 const struct backend *backend, __u32 backend_index,
-					 __u64 flow_mix)
+					 __u32 vip_index, __u64 flow_mix)
 {
 	if (backend->egress != EGRESS_GRE || pkt->routed) {
 		struct egress_args args = {
@@ -151,8 +153,14 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 			.flow_hash = flow_hash32(flow_mix),
 			.backend_index = backend_index,
 		};
+		int sent = egress_send(ctx, &args, backend, settings);
 
-		return egress_send(ctx, &args, backend, settings);
+		if (sent != EGRESS_TOO_BIG)
+			return sent;
+		return too_big_answer(ctx,
+				      TOO_BIG_LAYOUT(args.l3 - args.eth, args.inner - args.l3,
+						     args.inner_v6),
+				      vip_index, args.client_mtu);
 	}
 	if (backend->family != BACKEND_FAMILY_IPV6) {
 		if (!pkt->outer_v6) {
@@ -171,6 +179,15 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 				    backend, settings);
 }
 
+/* Section 8c: a too-big packet counted (its stat, and the reason for its VIP) and its verdict:
+ * TX for the ICMP error the frame now is, DROP otherwise. */
+static __noinline int too_big_finish(__u32 stat, __u32 vip_index, __u32 len)
+{
+	count_stat(&stats, stat, len);
+	count_stat(&vip_too_big, vip_index * TOO_BIG_COUNT + (stat - STAT_TOO_BIG_ICMP), len);
+	return stat == STAT_TOO_BIG_ICMP ? XDP_TX : XDP_DROP;
+}
+
 /* Section 8: readdress the frame to the backend's next hop, count it, send it. */
 static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct packet *pkt,
 					      const struct settings *settings,
@@ -178,9 +195,10 @@ static __always_inline int forward_to_backend(struct xdp_md *ctx, const struct p
 					      __u32 vip_index, __u32 outcome, __u64 flow_mix)
 {
 	__u32 ifindex = backend->nexthop_ifindex;
+	int sent = rewrite_outer(ctx, pkt, settings, backend, backend_index, vip_index, flow_mix);
 
-	if (rewrite_outer(ctx, pkt, settings, backend, backend_index, flow_mix))
-		return XDP_ABORTED;
+	if (sent)
+		return sent < 0 ? XDP_ABORTED : too_big_finish(sent, vip_index, pkt->len);
 	count_stat(&stats, outcome, pkt->len);
 	count_stat(&vip_stats, vip_index, pkt->len);
 	count_stat(&backend_stats, backend_index, pkt->len);

@@ -65,6 +65,31 @@ struct {
 	__type(value, struct backend_tunnel);
 } backend_tunnels SEC(".maps");
 
+/* The egress interface's MTU of each backend slot (struct backend_mtu, section 8c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend_mtu);
+} backend_mtu SEC(".maps");
+
+/* Section 8c: the too-big packets of each VIP by reason (index vip_index * TOO_BIG_COUNT +
+ * reason), and each VIP's token bucket for the ICMP errors. Not pinned: a new program starts
+ * them afresh. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_VIPS * TOO_BIG_COUNT);
+	__type(key, __u32);
+	__type(value, struct counter);
+} vip_too_big SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct too_big_bucket);
+} too_big_buckets SEC(".maps");
+
 /* The connection table: a set-associative array of flow_set, indexed by the flow hash
  * (docs/dataplane.md says why not an LRU hash). The loader sizes it (a power of two) and
  * writes the matching mask into the settings; userspace reads it through mmap. */

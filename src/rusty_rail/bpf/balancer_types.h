@@ -59,7 +59,19 @@ enum stat {
 	STAT_DROP_NO_BACKEND = 13,
 	STAT_DROP_NO_NEXTHOP = 14,
 	STAT_INNER_EXT_TOO_DEEP = 15,
-	STAT_COUNT = 16,
+	STAT_TOO_BIG_ICMP = 16,    /* section 8c: answered with an ICMP error (TX) */
+	STAT_TOO_BIG_LIMITED = 17, /* section 8c: the VIP's ICMP rate spent, dropped */
+	STAT_TOO_BIG_NO_DF = 18,   /* section 8c: inner IPv4 without DF, dropped */
+	STAT_COUNT = 19,
+};
+
+/* Why a too-big packet was not sent (section 8c; model.pmtu.TooBig): vip_too_big is indexed
+ * vip_index * TOO_BIG_COUNT + reason. */
+enum too_big {
+	TOO_BIG_ICMP = 0,
+	TOO_BIG_LIMITED = 1,
+	TOO_BIG_NO_DF = 2,
+	TOO_BIG_COUNT = 3,
 };
 
 /* What the balancer made of an ICMP destination unreachable addressed to it
@@ -145,6 +157,20 @@ enum egress {
  * backend, and a pinned backends map, keep their layout. */
 struct backend_tunnel {
 	__be32 vni_be;
+};
+
+/* The value of backend_mtu, indexed like backends: the IP MTU of the slot's egress interface;
+ * 0: unknown, not checked (section 8c). A map of its own, like backend_tunnels. */
+struct backend_mtu {
+	__u32 mtu;
+};
+
+/* The value of too_big_buckets (per CPU, indexed by VIP): the VIP's token bucket for ICMP
+ * errors about too-big packets (section 8c). All zero: full at first use. */
+struct too_big_bucket {
+	__u64 stamp_ns; /* when tokens were last added (bpf_ktime_get_ns) */
+	__u32 tokens;
+	__u32 pad;
 };
 
 /* The inner IPv4 flow, as it sits in the packet: the connection table's key. Ports are 0

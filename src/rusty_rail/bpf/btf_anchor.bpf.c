@@ -13,6 +13,8 @@ struct mirrored_types {
 	struct vip_value vip_value;
 	struct backend backend;
 	struct backend_tunnel backend_tunnel;
+	struct backend_mtu backend_mtu;
+	struct too_big_bucket too_big_bucket;
 	struct flow_key flow_key;
 	struct conntrack_entry conntrack_entry;
 	struct flow_entry flow_entry;

@@ -60,11 +60,12 @@ static __always_inline int inner_info_of(void *inner, int inner_v6, void *data_e
 }
 
 /* The frame's start moves by `delta` (bpf_xdp_adjust_head: negative grows it); the `l2_len`
- * bytes of Ethernet and VLAN tags move with it, readdressed to the next hop, their last
- * EtherType `ethertype`. Only the link-layer bytes are copied, so that what follows them (the
- * inner packet, for `route`) stays intact. Returns the start of what follows them, or NULL. */
+ * bytes of Ethernet and VLAN tags move with it, readdressed to `macs` (destination and source,
+ * 12 bytes, 4-byte aligned), their last EtherType `ethertype`. Only the link-layer bytes are
+ * copied, so that what follows them (the inner packet, for `route`) stays intact. Returns the
+ * start of what follows them, or NULL. */
 static __always_inline void *egress_move_link(struct xdp_md *ctx, __u32 l2_len, int delta,
-					      __be16 ethertype, const struct backend *backend)
+					      __be16 ethertype, const __u8 *macs)
 {
 	__u8 l2[ENCAP_L2_MAX];
 	void *data = (void *)(long)ctx->data;
@@ -89,7 +90,9 @@ static __always_inline void *egress_move_link(struct xdp_md *ctx, __u32 l2_len, 
 		__builtin_memcpy(data + ETH_HLEN, l2 + ETH_HLEN, 8);
 		l2_len = ETH_HLEN + 8;
 	}
-	rewrite_macs(data, backend);
+	((__u32 *)data)[0] = ((const __u32 *)macs)[0];
+	((__u32 *)data)[1] = ((const __u32 *)macs)[1];
+	((__u32 *)data)[2] = ((const __u32 *)macs)[2];
 	*(__be16 *)(data + l2_len - 2) = ethertype;
 	return data + l2_len;
 }
@@ -152,13 +155,19 @@ struct egress_args {
 	void *inner; /* the inner IP header (l3 itself for routed ingress) */
 	__u32 inner_v6;
 	__u32 flow_hash;     /* the UDP source port comes from it */
-	__u32 backend_index; /* for its VNI */
+	__u32 backend_index; /* for its VNI and MTU */
+	__u32 client_mtu;    /* set when egress_send says EGRESS_TOO_BIG (section 8c) */
 };
 
+/* egress_send's answer when the packet does not fit the next hop's MTU (section 8c). */
+#define EGRESS_TOO_BIG 1
+
 /* Section 8b: send the inner packet by the backend's method. 0, or -1 when the kernel refused
- * the room (the caller aborts). A function of its own (noinline), so that the GRE passthrough
- * path, the established flow's, keeps its code as it was. */
-static __noinline int egress_send(struct xdp_md *ctx, const struct egress_args *args,
+ * the room (the caller aborts), or EGRESS_TOO_BIG when it would not fit the next hop's MTU
+ * (section 8c; the frame is unchanged and args->client_mtu says what would fit). A function
+ * of its own (noinline), so that the GRE passthrough path, the established flow's, keeps its
+ * code as it was. */
+static __noinline int egress_send(struct xdp_md *ctx, struct egress_args *args,
 				  const struct backend *backend, const struct settings *settings)
 {
 	__u32 l2_len = args->l3 - args->eth, strip_len = args->inner - args->l3, outer_len, extra;
@@ -166,6 +175,7 @@ static __noinline int egress_send(struct xdp_md *ctx, const struct egress_args *
 	__u8 egress = backend->egress;
 	int outer_v6 = backend->family == BACKEND_FAMILY_IPV6;
 	struct backend_tunnel *tunnel;
+	struct backend_mtu *mtu;
 	struct inner_info info;
 	__be32 vni_be = 0;
 	void *data_end;
@@ -195,11 +205,17 @@ static __noinline int egress_send(struct xdp_md *ctx, const struct egress_args *
 		break;
 	}
 
+	mtu = bpf_map_lookup_elem(&backend_mtu, &index);
+	if (mtu && mtu->mtu && info.len + outer_len + extra > mtu->mtu) {
+		args->client_mtu = mtu->mtu - (outer_len + extra);
+		return EGRESS_TOO_BIG;
+	}
+
 	out = egress_move_link(ctx, l2_len, (int)strip_len - (int)(outer_len + extra),
 			       egress == EGRESS_ROUTE ? info.ethertype
 			       : outer_v6	      ? bpf_htons(ETH_P_IPV6)
 						      : bpf_htons(ETH_P_IP),
-			       backend);
+			       backend->nexthop_dst_mac);
 	if (!out)
 		return -1;
 	if (egress == EGRESS_ROUTE)

@@ -55,7 +55,7 @@ log = logging.getLogger("rusty_rail.daemon")
 PROGRAM_NAME = "xdp_balancer"
 #: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
 #: adopted without them, and they are pinned beside its maps when the new program goes in.
-ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6", "backend_tunnels"})
+ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6", "backend_tunnels", "backend_mtu"})
 BALANCER = PinnedXdpSpec(
     "balancer", PROGRAM_NAME, {name: name for name in MAP_NAMES}, added_maps=ADDED_MAPS
 )

@@ -54,6 +54,7 @@ MAP_NAMES = (
     "tables",
     "backends",
     "backend_tunnels",
+    "backend_mtu",
     "conntrack",
     "conntrack_v6",
     "stats",
@@ -167,6 +168,7 @@ class BalancerMaps:
         self.tables = maps["tables"]
         self.backends = maps["backends"]
         self.backend_tunnels = maps["backend_tunnels"]
+        self.backend_mtu = maps["backend_mtu"]
         self.conntrack = maps["conntrack"]
         self.conntrack_v6 = maps["conntrack_v6"]
         self.stats = maps["stats"]
@@ -227,6 +229,7 @@ class BalancerMaps:
             structs.require_index(index, structs.MAX_BACKENDS, "backend index")
         backends = {_u32(i): structs.encode_backend(b) for i, b in state.backends.items()}
         tunnels = {_u32(i): structs.encode_backend_tunnel(b) for i, b in state.backends.items()}
+        mtus = {_u32(i): structs.encode_backend_mtu(b) for i, b in state.backends.items()}
         for vip_index in state.tables:
             structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
         tables = {vip_index: _table_values(slots) for vip_index, slots in state.tables.items()}
@@ -240,9 +243,10 @@ class BalancerMaps:
         current_backends = {
             key: value for key, value in self._array_items(self.backends) if value != EMPTY_BACKEND
         }
-        for key, value in backends.items():  # a slot's VNI before the method that uses it
-            if self.backend_tunnels.lookup(key) != tunnels[key]:
-                self.backend_tunnels.update(key, tunnels[key])
+        for key, value in backends.items():  # a slot's VNI and MTU before the method
+            for side, side_value in ((self.backend_tunnels, tunnels), (self.backend_mtu, mtus)):
+                if side.lookup(key) != side_value[key]:
+                    side.update(key, side_value[key])
             if current_backends.get(key) != value:
                 self.backends.update(key, value)
         for vip_index, values in tables.items():
@@ -288,7 +292,7 @@ class BalancerMaps:
             if values is not None:
                 state.tables[vip_index] = values[1:]
         for key, raw in self._array_items(self.backends):
-            backend = structs.decode_backend(raw, self.backend_tunnels.lookup(key))
+            backend = self._decode_backend(key, raw)
             if backend is not None:
                 state.backends[struct.unpack("=I", key)[0]] = backend
         if conntrack:
@@ -333,6 +337,7 @@ class BalancerMaps:
         structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
         key = _u32(backend_index)
         self.backend_tunnels.update(key, structs.encode_backend_tunnel(entry))
+        self.backend_mtu.update(key, structs.encode_backend_mtu(entry))
         self.backends.update(key, structs.encode_backend(entry))
 
     def clear_backend(self, backend_index: int) -> None:
@@ -342,11 +347,12 @@ class BalancerMaps:
 
     def read_backend(self, backend_index: int) -> BackendEntry | None:
         structs.require_index(backend_index, structs.MAX_BACKENDS, "backend index")
-        key = _u32(backend_index)
-        raw = self.backends.lookup(key)
-        return (
-            None if raw is None else structs.decode_backend(raw, self.backend_tunnels.lookup(key))
-        )
+        raw = self.backends.lookup(_u32(backend_index))
+        return None if raw is None else self._decode_backend(_u32(backend_index), raw)
+
+    def _decode_backend(self, key: bytes, raw: bytes) -> BackendEntry | None:
+        tunnel, mtu = self.backend_tunnels.lookup(key), self.backend_mtu.lookup(key)
+        return structs.decode_backend(raw, tunnel, mtu)
 
     # --- Maglev tables --------------------------------------------------------------------
 

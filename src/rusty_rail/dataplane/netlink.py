@@ -211,7 +211,8 @@ class NextHopResolver:
             _netns_path(netns)
         self._ipr: Any = IPRoute(netns=netns)
         self._netns = netns
-        self._src_macs: dict[int, bytes | None] = {}
+        #: Each egress interface's MAC address and IP MTU (docs/packet-path.md section 8c).
+        self._links: dict[int, tuple[bytes | None, int]] = {}
         #: Neighbours asked about in this round: many backends share one gateway.
         self._neighbours: dict[tuple[IPAddress, int], tuple[int, bytes | None]] = {}
 
@@ -270,14 +271,19 @@ class NextHopResolver:
         state, dst_mac = known
         if dst_mac is None or not state & _NUD_USABLE:
             return None, neighbour
-        hop = NextHop(ifindex, src_mac, dst_mac, on_link=neighbour == address)
+        mtu = self._links[ifindex][1]
+        hop = NextHop(ifindex, src_mac, dst_mac, on_link=neighbour == address, mtu=mtu)
         return hop, neighbour
 
     def _src_mac(self, ifindex: int) -> bytes | None:
-        if ifindex not in self._src_macs:
+        if ifindex not in self._links:
             link = self._ipr.link("get", index=ifindex)[0]
-            self._src_macs[ifindex] = _mac_bytes(link.get("IFLA_ADDRESS"))
-        return self._src_macs[ifindex]
+            mtu = int(link.get("IFLA_MTU") or 0)
+            self._links[ifindex] = (
+                _mac_bytes(link.get("IFLA_ADDRESS")),
+                mtu if mtu <= 0xFFFF else 0,
+            )
+        return self._links[ifindex][0]
 
 
 def resolve_next_hop(address: str | IPAddress, *, netns: str | None = None) -> NextHop | None:

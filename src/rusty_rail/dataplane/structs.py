@@ -108,6 +108,14 @@ class CBackendTunnel(ctypes.Structure):
     _fields_ = [("vni_be", _bytes_be(4))]
 
 
+class CBackendMtu(ctypes.Structure):
+    _fields_ = [("mtu", U32)]
+
+
+class CTooBigBucket(ctypes.Structure):
+    _fields_ = [("stamp_ns", ctypes.c_uint64), ("tokens", U32), ("pad", U32)]
+
+
 class CFlowKey(ctypes.Structure):
     _fields_ = [
         ("src_be", _bytes_be(4)),
@@ -187,6 +195,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "vip_value": CVipValue,
     "backend": CBackend,
     "backend_tunnel": CBackendTunnel,
+    "backend_mtu": CBackendMtu,
+    "too_big_bucket": CTooBigBucket,
     "flow_key": CFlowKey,
     "conntrack_entry": CConntrackEntry,
     "flow_entry": CFlowEntry,
@@ -324,16 +334,29 @@ def encode_backend_tunnel(entry: BackendEntry) -> bytes:
     return struct.pack("!I", entry.vni << 8)
 
 
-def decode_backend(data: bytes, tunnel: bytes | None = None) -> BackendEntry | None:
-    """The slot's entry (with its ``backend_tunnels`` value, when given), or None for an
-    all-zero (never written or cleared) slot."""
+def encode_backend_mtu(entry: BackendEntry) -> bytes:
+    """The slot's ``backend_mtu`` value: its next hop's MTU (0: unknown, or no next hop)."""
+    mtu = 0 if entry.next_hop is None else entry.next_hop.mtu
+    if not 0 <= mtu <= 0xFFFF:
+        raise ValueError(f"next-hop mtu {mtu} is out of range 0..65535")
+    return bytes(CBackendMtu(mtu=mtu))
+
+
+def decode_backend(
+    data: bytes, tunnel: bytes | None = None, mtu: bytes | None = None
+) -> BackendEntry | None:
+    """The slot's entry (with its ``backend_tunnels`` and ``backend_mtu`` values, when given),
+    or None for an all-zero (never written or cleared) slot."""
     if not any(data):
         return None
     value = CBackend.from_buffer_copy(data)
     next_hop = None
     if value.nexthop_resolved:
         next_hop = NextHop(
-            value.nexthop_ifindex, bytes(value.nexthop_src_mac), bytes(value.nexthop_dst_mac)
+            value.nexthop_ifindex,
+            bytes(value.nexthop_src_mac),
+            bytes(value.nexthop_dst_mac),
+            mtu=CBackendMtu.from_buffer_copy(mtu).mtu if mtu else 0,
         )
     return BackendEntry(
         addr=bytes(value.addr_be) if value.family == FAMILY_IPV6 else bytes(value.addr_be[:4]),

@@ -25,6 +25,7 @@ from rusty_rail.model.parse import (
     parse_routed,
     u16,
 )
+from rusty_rail.model.pmtu import TOO_BIG_STATS, TOO_BIG_VERDICTS, TooBig, TooBigLimiter, too_big
 from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
@@ -107,6 +108,7 @@ class Counters:
     vips: dict[int, PacketsBytes] = field(default_factory=dict)
     backends: dict[int, PacketsBytes] = field(default_factory=dict)
     icmp: dict[IcmpStat, PacketsBytes] = field(default_factory=dict)
+    too_big: dict[tuple[int, TooBig], PacketsBytes] = field(default_factory=dict)
 
     def merge(self, other: Counters) -> Counters:
         """The sum of two sets of deltas."""
@@ -115,6 +117,7 @@ class Counters:
             vips=_summed(self.vips, other.vips),
             backends=_summed(self.backends, other.backends),
             icmp=_summed(self.icmp, other.icmp),
+            too_big=_summed(self.too_big, other.too_big),
         )
 
     @classmethod
@@ -211,6 +214,8 @@ def verdict_for(stat: Stat, settings: Settings) -> Verdict:
         return _action_verdict(settings.no_vip_action)
     if stat in DROP_STATS:
         return Verdict.DROP
+    if stat in TOO_BIG_VERDICTS:
+        return TOO_BIG_VERDICTS[stat]
     raise ValueError(f"{stat.name} is a forwarding outcome, its verdict is TX or REDIRECT")
 
 
@@ -486,10 +491,11 @@ def process(
     ingress_ifindex: int = 1,
     *,
     icmp: IcmpWatch | None = None,
+    too_big_limiter: TooBigLimiter | None = None,
 ) -> Result:
     """Run one frame through the packet path. Mutates ``state.conntrack`` when a flow is
-    recorded (a forwarded miss or stale hit), and ``icmp`` (the watched backends; None: none
-    watched) when an ICMP report disarms one. Never raises on any frame bytes."""
+    recorded, ``icmp`` (None: none watched) when a report disarms one, ``too_big_limiter``
+    (None: all full) when section 8c takes a token. Never raises on any frame bytes."""
     frame = bytes(frame)
     size = len(frame)
     settings = state.settings
@@ -524,6 +530,15 @@ def process(
     if decision.stat in (Stat.CT_MISS, Stat.CT_STALE):
         state.conntrack[parsed.flow] = CtEntry(decision.backend_index, backend.generation)
 
+    passthrough, vip = backend.egress == Egress.GRE and not parsed.routed, decision.vip_index
+    oversize = None if passthrough else too_big(frame, parsed, backend, vip, too_big_limiter)
+    if oversize is not None:  # section 8c: not sent; an ICMP error (TX) or dropped
+        reason, out = oversize
+        result = _not_forwarded(settings, frame, TOO_BIG_STATS[reason], parsed.flow, decision)
+        icmp_counts = {} if icmp_stat is None else {icmp_stat: (1, size)}
+        counters = replace(result.counters, icmp=icmp_counts, too_big={(vip, reason): (1, size)})
+        return replace(result, frame=out, counters=counters, report=report)
+
     verdict, redirect_ifindex = _send_verdict(backend.next_hop, ingress_ifindex)
     counters = Counters(
         stats={decision.stat: (1, size)},
@@ -531,7 +546,7 @@ def process(
         backends={decision.backend_index: (1, size)},
         icmp={} if icmp_stat is None else {icmp_stat: (1, size)},
     )
-    if backend.egress == Egress.GRE and not parsed.routed:
+    if passthrough:
         out = rewrite(settings, frame, parsed.l3, backend, parsed.outer_family)
     else:
         out = encapsulate(settings, frame, parsed, backend, decision.flow_hash)

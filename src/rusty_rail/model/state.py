@@ -38,6 +38,10 @@ class Stat(IntEnum):
     DROP_NO_BACKEND = 13
     DROP_NO_NEXTHOP = 14
     INNER_EXT_TOO_DEEP = 15
+    #: Section 8c: too big for the next hop's MTU once encapsulated.
+    TOO_BIG_ICMP = 16  # answered with an ICMP error to the client (TX)
+    TOO_BIG_LIMITED = 17  # the VIP's ICMP rate was spent: dropped
+    TOO_BIG_NO_DF = 18  # inner IPv4 without DF: dropped
 
 
 STAT_COUNT = len(Stat)
@@ -124,6 +128,8 @@ class NextHop:
     #: Whether the neighbour is the address itself (a directly connected network), not a
     #: gateway: what the `route` egress needs. The control plane's knowledge, not the map's.
     on_link: bool = field(default=True, compare=False)
+    #: The egress interface's IP MTU; 0: unknown, packets are not checked (section 8c).
+    mtu: int = 0
 
 
 @dataclass(frozen=True, slots=True)

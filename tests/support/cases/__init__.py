@@ -18,6 +18,7 @@ from tests.support.cases import (
     maglev,
     next_hop,
     outer,
+    pmtu,
     vip,
 )
 from tests.support.cases._base import (
@@ -73,6 +74,7 @@ CASES: list[PacketCase] = [
     *next_hop.CASES,
     *icmp.CASES,
     *egress.CASES,
+    *pmtu.CASES,
 ]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from rusty_rail.model.flowhash import Flow, flow_hash
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.pmtu import Bucket, TooBig, TooBigLimiter
 from rusty_rail.model.state import (
     Action,
     BackendEntry,
@@ -185,6 +186,9 @@ def with_state(
 
 # --- Cases -----------------------------------------------------------------------------------
 
+#: A too-big bucket's stamp that no clock reaches: the bucket is never refilled (section 8c).
+BUCKET_STAMP_FUTURE = 1 << 63
+
 
 @dataclass(frozen=True)
 class PacketCase:
@@ -194,6 +198,9 @@ class PacketCase:
     ``flow``/``conntrack_after``: after the packet, ``state.conntrack.get(flow)`` must equal
     ``conntrack_after`` (None: no entry). ``watch`` is the ICMP watch the packet meets,
     ``icmp_stat`` the ICMP counter it counts (section 9), ``report`` the report it sends.
+    ``too_big`` is the (VIP index, reason) of ``vip_too_big`` it counts (section 8c), and
+    ``buckets`` the (VIP index, tokens) of the too-big buckets it meets (stamped in the future,
+    so never refilled; every other bucket full).
     """
 
     name: str
@@ -213,6 +220,13 @@ class PacketCase:
     watch: WatchBuilder = standard_watch
     icmp_stat: IcmpStat | None = None
     report: IcmpReport | None = None
+    too_big: tuple[int, TooBig] | None = None
+    buckets: tuple[tuple[int, int], ...] = ()
+
+    def limiter(self) -> TooBigLimiter:
+        """The reference's view of ``buckets``, at a time before their stamp."""
+        buckets = {vip: Bucket(BUCKET_STAMP_FUTURE, tokens) for vip, tokens in self.buckets}
+        return TooBigLimiter(buckets, now_ns=0)
 
     @property
     def output(self) -> bytes:
@@ -228,6 +242,9 @@ class PacketCase:
             "backends": {} if self.backend_index is None else {self.backend_index: one},
             "icmp": {} if self.icmp_stat is None else {int(self.icmp_stat): one},
         }
+
+    def expected_too_big(self) -> dict[tuple[int, TooBig], tuple[int, int]]:
+        return {} if self.too_big is None else {self.too_big: (1, len(self.frame))}
 
 
 DEFAULT_OUTER = Outer()
