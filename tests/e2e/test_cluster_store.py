@@ -251,3 +251,9 @@ def test_a_value_written_behind_the_nodes_backs_is_followed_or_refused_alike(
     assert answer.status == 201, answer.body
     wait(lambda: converged(nodes), "every node on the fixed revision")
     assert all(health(node)["store"]["rejected"] is None for node in nodes)
+    # SIGHUP does not split a node off the store: the reload is refused, named.
+    before_reload = nodes[0].daemon.config
+    nodes[0].daemon.reload({})
+    failed = nodes[0].daemon.reloads.failed
+    assert failed is not None and "run --store" in failed["error"]
+    assert nodes[0].daemon.config is before_reload

@@ -317,6 +317,13 @@ class StoreSync:
             log.info("store %s answers again", self.address)
         self.reachable, self.error, self.unreachable_since = True, None, None
 
+    def no_reload(self) -> StartupError:
+        """Why SIGHUP does not read the configuration file into the running state."""
+        return StartupError(
+            f"the desired state is in {self.address} (run --store): change it through the API "
+            "of any node; the file's own keys (device, lb_address, ...) take effect at restart"
+        )
+
     # --- what the node reports -----------------------------------------------------------
 
     def warnings(self) -> list[str]:

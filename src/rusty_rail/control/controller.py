@@ -471,8 +471,11 @@ class Controller:
 
     def reload(self, environ: Mapping[str, str]) -> None:
         """SIGHUP: read the configuration file again and make it the desired state (the API's
-        saved state is removed), or keep running as before and log why."""
+        saved state is removed), or keep running as before and log why. With --store the
+        desired state is the store's: a reload is refused (it would split this node off)."""
         try:
+            if self.store is not None:
+                raise self.store.no_reload()
             config = config_module.load(environ, self.options.config_path)
             restart_only = [
                 name for name in RESTART_KEYS if getattr(config, name) != getattr(self.config, name)
