@@ -251,6 +251,19 @@ def test_a_value_written_behind_the_nodes_backs_is_followed_or_refused_alike(
     assert answer.status == 201, answer.body
     wait(lambda: converged(nodes), "every node on the fixed revision")
     assert all(health(node)["store"]["rejected"] is None for node in nodes)
+    # A deleted key is refused alike; the next write creates it again.
+    deleted = etcd.client.delete(key)
+    wait(
+        lambda: all(
+            (health(node)["store"]["rejected"] or {}).get("revision") == deleted for node in nodes
+        ),
+        "every node refused the deletion",
+    )
+    assert "deleted" in health(nodes[2])["store"]["rejected"]["error"]
+    answer = nodes[0].call("PUT", f"{VIP_PATH}/backends/198.18.64.12", {})
+    assert answer.status == 201, answer.body
+    wait(lambda: converged(nodes), "every node on the re-created key")
+    assert etcd.client.get(key).data is not None
     # SIGHUP does not split a node off the store: the reload is refused, named.
     before_reload = nodes[0].daemon.config
     nodes[0].daemon.reload({})

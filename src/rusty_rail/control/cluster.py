@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail.config import Config, ConfigError, Problem, validate_as
 from rusty_rail.control import state_file
+from rusty_rail.control.controller import SOURCE_API
 from rusty_rail.control.errors import ApplyError, StartupError
 from rusty_rail.control.fingerprint import NODE_KEYS
 from rusty_rail.control.plan import PlanError
@@ -119,6 +120,9 @@ class StoreSync:
         #: The newest mod_revision of PREFIX/config this node has seen (applied or refused).
         self.seen_revision = 0
         self.rejected: Rejected | None = None
+        #: What a write compares the key's mod_revision with: the last seen (0: no key).
+        self.compare_revision = 0
+        self._registered = False
         self.reachable = False
         self.unreachable_since: float | None = None
         self.error: str | None = None
@@ -134,6 +138,7 @@ class StoreSync:
         refuses stops the start (StartupError naming the field)."""
         if saved_source is not None and (match := _SAVED_SOURCE.match(saved_source)):
             self.applied_revision = self.seen_revision = int(match.group(1))
+            self.compare_revision = self.applied_revision
         try:
             value = self.client.get(self.address.config_key)
         except StoreError as error:
@@ -149,6 +154,7 @@ class StoreSync:
             )
             if ok:
                 self.applied_revision = self.seen_revision = now.mod_revision
+                self.compare_revision = now.mod_revision
                 return None, f"the store was empty: seeded it at revision {now.mod_revision}"
             value = now  # another node seeded it first
         try:
@@ -156,6 +162,7 @@ class StoreSync:
         except ConfigError as error:
             raise StartupError(f"{error}\nfix the value in etcd, then start again") from error
         self.applied_revision = self.seen_revision = value.mod_revision
+        self.compare_revision = value.mod_revision
         return config, f"desired state from {self.address} at revision {value.mod_revision}"
 
     def _where(self, revision: int) -> str:
@@ -170,6 +177,8 @@ class StoreSync:
         if revision <= self.applied_revision:
             return None
         self.seen_revision = max(self.seen_revision, revision)
+        # A deleted key has no mod_revision: a write then compares with 0 (creates it).
+        self.compare_revision = 0 if value.data is None else revision
         result = None
         try:
             config = node_config(value.data, node.config, self._where(revision))
@@ -210,17 +219,17 @@ class StoreSync:
             current = node.config
             config, extra = make(current)
             if config == current:
-                return config, extra, node.change(config, SOURCE_STORE)
+                return config, extra, node.change(config, SOURCE_API)
             try:
                 ok, now = self.client.compare_and_put(
-                    self.address.config_key, shared_document(config), self.seen_revision
+                    self.address.config_key, shared_document(config), self.compare_revision
                 )
             except StoreUnavailable as error:
                 self._lost(str(error))
                 later = (
                     "etcd may still take it if it received it: then every node applies it when "
                     "etcd returns, and only over the state it was computed from (the compare "
-                    f"on revision {self.seen_revision}); read the state again before retrying"
+                    f"on revision {self.compare_revision}); read the state again before retrying"
                     if error.maybe_sent
                     else "nothing was changed; retry when etcd answers"
                 )
@@ -233,9 +242,9 @@ class StoreSync:
                 raise StoreWriteError(503, f"the store refused the write: {error}") from None
             self._found()
             if ok:
-                self.seen_revision = now.mod_revision
+                self.seen_revision = self.compare_revision = now.mod_revision
                 result = node.change(
-                    config, SOURCE_STORE, actor=actor, saved_as=self.saved_as(now.mod_revision)
+                    config, SOURCE_API, actor=actor, saved_as=self.saved_as(now.mod_revision)
                 )
                 self.applied_revision, self.rejected = now.mod_revision, None
                 return config, extra, result
@@ -243,6 +252,7 @@ class StoreSync:
                      now.mod_revision)  # fmt: skip
             self.apply(node, now)
             self.seen_revision = max(self.seen_revision, now.mod_revision)
+            self.compare_revision = now.mod_revision  # 0 when the key is gone
         raise StoreWriteError(
             409, f"other writes kept coming first ({WRITE_ATTEMPTS} tries); retry"
         )
@@ -294,8 +304,9 @@ class StoreSync:
             self._lost(str(error))
 
     def _keep_registered(self, daemon: Daemon) -> None:
-        if self.lease is not None and self.client.keep_alive(self.lease) > 0:
+        if self.lease is not None and self._registered and self.client.keep_alive(self.lease) > 0:
             return
+        self._registered = False
         self.lease = self.client.grant(LEASE_TTL)
         registration = {"name": self.node_name, "api": daemon.api_url, "device": daemon.device}
         self.client.put(
@@ -303,6 +314,7 @@ class StoreSync:
             json.dumps(registration).encode(),
             lease=self.lease,
         )
+        self._registered = True
 
     def _lost(self, error: str) -> None:
         if self.reachable or self.error is None:

@@ -172,6 +172,9 @@ class EtcdClient:
             body["lease"] = str(lease)
         return int(self.call("kv/put", body).get("header", {}).get("revision", 0))
 
+    def delete(self, key: str) -> int:
+        return int(self.call("kv/deleterange", {"key": _b64(key)}).get("header", {})["revision"])
+
     def compare_and_put(self, key: str, value: bytes, mod_revision: int) -> tuple[bool, Value]:
         """Put ``value`` if ``key`` was last changed at ``mod_revision`` (0: it does not
         exist). Returns (True, the value written at its revision) or (False, the key as it is
