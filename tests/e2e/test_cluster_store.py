@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,13 +21,14 @@ from typing import Any
 
 import pytest
 
+from rusty_rail.api.client import ApiClient, ApiUnreachable
 from rusty_rail.cli import build_parser
 from rusty_rail.cli import ctl as ctl_module
 from rusty_rail.control import state_file
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import DataplaneState, Verdict
 from rusty_rail.wire.frames import Outer, gre_frame
-from tests.support.control_bed import VIP_PATH, Bed, Node, base_config, control_bed
+from tests.support.control_bed import BASE_TOML, VIP_PATH, Bed, Node, base_config, control_bed
 from tests.support.etcd_server import EtcdServer, etcd_server
 
 pytestmark = pytest.mark.e2e
@@ -270,3 +274,74 @@ def test_a_value_written_behind_the_nodes_backs_is_followed_or_refused_alike(
     failed = nodes[0].daemon.reloads.failed
     assert failed is not None and "run --store" in failed["error"]
     assert nodes[0].daemon.config is before_reload
+
+
+def test_rusty_rail_run_processes_share_the_store(tmp_path: Path) -> None:
+    """The command itself: `rusty-rail run --store` seeds the store or follows it, a write
+    through one process reaches the other, SIGHUP is refused while the store holds the state,
+    and a malformed --store is refused before anything is attached."""
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-cluster-test\n")
+    token.chmod(0o600)
+    with (
+        control_bed(2) as bed,
+        etcd_server(bed.namespace.name, tmp_path) as etcd,
+    ):
+
+        def command(i: int, *extra: str) -> list[str]:
+            config = tmp_path / f"lb{i}.toml"
+            config.write_text(f'device = "eth{i}"\nlb_address = "198.18.{10 * i}.2"\n{BASE_TOML}')
+            return ["ip", "netns", "exec", bed.namespace.name, sys.executable, "-m",
+                    "rusty_rail", "run", "--config", str(config), "--api",
+                    f"127.0.0.1:{9180 + i}", "--api-token-file", str(token), "--pin-root",
+                    str(bed.pin_root), "--detach-on-exit", "--node-name", f"lb{i}",
+                    *extra]  # fmt: skip
+
+        refused = subprocess.run(
+            command(0, "--store", "etcd://127.0.0.1:2379"), capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "a key prefix is needed" in refused.stderr
+        assert "nothing was attached" in refused.stderr
+        logs = [(tmp_path / f"lb{i}.log").open("wb") for i in (0, 1)]
+        processes = [
+            subprocess.Popen(command(i, "--store", str(etcd.address)), stderr=logs[i])
+            for i in (0, 1)
+        ]
+        try:
+            clients = [ApiClient(f"http://127.0.0.1:{9180 + i}", token.read_text().strip())
+                       for i in (0, 1)]  # fmt: skip
+
+            def store_of(i: int) -> dict[str, Any] | None:
+                try:
+                    body = clients[i].request("GET", "/healthz", check=False).body
+                except ApiUnreachable:
+                    return None
+                return body.get("store") if isinstance(body, dict) else None
+
+            wait(lambda: all(store_of(i) is not None for i in (0, 1)), "both serve")
+            answer = clients[1].request("PUT", f"{VIP_PATH}/backends/198.18.64.40", {})
+            assert answer.status == 201
+            written = store_of(1)
+            assert written is not None
+            wait(
+                lambda: (store_of(0) or {}).get("revision") == written["revision"],
+                "the other process follows",
+            )
+            processes[0].send_signal(signal.SIGHUP)
+            wait(
+                lambda: (
+                    clients[0].request("GET", "/healthz").body["config_reload"]["failed"]
+                    is not None
+                ),
+                "the reload refused",
+            )
+            assert (store_of(0) or {}).get("revision") == written["revision"]
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=60)
+            for log in logs:
+                log.close()
+        assert all(process.returncode == 0 for process in processes)
+        assert "reload refused" in (tmp_path / "lb0.log").read_text()

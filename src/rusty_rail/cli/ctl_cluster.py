@@ -105,7 +105,7 @@ def gather(nodes: list[NodeView], token: str | None) -> ClusterView:
         try:
             node.health = ApiClient(node.api, token).request("GET", "/healthz", check=False).body
         except (ApiUnreachable, ApiFailed) as error:
-            node.error = str(error)
+            node.error = str(error).split(". ")[0]  # the first sentence: one table cell
     return ClusterView(nodes)
 
 
