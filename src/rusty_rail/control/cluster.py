@@ -302,6 +302,8 @@ class StoreSync:
             log.info("%s: reading the key whole again", error)
         except StoreError as error:
             self._lost(str(error))
+        except Exception:  # an answer not as documented: read whole again next round
+            log.exception("following the store failed; reading it again")
 
     def _keep_registered(self, daemon: Daemon) -> None:
         if self.lease is not None and self._registered and self.client.keep_alive(self.lease) > 0:
