@@ -25,6 +25,7 @@ from rusty_rail.api.client import ApiClient, ApiUnreachable
 from rusty_rail.cli import build_parser
 from rusty_rail.cli import ctl as ctl_module
 from rusty_rail.control import state_file
+from rusty_rail.dataplane.structs import MAX_VIPS
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import DataplaneState, Verdict
 from rusty_rail.wire.frames import Outer, gre_frame
@@ -345,3 +346,22 @@ def test_rusty_rail_run_processes_share_the_store(tmp_path: Path) -> None:
                 log.close()
         assert all(process.returncode == 0 for process in processes)
         assert "reload refused" in (tmp_path / "lb0.log").read_text()
+
+
+def test_a_state_the_data_plane_cannot_hold_never_reaches_the_store(
+    cluster: tuple[Bed, EtcdServer, list[Node]],
+) -> None:
+    _bed, etcd, nodes = cluster
+    stored = etcd.client.get(etcd.address.config_key)
+    body = nodes[0].daemon.config.model_dump(mode="json")
+    body["vips"] = [
+        {"address": f"198.18.{100 + i // 250}.{i % 250 + 1}", "backends": ["198.18.64.1"]}
+        for i in range(MAX_VIPS + 1)
+    ]
+    answer = nodes[0].call("PUT", "/v1/config", body)
+    assert answer.status == 422, answer.body
+    assert f"at most {MAX_VIPS}" in answer.body["message"]
+    assert etcd.client.get(etcd.address.config_key) == replace(
+        stored, revision=etcd.client.get(etcd.address.config_key).revision
+    )
+    assert all(revision(node) == stored.mod_revision for node in nodes)

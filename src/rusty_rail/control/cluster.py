@@ -220,6 +220,7 @@ class StoreSync:
             config, extra = make(current)
             if config == current:
                 return config, extra, node.change(config, SOURCE_API)
+            node.check_capacity(config)  # PlanError: refused before it reaches the store
             try:
                 ok, now = self.client.compare_and_put(
                     self.address.config_key, shared_document(config), self.compare_revision
@@ -242,12 +243,7 @@ class StoreSync:
                 raise StoreWriteError(503, f"the store refused the write: {error}") from None
             self._found()
             if ok:
-                self.seen_revision = self.compare_revision = now.mod_revision
-                result = node.change(
-                    config, SOURCE_API, actor=actor, saved_as=self.saved_as(now.mod_revision)
-                )
-                self.applied_revision, self.rejected = now.mod_revision, None
-                return config, extra, result
+                return config, extra, self._apply_written(node, config, now.mod_revision, actor)
             log.info("store revision %d came first: applying it, then the write again",
                      now.mod_revision)  # fmt: skip
             self.apply(node, now)
@@ -256,6 +252,27 @@ class StoreSync:
         raise StoreWriteError(
             409, f"other writes kept coming first ({WRITE_ATTEMPTS} tries); retry"
         )
+
+    def _apply_written(
+        self, node: Controller, config: Config, revision: int, actor: str
+    ) -> ChangeResult:
+        """Apply what this node just put at ``revision``. What the plan refuses now is in the
+        store already: recorded as refused (as every node will) and answered 422."""
+        self.seen_revision = self.compare_revision = revision
+        try:
+            result = node.change(config, SOURCE_API, actor=actor, saved_as=self.saved_as(revision))
+        except ApplyError:
+            self.applied_revision, self.rejected = revision, None  # the retry tick applies it
+            raise
+        except (PlanError, StartupError, ValueError) as error:
+            self.rejected = Rejected(revision, str(error))
+            raise StoreWriteError(
+                422,
+                f"stored as revision {revision}, but the data plane cannot hold it: {error}; "
+                f"the nodes keep revision {self.applied_revision}: write a state that fits",
+            ) from error
+        self.applied_revision, self.rejected = revision, None
+        return result
 
     # --- following -----------------------------------------------------------------------
 
