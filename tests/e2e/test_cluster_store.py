@@ -365,3 +365,28 @@ def test_a_state_the_data_plane_cannot_hold_never_reaches_the_store(
         stored, revision=etcd.client.get(etcd.address.config_key).revision
     )
     assert all(revision(node) == stored.mod_revision for node in nodes)
+
+
+def test_etcd_killed_and_started_again(cluster: tuple[Bed, EtcdServer, list[Node]]) -> None:
+    """A store that is gone (connections refused): writes are refused saying nothing was
+    changed; the nodes reconnect to the same member started again and converge."""
+    _bed, etcd, nodes = cluster
+    applied = revision(nodes[0])
+    before = {node.device: state(node) for node in nodes}
+    etcd.kill()
+    try:
+        refused = nodes[1].call("PUT", f"{VIP_PATH}/backends/198.18.64.50", {})
+        assert refused.status == 503, refused.body
+        assert "nothing was changed" in refused.body["message"]
+        for node in nodes:
+            wait(lambda node=node: not health(node)["store"]["reachable"], "the node noticed")
+            assert state(node) == before[node.device]
+    finally:
+        etcd.start_again()
+    for node in nodes:
+        wait(lambda node=node: health(node)["store"]["reachable"], "the node reconnected")
+    assert all(revision(node) == applied for node in nodes)
+    answer = nodes[2].call("PUT", f"{VIP_PATH}/backends/198.18.64.50", {})
+    assert answer.status == 201, answer.body
+    wait(lambda: converged(nodes), "every node follows the store again")
+    assert revision(nodes[0]) > applied

@@ -26,6 +26,7 @@ class EtcdServer:
     process: subprocess.Popen[bytes]
     address: StoreAddress
     log: Path
+    command: list[str]
 
     @property
     def client(self) -> EtcdClient:
@@ -37,6 +38,17 @@ class EtcdServer:
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """The store is gone: connections are refused."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def start_again(self) -> None:
+        """The same member on the same data directory."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        _wait_ready(self.client, self.process, self.log)
 
 
 def _wait_ready(client: EtcdClient, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -71,13 +83,16 @@ def etcd_server(namespace: str, directory: Path) -> Iterator[EtcdServer]:
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = EtcdServer(
-        process, parse_store(f"etcd://127.0.0.1:{CLIENT_PORT}/rr-{uuid.uuid4().hex[:8]}"), log
+        process,
+        parse_store(f"etcd://127.0.0.1:{CLIENT_PORT}/rr-{uuid.uuid4().hex[:8]}"),
+        log,
+        command,
     )
     try:
         _wait_ready(server.client, process, log)
         yield server
     finally:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-        process.wait(timeout=30)
+            server.process.send_signal(signal.SIGCONT)
+            server.process.kill()
+        server.process.wait(timeout=30)
