@@ -17,8 +17,10 @@ from rusty_rail.api.client import ApiClient, Response
 from rusty_rail.api.server import create_app
 from rusty_rail.config import Config, config_from_toml_text
 from rusty_rail.control.background import BackgroundDaemon
+from rusty_rail.control.cluster import join_store
 from rusty_rail.control.daemon import Daemon
 from rusty_rail.control.options import ApiOptions, DaemonOptions
+from rusty_rail.control.store import StoreAddress
 from rusty_rail.dataplane.libbpf import BPFFS, ensure_bpffs, remove_pin_dir
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed.netns import Namespace, Netns
@@ -99,6 +101,8 @@ class Bed:
         generation: int = 0,
         detach: bool = True,
         attach: bool = False,
+        store: StoreAddress | None = None,
+        node_name: str | None = None,
     ) -> Node:
         options = DaemonOptions(
             config_path=config_path,
@@ -108,8 +112,14 @@ class Bed:
             api=ApiOptions("127.0.0.1", 0, token),
             state_file=state_file,
             attach=attach,
+            store=store,
+            node_name=node_name,
         )
+        sync = None
+        if store is not None:  # as start_daemon does it
+            config, sync = join_store(config, options)
         daemon = Daemon(config, options, fixed=fixed, generation=generation)
+        daemon.store = sync
         daemon.start()
         server = BackgroundDaemon(daemon, create_app)
         try:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from rusty_rail._types import IPAddress
 from rusty_rail.config import Config, ConfigError, Problem
+from rusty_rail.control.cluster import StoreWriteError
 from rusty_rail.control.daemon import SOURCE_API, ChangeResult, Daemon
 from rusty_rail.control.errors import ApplyError, PersistError, StartupError
 from rusty_rail.control.fingerprint import config_fingerprint
@@ -143,6 +144,8 @@ async def _write(
         await asyncio.to_thread(daemon.resolve_ahead, candidate)
 
     def work() -> tuple[Config, bool, ChangeResult]:
+        if daemon.store is not None:
+            return _write_through_store(request, daemon, make)
         current = daemon.config
         config, created = make(current)  # a bad body is reported before a stale If-Match
         _check_if_match(request, current)
@@ -170,6 +173,31 @@ async def _write(
         headers["Location"] = location
     status = HTTPStatus.CREATED if created else HTTPStatus.OK
     return json_response(_result(daemon, result, config), status, **headers)
+
+
+def _write_through_store(
+    request: web.Request, daemon: Daemon, make: Callable[[Config], tuple[Config, bool]]
+) -> tuple[Config, bool, ChangeResult]:
+    """With --store: the same checks, then a compare-and-swap in etcd (cluster.py), applied
+    here before the answer. A lost race is computed again on the winner's state, so If-Match
+    then answers 412 and a write that does not conflict is kept."""
+    assert daemon.store is not None
+
+    def checked(current: Config) -> tuple[Config, bool]:
+        config, created = make(current)
+        _check_if_match(request, current)
+        _check_if_none_match(request, created)
+        return config, created
+
+    try:
+        config, created, result = daemon.store.write(
+            daemon, checked, actor=request.remote or "a local socket"
+        )
+    except StoreWriteError as error:
+        raise ApiError(HTTPStatus(error.status), str(error)) from None
+    except (PlanError, StartupError, PersistError, ApplyError, ValueError) as error:
+        raise _change_error(error) from error
+    return (config if result.changed else daemon.config), bool(created), result
 
 
 def _snapshot(daemon: Daemon, flow_counts: FlowCounts | None = None) -> readmodels.Snapshot:

@@ -31,6 +31,7 @@ from rusty_rail.model.state import BackendState, Stat
 from .flow_counts import COUNT_INTERVAL, FlowCount, FlowCounts
 
 if TYPE_CHECKING:
+    from rusty_rail.control.cluster import StoreSync
     from rusty_rail.control.daemon import ChangeResult, Daemon
     from rusty_rail.control.reloads import ReloadRecord
 
@@ -70,6 +71,8 @@ class _MapsCollector(Collector):
             daemon.apply_error is not None,
         )
         yield from reload_metrics(daemon.reloads)
+        if daemon.store is not None:
+            yield from store_metrics(daemon.store)
         if plan is None or balancer is None:
             return
         maps = balancer.maps
@@ -382,4 +385,30 @@ def reload_metrics(reloads: ReloadRecord) -> Iterable[Metric]:
         "rusty_rail_config_last_reload_success_timestamp_seconds",
         "When the configuration was last read into the running state (start or reload)",
         reloads.last_success_at,
+    )
+
+
+def store_metrics(store: StoreSync) -> Iterable[Metric]:
+    """With run --store (docs/cluster.md): the revision applied, and whether the store answers.
+    Nodes on different revisions (a split view) show as different rusty_rail_store_revision,
+    or as rusty_rail_store_revision below rusty_rail_store_seen_revision."""
+    yield GaugeMetricFamily(
+        "rusty_rail_store_revision",
+        "The store revision (of PREFIX/config) whose desired state this node applied",
+        store.applied_revision,
+    )
+    yield GaugeMetricFamily(
+        "rusty_rail_store_seen_revision",
+        "The newest store revision this node has seen, applied or refused",
+        store.seen_revision,
+    )
+    yield GaugeMetricFamily(
+        "rusty_rail_store_rejected_revision",
+        "The store revision this node refused (0: none stands refused)",
+        0 if store.rejected is None else store.rejected.revision,
+    )
+    yield GaugeMetricFamily(
+        "rusty_rail_store_reachable",
+        "1 while the store answers (writes are refused while it does not)",
+        store.reachable,
     )

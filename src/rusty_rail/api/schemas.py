@@ -8,7 +8,7 @@ marked ``extra="forbid"`` say in the document that they have no other keys.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, WithJsonSchema, with_config
 from typing_extensions import TypedDict
@@ -274,6 +274,34 @@ class NodeHealth(TypedDict):
         dict[str, VipHealth],
         Field(description="Per VIP key (and default): its backends' health."),
     ]
+    store: NotRequired[
+        Annotated[
+            StoreHealth,
+            Field(description="With run --store only: the cluster's store (docs/cluster.md)."),
+        ]
+    ]
+
+
+@with_config(_CLOSED)
+class RejectedRevision(TypedDict):
+    revision: int
+    error: str
+
+
+@with_config(_CLOSED)
+class StoreHealth(TypedDict):
+    address: str
+    node: str
+    reachable: bool
+    error: str | None
+    unreachable_since: str | None
+    revision: Annotated[
+        int, Field(description="The store revision (of PREFIX/config) whose state is applied.")
+    ]
+    seen_revision: Annotated[
+        int, Field(description="The newest revision seen, applied or refused.")
+    ]
+    rejected: RejectedRevision | None
 
 
 # --- backend health and events (GET /v1/health, /v1/events) ----------------------------------

@@ -112,6 +112,17 @@ def add_parser(commands: Subparsers) -> None:
         help="/metrics has series per backend while the VIPs hold at most N backends in all "
         f"(default {METRICS_BACKEND_LIMIT}); beyond, per-VIP counts only (docs/api.md)",
     )
+    run.add_argument(
+        "--store",
+        metavar="etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+        help="keep the desired state in etcd, shared by every node given the same address and "
+        "prefix (docs/cluster.md); without it the state file alone holds it",
+    )
+    run.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="this node's name in the store (default: HOSTNAME-DEVICE)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(handler=cmd_run)
     needs_root(run, "it loads the XDP balancer, pins its maps and attaches it to the device")
@@ -151,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rusty_rail.control.errors import StartupError
     from rusty_rail.control.options import ApiOptions, DaemonOptions, parse_api_address
     from rusty_rail.control.plan import PlanError
+    from rusty_rail.control.store import parse_store
     from rusty_rail.dataplane.loader import LoaderError
 
     logsetup.configure(args.verbose, args.log_format)
@@ -161,6 +173,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         environ["RR_XDP_MODE"] = args.xdp_mode
     if args.device is not None:
         environ["RR_DEVICE"] = args.device
+    try:
+        store = None if args.store is None else parse_store(args.store)
+    except ValueError as error:
+        print(f"rusty-rail run: {error}", file=sys.stderr)
+        print("rusty-rail run: nothing was attached or changed", file=sys.stderr)
+        return EXIT_USAGE
     try:
         api = None
         if not args.no_api:
@@ -188,6 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         state_file=state_path,
         reset_state=args.reset_state,
         metrics_backend_limit=args.metrics_backend_limit,
+        store=store,
+        node_name=args.node_name,
     )
     try:
         run(environ, options, app_factory=create_app)

@@ -8,6 +8,7 @@ Where each part lives:
   fingerprint.py, errors.py, options.py.
 - daemon.py: the Controller served from one asyncio loop; connections.py bounds the API's
   connections; background.py runs a daemon on a thread for tests and benches.
+- cluster.py: with `run --store`, the desired state shared through etcd (store.py, its client).
 - health.py (the verdicts), checks.py (probes), monitor.py (both on the loop, with the ICMP
   ring buffer), events.py.
 

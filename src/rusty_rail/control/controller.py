@@ -61,6 +61,7 @@ from rusty_rail.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from rusty_rail.api import schemas
+    from rusty_rail.control.cluster import StoreSync
 
 log = logging.getLogger("rusty_rail.daemon")
 
@@ -155,6 +156,8 @@ class Controller:
         self._config_marks: tuple[Config, str, str] | None = None
         #: Set once the owner is stopping (the node then reports itself unhealthy).
         self._stop_requested = False
+        #: The cluster's store (run --store; cluster.py), None: the embedded state file.
+        self.store: StoreSync | None = None
         #: Health transitions, fail-open and ICMP-floor events (GET /v1/events).
         self.events = EventLog(time.time)
         #: Health checks and ICMP learning; made when the program is loaded.
@@ -251,11 +254,13 @@ class Controller:
         force: bool = False,
         next_hop_wait: float = CHANGE_NEXT_HOP_WAIT,
         actor: str | None = None,
+        saved_as: str | None = None,
     ) -> ChangeResult:
         """Move the data plane to ``config``: plan it whole (raises PlanError, StartupError or
         ValueError and changes nothing), save it when ``persist`` (raises PersistError and
         changes nothing), then write the maps (raises ApplyError; the desired state is then
-        the new one and a later retry applies it). Callers serialise changes."""
+        the new one and a later retry applies it). Callers serialise changes. ``saved_as``
+        is the source the state file records (default: ``source``)."""
         started = time.perf_counter()
         if self.balancer is None or self.plan is None:
             raise RuntimeError("the daemon is not started")
@@ -293,7 +298,10 @@ class Controller:
             if persist and changed and self.options.state_file is not None:
                 with contextlib.suppress(OSError):
                     state_file.write(
-                        self.options.state_file, config, generation=generation, source=source
+                        self.options.state_file,
+                        config,
+                        generation=generation,
+                        source=saved_as or source,
                     )
             self.apply_error = (
                 f"generation {generation} ({source}) is not fully applied: {error}; "
@@ -306,7 +314,10 @@ class Controller:
         if persist and changed and self.options.state_file is not None:
             try:
                 state_file.write(
-                    self.options.state_file, config, generation=generation, source=source
+                    self.options.state_file,
+                    config,
+                    generation=generation,
+                    source=saved_as or source,
                 )
             except OSError as error:
                 self.config, self.generation = previous_config, previous_generation
@@ -460,8 +471,11 @@ class Controller:
 
     def reload(self, environ: Mapping[str, str]) -> None:
         """SIGHUP: read the configuration file again and make it the desired state (the API's
-        saved state is removed), or keep running as before and log why."""
+        saved state is removed), or keep running as before and log why. With --store the
+        desired state is the store's: a reload is refused (it would split this node off)."""
         try:
+            if self.store is not None:
+                raise self.store.no_reload()
             config = config_module.load(environ, self.options.config_path)
             restart_only = [
                 name for name in RESTART_KEYS if getattr(config, name) != getattr(self.config, name)
@@ -519,7 +533,8 @@ class Controller:
         """What runs differs from what is configured: the start's warnings, and a refused
         reload while it stands."""
         refused = self.reloads.warning()
-        return [*self.warnings, refused] if refused is not None else list(self.warnings)
+        store = [] if self.store is None else self.store.warnings()
+        return [*self.warnings, *([refused] if refused is not None else []), *store]
 
     def health(self) -> tuple[bool, schemas.NodeHealth]:
         """Whether the node is healthy (attached, the last change applied), and the body."""
@@ -561,6 +576,8 @@ class Controller:
             "config_reload": self.reloads.as_json(),
             "backend_health": backend_health,
         }
+        if self.store is not None:
+            body["store"] = self.store.status()
         return not reasons, body
 
     # --- leave ---------------------------------------------------------------------------

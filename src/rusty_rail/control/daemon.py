@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 from rusty_rail.config import Config
 from rusty_rail.control import state_file
 from rusty_rail.control.bringup import check_api_exposure
+from rusty_rail.control.cluster import join_store
 from rusty_rail.control.connections import ConnectionGuard
 from rusty_rail.control.controller import (
     CHANGE_NEXT_HOP_WAIT,
@@ -194,6 +195,7 @@ class Daemon(Controller):
         if self._stop_requested:
             self._stopping.set()
         runner = None
+        following: asyncio.Task[None] | None = None
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -206,12 +208,18 @@ class Daemon(Controller):
                     self._health_config = self.config
                     self.monitor.configure(self.config)
                 self.monitor.start(loop, self.lb_ipv4, self.lb_ipv6)
+            if self.store is not None:
+                following = loop.create_task(self.store.follow(self))
             self._serving.set()
             self.notifier.ready(self._status_line())
             if self.notifier.watchdog_seconds is not None:
                 self._spawn(self._feed_watchdog(self.notifier.watchdog_seconds / 2))
             await self._tick_until_stopped()
         finally:
+            if self.store is not None:
+                if following is not None:
+                    following.cancel()
+                await self.store.stop()
             if self.monitor is not None:
                 self.monitor.stop()
             self._serving.set()
@@ -377,7 +385,11 @@ def start_daemon(environ: Mapping[str, str], options: DaemonOptions) -> Daemon:
     """A started Daemon for the configuration startup_config() chooses. When the saved state
     is what the data plane refuses, the error says so and names the way out."""
     config, fixed, generation = startup_config(environ, options)
+    store = None
+    if options.store is not None:
+        config, store = join_store(config, options, generation)
     daemon = Daemon(config, options, fixed=fixed, generation=generation)
+    daemon.store = store
     try:
         daemon.start()
     except (StartupError, PlanError, LoaderError) as error:

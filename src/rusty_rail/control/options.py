@@ -15,6 +15,7 @@ from rusty_rail.control.connections import (
     DEFAULT_MAX_CONNECTIONS,
 )
 from rusty_rail.control.errors import StartupError
+from rusty_rail.control.store import StoreAddress
 from rusty_rail.dataplane.libbpf import PIN_ROOT
 
 DEFAULT_API_PORT: Final = 9180
@@ -98,6 +99,10 @@ class DaemonOptions:
     #: /metrics has series per backend while the VIPs hold at most this many backends in all
     #: (one per VIP and backend); beyond it, per-VIP counts only (docs/api.md).
     metrics_backend_limit: int = METRICS_BACKEND_LIMIT
+    #: The cluster's store (docs/cluster.md); None: the embedded state file alone.
+    store: StoreAddress | None = None
+    #: This node's name in the store (default: host name and device).
+    node_name: str | None = None
 
 
 def raise_file_limit(connections: int) -> None:
