@@ -18,9 +18,9 @@ import pytest
 from rusty_rail.api import readmodels
 from rusty_rail.config import config_from_toml_text
 from rusty_rail.control.plan import Allocation, compile_plan
+from rusty_rail.dataplane.conntrack_maps import conntrack_check
 from rusty_rail.dataplane.icmp_maps import decode_report, encode_report
 from rusty_rail.dataplane.libbpf import LibbpfError, Map
-from rusty_rail.dataplane.maps import conntrack_check
 from rusty_rail.dataplane.structs import (
     ICMP_REPORT_RING_BYTES,
     MAX_BACKENDS,

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from rusty_rail.dataplane import structs
-from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
-from rusty_rail.dataplane.maps import (
+from rusty_rail.dataplane.conntrack_maps import (
     FLOW6_SET_SIZE,
     FLOW_SET_SIZE,
     conntrack_sets_for,
-    prepare_object,
 )
+from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
+from rusty_rail.dataplane.maps import prepare_object
 from rusty_rail.model.icmp import IcmpStat
 from rusty_rail.model.pmtu import TOO_BIG_COUNT, TooBig
 from rusty_rail.model.state import Action, BackendState, Egress, Stat

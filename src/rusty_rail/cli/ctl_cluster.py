@@ -159,11 +159,14 @@ def add_cluster_command(commands: Subparsers) -> None:
         "198.18.0.2:9180,198.18.0.3:9180",
     )
     cluster.add_argument(
-        "--nodes", metavar="ADDRESS:PORT,...", help="these nodes' APIs, not the store's list"
+        "--nodes",
+        metavar="NODES",
+        help="these nodes' APIs (ADDRESS:PORT,ADDRESS:PORT,...), not the store's list",
     )
     cluster.add_argument(
         "--store",
-        metavar="etcd://HOST:PORT/PREFIX",
-        help="list the nodes registered here (default: the store of the daemon at --api)",
+        metavar="URL",
+        help="list the nodes registered in this store (etcd://HOST:PORT/PREFIX; default: the "
+        "store of the daemon at --api)",
     )
     cluster.set_defaults(run=_cluster)

@@ -114,9 +114,10 @@ def add_parser(commands: Subparsers) -> None:
     )
     run.add_argument(
         "--store",
-        metavar="etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
-        help="keep the desired state in etcd, shared by every node given the same address and "
-        "prefix (docs/cluster.md); without it the state file alone holds it",
+        metavar="URL",
+        help="keep the desired state in etcd, shared by every node given the same URL "
+        "(etcd://HOST:PORT[,HOST:PORT...]/PREFIX; docs/cluster.md); without it the state file "
+        "alone holds it",
     )
     run.add_argument(
         "--node-name",

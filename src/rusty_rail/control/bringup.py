@@ -30,6 +30,7 @@ from rusty_rail.control.plan import (
     diff,
 )
 from rusty_rail.dataplane import netlink
+from rusty_rail.dataplane.conntrack_maps import conntrack_sets_for
 from rusty_rail.dataplane.icmp_maps import IcmpMaps
 from rusty_rail.dataplane.libbpf import LibbpfError
 from rusty_rail.dataplane.loader import (
@@ -39,7 +40,6 @@ from rusty_rail.dataplane.loader import (
     load_balancer,
     private_pins_warning,
 )
-from rusty_rail.dataplane.maps import conntrack_sets_for
 from rusty_rail.dataplane.structs import CONNTRACK_WAYS, MAX_BACKENDS, MAX_VIPS
 from rusty_rail.model.state import DataplaneState, Stat
 

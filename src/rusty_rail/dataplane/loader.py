@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rusty_rail.dataplane.adoption import NotOurProgram, find_attached, repin
+from rusty_rail.dataplane.conntrack_maps import CONNTRACK_MAPS
 from rusty_rail.dataplane.libbpf import (
     PIN_ROOT,
     AttachedProgram,
@@ -39,7 +40,7 @@ from rusty_rail.dataplane.libbpf import (
     lock_pin_dir,
     pins_outlive_process,
 )
-from rusty_rail.dataplane.maps import CONNTRACK_MAPS, MAP_NAMES, BalancerMaps, prepare_object
+from rusty_rail.dataplane.maps import MAP_NAMES, BalancerMaps, prepare_object
 from rusty_rail.dataplane.pinned import (
     LinkInOtherMode,
     LinkOnOtherInterface,
