@@ -165,14 +165,15 @@ def add_parser(commands: Subparsers) -> None:
         "--points",
         type=_points,
         default=None,
-        metavar="N,N,...",
-        help="the x values, comma-separated (default: the curve's own, docs/benchmarks.md)",
+        metavar="POINTS",
+        help="the x values, comma-separated, e.g. 1,1000,100000 (default: the curve's own, "
+        "docs/benchmarks.md)",
     )
     curves.add_argument(
         "--table-sizes",
         type=_points,
         default=None,
-        metavar="M,M,...",
+        metavar="PRIMES",
         help="maglev only: the primes M of the sweep over M (default 257,4099,65537,655373,"
         "4194301)",
     )
