@@ -187,8 +187,8 @@ def _maglev_points(points: Sequence[int], sizes: Sequence[int], quick: bool) -> 
                 "sweep": sweep,
                 "backends": n,
                 "table_size": m,
-                "build_ms": round(build_ms, 4),
-                "baseline_ms": round(baseline_ms, 4),
+                "build_ms": round(build_ms, 6),
+                "baseline_ms": round(baseline_ms, 6),
                 "ratio": round(build_ms / baseline_ms, 3),
                 "impl": table.impl,
             }
