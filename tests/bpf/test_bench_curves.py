@@ -19,8 +19,9 @@ pytestmark = pytest.mark.bpf
 POINT_KEYS = {
     "flows", "conntrack_size", "vips", "backends", "table_size", "samples", "floor_ns",
     "established_hit_share", "established_ns", "established_mean_ns", "established_ratio",
+    "established_ns_passes",
 }  # fmt: skip
-NEW_FLOW_KEYS = {"new_flow_ns", "new_flow_mean_ns", "new_flow_ratio"}
+NEW_FLOW_KEYS = {"new_flow_ns", "new_flow_mean_ns", "new_flow_ratio", "new_flow_ns_passes"}
 
 
 def _curve(name: str, plot: Path) -> dict[str, object]:
@@ -49,6 +50,7 @@ def test_a_quick_packet_curve_measures_every_point_beside_the_floor(
         keys = POINT_KEYS | (NEW_FLOW_KEYS if name == "vips" else set())
         assert set(point) == keys, point
         assert point["samples"] == 400
+        assert point["established_ns_passes"] == [point["established_ns"]]  # --quick: 1 pass
         assert point["floor_ns"] > 0 and point["established_ns"] > 0
         ratio = point["established_ratio"]
         assert ratio == pytest.approx(point["established_ns"] / point["floor_ns"])

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from rusty_rail.bench.curves import CURVES, MAGLEV_FIXED_M, MAGLEV_FIXED_N, check_points
+from rusty_rail.bench.curves import (
+    CURVES,
+    MAGLEV_FIXED_M,
+    MAGLEV_FIXED_N,
+    best_of_passes,
+    check_points,
+)
 from rusty_rail.bench.curves_plot import write_plot
 
 
@@ -33,6 +39,8 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
         (["--curve", "maglev", "--plot", "/nonexistent/dir/c.png"], "--plot: no directory"),
         (["--curve", "maglev", "--points", "1,x"], "not a whole number: x"),
         (["--curve", "nope"], "invalid choice: 'nope'"),
+        (["--curve", "api", "--passes", "2"], "--passes: only the packet curves take it"),
+        (["--curve", "vips", "--passes", "0"], "must be at least 1, not 0"),
     ],
 )
 def test_a_bad_argument_is_a_usage_error_naming_it(args: list[str], named: str) -> None:
@@ -95,3 +103,19 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--plot needs matplotlib: pip install 'rusty-rail[plot]'" in done.stderr
     assert not (tmp_path / "m.png").exists()
+
+
+def test_each_case_keeps_its_fastest_pass_with_every_pass_beside_it() -> None:
+    def run(floor: float, established: float, new: float, hits: float) -> dict[str, float]:
+        return {
+            "floor_ns": floor, "established_ns": established, "established_mean_ns": established,
+            "established_ratio": established / floor, "established_hit_share": hits,
+            "new_flow_ns": new, "new_flow_mean_ns": new, "new_flow_ratio": new / floor,
+        }  # fmt: skip
+
+    best = best_of_passes([run(40, 600, 700, 1.0), run(50, 300, 900, 0.9), run(45, 500, 650, 1)])
+    assert best["established_ns"] == 300 and best["established_ratio"] == 6.0
+    assert best["floor_ns"] == 50 and best["established_hit_share"] == 0.9  # that pass's
+    assert best["new_flow_ns"] == 650 and best["new_flow_ratio"] == 650 / 45
+    assert best["established_ns_passes"] == [600, 300, 500]
+    assert best["new_flow_ns_passes"] == [700, 900, 650]

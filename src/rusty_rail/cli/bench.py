@@ -178,6 +178,13 @@ def add_parser(commands: Subparsers) -> None:
         "4194301)",
     )
     curves.add_argument(
+        "--passes",
+        type=_at_least_one,
+        default=None,
+        help="packet curves: sweeps of every point, each point's best kept (default 3; "
+        "flows 1; --quick 1)",
+    )
+    curves.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: two small points, a few hundred calls each (seconds)",
@@ -305,6 +312,8 @@ def cmd_bench_curves(args: argparse.Namespace) -> int:
     try:
         if args.points is not None:
             check_points(curve, args.points)
+        if args.passes is not None and args.curve in ("maglev", "api"):
+            raise ValueError(f"--passes: only the packet curves take it, not {args.curve}")
         if args.table_sizes is not None and args.curve != "maglev":
             raise ValueError(f"--table-sizes: only the maglev curve takes it, not {args.curve}")
         if args.table_sizes is not None:
@@ -322,7 +331,13 @@ def cmd_bench_curves(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if curve.needs_root:
         require_root(f"bench curves --curve {args.curve} loads BPF programs")
-    result = run_curve(args.curve, args.points, quick=args.quick, table_sizes=args.table_sizes)
+    result = run_curve(
+        args.curve,
+        args.points,
+        quick=args.quick,
+        table_sizes=args.table_sizes,
+        passes=args.passes,
+    )
     print_result(result, args.json, render_curve)
     if args.plot is not None:
         write_plot(result, args.plot)
