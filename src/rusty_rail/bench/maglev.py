@@ -44,8 +44,8 @@ def run_maglev_bench() -> dict[str, Any]:
     results = []
     baselines: dict[int, float] = {}
     for count, size, weights in CASES:
-        backends = _backends(count, weights)
-        build_ms, baseline_ms, table = _best_against_baseline(
+        backends = bench_backends(count, weights)
+        build_ms, baseline_ms, table = best_against_baseline(
             partial(build_table, backends, size), size
         )
         baselines[size] = min(baseline_ms, baselines.get(size, baseline_ms))
@@ -67,7 +67,7 @@ def run_maglev_bench() -> dict[str, Any]:
         )
 
     count, size = PYTHON_FALLBACK_CASE
-    backends = _backends(count, "equal")
+    backends = bench_backends(count, "equal")
     started = time.perf_counter()
     build_table(backends, size, impl="python")
     python_ms = (time.perf_counter() - started) * 1e3
@@ -118,7 +118,7 @@ def render_maglev_bench(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _backends(count: int, weights: str) -> list[tuple[Address, int]]:
+def bench_backends(count: int, weights: str) -> list[tuple[Address, int]]:
     """``count`` addresses from 198.18.0.0/15, as a validated configuration holds them."""
     rng = random.Random(count)
     return [
@@ -135,7 +135,7 @@ def _balance(table: MaglevTable) -> float:
     return float(per_weight.max() / per_weight.min())
 
 
-def _best_against_baseline(
+def best_against_baseline(
     build: Callable[[], MaglevTable], size: int
 ) -> tuple[float, float, MaglevTable]:
     """Best of REPEATS for ``build`` and for the baseline, taken in turns so that both see

@@ -1,18 +1,22 @@
-"""`rusty-rail bench maglev|dataplane|control|health|e2e|soak`: numbers, each next to a
+"""`rusty-rail bench maglev|dataplane|control|health|e2e|soak|curves`: numbers, each next to a
 same-run baseline or a budget."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from rusty_rail.cli import (
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_USAGE,
     Handler,
     Subparsers,
     add_json_option,
     needs_root,
     print_result,
+    require_root,
 )
 from rusty_rail.config.enums import Encap, Ingress
 
@@ -140,6 +144,59 @@ def add_parser(commands: Subparsers) -> None:
         help="timed runs of each chain per case (default 3)",
     )
 
+    curves = add_bench(
+        "curves",
+        "scaling curves: packet cost vs flows, table, backends, VIPs; Maglev; API (--plot)",
+        "One scaling curve as a table (or JSON), each point next to a same-run baseline: "
+        "flows (ns per packet vs established flows, packets drawn from them), table (vs "
+        "connection-table size), backends (vs backends per VIP), vips (vs VIPs): the balancer "
+        "under BPF_PROG_TEST_RUN beside the floor program; maglev (build time vs N, then M, "
+        "beside np.sort of M uint32); api (change to live table vs backends, beside a no-op "
+        "write and a bare build). All but maglev need root. docs/benchmarks.md.",
+        cmd_bench_curves,
+    )
+    curves.add_argument(
+        "--curve",
+        required=True,
+        choices=["flows", "table", "backends", "vips", "maglev", "api"],
+        help="which curve",
+    )
+    curves.add_argument(
+        "--points",
+        type=_points,
+        default=None,
+        metavar="POINTS",
+        help="the x values, comma-separated, e.g. 1,1000,100000 (default: the curve's own, "
+        "docs/benchmarks.md)",
+    )
+    curves.add_argument(
+        "--table-sizes",
+        type=_points,
+        default=None,
+        metavar="PRIMES",
+        help="maglev only: the primes M of the sweep over M (default 257,4099,65537,655373,"
+        "4194301)",
+    )
+    curves.add_argument(
+        "--passes",
+        type=_at_least_one,
+        default=None,
+        help="packet curves: sweeps of every point, each point's best kept (default 3; "
+        "flows 1; --quick 1)",
+    )
+    curves.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: two small points, a few hundred calls each (seconds)",
+    )
+    curves.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also draw the curve into FILE (PNG)",
+    )
+
     soak = add_bench(
         "soak",
         "everything at once for N minutes: leaks, losses, counters (needs root)",
@@ -171,6 +228,16 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _points(text: str) -> list[int]:
+    points = []
+    for part in text.split(","):
+        try:
+            points.append(int(part.strip().replace("_", "")))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {part.strip()!s}") from None
+    return points
 
 
 def _minutes(text: str) -> float:
@@ -229,6 +296,52 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     )
     print_result(result, args.json, e2e.render_e2e_bench)
     return EXIT_OK if result["budgets_met"] else EXIT_FAILURE
+
+
+def cmd_bench_curves(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.curves import (
+        CURVES,
+        check_points,
+        check_table_sizes,
+        render_curve,
+        run_curve,
+    )
+    from rusty_rail.bench.curves_plot import INSTALL_HINT, write_plot
+
+    curve = CURVES[args.curve]
+    try:
+        if args.points is not None:
+            check_points(curve, args.points)
+        if args.passes is not None and args.curve in ("maglev", "api"):
+            raise ValueError(f"--passes: only the packet curves take it, not {args.curve}")
+        if args.table_sizes is not None and args.curve != "maglev":
+            raise ValueError(f"--table-sizes: only the maglev curve takes it, not {args.curve}")
+        if args.table_sizes is not None:
+            check_table_sizes(args.table_sizes)
+        if args.plot is not None and not args.plot.absolute().parent.is_dir():
+            raise ValueError(f"--plot: no directory {args.plot.absolute().parent} for {args.plot}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"error: --plot needs matplotlib: {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_USAGE
+    if curve.needs_root:
+        require_root(f"bench curves --curve {args.curve} loads BPF programs")
+    result = run_curve(
+        args.curve,
+        args.points,
+        quick=args.quick,
+        table_sizes=args.table_sizes,
+        passes=args.passes,
+    )
+    print_result(result, args.json, render_curve)
+    if args.plot is not None:
+        write_plot(result, args.plot)
+    return EXIT_OK
 
 
 def cmd_bench_soak(args: argparse.Namespace) -> int:
