@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rusty_rail.config import Config, config_from_toml_text
+from rusty_rail.model.icmp import IcmpStat
 from rusty_rail.model.state import BackendState, Verdict
 from rusty_rail.wire.build import ethernet, gre, icmp, ipv4, ipv6
 from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6
@@ -213,3 +214,26 @@ def test_an_icmpv6_report_through_the_ring_makes_an_ipv6_backend_suspect(bed: Be
         bed.stop("eth0")
         bed.namespace.ip("-6", "neigh", "del", BACKEND6, "dev", "eth0", check=False)
         bed.namespace.ip("-6", "addr", "del", f"{LB6}/64", "dev", "eth0", check=False)
+
+
+def test_the_icmp_counters_survive_a_restart(bed: Bed) -> None:
+    """Issue 14, item 5: the ICMP outcomes are pinned with the other counters, so a restart
+    (the data plane left running, the next daemon adopting it) keeps them."""
+    node = bed.start("eth0", config(), attach=True, detach=False)  # attached: pinned
+    try:
+        inject(node, unreachable("198.18.64.99"))  # about an address no VIP has
+        inject(node, unreachable("198.18.64.99"))
+        assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+        before = node.daemon.monitor.icmp_maps.read_stats()
+        assert before[IcmpStat.UNKNOWN_BACKEND][0] == 2
+    finally:
+        bed.stop("eth0")  # the pins stay
+    node = bed.start("eth0", config(), attach=True)  # adopts them; detaches when stopped
+    try:
+        assert node.daemon.monitor is not None and node.daemon.monitor.icmp_maps is not None
+        after = node.daemon.monitor.icmp_maps.read_stats()
+        assert after[IcmpStat.UNKNOWN_BACKEND][0] == 2
+        metrics = node.call("GET", "/metrics").body
+        assert 'rusty_rail_icmp_packets_total{outcome="unknown_backend"} 2.0' in metrics
+    finally:
+        bed.stop("eth0")
