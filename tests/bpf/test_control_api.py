@@ -1000,3 +1000,18 @@ def test_errors_are_problem_details_that_name_the_known_vips(node: Node) -> None
     assert bad.status == 422
     assert bad.body["title"] == "Unprocessable Entity"
     assert [p["path"] for p in bad.body["problems"]] == ["weight"]
+
+
+def test_many_tables_swapped_in_together_are_each_the_planned_one(node: Node) -> None:
+    """Consecutive table swaps run together (each waits for an RCU grace period): every VIP
+    still gets exactly its own table."""
+    body = node.call("GET", "/v1/config").body
+    body["vips"] = body["vips"] + [
+        {"address": f"198.18.101.{i}", "backends": [f"198.18.64.{10 + i % 7}"]}
+        for i in range(1, 25)
+    ]
+    answer = node.call("PUT", "/v1/config", body)
+    assert answer.status == 200, answer.body
+    assert len(answer.body["tables_rebuilt"]) == 24
+    for i in range(1, 25):
+        assert live_table_is_planned(node, f"198.18.101.{i}"), i
