@@ -7,6 +7,7 @@ only.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from rusty_rail.dataplane.libbpf import (
     BPF_F_INNER_MAP,
     BPF_F_MMAPABLE,
     BpfObject,
+    LibbpfError,
     Map,
     MapType,
     create_map,
@@ -40,6 +42,9 @@ from rusty_rail.model.state import (
     Stat,
     VipKey,
 )
+
+#: How often a table read follows a swap that freed the table it was about to read.
+TABLE_READ_TRIES = 8
 
 #: Must equal the flags of `struct maglev_table` in bpf/balancer_maps.h: the kernel only accepts
 #: inner maps whose type, sizes and flags match the template.
@@ -359,16 +364,27 @@ class BalancerMaps(ConntrackTables):
         return None if values is None else [int(slot) for slot in values[1:]]
 
     def _read_table_values(self, vip_index: int) -> npt.NDArray[np.uint32] | None:
-        inner_id = self.tables.inner_id(_u32(vip_index))
-        if inner_id is None:
-            return None
-        with Map.from_id(inner_id) as inner:
-            memory = mmap.mmap(inner.fd, _table_memory(inner.max_entries), prot=mmap.PROT_READ)
+        """The live inner map's values. A swap between reading its id and opening it frees
+        the old map (ENOENT): the id is read again, and the new table read."""
+        for _ in range(TABLE_READ_TRIES):
+            inner_id = self.tables.inner_id(_u32(vip_index))
+            if inner_id is None:
+                return None
             try:
-                values = _table_view(memory, inner.max_entries).copy()
-            finally:
-                memory.close()
-        return values
+                inner = Map.from_id(inner_id)
+            except LibbpfError as error:
+                if error.errno != errno.ENOENT:
+                    raise
+                continue  # swapped meanwhile
+            with inner:
+                size = _table_memory(inner.max_entries)
+                memory = mmap.mmap(inner.fd, size, prot=mmap.PROT_READ)
+                try:
+                    values = _table_view(memory, inner.max_entries).copy()
+                finally:
+                    memory.close()
+            return values
+        raise LibbpfError(errno.ENOENT, f"VIP index {vip_index}: its table kept changing")
 
     # --- egress ports ---------------------------------------------------------------------
 
