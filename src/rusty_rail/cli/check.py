@@ -8,8 +8,12 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rusty_rail.cli import EXIT_FAILURE, EXIT_OK, Subparsers
+
+if TYPE_CHECKING:
+    from rusty_rail.config import ConfigError
 
 #: How a TOML syntax error's position is written (config/sources.py).
 _SYNTAX = re.compile(r"line (?P<line>\d+), column (?P<column>\d+)(?: \(end of file\))?")
@@ -31,20 +35,17 @@ def add_parser(commands: Subparsers) -> None:
     check.set_defaults(handler=cmd_check)
 
 
-def problem_lines(error: object, text: str, source: str, *, toml: bool = True) -> list[str]:
-    """Each problem of a ConfigError as ``SOURCE:LINE:COLUMN: path: value: reason`` (the
-    position of the value, or of the nearest enclosing key that is written)."""
-    from rusty_rail.config import ConfigError
-    from rusty_rail.config.positions import json_positions, locate, toml_positions
+def problem_lines(error: ConfigError, text: str, source: str) -> list[str]:
+    """Each problem of a ConfigError in the TOML ``text`` as ``SOURCE:LINE:COLUMN: path:
+    value: reason`` (the position of the value, or of the nearest enclosing key written)."""
+    from rusty_rail.config.positions import locate, toml_positions
 
-    assert isinstance(error, ConfigError)
-    positions = toml_positions(text) if toml else json_positions(text)
+    positions = toml_positions(text)
     lines = []
     for problem in error.problems:
         where = locate(positions, problem.loc)
         prefix = f"{source}:{where[0]}:{where[1]}" if where else source
-        lines.append(f"{prefix}: {problem}" if problem.loc or problem.value else
-                     f"{prefix}: {problem.reason}")  # fmt: skip
+        lines.append(f"{prefix}: {problem}")
     return lines
 
 

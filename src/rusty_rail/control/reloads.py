@@ -34,14 +34,14 @@ class ReloadRecord:
     def refused(self, path: Path | None, error: BaseException) -> schemas.FailedReload:
         """Record a refused reload: the file, its first error line and the time."""
         lines = str(error).strip().splitlines() or [type(error).__name__]
-        # A multi-problem ConfigError starts with "N configuration errors in FILE:"; the first
-        # problem is the next line.
-        first = lines[1].strip() if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+        # A multi-problem ConfigError starts with "N configuration errors in FILE:", one
+        # problem on each line after it.
+        listed = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines[:1]
         self.failures_total += 1
         self.failed = {
             "file": None if path is None else str(path),
-            "error": first,
-            "errors": len(lines) - 1 if len(lines) > 1 and lines[0].endswith(":") else 1,
+            "error": listed[0].strip(),
+            "errors": len(listed),
             "at": rfc3339(self._clock()),
         }
         return self.failed

@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["alive", "terminate", "terminate_all"]
+__all__ = ["alive", "terminate_all"]
 
 
 def alive(pid: int | None) -> bool:
@@ -38,22 +38,6 @@ def _zombie(pid: int) -> bool:
         return True  # gone meanwhile
     # The state follows the command name, which is in parentheses and may contain any byte.
     return stat[stat.rfind(")") + 2 :].startswith("Z")
-
-
-def terminate(pid: int, name: str, problems: list[str], timeout: float = 10) -> None:
-    if not alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            problems.append(f"{name} (pid {pid}) did not stop on SIGTERM; killed")
-            break
-        time.sleep(0.05)
 
 
 def terminate_all(pids: dict[str, int], problems: list[str], timeout: float = 10) -> None:
