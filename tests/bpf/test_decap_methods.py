@@ -35,6 +35,7 @@ from rusty_rail.wire.constants import (
     PROTO_UDP,
     VXLAN_PORT,
 )
+from tests.support.decap_run import run
 
 pytestmark = pytest.mark.bpf
 
@@ -69,19 +70,6 @@ def maps(decap_object: BpfObject) -> DecapMaps:
 @pytest.fixture
 def program(decap_object: BpfObject, maps: DecapMaps) -> Program:
     return decap_object.program("xdp_decap")
-
-
-def run(program: Program, maps: DecapMaps, frame: bytes) -> tuple[int, bytes, dict[str, int]]:
-    """The verdict, the frame that comes out, and the packets counted per reason meanwhile."""
-    before = maps.counters()
-    result = program.test_run(frame)
-    after = maps.counters()
-    deltas = {
-        name: after[name]["packets"] - before[name]["packets"]
-        for name in after
-        if after[name]["packets"] != before[name]["packets"]
-    }
-    return result.retval, result.data, deltas
 
 
 def decapsulated(program: Program, maps: DecapMaps, frame: bytes, expected: bytes) -> None:
