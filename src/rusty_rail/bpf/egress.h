@@ -61,33 +61,36 @@ static __always_inline int inner_info_of(void *inner, int inner_v6, void *data_e
 
 /* The frame's start moves by `delta` (bpf_xdp_adjust_head: negative grows it); the `l2_len`
  * bytes of Ethernet and VLAN tags move with it, readdressed to `macs` (destination and source,
- * 12 bytes, 4-byte aligned), their last EtherType `ethertype`. Only the link-layer bytes are
- * copied, so that what follows them (the inner packet, for `route`) stays intact. Returns the
- * start of what follows them, or NULL. */
+ * 12 bytes, 4-byte aligned), their last EtherType `ethertype`. Only the VLAN tags are carried
+ * over (the addresses and the EtherType are written anew), so that what follows the link layer
+ * (the inner packet, for `route`) stays intact. Returns the start of what follows, or NULL. */
 static __always_inline void *egress_move_link(struct xdp_md *ctx, __u32 l2_len, int delta,
 					      __be16 ethertype, const __u8 *macs)
 {
-	__u8 l2[ENCAP_L2_MAX];
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	__u32 tag0 = 0, tag1 = 0; /* the VLAN tags' bytes 12-19, as they sit in the frame */
 
-	if (data + sizeof(l2) > data_end) /* true: an IP header follows the link layer */
+	if (data + ENCAP_L2_MAX > data_end) /* true: an IP header follows the link layer */
 		return NULL;
-	__builtin_memcpy(l2, data, sizeof(l2));
+	if (l2_len != ETH_HLEN) {
+		tag0 = *(__u32 *)(data + 12);
+		tag1 = *(__u32 *)(data + 16);
+	}
 	if (delta && bpf_xdp_adjust_head(ctx, delta))
 		return NULL;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (data + sizeof(l2) > data_end)
+	if (data + ENCAP_L2_MAX > data_end)
 		return NULL;
-	__builtin_memcpy(data, l2, ETH_HLEN);
 	if (l2_len == ETH_HLEN) {
 		l2_len = ETH_HLEN;
 	} else if (l2_len == ETH_HLEN + 4) {
-		__builtin_memcpy(data + ETH_HLEN, l2 + ETH_HLEN, 4);
+		*(__u32 *)(data + 12) = tag0;
 		l2_len = ETH_HLEN + 4;
 	} else {
-		__builtin_memcpy(data + ETH_HLEN, l2 + ETH_HLEN, 8);
+		*(__u32 *)(data + 12) = tag0;
+		*(__u32 *)(data + 16) = tag1;
 		l2_len = ETH_HLEN + 8;
 	}
 	((__u32 *)data)[0] = ((const __u32 *)macs)[0];
@@ -101,18 +104,8 @@ static __always_inline void write_outer_ipv4(struct iphdr *ip, __u8 tos, __u32 p
 					     __u8 protocol, const struct backend *backend,
 					     const struct settings *settings)
 {
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->tos = tos;
-	ip->tot_len = bpf_htons(sizeof(*ip) + payload_len);
-	ip->id = 0;
-	ip->frag_off = bpf_htons(0x4000); /* DF: an atomic datagram, RFC 6864 */
-	ip->ttl = settings->outer_ttl;
-	ip->protocol = protocol;
-	ip->check = 0;
-	ip->saddr = settings->lb_ipv4_be;
-	ip->daddr = backend->addr_be[0];
-	ip->check = ipv4_header_checksum(ip);
+	ipv4_header_write(ip, tos, sizeof(*ip) + payload_len, settings->outer_ttl, protocol,
+			  settings->lb_ipv4_be, backend->addr_be[0]);
 }
 
 static __always_inline void write_outer_ipv6(struct ipv6hdr *ip6, __u8 tos, __u32 payload_len,

@@ -136,18 +136,8 @@ static __always_inline int rewrite_ipv6_to_ipv4(struct xdp_md *ctx, const struct
 	ip = move_link_header(ctx, l2_len, sizeof(*ip6), sizeof(*ip), bpf_htons(ETH_P_IP), backend);
 	if (!ip)
 		return -1;
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->tos = tos;
-	ip->tot_len = bpf_htons(total_len);
-	ip->id = 0;
-	ip->frag_off = bpf_htons(0x4000); /* DF: an atomic datagram, RFC 6864 */
-	ip->ttl = settings->outer_ttl;
-	ip->protocol = IPPROTO_GRE;
-	ip->check = 0;
-	ip->saddr = settings->lb_ipv4_be;
-	ip->daddr = backend->addr_be[0];
-	ip->check = ipv4_header_checksum(ip);
+	ipv4_header_write(ip, tos, total_len, settings->outer_ttl, IPPROTO_GRE, settings->lb_ipv4_be,
+			  backend->addr_be[0]);
 	return 0;
 }
 

@@ -177,18 +177,8 @@ __noinline int too_big_answer(struct xdp_md *ctx, __u32 layout, __u32 vip_index,
 
 	if ((void *)(quoted + 1) > data_end)
 		return -1;
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->tos = ICMP_ERROR_TOS;
-	ip->tot_len = bpf_htons(header_len + quote_len);
-	ip->id = 0;
-	ip->frag_off = bpf_htons(0x4000);
-	ip->ttl = ICMP_ERROR_TTL;
-	ip->protocol = IPPROTO_ICMP;
-	ip->check = 0;
-	ip->saddr = quoted->daddr;
-	ip->daddr = quoted->saddr;
-	ip->check = ipv4_header_checksum(ip);
+	ipv4_header_write(ip, ICMP_ERROR_TOS, header_len + quote_len, ICMP_ERROR_TTL, IPPROTO_ICMP,
+			  quoted->daddr, quoted->saddr);
 	icmp->type = ICMP_DEST_UNREACH;
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;

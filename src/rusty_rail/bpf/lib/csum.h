@@ -7,6 +7,7 @@
 
 #include <linux/ip.h>
 #include <linux/types.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 /* Adds the change of one 32-bit field (two 16-bit words) to a running sum. */
@@ -48,6 +49,33 @@ static __always_inline __sum16 ipv4_header_checksum(const struct iphdr *ip)
 	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
 		sum += words[i];
 	return (__sum16)(__u16)~csum_fold(sum);
+}
+
+/* The two 16-bit words of a 32-bit value as it sits in the packet, summed. */
+static __always_inline __u32 csum_halves(__u32 word)
+{
+	return (word & 0xFFFF) + (word >> 16);
+}
+
+/* Writes an option-less IPv4 header with DF set and ID 0 (an atomic datagram, RFC 6864) as
+ * whole words, its checksum summed from the values in registers instead of read back from the
+ * packet after field-by-field stores: the balancer's outer headers and ICMP errors. */
+static __always_inline void ipv4_header_write(struct iphdr *ip, __u8 tos, __u16 tot_len,
+					      __u8 ttl, __u8 protocol, __be32 saddr,
+					      __be32 daddr)
+{
+	__be32 word0 = bpf_htonl(0x45000000u | (__u32)tos << 16 | tot_len);
+	__be32 word1 = bpf_htonl(0x4000u);
+	__be16 ttl_protocol = bpf_htons((__u16)ttl << 8 | protocol);
+	__u32 sum = csum_halves(word0) + csum_halves(word1) + ttl_protocol + csum_halves(saddr) +
+		    csum_halves(daddr);
+
+	((__be32 *)ip)[0] = word0;
+	((__be32 *)ip)[1] = word1;
+	((__be16 *)ip)[4] = ttl_protocol;
+	ip->check = (__sum16)(__u16)~csum_fold(sum);
+	ip->saddr = saddr;
+	ip->daddr = daddr;
 }
 
 #endif /* RUSTY_RAIL_LIB_CSUM_H */
