@@ -136,6 +136,37 @@ static __always_inline __u32 maglev_pick(__u32 vip_index, __u32 hash)
 	return *slot;
 }
 
+/* Section 8c for GRE passthrough that changes the outer family: the new outer header of
+ * `outer_len` bytes and the GRE header as it came go in front of the inner packet. 1 when the
+ * packet fits (or the MTU is unknown); else 0 and `client_mtu` says what would fit. */
+static __always_inline int passthrough_fits(struct xdp_md *ctx, const struct packet *pkt,
+					    __u32 backend_index, __u32 outer_len, __u32 *client_mtu)
+{
+	void *l3 = pkt->outer_v6 ? (void *)pkt->outer6 : (void *)pkt->outer;
+	__u32 old_len = pkt->outer_v6 ? sizeof(struct ipv6hdr) : pkt->outer->ihl * 4;
+	__u32 added = outer_len + (__u32)(pkt->inner - l3) - old_len;
+	struct backend_mtu *mtu = bpf_map_lookup_elem(&backend_mtu, &backend_index);
+	struct inner_info info;
+
+	if (!mtu || !mtu->mtu ||
+	    inner_info_of(pkt->inner, pkt->inner_v6, (void *)(long)ctx->data_end, &info) ||
+	    info.len + added <= mtu->mtu)
+		return 1;
+	*client_mtu = mtu->mtu - added;
+	return 0;
+}
+
+/* passthrough_fits's answer when it does not: the ICMP error or the drop of section 8c. */
+static __always_inline int passthrough_too_big(struct xdp_md *ctx, const struct packet *pkt,
+					       __u32 vip_index, __u32 client_mtu)
+{
+	void *l3 = pkt->outer_v6 ? (void *)pkt->outer6 : (void *)pkt->outer;
+
+	return too_big_answer(ctx,
+			      TOO_BIG_LAYOUT(l3 - (void *)pkt->eth, pkt->inner - l3, pkt->inner_v6),
+			      vip_index, client_mtu);
+}
+
 /* Section 8's rewrite: GRE passthrough by the backend's family for GRE that came in, section
  * 8b's egress methods otherwise. Returns 0, or -1 when the kernel refused the headroom, or a
  * STAT_TOO_BIG_* (section 8c, egress_send). */
@@ -144,6 +175,8 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 					 const struct backend *backend, __u32 backend_index,
 					 __u32 vip_index, __u64 flow_mix)
 {
+	__u32 client_mtu = 0;
+
 	if (backend->egress != EGRESS_GRE || pkt->routed) {
 		struct egress_args args = {
 			.eth = pkt->eth,
@@ -167,6 +200,8 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 			rewrite_gre_passthrough(pkt->eth, pkt->outer, backend, settings);
 			return 0;
 		}
+		if (!passthrough_fits(ctx, pkt, backend_index, sizeof(struct iphdr), &client_mtu))
+			return passthrough_too_big(ctx, pkt, vip_index, client_mtu);
 		return rewrite_ipv6_to_ipv4(ctx, pkt->outer6,
 					    (void *)pkt->outer6 - (void *)pkt->eth, backend,
 					    settings);
@@ -175,6 +210,8 @@ static __always_inline int rewrite_outer(struct xdp_md *ctx, const struct packet
 		rewrite_ipv6_passthrough(pkt->eth, pkt->outer6, backend, settings);
 		return 0;
 	}
+	if (!passthrough_fits(ctx, pkt, backend_index, sizeof(struct ipv6hdr), &client_mtu))
+		return passthrough_too_big(ctx, pkt, vip_index, client_mtu);
 	return rewrite_ipv4_to_ipv6(ctx, pkt->outer, (void *)pkt->outer - (void *)pkt->eth,
 				    backend, settings);
 }

@@ -530,8 +530,8 @@ def process(
     if decision.stat in (Stat.CT_MISS, Stat.CT_STALE):
         state.conntrack[parsed.flow] = CtEntry(decision.backend_index, backend.generation)
 
-    passthrough, vip = backend.egress == Egress.GRE and not parsed.routed, decision.vip_index
-    oversize = None if passthrough else too_big(frame, parsed, backend, vip, too_big_limiter)
+    vip = decision.vip_index
+    oversize = too_big(frame, parsed, backend, vip, too_big_limiter)
     if oversize is not None:  # section 8c: not sent; an ICMP error (TX) or dropped
         reason, out = oversize
         result = _not_forwarded(settings, frame, TOO_BIG_STATS[reason], parsed.flow, decision)
@@ -546,7 +546,7 @@ def process(
         backends={decision.backend_index: (1, size)},
         icmp={} if icmp_stat is None else {icmp_stat: (1, size)},
     )
-    if passthrough:
+    if backend.egress == Egress.GRE and not parsed.routed:  # passthrough
         out = rewrite(settings, frame, parsed.l3, backend, parsed.outer_family)
     else:
         out = encapsulate(settings, frame, parsed, backend, decision.flow_hash)

@@ -102,6 +102,21 @@ def overhead(backend: BackendEntry) -> int:
     return outer + _ADDED_AFTER_OUTER_IP[backend.egress]
 
 
+def passthrough_overhead(frame: bytes, parsed: Parsed, backend: BackendEntry) -> int | None:
+    """What GRE passthrough puts in front of the inner packet when it changes the outer family
+    (the new outer header and the GRE header as it came); None when it keeps the family: the
+    packet leaves as long as it came, and is not checked."""
+    backend_family = 6 if len(backend.addr) == 16 else 4
+    if backend_family == parsed.outer_family:
+        return None
+    if parsed.outer_family == 4:
+        gre = parsed.l3 + (frame[parsed.l3] & 0x0F) * 4
+    else:
+        gre = parsed.l3 + IPV6_HEADER_LEN
+    outer = IPV6_HEADER_LEN if backend_family == 6 else IPV4_HEADER_LEN
+    return outer + parsed.inner - gre
+
+
 def too_big(
     frame: bytes,
     parsed: Parsed,
@@ -109,12 +124,16 @@ def too_big(
     vip_index: int,
     limiter: TooBigLimiter | None = None,
 ) -> tuple[TooBig, bytes] | None:
-    """None when the packet fits the next hop's MTU (or the MTU is unknown); else why it is not
-    sent and the frame that leaves instead (the ICMP error for ``TooBig.ICMP``, else the frame
-    unchanged). ``limiter`` None: every bucket full."""
+    """None when the packet fits the next hop's MTU (or the MTU is unknown, or GRE passthrough
+    keeps the outer family); else why it is not sent and the frame that leaves instead (the
+    ICMP error for ``TooBig.ICMP``, else the frame unchanged). ``limiter`` None: every bucket
+    full."""
     mtu = 0 if backend.next_hop is None else backend.next_hop.mtu
-    added = overhead(backend)
-    if mtu == 0 or parsed.inner_end - parsed.inner + added <= mtu:
+    if backend.egress == Egress.GRE and not parsed.routed:
+        added = passthrough_overhead(frame, parsed, backend)
+    else:
+        added = overhead(backend)
+    if mtu == 0 or added is None or parsed.inner_end - parsed.inner + added <= mtu:
         return None
     flags = struct.unpack_from("!H", frame, parsed.inner + 6)[0]
     if parsed.inner_family == 4 and not flags & IPV4_FLAG_DF:

@@ -1,9 +1,9 @@
 """Section 8c of docs/packet-path.md, path MTU: every egress method (but GRE passthrough) of
 either backend family, with inner IPv4 (DF) and IPv6, at the next hop's MTU (sent) and one byte
 over it (an ICMP error to the client); IPv4 without DF, the rate limit, GRE ingress (VLAN tags,
-outer IPv6), the IPv6 quote filling 1280 bytes, IPv4 options in the quote, and GRE passthrough
-that is never checked. Expected frames are built with wire.build and wire.tunnels from the
-fields the spec names."""
+outer IPv6), the IPv6 quote filling 1280 bytes, IPv4 options in the quote, GRE passthrough that
+changes the outer family (checked) and GRE passthrough that keeps it (never checked). Expected
+frames are built with wire.build and wire.tunnels from the fields the spec names."""
 
 from __future__ import annotations
 
@@ -248,7 +248,35 @@ too_big(
     Egress.IPIP, 120, TooBig.ICMP, settings={}, ipv6_backend=True,
 )  # fmt: skip
 
-# GRE passthrough is not checked (section 8c): a tiny MTU changes nothing.
+# GRE passthrough that changes the outer family is checked: the new outer header and the GRE
+# header as it came (4 bytes here) go in front of the inner packet, so 44 to an IPv6 backend and
+# 24 to an IPv4 one, which is OVERHEAD[Egress.GRE] by coincidence of the 4-byte GRE header.
+too_big(
+    "pmtu-gre-passthrough-4to6-one-byte-over",
+    "GRE over IPv4 passed through to an IPv6 backend (the outer header grows by 20 bytes), the"
+    " MTU one byte short of inner + 40 + 4: the client is told the MTU less 44",
+    encapsulate(WEB4), WEB_FLOW, WEB4, Egress.GRE, len(WEB4) + 44 - 1, TooBig.ICMP,
+    settings={}, ipv6_backend=True,
+)  # fmt: skip
+too_big(
+    "pmtu-gre-passthrough-6to4-one-byte-over",
+    "GRE over IPv6 passed through to an IPv4 backend, the MTU one byte short of inner + 20 + 4:"
+    " too big as well (the rebuilt header is checked whichever way the family changes)",
+    encapsulate(WEB6, replace(OUTER_IPV6, gre_protocol=ETH_P_IPV6)), WEB6_FLOW, WEB6,
+    Egress.GRE, len(WEB6) + 24 - 1, TooBig.ICMP, settings={},
+)  # fmt: skip
+_PICK4 = table_pick(_STANDARD, WEB_PORT_VIP, WEB_FLOW)
+_PICKED4 = _STANDARD.backends[_PICK4]
+assert _PICKED4.next_hop is not None
+SECTION.forwarded(
+    "pmtu-gre-passthrough-4to6-at-the-mtu",
+    "GRE over IPv4 passed through to an IPv6 backend whose MTU is exactly inner + 40 + 4: sent",
+    WEB_FLOW, WEB_PORT_VIP, inner=WEB4,
+    state=variant(backends={_PICK4: replace(
+        _PICKED4, addr=BACKEND6, next_hop=replace(_PICKED4.next_hop, mtu=len(WEB4) + 44))}),
+)  # fmt: skip
+
+# GRE passthrough that keeps the family is not checked (section 8c): a tiny MTU changes nothing.
 _PICK = table_pick(_STANDARD, WEB_PORT_VIP, WEB_FLOW)
 _PICKED = _STANDARD.backends[_PICK]
 assert _PICKED.next_hop is not None
