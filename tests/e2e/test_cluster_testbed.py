@@ -18,11 +18,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
+from rusty_rail.api.client import ApiClient, backend_path
+from rusty_rail.api.credentials import local_token
 from rusty_rail.control.store import EtcdClient, parse_store
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed import bgp, cluster
@@ -84,6 +87,38 @@ def test_the_store_and_the_bgp_sessions_are_real(bed: Testbed) -> None:
         family = "-6" if ":" in vip else "-4"
         (route,) = json.loads(router.ip(family, "-j", "route", "show", "exact", vip))
         assert route["protocol"] == "bird"
+
+
+def _store_revisions(bed: Testbed) -> list[int]:
+    revisions = []
+    for lb in bed.lbs:
+        with in_netns(lb.name):
+            revisions.append(int(ApiClient().get("/healthz")["store"]["revision"]))
+    return revisions
+
+
+def _wait_store_revision(bed: Testbed, revision: int) -> None:
+    deadline = time.monotonic() + 15
+    while _store_revisions(bed) != [revision] * LBS:
+        assert time.monotonic() < deadline, _store_revisions(bed)
+        time.sleep(0.05)
+
+
+def test_a_change_through_one_balancer_reaches_every_balancer(bed: Testbed) -> None:
+    """A write to lb2's API goes through the bed's etcd to lb1 and lb3 (and back)."""
+    (before,) = set(_store_revisions(bed))
+    path = backend_path(VIP, bed.spec.backend_address(2))
+    for weight in (2, 1):
+        with in_netns(bed.lbs[1].name):
+            ApiClient(token=local_token()).patch(path, {"weight": weight})
+        # lb2 answered once it had applied its write: its revision is the new one.
+        written = _store_revisions(bed)[1]
+        assert written > before
+        _wait_store_revision(bed, written)
+        before = written
+        for lb in bed.lbs:
+            with in_netns(lb.name):
+                assert ApiClient().get(path)["weight"] == weight
 
 
 def test_connections_spread_over_every_balancer(bed: Testbed, vip: str) -> None:

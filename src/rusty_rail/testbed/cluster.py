@@ -17,8 +17,8 @@ holding the balancers' one desired state, and BGP deciding the router's balancer
   the router's FIB agrees.
 
 The BGP sessions and the etcd traffic share the balancers' eth0 with the GRE (or routed)
-traffic: a balancer's XDP program passes them to its stack (counted as PASS_NOT_GRE or
-PASS_NOT_LOCAL), so the strict "a balancer sees nothing but GRE" checks of the other modes do
+traffic: a balancer's XDP program passes them to its stack (counted as PASS_NOT_GRE, ARP as
+PASS_NOT_IP), so the strict "a balancer sees nothing but GRE" checks of the other modes do
 not hold here. IPv6 on the segment stays without neighbour discovery: the balancers get a
 permanent neighbour entry for the router, as the router has for them.
 """
