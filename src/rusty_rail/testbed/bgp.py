@@ -106,6 +106,8 @@ def announcer_config(local: dict[int, str], router: dict[int, str], vips: Sequen
 
 def bird_command(config: Path, workdir: Path, name: str) -> list[str]:
     """BIRD in the foreground on ``config``, its control socket and pid file in ``workdir``."""
+    if not Path(BIRD).is_file():
+        raise RuntimeError(f"--cluster needs BIRD 2 ({BIRD}): run scripts/setup (Debian's bird2)")
     return [
         BIRD, "-f", "-c", str(config),
         "-s", str(workdir / f"{name}.ctl"), "-P", str(workdir / f"{name}.pid"),
