@@ -45,6 +45,10 @@ balancers' addresses of each family (routed.py, no BPF), the balancers run with 
 device, or nothing for ``route``). The DSR checks hold for every combination: a balancer sees
 nothing but what the router sent it.
 
+With ``cluster`` (cluster.py, docs/cluster.md) an etcd namespace joins br2 and holds the
+balancers' one desired state, and the router's balancer set is what BIRD learns from the
+balancers by BGP: the XDP router in FIB mode, or the kernel's routes for routed ingress.
+
 All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
 with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
@@ -354,7 +358,9 @@ class Testbed(BalancerReadings):
                 source6=ROUTER_LB_SIDE6 if self.spec.cluster else None,
             )
             if self.spec.cluster:
-                self.router.count_lbs([*self.kernel_router.lbs[4], *self.kernel_router.lbs[6]])
+                self.router.count_lbs(
+                    [f(i) for f in (lb_address, lb_address6) for i in range(self.spec.lbs)]
+                )
             self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
         self.set_lbs(list(range(self.spec.lbs)))
         self.save()
