@@ -7,8 +7,8 @@ The router (AS 65000) takes dynamic eBGP sessions from any address of the balanc
 2001:2:0:3::/64. It accepts only host routes inside the test bed's VIP prefixes and exports
 what it learns to the kernel with ``merge paths``: several balancers announcing one VIP make
 one ECMP route with a next hop per balancer. Hold time 3 s, keepalive 1 s: a balancer whose
-sessions go silent is gone from the router's FIB within 3 s; one that closes its sessions
-(BIRD stopped, the daemon drained) is gone at once.
+sessions go silent is gone from the router's FIB 3 s after its last keepalive; one that closes
+its sessions (BIRD stopped, the daemon drained) is gone at once.
 
 The announcer of balancer i (AS 65001, router id its IPv4 address) holds the VIPs as static
 host routes (/32 and /128, blackhole: they exist only to be exported) and exports them to the
