@@ -47,13 +47,14 @@ if TYPE_CHECKING:
     from rusty_rail.testbed.topology import Testbed
 
 __all__ = [
+    "ANNOUNCED",
     "ETCD_ADDRESS",
     "ETCD_PORT",
     "STORE_PREFIX",
     "announce",
-    "announcing",
     "balancer_store_args",
     "plumb_etcd",
+    "quiet_router_neighbour",
     "set_lbs",
     "start_etcd",
     "start_router_bgp",
@@ -130,11 +131,6 @@ def quiet_router_neighbour(bed: Testbed) -> None:
 
 def _announcer(i: int) -> str:
     return f"bgp-lb{i + 1}"
-
-
-def announcing(bed: Testbed) -> list[int]:
-    """The balancers (indices) whose announcer runs."""
-    return [i for i in range(bed.spec.lbs) if _announcer(i) in bed.pids]
 
 
 def announce(bed: Testbed, i: int) -> None:
