@@ -30,6 +30,12 @@ def test_routed_ingress_puts_ipv6_on_the_balancer_segment() -> None:
     assert TestbedSpec(ingress="routed").lb_segment_ipv6
 
 
+def test_a_cluster_puts_ipv6_on_the_balancer_segment() -> None:
+    """The IPv6 VIP's BGP next hops (and GRE ingress's outer IPv6) are the balancers' IPv6
+    addresses there."""
+    assert TestbedSpec(cluster=True).lb_segment_ipv6
+
+
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
@@ -37,10 +43,11 @@ def test_routed_ingress_puts_ipv6_on_the_balancer_segment() -> None:
         ({"egress": "gue"}, "egress must be one of gre, ipip, vxlan, geneve, route, got 'gue'"),
         ({"vxlan_server": "ovs"}, "vxlan_server must be one of kernel, decap, got 'ovs'"),
         ({"ingress": "routed", "underlay": "ipv6"}, "underlay 'ipv6' is the outer family"),
+        ({"cluster": True, "underlay": "ipv6"}, "underlay 'ipv6' with cluster"),
     ],
 )
 def test_a_spec_that_cannot_be_built_is_refused_by_field(
-    fields: dict[str, str], named: str
+    fields: dict[str, str | bool], named: str
 ) -> None:
     with pytest.raises(ValueError, match=named.replace("(", r"\(")):
         TestbedSpec(**fields)  # type: ignore[arg-type]

@@ -4,6 +4,11 @@
  * (protocol 0x0800 or 0x86DD; the outer family is the LB set's) towards one live LB, chosen
  * per flow by rendezvous hashing, and sent out of the LB-side interface. Everything else goes
  * to the router's own stack, which routes the servers' direct replies back to the clients.
+ *
+ * FIB mode (the set's `fib`, the test bed's --cluster): no LB list; the kernel's FIB is asked
+ * (bpf_fib_lookup) for the inner packet's route, with its addresses, protocol and ports, so
+ * that the kernel's multipath hash picks one of the ECMP next hops BGP installed; the gateway
+ * it returns is the outer destination, its family the outer family.
  * Loaded and fed by rusty_rail/testbed/router.py. */
 
 /* The router takes untagged frames only: a VLAN tag makes a frame the stack's. */
@@ -26,7 +31,8 @@ enum router_stat {
 	ROUTER_DROP_NO_LB = 5,	    /* the live LB set is empty */
 	ROUTER_DROP_TOO_BIG = 6,    /* the GRE packet would exceed the LB link's MTU */
 	ROUTER_DROP_ERROR = 7,	    /* the kernel refused to grow the frame's head */
-	ROUTER_STAT_COUNT = 8,
+	ROUTER_DROP_NO_NEIGH = 8,   /* FIB mode: the gateway has no neighbour entry */
+	ROUTER_STAT_COUNT = 9,
 };
 
 #define ROUTER_MAX_LBS 32
@@ -35,6 +41,9 @@ enum router_stat {
 #define GRE6_OVERHEAD (sizeof(struct ipv6hdr) + sizeof(struct gre_header))
 #define OUTER_IPV4 4
 #define OUTER_IPV6 6
+/* <sys/socket.h> does not compile for -target bpf (lib/uapi.h); the two families, as there. */
+#define AF_INET 2
+#define AF_INET6 10
 
 /* An LB's or the router's address as 16 bytes in network order: an IPv6 address, or an IPv4
  * one mapped (::ffff:a.b.c.d, the IPv4 address in word 3). */
@@ -57,9 +66,11 @@ struct router_lb_set {
 	__u32 count;
 	__u8 family;	  /* of the outer header and of every address here: OUTER_IPV4 or _IPV6 */
 	__u8 outer_ttl;	  /* the outer TTL or hop limit */
-	__u8 pad[2];
+	__u8 fib;	  /* 1: the next hop comes from the kernel's FIB; count and lbs unused */
+	__u8 pad;
 	struct router_addr source; /* outer source: the router's LB-side address */
 	__u64 seed;		   /* of the flow hash */
+	struct router_addr source6; /* FIB mode: the outer IPv6 source (source is then IPv4) */
 	struct router_lb lbs[ROUTER_MAX_LBS];
 };
 
@@ -257,6 +268,7 @@ static __always_inline void *write_frame(struct xdp_md *ctx, const struct router
 /* Grow the frame by the outer IPv4 + GRE headers and write Ethernet / IPv4 / GRE in front of
  * the inner packet. Returns 0, or -1 when the kernel refused. */
 static __always_inline int encapsulate_ipv4(struct xdp_md *ctx, const struct router_lb_set *set,
+					    const struct router_addr *source,
 					    const struct router_lb *lb, __u16 inner_len,
 					    __u8 inner_tos, __u16 inner_proto)
 {
@@ -273,7 +285,7 @@ static __always_inline int encapsulate_ipv4(struct xdp_md *ctx, const struct rou
 		.ttl = set->outer_ttl,
 		.protocol = IPPROTO_GRE,
 		.check = 0,
-		.saddr = set->source.words[3],
+		.saddr = source->words[3],
 		.daddr = lb->addr.words[3],
 	};
 
@@ -291,6 +303,7 @@ static __always_inline int encapsulate_ipv4(struct xdp_md *ctx, const struct rou
  * label 0 (a Linux ip6gre tunnel's default), hop limit the set's; no DF to set (IPv6 routers
  * never fragment). */
 static __always_inline int encapsulate_ipv6(struct xdp_md *ctx, const struct router_lb_set *set,
+					    const struct router_addr *source,
 					    const struct router_lb *lb, __u16 inner_len,
 					    __u8 inner_tos, __u16 inner_proto)
 {
@@ -309,7 +322,7 @@ static __always_inline int encapsulate_ipv6(struct xdp_md *ctx, const struct rou
 	outer->payload_len = bpf_htons(inner_len + sizeof(struct gre_header));
 	outer->nexthdr = IPPROTO_GRE;
 	outer->hop_limit = set->outer_ttl;
-	__builtin_memcpy(&outer->saddr, &set->source, sizeof(outer->saddr));
+	__builtin_memcpy(&outer->saddr, source, sizeof(outer->saddr));
 	__builtin_memcpy(&outer->daddr, &lb->addr, sizeof(outer->daddr));
 	return 0;
 }
@@ -320,27 +333,25 @@ static __always_inline __u8 ipv6_traffic_class(const struct ipv6hdr *ip6)
 	return (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 }
 
-/* Wrap the inner packet towards the LB its flow state picks, or end it with a counted drop. */
-static __always_inline int forward(struct xdp_md *ctx, __u64 frame_len, __u64 flow,
-				   const struct router_lb_set *set, __u16 inner_len, __u8 inner_tos,
-				   __u16 inner_proto)
+/* Wrap the inner packet towards `lb` (outer family `ipv6`, source `source`), or end it with a
+ * counted drop. */
+static __always_inline int send_to(struct xdp_md *ctx, __u64 frame_len,
+				   const struct router_lb_set *set, const struct router_lb *lb,
+				   int ipv6, const struct router_addr *source, __u16 inner_len,
+				   __u8 inner_tos, __u16 inner_proto)
 {
-	const struct router_lb *lb = choose_lb(set, flow);
-	int ipv6 = set->family == OUTER_IPV6;
 	__u32 overhead = ipv6 ? GRE6_OVERHEAD : GRE_OVERHEAD;
 	struct counter *counter;
 	struct router_addr key;
 	int refused;
 
-	if (!lb)
-		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
 	if (lb->mtu && inner_len + overhead > lb->mtu)
 		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
 	key = lb->addr; /* the set may change under us; the key is this packet's LB */
 	if (ipv6)
-		refused = encapsulate_ipv6(ctx, set, lb, inner_len, inner_tos, inner_proto);
+		refused = encapsulate_ipv6(ctx, set, source, lb, inner_len, inner_tos, inner_proto);
 	else
-		refused = encapsulate_ipv4(ctx, set, lb, inner_len, inner_tos, inner_proto);
+		refused = encapsulate_ipv4(ctx, set, source, lb, inner_len, inner_tos, inner_proto);
 	if (refused)
 		return finish(ROUTER_DROP_ERROR, frame_len, XDP_DROP);
 
@@ -354,6 +365,83 @@ static __always_inline int forward(struct xdp_md *ctx, __u64 frame_len, __u64 fl
 	if (lb->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(lb->ifindex, 0);
+}
+
+/* Rendezvous mode: wrap the inner packet towards the LB its flow state picks. */
+static __always_inline int forward(struct xdp_md *ctx, __u64 frame_len, __u64 flow,
+				   const struct router_lb_set *set, __u16 inner_len, __u8 inner_tos,
+				   __u16 inner_proto)
+{
+	const struct router_lb *lb = choose_lb(set, flow);
+
+	if (!lb)
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	return send_to(ctx, frame_len, set, lb, set->family == OUTER_IPV6, &set->source, inner_len,
+		       inner_tos, inner_proto);
+}
+
+/* Whether `addr` is the address `words` (16 bytes, an IPv4 one mapped). */
+static __always_inline int same_addr(const struct router_addr *addr, const __u32 words[4])
+{
+	return addr->words[0] == words[0] && addr->words[1] == words[1] &&
+	       addr->words[2] == words[2] && addr->words[3] == words[3];
+}
+
+/* FIB mode: the kernel's route to the inner destination picks the LB. `params` holds the
+ * inner flow (family, addresses, protocol, ports: the multipath hash's input with
+ * fib_multipath_hash_policy 1), the ingress interface and the least length the outer packet
+ * will have (the FIB checks it against the egress MTU and gives that MTU back in mtu_result);
+ * `inner_dst` is the inner destination as 16 bytes (IPv4 mapped). On success the kernel has
+ * put the chosen next hop's gateway in ipv4_dst or ipv6_dst (family AF_INET6 for an IPv6
+ * gateway, whatever the inner family), the egress interface in ifindex and the MACs. A route
+ * without a gateway (the destination itself on a link) has no LB behind it. */
+static __always_inline int forward_fib(struct xdp_md *ctx, __u64 frame_len,
+				       const struct router_lb_set *set,
+				       struct bpf_fib_lookup *params, const __u32 inner_dst[4],
+				       __u16 inner_len, __u8 inner_tos, __u16 inner_proto)
+{
+	struct router_lb lb = {};
+	int rc, ipv6;
+
+	params->ifindex = ctx->ingress_ifindex;
+	params->tot_len = inner_len + GRE_OVERHEAD;
+	rc = bpf_fib_lookup(ctx, params, sizeof(*params), 0);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return finish(ROUTER_DROP_TOO_BIG, frame_len, XDP_DROP);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return finish(ROUTER_DROP_NO_NEIGH, frame_len, XDP_DROP);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	ipv6 = params->family == AF_INET6;
+	if (ipv6) {
+		__builtin_memcpy(&lb.addr, params->ipv6_dst, sizeof(lb.addr));
+	} else {
+		lb.addr.words[2] = bpf_htonl(0xFFFF);
+		lb.addr.words[3] = params->ipv4_dst;
+	}
+	if (same_addr(&lb.addr, inner_dst))
+		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
+	lb.ifindex = params->ifindex;
+	lb.mtu = params->mtu_result; /* checked again with the outer IPv6 header's length */
+	__builtin_memcpy(lb.dst_mac, params->dmac, ETH_ALEN);
+	__builtin_memcpy(lb.src_mac, params->smac, ETH_ALEN);
+	return send_to(ctx, frame_len, set, &lb, ipv6, ipv6 ? &set->source6 : &set->source,
+		       inner_len, inner_tos, inner_proto);
+}
+
+/* FIB mode's IPv6 ports: those of TCP or UDP right behind the fixed header (as the flow
+ * state takes them), else none. */
+static __always_inline void fib_ports_v6(struct bpf_fib_lookup *params,
+					 const struct ipv6hdr *ip6, void *end)
+{
+	const struct l4_ports *l4 = (const void *)(ip6 + 1);
+
+	params->l4_protocol = ip6->nexthdr;
+	if ((ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) &&
+	    bpf_ntohs(ip6->payload_len) >= sizeof(*l4) && (void *)(l4 + 1) <= end) {
+		params->sport = l4->source;
+		params->dport = l4->dest;
+	}
 }
 
 /* IPv6 to an IPv6 VIP prefix: the same journey as IPv4, its own flow state. */
@@ -370,6 +458,21 @@ static __always_inline int route_ipv6(struct xdp_md *ctx, struct cursor *c, __u6
 		return finish(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
 
 	set = active_set();
+	if (set && set->fib) {
+		struct bpf_fib_lookup params = {
+			.family = AF_INET6,
+			.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF),
+		};
+		__u32 dst[4];
+
+		fib_ports_v6(&params, ip6, c->end);
+		__builtin_memcpy(params.ipv6_src, &ip6->saddr, sizeof(params.ipv6_src));
+		__builtin_memcpy(params.ipv6_dst, &ip6->daddr, sizeof(params.ipv6_dst));
+		__builtin_memcpy(dst, &ip6->daddr, sizeof(dst));
+		return forward_fib(ctx, frame_len, set, &params, dst,
+				   sizeof(*ip6) + bpf_ntohs(ip6->payload_len),
+				   ipv6_traffic_class(ip6), ETH_P_IPV6);
+	}
 	if (!set || set->count == 0)
 		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
 	return forward(ctx, frame_len, flow_state_v6(ip6, c->end, set->seed), set,
@@ -403,6 +506,24 @@ int xdp_router(struct xdp_md *ctx)
 		return finish(ROUTER_PASS_TTL_EXPIRED, frame_len, XDP_PASS);
 
 	set = active_set();
+	if (set && set->fib) {
+		struct bpf_fib_lookup params = {
+			.family = AF_INET,
+			.tos = ip->tos,
+			.l4_protocol = ip->protocol,
+			.ipv4_src = ip->saddr,
+			.ipv4_dst = ip->daddr,
+		};
+		__u32 dst[4] = {0, 0, bpf_htonl(0xFFFF), ip->daddr};
+		struct l4_ports *l4;
+
+		if (ipv4_l4_ports(ip, c.end, &l4) == PARSE_OK) {
+			params.sport = l4->source;
+			params.dport = l4->dest;
+		}
+		return forward_fib(ctx, frame_len, set, &params, dst, bpf_ntohs(ip->tot_len),
+				   ip->tos, ETH_P_IP);
+	}
 	if (!set || set->count == 0)
 		return finish(ROUTER_DROP_NO_LB, frame_len, XDP_DROP);
 	return forward(ctx, frame_len, flow_state(ip, c.end, set->seed), set,

@@ -90,6 +90,7 @@ def _checked_spec(args: argparse.Namespace, make: type[TestbedSpec]) -> TestbedS
         args.ingress,
         args.egress,
         args.vxlan_server,
+        getattr(args, "cluster", False),
     )
 
 
@@ -130,9 +131,19 @@ def add_parser(commands: Subparsers) -> None:
         "up",
         help="build the test bed and leave it running",
         description="Builds the test bed and leaves it running; prints its status as JSON.",
-        epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6",
+        epilog="Example: rusty-rail testbed up --lbs 3 --underlay ipv6; "
+        "rusty-rail testbed up --cluster --lbs 3 --ingress routed",
     )
     _add_size_options(up)
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a cluster (docs/cluster.md): an etcd server in its own namespace holds the "
+        "balancers' one desired state (each runs with --store and --node-name lbN), BIRD 2 on "
+        "the router learns the VIPs from the balancers by BGP (each announces them) and "
+        "installs ECMP routes; the router's balancer set is those routes (gre: the XDP router "
+        "asks the kernel's FIB per flow; routed: the kernel routes by them)",
+    )
     actions.add_parser(
         "status",
         help="show every running test bed",

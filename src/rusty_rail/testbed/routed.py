@@ -73,19 +73,21 @@ class KernelRouter:
     def _group_id(self, family: int) -> int:
         return _FAMILIES[family][1]
 
-    def setup(self) -> None:
+    def setup(self, *, nexthops: bool = True) -> None:
         """The hash policy, one nexthop object per balancer, the counters; no group yet
-        (``set_lbs`` makes it)."""
+        (``set_lbs`` makes it). Without ``nexthops`` (a cluster bed, whose routes BGP
+        installs) the hash policy and the counters only."""
         self.namespace.sysctl("net.ipv4.fib_multipath_hash_policy", "1")
         self.namespace.sysctl("net.ipv6.fib_multipath_hash_policy", "1")
         counters, rules = [], []
         for family, addresses in self.lbs.items():
             nft_family = _FAMILIES[family][0]
             for i, address in enumerate(addresses):
-                self.namespace.ip(
-                    "nexthop", "add", "id", str(self._nexthop_id(family, i)),
-                    "via", address, "dev", self.device,
-                )  # fmt: skip
+                if nexthops:
+                    self.namespace.ip(
+                        "nexthop", "add", "id", str(self._nexthop_id(family, i)),
+                        "via", address, "dev", self.device,
+                    )  # fmt: skip
                 name = _counter_name(family, i)
                 counters.append(f"counter {name} {{\n}}\n")
                 rules.append(f'rt {nft_family} nexthop {address} counter name "{name}"\n')

@@ -21,6 +21,20 @@ headers keep to one LB per address pair. Too big for the LB link's MTU is droppe
 give that link the client MTU + 24 (+ 44 for outer IPv6). A sender on a veth must not offload
 its checksums (ethtool -K DEV tx off): the router turns its packet into a bare frame, and the
 checksum the veth left for "hardware" is never completed.
+
+FIB mode (``Router.load(..., fib=True)``, the test bed's ``--cluster``): no LB set at all. The
+program asks the kernel's FIB of the router's namespace (``bpf_fib_lookup``) for the route to
+the inner destination, giving it the inner flow's addresses, protocol and ports, so that with
+``fib_multipath_hash_policy=1`` the kernel's own L4 multipath hash picks one of the ECMP next
+hops (the balancers BGP installed). The kernel returns that next hop's gateway (in the lookup's
+``ipv4_dst``, or ``ipv6_dst`` with the family turned to AF_INET6 for an IPv6 gateway: see
+``bpf_ipv4_fib_lookup`` in net/core/filter.c), the egress interface and both MACs; the gateway
+is the outer destination and its family the outer family (outer source: ``source`` for IPv4,
+``source6`` for IPv6). No route, a blackhole or a route without a gateway is DROP_NO_LB; a
+gateway without a neighbour entry DROP_NO_NEIGH (the kernel resolves neighbours only for
+packets it sends itself); too big for the egress MTU (checked by the FIB with the outer
+length) DROP_TOO_BIG. Packets per balancer are counted as in the rendezvous mode, for the
+addresses given to ``count_lbs``.
 """
 
 from __future__ import annotations
@@ -77,7 +91,7 @@ GRE6_OVERHEAD = 44
 
 # struct router_lb_set and struct router_lb (bpf/testbed_router.bpf.c); addresses are 16 bytes,
 # an IPv4 one mapped (::ffff:a.b.c.d).
-_SET_HEADER = struct.Struct("=IBB2x16sQ")
+_SET_HEADER = struct.Struct("=IBBBx16sQ16s")
 _LB = struct.Struct("=16sI6s6sI")
 _SET_SIZE = _SET_HEADER.size + MAX_LBS * _LB.size
 _PREFIX = struct.Struct("=I4s")
@@ -97,6 +111,7 @@ class RouterStat(IntEnum):
     DROP_NO_LB = 5
     DROP_TOO_BIG = 6
     DROP_ERROR = 7
+    DROP_NO_NEIGH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +232,7 @@ class Router(Closeable):
         outer_ttl: int,
         netns: str | None,
         lbs: Sequence[LbTarget] = (),
+        source6: IPv6Address | None = None,
     ) -> None:
         self._xdp = xdp
         maps = xdp.maps
@@ -232,6 +248,8 @@ class Router(Closeable):
                 f"module writes {_SET_SIZE}: rebuild with scripts/setup"
             )
         self.source = source
+        #: FIB mode's outer IPv6 source (``source`` is then the IPv4 one); None: rendezvous mode.
+        self.source6 = source6
         self.seed = seed
         self.outer_ttl = outer_ttl
         self.netns = netns
@@ -246,17 +264,37 @@ class Router(Closeable):
         seed: int = ROUTER_SEED,
         outer_ttl: int = 64,
         netns: str | None = None,
+        source6: str | None = None,
     ) -> Router:
         """Load bpf/testbed_router.bpf.o with ``source`` as the outer source address (the router's
         LB-side address, IPv4 or IPv6: the outer family and the LBs' family) and the VIP
         prefixes; no LBs yet (VIP traffic is dropped and counted as DROP_NO_LB until
-        set_lbs). ``outer_ttl`` is the outer TTL or hop limit."""
+        set_lbs). ``outer_ttl`` is the outer TTL or hop limit.
+
+        With ``source6`` (the router's IPv6 LB-side address; ``source`` is then its IPv4 one)
+        the router runs in FIB mode (the module's docstring): the kernel's routes choose the
+        LB, set_lbs is refused."""
         if not 1 <= outer_ttl <= 255:
             raise ValueError(f"outer_ttl must be 1..255, got {outer_ttl}")
         address = _lb_address(source, "source")
+        address6 = None
+        if source6 is not None:
+            if address.version != 4 or _lb_address(source6, "source6").version != 6:
+                raise ValueError(
+                    f"source {source}, source6 {source6}: FIB mode takes an IPv4 source and an "
+                    "IPv6 source6"
+                )
+            address6 = IPv6Address(source6)
         xdp = PinnedXdpProgram.load(ROUTER, None)
         try:
-            router = cls(xdp, source=address, seed=seed, outer_ttl=outer_ttl, netns=netns)
+            router = cls(
+                xdp,
+                source=address,
+                seed=seed,
+                outer_ttl=outer_ttl,
+                netns=netns,
+                source6=address6,
+            )
             router.set_vips(vips)
             router.set_lb_targets(())
         except BaseException:
@@ -348,6 +386,16 @@ class Router(Closeable):
         return [*v4, *v6]
 
     @property
+    def fib(self) -> bool:
+        """Whether the kernel's FIB chooses the LB (FIB mode) rather than the set."""
+        return self.source6 is not None
+
+    def count_lbs(self, addresses: Sequence[str]) -> None:
+        """FIB mode: count what is sent to each of ``addresses`` (any family) in lb_counters."""
+        keys = [LbTarget(_lb_address(a), NextHop(0, bytes(6), bytes(6))) for a in addresses]
+        self._prepare_lb_counters(keys)
+
+    @property
     def lbs(self) -> tuple[LbTarget, ...]:
         """The live LB set, as last given."""
         return self._lbs
@@ -357,6 +405,8 @@ class Router(Closeable):
         kernel's FIB and neighbour table of ``netns`` (ARP or neighbour discovery waited for up
         to ``timeout`` seconds) and its egress MTU read, then the set is swapped in at once.
         An empty list means every LB is gone. The LBs have the family of ``source``."""
+        if self.fib and addresses:
+            raise ValueError("the router is in FIB mode: the kernel's routes choose the LBs")
         lbs = [_lb_address(address) for address in addresses]
         for lb in lbs:
             self._check_family(lb)
@@ -370,6 +420,8 @@ class Router(Closeable):
     def set_lb_targets(self, targets: Sequence[LbTarget]) -> None:
         """Make ``targets`` the live LB set as given (no resolution): the idle bank is written
         whole, then made the active one, so a packet sees the old set or the new one."""
+        if self.fib and targets:
+            raise ValueError("the router is in FIB mode: the kernel's routes choose the LBs")
         addresses = [target.address for target in targets]
         for address in addresses:
             self._check_family(_lb_address(address))
@@ -382,8 +434,10 @@ class Router(Closeable):
             len(targets),
             self.source.version,
             self.outer_ttl,
+            self.fib,
             _packed16(self.source),
             self.seed,
+            bytes(16) if self.source6 is None else self.source6.packed,
         )
         value += b"".join(target.encode() for target in targets)
         value += bytes(_SET_SIZE - len(value))
@@ -448,7 +502,7 @@ def _read_active_set(sets: Map, active: Map) -> tuple[dict[str, Any], list[LbTar
     value = sets.lookup(_U32.pack(_active_bank(active)))
     if value is None:
         raise RuntimeError("the pinned router has no LB set")
-    count, _family, outer_ttl, source, seed = _SET_HEADER.unpack_from(value)
+    count, _family, outer_ttl, fib, source, seed, source6 = _SET_HEADER.unpack_from(value)
     lbs = []
     for index in range(min(count, MAX_LBS)):
         address, ifindex, dst_mac, src_mac, mtu = _LB.unpack_from(
@@ -456,4 +510,6 @@ def _read_active_set(sets: Map, active: Map) -> tuple[dict[str, Any], list[LbTar
         )
         lbs.append(LbTarget(_unpacked16(address), NextHop(ifindex, src_mac, dst_mac), mtu))
     settings = {"source": _unpacked16(source), "seed": seed, "outer_ttl": outer_ttl}
+    if fib:
+        settings["source6"] = IPv6Address(source6)
     return settings, lbs

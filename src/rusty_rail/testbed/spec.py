@@ -79,6 +79,8 @@ class TestbedSpec:
     ingress: str = "gre"
     egress: str = "gre"
     vxlan_server: str = "kernel"
+    #: etcd and BGP (cluster.py): the balancers share one store, the router learns them by BGP.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         for name, value, top in (
@@ -106,13 +108,23 @@ class TestbedSpec:
                 f"underlay {self.underlay!r} is the outer family of GRE ingress: with ingress "
                 "routed each VIP is routed to the balancers' addresses of its own family"
             )
+        if self.cluster and self.underlay != "ipv4":
+            raise ValueError(
+                f"underlay {self.underlay!r} with cluster: the router takes each VIP's next hops "
+                "from BGP, of the VIP's own family, and the outer family is theirs"
+            )
 
     @property
     def lb_segment_ipv6(self) -> bool:
         """Whether the balancer segment (br2) carries IPv6: for the IPv6 underlay, for IPv6
-        backends, or for routed ingress (the IPv6 VIP's next hops are the balancers' IPv6
-        addresses)."""
-        return self.underlay == "ipv6" or self.backends == "mixed" or self.ingress == "routed"
+        backends, for routed ingress or a cluster (the IPv6 VIP's next hops are the balancers'
+        IPv6 addresses)."""
+        return (
+            self.underlay == "ipv6"
+            or self.backends == "mixed"
+            or self.ingress == "routed"
+            or self.cluster
+        )
 
     def backend_family(self, i: int) -> str:
         """Server i's family as a backend: ipv4, or with mixed backends ipv6 for the

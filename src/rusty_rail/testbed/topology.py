@@ -45,6 +45,10 @@ balancers' addresses of each family (routed.py, no BPF), the balancers run with 
 device, or nothing for ``route``). The DSR checks hold for every combination: a balancer sees
 nothing but what the router sent it.
 
+With ``cluster`` (cluster.py, docs/cluster.md) an etcd namespace joins br2 and holds the
+balancers' one desired state, and the router's balancer set is what BIRD learns from the
+balancers by BGP: the XDP router in FIB mode, or the kernel's routes for routed ingress.
+
 All bridges live in one "switch" namespace. Every bridge port that XDP frames are sent into
 carries an XDP_PASS program (a veth drops XDP_TX/XDP_REDIRECT frames otherwise). All names start
 with the run's unique tag, and ``down`` removes every namespace, process and pin of the run.
@@ -59,7 +63,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +76,9 @@ from rusty_rail.dataplane.libbpf import (
     ensure_bpffs,
     remove_pin_dir,
 )
-from rusty_rail.dataplane.maps import BalancerMaps
 from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.model.flowhash import Flow
+from rusty_rail.testbed import cluster
 from rusty_rail.testbed.lb_segment import (
     ROUTER_LB_SIDE6,
     lb_address6,
@@ -86,6 +89,7 @@ from rusty_rail.testbed.lb_segment import (
 )
 from rusty_rail.testbed.netns import Namespace, Netns, leftover_namespaces, run_id
 from rusty_rail.testbed.processes import alive, terminate_all
+from rusty_rail.testbed.readings import BalancerReadings
 from rusty_rail.testbed.routed import KernelRouter
 from rusty_rail.testbed.router import Router, choose_lb
 from rusty_rail.testbed.servers import ipv6_on, plumb_server, unwrap_on_server
@@ -152,7 +156,7 @@ STATE_DIR = Path("/run/rusty-rail/testbed")
 
 
 @dataclass
-class Testbed:
+class Testbed(BalancerReadings):
     """A running test bed. Build it with :func:`up` (or ``with Testbed.up() as bed``)."""
 
     __test__ = False  # not a pytest test class, despite the name
@@ -280,6 +284,9 @@ class Testbed:
             lb.ip("route", "add", "default", "via", ROUTER_LB_SIDE)
             if self.spec.lb_segment_ipv6:
                 quiet_ipv6(lb, "eth0", lb_address6(i))
+        if self.spec.cluster:
+            plug(self._namespace(net, "etcd"), "eth0", "p-etcd", "br2")
+            cluster.plumb_etcd(self.ns("etcd"))
 
         for i in range(self.spec.servers):
             server = self._namespace(net, f"s{i + 1}")
@@ -291,9 +298,11 @@ class Testbed:
             self._quiet_lb_segment(switch, router)
 
         self._attach_pass(switch, ports)
+        if self.spec.cluster:
+            cluster.start_etcd(self, self.ns("etcd"))
         for i, server in enumerate(self.servers):
             unwrap_on_server(server, i, self.spec, self.pin_root / f"s{i + 1}")
-            self._start(
+            self.start_process(
                 f"s{i + 1}",
                 server,
                 [
@@ -310,7 +319,7 @@ class Testbed:
             )
         for i, lb in enumerate(self.lbs):
             own = {"RR_LB_ADDRESS_IPV6": lb_address6(i)} if self.spec.lb_segment_ipv6 else {}
-            self._start(
+            self.start_process(
                 f"lb{i + 1}",
                 lb,
                 [
@@ -327,6 +336,7 @@ class Testbed:
                     str(self.workdir / f"lb{i + 1}.state.json"),
                     "--next-hop-timeout",
                     "5",
+                    *(cluster.balancer_store_args(i) if self.spec.cluster else []),
                 ],
                 own,
             )
@@ -335,13 +345,22 @@ class Testbed:
         for i in range(self.spec.lbs):
             self.wait_log(f"lb{i + 1}", "balancer xdp_balancer on eth0")
 
+        if self.spec.cluster:
+            cluster.start_router_bgp(self)
         if self.spec.ingress == "routed":
-            self.kernel_router.setup()
+            self.kernel_router.setup(nexthops=not self.spec.cluster)
         else:
             source = ROUTER_LB_SIDE6 if self.spec.underlay == "ipv6" else ROUTER_LB_SIDE
             self.router = Router.load(
-                source=source, vips=[VIP_PREFIX, VIP6_PREFIX], netns=router.name
+                source=source,
+                vips=[VIP_PREFIX, VIP6_PREFIX],
+                netns=router.name,
+                source6=ROUTER_LB_SIDE6 if self.spec.cluster else None,
             )
+            if self.spec.cluster:
+                self.router.count_lbs(
+                    [f(i) for f in (lb_address, lb_address6) for i in range(self.spec.lbs)]
+                )
             self.router.attach("eth1", self.spec.xdp_mode)  # type: ignore[arg-type]
         self.set_lbs(list(range(self.spec.lbs)))
         self.save()
@@ -356,6 +375,8 @@ class Testbed:
         for lb in self.lbs:
             static_neighbours(lb, "eth0", servers)
         no_multicast_to(switch, "br2", [f"p-lb{i + 1}" for i in range(self.spec.lbs)])
+        if self.spec.cluster:
+            cluster.quiet_router_neighbour(self)
 
     def _attach_pass(self, switch: Namespace, ports: list[str]) -> None:
         with BpfObject.open(bpf_object_path("testbed_pass")) as obj:
@@ -368,7 +389,7 @@ class Testbed:
                     )
                     self.links[-1].pin(self.pin_root / f"pass-{port}")
 
-    def _start(
+    def start_process(
         self,
         name: str,
         namespace: Namespace,
@@ -413,7 +434,10 @@ class Testbed:
     def set_lbs(self, lbs: list[int]) -> None:
         """The router's live balancer set: leaving one out is that balancer dying (GRE
         ingress: the XDP router's set; routed ingress: the balancer's next hop out of the
-        kernel's ECMP group)."""
+        kernel's ECMP group; a cluster: its BGP announcements withdrawn, cluster.set_lbs)."""
+        if self.spec.cluster:
+            cluster.set_lbs(self, lbs)
+            return
         if self.spec.ingress == "routed":
             self.kernel_router.set_lbs(lbs)
             return
@@ -433,29 +457,17 @@ class Testbed:
 
     def lb_of(self, flow: Flow, lbs: list[int] | None = None) -> int | None:
         """The balancer (index) the router sends ``flow`` to, among ``lbs`` (default all). GRE
-        ingress: the XDP router's choice (choose_lb). Routed ingress: the one balancer whose
-        connection table holds the flow (None for none or several): the kernel hashes the
-        skb's L4 hash, in the test bed the client socket's random one (routed.py), which
-        ``ip route get`` cannot know."""
-        if self.spec.ingress == "routed":
+        ingress: the XDP router's choice (choose_lb). Routed ingress and a cluster: the one
+        balancer whose connection table holds the flow (None for none or several): the kernel
+        hashes the skb's L4 hash, in the test bed the client socket's random one (routed.py),
+        which ``ip route get`` cannot know."""
+        if self.spec.ingress == "routed" or self.spec.cluster:
             holders = self.lbs_holding(flow)
             return holders[0] if len(holders) == 1 else None
         chosen = list(range(self.spec.lbs)) if lbs is None else lbs
         addresses = [self.spec.lb_outer_address(i) for i in chosen]
         lb = choose_lb(flow, addresses)
         return None if lb is None else chosen[addresses.index(str(lb))]
-
-    def lbs_holding(self, flow: Flow) -> list[int]:
-        """The balancers (indices) whose connection tables hold ``flow``."""
-        holding = []
-        for i in range(self.spec.lbs):
-            maps = BalancerMaps.from_pinned(self.lb_pin_root(i) / "eth0")
-            try:
-                if maps.lookup_conntrack(flow) is not None:
-                    holding.append(i)
-            finally:
-                maps.close()
-        return holding
 
     def router_lb_counters(self) -> dict[str, dict[str, int]]:
         """Per balancer address: the packets and bytes the router sent to it (the XDP
@@ -466,7 +478,12 @@ class Testbed:
 
     def set_backends(self, servers: list[int], timeout: float = 15) -> None:
         """Give every balancer a new backend set: rewrite the shared file, SIGHUP each daemon
-        and wait until each has applied it."""
+        and wait until each has applied it. Not for a cluster, whose balancers follow etcd."""
+        if self.spec.cluster:
+            raise RuntimeError(
+                "a cluster's balancers follow etcd and refuse SIGHUP: change the backends "
+                "through any balancer's API (rusty-rail testbed ctl lb1 ...)"
+            )
         before = {
             i: self.log(f"lb{i + 1}").read_text().count("reloaded") for i in range(self.spec.lbs)
         }
@@ -483,21 +500,6 @@ class Testbed:
                 time.sleep(0.05)
 
     # --- looking at it --------------------------------------------------------------------
-
-    def lb_stats(self, i: int) -> dict[str, tuple[int, int]]:
-        """The balancer's per-reason counters, read from its pinned maps."""
-        maps = BalancerMaps.from_pinned(self.lb_pin_root(i) / "eth0")
-        try:
-            return {stat.name: value for stat, value in maps.read_stats().items()}
-        finally:
-            maps.close()
-
-    def lb_packets(self, stats: Iterable[str]) -> list[int]:
-        """Per balancer, the packets counted under any of ``stats`` so far (e.g. CT_HIT,
-        CT_MISS, CT_STALE for what it forwarded); each balancer's maps are read once."""
-        wanted = tuple(stats)
-        counters = [self.lb_stats(i) for i in range(self.spec.lbs)]
-        return [sum(c.get(name, (0, 0))[0] for name in wanted) for c in counters]
 
     def status(self) -> dict[str, Any]:
         return {
