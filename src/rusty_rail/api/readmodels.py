@@ -19,14 +19,15 @@ from typing import Final
 import numpy as np
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import Backend, Config
+from rusty_rail.config import Affinity, Backend, Config
 from rusty_rail.control.fingerprint import service_order
 from rusty_rail.control.plan import Plan
-from rusty_rail.dataplane.maps import BalancerMaps
+from rusty_rail.dataplane.maps import VIP_DROP_REASONS, BalancerMaps
 from rusty_rail.model import pipeline
+from rusty_rail.model.affinity import AFFINITY_NAMES
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.maglev import moved_fraction
-from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop, VipFlow
 from rusty_rail.wire.constants import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.fields import format_mac
 
@@ -94,6 +95,8 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
         backend.address: plan.allocation.slot_of(name, backend.address) for backend in backends
     }
     vip_stats: dict[int, tuple[int, int]] = {}
+    new_flows: tuple[int, int] | None = None
+    drops = dict.fromkeys(VIP_DROP_REASONS, (0, 0))
     backend_stats: dict[int, tuple[int, int]] = {}
     flow_count = FlowCount()
     if with_stats and snapshot.maps is not None:
@@ -101,6 +104,8 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             flow_count = snapshot.flow_counts.read()
         if vip_index is not None:
             vip_stats = snapshot.maps.read_vip_stats([vip_index])
+            new_flows = snapshot.maps.read_vip_flows([vip_index]).get((vip_index, VipFlow.NEW))
+            drops = snapshot.maps.read_vip_drops(vip_index)
         backend_stats = snapshot.maps.read_backend_stats(
             slot for slot in slots.values() if slot is not None
         )
@@ -146,7 +151,15 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             "generation": snapshot.table_generations.get(name, 0),
             "backends_in_table": len(table.backends),
         },
+        "affinity": vip.affinity if vip else Affinity.FIVE_TUPLE,
         "stats": _stats(vip_stats.get(vip_index) if vip_index is not None else None),
+        "new_flows": _stats(new_flows),
+        "drops": {
+            "no_backend": _stats(drops["no_backend"]),
+            "no_nexthop": _stats(drops["no_nexthop"]),
+            "too_big_limited": _stats(drops["too_big_limited"]),
+            "too_big_no_df": _stats(drops["too_big_no_df"]),
+        },
         "flows_tracked": sum(view["flows_tracked"] for view in backend_views),
         "backends": backend_views,
     }
@@ -288,6 +301,10 @@ def decision_json(plan: Plan, decision: pipeline.Decision) -> schemas.Decision:
         "vip": names.get(decision.vip_index) if decision.vip_index is not None else None,
         "table_slot": decision.table_slot,
         "table_size": decision.table_size,
+        "affinity": None
+        if decision.affinity is None
+        else Affinity(AFFINITY_NAMES[decision.affinity]),
+        "table_hash": decision.pick_hash,
         "backend": str(ip_address(backend.addr)) if backend is not None else None,
         "backend_state": backend.state.name.lower() if backend is not None else None,
         "conntrack": conntrack,

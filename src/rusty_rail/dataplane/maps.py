@@ -35,6 +35,7 @@ from rusty_rail.dataplane.libbpf import (
     create_map,
     num_possible_cpus,
 )
+from rusty_rail.model.pmtu import TooBig
 from rusty_rail.model.state import (
     NONE_INDEX,
     VIP_FLOW_COUNT,
@@ -46,6 +47,11 @@ from rusty_rail.model.state import (
     VipFlow,
     VipKey,
 )
+
+#: Why a VIP's packets were dropped once the VIP was known: its table had no forwarding backend
+#: for a new flow, the backend's next hop was not resolved, or (section 8c) too big with the
+#: VIP's ICMP rate spent or without DF (TooBig.LIMITED, TooBig.NO_DF).
+VIP_DROP_REASONS = ("no_backend", "no_nexthop", "too_big_limited", "too_big_no_df")
 
 #: How often a table read follows a swap that freed the table it was about to read.
 TABLE_READ_TRIES = 8
@@ -461,6 +467,26 @@ class BalancerMaps(ConntrackTables):
                 if total != (0, 0):
                     result[(vip_index, what)] = total
         return result
+
+    def read_vip_drops(self, vip_index: int) -> dict[str, PacketsBytes]:
+        """The VIP's drops by reason (VIP_DROP_REASONS, every one, zeros included): its own
+        (vip_flows) and section 8c's (vip_too_big, when this object has it)."""
+        flows = self.read_vip_flows([vip_index])
+        drops = {
+            "no_backend": flows.get((vip_index, VipFlow.DROP_NO_BACKEND), (0, 0)),
+            "no_nexthop": flows.get((vip_index, VipFlow.DROP_NO_NEXTHOP), (0, 0)),
+        }
+        per_vip = (
+            0 if self.vip_too_big is None else self.vip_too_big.max_entries // structs.MAX_VIPS
+        )
+        for reason, offset in (
+            ("too_big_limited", TooBig.LIMITED),
+            ("too_big_no_df", TooBig.NO_DF),
+        ):
+            key = _u32(vip_index * per_vip + offset)
+            values = self.vip_too_big.lookup_percpu(key) if self.vip_too_big and per_vip else None
+            drops[reason] = _sum_percpu(values or [])
+        return drops
 
     def reset_vip_counters(self, vip_index: int) -> None:
         """Zero the VIP index's counters (its packets, new flows, drops and too-big packets):
