@@ -8,6 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from rusty_rail.api.readmodels import dry_run
 from rusty_rail.config import Affinity, Config, ConfigError, config_from_toml_text
 from rusty_rail.control.plan import (
     Allocation,
@@ -143,3 +144,20 @@ def test_a_vip_index_new_to_its_vip_has_its_counters_zeroed_first() -> None:
     assert again[kinds.index(ResetVipCounters)] == ResetVipCounters(0)
     assert kinds.index(ResetVipCounters) < kinds.index(SetTable)
     assert ResetVipCounters(0) not in diff(before.state, plan("source-ip").state)
+
+
+def test_a_dry_run_calls_a_mode_change_a_table_change_that_moves_no_tracked_flow() -> None:
+    five, client = plan(), plan("source-ip", five_allocation := plan().allocation)
+    assert five_allocation.vip_index == client.allocation.vip_index
+    flows = [Flow.of("198.18.5.5", "198.18.100.1", PROTO_TCP, 30000 + i, 80) for i in range(20)]
+    tracked = []
+    for flow in flows:
+        decision = lookup(five.state, flow)
+        assert decision.backend_index is not None
+        generation = five.state.backends[decision.backend_index].generation
+        tracked.append((flow, model_state.CtEntry(decision.backend_index, generation)))
+    views, complete = dry_run(five, client, tracked)
+    view = views["198.18.100.1:80/tcp"]
+    assert complete and (view["change"], view["table_slots_moved"]) == ("changed", None)
+    assert (view["flows_tracked"], view["flows_moved"]) == (20, 0)
+    assert dry_run(five, plan(), tracked)[0]["198.18.100.1:80/tcp"]["change"] == "unchanged"

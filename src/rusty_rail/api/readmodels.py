@@ -358,6 +358,11 @@ def _address_of(state: DataplaneState, decision: pipeline.Decision) -> bytes | N
     return None if backend is None else backend.addr
 
 
+def _affinity(plan: Plan, service: str) -> object:
+    index = plan.allocation.vip_index.get(service)
+    return None if index is None else plan.state.affinity.get(index)
+
+
 def dry_run(
     before: Plan,
     after: Plan,
@@ -367,9 +372,10 @@ def dry_run(
 ) -> tuple[dict[str, schemas.VipPlan], bool]:
     """Per service, what ``after`` would change: whether the table changes, the share of
     table slots whose backend moves (maglev.moved_fraction; None when there is no table to
-    compare with, as for a new VIP or a new table size), and how many of the tracked flows
-    (``conntrack``) would go to another backend or be dropped. The flows are counted for at
-    most ``seconds`` (None: all of them); the second value says whether all were counted."""
+    compare with, as for a new VIP, a new table size or a new session affinity), and how many
+    of the tracked flows (``conntrack``) would go to another backend or be dropped. The flows
+    are counted for at most ``seconds`` (None: all of them); the second value says whether all
+    were counted."""
     names_before, names_after = _names(before), _names(after)
     services = sorted(before.tables.keys() | after.tables.keys(), key=service_order)
     result: dict[str, schemas.VipPlan] = {}
@@ -381,6 +387,9 @@ def dry_run(
             change, moved = "added", None
         elif new is None:
             change, moved = "removed", 1.0
+        elif _affinity(before, name) != _affinity(after, name):
+            # New flows are hashed otherwise: slots cannot be compared (tracked flows stay).
+            change, moved = "changed", None
         else:
             change = "unchanged" if old == new else "changed"
             moved = moved_fraction(old, new) if old.size == new.size else None
