@@ -88,6 +88,7 @@ def _expected_counters(case: PacketCase) -> Counters:
         backends=plain["backends"],
         icmp={IcmpStat(k): v for k, v in plain["icmp"].items()},
         too_big=case.expected_too_big(),
+        vip_flows=case.expected_vip_flows(),
     )
 
 

@@ -32,6 +32,7 @@ from rusty_rail.model.pmtu import TOO_BIG_BURST, Bucket, TooBigLimiter
 from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
+    Affinity,
     BackendEntry,
     BackendState,
     CtEntry,
@@ -272,6 +273,8 @@ class Generator:
         #: Section 8c's draws (MTUs, methods, DF, buckets) from a generator of their own, so
         #: that the stream of the rest stays what it was.
         self.pmtu_rng = random.Random(0x8C)
+        #: Session affinity's draws (each VIP's mode), likewise apart.
+        self.affinity_rng = random.Random(0xAF)
         self.addresses: list[bytes] = []  # backend addresses of the current state
 
     def choice(self, items: list[T] | tuple[T, ...]) -> T:
@@ -368,6 +371,10 @@ class Generator:
         for vip_index in range(6):
             if self.rng.random() < 0.9:
                 state.tables[vip_index] = self.table(state, vip_index)
+        for vip_index in range(6):
+            mode = self.affinity_rng.choice(list(Affinity))
+            if mode is not Affinity.FIVE_TUPLE:
+                state.affinity[vip_index] = mode
         # At least one table slot forwards to a backend whose next hop is not resolved.
         unresolved = self.choice([slot for table in state.tables.values() for slot in table
                                   if slot in state.backends])  # fmt: skip
@@ -428,8 +435,13 @@ class Generator:
             vip_index = self.rng.randrange(6)
             table = self.table(state, vip_index)
             state.tables[vip_index] = table
+            mode = self.affinity_rng.choice(list(Affinity))
+            state.affinity[vip_index] = mode
+            if mode is Affinity.FIVE_TUPLE:
+                del state.affinity[vip_index]
+            maps.set_affinity(vip_index, mode)
             maps.set_table(vip_index, table)
-            return f"table {vip_index} swapped (M={len(table)})"
+            return f"table {vip_index} swapped (M={len(table)}, affinity {mode.name})"
         if roll == 2 and state.tables:
             vip_index = self.choice(sorted(state.tables))
             del state.tables[vip_index]

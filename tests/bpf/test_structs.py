@@ -29,7 +29,15 @@ from rusty_rail.dataplane.libbpf import BpfObject, bpf_object_path
 from rusty_rail.dataplane.maps import prepare_object
 from rusty_rail.model.icmp import IcmpStat
 from rusty_rail.model.pmtu import TOO_BIG_COUNT, TooBig
-from rusty_rail.model.state import Action, BackendState, Egress, Stat
+from rusty_rail.model.state import (
+    VIP_FLOW_COUNT,
+    Action,
+    Affinity,
+    BackendState,
+    Egress,
+    Stat,
+    VipFlow,
+)
 
 pytestmark = pytest.mark.bpf
 
@@ -113,6 +121,9 @@ def test_enums_agree_with_model_state() -> None:
     assert _c_enum("EGRESS") == {egress.name: egress.value for egress in Egress}
     assert _c_enum("TOO_BIG") == {reason.name: reason.value for reason in TooBig}
     assert int(re.findall(r"TOO_BIG_COUNT = (\d+)", TYPES_H.read_text())[0]) == TOO_BIG_COUNT
+    assert _c_enum("VIP_FLOW") == {what.name: what.value for what in VipFlow}
+    assert int(re.findall(r"VIP_FLOW_COUNT = (\d+)", TYPES_H.read_text())[0]) == VIP_FLOW_COUNT
+    assert _c_enum("AFFINITY") == {mode.name: mode.value for mode in Affinity}
 
 
 def _c_define(name: str) -> str:
@@ -164,5 +175,7 @@ def test_the_maps_have_the_mirrored_shapes() -> None:
         "icmp_reports": (0, 0, structs.ICMP_REPORT_RING_BYTES),
         "vip_too_big": (4, size(structs.CCounter), structs.MAX_VIPS * TOO_BIG_COUNT),
         "too_big_buckets": (4, size(structs.CTooBigBucket), structs.MAX_VIPS),
+        "vip_flows": (4, size(structs.CCounter), structs.MAX_VIPS * VIP_FLOW_COUNT),
+        "vip_affinity": (4, size(structs.CVipAffinity), structs.MAX_VIPS),
     }
     assert conntrack_sets_for(1000) == 256  # 250 sets, rounded up to a power of two

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -34,9 +35,10 @@ from rusty_rail.dataplane.libbpf import (
     query_xdp,
 )
 from rusty_rail.dataplane.netlink import in_netns
+from rusty_rail.dataplane.structs import decode_counter
 from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
-from rusty_rail.model.state import NextHop, Stat
+from rusty_rail.model.state import VIP_FLOW_COUNT, NextHop, Stat, VipFlow
 from rusty_rail.testbed.netns import Namespace, netns
 from rusty_rail.timestamps import from_rfc3339
 from rusty_rail.wire.build import gre
@@ -205,6 +207,19 @@ def check_forwarded(bed: Bed, sent: list[Flow], got: dict[Flow, bytes], targets:
     assert used == set(targets)
 
 
+def new_flows(pins: Path) -> int:
+    """The new flows counted for the first VIP indices, read from the pinned ``vip_flows``."""
+    with Map.from_pinned(pins / "vip_flows") as counters:
+        return sum(
+            decode_counter(value)[0]
+            for vip_index in range(4)
+            for value in counters.lookup_percpu(
+                struct.pack("=I", vip_index * VIP_FLOW_COUNT + VipFlow.NEW)
+            )
+            or []
+        )
+
+
 def test_run_forwards_and_a_restarted_daemon_adopts_then_detaches_the_balancer(
     bed: Bed, tmp_path: Path
 ) -> None:
@@ -237,6 +252,8 @@ def test_run_forwards_and_a_restarted_daemon_adopts_then_detaches_the_balancer(
     assert "adopted the pinned state; 0 map updates" in log
     check_forwarded(bed, sent, send_and_capture(bed, sent), BACKENDS)
     assert again.stop() == 0
+    # The per-VIP new flows are pinned: those of both programs are there, none lost.
+    assert new_flows(bed.pin_root / "eth0") >= len(sent) + len(more)
 
     detach = subprocess.run(
         bed.rusty_rail("detach", "--device", "eth0"), capture_output=True, text=True

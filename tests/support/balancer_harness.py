@@ -21,7 +21,7 @@ from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.pipeline import Counters
 from rusty_rail.model.pmtu import Bucket, TooBig
-from rusty_rail.model.state import CtEntry, DataplaneState, Stat
+from rusty_rail.model.state import CtEntry, DataplaneState, Stat, VipFlow
 
 #: Small enough to load fast, big enough that the tests' flows never fill a set.
 TEST_CONNTRACK_ENTRIES = 1 << 16
@@ -63,6 +63,7 @@ class CounterSnapshot:
     backends: dict[int, PacketsBytes]
     icmp: dict[IcmpStat, PacketsBytes]
     too_big: dict[tuple[int, TooBig], PacketsBytes]
+    vip_flows: dict[tuple[int, VipFlow], PacketsBytes]
 
     def delta_since(self, before: CounterSnapshot) -> Counters:
         """What changed since ``before``, as the reference reports it (non-zero entries)."""
@@ -91,12 +92,21 @@ class CounterSnapshot:
             for key, (packets, size) in self.too_big.items()
             if (packets, size) != before.too_big.get(key, (0, 0))
         }
+        vip_flows = {
+            key: (
+                packets - before.vip_flows.get(key, (0, 0))[0],
+                size - before.vip_flows.get(key, (0, 0))[1],
+            )
+            for key, (packets, size) in self.vip_flows.items()
+            if (packets, size) != before.vip_flows.get(key, (0, 0))
+        }
         return Counters(
             stats={Stat(k): v for k, v in stats.items()},
             vips=delta(self.vips, before.vips),
             backends=delta(self.backends, before.backends),
             icmp={IcmpStat(k): v for k, v in icmp.items()},
             too_big=too_big,
+            vip_flows=vip_flows,
         )
 
 
@@ -142,6 +152,7 @@ class Balancer:
             self.maps.read_backend_stats(self.backend_indexes),
             self.icmp.read_stats(),
             self.too_big.read_counts(self.vip_indexes),
+            self.maps.read_vip_flows(self.vip_indexes),
         )
 
     def reports(self) -> list[IcmpReport]:

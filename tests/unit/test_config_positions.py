@@ -78,7 +78,7 @@ def test_check_prints_every_problem_with_file_line_and_column(
         f"{path}:15:8: vips[1].port: 70000: must be between 1 and 65535",
         f'{path}:16:8: vips[1].note: "multi\\nline [not a table]": unknown key; known keys: '
         "address, protocol, port, encap, "
-        "vni, table_size, backends, health",
+        "vni, table_size, affinity, backends, health",
         f"{path}: 5 problems",
     ]
 

@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import pytest
+from rich.console import Console
 
 from rusty_rail.api.client import ApiClient, ApiUnreachable, api_url
 from rusty_rail.cli import build_parser, main
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_UNREACHABLE, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
-from rusty_rail.cli.ctl_render import change_line
+from rusty_rail.cli.ctl_render import change_line, vip_table
 from rusty_rail.cli.ctl_writes import Write, _write_of
 
 VIP = "198.18.100.1:80/tcp"
@@ -339,3 +340,27 @@ def test_text_output_is_plain_words() -> None:
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
         parser.parse_args(["watch", "--interval", "soon"])
     assert "soon: not a number of seconds" in err.getvalue() and "'soon'" not in err.getvalue()
+
+
+def test_a_vip_is_added_with_its_affinity_and_listed_with_it_and_its_counts() -> None:
+    write = _write_of(ctl_arguments("vip", "add", VIP, "--affinity", "source-ip"))
+    assert write.body == {"backends": [], "affinity": "source-ip"}
+    assert _write_of(ctl_arguments("add-vip", VIP, "--affinity", "source-ip")) == write
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        ctl_arguments("vip", "add", VIP, "--affinity", "sticky")
+    assert "source-ip+proto" in err.getvalue()
+    zero = {"packets": 0, "bytes": 0}
+    view = {
+        "vip": VIP, "table": {"size": 7, "fingerprint": "ab" * 32}, "affinity": "source-ip",
+        "stats": {"packets": 9, "bytes": 900}, "new_flows": {"packets": 4, "bytes": 400},
+        "drops": {"no_backend": {"packets": 2, "bytes": 200}, "no_nexthop": zero,
+                  "too_big_limited": zero, "too_big_no_df": zero},
+        "flows_tracked": 4, "backends": [],
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(vip_table([view]))
+    row = next(line for line in console.export_text().splitlines() if VIP in line)
+    assert "affinity source-ip" in row and " 4 " in row and "2 (no_backend 2)" in row
+    console = Console(width=200, record=True)
+    console.print(vip_table([view | {"affinity": "5-tuple"}]))
+    assert "affinity" not in console.export_text()

@@ -5,7 +5,7 @@ scrape (summed over CPUs); change and table-build durations are histograms fed b
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -26,7 +26,7 @@ from rusty_rail.dataplane.structs import CONNTRACK_WAYS
 from rusty_rail.dataplane.too_big_maps import TooBigMaps
 from rusty_rail.model import pipeline
 from rusty_rail.model.pmtu import TooBig
-from rusty_rail.model.state import BackendState, Stat
+from rusty_rail.model.state import BackendState, Stat, VipFlow
 
 from .flow_counts import COUNT_INTERVAL, FlowCount, FlowCounts
 
@@ -34,8 +34,32 @@ if TYPE_CHECKING:
     from rusty_rail.control.cluster import StoreSync
     from rusty_rail.control.daemon import ChangeResult, Daemon
     from rusty_rail.control.reloads import ReloadRecord
+    from rusty_rail.dataplane.maps import BalancerMaps
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def _vip_flow_series(maps: BalancerMaps, names: Mapping[int, str]) -> Iterator[Metric]:
+    """New flows (CPS, as a rate) and drops by reason per VIP (docs/metrics.md)."""
+    new_flows = CounterMetricFamily(
+        "rusty_rail_vip_new_flows",
+        "Flows per VIP its Maglev table decided (connection-table misses and stale entries sent "
+        "to a backend); rate() of it is the VIP's new connections per second",
+        labels=["vip"],
+    )
+    drops = CounterMetricFamily(
+        "rusty_rail_vip_drops",
+        "Packets per VIP dropped once the VIP was known, by reason: no_backend, no_nexthop, "
+        "too_big_limited, too_big_no_df",
+        labels=["vip", "reason"],
+    )
+    flows = maps.read_vip_flows(names)
+    for index, name in sorted(names.items(), key=lambda item: item[1]):
+        new_flows.add_metric([name], flows.get((index, VipFlow.NEW), (0, 0))[0])
+        for reason, (count, _) in maps.read_vip_drops(index).items():
+            drops.add_metric([name, reason], count)
+    yield new_flows
+    yield drops
 
 
 def _action(stat: Stat, daemon: Daemon) -> str:
@@ -117,6 +141,7 @@ class _MapsCollector(Collector):
                 count = too_big_counts.get((index, reason), (0, 0))[0]
                 too_big.add_metric([name, reason.name.lower()], count)
         yield too_big
+        yield from _vip_flow_series(maps, names)
 
         services = [("default", config.default_backends)] + [
             (str(vip.key), vip.backends) for vip in config.vips

@@ -19,14 +19,15 @@ from typing import Final
 import numpy as np
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import Backend, Config
+from rusty_rail.config import Affinity, Backend, Config
 from rusty_rail.control.fingerprint import service_order
 from rusty_rail.control.plan import Plan
-from rusty_rail.dataplane.maps import BalancerMaps
+from rusty_rail.dataplane.maps import VIP_DROP_REASONS, BalancerMaps
 from rusty_rail.model import pipeline
+from rusty_rail.model.affinity import AFFINITY_NAMES
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.maglev import moved_fraction
-from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop
+from rusty_rail.model.state import BackendState, CtEntry, DataplaneState, NextHop, VipFlow
 from rusty_rail.wire.constants import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.fields import format_mac
 
@@ -94,6 +95,8 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
         backend.address: plan.allocation.slot_of(name, backend.address) for backend in backends
     }
     vip_stats: dict[int, tuple[int, int]] = {}
+    new_flows: tuple[int, int] | None = None
+    drops = dict.fromkeys(VIP_DROP_REASONS, (0, 0))
     backend_stats: dict[int, tuple[int, int]] = {}
     flow_count = FlowCount()
     if with_stats and snapshot.maps is not None:
@@ -101,6 +104,8 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             flow_count = snapshot.flow_counts.read()
         if vip_index is not None:
             vip_stats = snapshot.maps.read_vip_stats([vip_index])
+            new_flows = snapshot.maps.read_vip_flows([vip_index]).get((vip_index, VipFlow.NEW))
+            drops = snapshot.maps.read_vip_drops(vip_index)
         backend_stats = snapshot.maps.read_backend_stats(
             slot for slot in slots.values() if slot is not None
         )
@@ -146,7 +151,15 @@ def service_view(snapshot: Snapshot, target: Target, *, with_stats: bool = True)
             "generation": snapshot.table_generations.get(name, 0),
             "backends_in_table": len(table.backends),
         },
+        "affinity": vip.affinity if vip else Affinity.FIVE_TUPLE,
         "stats": _stats(vip_stats.get(vip_index) if vip_index is not None else None),
+        "new_flows": _stats(new_flows),
+        "drops": {
+            "no_backend": _stats(drops["no_backend"]),
+            "no_nexthop": _stats(drops["no_nexthop"]),
+            "too_big_limited": _stats(drops["too_big_limited"]),
+            "too_big_no_df": _stats(drops["too_big_no_df"]),
+        },
         "flows_tracked": sum(view["flows_tracked"] for view in backend_views),
         "backends": backend_views,
     }
@@ -288,6 +301,10 @@ def decision_json(plan: Plan, decision: pipeline.Decision) -> schemas.Decision:
         "vip": names.get(decision.vip_index) if decision.vip_index is not None else None,
         "table_slot": decision.table_slot,
         "table_size": decision.table_size,
+        "affinity": None
+        if decision.affinity is None
+        else Affinity(AFFINITY_NAMES[decision.affinity]),
+        "table_hash": decision.pick_hash,
         "backend": str(ip_address(backend.addr)) if backend is not None else None,
         "backend_state": backend.state.name.lower() if backend is not None else None,
         "conntrack": conntrack,
@@ -341,6 +358,11 @@ def _address_of(state: DataplaneState, decision: pipeline.Decision) -> bytes | N
     return None if backend is None else backend.addr
 
 
+def _affinity(plan: Plan, service: str) -> object:
+    index = plan.allocation.vip_index.get(service)
+    return None if index is None else plan.state.affinity.get(index)
+
+
 def dry_run(
     before: Plan,
     after: Plan,
@@ -350,9 +372,10 @@ def dry_run(
 ) -> tuple[dict[str, schemas.VipPlan], bool]:
     """Per service, what ``after`` would change: whether the table changes, the share of
     table slots whose backend moves (maglev.moved_fraction; None when there is no table to
-    compare with, as for a new VIP or a new table size), and how many of the tracked flows
-    (``conntrack``) would go to another backend or be dropped. The flows are counted for at
-    most ``seconds`` (None: all of them); the second value says whether all were counted."""
+    compare with, as for a new VIP, a new table size or a new session affinity), and how many
+    of the tracked flows (``conntrack``) would go to another backend or be dropped. The flows
+    are counted for at most ``seconds`` (None: all of them); the second value says whether all
+    were counted."""
     names_before, names_after = _names(before), _names(after)
     services = sorted(before.tables.keys() | after.tables.keys(), key=service_order)
     result: dict[str, schemas.VipPlan] = {}
@@ -364,6 +387,9 @@ def dry_run(
             change, moved = "added", None
         elif new is None:
             change, moved = "removed", 1.0
+        elif _affinity(before, name) != _affinity(after, name):
+            # New flows are hashed otherwise: slots cannot be compared (tracked flows stay).
+            change, moved = "changed", None
         else:
             change = "unchanged" if old == new else "changed"
             moved = moved_fraction(old, new) if old.size == new.size else None

@@ -13,7 +13,16 @@ from typing import Annotated, Final, Literal, NotRequired
 from pydantic import ConfigDict, Field, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
-from rusty_rail.config import MAX_WEIGHT, AdminState, CheckType, Config, Encap, IcmpPolicy, Protocol
+from rusty_rail.config import (
+    MAX_WEIGHT,
+    AdminState,
+    Affinity,
+    CheckType,
+    Config,
+    Encap,
+    IcmpPolicy,
+    Protocol,
+)
 from rusty_rail.control.health import IcmpState, Status
 from rusty_rail.model.state import BackendState
 
@@ -94,6 +103,20 @@ class TableView(TypedDict):
 
 
 @with_config(_CLOSED)
+class VipDrops(TypedDict):
+    """A VIP's packets dropped once the VIP was known, by reason (docs/metrics.md)."""
+
+    no_backend: Annotated[
+        Stats, Field(description="A new flow whose table slot had no forwarding backend.")
+    ]
+    no_nexthop: Annotated[Stats, Field(description="The backend's next hop was unresolved.")]
+    too_big_limited: Annotated[
+        Stats, Field(description="Too big for the path, the VIP's ICMP error rate spent.")
+    ]
+    too_big_no_df: Annotated[Stats, Field(description="Too big for the path, IPv4 without DF.")]
+
+
+@with_config(_CLOSED)
 class VipView(TypedDict):
     vip: Annotated[str, Field(description="The VIP key, or default.")]
     address: str | None
@@ -102,7 +125,19 @@ class VipView(TypedDict):
     encap: Encap | None
     table_size: int | None
     table: TableView | None
+    affinity: Annotated[
+        Affinity,
+        Field(description="The flow fields the table is indexed by (the default set: 5-tuple)."),
+    ]
     stats: Stats
+    new_flows: Annotated[
+        Stats,
+        Field(
+            description="Flows the VIP's table decided (connection-table misses and stale "
+            "entries sent to a backend), since the VIP was given its index."
+        ),
+    ]
+    drops: VipDrops
     flows_tracked: Annotated[Count, Field(description="The sum of the backends' flows_tracked.")]
     backends: list[BackendView]
 
@@ -427,6 +462,14 @@ class Decision(TypedDict):
     vip: str | None
     table_slot: int | None
     table_size: int | None
+    affinity: Annotated[
+        Affinity | None, Field(description="The VIP's affinity, when its table was read.")
+    ]
+    table_hash: Annotated[
+        int | None,
+        Field(description="The hash the table was indexed with: hash unless the affinity "
+              "hashes fewer fields."),
+    ]  # fmt: skip
     backend: str | None
     backend_state: str | None
     conntrack: ConntrackMatch

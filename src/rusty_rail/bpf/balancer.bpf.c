@@ -3,6 +3,7 @@
  * backend, chosen by the flow's connection-table entry or the VIP's Maglev table, by the
  * backend's egress method; everything else goes to the host.
  * docs/packet-path.md is the contract, rusty_rail/model/pipeline.py its executable twin. */
+#include "affinity.h"
 #include "balancer_maps.h"
 #include "balancer_parse.h"
 #include "balancer_types.h"
@@ -60,6 +61,18 @@ static __always_inline int finish_unforwarded(__u32 stat, const struct packet *p
 {
 	count_stat(&stats, stat, pkt->len);
 	return unforwarded_verdict(stat, settings);
+}
+
+/* A drop after the VIP is known (DROP_NO_BACKEND, DROP_NO_NEXTHOP): counted by reason and for
+ * the VIP too. */
+static __always_inline int finish_vip_drop(__u32 stat, __u32 vip_index, const struct packet *pkt,
+					   const struct settings *settings)
+{
+	count_vip_flow(vip_index,
+		       stat == STAT_DROP_NO_BACKEND ? VIP_FLOW_DROP_NO_BACKEND :
+						      VIP_FLOW_DROP_NO_NEXTHOP,
+		       pkt->len);
+	return finish_unforwarded(stat, pkt, settings);
 }
 
 /* Section 6: the (address, protocol, port) VIP, the address-wide VIP, the default set.
@@ -285,16 +298,22 @@ static __always_inline int balance_inner_ipv6(struct xdp_md *ctx, struct cursor 
 		vip_index = match_vip6(&flow, has_ports, settings);
 		if (vip_index == NONE_INDEX)
 			return finish_unforwarded(STAT_NO_VIP, pkt, settings);
-		backend_index = maglev_pick(vip_index, flow_hash32(flow_mix));
+		backend_index = maglev_pick(vip_index,
+					    affinity_hash6(&flow, flow_mix, vip_affinity_mode(vip_index),
+							   settings->hash_seed));
 		backend = backend_get(backend_index);
 		if (!backend || !backend_forwards(backend))
-			return finish_unforwarded(STAT_DROP_NO_BACKEND, pkt, settings);
+			return finish_vip_drop(STAT_DROP_NO_BACKEND, vip_index, pkt, settings);
 	}
 
 	if (!backend->nexthop_resolved)
-		return finish_unforwarded(STAT_DROP_NO_NEXTHOP, pkt, settings);
-	if (outcome != STAT_CT_HIT && set)
-		conntrack6_record(set, entry, &flow, flow_mix, backend_index, backend->generation);
+		return finish_vip_drop(STAT_DROP_NO_NEXTHOP, vip_index, pkt, settings);
+	if (outcome != STAT_CT_HIT) {
+		count_vip_flow(vip_index, VIP_FLOW_NEW, pkt->len);
+		if (set)
+			conntrack6_record(set, entry, &flow, flow_mix, backend_index,
+					  backend->generation);
+	}
 	return forward_to_backend(ctx, pkt, settings, backend, backend_index, vip_index, outcome,
 				  flow_mix);
 }
@@ -395,23 +414,30 @@ int xdp_balancer(struct xdp_md *ctx)
 		outcome = STAT_CT_HIT;
 		vip_index = backend->vip_index;
 	} else {
-		/* A miss or a stale hit: match the VIP, pick from its Maglev table. */
+		/* A miss or a stale hit: match the VIP, pick from its Maglev table by the hash of
+		 * the fields its affinity names. */
 		outcome = entry ? STAT_CT_STALE : STAT_CT_MISS;
 		vip_index = match_vip(&pkt.flow, has_ports, settings);
 		if (vip_index == NONE_INDEX)
 			return finish_unforwarded(STAT_NO_VIP, &pkt, settings);
-		backend_index = maglev_pick(vip_index, flow_hash32(flow_mix));
+		backend_index = maglev_pick(vip_index,
+					    affinity_hash(&pkt.flow, flow_mix,
+							  vip_affinity_mode(vip_index),
+							  settings->hash_seed));
 		backend = backend_get(backend_index);
 		if (!backend || !backend_forwards(backend))
-			return finish_unforwarded(STAT_DROP_NO_BACKEND, &pkt, settings);
+			return finish_vip_drop(STAT_DROP_NO_BACKEND, vip_index, &pkt, settings);
 	}
 
-	/* Rewrite and send, recording a new decision first. */
+	/* Rewrite and send, recording (and counting for its VIP) a new decision first. */
 	if (!backend->nexthop_resolved)
-		return finish_unforwarded(STAT_DROP_NO_NEXTHOP, &pkt, settings);
-	if (outcome != STAT_CT_HIT && set)
-		conntrack_record(set, entry, &pkt.flow, flow_mix, backend_index,
-				 backend->generation);
+		return finish_vip_drop(STAT_DROP_NO_NEXTHOP, vip_index, &pkt, settings);
+	if (outcome != STAT_CT_HIT) {
+		count_vip_flow(vip_index, VIP_FLOW_NEW, pkt.len);
+		if (set)
+			conntrack_record(set, entry, &pkt.flow, flow_mix, backend_index,
+					 backend->generation);
+	}
 	return forward_to_backend(ctx, &pkt, settings, backend, backend_index, vip_index, outcome,
 				  flow_mix);
 }

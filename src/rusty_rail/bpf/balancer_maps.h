@@ -132,6 +132,23 @@ struct {
 	__type(value, struct counter);
 } backend_stats SEC(".maps");
 
+/* Per VIP: its new flows and its drops by reason (enum vip_flow), pinned like the packet
+ * counters; the control plane zeroes a VIP index's entries when it gives the index to a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_VIPS * VIP_FLOW_COUNT);
+	__type(key, __u32);
+	__type(value, struct counter);
+} vip_flows SEC(".maps");
+
+/* Per VIP: the flow fields its Maglev pick hashes (struct vip_affinity; affinity.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct vip_affinity);
+} vip_affinity SEC(".maps");
+
 /* Egress interfaces for XDP_REDIRECT, keyed by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);

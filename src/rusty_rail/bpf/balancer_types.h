@@ -74,6 +74,30 @@ enum too_big {
 	TOO_BIG_COUNT = 3,
 };
 
+/* The per-VIP flow counters (vip_flows, indexed vip_index * VIP_FLOW_COUNT + this;
+ * model.state.VipFlow): new flows (connection-table misses and stale hits the VIP's table
+ * decided, forwarded or not) and the drops of packets whose VIP was known. */
+enum vip_flow {
+	VIP_FLOW_NEW = 0,
+	VIP_FLOW_DROP_NO_BACKEND = 1,
+	VIP_FLOW_DROP_NO_NEXTHOP = 2,
+	VIP_FLOW_COUNT = 3,
+};
+
+/* Which flow fields a VIP's Maglev pick hashes (model.state.Affinity); 0, the 5-tuple, is
+ * what every VIP did before the field. */
+enum affinity {
+	AFFINITY_FIVE_TUPLE = 0,
+	AFFINITY_SOURCE_IP = 1,
+	AFFINITY_SOURCE_IP_PROTO = 2,
+	AFFINITY_NO_SOURCE_PORT = 3,
+};
+
+/* The value of vip_affinity, indexed by VIP index: enum affinity. */
+struct vip_affinity {
+	__u32 mode;
+};
+
 /* What the balancer made of an ICMP destination unreachable addressed to it
  * (docs/packet-path.md section 9; model.icmp.IcmpStat): the index into icmp_stats. ICMP_STAT_,
  * not ICMP_: <linux/icmp.h> names the codes ICMP_* (ICMP_FRAG_NEEDED is code 4). */

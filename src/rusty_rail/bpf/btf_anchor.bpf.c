@@ -14,6 +14,7 @@ struct mirrored_types {
 	struct backend backend;
 	struct backend_tunnel backend_tunnel;
 	struct backend_mtu backend_mtu;
+	struct vip_affinity vip_affinity;
 	struct too_big_bucket too_big_bucket;
 	struct flow_key flow_key;
 	struct conntrack_entry conntrack_entry;

@@ -39,11 +39,16 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
         ("next hop", "left"),
         ("packets", "right"),
         ("bytes", "right"),
+        ("new flows", "right"),
+        ("drops", "right"),
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for vip in vips:
         live = vip["table"]
         summary = "no table" if live is None else f"M={live['size']} fp {live['fingerprint'][:12]}"
+        affinity = vip.get("affinity", "5-tuple")
+        if affinity != "5-tuple":
+            summary += f", affinity {affinity}"
         table.add_row(
             f"[bold]{vip['vip']}[/bold]",
             "",
@@ -54,6 +59,8 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
             "",
             size(vip["stats"]["packets"]),
             size(vip["stats"]["bytes"], "B"),
+            _vip_total(vip.get("new_flows")),
+            _drops(vip.get("drops")),
         )
         for backend in vip["backends"]:
             hop = backend["next_hop"]
@@ -67,8 +74,24 @@ def vip_table(vips: Sequence[Mapping[str, Any]]) -> Table:
                 hop["dst_mac"] if hop else f"[red]{backend['next_hop_problem'] or 'unresolved'}",
                 size(backend["stats"]["packets"]),
                 size(backend["stats"]["bytes"], "B"),
+                "",
+                "",
             )
     return table
+
+
+def _vip_total(counts: Mapping[str, int] | None) -> str:
+    """A VIP's count of packets; "-" from a daemon that does not count it."""
+    return "-" if counts is None else size(counts["packets"])
+
+
+def _drops(drops: Mapping[str, Mapping[str, int]] | None) -> str:
+    """A VIP's drops in all, then the reasons that have some: ``3 (no_backend 3)``."""
+    if drops is None:
+        return "-"
+    total = sum(counts["packets"] for counts in drops.values())
+    reasons = [f"{reason} {size(c['packets'])}" for reason, c in drops.items() if c["packets"]]
+    return size(total) + (f" ({', '.join(reasons)})" if reasons else "")
 
 
 def _flows_tracked(view: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rusty_rail.api.client import ApiClient, ApiFailed, backend_path, vip_path
 from rusty_rail.cli import Subparsers
 from rusty_rail.cli.ctl_render import change_line, plan_table
+from rusty_rail.config import Affinity
 from rusty_rail.config.positions import json_positions, locate, toml_positions
 
 
@@ -56,6 +57,8 @@ def _write_of(args: argparse.Namespace) -> Write:
             body: dict[str, Any] = {"backends": args.backend or []}
             if args.table_size is not None:
                 body["table_size"] = args.table_size
+            if args.affinity is not None:
+                body["affinity"] = args.affinity
             return Write("PUT", vip_path(vip), body, {"op": "put_vip", "vip": vip, "body": body})
         return Write("DELETE", vip_path(vip), None, {"op": "delete_vip", "vip": vip})
     address: str = args.backend_address
@@ -85,6 +88,12 @@ def _vip_add_arguments(parser: argparse.ArgumentParser) -> None:
     _vip_key(parser)
     parser.add_argument(
         "--table-size", type=int, metavar="SLOTS", help="its own Maglev table size (a prime)"
+    )
+    parser.add_argument(
+        "--affinity",
+        choices=[mode.value for mode in Affinity],
+        help="the flow fields its Maglev choice hashes (default 5-tuple; source-ip sends all "
+        "of a client's connections to one backend)",
     )
     parser.add_argument(
         "--backend", action="append", metavar="ADDRESS", help="a backend (repeatable)"

@@ -9,6 +9,7 @@ model (Backend, Vip, Config) and sources (TOML files and the RR_ environment var
 from .enums import (
     Action,
     AdminState,
+    Affinity,
     AllUnhealthy,
     CheckType,
     Encap,
@@ -75,6 +76,7 @@ __all__ = [
     "NO_VALUE",
     "Action",
     "AdminState",
+    "Affinity",
     "AllUnhealthy",
     "Backend",
     "BackendHealth",

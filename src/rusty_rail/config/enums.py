@@ -57,6 +57,17 @@ class Encap(StrEnum):
         return self in (Encap.VXLAN, Encap.GENEVE)
 
 
+class Affinity(StrEnum):
+    """Which flow fields a VIP's Maglev choice hashes (docs/flow-hash.md, "Session
+    affinity"): all five, the client's address only (every connection of a client to one
+    backend), the client's address and the protocol, or all but the source port."""
+
+    FIVE_TUPLE = "5-tuple"
+    SOURCE_IP = "source-ip"
+    SOURCE_IP_PROTO = "source-ip+proto"
+    NO_SOURCE_PORT = "no-source-port"
+
+
 class Ingress(StrEnum):
     """How packets reach the node (docs/packet-path.md section 2c): GRE addressed to it, or
     plain IP packets routed to a VIP."""

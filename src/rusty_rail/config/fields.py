@@ -28,6 +28,7 @@ from rusty_rail._types import IPAddress
 from .enums import (
     Action,
     AdminState,
+    Affinity,
     AllUnhealthy,
     CheckType,
     Encap,
@@ -337,6 +338,9 @@ AdminStateField = Annotated[AdminState, BeforeValidator(_choice(AdminState))]
 OptionalProtocol = Annotated[Protocol | None, BeforeValidator(_optional(_choice(Protocol)))]
 EncapField = Annotated[
     Encap, BeforeValidator(_choice(Encap, "unsupported encapsulation; supported"))
+]
+AffinityField = Annotated[
+    Affinity, BeforeValidator(_choice(Affinity, "unsupported session affinity; supported"))
 ]
 OptionalEncapField = Annotated[
     Encap | None,

@@ -20,7 +20,7 @@ from pydantic import (
 from rusty_rail._types import IPAddress
 from rusty_rail.model.flowhash import DEFAULT_SEED
 
-from .enums import Action, AdminState, CheckType, Encap, Ingress, Protocol, XdpMode
+from .enums import Action, AdminState, Affinity, CheckType, Encap, Ingress, Protocol, XdpMode
 from .errors import ConfigError, Invalid, Loc, Problem
 from .fields import (
     ADDRESS_SCHEMA,
@@ -29,6 +29,7 @@ from .fields import (
     ActionField,
     Address,
     AdminStateField,
+    AffinityField,
     AlsoAccepts,
     ConntrackSize,
     DeviceName,
@@ -57,6 +58,7 @@ _OMITTED_AT: Final[Mapping[str, object]] = {
     "vni": None,
     "encap": None,
     "ingress": ("gre",),
+    "affinity": "5-tuple",
 }
 
 
@@ -136,6 +138,8 @@ class Vip(_OmitsNoHealth):
     vni: OptionalVni = None
     #: Maglev table size for this VIP; None means the configuration's ``table_size``.
     table_size: OptionalTableSize = None
+    #: The flow fields the VIP's Maglev choice hashes (session affinity).
+    affinity: AffinityField = Affinity.FIVE_TUPLE
     backends: tuple[BackendEntry, ...] = ()
     #: Health checks and ICMP learning for this VIP's backends, over the top level's.
     health: Health | None = None

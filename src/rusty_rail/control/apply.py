@@ -12,6 +12,8 @@ from rusty_rail.control.plan import (
     DeleteTxPort,
     DeleteVip,
     Operation,
+    ResetVipCounters,
+    SetAffinity,
     SetBackend,
     SetSettings,
     SetTable,
@@ -73,6 +75,10 @@ def apply_operations(maps: BalancerMaps, operations: Iterable[Operation]) -> int
                 maps.set_settings(settings)
             case DeleteTxPort(ifindex):
                 maps.delete_tx_port(ifindex)
+            case SetAffinity(vip_index, mode):
+                maps.set_affinity(vip_index, mode)
+            case ResetVipCounters(vip_index):
+                maps.reset_vip_counters(vip_index)
     if tables:
         _set_tables(maps, tables)
     return len(operations)

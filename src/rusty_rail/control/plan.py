@@ -16,7 +16,16 @@ import numpy as np
 import numpy.typing as npt
 
 from rusty_rail._types import IPAddress
-from rusty_rail.config import AdminState, Backend, Config, Encap, Ingress, Protocol, VipKey
+from rusty_rail.config import (
+    AdminState,
+    Affinity,
+    Backend,
+    Config,
+    Encap,
+    Ingress,
+    Protocol,
+    VipKey,
+)
 from rusty_rail.control.health import Serving
 from rusty_rail.model import state as model_state
 from rusty_rail.model.maglev import MaglevTable, build_table
@@ -70,6 +79,8 @@ class Service:
     #: The egress method and VNI of the backends that set none of their own.
     encap: Encap = Encap.GRE
     vni: int | None = None
+    #: The flow fields its Maglev choice hashes (the default set: the 5-tuple).
+    affinity: Affinity = Affinity.FIVE_TUPLE
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.backends):
@@ -97,6 +108,7 @@ def services_of(config: Config) -> list[Service]:
                 vip.backends,
                 encap=vip.encap,
                 vni=vip.vni,
+                affinity=vip.affinity,
             )
         )
     return services
@@ -327,6 +339,8 @@ def compile_plan(
         vip_index = allocation.vip_index[service.name]
         if service.match is not None:
             state.vips[service.match] = vip_index
+        if service.affinity is not Affinity.FIVE_TUPLE:
+            state.affinity[vip_index] = model_state.Affinity[service.affinity.name]
         eligible = []
         eligible_keys = []
         # UP, but no next hop yet: out of the table like an unhealthy backend (its new flows
@@ -443,6 +457,22 @@ class SetTable:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAffinity:
+    """A VIP index's session affinity: part of its table (a change moves new flows as a new
+    table would), written just before it."""
+
+    vip_index: int
+    mode: model_state.Affinity
+
+
+@dataclass(frozen=True, slots=True)
+class ResetVipCounters:
+    """A VIP index given to a VIP it did not hold before: its counters start from 0."""
+
+    vip_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteTable:
     vip_index: int
 
@@ -473,7 +503,7 @@ class DeleteTxPort:
 
 Operation = (
     SetBackend | ClearBackend | SetTable | DeleteTable | SetVip | DeleteVip | SetSettings
-    | DeleteTxPort
+    | DeleteTxPort | SetAffinity | ResetVipCounters
 )  # fmt: skip
 
 
@@ -494,9 +524,11 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
     """The operations that turn ``old`` (None: empty maps) into ``new``, in a safe order:
 
     1. backend slots that forward in ``new`` (new ones, ones coming back, changed next hops),
-    2. tables, 3. VIP keys, 4. settings (the default set's index), then the removals:
-    5. VIP keys, 6. slots that stop forwarding (DOWN), 7. tables and slots no longer used,
-    8. egress interfaces no backend uses any more.
+    2. the counters of VIP indices new to ``old`` (not when ``old`` is None: new maps, or a
+    sync), each VIP's affinity then its table, 3. VIP keys, 4. settings (the default set's
+    index), then the removals: 5. VIP keys, 6. slots that stop forwarding (DOWN), 7. tables
+    (their affinity back to the 5-tuple) and slots no longer used, 8. egress interfaces no
+    backend uses any more.
     A packet therefore never finds a table slot or VIP whose backend is not set up yet, and a
     backend is marked DOWN only after no table sends new flows to it.
     """
@@ -512,7 +544,13 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
             ops.append(SetBackend(index, entry))
         else:
             late_backends.append(SetBackend(index, entry))
+    if old is not None:
+        ops += [ResetVipCounters(i) for i in sorted(new.tables.keys() - before.tables.keys())]
+    five_tuple = model_state.Affinity.FIVE_TUPLE
     for vip_index, slots in sorted(new.tables.items()):
+        mode = new.affinity.get(vip_index, five_tuple)
+        if old is None or before.affinity.get(vip_index, five_tuple) is not mode:
+            ops.append(SetAffinity(vip_index, mode))
         if not _same_table(before.tables.get(vip_index) if old else None, slots):
             ops.append(SetTable(vip_index, np.asarray(slots, dtype=np.uint32)))
     for key, vip_index in sorted(new.vips.items(), key=lambda item: item[1]):
@@ -525,6 +563,8 @@ def diff(old: DataplaneState | None, new: DataplaneState) -> list[Operation]:
     ops += late_backends
     for vip_index in sorted(before.tables.keys() - new.tables.keys()):
         ops.append(DeleteTable(vip_index))
+        if before.affinity.get(vip_index, model_state.Affinity.FIVE_TUPLE) is not five_tuple:
+            ops.append(SetAffinity(vip_index, five_tuple))
     for index in sorted(before.backends.keys() - new.backends.keys()):
         ops.append(ClearBackend(index))
     if old is not None:

@@ -56,10 +56,22 @@ log = logging.getLogger("rusty_rail.daemon")
 PROGRAM_NAME = "xdp_balancer"
 #: Counters outside BalancerMaps, pinned with its maps so that they survive a restart as the
 #: packet counters do: the ICMP outcomes and the per-VIP too-big counts (issue 14, item 5).
+#: (The per-VIP new flows and drops, vip_flows, are BalancerMaps' own: it zeroes them.)
 COUNTER_MAPS = ("icmp_stats", "vip_too_big")
 #: The maps issue 10 added (IPv6 VIPs and flows): a balancer pinned by an earlier version is
-#: adopted without them, and they are pinned beside its maps when the new program goes in.
-ADDED_MAPS = frozenset({"vips_v6", "conntrack_v6", "backend_tunnels", "backend_mtu", *COUNTER_MAPS})
+#: adopted without them, and they are pinned beside its maps when the new program goes in; so
+#: are the per-VIP flow counters and session affinity of issue 15.
+ADDED_MAPS = frozenset(
+    {
+        "vips_v6",
+        "conntrack_v6",
+        "backend_tunnels",
+        "backend_mtu",
+        "vip_flows",
+        "vip_affinity",
+        *COUNTER_MAPS,
+    }
+)
 BALANCER = PinnedXdpSpec(
     "balancer",
     PROGRAM_NAME,

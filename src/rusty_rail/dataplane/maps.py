@@ -33,15 +33,25 @@ from rusty_rail.dataplane.libbpf import (
     Map,
     MapType,
     create_map,
+    num_possible_cpus,
 )
+from rusty_rail.model.pmtu import TooBig
 from rusty_rail.model.state import (
     NONE_INDEX,
+    VIP_FLOW_COUNT,
+    Affinity,
     BackendEntry,
     DataplaneState,
     Settings,
     Stat,
+    VipFlow,
     VipKey,
 )
+
+#: Why a VIP's packets were dropped once the VIP was known: its table had no forwarding backend
+#: for a new flow, the backend's next hop was not resolved, or (section 8c) too big with the
+#: VIP's ICMP rate spent or without DF (TooBig.LIMITED, TooBig.NO_DF).
+VIP_DROP_REASONS = ("no_backend", "no_nexthop", "too_big_limited", "too_big_no_df")
 
 #: How often a table read follows a swap that freed the table it was about to read.
 TABLE_READ_TRIES = 8
@@ -68,6 +78,8 @@ MAP_NAMES = (
     "vip_stats",
     "backend_stats",
     "tx_ports",
+    "vip_flows",
+    "vip_affinity",
 )
 
 PacketsBytes = tuple[int, int]
@@ -145,6 +157,10 @@ class BalancerMaps(ConntrackTables):
         self.vip_stats = maps["vip_stats"]
         self.backend_stats = maps["backend_stats"]
         self.tx_ports = maps["tx_ports"]
+        self.vip_flows = maps["vip_flows"]
+        self.vip_affinity = maps["vip_affinity"]
+        #: Section 8c's per-VIP counts (too_big_maps.py reads them): zeroed with the VIP's own.
+        self.vip_too_big = maps.get("vip_too_big")
         self._owned = list(maps.values()) if owned else []
         sets = self.conntrack.max_entries
         if sets & (sets - 1) or self.conntrack.value_size != FLOW_SET_SIZE:
@@ -167,7 +183,7 @@ class BalancerMaps(ConntrackTables):
     @classmethod
     def of_object(cls, obj: BpfObject) -> BalancerMaps:
         """The maps of a loaded balancer object (the object owns them)."""
-        return cls({name: obj.map(name) for name in MAP_NAMES})
+        return cls({name: obj.map(name) for name in (*MAP_NAMES, "vip_too_big")})
 
     @classmethod
     def from_pinned(cls, directory: str | Path) -> BalancerMaps:
@@ -203,6 +219,10 @@ class BalancerMaps(ConntrackTables):
         for vip_index in state.tables:
             structs.require_index(vip_index, structs.MAX_VIPS, "table VIP index")
         tables = {vip_index: _table_values(slots) for vip_index, slots in state.tables.items()}
+        for vip_index in state.affinity:
+            structs.require_index(vip_index, structs.MAX_VIPS, "affinity VIP index")
+        affinity = {_u32(i): structs.encode_affinity(mode) for i, mode in state.affinity.items()}
+        five_tuple = structs.encode_affinity(Affinity.FIVE_TUPLE)
         for flow in state.conntrack:
             structs.encode_flow_key(flow)  # validates
         ports = {b.next_hop.ifindex for b in state.backends.values() if b.next_hop is not None}
@@ -219,6 +239,10 @@ class BalancerMaps(ConntrackTables):
                     side.update(key, side_value[key])
             if current_backends.get(key) != value:
                 self.backends.update(key, value)
+        for key, value in self._array_items(self.vip_affinity):  # with the tables
+            wanted = affinity.get(key, five_tuple)
+            if value != wanted:
+                self.vip_affinity.update(key, wanted)
         for vip_index, values in tables.items():
             installed = self._read_table_values(vip_index)
             if installed is None or not np.array_equal(installed, values):
@@ -261,6 +285,10 @@ class BalancerMaps(ConntrackTables):
             values = self._read_table_values(vip_index)
             if values is not None:
                 state.tables[vip_index] = values[1:]
+        for key, raw in self._array_items(self.vip_affinity):
+            mode = structs.decode_affinity(raw)
+            if mode is not Affinity.FIVE_TUPLE:
+                state.affinity[struct.unpack("=I", key)[0]] = mode
         for key, raw in self._array_items(self.backends):
             backend = self._decode_backend(key, raw)
             if backend is not None:
@@ -323,6 +351,16 @@ class BalancerMaps(ConntrackTables):
     def _decode_backend(self, key: bytes, raw: bytes) -> BackendEntry | None:
         tunnel, mtu = self.backend_tunnels.lookup(key), self.backend_mtu.lookup(key)
         return structs.decode_backend(raw, tunnel, mtu)
+
+    def set_affinity(self, vip_index: int, mode: Affinity) -> None:
+        """The flow fields the VIP's Maglev pick hashes (bpf/affinity.h)."""
+        structs.require_index(vip_index, structs.MAX_VIPS, "affinity VIP index")
+        self.vip_affinity.update(_u32(vip_index), structs.encode_affinity(mode))
+
+    def read_affinity(self, vip_index: int) -> Affinity:
+        structs.require_index(vip_index, structs.MAX_VIPS, "affinity VIP index")
+        raw = self.vip_affinity.lookup(_u32(vip_index))
+        return Affinity.FIVE_TUPLE if raw is None else structs.decode_affinity(raw)
 
     # --- Maglev tables --------------------------------------------------------------------
 
@@ -417,6 +455,50 @@ class BalancerMaps(ConntrackTables):
     def read_backend_stats(self, indices: Iterable[int] | None = None) -> dict[int, PacketsBytes]:
         """(packets, bytes) per backend slot, summed over the CPUs; only non-zero counters."""
         return self._read_counters(self.backend_stats, indices, structs.MAX_BACKENDS)
+
+    def read_vip_flows(self, indices: Iterable[int]) -> dict[tuple[int, VipFlow], PacketsBytes]:
+        """(packets, bytes) per (VIP index, VipFlow), summed over the CPUs; only non-zero ones."""
+        result = {}
+        for vip_index in indices:
+            structs.require_index(vip_index, structs.MAX_VIPS, "VIP index")
+            for what in VipFlow:
+                key = _u32(vip_index * VIP_FLOW_COUNT + what)
+                total = _sum_percpu(self.vip_flows.lookup_percpu(key) or [])
+                if total != (0, 0):
+                    result[(vip_index, what)] = total
+        return result
+
+    def read_vip_drops(self, vip_index: int) -> dict[str, PacketsBytes]:
+        """The VIP's drops by reason (VIP_DROP_REASONS, every one, zeros included): its own
+        (vip_flows) and section 8c's (vip_too_big, when this object has it)."""
+        flows = self.read_vip_flows([vip_index])
+        drops = {
+            "no_backend": flows.get((vip_index, VipFlow.DROP_NO_BACKEND), (0, 0)),
+            "no_nexthop": flows.get((vip_index, VipFlow.DROP_NO_NEXTHOP), (0, 0)),
+        }
+        per_vip = (
+            0 if self.vip_too_big is None else self.vip_too_big.max_entries // structs.MAX_VIPS
+        )
+        for reason, offset in (
+            ("too_big_limited", TooBig.LIMITED),
+            ("too_big_no_df", TooBig.NO_DF),
+        ):
+            key = _u32(vip_index * per_vip + offset)
+            values = self.vip_too_big.lookup_percpu(key) if self.vip_too_big and per_vip else None
+            drops[reason] = _sum_percpu(values or [])
+        return drops
+
+    def reset_vip_counters(self, vip_index: int) -> None:
+        """Zero the VIP index's counters (its packets, new flows, drops and too-big packets):
+        a VIP given an index starts from 0, whichever VIP had it before."""
+        structs.require_index(vip_index, structs.MAX_VIPS, "VIP index")
+        zero = [bytes(structs.CCounter())] * num_possible_cpus()
+        self.vip_stats.update_percpu(_u32(vip_index), zero)
+        others = [] if self.vip_too_big is None else [self.vip_too_big]
+        for counters in (self.vip_flows, *others):
+            per_vip = counters.max_entries // structs.MAX_VIPS
+            for reason in range(per_vip):
+                counters.update_percpu(_u32(vip_index * per_vip + reason), zero)
 
     @staticmethod
     def _read_counters(

@@ -14,6 +14,7 @@ from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import (
     NONE_INDEX,
     Action,
+    Affinity,
     BackendEntry,
     BackendState,
     CtEntry,
@@ -112,6 +113,10 @@ class CBackendMtu(ctypes.Structure):
     _fields_ = [("mtu", U32)]
 
 
+class CVipAffinity(ctypes.Structure):
+    _fields_ = [("mode", U32)]
+
+
 class CTooBigBucket(ctypes.Structure):
     _fields_ = [("stamp_ns", ctypes.c_uint64), ("tokens", U32), ("pad", U32)]
 
@@ -196,6 +201,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "backend": CBackend,
     "backend_tunnel": CBackendTunnel,
     "backend_mtu": CBackendMtu,
+    "vip_affinity": CVipAffinity,
     "too_big_bucket": CTooBigBucket,
     "flow_key": CFlowKey,
     "conntrack_entry": CConntrackEntry,
@@ -304,6 +310,17 @@ def encode_vip_value(vip_index: int) -> bytes:
 
 def decode_vip_value(data: bytes) -> int:
     return int(CVipValue.from_buffer_copy(data).vip_index)
+
+
+def encode_affinity(mode: Affinity) -> bytes:
+    return bytes(CVipAffinity(Affinity(mode)))
+
+
+def decode_affinity(data: bytes) -> Affinity:
+    """A value of vip_affinity; a mode this version does not know reads as the 5-tuple, as the
+    program takes it."""
+    mode = CVipAffinity.from_buffer_copy(data).mode
+    return Affinity(mode) if mode in set(Affinity) else Affinity.FIVE_TUPLE
 
 
 def encode_backend(entry: BackendEntry) -> bytes:

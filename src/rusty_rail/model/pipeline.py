@@ -8,14 +8,19 @@ over speed. Sections 1-4 (parsing) are in ``model.parse``; here are sections 5-9
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import TypeVar
+from dataclasses import replace
 
+from rusty_rail.model.affinity import affinity_hash
 from rusty_rail.model.egress import encapsulate
 from rusty_rail.model.flowhash import Flow, flow_hash
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
+from rusty_rail.model.outcome import (  # re-exported: the pipeline's results
+    FORWARD_STATS as FORWARD_STATS,
+)
+from rusty_rail.model.outcome import Counters as Counters
+from rusty_rail.model.outcome import Decision as Decision
+from rusty_rail.model.outcome import Match as Match
+from rusty_rail.model.outcome import Result as Result
 from rusty_rail.model.parse import (
     IPV4_FRAGMENT_MASK,
     Parsed,
@@ -25,11 +30,12 @@ from rusty_rail.model.parse import (
     parse_routed,
     u16,
 )
-from rusty_rail.model.pmtu import TOO_BIG_STATS, TOO_BIG_VERDICTS, TooBig, TooBigLimiter, too_big
+from rusty_rail.model.pmtu import TOO_BIG_STATS, TOO_BIG_VERDICTS, TooBigLimiter, too_big
 from rusty_rail.model.state import (
     FORWARDING_STATES,
     NONE_INDEX,
     Action,
+    Affinity,
     BackendEntry,
     CtEntry,
     DataplaneState,
@@ -38,6 +44,7 @@ from rusty_rail.model.state import (
     Settings,
     Stat,
     Verdict,
+    VipFlow,
     VipKey,
 )
 from rusty_rail.wire.checksum import checksum_update_bytes, internet_checksum
@@ -61,7 +68,6 @@ from rusty_rail.wire.constants import (
 ICMP_HEADER_LEN = 8
 QUOTED_PAYLOAD_MIN = 8  # RFC 792: the quoted header and at least 8 bytes after it (here: GRE)
 
-FORWARD_STATS = frozenset({Stat.CT_HIT, Stat.CT_MISS, Stat.CT_STALE})
 MALFORMED_STATS = frozenset(
     {
         Stat.GRE_MALFORMED,
@@ -81,121 +87,11 @@ PASS_STATS = frozenset(
     }
 )
 DROP_STATS = frozenset({Stat.DROP_NO_BACKEND, Stat.DROP_NO_NEXTHOP})
-
-PacketsBytes = tuple[int, int]
-K = TypeVar("K")
-
-
-# --- Results ---------------------------------------------------------------------------------
-
-
-def _summed(
-    first: Mapping[K, PacketsBytes], second: Mapping[K, PacketsBytes]
-) -> dict[K, PacketsBytes]:
-    result = dict(first)
-    for key, (packets, size) in second.items():
-        old_packets, old_size = result.get(key, (0, 0))
-        result[key] = (old_packets + packets, old_size + size)
-    return result
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    """Counter deltas as (packets, bytes), only the non-zero entries: what the BPF per-CPU
-    arrays gain, summed over CPUs."""
-
-    stats: dict[Stat, PacketsBytes] = field(default_factory=dict)
-    vips: dict[int, PacketsBytes] = field(default_factory=dict)
-    backends: dict[int, PacketsBytes] = field(default_factory=dict)
-    icmp: dict[IcmpStat, PacketsBytes] = field(default_factory=dict)
-    too_big: dict[tuple[int, TooBig], PacketsBytes] = field(default_factory=dict)
-
-    def merge(self, other: Counters) -> Counters:
-        """The sum of two sets of deltas."""
-        return Counters(
-            stats=_summed(self.stats, other.stats),
-            vips=_summed(self.vips, other.vips),
-            backends=_summed(self.backends, other.backends),
-            icmp=_summed(self.icmp, other.icmp),
-            too_big=_summed(self.too_big, other.too_big),
-        )
-
-    @classmethod
-    def total(cls, many: Iterable[Counters]) -> Counters:
-        """The sum of many deltas (for tests that run many packets)."""
-        result = cls()
-        for counters in many:
-            result = result.merge(counters)
-        return result
-
-    def packets(self, stat: Stat) -> int:
-        return self.stats.get(stat, (0, 0))[0]
-
-
-class Match(StrEnum):
-    """How a flow found its backend set."""
-
-    CONNTRACK = "conntrack"  # a valid connection-table entry; no VIP was looked up
-    PORT_VIP = "port VIP"  # (destination, protocol, destination port)
-    ADDRESS_VIP = "address VIP"  # (destination, any, any)
-    DEFAULT_VIP = "default VIP"  # settings.default_vip
-    NONE = "none"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Which backend a flow gets and why (sections 5-8 of docs/packet-path.md).
-
-    ``stat`` is the outcome: CT_HIT, CT_MISS or CT_STALE when the flow is forwarded, else
-    NO_VIP, DROP_NO_BACKEND or DROP_NO_NEXTHOP. ``stale_entry`` is a connection-table entry
-    that was found and not valid. ``table_slot`` and ``backend_index`` are set as far as the
-    decision got (a DROP_NO_NEXTHOP decision still names its backend).
-    """
-
-    flow: Flow
-    flow_hash: int
-    stat: Stat
-    match: Match
-    vip_index: int | None = None
-    table_size: int | None = None
-    table_slot: int | None = None
-    backend_index: int | None = None
-    stale_entry: CtEntry | None = None
-
-    @property
-    def forwards(self) -> bool:
-        return self.stat in FORWARD_STATS
-
-    def explain(self) -> str:
-        """One sentence for operators (the API's flow view)."""
-        where = f"backend {self.backend_index}" if self.backend_index is not None else "no backend"
-        how = {
-            Match.CONNTRACK: "a valid connection-table entry",
-            Match.PORT_VIP: f"port VIP {self.vip_index}",
-            Match.ADDRESS_VIP: f"address VIP {self.vip_index}",
-            Match.DEFAULT_VIP: f"the default set (VIP {self.vip_index})",
-            Match.NONE: "no VIP",
-        }[self.match]
-        slot = "" if self.table_slot is None else f", slot {self.table_slot} of {self.table_size}"
-        stale = "" if self.stale_entry is None else " (its connection-table entry was stale)"
-        return f"{self.flow}: {self.stat.name}, {where} by {how}{slot}{stale}"
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What one packet did: the verdict, the bytes that leave (the input when not forwarded),
-    the one stat it counted, where it was redirected, the counter deltas, and the ICMP report
-    it sent to the control plane (section 9)."""
-
-    verdict: Verdict
-    frame: bytes
-    stat: Stat
-    redirect_ifindex: int | None
-    counters: Counters
-    flow: Flow | None = None
-    decision: Decision | None = None
-    report: IcmpReport | None = None
-
+#: The drops counted for their VIP too (vip_flows): the ones after the VIP is known.
+VIP_DROPS = {
+    Stat.DROP_NO_BACKEND: VipFlow.DROP_NO_BACKEND,
+    Stat.DROP_NO_NEXTHOP: VipFlow.DROP_NO_NEXTHOP,
+}
 
 # --- Verdicts for packets that are not forwarded ---------------------------------------------
 
@@ -279,7 +175,9 @@ def lookup(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> Deci
     table = state.tables.get(vip_index)
     if table is None or len(table) == 0:  # no table, or one with no slot to pick
         return undecided
-    slot = hashed % len(table)
+    affinity = state.affinity.get(vip_index, Affinity.FIVE_TUPLE)
+    pick_hash = affinity_hash(flow, affinity, state.settings.hash_seed)
+    slot = pick_hash % len(table)
     backend_index = int(table[slot])  # a plain int also when the table is a numpy array
     picked = Decision(
         flow,
@@ -291,6 +189,8 @@ def lookup(state: DataplaneState, flow: Flow, *, fragment: bool = False) -> Deci
         table_slot=slot,
         backend_index=None if backend_index == NONE_INDEX else backend_index,
         stale_entry=stale_entry,
+        affinity=affinity,
+        pick_hash=pick_hash,
     )
     backend = None if backend_index == NONE_INDEX else state.backends.get(backend_index)
     if backend is None or backend.state not in FORWARDING_STATES:  # empty, unused or DOWN
@@ -527,8 +427,10 @@ def process(
     assert decision.backend_index is not None and decision.vip_index is not None
     backend = state.backends[decision.backend_index]
     assert backend.next_hop is not None
+    new_flow = {}
     if decision.stat in (Stat.CT_MISS, Stat.CT_STALE):
         state.conntrack[parsed.flow] = CtEntry(decision.backend_index, backend.generation)
+        new_flow = {(decision.vip_index, VipFlow.NEW): (1, size)}
 
     vip = decision.vip_index
     oversize = too_big(frame, parsed, backend, vip, too_big_limiter)
@@ -536,7 +438,12 @@ def process(
         reason, out = oversize
         result = _not_forwarded(settings, frame, TOO_BIG_STATS[reason], parsed.flow, decision)
         icmp_counts = {} if icmp_stat is None else {icmp_stat: (1, size)}
-        counters = replace(result.counters, icmp=icmp_counts, too_big={(vip, reason): (1, size)})
+        counters = replace(
+            result.counters,
+            icmp=icmp_counts,
+            too_big={(vip, reason): (1, size)},
+            vip_flows=new_flow,
+        )
         return replace(result, frame=out, counters=counters, report=report)
 
     verdict, redirect_ifindex = _send_verdict(backend.next_hop, ingress_ifindex)
@@ -545,6 +452,7 @@ def process(
         vips={decision.vip_index: (1, size)},
         backends={decision.backend_index: (1, size)},
         icmp={} if icmp_stat is None else {icmp_stat: (1, size)},
+        vip_flows=new_flow,
     )
     if backend.egress == Egress.GRE and not parsed.routed:  # passthrough
         out = rewrite(settings, frame, parsed.l3, backend, parsed.outer_family)
@@ -589,12 +497,15 @@ def _not_forwarded(
     flow: Flow | None = None,
     decision: Decision | None = None,
 ) -> Result:
+    vip_flows = {}
+    if decision is not None and decision.vip_index is not None and stat in VIP_DROPS:
+        vip_flows = {(decision.vip_index, VIP_DROPS[stat]): (1, len(frame))}
     return Result(
         verdict=verdict_for(stat, settings),
         frame=frame,
         stat=stat,
         redirect_ifindex=None,
-        counters=Counters(stats={stat: (1, len(frame))}),
+        counters=Counters(stats={stat: (1, len(frame))}, vip_flows=vip_flows),
         flow=flow,
         decision=decision,
     )

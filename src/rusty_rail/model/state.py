@@ -84,6 +84,29 @@ class Egress(IntEnum):
     ROUTE = 4
 
 
+class VipFlow(IntEnum):
+    """The per-VIP flow counters (``vip_flows``, index vip_index * VIP_FLOW_COUNT + this):
+    new flows (the decisions the VIP's table made and the connection table records), and the
+    drops of packets whose VIP was known, by reason."""
+
+    NEW = 0
+    DROP_NO_BACKEND = 1
+    DROP_NO_NEXTHOP = 2
+
+
+VIP_FLOW_COUNT = len(VipFlow)
+
+
+class Affinity(IntEnum):
+    """Which flow fields a VIP's Maglev pick hashes (docs/flow-hash.md, "Session affinity");
+    the fields a mode leaves out are hashed as zero. ``vip_affinity`` holds it per VIP index."""
+
+    FIVE_TUPLE = 0
+    SOURCE_IP = 1
+    SOURCE_IP_PROTO = 2
+    NO_SOURCE_PORT = 3
+
+
 #: A Maglev table in data-plane terms: one backend slot index per table slot.
 Table = Sequence[int] | npt.NDArray[np.uint32]
 
@@ -160,13 +183,15 @@ class CtEntry:
 @dataclass(eq=False)
 class DataplaneState:
     """Everything a packet decision depends on. ``tables`` maps a VIP index to its Maglev table
-    (a sequence of backend indices, NONE_INDEX for an empty slot; its length is the table size)."""
+    (a sequence of backend indices, NONE_INDEX for an empty slot; its length is the table size).
+    ``affinity`` holds the VIP indices whose mode is not the 5-tuple (absent: FIVE_TUPLE)."""
 
     settings: Settings
     vips: dict[VipKey, int] = field(default_factory=dict)
     tables: dict[int, Table] = field(default_factory=dict)
     backends: dict[int, BackendEntry] = field(default_factory=dict)
     conntrack: dict[Flow, CtEntry] = field(default_factory=dict)
+    affinity: dict[int, Affinity] = field(default_factory=dict)
 
     def __eq__(self, other: object) -> bool:
         # Tables may be lists or numpy arrays: equal when they hold the same slots.
@@ -177,6 +202,7 @@ class DataplaneState:
             and self.vips == other.vips
             and self.backends == other.backends
             and self.conntrack == other.conntrack
+            and self.affinity == other.affinity
             and self.tables.keys() == other.tables.keys()
             and all(
                 len(table) == len(other.tables[index])

@@ -9,6 +9,7 @@ BPF differential tests both run them, in the order of ``CASES``.
 from __future__ import annotations
 
 from tests.support.cases import (
+    affinity,
     conntrack,
     egress,
     ethernet,
@@ -75,6 +76,7 @@ CASES: list[PacketCase] = [
     *icmp.CASES,
     *egress.CASES,
     *pmtu.CASES,
+    *affinity.CASES,
 ]
 
 

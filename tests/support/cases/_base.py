@@ -11,11 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rusty_rail.model.flowhash import Flow, flow_hash
+from rusty_rail.model.affinity import affinity_hash
+from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.icmp import IcmpReport, IcmpStat, IcmpWatch
 from rusty_rail.model.pmtu import Bucket, TooBig, TooBigLimiter
 from rusty_rail.model.state import (
     Action,
+    Affinity,
     BackendEntry,
     BackendState,
     CtEntry,
@@ -24,6 +26,7 @@ from rusty_rail.model.state import (
     Settings,
     Stat,
     Verdict,
+    VipFlow,
     VipKey,
 )
 from rusty_rail.wire.build import ethernet, gre, ipv4
@@ -109,9 +112,10 @@ def standard_state(
     backends: Mapping[int, BackendEntry | None] | None = None,
     tables: Mapping[int, Sequence[int] | None] | None = None,
     conntrack: Mapping[Flow, CtEntry] | None = None,
+    affinity: Mapping[int, Affinity] | None = None,
 ) -> DataplaneState:
-    """The state every case starts from, with changes: a None in ``backends`` or ``tables``
-    removes that entry."""
+    """The state every case starts from (every VIP hashing the 5-tuple), with changes: a None in
+    ``backends`` or ``tables`` removes that entry."""
     state = DataplaneState(
         settings=replace(
             Settings(lb_ipv4=ipv4_address(LB_IPV4), lb_ipv6=ipv6_address(LB_IPV6)),
@@ -132,6 +136,7 @@ def standard_state(
         },
         backends=standard_backends(),
         conntrack=dict(conntrack or {}),
+        affinity=dict(affinity or {}),
     )
     for index, backend in (backends or {}).items():
         if backend is None:
@@ -161,17 +166,20 @@ def variant(
     backends: Mapping[int, BackendEntry | None] | None = None,
     tables: Mapping[int, Sequence[int] | None] | None = None,
     conntrack: Mapping[Flow, CtEntry] | None = None,
+    affinity: Mapping[int, Affinity] | None = None,
 ) -> StateBuilder:
     """A builder of fresh standard states with these changes (cases must not share state)."""
     return lambda: standard_state(
-        settings=settings, backends=backends, tables=tables, conntrack=conntrack
+        settings=settings, backends=backends, tables=tables, conntrack=conntrack, affinity=affinity
     )
 
 
 def table_pick(state: DataplaneState, vip_index: int, flow: Flow) -> int:
-    """The backend slot the spec's section 7 names: table[flow_hash % M]."""
+    """The backend slot the spec's section 7 names: table[hash % M], the hash of the fields the
+    VIP's affinity names (docs/flow-hash.md)."""
     table = state.tables[vip_index]
-    return table[flow_hash(flow, state.settings.hash_seed) % len(table)]
+    mode = state.affinity.get(vip_index, Affinity.FIVE_TUPLE)
+    return table[affinity_hash(flow, mode, state.settings.hash_seed) % len(table)]
 
 
 def with_state(
@@ -222,6 +230,9 @@ class PacketCase:
     report: IcmpReport | None = None
     too_big: tuple[int, TooBig] | None = None
     buckets: tuple[tuple[int, int], ...] = ()
+    #: The (VIP index, VipFlow) of ``vip_flows`` it counts; None: a forwarded CT_MISS or
+    #: CT_STALE counts (vip_index, NEW), a too-big one (its VIP, NEW), anything else nothing.
+    vip_flow: tuple[int, VipFlow] | None = None
 
     def limiter(self) -> TooBigLimiter:
         """The reference's view of ``buckets``, at a time before their stamp."""
@@ -242,6 +253,16 @@ class PacketCase:
             "backends": {} if self.backend_index is None else {self.backend_index: one},
             "icmp": {} if self.icmp_stat is None else {int(self.icmp_stat): one},
         }
+
+    def expected_vip_flows(self) -> dict[tuple[int, VipFlow], tuple[int, int]]:
+        one = (1, len(self.frame))
+        if self.vip_flow is not None:
+            return {self.vip_flow: one}
+        if self.stat in (Stat.CT_MISS, Stat.CT_STALE) and self.vip_index is not None:
+            return {(self.vip_index, VipFlow.NEW): one}
+        if self.too_big is not None:  # a new flow's first packet, recorded, then too big
+            return {(self.too_big[0], VipFlow.NEW): one}
+        return {}
 
     def expected_too_big(self) -> dict[tuple[int, TooBig], tuple[int, int]]:
         return {} if self.too_big is None else {self.too_big: (1, len(self.frame))}
@@ -299,8 +320,10 @@ class Section:
         state: StateBuilder = standard_state,
         flow: Flow | None = None,
         conntrack_after: CtEntry | None = None,
+        vip_flow: tuple[int, VipFlow] | None = None,
     ) -> PacketCase:
-        """A case whose frame is passed or dropped unchanged."""
+        """A case whose frame is passed or dropped unchanged (``vip_flow``: the drop it counts
+        for its VIP)."""
         case = PacketCase(
             name,
             description,
@@ -310,6 +333,7 @@ class Section:
             state,
             flow=flow,
             conntrack_after=conntrack_after,
+            vip_flow=vip_flow,
         )
         self.cases.append(case)
         return case

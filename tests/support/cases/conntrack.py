@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rusty_rail.model.state import NONE_INDEX, BackendState, CtEntry, Stat, Verdict
+from rusty_rail.model.state import NONE_INDEX, BackendState, CtEntry, Stat, Verdict, VipFlow
 from rusty_rail.wire.frames import OUTER_INNER_IPV6, encapsulate, inner_ipv4, inner_ipv6
 from tests.support.cases._base import (
     _STANDARD,
@@ -118,6 +118,7 @@ kept(
         tables={WEB_PORT_VIP: [NONE_INDEX] * TABLE_SIZE},
     ),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_BACKEND),
     conntrack_after=CtEntry(_WEB_OTHER, 5),
 )
 kept(
@@ -131,6 +132,7 @@ kept(
         backends={_WEB_OTHER: replace(_WEB_OTHER_BACKEND, next_hop=None)},
     ),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_NEXTHOP),
     conntrack_after=CtEntry(_WEB_OTHER, 1),
 )
 

@@ -3,7 +3,7 @@ slots whose backend is down, unused, missing or draining."""
 
 from __future__ import annotations
 
-from rusty_rail.model.state import NONE_INDEX, BackendState, Stat, Verdict
+from rusty_rail.model.state import NONE_INDEX, BackendState, Stat, Verdict, VipFlow
 from tests.support.cases._base import (
     _STANDARD,
     _WEB_PICK,
@@ -29,6 +29,7 @@ kept(
     Verdict.DROP,
     state=variant(tables={WEB_PORT_VIP: [NONE_INDEX] * TABLE_SIZE}),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_BACKEND),
 )
 kept(
     "table-missing",
@@ -38,6 +39,7 @@ kept(
     Verdict.DROP,
     state=variant(tables={WEB_PORT_VIP: None}),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_BACKEND),
 )
 kept(
     "table-size-0",
@@ -47,6 +49,7 @@ kept(
     Verdict.DROP,
     state=variant(tables={WEB_PORT_VIP: []}),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_BACKEND),
 )
 for _why, _entry in (
     ("down", with_state(_STANDARD.backends[_WEB_PICK], BackendState.DOWN)),
@@ -61,6 +64,7 @@ for _why, _entry in (
         Verdict.DROP,
         state=variant(backends={_WEB_PICK: _entry}),
         flow=WEB_FLOW,
+        vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_BACKEND),
     )
 forwarded(
     "table-slot-drain",

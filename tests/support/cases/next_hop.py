@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rusty_rail.model.state import BackendEntry, BackendState, Stat, Verdict
+from rusty_rail.model.state import BackendEntry, BackendState, Stat, Verdict, VipFlow
 from rusty_rail.wire.constants import ETH_P_8021AD, ETH_P_IPV6
 from rusty_rail.wire.fields import VlanTag, ipv6_address
 from rusty_rail.wire.frames import OUTER_IPV6, Outer, inner_ipv4, inner_ipv6
@@ -39,6 +39,7 @@ kept(
     Verdict.DROP,
     state=variant(backends={_WEB_PICK: replace(_STANDARD.backends[_WEB_PICK], next_hop=None)}),
     flow=WEB_FLOW,
+    vip_flow=(WEB_PORT_VIP, VipFlow.DROP_NO_NEXTHOP),
 )
 forwarded("send-tx-same-ifindex", "next hop on the ingress interface: TX", WEB_FLOW, WEB_PORT_VIP)
 forwarded("send-tx-ifindex-0", "next hop ifindex 0: TX", WEB_OTHER_PORT_FLOW, WEB_ADDRESS_VIP)
