@@ -57,6 +57,8 @@ from rusty_rail.dataplane.loader import LoaderError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from rusty_rail.api import schemas
+
 __all__ = [
     "CHANGE_NEXT_HOP_WAIT",
     "SOURCE_API",
@@ -347,6 +349,12 @@ class Daemon(Controller):
             await self.announcer.refresh(
                 self.config, self.attached, self.drained, self._stop_requested
             )
+
+    def health(self) -> tuple[bool, schemas.NodeHealth]:
+        healthy, body = super().health()
+        if self.announcer is not None:
+            body["bgp"] = self.announcer.status()
+        return healthy, body
 
     async def set_drained(self, drained: bool) -> list[str]:
         """Drain (withdraw every route, keep forwarding) or undrain; the routes announced
