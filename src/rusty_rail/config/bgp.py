@@ -43,7 +43,8 @@ class Bgp(FrozenModel):
     asn: Asn
     #: The BGP identifier, an IPv4 address; None: the node's lb_address.
     router_id: OptionalAddress = None
-    peers: Annotated[tuple[BgpPeer, ...], Field(min_length=1, max_length=MAX_PEERS)]
+    #: At least one, at most MAX_PEERS.
+    peers: tuple[BgpPeer, ...]
 
     @model_validator(mode="after")
     def _check_bgp(self) -> Self:
@@ -51,6 +52,9 @@ class Bgp(FrozenModel):
         if self.router_id is not None and self.router_id.version != 4:
             reason = "must be an IPv4 address (a BGP identifier is 32 bits)"
             problems.append(Problem(("router_id",), reason, self.router_id))
+        if not 1 <= len(self.peers) <= MAX_PEERS:
+            reason = f"give 1 to {MAX_PEERS} routers to announce the VIPs to"
+            problems.append(Problem(("peers",), reason, len(self.peers)))
         seen: dict[tuple[str, int], int] = {}
         for index, peer in enumerate(self.peers):
             key = (str(peer.address), peer.port)
