@@ -106,7 +106,7 @@ def render(
             f"  hold time {peer.hold_time};",
             f"  keepalive time {max(1, peer.hold_time // 3)};",
             # Try again soon after a failed or lost session (BIRD's defaults wait minutes).
-            "  connect delay time 1;",
+            "  connect delay time 0;",
             "  connect retry time 1;",
             "  error wait time 1, 10;",
             "  ipv4 {",
