@@ -55,9 +55,9 @@ RENAMED: Final = {
 }
 #: What the configuration's own docstring does not say about it as an API body.
 CONFIG_DESCRIPTION: Final = (
-    "The whole desired state of one node (docs/configuration.md). In a PUT, device, xdp_mode, bgp, "
-    "conntrack_size and keys set by the daemon's environment may be left out (they keep their "
-    "values) but not changed."
+    "The whole desired state of one node (docs/configuration.md). In a PUT, device, xdp_mode, "
+    "conntrack_size, bgp and keys set by the daemon's environment may be left out (they keep "
+    "their values) but not changed."
 )
 VIP_BODY_DESCRIPTION: Final = (
     "A VIP. address, protocol and port come from the path and may be left out; if given they "
