@@ -154,7 +154,7 @@ def test_announced_drained_undrained_and_withdrawn_when_the_daemon_is_killed(
     daemon.handle.close()
 
 
-def test_withdrawn_when_the_data_plane_fails_and_when_the_daemon_detaches_on_exit(
+def test_a_dead_speaker_is_started_again_a_failed_data_plane_and_detach_on_exit_withdraw(
     bed: Bed,  # noqa: F811
     router: BirdRouter,
     tmp_path: Path,
@@ -163,6 +163,20 @@ def test_withdrawn_when_the_data_plane_fails_and_when_the_daemon_detaches_on_exi
     # daemon's back). Every route is withdrawn within a tick; the session stays up.
     daemon = start(bed, tmp_path, "run1")
     router.wait(lambda: announced(router), "announced")
+
+    # The speaker dies on its own (its session closes: the router withdraws, as after the
+    # daemon's SIGKILL above); the daemon starts another at its next tick, which announces.
+    def speaker() -> int | None:
+        found = subprocess.run(["pgrep", "-P", str(daemon.process.pid), "bird"],
+                               capture_output=True, text=True, check=False).stdout  # fmt: skip
+        return int(found) if found.strip() else None
+
+    first = speaker()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    router.wait(lambda: speaker() not in (None, first), "another BIRD started")
+    router.wait(lambda: announced(router) and router.established() == 1, "announced again")
+    assert "BGP speaker: BIRD exited; starting it again" in (tmp_path / "run1.log").read_text()
     detach = subprocess.run(bed.rusty_rail("detach", "--device", "eth0"), capture_output=True,
                             text=True, check=False)  # fmt: skip
     assert detach.returncode == 0, detach.stderr
