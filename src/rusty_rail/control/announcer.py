@@ -33,6 +33,7 @@ log = logging.getLogger("rusty_rail.bgp")
 
 DRAINED: Final = "the node is drained (ctl node drain)"
 STOPPING: Final = "the daemon is stopping"
+DETACHED: Final = "the data plane is not attached"
 
 
 def vip_routes(config: Config, ipv6: bool) -> frozenset[IPAddress]:
@@ -65,16 +66,9 @@ class Announcer:
                       stopping: bool) -> None:  # fmt: skip
         """Bring the announcements in line with the node's state now."""
         async with self._lock:
-            is_attached = await asyncio.to_thread(attached)
-            reason = (
-                STOPPING
-                if stopping
-                else DRAINED
-                if drained
-                else None
-                if is_attached
-                else "the data plane is not attached"
-            )
+            reason = STOPPING if stopping else DRAINED if drained else None
+            if reason is None and not await asyncio.to_thread(attached):
+                reason = DETACHED
             wanted = frozenset() if reason is not None else vip_routes(config, self.ipv6)
             try:
                 if not self.speaker.running():
@@ -86,7 +80,7 @@ class Announcer:
                              f" (withdrawn: {reason})" if reason else "")  # fmt: skip
                 self.sessions = await asyncio.to_thread(self.speaker.sessions)
                 self.error = None
-            except SpeakerError as error:
+            except (SpeakerError, OSError) as error:  # OSError: its files, its start
                 if self.error != str(error):
                     log.error("BGP speaker: %s", error)
                 self.error = str(error)
