@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +73,25 @@ def router(bed: Bed, tmp_path: Path) -> Any:  # noqa: F811
         yield running
 
 
-def start(on: Bed, tmp_path: Path, name: str, *args: str) -> Daemon:
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """The daemons a test starts, stopped however it ends."""
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            if daemon.process.poll() is None:
+                daemon.stop()
+
+
+def start(on: Bed, tmp_path: Path, name: str, started: list[Daemon], *args: str) -> Daemon:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
     daemon = Daemon(on, [], tmp_path / f"{name}.log", ["--config", str(config_file(tmp_path)),
                     "--api", API, "--api-token-file", str(token), *args])  # fmt: skip
+    started.append(daemon)
     daemon.wait_for("attached in native mode")
     return daemon
 
@@ -106,9 +120,10 @@ def ctl(on: Bed, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
 def test_announced_drained_undrained_and_withdrawn_when_the_daemon_is_killed(
     bed: Bed,  # noqa: F811
     router: BirdRouter,
+    daemons: list[Daemon],
     tmp_path: Path,
 ) -> None:
-    daemon = start(bed, tmp_path, "run")
+    daemon = start(bed, tmp_path, "run", daemons)
     router.wait(lambda: announced(router), "both VIPs in the router's routing table")
     assert f"via {LB} dev eth0" in router.routes(VIP4)
     assert f"via {LB6} dev eth0" in router.routes(VIP6)
@@ -157,11 +172,12 @@ def test_announced_drained_undrained_and_withdrawn_when_the_daemon_is_killed(
 def test_a_dead_speaker_is_started_again_a_failed_data_plane_and_detach_on_exit_withdraw(
     bed: Bed,  # noqa: F811
     router: BirdRouter,
+    daemons: list[Daemon],
     tmp_path: Path,
 ) -> None:
     # The data plane fails: the program no longer runs on the device (detached behind the
     # daemon's back). Every route is withdrawn within a tick; the session stays up.
-    daemon = start(bed, tmp_path, "run1")
+    daemon = start(bed, tmp_path, "run1", daemons)
     router.wait(lambda: announced(router), "announced")
 
     # The speaker dies on its own (its session closes: the router withdraws, as after the
@@ -190,7 +206,7 @@ def test_a_dead_speaker_is_started_again_a_failed_data_plane_and_detach_on_exit_
 
     # --detach-on-exit: announced, then SIGTERM withdraws (the speaker stops first) and
     # detaches.
-    daemon = start(bed, tmp_path, "run2", "--detach-on-exit")
+    daemon = start(bed, tmp_path, "run2", daemons, "--detach-on-exit")
     router.wait(lambda: announced(router), "announced by the new daemon")
     assert daemon.stop() == 0
     assert withdrawn(router)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from rusty_rail.api.changes import replace_config
 from rusty_rail.api.errors import ApiError
 from rusty_rail.cli import main
 from rusty_rail.config import Config, ConfigError, config_from_toml_text
-from rusty_rail.control.bird import _read_answer, render
+from rusty_rail.control.bird import DIRECTORY_PREFIX, _read_answer, _remove_stale, render
 from rusty_rail.control.cluster import shared_document
 from rusty_rail.control.fingerprint import config_etag, config_fingerprint
 from rusty_rail.control.startup import RESTART_KEYS
@@ -145,3 +147,16 @@ def test_a_bird_answer_ends_at_its_code_and_a_space() -> None:
 
 def test_config_without_bgp_has_no_bgp_key() -> None:
     assert Config().bgp is None
+
+
+def test_the_directories_of_speakers_whose_daemon_is_gone_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"{DIRECTORY_PREFIX}{gone.pid}-eth0-abcd1234"
+    live = tmp_path / f"{DIRECTORY_PREFIX}{os.getpid()}-eth0-abcd1234"
+    other = tmp_path / "something-else"
+    for directory in (stale, live, other):
+        directory.mkdir()
+        (directory / "bird.conf").write_text("")
+    _remove_stale(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()

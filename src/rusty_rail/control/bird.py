@@ -38,6 +38,9 @@ from rusty_rail.control.errors import StartupError
 log = logging.getLogger("rusty_rail.bgp")
 
 BIRD: Final = "bird"
+#: The speaker's directory (its configuration and control socket), in /run:
+#: rusty-rail-bgp-PID-DEVICE-XXXXXXXX, PID the daemon's.
+DIRECTORY_PREFIX: Final = "rusty-rail-bgp-"
 #: How long a call on BIRD's control socket may take.
 CONTROL_SECONDS: Final = 5.0
 #: How long BIRD may take to start (its control socket to answer) and to stop.
@@ -146,9 +149,18 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _runtime_directory() -> str | None:
+def _runtime_directory() -> Path:
     run = Path("/run")
-    return str(run) if run.is_dir() and os.access(run, os.W_OK) else None
+    return run if run.is_dir() and os.access(run, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the directories of speakers whose daemon is gone (a daemon killed by SIGKILL
+    could not): each is named after its daemon's pid."""
+    for directory in root.glob(f"{DIRECTORY_PREFIX}*"):
+        pid = directory.name.removeprefix(DIRECTORY_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class BirdSpeaker:
@@ -193,9 +205,10 @@ class BirdSpeaker:
         if binary is None:
             raise SpeakerError("BIRD 2 is not installed (`bird` not found)")
         self.stop()
-        self.directory = Path(
-            tempfile.mkdtemp(prefix=f"rusty-rail-bgp-{self.name}-", dir=_runtime_directory())
-        )
+        root = _runtime_directory()
+        _remove_stale(root)
+        prefix = f"{DIRECTORY_PREFIX}{os.getpid()}-{self.name}-"
+        self.directory = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
         wanted = frozenset(routes)
         self._write(wanted)
         command = [binary, "-f", "-c", str(self.config_path), "-s", str(self.control_path)]
