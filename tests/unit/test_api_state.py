@@ -170,7 +170,7 @@ def test_a_broken_saved_state_stops_the_start_before_anything_is_touched(tmp_pat
 
 
 def test_fixed_keys_follow_the_environment() -> None:
-    assert set(fixed_keys({})) == {"device", "xdp_mode", "conntrack_size"}
+    assert set(fixed_keys({})) == {"device", "xdp_mode", "conntrack_size", "bgp"}
     assert "hash_seed" in fixed_keys({"RR_HASH_SEED": "1"})
     merged = desired_at_start(
         CONFIG.model_copy(update={"table_size": 251}), CONFIG, fixed_keys({}), "test"

@@ -284,7 +284,8 @@ def replace_config(current: Config, body: object, fixed: Mapping[str, str]) -> C
     data = dict(_require_object(body))
     running = current.model_dump(mode="json")
     for name in fixed:
-        data.setdefault(name, running[name])
+        if name in running:  # a key left out of dumps while unset (bgp) stays unset
+            data.setdefault(name, running[name])
     try:
         config = validate_as(Config, data, BODY)
     except ConfigError as error:

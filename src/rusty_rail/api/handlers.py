@@ -230,6 +230,20 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(body, HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE)
 
 
+async def drain_node(request: web.Request) -> web.Response:
+    return await _drain(request, True)
+
+
+async def undrain_node(request: web.Request) -> web.Response:
+    return await _drain(request, False)
+
+
+async def _drain(request: web.Request, drained: bool) -> web.Response:
+    announced = await request.app[DAEMON].set_drained(drained)
+    body: schemas.DrainState = {"drained": drained, "announced": announced}
+    return json_response(body)
+
+
 async def metrics(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 

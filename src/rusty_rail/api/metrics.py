@@ -31,6 +31,7 @@ from rusty_rail.model.state import BackendState, Stat, VipFlow
 from .flow_counts import COUNT_INTERVAL, FlowCount, FlowCounts
 
 if TYPE_CHECKING:
+    from rusty_rail.control.announcer import Announcer
     from rusty_rail.control.cluster import StoreSync
     from rusty_rail.control.daemon import ChangeResult, Daemon
     from rusty_rail.control.reloads import ReloadRecord
@@ -97,6 +98,12 @@ class _MapsCollector(Collector):
         yield from reload_metrics(daemon.reloads)
         if daemon.store is not None:
             yield from store_metrics(daemon.store)
+        yield GaugeMetricFamily(
+            "rusty_rail_drained", "1 while the node is drained (its VIPs not announced)",
+            daemon.drained,
+        )  # fmt: skip
+        if daemon.announcer is not None:
+            yield from bgp_metrics(daemon.announcer)
         if plan is None or balancer is None:
             return
         maps = balancer.maps
@@ -437,3 +444,22 @@ def store_metrics(store: StoreSync) -> Iterable[Metric]:
         "1 while the store answers (writes are refused while it does not)",
         store.reachable,
     )
+
+
+def bgp_metrics(announcer: Announcer) -> Iterable[Metric]:
+    """With a [bgp] section (docs/cluster.md): the routes announced, each peer's session."""
+    yield GaugeMetricFamily(
+        "rusty_rail_bgp_announced_routes",
+        "VIP host routes announced to the routers (0 while drained, detached or stopping)",
+        len(announcer.speaker.routes),
+    )
+    sessions = GaugeMetricFamily(
+        "rusty_rail_bgp_session_established",
+        "1 while the BGP session with the peer is established",
+        labels=["peer"],
+    )
+    for peer in announcer.status()["peers"]:
+        address = peer["address"]
+        where = f"[{address}]" if ":" in address else address
+        sessions.add_metric([f"{where}:{peer['port']}"], peer["established"])
+    yield sessions

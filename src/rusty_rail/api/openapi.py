@@ -42,6 +42,7 @@ GENERATED: Final[tuple[type, ...]] = (
     schemas.Decision,
     schemas.EventList,
     schemas.HealthList,
+    schemas.DrainState,
 )
 #: Component names that differ from the type's: the configuration's health tables are the
 #: HealthSettings of the document, its Health and BackendHealth the answers of /healthz and
@@ -55,8 +56,8 @@ RENAMED: Final = {
 #: What the configuration's own docstring does not say about it as an API body.
 CONFIG_DESCRIPTION: Final = (
     "The whole desired state of one node (docs/configuration.md). In a PUT, device, xdp_mode, "
-    "conntrack_size and keys set by the daemon's environment may be left out (they keep their "
-    "values) but not changed."
+    "conntrack_size, bgp and keys set by the daemon's environment may be left out (they keep "
+    "their values) but not changed."
 )
 VIP_BODY_DESCRIPTION: Final = (
     "A VIP. address, protocol and port come from the path and may be left out; if given they "
@@ -194,6 +195,23 @@ def _write(
             "content": {JSON: {"schema": _ref(body)}},
         }
     return operation
+
+
+def _drain(drained: bool) -> dict[str, Any]:
+    return {
+        "operationId": "drainNode" if drained else "undrainNode",
+        "tags": ["node"],
+        "summary": "Withdraw the VIPs' BGP routes; what still arrives is forwarded"
+        if drained
+        else "Announce the VIPs again (while attached)",
+        "description": "Needs the bearer token. Answered once the speaker has the change; "
+        "without a [bgp] section only the flag changes. Not kept across a restart.",
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": _ok("DrainState"),
+            "401": _error("A bearer token is needed and was missing or wrong"),
+        },
+    }
 
 
 #: The operations' groups.
@@ -367,6 +385,8 @@ def document() -> dict[str, Any]:
                     not_found=False,
                 ),
             },
+            "/v1/node/drain": {"post": _drain(True)},
+            "/v1/node/undrain": {"post": _drain(False)},
             "/v1/plan": {
                 "post": {
                     "operationId": "planChange",

@@ -315,6 +315,55 @@ class NodeHealth(TypedDict):
             Field(description="With run --store only: the cluster's store (docs/cluster.md)."),
         ]
     ]
+    drained: Annotated[
+        bool,
+        Field(
+            description="Drained (POST /v1/node/drain): the VIPs are not announced over BGP; "
+            "what still reaches the node is forwarded. Not a reason against health."
+        ),
+    ]
+    bgp: NotRequired[
+        Annotated[
+            BgpHealth,
+            Field(description="With a [bgp] section only: the VIPs' announcements."),
+        ]
+    ]
+
+
+@with_config(_CLOSED)
+class BgpPeerHealth(TypedDict):
+    address: str
+    port: int
+    asn: int
+    state: Annotated[
+        str, Field(description="BIRD's state of the session: Established, Active, Connect, ...")
+    ]
+    established: bool
+
+
+@with_config(_CLOSED)
+class BgpHealth(TypedDict):
+    asn: int
+    router_id: str
+    speaker_running: Annotated[bool, Field(description="The BIRD process runs.")]
+    error: Annotated[str | None, Field(description="The speaker's last failure, while it stands.")]
+    withheld: Annotated[
+        str | None,
+        Field(
+            description="Why no route is announced (drained, detached, stopping); null: the "
+            "VIPs are."
+        ),
+    ]
+    announced: Annotated[list[str], Field(description="The VIP addresses announced (host routes).")]
+    peers: list[BgpPeerHealth]
+
+
+@with_config(_CLOSED)
+class DrainState(TypedDict):
+    drained: bool
+    announced: Annotated[
+        list[str], Field(description="The VIP addresses announced now (empty without [bgp]).")
+    ]
 
 
 @with_config(_CLOSED)

@@ -49,6 +49,8 @@ def create_app(daemon: Daemon) -> web.Application:
     router.add_get("/v1/config", handlers.get_config)
     router.add_put("/v1/config", handlers.put_config)
     router.add_post("/v1/plan", handlers.plan)
+    router.add_post("/v1/node/drain", handlers.drain_node)
+    router.add_post("/v1/node/undrain", handlers.undrain_node)
     router.add_get("/v1/flows", handlers.list_flows)
     router.add_get("/v1/lookup", handlers.lookup)
     router.add_get("/v1/events", handlers.list_events)

@@ -37,7 +37,7 @@ from rusty_rail.api.client import (
 )
 from rusty_rail.api.credentials import DEFAULT_TOKEN_FILE, local_token
 from rusty_rail.cli import EXIT_OK, EXIT_USAGE, Subparsers
-from rusty_rail.cli.ctl_cluster import add_cluster_command
+from rusty_rail.cli.ctl_cluster import add_cluster_command, add_node_command
 from rusty_rail.cli.ctl_render import (
     event_line,
     flows_title,
@@ -349,6 +349,7 @@ def add_arguments(ctl: argparse.ArgumentParser) -> None:
     whole.set_defaults(run=_plan_config)
     _add_read_commands(commands, verbs)
     add_cluster_command(commands)
+    add_node_command(commands)
     _json_everywhere(ctl)
 
 

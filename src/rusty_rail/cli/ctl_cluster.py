@@ -1,5 +1,6 @@
 """`rusty-rail ctl cluster`: every node of a cluster (docs/cluster.md), the store revision it
-applied, its tables' fingerprints, and whether they all agree.
+applied, its tables' fingerprints, whether they all agree, and whether each is drained and
+announces its VIPs; `rusty-rail ctl node drain|undrain`.
 
 The nodes are the ones registered in the store (each node keeps ``PREFIX/nodes/NAME`` alive
 with a lease), found through the store address the node at --api reports, or --store; or the
@@ -40,6 +41,16 @@ class NodeView:
         return None if store is None else int(store["revision"])
 
     @property
+    def drained(self) -> bool | None:
+        return None if self.health is None else self.health.get("drained")
+
+    @property
+    def announced(self) -> int | None:
+        """VIP routes announced over BGP (None: no [bgp] section, or no answer)."""
+        bgp = (self.health or {}).get("bgp")
+        return None if bgp is None else len(bgp.get("announced", []))
+
+    @property
     def fingerprints(self) -> dict[str, str | None]:
         vips = (self.health or {}).get("vips", {})
         return {name: vip.get("fingerprint") for name, vip in vips.items()}
@@ -70,6 +81,8 @@ class ClusterView:
                     "error": node.error,
                     "status": None if node.health is None else node.health.get("status"),
                     "revision": node.revision,
+                    "drained": node.drained,
+                    "announced_routes": node.announced,
                     "config_fingerprint": None
                     if node.health is None
                     else node.health.get("config_fingerprint"),
@@ -130,7 +143,7 @@ def _cluster(ctx: Context, args: argparse.Namespace) -> int:
     def render(data: Mapping[str, Any]) -> Table:
         names = sorted({name for node in view.nodes for name in node.fingerprints})
         table = Table(box=box.SIMPLE, title="agree" if view.agree else "SPLIT: nodes disagree")
-        for column in ("node", "api", "status", "revision", *names):
+        for column in ("node", "api", "status", "drained", "bgp routes", "revision", *names):
             table.add_column(column)
         for node in view.nodes:
             prints = node.fingerprints
@@ -138,6 +151,8 @@ def _cluster(ctx: Context, args: argparse.Namespace) -> int:
                 node.name,
                 node.api or "-",
                 node.error or (node.health or {}).get("status", "-"),
+                {None: "-", True: "yes", False: "no"}[node.drained],
+                "-" if node.announced is None else str(node.announced),
                 "-" if node.revision is None else str(node.revision),
                 *[(prints.get(name) or "-")[:12] for name in names],
             )
@@ -170,3 +185,29 @@ def add_cluster_command(commands: Subparsers) -> None:
         "store of the daemon at --api)",
     )
     cluster.set_defaults(run=_cluster)
+
+
+def _node(ctx: Context, args: argparse.Namespace) -> int:
+    answer = ctx.client.request("POST", f"/v1/node/{args.node_command}")
+
+    def render(data: Mapping[str, Any]) -> str:
+        routes = ", ".join(data["announced"]) or "none"
+        return f"{'drained' if data['drained'] else 'undrained'}; announced: {routes}"
+
+    ctx.emit(answer.body, render)
+    return EXIT_OK
+
+
+def add_node_command(commands: Subparsers) -> None:
+    """`ctl node drain|undrain`."""
+    node = commands.add_parser(
+        "node",
+        help="the node at --api: drain (withdraw its VIPs from BGP, keep forwarding), undrain",
+        description="Drain: the node withdraws every VIP route it announces over BGP (a [bgp] "
+        "section) and keeps forwarding what still reaches it, until the routers have moved "
+        "away. Undrain: it announces them again. Not kept across a restart of the daemon.",
+        epilog="Example: rusty-rail ctl --api 198.18.0.2:9180 node drain",
+    )
+    verbs = node.add_subparsers(dest="node_command", metavar="VERB", required=True)
+    for verb, text in (("drain", "withdraw the VIPs' routes"), ("undrain", "announce them")):
+        verbs.add_parser(verb, help=text, description=text).set_defaults(run=_node)

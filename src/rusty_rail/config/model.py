@@ -20,6 +20,7 @@ from pydantic import (
 from rusty_rail._types import IPAddress
 from rusty_rail.model.flowhash import DEFAULT_SEED
 
+from .bgp import Bgp
 from .enums import Action, AdminState, Affinity, CheckType, Encap, Ingress, Protocol, XdpMode
 from .errors import ConfigError, Invalid, Loc, Problem
 from .fields import (
@@ -59,11 +60,13 @@ _OMITTED_AT: Final[Mapping[str, object]] = {
     "encap": None,
     "ingress": ("gre",),
     "affinity": "5-tuple",
+    "bgp": None,
 }
 
 
 class _OmitsNoHealth(FrozenModel):
-    """A model whose later keys (``health``, ``vni``, a backend's ``encap``, ``ingress``) are
+    """A model whose later keys (``health``, ``vni``, a backend's ``encap``, ``ingress``,
+    ``bgp``) are
     left out of dumps while unset (see ``_OMITTED_AT``)."""
 
     @model_serializer(mode="wrap")
@@ -214,6 +217,9 @@ class Config(_OmitsNoHealth):
     vips: tuple[Vip, ...] = ()
     #: Health checks and ICMP learning for every VIP and the default set (docs/health.md).
     health: Health | None = None
+    #: This node's BGP speaker, which announces the VIPs to its routers (docs/cluster.md);
+    #: None: nothing is announced.
+    bgp: Bgp | None = None
 
     def table_size_for(self, vip: Vip) -> int:
         """The Maglev table size ``vip`` uses."""

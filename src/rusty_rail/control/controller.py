@@ -165,6 +165,8 @@ class Controller:
         self.lb_ipv4: IPv4Address | None = None
         self.lb_ipv6: IPv6Address | None = None
         self._health_config: Config | None = None
+        #: Drained (ctl node drain): the VIPs are not announced; traffic is still forwarded.
+        self.drained = False
 
     # --- start ---------------------------------------------------------------------------
 
@@ -575,6 +577,7 @@ class Controller:
             "unresolved_next_hops": unresolved,
             "config_reload": self.reloads.as_json(),
             "backend_health": backend_health,
+            "drained": self.drained,
         }
         if self.store is not None:
             body["store"] = self.store.status()

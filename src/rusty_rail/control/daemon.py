@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from rusty_rail.config import Config
 from rusty_rail.control import state_file
+from rusty_rail.control.announcer import Announcer
+from rusty_rail.control.bird import check_speaker
 from rusty_rail.control.bringup import check_api_exposure
 from rusty_rail.control.cluster import join_store
 from rusty_rail.control.connections import ConnectionGuard
@@ -54,6 +56,8 @@ from rusty_rail.dataplane.loader import LoaderError
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from rusty_rail.api import schemas
 
 __all__ = [
     "CHANGE_NEXT_HOP_WAIT",
@@ -106,12 +110,16 @@ class Daemon(Controller):
         self.observers.append(self._after_change)
         #: systemd's notification socket (does nothing when not run by systemd).
         self.notifier = Notifier({})
+        #: The VIPs' BGP announcements (with a [bgp] section; made when serve() starts).
+        self.announcer: Announcer | None = None
 
     def start(self) -> None:
         """Check everything (the API's exposure first, its address last), then load, write
         and attach. Nothing on the host is changed before all of it has been checked."""
         api = self.options.api
         check_api_exposure(api)
+        if self.config.bgp is not None:
+            check_speaker()
         checked = self.check()
         if api is not None:
             raise_file_limit(api.max_connections)
@@ -210,12 +218,18 @@ class Daemon(Controller):
                 self.monitor.start(loop, self.lb_ipv4, self.lb_ipv6)
             if self.store is not None:
                 following = loop.create_task(self.store.follow(self))
+            if self.config.bgp is not None and self.lb_ipv4 is not None:
+                self.announcer = Announcer(self.config.bgp, self.lb_ipv4, self.lb_ipv6,
+                                           self.device)  # fmt: skip
+                await self.announce()
             self._serving.set()
             self.notifier.ready(self._status_line())
             if self.notifier.watchdog_seconds is not None:
                 self._spawn(self._feed_watchdog(self.notifier.watchdog_seconds / 2))
             await self._tick_until_stopped()
         finally:
+            if self.announcer is not None:
+                await self.announcer.stop()  # first: the routers move away, then the rest
             if self.store is not None:
                 if following is not None:
                     following.cancel()
@@ -295,6 +309,7 @@ class Daemon(Controller):
             except TimeoutError:
                 pass
             ticks += 1
+            await self.announce()
             try:
                 await self._tick(everything=ticks % 30 == 0)
             except (LibbpfError, OSError, PlanError, StartupError, ValueError) as error:
@@ -314,13 +329,43 @@ class Daemon(Controller):
                 await asyncio.to_thread(self.take_next_hops, found, problems)
 
     def _after_change(self, source: str, result: ChangeResult | None) -> None:
-        """A change left backends without a next hop: ask for them again soon (called on the
-        thread that made the change)."""
+        """A change left backends without a next hop: ask for them again soon; a change may
+        have added or removed VIPs: announce them (called on the thread that made the
+        change)."""
         loop = self._loop
-        if result is None or not result.unresolved or loop is None or loop.is_closed():
+        if result is None or loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(self._start_chase)
+            if self.announcer is not None and result.changed:
+                loop.call_soon_threadsafe(lambda: self._spawn(self.announce()))
+            if result.unresolved:
+                loop.call_soon_threadsafe(self._start_chase)
+
+    # --- BGP -----------------------------------------------------------------------------
+
+    async def announce(self) -> None:
+        """Bring the BGP announcements in line with the node's state (announcer.py)."""
+        if self.announcer is not None:
+            await self.announcer.refresh(
+                self.config, self.attached, self.drained, self._stop_requested
+            )
+
+    def health(self) -> tuple[bool, schemas.NodeHealth]:
+        healthy, body = super().health()
+        if self.announcer is not None:
+            body["bgp"] = self.announcer.status()
+        return healthy, body
+
+    async def set_drained(self, drained: bool) -> list[str]:
+        """Drain (withdraw every route, keep forwarding) or undrain; the routes announced
+        once the speaker has them."""
+        if drained != self.drained:
+            log.info("%s: %s", "drained" if drained else "undrained",
+                     "the VIPs are withdrawn; traffic that still arrives is forwarded"
+                     if drained else "the VIPs are announced again")  # fmt: skip
+        self.drained = drained
+        await self.announce()
+        return self.announcer.announced if self.announcer is not None else []
 
     def _start_chase(self) -> None:
         if self._chasing is None or self._chasing.done():

@@ -55,7 +55,7 @@ def config_etag(config: Config) -> str:
 def config_fingerprint(config: Config) -> str:
     """SHA-256 of the cluster-wide part of ``config`` in a canonical order (VIPs by key,
     backends by address): every key but device, xdp_mode, lb_address, lb_address_ipv6,
-    conntrack_size and ingress.
+    conntrack_size, ingress and bgp.
     Equal on every node given the same changes, in whatever order they came."""
     settings = config.model_dump(mode="json", exclude={"vips", "default_backends", *NODE_KEYS})
     digest = hashlib.sha256(b"rusty-rail config v1\n")
@@ -102,4 +102,5 @@ NODE_KEYS: Final = (
     "lb_address_ipv6",
     "conntrack_size",
     "ingress",
+    "bgp",
 )

@@ -21,6 +21,7 @@ RESTART_KEYS: Final[Mapping[str, str]] = {
     "device": "the interface is chosen at start; restart the daemon to change it",
     "xdp_mode": "the program is attached in this mode at start; detach and restart to change it",
     "conntrack_size": "the connection table is sized at start; detach and restart to change it",
+    "bgp": "the BGP speaker is set up at start; restart the daemon to change it",
 }
 
 
