@@ -46,6 +46,7 @@ from rusty_rail.wire.constants import (
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import mac
 from rusty_rail.wire.frames import inner_ipv4, inner_ipv6
+from tests.support.router_run import send
 
 pytestmark = pytest.mark.bpf
 
@@ -108,21 +109,6 @@ def expected_gre(
         SOURCE, lb, PROTO_GRE, gre(protocol, forwarded), tos=tos, ident=0, dont_fragment=True
     )
     return ethernet(lb_mac(lb), ROUTER_LB_MAC, ETH_P_IPV4, outer)
-
-
-def counted(router: Router, before: dict[str, dict[str, int]]) -> dict[str, int]:
-    after = router.counters()
-    return {
-        name: after[name]["packets"] - before[name]["packets"]
-        for name in after
-        if after[name]["packets"] != before[name]["packets"]
-    }
-
-
-def send(router: Router, frame: bytes, **kwargs: int) -> tuple[int, bytes, dict[str, int]]:
-    before = router.counters()
-    result = router.program.test_run(frame, **kwargs)
-    return result.retval, result.data, counted(router, before)
 
 
 def chosen_lb(router: Router, frame: bytes) -> IPv4Address:

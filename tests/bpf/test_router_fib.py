@@ -25,6 +25,7 @@ from rusty_rail.wire.build import ethernet, gre, ipv4, ipv6
 from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_TCP, PROTO_UDP
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.frames import inner_ipv4, inner_ipv6
+from tests.support.router_run import send as router_send
 
 pytestmark = pytest.mark.bpf
 
@@ -121,16 +122,8 @@ def frame_of(flow: Flow, payload: bytes = b"hello") -> bytes:
 
 
 def send(fib: Fib, router: Router, frame: bytes) -> tuple[int, bytes, dict[str, int]]:
-    before = router.counters()
     with in_netns(fib.namespace.name):
-        result = router.program.test_run(frame, ingress_ifindex=fib.ingress)
-    after = router.counters()
-    counts = {
-        name: after[name]["packets"] - before[name]["packets"]
-        for name in after
-        if after[name]["packets"] != before[name]["packets"]
-    }
-    return result.retval, result.data, counts
+        return router_send(router, frame, ingress_ifindex=fib.ingress)
 
 
 def flows(count: int, dst: str = VIP, proto: int = PROTO_TCP) -> list[Flow]:

@@ -30,6 +30,7 @@ from rusty_rail.wire.constants import ETH_P_IPV4, ETH_P_IPV6, PROTO_GRE, PROTO_T
 from rusty_rail.wire.describe import describe
 from rusty_rail.wire.fields import mac
 from rusty_rail.wire.frames import inner_ipv4, inner_ipv6
+from tests.support.router_run import send
 
 pytestmark = pytest.mark.bpf
 
@@ -96,18 +97,6 @@ def expected_gre6(
     outer = ipv6(SOURCE6, lb, PROTO_GRE, gre(protocol, forwarded),
                  hop_limit=61, traffic_class=traffic_class)  # fmt: skip
     return ethernet(lb_mac(lb), ROUTER_LB_MAC, ETH_P_IPV6, outer)
-
-
-def send(router: Router, frame: bytes, **kwargs: int) -> tuple[int, bytes, dict[str, int]]:
-    before = router.counters()
-    result = router.program.test_run(frame, **kwargs)
-    after = router.counters()
-    counts = {
-        name: after[name]["packets"] - before[name]["packets"]
-        for name in after
-        if after[name]["packets"] != before[name]["packets"]
-    }
-    return result.retval, result.data, counts
 
 
 def chosen_lb(router: Router, frame: bytes) -> IPv6Address:

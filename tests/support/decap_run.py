@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rusty_rail.dataplane.libbpf import Program
 from rusty_rail.decap.agent import DecapMaps
+from tests.support.router_run import packet_deltas
 
 
 def run(program: Program, maps: DecapMaps, frame: bytes) -> tuple[int, bytes, dict[str, int]]:
@@ -12,11 +13,7 @@ def run(program: Program, maps: DecapMaps, frame: bytes) -> tuple[int, bytes, di
     before = maps.counters()
     result = program.test_run(frame)
     after = maps.counters()
-    deltas = {
-        name: after[name]["packets"] - before[name]["packets"]
-        for name in after
-        if after[name]["packets"] != before[name]["packets"]
-    }
+    deltas = packet_deltas(before, after)
     byte_deltas = {name: after[name]["bytes"] - before[name]["bytes"] for name in deltas}
     assert byte_deltas == {name: len(frame) * count for name, count in deltas.items()}
     return result.retval, result.data, deltas

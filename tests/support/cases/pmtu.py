@@ -265,26 +265,28 @@ too_big(
     encapsulate(WEB6, replace(OUTER_IPV6, gre_protocol=ETH_P_IPV6)), WEB6_FLOW, WEB6,
     Egress.GRE, len(WEB6) + 24 - 1, TooBig.ICMP, settings={},
 )  # fmt: skip
-_PICK4 = table_pick(_STANDARD, WEB_PORT_VIP, WEB_FLOW)
-_PICKED4 = _STANDARD.backends[_PICK4]
-assert _PICKED4.next_hop is not None
-SECTION.forwarded(
-    "pmtu-gre-passthrough-4to6-at-the-mtu",
-    "GRE over IPv4 passed through to an IPv6 backend whose MTU is exactly inner + 40 + 4: sent",
-    WEB_FLOW, WEB_PORT_VIP, inner=WEB4,
-    state=variant(backends={_PICK4: replace(
-        _PICKED4, addr=BACKEND6, next_hop=replace(_PICKED4.next_hop, mtu=len(WEB4) + 44))}),
-)  # fmt: skip
-
-# GRE passthrough that keeps the family is not checked (section 8c): a tiny MTU changes nothing.
 _PICK = table_pick(_STANDARD, WEB_PORT_VIP, WEB_FLOW)
 _PICKED = _STANDARD.backends[_PICK]
 assert _PICKED.next_hop is not None
+
+
+def _picked_with(mtu: int, addr: bytes | None = None) -> StateBuilder:
+    """The standard state, the web flow's backend with a next hop of ``mtu`` (and ``addr``)."""
+    assert _PICKED.next_hop is not None
+    entry = replace(_PICKED, next_hop=replace(_PICKED.next_hop, mtu=mtu))
+    return variant(backends={_PICK: entry if addr is None else replace(entry, addr=addr)})
+
+
+SECTION.forwarded(
+    "pmtu-gre-passthrough-4to6-at-the-mtu",
+    "GRE over IPv4 passed through to an IPv6 backend whose MTU is exactly inner + 40 + 4: sent",
+    WEB_FLOW, WEB_PORT_VIP, inner=WEB4, state=_picked_with(len(WEB4) + 44, BACKEND6),
+)  # fmt: skip
+# GRE passthrough that keeps the family is not checked (section 8c): a tiny MTU changes nothing.
 SECTION.forwarded(
     "pmtu-gre-passthrough-unchecked",
     "GRE ingress and the gre method (passthrough) with a 68-byte MTU: sent as always",
-    WEB_FLOW, WEB_PORT_VIP,
-    state=variant(backends={_PICK: replace(_PICKED, next_hop=replace(_PICKED.next_hop, mtu=68))}),
+    WEB_FLOW, WEB_PORT_VIP, state=_picked_with(68),
 )  # fmt: skip
 
 CASES = SECTION.cases
