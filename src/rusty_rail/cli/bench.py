@@ -164,7 +164,7 @@ def add_parser(commands: Subparsers) -> None:
         "--outage-seconds",
         type=float,
         default=10.0,
-        help="how long etcd is frozen (SIGSTOP) under traffic (default 10)",
+        help="how long etcd is frozen (SIGSTOP) under traffic (default 10, at least 5)",
     )
     cluster.add_argument(
         "--ingress",
@@ -329,9 +329,14 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
 
 def cmd_bench_cluster(args: argparse.Namespace) -> int:
     from rusty_rail.bench.cluster import render_cluster_bench, run_cluster_bench
+    from rusty_rail.testbed.cluster_measure import MIN_OUTAGE_S
 
-    if not args.outage_seconds > 0:
-        print(f"--outage-seconds: {args.outage_seconds:g}: give a positive time", file=sys.stderr)
+    if not args.outage_seconds >= MIN_OUTAGE_S:
+        print(
+            f"rusty-rail bench cluster: --outage-seconds {args.outage_seconds:g}: give at "
+            f"least {MIN_OUTAGE_S:g} s (every node must notice the outage)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     result = run_cluster_bench(
         changes=args.changes, outage=args.outage_seconds, ingress=args.ingress

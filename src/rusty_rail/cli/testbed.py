@@ -133,7 +133,7 @@ def add_parser(commands: Subparsers) -> None:
         "--outage-seconds",
         type=float,
         default=10.0,
-        help="--cluster: how long etcd is frozen (SIGSTOP) under traffic (10)",
+        help="--cluster: how long etcd is frozen (SIGSTOP) under traffic (10; at least 5)",
     )
     demo.add_argument("--requests", type=int, default=1500, help="HTTP requests to each VIP (1500)")
     demo.add_argument(
@@ -204,10 +204,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not spec.cluster and (args.changes, args.outage_seconds) != (50, 10.0):
         print("rusty-rail demo: --changes and --outage-seconds need --cluster", file=sys.stderr)
         return EXIT_USAGE
-    if args.changes < 1 or args.outage_seconds <= 0:
+    from rusty_rail.testbed.cluster_measure import MIN_OUTAGE_S
+
+    if args.changes < 1 or not args.outage_seconds >= MIN_OUTAGE_S:
         print(
             f"rusty-rail demo: --changes {args.changes}, --outage-seconds "
-            f"{args.outage_seconds:g}: give at least 1 change and a positive outage",
+            f"{args.outage_seconds:g}: give at least 1 change and an outage of at least "
+            f"{MIN_OUTAGE_S:g} s (every node must notice it)",
             file=sys.stderr,
         )
         return EXIT_USAGE

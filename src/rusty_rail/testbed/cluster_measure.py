@@ -38,6 +38,7 @@ from rusty_rail.testbed.traffic import LongLived, http_requests
 __all__ = [
     "BUDGET_CHANGE_P99_MS",
     "BUDGET_WITHDRAWAL_S",
+    "MIN_OUTAGE_S",
     "changes_to_all_nodes",
     "cluster_failed",
     "etcd_outage",
@@ -49,6 +50,9 @@ __all__ = [
 #: Issue 13's budgets: a change live on all 3 nodes, p99; a dead balancer out of the router.
 BUDGET_CHANGE_P99_MS = 250.0
 BUDGET_WITHDRAWAL_S = 3.0
+#: The shortest etcd outage measured: a node finds its store gone at its next lease renewal
+#: (every second) once the call times out (2 s), so a shorter one may pass unseen by some.
+MIN_OUTAGE_S = 5.0
 
 Say = Callable[[str], None]
 
