@@ -35,6 +35,8 @@ def _check_cluster(cluster: dict[str, Any], changes: int) -> None:
     assert store["writes"] >= 1 and store["write_statuses"] == [503] * store["writes"]
     assert store["nodes_saw_outage"] == 3
     assert kill["balancer"] == "lb1" and kill["through_killed"] > 0
+    # Its BIRD died with the daemon: the session closed, the router did not wait for it.
+    assert kill["session"] == "closed"
     assert kill["survived"] == kill["connections"] > 0 and kill["survival"] == 1.0
     assert cluster["withdrawal_s"] == kill["withdrawal_s"]
     assert cluster_failed(cluster) == []
@@ -100,7 +102,7 @@ def test_a_broken_promise_is_reported() -> None:
         "change_to_all_nodes": {"changes": 2, "converged": 2, "nodes": 3},
         "etcd_outage": {"lost_packets": 0, "failed_requests": 0, "nodes_saw_outage": 3,
                         "writes": 1, "writes_refused_503": 1, "write_statuses": [503]},
-        "balancer_kill": {"connections": 4, "survived": 4},
+        "balancer_kill": {"connections": 4, "survived": 4, "session": "closed"},
     }  # fmt: skip
     assert cluster_failed(good) == []
     for part, key, value, named in (
@@ -110,6 +112,7 @@ def test_a_broken_promise_is_reported() -> None:
         ("etcd_outage", "nodes_saw_outage", 2, "only 2 nodes"),
         ("etcd_outage", "writes_refused_503", 0, "not all 503"),
         ("balancer_kill", "survived", 3, "1 connections broke"),
+        ("balancer_kill", "session", "hold timer expired", "not closed"),
     ):
         broken = json.loads(json.dumps(good))
         broken[part][key] = value

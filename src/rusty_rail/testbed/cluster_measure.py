@@ -223,6 +223,8 @@ def kill_balancer(bed: Testbed, i: int, long_lived: int, say: Say) -> dict[str, 
             f"cluster: lb{i + 1}'s daemon killed (SIGKILL) under {alive_before} established "
             f"connections, {through} of them through it ..."
         )
+        router_log = bed.log("bird-rt")
+        expired_before = router_log.read_text().count("Hold timer expired")
         os.kill(bed.pids[f"lb{i + 1}"], signal.SIGKILL)
         start = time.monotonic()
         while any(gone[vip] in bgp.fib_next_hops(router, vip) for vip in gone):
@@ -230,6 +232,7 @@ def kill_balancer(bed: Testbed, i: int, long_lived: int, say: Say) -> dict[str, 
                 raise TimeoutError(f"the router still routes to lb{i + 1} 30 s after its death")
             time.sleep(0.005)
         withdrawal = time.monotonic() - start
+        expired = router_log.read_text().count("Hold timer expired") > expired_before
         failed = sum(len(echo.check()) for echo in echoes)
     finally:
         for echo in echoes:
@@ -237,6 +240,9 @@ def kill_balancer(bed: Testbed, i: int, long_lived: int, say: Say) -> dict[str, 
     result = {
         "balancer": f"lb{i + 1}",
         "withdrawal_s": round(withdrawal, 3),
+        # How the router lost it: the session closed (the daemon's BIRD died with it), or
+        # its hold timer expired (the session went silent instead).
+        "session": "hold timer expired" if expired else "closed",
         "connections": alive_before,
         "through_killed": through,
         "survived": alive_before - failed,
@@ -269,8 +275,9 @@ def measure_cluster(
 
 def cluster_failed(result: dict[str, Any]) -> list[str]:
     """What went wrong in :func:`measure_cluster`'s result (not its times): a change some node
-    disagreed on, a lost connection, a lost packet or request during the outage, a write not
-    refused with 503."""
+    disagreed on, a lost packet or request during the outage, a node that did not notice it,
+    a write not refused with 503, a killed balancer's session left to the router's hold
+    timer, a lost connection."""
     change, store, kill = (
         result["change_to_all_nodes"],
         result["etcd_outage"],
@@ -279,6 +286,8 @@ def cluster_failed(result: dict[str, Any]) -> list[str]:
     problems = []
     if change["converged"] != change["changes"]:
         problems.append(f"{change['changes'] - change['converged']} changes left nodes disagreeing")
+    if kill["session"] != "closed":
+        problems.append(f"the killed balancer's session was not closed: {kill['session']}")
     if kill["survived"] != kill["connections"]:
         problems.append(f"{kill['connections'] - kill['survived']} connections broke at the kill")
     if store["lost_packets"] or store["failed_requests"]:
