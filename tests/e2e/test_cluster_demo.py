@@ -76,8 +76,8 @@ def test_bench_cluster_json_has_the_issues_shape(require_root: None) -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        ["--changes", "5"],
-        ["--outage-seconds", "6"],
+        ["--changes", "50"],
+        ["--outage-seconds", "10"],
         ["--cluster", "--changes", "0"],
         ["--cluster", "--outage-seconds", "4"],
     ],

@@ -126,13 +126,11 @@ def add_parser(commands: Subparsers) -> None:
     demo.add_argument(
         "--changes",
         type=int,
-        default=50,
         help="--cluster: changes through lb1's API, each timed until every node has it (50)",
     )
     demo.add_argument(
         "--outage-seconds",
         type=float,
-        default=10.0,
         help="--cluster: how long etcd is frozen (SIGSTOP) under traffic (10; at least 5)",
     )
     demo.add_argument("--requests", type=int, default=1500, help="HTTP requests to each VIP (1500)")
@@ -201,15 +199,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec is None:
         return EXIT_USAGE
-    if not spec.cluster and (args.changes, args.outage_seconds) != (50, 10.0):
+    if not spec.cluster and (args.changes, args.outage_seconds) != (None, None):
         print("rusty-rail demo: --changes and --outage-seconds need --cluster", file=sys.stderr)
         return EXIT_USAGE
     from rusty_rail.testbed.cluster_measure import MIN_OUTAGE_S
 
-    if args.changes < 1 or not args.outage_seconds >= MIN_OUTAGE_S:
+    changes = 50 if args.changes is None else args.changes
+    outage = 10.0 if args.outage_seconds is None else args.outage_seconds
+    if changes < 1 or not outage >= MIN_OUTAGE_S:
         print(
-            f"rusty-rail demo: --changes {args.changes}, --outage-seconds "
-            f"{args.outage_seconds:g}: give at least 1 change and an outage of at least "
+            f"rusty-rail demo: --changes {changes}, --outage-seconds "
+            f"{outage:g}: give at least 1 change and an outage of at least "
             f"{MIN_OUTAGE_S:g} s (every node must notice it)",
             file=sys.stderr,
         )
@@ -218,8 +218,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         spec,
         requests=args.requests,
         long_lived=args.long_lived,
-        changes=args.changes,
-        outage=args.outage_seconds,
+        changes=changes,
+        outage=outage,
     )
     print_result(summary, args.json, render_demo)
     return EXIT_FAILURE if demo_failed(summary) else EXIT_OK
