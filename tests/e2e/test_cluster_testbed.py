@@ -1,14 +1,16 @@
 """`rusty-rail testbed up --cluster` end to end (issue 13, item 4), with real TCP: a real etcd
 holds the balancers' one desired state, BIRD 2 on the router learns the VIPs from each
-balancer's announcements and installs ECMP routes, and the router's balancer set is those
-routes: GRE ingress through the XDP router's FIB lookups, routed ingress through the kernel.
+balancer daemon's own BGP speaker (its [bgp] section) and installs ECMP routes, and the
+router's balancer set is those routes: GRE ingress through the XDP router's FIB lookups,
+routed ingress through the kernel.
 
 Per ingress method one bed of three balancers (a module-scoped fixture with parameters): the
-store and the sessions are real, both VIPs' connections spread over every balancer, an
-announcement withdrawn moves the router away and a session gone silent is dropped at the hold
-time, each with every established connection kept (the other balancers' Maglev tables and
-connection state agree on the backend). Tests that change the bed put it back. And the
-command itself: what `testbed up --cluster` starts outlives it, and `down --tag` stops it.
+store and the sessions are real, both VIPs' connections spread over every balancer, a drained
+balancer's withdrawal moves the router away and a session gone silent (the balancer's daemon
+and speaker frozen) is dropped at the hold time, each with every established connection kept
+(the other balancers' Maglev tables and connection state agree on the backend). Tests that
+change the bed put it back. And the command itself: what `testbed up --cluster` starts
+outlives it, and `down --tag` stops it.
 """
 
 from __future__ import annotations
@@ -153,7 +155,10 @@ def test_a_withdrawn_announcement_moves_the_router_away_and_keeps_every_connecti
         before = _holders(bed, echo)
         on_lb1 = [i for i, holders in enumerate(before) if holders == [0]]
         assert on_lb1, f"no connection runs through lb1 ({before}): the withdrawal tests nothing"
-        bed.set_lbs([1, 2])  # lb1's announcer stops; waits for the router's FIB to follow
+        bed.set_lbs([1, 2])  # lb1 drained; waits for the router's FIB to follow
+        with in_netns(bed.lbs[0].name):
+            health = ApiClient().get("/healthz")
+        assert health["drained"] is True and health["bgp"]["announced"] == []
         assert bgp.fib_next_hops(bed.ns("rt"), vip) == set(addresses_of(vip)[1:])
         assert echo.check() == []
         # lb1's connections went on through the others, which found their backend by Maglev.
@@ -171,24 +176,26 @@ def test_a_withdrawn_announcement_moves_the_router_away_and_keeps_every_connecti
 
 
 def test_a_silent_session_is_dropped_at_the_hold_time(bed: Testbed) -> None:
-    """lb2's announcer frozen (SIGSTOP): its TCP sessions stay open but say nothing, as when
-    the link or the host hangs; the router's hold timer drops lb2's next hops, and every
-    established connection keeps working."""
+    """lb2's daemon and its BGP speaker frozen (SIGSTOP), as when the host hangs: the session
+    stays open but says nothing; the router's hold timer drops lb2's next hops, and every
+    established connection keeps working (the data plane runs on in the kernel)."""
     echo = LongLived(bed.clients, VIP, ECHO_PORT, 16)
-    announcer = bed.pids["bgp-lb2"]
+    frozen = [bed.pids["lb2"], cluster.speaker_pid(bed, 1)]
     router_log = bed.log("bird-rt")
     expired_before = router_log.read_text().count("Hold timer expired")
     try:
-        os.kill(announcer, signal.SIGSTOP)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         router = bed.ns("rt")
         bgp.wait_next_hops(router, VIP, {lb_address(0), lb_address(2)})
         bgp.wait_next_hops(router, VIP6, {lb_address6(0), lb_address6(2)})
-        # Both of lb2's sessions (IPv4 and IPv6) ended by the hold timer, not by a close.
-        assert router_log.read_text().count("Hold timer expired") - expired_before == 2
+        # lb2's one session (both families) ended by the hold timer, not by a close.
+        assert router_log.read_text().count("Hold timer expired") - expired_before == 1
         assert echo.check() == []
         assert Counter(len(holders) > 0 for holders in _holders(bed, echo))[True] == 16
     finally:
-        os.kill(announcer, signal.SIGCONT)
+        for pid in reversed(frozen):
+            os.kill(pid, signal.SIGCONT)
         # Thawed, it finds its sessions gone and opens them again.
         bgp.wait_next_hops(bed.ns("rt"), VIP, set(addresses_of(VIP)))
         bgp.wait_next_hops(bed.ns("rt"), VIP6, set(addresses_of(VIP6)))
@@ -199,8 +206,9 @@ def test_a_silent_session_is_dropped_at_the_hold_time(bed: Testbed) -> None:
 def test_testbed_up_cluster_outlives_its_command_and_down_stops_etcd_and_bird(
     require_root: None,
 ) -> None:
-    """`rusty-rail testbed up --cluster` leaves etcd, BIRD and the announcers running after it
-    exits, the route learnt by BGP; `testbed down --tag` stops them and removes etcd's data."""
+    """`rusty-rail testbed up --cluster` leaves etcd, the router's BIRD and the balancer (with
+    its own BIRD) running after it exits, the route learnt by BGP; `testbed down --tag` stops
+    them (the balancer's BIRD with it) and removes etcd's data."""
     command = [sys.executable, "-m", "rusty_rail", "testbed"]
     small = ["--clients", "1", "--lbs", "1", "--servers", "1"]
     up = subprocess.run(
@@ -212,15 +220,17 @@ def test_testbed_up_cluster_outlives_its_command_and_down_stops_etcd_and_bird(
     try:
         assert status["spec"]["cluster"] is True
         processes = status["processes"]
-        assert {"etcd", "bird-rt", "bgp-lb1"} <= set(processes)
+        assert {"etcd", "bird-rt", "lb1"} <= set(processes)
         assert all(process["alive"] for process in processes.values())
         bed = Testbed.load(tag)
         assert bgp.fib_next_hops(bed.ns("rt"), VIP) == {lb_address(0)}
+        speaker = cluster.speaker_pid(bed, 0)
         workdir = bed.workdir
         assert (workdir / "etcd").is_dir()
         done = subprocess.run([*command, "down", "--tag", tag], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert not any(alive(process["pid"]) for process in processes.values())
+        assert not alive(speaker)
         assert not workdir.exists()
     finally:
         if tag in running_testbeds():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from rusty_rail.config.sources import config_from_toml_text
+from rusty_rail.testbed.bgp import router_config
 from rusty_rail.testbed.spec import EGRESSES, TESTBED_VNI, TestbedSpec, balancer_config
 
 
@@ -34,6 +35,25 @@ def test_a_cluster_puts_ipv6_on_the_balancer_segment() -> None:
     """The IPv6 VIP's BGP next hops (and GRE ingress's outer IPv6) are the balancers' IPv6
     addresses there."""
     assert TestbedSpec(cluster=True).lb_segment_ipv6
+
+
+def test_a_cluster_balancer_announces_the_vips_to_the_router() -> None:
+    """Its own [bgp] section: AS 65001 to the router's AS 65000 at 198.18.0.1, hold time 3 s;
+    no other mode has one."""
+    config = config_from_toml_text(balancer_config(TestbedSpec(cluster=True)))
+    assert config.bgp is not None and config.bgp.asn == 65001
+    ((peer),) = config.bgp.peers
+    assert (str(peer.address), peer.asn, peer.hold_time) == ("198.18.0.1", 65000, 3)
+    assert config_from_toml_text(balancer_config(TestbedSpec())).bgp is None
+
+
+def test_the_router_takes_both_families_over_one_session_per_balancer() -> None:
+    """The daemon's speaker opens one session per router carrying both families: the router's
+    one protocol has a channel for each, from the IPv4 range of the segment."""
+    text = router_config("198.18.0.1", "198.18.0.0/24", {4: ["198.19.0.0/24"], 6: ["2001:2::/64"]})
+    assert text.count("protocol bgp") == 1 and text.count("neighbor range 198.18.0.0/24") == 1
+    assert "ipv4 { import filter vips4; export none; };" in text
+    assert "ipv6 { import filter vips6; export none; };" in text
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""`rusty-rail bench maglev|dataplane|control|health|e2e|soak|curves`: numbers, each next to a
-same-run baseline or a budget."""
+"""`rusty-rail bench maglev|dataplane|control|health|e2e|cluster|soak|curves`: numbers, each
+next to a same-run baseline or a budget."""
 
 from __future__ import annotations
 
@@ -142,6 +142,35 @@ def add_parser(commands: Subparsers) -> None:
         type=_at_least_one,
         default=None,
         help="timed runs of each chain per case (default 3)",
+    )
+
+    cluster = add_bench(
+        "cluster",
+        "a cluster of 3 balancers: a change to all nodes, a dead balancer's withdrawal, etcd down",
+        "Brings up a --cluster test bed of three balancers (etcd, BGP to the router) and "
+        "measures: changes through one node's API, each timed until every node has applied it "
+        "(p50/p99; budget p99 <= 250 ms); etcd frozen under traffic (packets lost, writes "
+        "refused with 503, the time until all nodes converge after it returns); a balancer "
+        "daemon killed with SIGKILL (the time until the router's FIB has lost it; budget "
+        "<= 3 s) and the share of established connections kept. Exits 1 when a budget is "
+        "missed or a connection, packet or refusal went wrong. docs/benchmarks.md.",
+        cmd_bench_cluster,
+        root="it builds network namespaces and runs balancers, etcd and BIRD in them",
+    )
+    cluster.add_argument(
+        "--changes", type=_at_least_one, default=50, help="changes timed (default 50)"
+    )
+    cluster.add_argument(
+        "--outage-seconds",
+        type=float,
+        default=10.0,
+        help="how long etcd is frozen (SIGSTOP) under traffic (default 10, at least 5)",
+    )
+    cluster.add_argument(
+        "--ingress",
+        choices=["gre", "routed"],
+        default="gre",
+        help="the router's ingress to the balancers (default gre)",
     )
 
     curves = add_bench(
@@ -296,6 +325,24 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     )
     print_result(result, args.json, e2e.render_e2e_bench)
     return EXIT_OK if result["budgets_met"] else EXIT_FAILURE
+
+
+def cmd_bench_cluster(args: argparse.Namespace) -> int:
+    from rusty_rail.bench.cluster import render_cluster_bench, run_cluster_bench
+    from rusty_rail.testbed.cluster_measure import MIN_OUTAGE_S
+
+    if not args.outage_seconds >= MIN_OUTAGE_S:
+        print(
+            f"rusty-rail bench cluster: --outage-seconds {args.outage_seconds:g}: give at "
+            f"least {MIN_OUTAGE_S:g} s (every node must notice the outage)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    result = run_cluster_bench(
+        changes=args.changes, outage=args.outage_seconds, ingress=args.ingress
+    )
+    print_result(result, args.json, render_cluster_bench)
+    return EXIT_OK if result["budgets_met"] and not result["problems"] else EXIT_FAILURE
 
 
 def cmd_bench_curves(args: argparse.Namespace) -> int:

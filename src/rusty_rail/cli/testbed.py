@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def _add_size_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--clients", type=int, default=2, help="client namespaces (2)")
-    command.add_argument("--lbs", type=int, default=2, help="balancers (2)")
+    command.add_argument("--lbs", type=int, help="balancers (2; 3 with --cluster)")
     command.add_argument("--servers", type=int, default=3, help="servers (3)")
     command.add_argument(
         "--xdp-mode", choices=["native", "generic"], default="native", help="XDP mode"
@@ -68,6 +68,18 @@ def _add_size_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cluster_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a cluster (docs/cluster.md): an etcd server in its own namespace holds the "
+        "balancers' one desired state (each runs with --store and --node-name lbN), BIRD 2 on "
+        "the router learns the VIPs from the balancers by BGP (each daemon announces them "
+        "itself) and installs ECMP routes; the router's balancer set is those routes (gre: the "
+        "XDP router asks the kernel's FIB per flow; routed: the kernel routes by them)",
+    )
+
+
 def _spec(args: argparse.Namespace) -> TestbedSpec | None:
     """The spec of the options, or None after saying why they do not go together."""
     from rusty_rail.testbed.topology import TestbedSpec
@@ -80,9 +92,10 @@ def _spec(args: argparse.Namespace) -> TestbedSpec | None:
 
 
 def _checked_spec(args: argparse.Namespace, make: type[TestbedSpec]) -> TestbedSpec:
+    cluster = getattr(args, "cluster", False)
     return make(
         args.clients,
-        args.lbs,
+        args.lbs if args.lbs is not None else 3 if cluster else 2,
         args.servers,
         args.xdp_mode,
         args.underlay,
@@ -90,7 +103,7 @@ def _checked_spec(args: argparse.Namespace, make: type[TestbedSpec]) -> TestbedS
         args.ingress,
         args.egress,
         args.vxlan_server,
-        getattr(args, "cluster", False),
+        cluster,
     )
 
 
@@ -106,9 +119,20 @@ def add_parser(commands: Subparsers) -> None:
         "a balancer out of the router's ECMP set, removes a backend, reports what survived, "
         "and tears everything down. Exit status 1 if any connection that should survive broke.",
         epilog="Example: rusty-rail demo --json; rusty-rail demo --underlay ipv6; "
-        "rusty-rail demo --json --ingress routed --egress ipip",
+        "rusty-rail demo --json --ingress routed --egress ipip; rusty-rail demo --cluster",
     )
     _add_size_options(demo)
+    _add_cluster_option(demo)
+    demo.add_argument(
+        "--changes",
+        type=int,
+        help="--cluster: changes through lb1's API, each timed until every node has it (50)",
+    )
+    demo.add_argument(
+        "--outage-seconds",
+        type=float,
+        help="--cluster: how long etcd is frozen (SIGSTOP) under traffic (10; at least 5)",
+    )
     demo.add_argument("--requests", type=int, default=1500, help="HTTP requests to each VIP (1500)")
     demo.add_argument(
         "--long-lived", type=int, default=30, help="echo connections to each VIP (30)"
@@ -135,15 +159,7 @@ def add_parser(commands: Subparsers) -> None:
         "rusty-rail testbed up --cluster --lbs 3 --ingress routed",
     )
     _add_size_options(up)
-    up.add_argument(
-        "--cluster",
-        action="store_true",
-        help="a cluster (docs/cluster.md): an etcd server in its own namespace holds the "
-        "balancers' one desired state (each runs with --store and --node-name lbN), BIRD 2 on "
-        "the router learns the VIPs from the balancers by BGP (each announces them) and "
-        "installs ECMP routes; the router's balancer set is those routes (gre: the XDP router "
-        "asks the kernel's FIB per flow; routed: the kernel routes by them)",
-    )
+    _add_cluster_option(up)
     actions.add_parser(
         "status",
         help="show every running test bed",
@@ -183,7 +199,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec is None:
         return EXIT_USAGE
-    summary = run_demo(spec, requests=args.requests, long_lived=args.long_lived)
+    if not spec.cluster and (args.changes, args.outage_seconds) != (None, None):
+        print("rusty-rail demo: --changes and --outage-seconds need --cluster", file=sys.stderr)
+        return EXIT_USAGE
+    from rusty_rail.testbed.cluster_measure import MIN_OUTAGE_S
+
+    changes = 50 if args.changes is None else args.changes
+    outage = 10.0 if args.outage_seconds is None else args.outage_seconds
+    if changes < 1 or not outage >= MIN_OUTAGE_S:
+        print(
+            f"rusty-rail demo: --changes {changes}, --outage-seconds "
+            f"{outage:g}: give at least 1 change and an outage of at least "
+            f"{MIN_OUTAGE_S:g} s (every node must notice it)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    summary = run_demo(
+        spec,
+        requests=args.requests,
+        long_lived=args.long_lived,
+        changes=changes,
+        outage=outage,
+    )
     print_result(summary, args.json, render_demo)
     return EXIT_FAILURE if demo_failed(summary) else EXIT_OK
 

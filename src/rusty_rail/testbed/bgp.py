@@ -1,19 +1,17 @@
-"""BGP in the test bed's ``--cluster`` mode: BIRD 2 on the router, learning the balancers, and
-(until the daemon announces by itself) one BIRD 2 announcer per balancer. Both are plain BIRD
-configurations written here and run in the foreground (``bird -f``) as test-bed processes.
+"""BGP in the test bed's ``--cluster`` mode: BIRD 2 on the router, learning the balancers from
+the balancer daemons' own speakers (their ``[bgp]`` section, control/bird.py). The router's
+BIRD configuration is written here and run in the foreground (``bird -f``) as a test-bed
+process.
 
-The router (AS 65000) takes dynamic eBGP sessions from any address of the balancer segment
-(``neighbor range``, AS 65001), one session per family: IPv4 from 198.18.0.0/24, IPv6 from
-2001:2:0:3::/64. It accepts only host routes inside the test bed's VIP prefixes and exports
-what it learns to the kernel with ``merge paths``: several balancers announcing one VIP make
-one ECMP route with a next hop per balancer. Hold time 3 s, keepalive 1 s: a balancer whose
-sessions go silent is gone from the router's FIB 3 s after its last keepalive; one that closes
-its sessions (BIRD stopped, the daemon drained) is gone at once.
-
-The announcer of balancer i (AS 65001, router id its IPv4 address) holds the VIPs as static
-host routes (/32 and /128, blackhole: they exist only to be exported) and exports them to the
-router's two addresses; eBGP sets the next hop to the session's local address, the balancer's
-lb_address and lb_address_ipv6.
+The router (AS 65000) takes dynamic eBGP sessions from any IPv4 address of the balancer
+segment (``neighbor range``, AS 65001): one session per balancer carrying both families
+(multiprotocol BGP), as the daemon's speaker opens it, the IPv6 routes with the balancer's
+lb_address_ipv6 as their next hop. It accepts only host routes inside the test bed's VIP
+prefixes and exports what it learns to the kernel with ``merge paths``: several balancers
+announcing one VIP make one ECMP route with a next hop per balancer. Hold time 3 s, keepalive
+1 s: a balancer whose session goes silent is gone from the router's FIB 3 s after its last
+keepalive; one that closes its session (its daemon stopped or killed) or withdraws its routes
+(drained) is gone at once.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ __all__ = [
     "KEEPALIVE_TIME",
     "LB_ASN",
     "ROUTER_ASN",
-    "announcer_config",
     "fib_next_hops",
     "router_config",
     "wait_next_hops",
@@ -52,55 +49,30 @@ def _timers() -> str:
     )
 
 
-def router_config(
-    router_id: str, lb_nets: dict[int, str], vip_prefixes: dict[int, Sequence[str]]
-) -> str:
-    """The router's BIRD configuration: one dynamic eBGP protocol per family, taking peers from
-    ``lb_nets[family]`` and host routes inside ``vip_prefixes[family]``, exported to the kernel
-    as ECMP routes."""
+def router_config(router_id: str, lb_net: str, vip_prefixes: dict[int, Sequence[str]]) -> str:
+    """The router's BIRD configuration: one dynamic eBGP protocol taking peers from ``lb_net``
+    (IPv4), with a channel per family accepting host routes inside ``vip_prefixes[family]``,
+    exported to the kernel as ECMP routes."""
     parts = [
         "# rusty-rail test bed: the router's BGP (bird2)\n",
         "log stderr all;\n",
         f"router id {router_id};\n",
         "protocol device {\n  scan time 2;\n}\n",
     ]
+    channels = []
     for family, channel, host in ((4, "ipv4", 32), (6, "ipv6", 128)):
         prefixes = ", ".join(f"{prefix}{{{host},{host}}}" for prefix in vip_prefixes[family])
         parts += [
             f"filter vips{family} {{\n  if net ~ [ {prefixes} ] then accept;\n  reject;\n}}\n",
             f"protocol kernel kernel{family} {{\n  {channel} {{ import none; export all; }};\n"
             "  merge paths on;\n}\n",
-            f"protocol bgp lbs{family} {{\n  local as {ROUTER_ASN};\n"
-            f"  neighbor range {lb_nets[family]} as {LB_ASN};\n"
-            f'  dynamic name "lb{family}_";\n'
-            + _timers()
-            + f"  {channel} {{ import filter vips{family}; export none; }};\n}}\n",
         ]
-    return "".join(parts)
-
-
-def announcer_config(local: dict[int, str], router: dict[int, str], vips: Sequence[str]) -> str:
-    """Balancer BIRD configuration: ``vips`` as static host routes, exported over one eBGP
-    session per family from ``local[family]`` to ``router[family]``."""
-    parts = [
-        "# rusty-rail test bed: a balancer's announcer (bird2)\n",
-        "log stderr all;\n",
-        f"router id {local[4]};\n",
-        "protocol device {\n  scan time 2;\n}\n",
-    ]
-    for family, channel, host in ((4, "ipv4", 32), (6, "ipv6", 128)):
-        routes = "".join(
-            f"  route {vip}/{host} blackhole;\n"
-            for vip in vips
-            if ip_address(vip).version == family
-        )
-        parts += [
-            f"protocol static vips{family} {{\n  {channel};\n{routes}}}\n",
-            f"protocol bgp router{family} {{\n  local {local[family]} as {LB_ASN};\n"
-            f"  neighbor {router[family]} as {ROUTER_ASN};\n"
-            + _timers()
-            + f'  {channel} {{ import none; export where proto = "vips{family}"; }};\n}}\n',
-        ]
+        channels.append(f"  {channel} {{ import filter vips{family}; export none; }};\n")
+    parts.append(
+        f"protocol bgp lbs {{\n  local as {ROUTER_ASN};\n"
+        f"  neighbor range {lb_net} as {LB_ASN};\n"
+        '  dynamic name "lb_";\n' + _timers() + "".join(channels) + "}\n"
+    )
     return "".join(parts)
 
 

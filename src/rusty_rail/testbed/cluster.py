@@ -10,11 +10,12 @@ holding the balancers' one desired state, and BGP deciding the router's balancer
   (``fib_multipath_hash_policy=1``, both families). Routed ingress: the kernel routes the
   VIPs by those routes. GRE ingress: the XDP router runs in FIB mode (router.py) and takes
   each flow's balancer from the same routes.
-- **Announcements**: :func:`announce` and :func:`withdraw` (their contract is in their
-  docstrings) are the one place a balancer starts or stops announcing; today a BIRD 2
-  announcer per balancer namespace does it (bgp.py), to be replaced by the daemon's own
-  ``[bgp]`` announcements. ``Testbed.set_lbs`` in cluster mode is these two, and waits until
-  the router's FIB agrees.
+- **Announcements**: each balancer daemon announces the VIPs itself (its ``[bgp]`` section,
+  spec.balancer_config: BIRD 2 as the daemon's child, one session to the router carrying
+  both families). :func:`announce` and :func:`withdraw` are the daemon's undrain and drain
+  through its API; ``Testbed.set_lbs`` in cluster mode is these two, and waits until the
+  router's FIB agrees. A daemon killed outright takes its BIRD with it (PR_SET_PDEATHSIG):
+  the session closes and the router drops it at once.
 
 The BGP sessions and the etcd traffic share the balancers' eth0 with the GRE (or routed)
 traffic: a balancer's XDP program passes them to its stack (counted as PASS_NOT_GRE, ARP as
@@ -27,12 +28,15 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rusty_rail.api.client import ApiClient
+from rusty_rail.api.credentials import local_token
+from rusty_rail.dataplane.netlink import in_netns
 from rusty_rail.testbed import bgp
-from rusty_rail.testbed.lb_segment import LB_PREFIX6, ROUTER_LB_SIDE6, lb_address6
+from rusty_rail.testbed.lb_segment import ROUTER_LB_SIDE6, lb_address6
 from rusty_rail.testbed.netns import Namespace
-from rusty_rail.testbed.processes import terminate_all
 from rusty_rail.testbed.spec import (
     LB_NET,
     ROUTER_LB_SIDE,
@@ -55,10 +59,14 @@ __all__ = [
     "balancer_store_args",
     "plumb_etcd",
     "quiet_router_neighbour",
+    "set_backends",
     "set_lbs",
+    "speaker_pid",
     "start_etcd",
     "start_router_bgp",
+    "store_revisions",
     "store_url",
+    "wait_store_revision",
     "withdraw",
 ]
 
@@ -111,11 +119,7 @@ def start_router_bgp(bed: Testbed) -> None:
     router.sysctl("net.ipv6.fib_multipath_hash_policy", "1")
     config = bed.workdir / "bird-rt.conf"
     config.write_text(
-        bgp.router_config(
-            ROUTER_LB_SIDE,
-            {4: f"{LB_NET}.0/24", 6: LB_PREFIX6},
-            {4: [VIP_PREFIX], 6: [VIP6_PREFIX]},
-        )
+        bgp.router_config(ROUTER_LB_SIDE, f"{LB_NET}.0/24", {4: [VIP_PREFIX], 6: [VIP6_PREFIX]})
     )
     bed.start_process("bird-rt", router, bgp.bird_command(config, bed.workdir, "bird-rt"))
     bed.wait_log("bird-rt", "Started")
@@ -129,49 +133,41 @@ def quiet_router_neighbour(bed: Testbed) -> None:
               "nud", "permanent")  # fmt: skip
 
 
-def _announcer(i: int) -> str:
-    return f"bgp-lb{i + 1}"
+def _node_api(bed: Testbed, i: int, path: str) -> None:
+    """POST ``path`` to balancer i's API (in its namespace, with the host's local token)."""
+    with in_netns(bed.lbs[i].name):
+        ApiClient(token=local_token()).post(path, {})
 
 
 def announce(bed: Testbed, i: int) -> None:
-    """Balancer i announces the test bed's VIPs to the router.
+    """Balancer i announces the test bed's VIPs to the router: its daemon undrained
+    (``POST /v1/node/undrain``).
 
-    Contract (what a replacement, the daemon's own ``[bgp]`` announcements, must keep): from
-    balancer i's namespace, one eBGP session per family, AS 65001 to the router's AS 65000 at
-    ROUTER_LB_SIDE and ROUTER_LB_SIDE6 (hold time 3 s, keepalive 1 s); over them a host route
-    for each VIP of ANNOUNCED (/32, /128) with next hop lb_address(i) and lb_address6(i).
-    Returns once the announcer runs, not once the routes are in the router's FIB (set_lbs
-    waits for that). Announcing twice is one announcement."""
-    if _announcer(i) in bed.pids:
-        return
-    config = bed.workdir / f"{_announcer(i)}.conf"
-    config.write_text(
-        bgp.announcer_config(
-            {4: lb_address(i), 6: lb_address6(i)},
-            {4: ROUTER_LB_SIDE, 6: ROUTER_LB_SIDE6},
-            ANNOUNCED,
-        )
-    )
-    command = bgp.bird_command(config, bed.workdir, _announcer(i))
-    bed.start_process(_announcer(i), bed.lbs[i], command)
-    bed.wait_log(_announcer(i), "Started")
+    The daemon's speaker holds one eBGP session, AS 65001 to the router's AS 65000 at
+    ROUTER_LB_SIDE (hold time 3 s, keepalive 1 s), carrying a host route for each VIP of
+    ANNOUNCED (/32, /128) with next hop lb_address(i) and lb_address6(i). Returns once the
+    daemon has taken it, not once the routes are in the router's FIB (set_lbs waits for
+    that). Announcing twice is one announcement."""
+    _node_api(bed, i, "/v1/node/undrain")
 
 
 def withdraw(bed: Testbed, i: int) -> None:
-    """Balancer i stops announcing: its sessions close (a BGP Cease), and the router drops its
-    next hops at once (a session that goes silent instead is dropped at the hold time).
+    """Balancer i stops announcing: its daemon drained (``POST /v1/node/drain``), which
+    withdraws its routes on the session it keeps; the router drops its next hops at once.
 
-    Contract: on return nothing announces for balancer i; its data plane is untouched (it
-    keeps forwarding what still reaches it, as a drained daemon does). Withdrawing twice is
-    one withdrawal."""
-    pid = bed.pids.pop(_announcer(i), None)
-    if pid is None:
-        return
-    problems: list[str] = []
-    terminate_all({_announcer(i): pid}, problems)
-    bed.save()
-    if problems:
-        raise RuntimeError("; ".join(problems))
+    On return the daemon has withdrawn; its data plane is untouched (it keeps forwarding
+    what still reaches it). Withdrawing twice is one withdrawal."""
+    _node_api(bed, i, "/v1/node/drain")
+
+
+def speaker_pid(bed: Testbed, i: int) -> int:
+    """The pid of balancer i's BGP speaker: the BIRD its daemon runs as a child."""
+    daemon = bed.pids[f"lb{i + 1}"]
+    for task in Path(f"/proc/{daemon}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == "bird":
+                return int(child)
+    raise LookupError(f"lb{i + 1} (pid {daemon}) runs no BIRD")
 
 
 def set_lbs(bed: Testbed, lbs: list[int], timeout: float = 15) -> float:
@@ -188,3 +184,39 @@ def set_lbs(bed: Testbed, lbs: list[int], timeout: float = 15) -> float:
     bgp.wait_next_hops(router, VIP, {lb_address(i) for i in lbs}, timeout)
     bgp.wait_next_hops(router, VIP6, {lb_address6(i) for i in lbs}, timeout)
     return time.monotonic() - start
+
+
+def store_revisions(bed: Testbed) -> list[int]:
+    """The store revision each balancer has applied (its /healthz), in order."""
+    revisions = []
+    for lb in bed.lbs:
+        with in_netns(lb.name):
+            revisions.append(int(ApiClient().get("/healthz")["store"]["revision"]))
+    return revisions
+
+
+def wait_store_revision(bed: Testbed, revision: int, timeout: float = 15) -> float:
+    """Wait until every balancer has applied store revision ``revision`` (or a later one);
+    return the seconds it took. TimeoutError naming each node's revision after ``timeout``."""
+    start = time.monotonic()
+    while min(revisions := store_revisions(bed)) < revision:
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(
+                f"the balancers applied store revisions {revisions}, not {revision}, "
+                f"after {timeout} s"
+            )
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def set_backends(bed: Testbed, servers: list[int], timeout: float = 15) -> None:
+    """Every VIP's backends become ``servers`` (indices; a subset of the current ones): one
+    ``PUT /v1/config`` through lb1's API, then wait until every balancer has applied it."""
+    wanted = {bed.spec.backend_address(i) for i in servers}
+    with in_netns(bed.lbs[0].name):
+        client = ApiClient(token=local_token())
+        config = client.get("/v1/config")
+        for vip in config["vips"]:
+            vip["backends"] = [b for b in vip["backends"] if b["address"] in wanted]
+        client.put("/v1/config", config)
+    wait_store_revision(bed, store_revisions(bed)[0], timeout)

@@ -48,6 +48,8 @@ def run_demo(
     *,
     requests: int = 1500,
     long_lived: int = 30,
+    changes: int = 50,
+    outage: float = 10.0,
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Run the whole demo; returns the summary (the JSON of `rusty-rail demo --json`).
@@ -55,7 +57,9 @@ def run_demo(
     Both VIPs carry traffic: ``requests`` HTTP requests to each, one after the other, then
     ``long_lived`` echo connections to each, open at once through the balancer failure and
     the backend removal. The summary's top-level keys are the IPv4 VIP's (as before the test
-    bed was dual stack); ``families`` holds each family's own."""
+    bed was dual stack); ``families`` holds each family's own. A cluster bed then measures
+    (cluster_measure.measure_cluster: ``changes`` changes, etcd frozen ``outage`` seconds, lb1
+    killed) into ``cluster``."""
     started = time.monotonic()
     errors: list[str] = []
     families: dict[str, dict[str, Any]] = {family: {"vip": vip} for family, vip in VIPS.items()}
@@ -128,7 +132,12 @@ def run_demo(
         removed = f"s{bed.spec.servers}"
         say(
             f"demo: backend {removed} is removed from the configuration of both VIPs "
-            "(SIGHUP to every balancer) ..."
+            + (
+                "(one write through lb1's API)"
+                if bed.spec.cluster
+                else "(SIGHUP to every balancer)"
+            )
+            + " ..."
         )
         bed.set_backends(list(range(bed.spec.servers - 1)))
         for family, echo in echoes.items():
@@ -156,6 +165,13 @@ def run_demo(
             )
         for echo in echoes.values():
             echo.close()
+        if bed.spec.cluster:
+            from rusty_rail.testbed.cluster_measure import cluster_failed, measure_cluster
+
+            measured = measure_cluster(
+                bed, say, changes=changes, outage=outage, long_lived=long_lived
+            )
+            errors += [f"cluster: {problem}" for problem in cluster_failed(measured)]
         say("demo: tearing down ...")
     ipv4 = families["ipv4"]
     summary: dict[str, Any] = {
@@ -181,6 +197,8 @@ def run_demo(
     summary["backends"] = {
         f"s{i + 1}": bed.spec.backend_address(i) for i in range(bed.spec.servers)
     }
+    if bed.spec.cluster:
+        summary["cluster"] = measured
     summary["errors"] = errors
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
@@ -257,6 +275,22 @@ def render_demo(summary: dict[str, Any]) -> str:
             f"    backend removal:        {result['backend_removal_survivors_survived']:.0%} of "
             "connections to the survivors survived; new requests went to "
             f"{result['requests_after_removal_per_backend']}",
+        ]
+    if "cluster" in summary:
+        change = summary["cluster"]["change_to_all_nodes"]
+        store = summary["cluster"]["etcd_outage"]
+        kill = summary["cluster"]["balancer_kill"]
+        lines += [
+            "  cluster (etcd, BGP)",
+            f"    a change to all nodes:  p50 {change['p50_ms']} ms, p99 {change['p99_ms']} ms "
+            f"over {change['changes']} changes ({change['converged']} with all "
+            f"{change['nodes']} nodes agreeing)",
+            f"    etcd frozen {store['seconds']} s:    {store['lost_packets']} packets lost, "
+            f"{store['failed_requests']}/{store['requests']} requests failed, writes answered "
+            f"{store['write_statuses']}; converged {store['converge_s']} s after",
+            f"    {kill['balancer']} killed (SIGKILL): out of the router after "
+            f"{kill['withdrawal_s']} s; {kill['survived']}/{kill['connections']} established "
+            "connections survived",
         ]
     lines += [
         f"  errors:                 {len(summary['errors'])}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rusty_rail.testbed.bgp import HOLD_TIME, LB_ASN, ROUTER_ASN
 from rusty_rail.testbed.lb_segment import lb_address6, server_address6
 
 CLIENT_NET = "198.18.1"
@@ -148,7 +149,10 @@ def balancer_config(
     its backend family (TestbedSpec.backend_address). Each balancer's lb_address_ipv6 is its
     own, given by RR_LB_ADDRESS_IPV6. Routed ingress: ``ingress = ["routed"]`` (GRE to the
     node is then not balanced); an egress other than gre: every VIP's ``encap`` (and ``vni``
-    for vxlan and geneve). GRE ingress with GRE egress writes the file it always did."""
+    for vxlan and geneve). A cluster: a ``[bgp]`` section, each balancer announcing the VIPs
+    to the router (AS 65001 to AS 65000 at ROUTER_LB_SIDE, hold time 3 s; the router id and
+    the next hops are each balancer's own addresses). GRE ingress with GRE egress writes the
+    file it always did."""
     chosen = range(spec.servers) if servers is None else servers
     backends = ", ".join(f'"{spec.backend_address(i)}"' for i in chosen)
     ingress = 'ingress = ["routed"]\n' if spec.ingress == "routed" else ""
@@ -162,4 +166,12 @@ def balancer_config(
         "conntrack_size = 65536\n"
         + ingress
         + "".join(f'[[vips]]\naddress = "{vip}"\n{encap}backends = [{backends}]\n' for vip in vips)
+        + (_BGP if spec.cluster else "")
     )
+
+
+#: A cluster balancer's BGP speaker (docs/cluster.md, "The test bed's --cluster").
+_BGP = (
+    f"[bgp]\nasn = {LB_ASN}\n"
+    f'peers = [{{ address = "{ROUTER_LB_SIDE}", asn = {ROUTER_ASN}, hold_time = {HOLD_TIME} }}]\n'
+)

@@ -478,12 +478,11 @@ class Testbed(BalancerReadings):
 
     def set_backends(self, servers: list[int], timeout: float = 15) -> None:
         """Give every balancer a new backend set: rewrite the shared file, SIGHUP each daemon
-        and wait until each has applied it. Not for a cluster, whose balancers follow etcd."""
+        and wait until each has applied it. A cluster (whose balancers follow etcd and refuse
+        SIGHUP): one write through lb1's API, cluster.set_backends."""
         if self.spec.cluster:
-            raise RuntimeError(
-                "a cluster's balancers follow etcd and refuse SIGHUP: change the backends "
-                "through any balancer's API (rusty-rail testbed ctl lb1 ...)"
-            )
+            cluster.set_backends(self, servers, timeout)
+            return
         before = {
             i: self.log(f"lb{i + 1}").read_text().count("reloaded") for i in range(self.spec.lbs)
         }
