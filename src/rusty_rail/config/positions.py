@@ -11,7 +11,7 @@ On text they cannot follow they stop, and the positions found so far are kept.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 __all__ = ["Path", "Position", "json_positions", "locate", "toml_positions"]
@@ -106,6 +106,27 @@ def _toml_key(text: _Text) -> list[str]:
         text.at += 1
 
 
+def _array(
+    text: _Text,
+    path: Path,
+    found: dict[Path, Position],
+    value: Callable[[_Text, Path, dict[Path, Position]], None],
+) -> None:
+    """An array at ``[`` (TOML's and JSON's alike): each element's ``value`` at its index."""
+    text.at += 1
+    index = 0
+    while True:
+        text.blank(newlines=True)
+        if text.peek() == "]":
+            text.at += 1
+            return
+        value(text, (*path, index), found)
+        index += 1
+        text.blank(newlines=True)
+        if text.peek() == ",":
+            text.at += 1
+
+
 def _toml_value(text: _Text, path: Path, found: dict[Path, Position]) -> None:
     text.blank(newlines=False)
     found[path] = text.position()
@@ -113,18 +134,7 @@ def _toml_value(text: _Text, path: Path, found: dict[Path, Position]) -> None:
     if char in ('"', "'"):
         text.string()
     elif char == "[":
-        text.at += 1
-        index = 0
-        while True:
-            text.blank(newlines=True)
-            if text.peek() == "]":
-                text.at += 1
-                return
-            _toml_value(text, (*path, index), found)
-            index += 1
-            text.blank(newlines=True)
-            if text.peek() == ",":
-                text.at += 1
+        _array(text, path, found, _toml_value)
     elif char == "{":
         text.at += 1
         while True:
@@ -191,18 +201,7 @@ def _json_value(text: _Text, path: Path, found: dict[Path, Position]) -> None:
     if char == '"':
         text.string()
     elif char == "[":
-        text.at += 1
-        index = 0
-        while True:
-            text.blank(newlines=True)
-            if text.peek() == "]":
-                text.at += 1
-                return
-            _json_value(text, (*path, index), found)
-            index += 1
-            text.blank(newlines=True)
-            if text.peek() == ",":
-                text.at += 1
+        _array(text, path, found, _json_value)
     elif char == "{":
         text.at += 1
         while True:
