@@ -83,19 +83,38 @@ def _agree(healths: list[dict[str, Any]], revision: int) -> bool:
     )
 
 
+#: How long the nodes may take to agree once each has a change's revision (a store lease
+#: renewal late under load reports the store unreachable for a moment).
+AGREE_WITHIN = 2.0
+
+
+def _agreeing(bed: Testbed, nodes: range, revision: int, timeout: float) -> bool:
+    """Whether every node agrees on ``revision`` (``_agree``) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not _agree([_health(bed, i) for i in nodes], revision):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def changes_to_all_nodes(
     bed: Testbed, changes: int, say: Say, *, through: int = 0, timeout: float = 15
 ) -> dict[str, Any]:
     """``changes`` writes through balancer ``through``'s API (the first backend's weight of the
     IPv4 VIP toggled 2, 1, 2, ...), each timed from just before the write until every node has
     applied its store revision; after each, every node must agree (same revision, same
-    fingerprints): ``converged`` counts the changes where they did."""
+    fingerprints) within AGREE_WITHIN seconds: ``converged`` counts the changes where they did.
+    The first write waits until the nodes agree on the state before it (a node still resolving
+    a next hop just after the bed came up holds that backend out of its table for a moment,
+    docs/health.md, and would count against the first change)."""
     path = backend_path(VIP, bed.spec.backend_address(0))
     nodes = range(bed.spec.lbs)
     samples: list[float] = []
     converged = 0
     with in_netns(bed.lbs[through].name):
         writer = ApiClient(token=local_token())
+    _agreeing(bed, nodes, int(_health(bed, through)["store"]["revision"]), timeout)
     for n in range(changes):
         start = time.monotonic()
         with in_netns(bed.lbs[through].name):
@@ -109,7 +128,7 @@ def changes_to_all_nodes(
                 raise TimeoutError(f"change {n + 1}: the nodes did not reach revision {revision}")
             time.sleep(0.005)
         samples.append((time.monotonic() - start) * 1000)
-        converged += _agree(healths, revision)
+        converged += _agree(healths, revision) or _agreeing(bed, nodes, revision, AGREE_WITHIN)
     result = {
         "changes": changes,
         "nodes": bed.spec.lbs,
