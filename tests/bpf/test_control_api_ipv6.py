@@ -11,7 +11,6 @@ import argparse
 import io
 import json
 import urllib.parse
-from collections.abc import Iterator
 from ipaddress import IPv6Address
 from typing import Any
 
@@ -20,26 +19,12 @@ import pytest
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_REFUSED, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
 from rusty_rail.wire.fields import mac
-from tests.support.control_bed import VIP_PATH, Bed, Node, base_config, control_bed
+from tests.support.control_bed import VIP_PATH, Bed, Node
 
 pytestmark = pytest.mark.bpf
 
 VIP6 = "[2001:2::10]:80/tcp"
 FLOW6 = "[2001:2::1]:40000->[2001:2::10]:80/tcp"
-
-
-@pytest.fixture(scope="module")
-def bed(require_root: None) -> Iterator[Bed]:
-    with control_bed(devices=1) as control:
-        control.start("eth0", base_config("eth0", "198.18.0.2"))
-        yield control
-
-
-@pytest.fixture
-def node(bed: Bed) -> Node:
-    node = bed.nodes["eth0"]
-    node.reset()
-    return node
 
 
 #: What a 404 for a VIP adds: the VIPs there are (the base configuration's).

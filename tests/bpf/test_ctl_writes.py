@@ -10,7 +10,6 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,11 @@ import pytest
 from rusty_rail.cli.ctl import EXIT_OK, EXIT_REFUSED, add_arguments
 from rusty_rail.cli.ctl import run as run_ctl
 from rusty_rail.timestamps import from_rfc3339
-from tests.support.control_bed import VIP, VIP_PATH, Bed, Node, base_config, control_bed
+from tests.support.control_bed import VIP, VIP_PATH, Node
 
 pytestmark = pytest.mark.bpf
 
 EXIT_USAGE = 2
-
-
-@pytest.fixture(scope="module")
-def bed(require_root: None) -> Iterator[Bed]:
-    with control_bed(devices=1) as control:
-        control.start("eth0", base_config("eth0", "198.18.0.2"))
-        yield control
-
-
-@pytest.fixture
-def node(bed: Bed) -> Node:
-    node = bed.nodes["eth0"]
-    node.reset()
-    return node
 
 
 def ctl(node: Node, *argv: str, as_json: bool = True) -> tuple[int, str, str]:

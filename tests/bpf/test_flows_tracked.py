@@ -10,7 +10,6 @@ import argparse
 import io
 import re
 from collections import Counter
-from collections.abc import Iterator
 from ipaddress import ip_address
 
 import pytest
@@ -22,18 +21,11 @@ from rusty_rail.model import pipeline
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import CtEntry
 from rusty_rail.wire.constants import PROTO_TCP
-from tests.support.control_bed import VIP, VIP_PATH, Bed, Node, base_config, control_bed
+from tests.support.control_bed import VIP, VIP_PATH, Bed, Node
 
 pytestmark = pytest.mark.bpf
 
 OTHER_VIP = "198.18.100.2"
-
-
-@pytest.fixture(scope="module")
-def bed(require_root: None) -> Iterator[Bed]:
-    with control_bed(devices=1) as control:
-        control.start("eth0", base_config("eth0", "198.18.0.2"))
-        yield control
 
 
 @pytest.fixture

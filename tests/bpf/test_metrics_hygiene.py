@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,23 +15,9 @@ from rusty_rail.config import AdminState
 from rusty_rail.model.flowhash import Flow
 from rusty_rail.model.state import BackendState, CtEntry
 from rusty_rail.wire.constants import PROTO_TCP
-from tests.support.control_bed import VIP, VIP_PATH, Bed, Node, base_config, control_bed
+from tests.support.control_bed import VIP, VIP_PATH, Node
 
 pytestmark = pytest.mark.bpf
-
-
-@pytest.fixture(scope="module")
-def bed(require_root: None) -> Iterator[Bed]:
-    with control_bed(devices=1) as control:
-        control.start("eth0", base_config("eth0", "198.18.0.2"))
-        yield control
-
-
-@pytest.fixture
-def node(bed: Bed) -> Node:
-    node = bed.nodes["eth0"]
-    node.reset()
-    return node
 
 
 def scrape(node: Node) -> str:
